@@ -1,0 +1,108 @@
+"""Training-step time, sampling throughput, and the training loop's overhead.
+
+    python benchmarks/train_step.py [--presets tiny,small,ddpm-mnist,ddpm-cifar10] [--repeats 5]
+
+For each preset it times, on the same network, batch and device:
+
+* bare:  forward + MSE loss + backward + grad clip + Adam step + EMA on a batch prepared in
+         advance (the work any DDPM trainer must do);
+* loop:  ``Trainer.train_step``: the same plus everything the loop adds (data indexing,
+         per-step seeded noise/timesteps/flips, the LR schedule, the mask hooks);
+* sample: a no-grad denoiser call, reported as images per second.
+
+It prints a table; the overhead column is loop / bare - 1 (goal: under 5 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ddpm_lottery.config import RunConfig
+from ddpm_lottery.data import ImageSet
+from ddpm_lottery.diffusion import training_loss
+from ddpm_lottery.networks import PRESETS
+from ddpm_lottery.training import Trainer
+
+BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench(preset: str, repeats: int, workdir: str) -> dict:
+    size = PRESETS[preset]["sample_size"]
+    channels = PRESETS[preset].get("in_channels") or 1
+    images = torch.randint(0, 256, (512, channels, size, size), dtype=torch.uint8)
+    config = RunConfig()
+    config.model.preset = preset
+    config.train.batch_size = BATCH[preset]
+    config.train.steps = 10**6
+    config.train.device = "cpu"
+    trainer = Trainer(config, workdir, images=ImageSet(images, None, "random", "benchmark", False), progress=False)
+    clean, noise, timesteps = trainer.batch(0)
+
+    def bare():
+        loss = training_loss(trainer.model, trainer.scheduler, clean, noise, timesteps)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.parameters, 1.0, foreach=True)
+        trainer.optimizer.step()
+        trainer.ema.step(trainer.parameters)
+
+    counter = iter(range(10**9))
+
+    def loop():
+        trainer.train_step(next(counter))
+
+    # interleave to share any drift of the machine's speed between the two
+    bare_t, loop_t = [], []
+    for _ in range(repeats):
+        bare_t.append(timed(bare, 1, warmup=0))
+        loop_t.append(timed(loop, 1, warmup=0))
+    bare(), loop()
+    bare_s, loop_s = statistics.median(bare_t), statistics.median(loop_t)
+    model = trainer.model.eval()
+    x = torch.randn(BATCH[preset], channels, size, size)
+    t = torch.full((BATCH[preset],), 500)
+
+    @torch.no_grad()
+    def call():
+        model(x, t)
+
+    call_s = timed(call, repeats)
+    params = sum(p.numel() for p in trainer.parameters)
+    return {"preset": preset, "params": params, "batch": BATCH[preset], "bare_s": bare_s, "loop_s": loop_s,
+            "overhead": loop_s / bare_s - 1, "images_per_s_call": BATCH[preset] / call_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="tiny,small,ddpm-mnist,ddpm-cifar10")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    import tempfile
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(f"{'preset':<14}{'params':>12}{'batch':>7}{'bare step s':>13}{'loop step s':>13}{'overhead':>10}"
+          f"{'img/s per call':>16}")
+    for preset in args.presets.split(","):
+        with tempfile.TemporaryDirectory() as workdir:
+            r = bench(preset, args.repeats, workdir)
+        print(f"{r['preset']:<14}{r['params']:>12,}{r['batch']:>7}{r['bare_s']:>13.3f}{r['loop_s']:>13.3f}"
+              f"{r['overhead']:>+10.1%}{r['images_per_s_call']:>16.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The diffusion process: diffusers' schedulers for training noise and for sampling.
+
+Training uses ``DDPMScheduler.add_noise`` with a linear beta schedule and the MSE of the
+predicted noise (Ho et al. 2020).  Sampling uses one of three interchangeable diffusers
+schedulers built from the same betas: DDPM ancestral (fixed-large variance, as in DDPM's
+CIFAR-10 samples), DDIM (k steps, eta) and DPM-Solver++ (k steps, 2nd order multistep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from .config import DiffusionConfig
+from .errors import UserError
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+DEFAULT_SAMPLING_STEPS = {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
+
+
+def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+    """The forward process q(x_t | x_0) used for training (and DDPM ancestral sampling)."""
+    return DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
+        beta_end=config.beta_end, beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type, variance_type="fixed_large", clip_sample=True,
+    )
+
+
+def training_loss(model: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor,
+                  noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Simple DDPM loss: MSE between the network's prediction and its target."""
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    prediction = model(noisy, timesteps).sample
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def sampling_scheduler(config: DiffusionConfig, sampler: str, num_steps: int):
+    """A fresh sampler scheduler with ``set_timesteps`` already called."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if num_steps <= 0 or num_steps > config.num_train_timesteps:
+        raise UserError(f"sampling steps must be between 1 and {config.num_train_timesteps}, got {num_steps}")
+    base = noise_scheduler(config).config
+    if sampler == "ddpm":
+        scheduler = DDPMScheduler.from_config(base)
+    elif sampler == "ddim":
+        scheduler = DDIMScheduler.from_config(base, clip_sample=True, set_alpha_to_one=True)
+    else:
+        scheduler = DPMSolverMultistepScheduler.from_config(
+            base, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def per_image_generators(seed: int, first: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per image: image i gets the same noise whatever the batch size."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + first + i) for i in range(count)]
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "ddim",
+           num_steps: int | None = None, num_samples: int = 64, seed: int = 0, batch_size: int = 256,
+           eta: float = 0.0, device: torch.device | str = "cpu",
+           on_step: Callable[[int, int], None] | None = None,
+           on_intermediate: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate ``num_samples`` images as float tensors in [-1, 1] (on the CPU).
+
+    ``on_step(done, total)`` is called after every denoiser call (for progress bars);
+    ``on_intermediate(timestep, x_t)`` sees each intermediate batch (for the denoising figure).
+    """
+    num_steps = num_steps or DEFAULT_SAMPLING_STEPS[sampler]
+    if num_samples <= 0:
+        raise UserError(f"the number of samples must be positive, got {num_samples}")
+    if batch_size <= 0:
+        raise UserError(f"the sampling batch size must be positive, got {batch_size}")
+    model.eval()
+    channels = model.config.in_channels
+    size = model.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    outputs = []
+    total_calls = num_steps * ((num_samples + batch_size - 1) // batch_size)
+    done = 0
+    for first in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - first)
+        generators = per_image_generators(seed, first, count)
+        x = torch.stack([torch.randn((channels, *size), generator=g) for g in generators]).to(device)
+        scheduler = sampling_scheduler(config, sampler, num_steps)
+        for t in scheduler.timesteps:
+            t_batch = torch.full((count,), int(t), device=device, dtype=torch.long)
+            prediction = model(x, t_batch).sample
+            kwargs = {"generator": generators}
+            if sampler == "ddim":
+                kwargs["eta"] = eta
+            if sampler == "dpm-solver++":
+                kwargs = {"generator": generators[0]}  # only used by SDE variants
+            x = scheduler.step(prediction, t, x, **kwargs).prev_sample
+            if on_intermediate is not None:
+                on_intermediate(int(t), x)
+            done += 1
+            if on_step is not None:
+                on_step(done, total_calls)
+        outputs.append(x.clamp(-1, 1).cpu())
+    return torch.cat(outputs)

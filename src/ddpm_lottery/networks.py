@@ -1,0 +1,136 @@
+"""Networks: diffusers' ``UNet2DModel`` through named presets.
+
+A preset is a plain dict of ``UNet2DModel`` keyword arguments.  ``in_channels`` left out
+means "take it from the data" (the CPU presets serve both digits and colour images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from diffusers import UNet2DModel
+
+from .config import ModelConfig
+from .errors import UserError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Ho et al. 2020, official run_cifar.py; identical to google/ddpm-cifar10-32: 35,746,307 parameters.
+    "ddpm-cifar10": dict(
+        sample_size=32, in_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+        norm_eps=1e-6, norm_num_groups=32, act_fn="silu", time_embedding_type="positional", dropout=0.1,
+    ),
+    # The same family sized for 28x28 digits: three levels (28 -> 14 -> 7), so no padding is needed.
+    "ddpm-mnist": dict(
+        sample_size=28, in_channels=1, block_out_channels=(64, 128, 128), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+        norm_eps=1e-6, norm_num_groups=32, act_fn="silu", time_embedding_type="positional", dropout=0.1,
+    ),
+    # CPU presets (GUIDE §3 timings): attention at the lowest resolution only.
+    "small": dict(
+        sample_size=28, block_out_channels=(32, 64, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=None, norm_num_groups=8, dropout=0.0,
+    ),
+    "tiny": dict(
+        sample_size=28, block_out_channels=(16, 32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=None, norm_num_groups=8, dropout=0.0,
+    ),
+}
+
+PRESET_PURPOSE = {
+    "ddpm-cifar10": "DDPM CIFAR-10 U-Net (Ho et al. 2020), 32x32x3",
+    "ddpm-mnist": "DDPM family sized for 28x28 digits",
+    "small": "CPU preset, ~1.5M parameters",
+    "tiny": "CPU preset for tests and the quickstart, ~0.3M parameters",
+}
+
+_OVERRIDABLE = ("sample_size", "block_out_channels", "layers_per_block", "down_block_types",
+                "up_block_types", "dropout", "norm_num_groups")
+
+
+def input_size(config) -> int:
+    """The image side a run feeds its network: --image-size, else --sample-size, else the preset's."""
+    if config.model.preset not in PRESETS:
+        raise UserError(f"unknown preset {config.model.preset!r}; choose one of {', '.join(PRESETS)} "
+                        "(`ddpm-lottery presets` lists them)")
+    return config.data.image_size or config.model.sample_size or PRESETS[config.model.preset]["sample_size"]
+
+
+def unet_kwargs(model_config: ModelConfig, data_channels: int | None = None,
+                image_size: int | None = None) -> dict[str, Any]:
+    """The ``UNet2DModel`` arguments of a preset with the config's overrides applied.
+
+    ``image_size`` (the data's side) sets the sample size unless ``--sample-size`` overrides it.
+    """
+    if model_config.preset not in PRESETS:
+        raise UserError(f"unknown preset {model_config.preset!r}; choose one of {', '.join(PRESETS)} "
+                        "(`ddpm-lottery presets` lists them)")
+    kwargs = dict(PRESETS[model_config.preset])
+    if image_size is not None:
+        kwargs["sample_size"] = image_size
+    for name in _OVERRIDABLE:
+        value = getattr(model_config, name)
+        if value is not None:
+            kwargs[name] = value
+    preset_channels = kwargs.get("in_channels")
+    if preset_channels is None:
+        kwargs["in_channels"] = data_channels or 1
+    elif data_channels is not None and data_channels != preset_channels:
+        raise UserError(
+            f"preset {model_config.preset} takes {preset_channels}-channel images but the data has "
+            f"{data_channels}; pass --channels {preset_channels} to convert the data, or choose another preset")
+    kwargs["out_channels"] = kwargs["in_channels"]
+    _check_architecture(kwargs)
+    return kwargs
+
+
+def _check_architecture(kwargs: dict[str, Any]) -> None:
+    levels = len(kwargs["block_out_channels"])
+    if len(kwargs["down_block_types"]) != levels or len(kwargs["up_block_types"]) != levels:
+        raise UserError(f"the U-Net has {levels} levels (block_out_channels) but "
+                        f"{len(kwargs['down_block_types'])} down and {len(kwargs['up_block_types'])} up block "
+                        "types; give one block type per level")
+    groups = kwargs.get("norm_num_groups", 32)
+    bad = [c for c in kwargs["block_out_channels"] if c % groups]
+    if bad:
+        raise UserError(f"channels {bad} are not divisible by norm_num_groups={groups}; "
+                        "change --block-out-channels or --norm-num-groups")
+    size = kwargs["sample_size"]
+    factor = 2 ** (levels - 1)
+    if size % factor:
+        raise UserError(f"sample size {size} is not divisible by {factor}, which a {levels}-level U-Net "
+                        "needs; pick a multiple of it with --image-size / --sample-size")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed the global RNG for weight initialisation without disturbing the caller's RNG."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(model_config: ModelConfig, data_channels: int | None = None, seed: int = 0,
+                image_size: int | None = None) -> UNet2DModel:
+    """A freshly initialised network; the same seed gives bit-identical weights."""
+    kwargs = unet_kwargs(model_config, data_channels, image_size)
+    with _seeded(seed):
+        try:
+            return UNet2DModel(**kwargs)
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"diffusers rejected the network settings ({exc}); fix the model overrides") from None
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

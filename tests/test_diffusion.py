@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from ddpm_lottery.config import DiffusionConfig, ModelConfig
+from ddpm_lottery.diffusion import SAMPLERS, noise_scheduler, sample, sampling_scheduler, training_loss
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.networks import build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(ModelConfig(preset="tiny", block_out_channels=(8, 8, 8)), 1)
+
+
+def test_linear_schedule_matches_ddpm():
+    scheduler = noise_scheduler(DiffusionConfig())
+    assert len(scheduler.betas) == 1000
+    assert scheduler.betas[0].item() == pytest.approx(1e-4) and scheduler.betas[-1].item() == pytest.approx(0.02)
+    expected = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    assert torch.allclose(scheduler.alphas_cumprod.double(), expected, atol=1e-6)
+
+
+def test_loss_is_mse_of_the_noise(model):
+    scheduler = noise_scheduler(DiffusionConfig())
+    clean = torch.rand(4, 1, 28, 28) * 2 - 1
+    noise = torch.randn_like(clean)
+    t = torch.tensor([0, 10, 500, 999])
+    loss = training_loss(model, scheduler, clean, noise, t)
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * clean + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        manual = ((model(noisy, t).sample - noise) ** 2).mean()
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sampling_is_seeded_and_shaped(model, sampler):
+    kwargs = dict(sampler=sampler, num_steps=4, num_samples=3, batch_size=2)
+    a = sample(model, DiffusionConfig(), seed=1, **kwargs)
+    b = sample(model, DiffusionConfig(), seed=1, **kwargs)
+    c = sample(model, DiffusionConfig(), seed=2, **kwargs)
+    assert a.shape == (3, 1, 28, 28) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sampler_step_counts():
+    assert len(sampling_scheduler(DiffusionConfig(), "ddim", 50).timesteps) == 50
+    assert len(sampling_scheduler(DiffusionConfig(), "ddpm", 1000).timesteps) == 1000
+    assert len(sampling_scheduler(DiffusionConfig(), "dpm-solver++", 20).timesteps) == 20
+
+
+@pytest.mark.parametrize("sampler,steps,match", [("euler", 10, "unknown sampler"), ("ddim", 0, "between"),
+                                                  ("ddim", 5000, "between")])
+def test_bad_sampler_settings(sampler, steps, match):
+    with pytest.raises(UserError, match=match):
+        sampling_scheduler(DiffusionConfig(), sampler, steps)

@@ -1,0 +1,161 @@
+"""The training loop: exact resume, rewinding hooks, divergence, data order."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ddpm_lottery.config import RunConfig
+from ddpm_lottery.data import ImageSet
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.training import DataOrder, StepHooks, Trainer, TrainingDiverged, learning_rate
+
+
+def synthetic_images(count=40, size=28, channels=1, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, channels, size, size), generator=generator, dtype=torch.uint8)
+    return ImageSet(images=images, labels=None, name="synthetic", source="test", flip=False)
+
+
+def tiny_config(steps=6, **train):
+    config = RunConfig()
+    config.model.block_out_channels = (8, 8, 8)
+    config.train.steps = steps
+    config.train.batch_size = 4
+    config.train.checkpoint_every = 3
+    config.train.log_every = 1
+    config.train.warmup_steps = 2
+    config.train.device = "cpu"
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+class CrashAt(StepHooks):
+    def __init__(self, step):
+        self.step = step
+
+    def after_step(self, trainer, step):
+        if step + 1 == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def read_losses(path):
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    images = synthetic_images()
+    config = tiny_config(steps=6)
+    full = Trainer(config, tmp_path / "full", images=images, progress=False)
+    full.run()
+
+    killed = Trainer(config, tmp_path / "killed", images=images, progress=False, hooks=CrashAt(5))
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()  # dies after step 5; the last checkpoint is at step 3
+    resumed = Trainer(config, tmp_path / "killed", images=images, progress=False)
+    assert resumed.resume() and resumed.step == 3
+    resumed.run()
+
+    for name in full.names:
+        assert torch.equal(dict(zip(full.names, full.parameters))[name],
+                           dict(zip(resumed.names, resumed.parameters))[name]), name
+    for a, b in zip(full.ema.shadow_params, resumed.ema.shadow_params):
+        assert torch.equal(a, b)
+    # the log lines written after the checkpoint by the killed process were dropped, then redone
+    assert read_losses(tmp_path / "full" / "metrics.jsonl") == read_losses(tmp_path / "killed" / "metrics.jsonl")
+    assert len(read_losses(tmp_path / "full" / "metrics.jsonl")) == 6
+
+
+def test_checkpoints_are_safetensors_plus_json_and_pruned(tmp_path):
+    trainer = Trainer(tiny_config(steps=9), tmp_path, images=synthetic_images(), progress=False)
+    trainer.run()
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == ["latest.json", "step_00000006.json", "step_00000006.safetensors",
+                     "step_00000009.json", "step_00000009.safetensors"]
+    from safetensors.torch import load_file
+    tensors = load_file(str(tmp_path / "checkpoints" / "step_00000009.safetensors"))
+    assert any(k.startswith("adam.") and k.endswith("exp_avg_sq") for k in tensors)
+    assert any(k.startswith("ema.") for k in tensors)
+
+
+def test_same_seeds_same_run_different_data_seed_differs(tmp_path):
+    images = synthetic_images()
+    a = Trainer(tiny_config(steps=3), tmp_path / "a", images=images, progress=False)
+    b = Trainer(tiny_config(steps=3), tmp_path / "b", images=images, progress=False)
+    c = Trainer(tiny_config(steps=3, seed_data=1), tmp_path / "c", images=images, progress=False)
+    for t in (a, b, c):
+        t.run()
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters, b.parameters))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters, c.parameters))
+    # the initialisation seed alone decides the starting weights
+    d = Trainer(tiny_config(steps=3, seed_data=1), tmp_path / "d", images=images, progress=False)
+    assert all(torch.equal(x, y) for x, y in zip(d.parameters, Trainer(
+        tiny_config(steps=3), tmp_path / "e", images=images, progress=False).parameters))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(steps=6, lr=1e30, grad_clip=0.0, checkpoint_every=1)
+    trainer = Trainer(config, tmp_path, images=synthetic_images(), progress=False)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.run()
+    assert "\n" not in str(info.value) and "last good checkpoint" in str(info.value)
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    from safetensors.torch import load_file
+    tensors = load_file(str(tmp_path / "checkpoints" / f"{latest['checkpoint']}.safetensors"))
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+
+
+def test_data_order_covers_each_epoch_once():
+    order = DataOrder(10, 4, seed=0)
+    stream = torch.cat([order.indices(s) for s in range(5)])  # 20 positions = 2 epochs
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+    assert torch.equal(DataOrder(10, 4, seed=0).indices(3), order.indices(3))  # position = step
+
+
+def test_warmup_schedule():
+    config = tiny_config().train
+    config.lr, config.warmup_steps = 1.0, 4
+    assert [learning_rate(config, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_hooks_see_gradients_and_can_zero_them(tmp_path):
+    class FreezeFirst(StepHooks):
+        def after_backward(self, parameters):
+            parameters[0].grad.zero_()
+
+    trainer = Trainer(tiny_config(steps=3), tmp_path, images=synthetic_images(), progress=False,
+                      hooks=FreezeFirst())
+    before = trainer.parameters[0].detach().clone()
+    trainer.run()
+    assert torch.equal(before, trainer.parameters[0])
+    assert not torch.equal(trainer.parameters[1], Trainer(tiny_config(), tmp_path / "x", images=synthetic_images(),
+                                                          progress=False).parameters[1])
+
+
+@pytest.mark.parametrize("override,match", [({"steps": 0}, "--steps"), ({"batch_size": -1}, "--batch-size"),
+                                            ({"lr": -1.0}, "--lr"), ({"ema_decay": 1.0}, "--ema-decay")])
+def test_impossible_settings(tmp_path, override, match):
+    with pytest.raises(UserError, match=match):
+        Trainer(tiny_config(**override), tmp_path, images=synthetic_images(), progress=False)
+
+
+def test_image_size_mismatch_is_refused(tmp_path):
+    config = tiny_config()
+    config.model.sample_size = 28
+    with pytest.raises(UserError, match="images are 32x32"):
+        Trainer(config, tmp_path, images=synthetic_images(size=32), progress=False)
+    # without an explicit --sample-size the network follows the data
+    assert Trainer(tiny_config(), tmp_path, images=synthetic_images(size=32), progress=False).model.config.sample_size == 32
+
+
+def test_loss_decreases_on_a_learnable_set(tmp_path):
+    images = torch.zeros(32, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 10:18, 10:18] = 255
+    config = tiny_config(steps=40, lr=3e-3, checkpoint_every=40)
+    config.train.log_every = 10
+    trainer = Trainer(config, tmp_path, images=ImageSet(images, None, "squares", "test", False), progress=False)
+    summary = trainer.run()
+    assert math.isfinite(summary["final_loss"]) and summary["final_loss"] < 0.5 * summary["loss_first"]
