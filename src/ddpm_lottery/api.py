@@ -66,6 +66,8 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
+    if not (Path(run_dir) / "config.json").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run")
     stored = read_json(Path(run_dir) / "config.json", "run config")
     return from_dict(RunConfig, stored.get("config", {}))
 
@@ -99,7 +101,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     run_dir = Path(run_dir)
     if config.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {config.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    steps = config.sampling_steps or DEFAULT_SAMPLING_STEPS[config.sampler]
+    steps = DEFAULT_SAMPLING_STEPS[config.sampler] if config.sampling_steps is None else config.sampling_steps
     if steps <= 0:
         raise UserError(f"--sampling-steps must be positive, got {steps}")
     if config.num_samples <= 0:

@@ -79,7 +79,7 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "d
     ``on_step(done, total)`` is called after every denoiser call (for progress bars);
     ``on_intermediate(timestep, x_t)`` sees each intermediate batch (for the denoising figure).
     """
-    num_steps = num_steps or DEFAULT_SAMPLING_STEPS[sampler]
+    num_steps = DEFAULT_SAMPLING_STEPS.get(sampler, 1) if num_steps is None else num_steps
     if num_samples <= 0:
         raise UserError(f"the number of samples must be positive, got {num_samples}")
     if batch_size <= 0:
