@@ -66,13 +66,16 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
     def loop():
         trainer.train_step(next(counter))
 
-    # interleave to share any drift of the machine's speed between the two
+    # warm both up, then interleave (alternating which goes first) so drifts of the machine's
+    # speed hit both alike; the minimum is the least noisy estimate of a step's cost
+    for _ in range(2):
+        bare(), loop()
     bare_t, loop_t = [], []
-    for _ in range(repeats):
-        bare_t.append(timed(bare, 1, warmup=0))
-        loop_t.append(timed(loop, 1, warmup=0))
-    bare(), loop()
-    bare_s, loop_s = statistics.median(bare_t), statistics.median(loop_t)
+    for index in range(repeats):
+        pair = [(bare, bare_t), (loop, loop_t)]
+        for fn, times in (pair if index % 2 == 0 else pair[::-1]):
+            times.append(timed(fn, 1, warmup=0))
+    bare_s, loop_s = min(bare_t), min(loop_t)
     model = trainer.model.eval()
     x = torch.randn(BATCH[preset], channels, size, size)
     t = torch.full((BATCH[preset],), 500)
@@ -81,7 +84,7 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
     def call():
         model(x, t)
 
-    call_s = timed(call, repeats)
+    call_s = min(timed(call, 1, warmup=0) for _ in range(repeats))
     params = sum(p.numel() for p in trainer.parameters)
     return {"preset": preset, "params": params, "batch": BATCH[preset], "bare_s": bare_s, "loop_s": loop_s,
             "overhead": loop_s / bare_s - 1, "images_per_s_call": BATCH[preset] / call_s}

