@@ -3,7 +3,11 @@
 __version__ = "0.1.0"
 
 from .api import load_network, load_run_config, sample, train  # noqa: E402
-from .config import DataConfig, DiffusionConfig, ModelConfig, RunConfig, SampleConfig, TrainConfig  # noqa: E402
+from .config import (  # noqa: E402
+    DataConfig, DiffusionConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig, TrainConfig,
+)
+from .lottery import find_ticket  # noqa: E402
 
-__all__ = ["DataConfig", "DiffusionConfig", "ModelConfig", "RunConfig", "SampleConfig", "TrainConfig",
-           "load_network", "load_run_config", "sample", "train", "__version__"]
+__all__ = ["DataConfig", "DiffusionConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
+           "SampleConfig", "TrainConfig", "find_ticket", "load_network", "load_run_config", "sample", "train",
+           "__version__"]

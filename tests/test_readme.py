@@ -1,0 +1,40 @@
+"""The README's promises: the two set-up commands, CI calling the test command, one command per strategy."""
+
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def code_lines():
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = next(line for line in code_lines() if "pytest" in line)
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_main_command_is_the_quickstart():
+    assert any(line.endswith("ddpm-lottery quickstart") and line.startswith("pip install") for line in code_lines())
+
+
+def test_every_strategy_has_a_full_command_that_parses():
+    from ddpm_lottery.cli import build_parser
+
+    parser = build_parser()
+    common = next(line for line in code_lines() if line.startswith("COMMON="))
+    common_args = shlex.split(common.split("=", 1)[1].strip('"'))
+    commands = [line for line in code_lines() if line.startswith("ddpm-lottery find-ticket")]
+    seen = set()
+    for line in commands:
+        words = shlex.split(line.split("#")[0])
+        words = [w for word in words for w in (common_args if word == "$COMMON" else [word])]
+        args = parser.parse_args(words[1:])
+        strategy = "reinit" if args.reinit else (args.strategy or "varying")
+        seen.add(f"{strategy}-{args.order or 'forward'}" + ("-oneshot" if args.one_shot else ""))
+    assert {"varying-forward", "varying-reverse", "unified-forward", "global-forward", "random-forward",
+            "reinit-forward", "varying-forward-oneshot"} <= seen
