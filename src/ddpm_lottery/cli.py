@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import __version__
-from .config import LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args
+from .config import EvalConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args
 from .errors import UserError
 
 
@@ -18,7 +18,8 @@ def _cmd_train(args) -> int:
     from .api import train
 
     config = config_from_args(RunConfig, args, args.config)
-    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    run = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    _log_command(run)
     return 0
 
 
@@ -49,7 +50,8 @@ def _cmd_find_ticket(args) -> int:
     from .lottery import find_ticket
 
     config = config_from_args(LotteryConfig, args, args.config)
-    find_ticket(config, args.out, progress=not args.no_progress)
+    run = find_ticket(config, args.out, progress=not args.no_progress)
+    _log_command(run)
     return 0
 
 
@@ -83,12 +85,88 @@ def _cmd_sparsity(args) -> int:
     return 0
 
 
-def _cmd_quickstart(args) -> int:
-    from .quickstart import quickstart
+def _levels_arg(run, level, all_levels):
+    from .lottery import finished_levels
 
-    path = quickstart(args.out, steps=args.steps, num_samples=args.num_samples, preset=args.preset,
-                      dataset=args.dataset, data_dir=args.data_dir, progress=not args.no_progress)
-    print(f"report: {path}")
+    if all_levels:
+        return finished_levels(run)
+    return None if level is None else [level]
+
+
+def _log_command(run) -> None:
+    """Append the command line to RUN/commands.log (provenance for reports)."""
+    import shlex
+    import time
+    from pathlib import Path
+
+    try:
+        with open(Path(run) / "commands.log", "a", encoding="utf-8") as handle:
+            handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}\nddpm-lottery {shlex.join(sys.argv[1:])}\n")
+    except OSError:
+        pass  # provenance is best effort; the results are already written
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation import evaluate
+
+    config = config_from_args(EvalConfig, args, args.config)
+    evaluate(args.run, config, _levels_arg(args.run, args.level, args.all_levels), progress=not args.no_progress,
+             force=args.force)
+    _log_command(args.run)
+    return 0
+
+
+def _cmd_flops(args) -> int:
+    from .costs import level_costs
+    from .lottery import finished_levels
+
+    levels = _levels_arg(args.run, args.level, args.all_levels) or finished_levels(args.run)[-1:]
+    if not levels:
+        raise UserError(f"{args.run} has no finished level yet")
+    for level in levels:
+        c = level_costs(args.run, level)
+        print(f"{args.run} level {level}: {c['dense_flops'] / 1e9:.4f} GFLOPs ({c['dense_macs'] / 1e9:.4f} GMACs) dense "
+              f"per denoiser call, {c['effective_flops'] / 1e9:.4f} GFLOPs effective (−{100 * c['reduction']:.2f} %); "
+              f"{c['counter']}")
+        for name, value in c["per_sample_flops"].items():
+            print(f"  per sample, {name}: {value['dense'] / 1e9:.2f} → {value['effective'] / 1e9:.2f} GFLOPs")
+        print(f"  parameters {c['surviving_parameters']:,} of {c['dense_parameters']:,}; storage "
+              f"{c['sparse_bytes']:,} B sparse export vs {c['dense_bytes']:,} B dense ({c['storage_ratio']:.3f}x)")
+        if args.per_module:
+            print(f"  {'j':>3}  {'module':<34} {'dense MFLOPs':>13} {'effective':>11} {'reduction':>9}")
+            for m in c["per_module"]:
+                print(f"  {m['index']:>3}  {m['name']:<34} {m['dense_flops'] / 1e6:>13.2f} "
+                      f"{m['effective_flops'] / 1e6:>11.2f} {100 * m['reduction']:>8.1f}%")
+    return 0
+
+
+def _cmd_cka(args) -> int:
+    from .cka import compare_runs
+
+    timesteps = tuple(int(t) for t in args.timesteps.split(",") if t.strip())
+    compare_runs(args.run_a, args.run_b, args.level, timesteps=timesteps, batch=args.batch, weights=args.weights,
+                 threshold=args.threshold, seed=args.seed, out=args.out)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    build_report(args.runs, args.out, cka_dirs=args.cka or (), eval_filter=args.eval_filter,
+                 commands=[f"ddpm-lottery {' '.join(sys.argv[1:])}"])
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from .quickstart import QuickstartSettings, quickstart
+
+    settings = QuickstartSettings(preset=args.preset, dataset=args.dataset, data_dir=args.data_dir,
+                                  steps_per_level=args.steps_per_level, prune_ratio=args.prune_ratio,
+                                  rounds=args.rounds, num_samples=args.num_samples,
+                                  reference_samples=args.reference_samples, kid_subset_size=args.kid_subset_size,
+                                  device=args.device)
+    path = quickstart(args.out, settings, progress=not args.no_progress)
+    print(f"report: {path.resolve()}")
     return 0
 
 
@@ -142,17 +220,71 @@ def build_parser() -> argparse.ArgumentParser:
     sparsity.add_argument("--level", type=int, default=None, help="level [default: the last finished]")
     sparsity.set_defaults(func=_cmd_sparsity)
 
+    evaluate = commands.add_parser(
+        "evaluate", help="FID and KID of run levels on the standard Inception features",
+        description="Generate N images per level and compare their Inception-v3 pool3 features with the training "
+                    "set's (cached). Results go to RUN/level_XX/eval/<sampler>-<steps>...json.")
+    evaluate.add_argument("run", metavar="RUN")
+    _add_config_flag(evaluate)
+    evaluate.add_argument("--level", type=int, default=None, help="level to evaluate [default: the last finished]")
+    evaluate.add_argument("--all-levels", action="store_true", help="evaluate every finished level")
+    evaluate.add_argument("--force", action="store_true", help="recompute evaluations already stored")
+    evaluate.add_argument("--no-progress", action="store_true")
+    add_arguments(evaluate, EvalConfig())
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    flops = commands.add_parser("flops", help="FLOPs, parameters and storage of run levels, dense vs ticket")
+    flops.add_argument("run", metavar="RUN")
+    flops.add_argument("--level", type=int, default=None, help="[default: the last finished]")
+    flops.add_argument("--all-levels", action="store_true")
+    flops.add_argument("--per-module", action="store_true", help="print the per-module table")
+    flops.set_defaults(func=_cmd_flops)
+
+    cka = commands.add_parser("cka", help="CKA similarity of two tickets, layer by layer (the paper's Fig. 1)")
+    cka.add_argument("run_a", metavar="RUN_A")
+    cka.add_argument("run_b", metavar="RUN_B")
+    cka.add_argument("--level", type=int, required=True, help="the level (same sparsity) to compare")
+    cka.add_argument("--timesteps", default="50,250,500,750", help="timesteps of the noisy inputs for activation CKA")
+    cka.add_argument("--batch", type=int, default=64, help="noisy inputs for activation CKA [default: 64]")
+    cka.add_argument("--weights", default="raw", choices=("raw", "ema"), help="weights compared [default: raw]")
+    cka.add_argument("--threshold", type=float, default=1.0, help="RBF bandwidth as a fraction of the median distance")
+    cka.add_argument("--seed", type=int, default=0, help="seed of the inputs and noise")
+    cka.add_argument("--out", help="output folder [default: RUN_A/cka/<RUN_B>-levelXX]")
+    cka.set_defaults(func=_cmd_cka)
+
+    report = commands.add_parser("report", help="one self-contained HTML report (and a Markdown table) of runs")
+    report.add_argument("runs", metavar="RUN", nargs="+")
+    report.add_argument("--out", default="report.html", help="HTML file [default: report.html]")
+    report.add_argument("--cka", action="append", metavar="DIR", help="a `ddpm-lottery cka` output folder to include")
+    report.add_argument("--eval-filter", help="use only evaluations whose key contains this text (e.g. n2048)")
+    report.set_defaults(func=_cmd_report)
+
     presets = commands.add_parser("presets", help="list the network presets and their sizes")
     presets.set_defaults(func=_cmd_presets)
 
-    quick = commands.add_parser("quickstart", help="the whole study on the embedded data, ending in a report",
-                                description="Train on the embedded digits, sample, and write an HTML report.")
+    quick = commands.add_parser(
+        "quickstart", help="the whole study on the embedded digits, ending in an HTML report",
+        description="Dense model, unified and varying tickets, a second varying ticket for CKA, FID/KID of every "
+                    "level, FLOPs, and OUT/report.html. Finished work is reused when it runs again.")
+    from .quickstart import QuickstartSettings
+
+    defaults = QuickstartSettings()
     quick.add_argument("--out", default="runs/quickstart", metavar="DIR", help="output folder [default: runs/quickstart]")
-    quick.add_argument("--steps", type=int, default=1500, help="training steps [default: 1500]")
-    quick.add_argument("--num-samples", type=int, default=64, help="samples in the grid [default: 64]")
-    quick.add_argument("--preset", default="tiny", help="network preset [default: tiny]")
-    quick.add_argument("--dataset", default="embedded", help="dataset [default: embedded]")
+    quick.add_argument("--preset", default=defaults.preset, help=f"network preset [default: {defaults.preset}]")
+    quick.add_argument("--dataset", default=defaults.dataset, help=f"dataset [default: {defaults.dataset}]")
     quick.add_argument("--data-dir", default=None, help="dataset folder, for datasets other than embedded")
+    quick.add_argument("--steps-per-level", type=int, default=defaults.steps_per_level,
+                       help=f"training steps per level [default: {defaults.steps_per_level}]")
+    quick.add_argument("--prune-ratio", type=float, default=defaults.prune_ratio,
+                       help=f"fraction pruned per round [default: {defaults.prune_ratio}]")
+    quick.add_argument("--rounds", type=int, default=defaults.rounds, help=f"pruning rounds [default: {defaults.rounds}]")
+    quick.add_argument("--num-samples", type=int, default=defaults.num_samples,
+                       help=f"generated images per level for FID/KID [default: {defaults.num_samples}]")
+    quick.add_argument("--reference-samples", type=int, default=defaults.reference_samples,
+                       help=f"training images for the reference statistics [default: {defaults.reference_samples}]")
+    quick.add_argument("--kid-subset-size", type=int, default=defaults.kid_subset_size,
+                       help=f"KID subset size [default: {defaults.kid_subset_size}]")
+    quick.add_argument("--device", default="auto", help="cpu, cuda or auto [default: auto]")
     quick.add_argument("--no-progress", action="store_true", help="no progress bars")
     quick.set_defaults(func=_cmd_quickstart)
     return parser

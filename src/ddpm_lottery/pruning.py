@@ -290,10 +290,24 @@ def plan_units(strategy: str, mmap: ModuleMap, masks: Masks, settings: PruneSett
 
 
 def allocate(units: list[Unit], budget: int | None) -> list[int]:
-    """Counts per unit: the planned ones, scaled down proportionally when they exceed ``budget``."""
+    """Counts per unit: the planned ones, scaled down proportionally when they exceed ``budget``.
+
+    A shortfall no larger than the number of units (per-unit rounding of the ratios) is topped up
+    one weight per unit, so a schedule that nominally reaches the target meets it exactly.
+    """
     planned = [u.planned() for u in units]
     total = sum(planned)
-    if budget is None or total <= budget:
+    if budget is None:
+        return planned
+    if total <= budget:
+        shortfall = budget - total
+        if 0 < shortfall <= len(units):
+            for i in sorted(range(len(units)), key=lambda i: units[i].removable - planned[i], reverse=True):
+                if shortfall == 0:
+                    break
+                if planned[i] < units[i].removable:
+                    planned[i] += 1
+                    shortfall -= 1
         return planned
     exact = [p * budget / total for p in planned]
     counts = [int(math.floor(e)) for e in exact]

@@ -1,0 +1,234 @@
+"""Similarity of two tickets: centered kernel alignment (CKA), layer by layer in forward order.
+
+* Weight CKA (the paper's Fig. 1): the sparsified weights of a layer reshaped to
+  (output units, fan-in); K and L are kernels between the output units of ticket 1 and ticket 2.
+  RBF kernels use Kornblith et al.'s bandwidth: ``threshold`` x the median pairwise distance.
+* Activation CKA (the standard alternative): both networks see one shared batch of noisy inputs
+  x_t at chosen timesteps; K and L are kernels between the examples' layer outputs.
+
+HSIC(K, L) = tr(K H L H) / (n - 1)^2 with H = I - 11^T / n, and
+CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), so CKA(X, X) = 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+def linear_gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x @ x.T
+
+
+def rbf_gram(x: torch.Tensor, threshold: float = 1.0) -> torch.Tensor:
+    """exp(-d^2 / (2 sigma^2)) with sigma^2 = threshold^2 x median(d^2) (Kornblith et al. 2019)."""
+    x = x.double()
+    sq = (x * x).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+    median = torch.quantile(d2.flatten(), 0.5)  # interpolated, as numpy.median (Kornblith et al.)
+    if median <= 0:
+        median = torch.tensor(1.0, dtype=d2.dtype)
+    return torch.exp(-d2 / (2 * threshold**2 * median))
+
+
+def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    n = k.shape[0]
+    if n < 2:  # one unit or one example: no variation to align (CKA is reported as nan)
+        return torch.tensor(0.0, dtype=k.dtype)
+    h = torch.eye(n, dtype=k.dtype) - torch.full((n, n), 1.0 / n, dtype=k.dtype)
+    return torch.trace(k @ h @ l @ h) / (n - 1) ** 2
+
+
+def cka_from_grams(k: torch.Tensor, l: torch.Tensor) -> float:
+    product = float(hsic(k, k)) * float(hsic(l, l))
+    if not product > 1e-30:  # a constant kernel (e.g. a layer with every weight pruned): CKA is undefined
+        return float("nan")
+    return float(hsic(k, l)) / math.sqrt(product)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    return cka_from_grams(linear_gram(x), linear_gram(y))
+
+
+def rbf_cka(x: torch.Tensor, y: torch.Tensor, threshold: float = 1.0) -> float:
+    return cka_from_grams(rbf_gram(x, threshold), rbf_gram(y, threshold))
+
+
+def _units(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in, kh, kw) or (out, in) -> (out units, fan-in)."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+def check_same_architecture(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[str]) -> None:
+    for name in names:
+        if name not in a or name not in b or a[name].shape != b[name].shape:
+            raise UserError("the two tickets have different architectures (tensor "
+                            f"{name} differs); compare tickets of the same preset and overrides")
+
+
+def weight_cka(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layer_order: list[str],
+               threshold: float = 1.0) -> list[dict]:
+    """Per layer (forward order): RBF and linear CKA between the two tickets' sparsified weights."""
+    check_same_architecture(weights_a, weights_b, layer_order)
+    rows = []
+    for index, name in enumerate(layer_order):
+        x, y = _units(weights_a[name]), _units(weights_b[name])
+        rows.append({"index": index, "layer": name.rsplit(".weight", 1)[0],
+                     "kind": "conv" if weights_a[name].dim() == 4 else "linear", "out_units": x.shape[0],
+                     "weight_cka_rbf": rbf_cka(x, y, threshold), "weight_cka_linear": linear_cka(x, y)})
+    return rows
+
+
+@torch.no_grad()
+def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: dict[int, torch.Tensor],
+                   layer_order: list[str], threshold: float = 1.0) -> list[dict]:
+    """Per layer: linear and RBF CKA of the two networks' outputs on the same x_t, per timestep and averaged."""
+    results = {name: {} for name in layer_order}
+    for timestep, x_t in noisy.items():
+        grams = {}
+        for tag, model in (("a", model_a), ("b", model_b)):
+            handles = []
+            modules = dict(model.named_modules())
+            for layer_name in (n.rsplit(".weight", 1)[0] for n in layer_order):
+                def hook(_module, _inputs, output, key=layer_name, tag=tag):
+                    flat = output.detach().flatten(1).double().cpu()
+                    grams[(key, tag)] = (linear_gram(flat), rbf_gram(flat, threshold))
+                handles.append(modules[layer_name].register_forward_hook(hook))
+            try:
+                model.eval()
+                model(x_t, torch.full((len(x_t),), timestep, dtype=torch.long))
+            finally:
+                for handle in handles:
+                    handle.remove()
+        for name in layer_order:
+            layer = name.rsplit(".weight", 1)[0]
+            (lin_a, rbf_a), (lin_b, rbf_b) = grams[(layer, "a")], grams[(layer, "b")]
+            results[name][timestep] = (cka_from_grams(lin_a, lin_b), cka_from_grams(rbf_a, rbf_b))
+    rows = []
+    for index, name in enumerate(layer_order):
+        per_t = results[name]
+        row = {"index": index, "layer": name.rsplit(".weight", 1)[0],
+               "activation_cka_linear": sum(v[0] for v in per_t.values()) / len(per_t),
+               "activation_cka_rbf": sum(v[1] for v in per_t.values()) / len(per_t)}
+        for timestep, (lin, rbf) in per_t.items():
+            row[f"activation_cka_linear_t{timestep}"] = lin
+            row[f"activation_cka_rbf_t{timestep}"] = rbf
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    from .runs import atomic_path
+
+    path = Path(path)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
+    """The paper's Fig. 1: CKA against layer index, upstream (left) to downstream (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .runs import atomic_path
+
+    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
+    index = [r["index"] for r in rows]
+    conv = [r for r in rows if r.get("kind") == "conv"]
+    ax.plot([r["index"] for r in conv], [r["weight_cka_rbf"] for r in conv], "o-", ms=3, lw=1.2,
+            label="weight CKA, RBF (paper's Fig. 1; Conv2d layers)")
+    ax.plot(index, [r["weight_cka_linear"] for r in rows], "s", ms=2.5, alpha=0.6, label="weight CKA, linear (all layers)")
+    if "activation_cka_linear" in rows[0]:
+        ax.plot(index, [r["activation_cka_linear"] for r in rows], "-", lw=1, label="activation CKA, linear")
+        ax.plot(index, [r["activation_cka_rbf"] for r in rows], "--", lw=1, label="activation CKA, RBF")
+    ax.set_xlabel("layer index in forward-execution order (upstream → downstream)")
+    ax.set_ylabel("CKA between the two tickets")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, level: int, *, timesteps: tuple[int, ...] = (50, 250, 500, 750),
+                 batch: int = 64, weights: str = "raw", threshold: float = 1.0, seed: int = 0,
+                 out: str | Path | None = None, log=print) -> dict:
+    """Weight and activation CKA between level ``level`` of two ticket runs; writes cka.csv and figure1.png."""
+    from .data import load_dataset, to_model_range
+    from .diffusion import noise_scheduler
+    from .lottery import level_config, level_masks, level_network, level_weights
+    from .runs import read_json, write_json
+
+    run_a, run_b = Path(run_a), Path(run_b)
+    net_a = read_json(run_a / "network.json", "network config") if (run_a / "network.json").exists() else None
+    net_b = read_json(run_b / "network.json", "network config") if (run_b / "network.json").exists() else None
+    if net_a is None or net_b is None:
+        raise UserError("CKA compares two ticket runs (find-ticket folders with network.json); "
+                        f"{run_a if net_a is None else run_b} is not one")
+    if net_a != net_b:
+        raise UserError(f"{run_a} and {run_b} use different networks; CKA compares tickets of the same preset")
+    if batch < 3:
+        raise UserError(f"--batch must be at least 3 for CKA, got {batch}")
+    masks_a, masks_b = level_masks(run_a, level), level_masks(run_b, level)
+    order = [m for module in read_json(run_a / "modules.json", "module map")["modules"] for m in module["tensors"]]
+    # one layer per tensor, in forward order
+    wa = {n: w * masks_a[n] if n in masks_a else w for n, w in level_weights(run_a, level, weights).items()}
+    wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_weights(run_b, level, weights).items()}
+    rows = weight_cka(wa, wb, order, threshold)
+
+    config = level_config(run_a)
+    images = load_dataset(config.data.dataset, config.data.data_dir, split=config.data.split,
+                          image_size=net_a["sample_size"], channels=net_a["in_channels"]).images
+    generator = torch.Generator().manual_seed(seed)
+    chosen = images[torch.randperm(len(images), generator=generator)[:batch]]
+    clean = to_model_range(chosen)
+    scheduler = noise_scheduler(config.diffusion)
+    noisy = {}
+    for t in timesteps:
+        if not 0 <= t < scheduler.config.num_train_timesteps:
+            raise UserError(f"timestep {t} is outside [0, {scheduler.config.num_train_timesteps})")
+        noise = torch.randn(clean.shape, generator=generator)
+        noisy[t] = scheduler.add_noise(clean, noise, torch.full((len(clean),), t, dtype=torch.long))
+    model_a, model_b = level_network(run_a, level, weights), level_network(run_b, level, weights)
+    activation_rows = activation_cka(model_a, model_b, noisy, order, threshold)
+    for row, extra in zip(rows, activation_rows):
+        row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
+    out = Path(out) if out else run_a / "cka" / f"{run_b.name}-level{level:02d}"
+    write_csv(rows, out / "cka.csv")
+    caption = (f"{run_a.name} vs {run_b.name}, level {level}; weight CKA on {weights} weights ⊙ mask (RBF bandwidth "
+               f"{threshold} × median distance); activation CKA on {batch} training images noised at t = "
+               f"{', '.join(map(str, timesteps))} (seed {seed})")
+    figure_one(rows, out / "figure1.png", caption)
+    summary = {"run_a": str(run_a), "run_b": str(run_b), "level": level, "weights": weights, "threshold": threshold,
+               "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
+               "mean_weight_cka_rbf_first_half": _half_mean(rows, "weight_cka_rbf", first=True),
+               "mean_weight_cka_rbf_second_half": _half_mean(rows, "weight_cka_rbf", first=False)}
+    write_json(out / "cka.json", summary)
+    log(f"wrote {out / 'cka.csv'} and {out / 'figure1.png'}: weight CKA (RBF) upstream half "
+        f"{summary['mean_weight_cka_rbf_first_half']:.3f}, downstream half {summary['mean_weight_cka_rbf_second_half']:.3f}")
+    return {"rows": rows, "summary": summary, "out": out}
+
+
+def _half_mean(rows: list[dict], key: str, first: bool) -> float:
+    values = [r[key] for r in rows if not math.isnan(r[key])]
+    half = len(values) // 2
+    part = values[:half] if first else values[half:]
+    return sum(part) / len(part) if part else float("nan")

@@ -1,0 +1,171 @@
+"""What a ticket costs: FLOPs per denoiser call and per sample, parameters, storage.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of one
+image (1 MAC = 2 FLOPs).  A ticket's *effective* FLOPs scale every Conv2d/Linear by the density
+of its weight (the multiply-adds a sparse kernel would do); everything pruning cannot touch
+(attention products, norms, activations, up/downsampling) is counted as is.  These are
+theoretical: PyTorch's dense kernels do not get faster from zeros (see the benchmarks).
+
+Storage compares the dense weights (float32 safetensors) with a sparse export: a bit-packed
+mask plus the surviving values of each pruned tensor, and the other tensors dense.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .errors import UserError
+from .pruning import Masks, ModuleMap
+from .runs import load_tensors, save_tensors
+
+
+def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, {layer name: FLOPs}) of one forward pass on one image."""
+    config = model.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    device = next(model.parameters()).device
+    x = torch.zeros(1, config.in_channels, size, size, device=device)
+    t = torch.zeros(1, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    # The math SDPA path runs the attention products as bmm, which the counter sees; the fused CPU/GPU
+    # kernels are not counted by FlopCounterMode.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, t)
+    model.train(was_training)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    per_layer = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            per_layer[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
+    return int(counter.get_total_flops()), per_layer
+
+
+def ticket_flops(model: torch.nn.Module, masks: Masks, mmap: ModuleMap) -> dict:
+    """Dense and effective FLOPs per denoiser call, in total and per module of the map."""
+    total, per_layer = layer_flops(model)
+    density = {name: float(mask.float().mean()) for name, mask in masks.items()}
+    saved = 0.0
+    modules = []
+    for module in mmap.modules:
+        dense = sum(per_layer[t.rsplit(".weight", 1)[0]] for t in module.tensors)
+        effective = sum(per_layer[t.rsplit(".weight", 1)[0]] * density.get(t, 1.0) for t in module.tensors)
+        saved += dense - effective
+        modules.append({"index": module.index, "name": module.name, "dense_flops": dense,
+                        "effective_flops": effective, "reduction": 1 - effective / dense if dense else 0.0})
+    prunable_layers = sum(per_layer[t.rsplit(".weight", 1)[0]] for t in mmap.tensor_names)
+    effective_total = total - saved
+    return {"dense_flops": total, "effective_flops": effective_total, "reduction": saved / total,
+            "dense_macs": total / 2, "effective_macs": effective_total / 2,
+            "prunable_layer_flops": prunable_layers, "untouchable_flops": total - prunable_layers,
+            "per_module": modules, "counter": "torch.utils.flop_counter.FlopCounterMode, 1 image, 2 FLOPs per MAC, attention via the math "
+                       "SDPA path"}
+
+
+def sampler_flops(per_call: float, steps: int) -> float:
+    """FLOPs of one sample: one denoiser call per sampling step (DDPM, DDIM and DPM-Solver++ alike)."""
+    return per_call * steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage
+
+
+def export_sparse(weights: dict[str, torch.Tensor], masks: Masks, path: str | Path) -> int:
+    """Write mask bits + surviving values (+ dense other tensors); returns the file's size in bytes."""
+    tensors: dict[str, torch.Tensor] = {}
+    metadata = {"format": "ddpm-lottery sparse export v1: mask.<name> = numpy.packbits of the flattened mask, "
+                          "values.<name> = surviving values in row-major order, dense.<name> = other tensors"}
+    for name, value in weights.items():
+        if name in masks:
+            mask = masks[name].reshape(-1)
+            tensors[f"mask.{name}"] = torch.from_numpy(np.packbits(mask.numpy().astype(np.uint8)))
+            tensors[f"values.{name}"] = value.reshape(-1)[mask].contiguous()
+            metadata[f"shape:{name}"] = ",".join(map(str, value.shape))
+        else:
+            tensors[f"dense.{name}"] = value
+    save_tensors(path, tensors, metadata)
+    return Path(path).stat().st_size
+
+
+def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+    """Rebuild the dense state dict from a sparse export."""
+    from safetensors import safe_open
+
+    tensors = load_tensors(path, "sparse export")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    state = {k[len("dense."):]: v for k, v in tensors.items() if k.startswith("dense.")}
+    for key, values in tensors.items():
+        if not key.startswith("values."):
+            continue
+        name = key[len("values."):]
+        shape = [int(s) for s in metadata[f"shape:{name}"].split(",")]
+        count = int(np.prod(shape))
+        mask = torch.from_numpy(np.unpackbits(tensors[f"mask.{name}"].numpy())[:count].astype(bool))
+        if int(mask.sum()) != values.numel():
+            raise UserError(f"sparse export {path} is inconsistent for {name}; re-export it")
+        dense = torch.zeros(count, dtype=values.dtype)
+        dense[mask] = values
+        state[name] = dense.view(shape)
+    return state
+
+
+def parameter_counts(weights: dict[str, torch.Tensor], masks: Masks) -> dict:
+    total = sum(v.numel() for v in weights.values())
+    pruned = sum(int((~m).sum()) for m in masks.values())
+    return {"dense_parameters": total, "surviving_parameters": total - pruned,
+            "prunable_parameters": sum(m.numel() for m in masks.values())}
+
+
+def level_costs(run: str | Path, level: int, sampling_steps: dict[str, int] | None = None) -> dict:
+    """FLOPs, parameters and storage of one level; writes level_XX/costs.json and sparse.safetensors."""
+    from .lottery import level_dir, level_masks, level_network, level_weights, run_kind
+    from .pruning import module_map
+    from .runs import write_json
+
+    run = Path(run)
+    model = level_network(run, level, "raw")
+    weights = level_weights(run, level, "raw")
+    masks = level_masks(run, level)
+    mmap = module_map(model)
+    if masks is None:  # a training run: dense
+        masks = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in mmap.tensor_names}
+    else:
+        mmap = _map_for_masks(model, masks)
+    flops = ticket_flops(model, masks, mmap)
+    folder = level_dir(run, level) if run_kind(run) != "train" else run
+    dense_path = folder / ("weights.safetensors" if run_kind(run) != "train" else "model/diffusion_pytorch_model.safetensors")
+    sparse_bytes = export_sparse(weights, masks, folder / "sparse.safetensors")
+    steps = sampling_steps or {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
+    result = {
+        "level": level, **flops, **parameter_counts(weights, masks),
+        "per_sample_flops": {f"{name} {k} steps": {"dense": sampler_flops(flops["dense_flops"], k),
+                                                   "effective": sampler_flops(flops["effective_flops"], k)}
+                             for name, k in steps.items()},
+        "dense_bytes": dense_path.stat().st_size, "sparse_bytes": sparse_bytes,
+        "storage_ratio": sparse_bytes / dense_path.stat().st_size,
+    }
+    write_json(folder / "costs.json", result)
+    return result
+
+
+def _map_for_masks(model, masks: Masks) -> ModuleMap:
+    """The block map restricted to the masked tensors (include/exclude patterns of the run)."""
+    from .pruning import ModuleMap, PruneModule, module_map
+
+    full = module_map(model)
+    modules = []
+    for m in full.modules:
+        tensors = [t for t in m.tensors if t in masks]
+        if tensors:
+            sizes = [masks[t].numel() for t in tensors]
+            modules.append(PruneModule(len(modules), m.name, tensors, sizes))
+    return ModuleMap(full.granularity, modules, {t: list(masks[t].shape) for t in masks})

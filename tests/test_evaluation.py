@@ -1,0 +1,142 @@
+"""`evaluate`, `flops`, `cka` and `report` on a tiny finished ticket run."""
+
+import json
+import re
+
+import pytest
+
+from ddpm_lottery.cli import main
+from ddpm_lottery.config import EvalConfig
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.evaluation import evaluate, load_evaluations
+
+
+def small_eval(**fields):
+    config = EvalConfig(num_samples=6, sampling_steps=2, reference_samples=10, kid_subset_size=4, kid_subsets=5,
+                        device="cpu")
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_evaluate_stores_every_figure_with_how_it_was_measured(tiny_ticket_run, fake_extractor, tmp_path):
+    records = evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path)), [0, 2], progress=False,
+                       log=lambda *_: None, extractor=fake_extractor)
+    assert [r["level"] for r in records] == [0, 2]
+    for record in records:
+        for key in ("fid", "kid_mean", "kid_std", "num_samples", "sampler", "steps", "seed", "wall_time_s",
+                    "reference_samples", "weights"):
+            assert key in record
+        assert record["num_samples"] == 6 and record["sampler"] == "ddim" and record["steps"] == 2
+        assert "strongly biased" in record["biased_warning"]
+    stored = load_evaluations(tiny_ticket_run, 2)
+    assert len(stored) == 1 and next(iter(stored)).startswith("ddim-2steps-eta0-n6-seed0-ema-ref10-kid4")
+
+
+def test_second_evaluation_reuses_reference_and_results(tiny_ticket_run, fake_extractor, tmp_path):
+    config = small_eval(cache_dir=str(tmp_path), sample_seed=5)
+    evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)
+    calls = fake_extractor.calls
+    messages = []
+    again = evaluate(tiny_ticket_run, config, [1], progress=False, log=messages.append, extractor=fake_extractor)
+    assert fake_extractor.calls == calls  # neither reference nor samples recomputed
+    assert any("cached" in m for m in messages) and any("[stored]" in m for m in messages)
+    forced = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor,
+                      force=True)
+    assert forced[0]["fid"] == pytest.approx(again[0]["fid"])  # seeded sampling: same samples, same FID
+
+
+@pytest.mark.parametrize("fields,levels,match", [
+    ({"num_samples": 1}, [1], "at least 2"),
+    ({"num_samples": 3}, [1], "KID draws subsets of 4"),
+    ({"reference_samples": 3}, [1], "KID draws subsets of 4"),
+    ({}, [7], "no trained level 7"),
+    ({"feature_network": "/nonexistent/inception.pt"}, [1], "does not exist"),
+])
+def test_bad_evaluation_requests(tiny_ticket_run, fields, levels, match, tmp_path):
+    with pytest.raises(UserError, match=match):
+        evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path), **fields), levels, progress=False,
+                 log=lambda *_: None)
+
+
+def test_run_without_levels(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "lottery", "hash": "x", "config": {}}))
+    with pytest.raises(UserError, match="no level with trained weights"):
+        evaluate(tmp_path, small_eval(), progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="not a run folder"):
+        evaluate(tmp_path / "nothing", small_eval(), progress=False, log=lambda *_: None)
+
+
+def test_flops_command(tiny_ticket_run, capsys):
+    assert main(["flops", str(tiny_ticket_run), "--all-levels", "--per-module"]) == 0
+    out = capsys.readouterr().out
+    reductions = [float(x) for x in re.findall(r"effective \(−([\d.]+) %\)", out)]
+    assert reductions[0] == 0.0 and reductions[1] > 0 and reductions[2] > reductions[1]
+    assert "per sample, ddim 50 steps" in out and "storage" in out
+    costs = json.loads((tiny_ticket_run / "level_02" / "costs.json").read_text())
+    assert costs["sparse_bytes"] < costs["dense_bytes"]
+
+
+def test_cka_of_two_tickets(tiny_ticket_run, second_ticket_run, tmp_path):
+    out = tmp_path / "cka"
+    assert main(["cka", str(tiny_ticket_run), str(second_ticket_run), "--level", "2", "--batch", "8",
+                 "--timesteps", "100,600", "--out", str(out)]) == 0
+    header = (out / "cka.csv").read_text().splitlines()[0].split(",")
+    for column in ("layer", "weight_cka_rbf", "weight_cka_linear", "activation_cka_linear", "activation_cka_rbf",
+                   "activation_cka_linear_t100", "activation_cka_rbf_t600"):
+        assert column in header
+    assert (out / "figure1.png").stat().st_size > 1000
+    # a ticket against itself: every weight CKA is 1
+    assert main(["cka", str(tiny_ticket_run), str(tiny_ticket_run), "--level", "1", "--batch", "4",
+                 "--timesteps", "100", "--out", str(tmp_path / "self")]) == 0
+    import csv
+    with open(tmp_path / "self" / "cka.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    off = [(r["layer"], r[key]) for r in rows for key in ("weight_cka_linear", "weight_cka_rbf")
+           if int(r["out_units"]) > 1 and not abs(float(r[key]) - 1) < 1e-9]  # one output unit: undefined (nan)
+    assert rows and not off, off
+    # at one timestep the time embedding's output is the same for every input: CKA is undefined there (nan)
+    for row in rows:
+        value = float(row["activation_cka_linear"])
+        assert (value != value) if "time_emb" in row["layer"] else abs(value - 1) < 1e-9
+
+
+def test_cka_refuses_different_networks(tiny_ticket_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    network = json.loads((tiny_ticket_run / "network.json").read_text())
+    network["block_out_channels"] = [16, 16, 16]
+    (other / "network.json").write_text(json.dumps(network))
+    (other / "config.json").write_text((tiny_ticket_run / "config.json").read_text())
+    assert main(["cka", str(tiny_ticket_run), str(other), "--level", "1"]) == 2
+    assert "different networks" in capsys.readouterr().err
+
+
+def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, fake_extractor, tmp_path):
+    from ddpm_lottery.cka import compare_runs
+    from ddpm_lottery.report import build_report
+
+    for run in (tiny_ticket_run, second_ticket_run):
+        evaluate(run, small_eval(cache_dir=str(tmp_path / "cache")), [0, 1, 2], progress=False, log=lambda *_: None,
+                 extractor=fake_extractor)
+    cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, batch=6, timesteps=(300,), out=tmp_path / "cka",
+                       log=lambda *_: None)
+    report = build_report([tiny_ticket_run, second_ticket_run], tmp_path / "out" / "report.html",
+                          cka_dirs=[cka["out"]], figure_samples=4, log=lambda *_: None)
+    page = report.read_text()
+    assert page.count("<img src=\"data:image/png;base64,") >= 7  # figures 1-4, sparsity bars, loss curves
+    assert "src=\"http" not in page and "<script" not in page
+    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "FLOPs reduction", "KID", "N=6 vs 10 reference",
+                 "strongly biased", "How this was made"):
+        assert text in page
+    table = report.with_suffix(".md").read_text()
+    assert table.count("\n|") >= 7  # header, rule, 6 levels
+    with pytest.raises(UserError, match="ending in .html"):
+        build_report([tiny_ticket_run], tmp_path / "report.pdf")
+
+
+def test_report_output_that_cannot_be_written(tiny_ticket_run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["report", str(tiny_ticket_run), "--out", str(blocker / "report.html")]) == 2
+    assert "cannot write" in capsys.readouterr().err

