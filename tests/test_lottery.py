@@ -245,3 +245,19 @@ def test_cli_find_ticket_and_sparsity(tmp_path, capsys):
     assert main(["sparsity", str(run), "--level", "5"]) == 2
     assert main(["modules", "--preset", "ddpm-cifar10"]) == 0
     assert "37 modules" in capsys.readouterr().out
+
+
+def test_dense_level_is_shared_only_between_identical_trainings(unified_run, tmp_path):
+    shared = small_config("global", target_sparsity=0.5)
+    shared.prune.dense_from = str(unified_run)
+    messages = []
+    run = find_ticket(shared, tmp_path / "shared", progress=False, log=messages.append)
+    assert any("reused from" in m for m in messages)
+    a = load_file(str(level_dir(unified_run, 0) / "weights.safetensors"))
+    b = load_file(str(level_dir(run, 0) / "weights.safetensors"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    different = small_config("global", target_sparsity=0.5)
+    different.train.lr = 0.01
+    different.prune.dense_from = str(unified_run)
+    with pytest.raises(UserError, match="not this run's"):
+        find_ticket(different, tmp_path / "different", progress=False, log=lambda *_: None)

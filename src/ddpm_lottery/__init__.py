@@ -7,7 +7,10 @@ from .config import (  # noqa: E402
     DataConfig, DiffusionConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig, TrainConfig,
 )
 from .lottery import find_ticket  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .cka import compare_runs  # noqa: E402
+from .report import build_report  # noqa: E402
 
 __all__ = ["DataConfig", "DiffusionConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
-           "SampleConfig", "TrainConfig", "find_ticket", "load_network", "load_run_config", "sample", "train",
+           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "find_ticket", "load_network", "load_run_config", "sample", "train",
            "__version__"]

@@ -172,13 +172,9 @@ class RunConfig:
 
 
 @dataclass
-class LotteryConfig:
+class LotteryConfig(RunConfig):
     """Everything that defines a ticket search: a training run per level plus the pruning."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
 
 

@@ -1,0 +1,62 @@
+"""Evaluation throughput: the FID feature network, each sampler, and the cached reference.
+
+    python benchmarks/evaluate.py [--preset tiny] [--images 64] [--samples 64]
+
+Prints images/s of the TF Inception-v3 (TorchScript, 299x299) on 28x28 digits, images/s of each
+sampler at its default step count for the preset (DDPM 1000, DDIM 50, DPM-Solver++ 20 denoiser
+calls per image), and the time to get reference features computed versus read from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from ddpm_lottery.config import DiffusionConfig, ModelConfig
+from ddpm_lottery.data import load_dataset
+from ddpm_lottery.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
+from ddpm_lottery.metrics import InceptionFeatures, extract_features, reference_features
+from ddpm_lottery.networks import build_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--images", type=int, default=64, help="images through the feature network")
+    parser.add_argument("--samples", type=int, default=64, help="images per sampler")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    images = load_dataset("embedded").images
+    extractor = InceptionFeatures()
+    extract_features(extractor, images[:8], progress=False)  # warm-up
+    start = time.perf_counter()
+    extract_features(extractor, images[: args.images], progress=False)
+    feature_rate = args.images / (time.perf_counter() - start)
+    print(f"{'feature network (TF Inception-v3, 299x299)':<46}{feature_rate:>10.1f} images/s")
+
+    model = build_model(ModelConfig(preset=args.preset), 1)
+    for sampler in SAMPLERS:
+        steps = DEFAULT_SAMPLING_STEPS[sampler]
+        count = args.samples if sampler != "ddpm" else max(8, args.samples // 4)
+        start = time.perf_counter()
+        sample(model, DiffusionConfig(), sampler=sampler, num_steps=steps, num_samples=count, batch_size=count)
+        rate = count / (time.perf_counter() - start)
+        print(f"{f'{args.preset}, {sampler} {steps} steps':<46}{rate:>10.1f} images/s")
+
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        reference_features(images[: args.images], "bench", extractor, cache_dir=cache, progress=False)
+        computed = time.perf_counter() - start
+        start = time.perf_counter()
+        reference_features(images[: args.images], "bench", extractor, cache_dir=cache, progress=False)
+        cached = time.perf_counter() - start
+    print(f"{f'reference of {args.images} images: computed':<46}{computed:>10.2f} s")
+    print(f"{f'reference of {args.images} images: from the cache':<46}{cached:>10.3f} s  "
+          f"(saves {computed - cached:.1f} s; {computed / max(cached, 1e-9):.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
