@@ -140,3 +140,22 @@ def test_report_output_that_cannot_be_written(tiny_ticket_run, tmp_path, capsys)
     blocker.write_text("")
     assert main(["report", str(tiny_ticket_run), "--out", str(blocker / "report.html")]) == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_report_renders_in_headless_chromium(tiny_ticket_run, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian's chromium is not installed")
+    from ddpm_lottery.report import build_report
+
+    report = build_report([tiny_ticket_run], tmp_path / "report.html", figure_samples=4, log=lambda *_: None)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot-report.sh"
+    result = subprocess.run(["bash", str(script), str(report), str(tmp_path / "shot.png"), "1200"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+    shot = Image.open(tmp_path / "shot.png")
+    assert shot.size == (1200, 1200) and len(set(shot.convert("L").getdata())) > 10  # not a blank page
