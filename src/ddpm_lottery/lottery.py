@@ -371,24 +371,36 @@ def non_default_train(config: LotteryConfig) -> dict:
 
 
 def one_shot_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettings, target: float) -> PruneSettings:
-    """Scale the schedule's ratios so that one round reaches the target (trimmed exactly later)."""
+    """Scale the schedule's ratios (p and q alike) so that one round reaches the target.
+
+    The per-module cap stays the user's, raised to the target itself when it is lower (a one-shot
+    unified prune to 99 % needs a 99 % ratio), and to 100 % only if the target needs it.
+    """
     from dataclasses import replace
 
     from .pruning import plan_units
 
     total = count_total(masks)
     needed = math.ceil(target * total) - (total - count_kept(masks))
-    low, high = 1.0, 1.0 / max(settings.prune_ratio, 1e-6) * 2
+
+    def planned(scale: float, cap: float) -> int:
+        trial = replace(settings, prune_ratio=settings.prune_ratio * scale,
+                        ratio_increment=settings.ratio_increment * scale, max_round_ratio=cap)
+        return sum(u.planned() for u in plan_units(strategy, mmap, masks, trial))
+
+    ceiling = 2.0 / max(settings.prune_ratio, 1e-6)
+    cap = max(settings.max_round_ratio, target)
+    if planned(ceiling, cap) < needed:
+        cap = 1.0
+    low, high = 1.0, ceiling
     for _ in range(60):
         mid = (low + high) / 2
-        trial = replace(settings, prune_ratio=settings.prune_ratio * mid,
-                        ratio_increment=settings.ratio_increment * mid, max_round_ratio=1.0)
-        if sum(u.planned() for u in plan_units(strategy, mmap, masks, trial)) >= needed:
+        if planned(mid, cap) >= needed:
             high = mid
         else:
             low = mid
     return replace(settings, prune_ratio=settings.prune_ratio * high,
-                   ratio_increment=settings.ratio_increment * high, max_round_ratio=1.0)
+                   ratio_increment=settings.ratio_increment * high, max_round_ratio=cap)
 
 
 # ----------------------------------------------------------------------------------------------
