@@ -17,40 +17,21 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
 
-from ddpm_lottery.config import LotteryConfig
-from ddpm_lottery.data import ImageSet
+from common import random_data_trainer, seconds
 from ddpm_lottery.lottery import apply_masks
-from ddpm_lottery.networks import PRESETS
 from ddpm_lottery.pruning import MaskedTraining, PruneSettings, full_masks, module_map, prune_round
-from ddpm_lottery.training import StepHooks, Trainer
-
-BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
-
+from ddpm_lottery.training import StepHooks
 
 def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(seconds(fn) for _ in range(repeats))
 
 
 def bench(preset: str, repeats: int) -> dict:
-    size = PRESETS[preset]["sample_size"]
-    channels = PRESETS[preset].get("in_channels") or 1
-    images = torch.randint(0, 256, (256, channels, size, size), dtype=torch.uint8)
-    config = LotteryConfig()
-    config.model.preset = preset
-    config.train.batch_size = BATCH[preset]
-    config.train.steps = 10**6
-    config.train.device = "cpu"
     with tempfile.TemporaryDirectory() as workdir:
-        trainer = Trainer(config, workdir, images=ImageSet(images, None, "random", "benchmark", False), progress=False)
+        trainer = random_data_trainer(preset, workdir)
         mmap = module_map(trainer.model)
         weights = trainer.weights()
         dense = full_masks(trainer.model, mmap.tensor_names)

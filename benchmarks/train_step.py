@@ -1,6 +1,6 @@
 """Training-step time, sampling throughput, and the training loop's overhead.
 
-    python benchmarks/train_step.py [--presets tiny,small,ddpm-mnist,ddpm-cifar10] [--repeats 5]
+    python benchmarks/train_step.py [--presets tiny,small,ddpm-mnist,ddpm-cifar10] [--repeats 9]
 
 For each preset it times, on the same network, batch and device:
 
@@ -16,41 +16,16 @@ It prints a table; the overhead column is loop / bare - 1 (goal: under 5 %).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import tempfile
 
 import torch
 
-from ddpm_lottery.config import RunConfig
-from ddpm_lottery.data import ImageSet
+from common import BATCH, random_data_trainer, seconds
 from ddpm_lottery.diffusion import training_loss
-from ddpm_lottery.networks import PRESETS
-from ddpm_lottery.training import Trainer
-
-BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench(preset: str, repeats: int, workdir: str) -> dict:
-    size = PRESETS[preset]["sample_size"]
-    channels = PRESETS[preset].get("in_channels") or 1
-    images = torch.randint(0, 256, (512, channels, size, size), dtype=torch.uint8)
-    config = RunConfig()
-    config.model.preset = preset
-    config.train.batch_size = BATCH[preset]
-    config.train.steps = 10**6
-    config.train.device = "cpu"
-    trainer = Trainer(config, workdir, images=ImageSet(images, None, "random", "benchmark", False), progress=False)
+    trainer = random_data_trainer(preset, workdir, images=512)
     clean, noise, timesteps = trainer.batch(0)
 
     def bare():
@@ -74,18 +49,18 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
     for index in range(repeats):
         pair = [(bare, bare_t), (loop, loop_t)]
         for fn, times in (pair if index % 2 == 0 else pair[::-1]):
-            times.append(timed(fn, 1, warmup=0))
-    bare_s, loop_s = min(bare_t), min(loop_t)
+            times.append(seconds(fn))
     model = trainer.model.eval()
-    x = torch.randn(BATCH[preset], channels, size, size)
+    x = torch.randn(BATCH[preset], model.config.in_channels, model.config.sample_size, model.config.sample_size)
     t = torch.full((BATCH[preset],), 500)
 
     @torch.no_grad()
     def call():
         model(x, t)
 
-    call_s = min(timed(call, 1, warmup=0) for _ in range(repeats))
+    call_s = min(seconds(call) for _ in range(repeats))
     params = sum(p.numel() for p in trainer.parameters)
+    bare_s, loop_s = min(bare_t), min(loop_t)
     return {"preset": preset, "params": params, "batch": BATCH[preset], "bare_s": bare_s, "loop_s": loop_s,
             "overhead": loop_s / bare_s - 1, "images_per_s_call": BATCH[preset] / call_s}
 
@@ -95,8 +70,6 @@ def main() -> None:
     parser.add_argument("--presets", default="tiny,small,ddpm-mnist,ddpm-cifar10")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    import tempfile
-
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     print(f"{'preset':<14}{'params':>12}{'batch':>7}{'bare step s':>13}{'loop step s':>13}{'overhead':>10}"
           f"{'img/s per call':>16}")

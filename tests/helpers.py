@@ -1,0 +1,23 @@
+"""Settings shared by the tests: a tiny ticket search that trains in seconds."""
+
+from ddpm_lottery.config import LotteryConfig
+
+
+def tiny_lottery_config(strategy: str = "unified", steps: int = 10, **prune) -> LotteryConfig:
+    """8-channel tiny U-Net, batch 4, p = 0.5 to 75 % sparsity, rewinding to 20 % of the steps."""
+    config = LotteryConfig()
+    config.model.block_out_channels = (8, 8, 8)
+    config.train.steps = steps
+    config.train.batch_size = 4
+    config.train.checkpoint_every = 4
+    config.train.log_every = 2
+    config.train.device = "cpu"
+    config.prune.strategy = strategy
+    config.prune.prune_ratio = 0.5
+    config.prune.target_sparsity = 0.75
+    config.prune.rewind_fraction = 0.2
+    config.prune.level_samples = 4
+    config.prune.level_sampling_steps = 2
+    for key, value in prune.items():
+        setattr(config.prune, key, value)
+    return config
