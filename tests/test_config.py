@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from ddpm_lottery.config import (
-    RunConfig, SampleConfig, add_arguments, config_from_args, config_hash, from_dict, load_config_file,
+    RunConfig, SampleConfig, add_arguments, config_from_args, config_hash, from_dict,
     non_default, to_dict,
 )
 from ddpm_lottery.errors import UserError

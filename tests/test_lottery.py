@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from ddpm_lottery.cli import main
 from ddpm_lottery.errors import UserError
-from ddpm_lottery.lottery import Lottery, apply_masks, find_ticket, level_dir
+from ddpm_lottery.lottery import Lottery, find_ticket, level_dir
 from ddpm_lottery.pruning import load_masks
 from ddpm_lottery.training import Trainer
 

@@ -33,12 +33,12 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
     """Train a DDPM into a run folder; a finished run is left as it is."""
     run_dir = Path(out) if out is not None else default_run_dir(config)
     status_path = run_dir / "status.json"
-    trainer_probe_dir = run_dir / "checkpoints" / "latest.json"
+    checkpoint_pointer = run_dir / "checkpoints" / "latest.json"
     if status_path.exists() and (run_dir / "config.json").exists():
         prepare_run_dir(run_dir, config, "train")  # refuses a different config
         log(f"{run_dir} is already finished (config {config_hash(config)}); nothing to do")
         return run_dir
-    if trainer_probe_dir.exists() and not resume:
+    if checkpoint_pointer.exists() and not resume:
         raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
                         "or choose a new --out folder")
     trainer = Trainer(config, run_dir, progress=progress)

@@ -91,6 +91,7 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     reference, reference_name, _ = _reference(run, config, extractor, progress, log)
     check_sample_counts(config.num_samples, len(reference), config.kid_subset_size)
     key = eval_key(config, len(reference))
+    diffusion = level_config(run).diffusion
     records = []
     for level in levels:
         existing = eval_dir(run, level) / f"{key}.json"
@@ -107,7 +108,7 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
             bar.total = total
             bar.update(done - bar.n)
 
-        images = run_sampler(model, read_config_diffusion(run), sampler=config.sampler, num_steps=steps,
+        images = run_sampler(model, diffusion, sampler=config.sampler, num_steps=steps,
                              num_samples=config.num_samples, seed=config.sample_seed,
                              batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
         bar.close()
@@ -138,10 +139,6 @@ def describe(record: dict, run: Path | str = "") -> str:
             f"{record['kid_std']:.4f} (N={record['num_samples']} vs {record['reference_samples']} reference, "
             f"{record['sampler']} {record['steps']} steps, seed {record['seed']}, {record['weights']} weights, "
             f"{record['wall_time_s']:.0f} s)")
-
-
-def read_config_diffusion(run: Path):
-    return level_config(run).diffusion
 
 
 __all__ = ["evaluate", "load_evaluations", "eval_key", "describe"]

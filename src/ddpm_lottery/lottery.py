@@ -89,23 +89,6 @@ class _SaveRewind(StepHooks):
             save_tensors(self.path, trainer.weights(), {"step": str(self.tau)})
 
 
-class _Combined(StepHooks):
-    def __init__(self, *hooks: StepHooks):
-        self.hooks = hooks
-
-    def after_backward(self, parameters):
-        for h in self.hooks:
-            h.after_backward(parameters)
-
-    def after_optimizer_step(self, parameters):
-        for h in self.hooks:
-            h.after_optimizer_step(parameters)
-
-    def after_step(self, trainer, step):
-        for h in self.hooks:
-            h.after_step(trainer, step)
-
-
 # ----------------------------------------------------------------------------------------------
 
 

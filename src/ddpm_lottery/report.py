@@ -40,11 +40,8 @@ pre {{ background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .8em; wh
 </body></html>
 """
     out = Path(out)
-    try:
-        with atomic_path(out) as tmp:
-            tmp.write_text(page, encoding="utf-8")
-    except UserError:
-        raise
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 

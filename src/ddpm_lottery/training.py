@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,5 +427,3 @@ def load_run_images(config: RunConfig) -> ImageSet:
     return load_dataset(dc.dataset, dc.data_dir, split=dc.split, download=dc.download,
                         image_size=input_size(config), channels=dc.channels, mirror=dc.mirror)
 
-
-Callback = Callable[[Trainer, int], None]
