@@ -66,7 +66,7 @@ def test_different_config_in_existing_folder_is_refused(trained, capsys):
 
 def test_sample_grid_npz_and_record(trained, tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", str(trained), "--sampler", "dpm-solver++", "--sampling-steps", "3",
+    assert main(["sample", str(trained), "--sampler", "dpm-solver++", "--steps", "3",
                  "--num-samples", "5", "--npz", "--out", str(out), "--no-progress"]) == 0
     info = json.loads((out / "info.json").read_text())
     assert (info["sampler"], info["steps"], info["num_samples"], info["seed"], info["weights"]) == \

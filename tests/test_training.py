@@ -78,6 +78,8 @@ def test_checkpoints_are_safetensors_plus_json_and_pruned(tmp_path):
     tensors = load_file(str(tmp_path / "checkpoints" / "step_00000009.safetensors"))
     assert any(k.startswith("adam.") and k.endswith("exp_avg_sq") for k in tensors)
     assert any(k.startswith("ema.") for k in tensors)
+    state = json.loads((tmp_path / "checkpoints" / "step_00000009.json").read_text())
+    assert state["step"] == 9 and state["data_position"] == {"epoch": 0, "offset": 36}  # 9 steps x batch 4
 
 
 def test_same_seeds_same_run_different_data_seed_differs(tmp_path):

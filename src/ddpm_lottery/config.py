@@ -131,7 +131,8 @@ class PruneConfig:
 @dataclass
 class SampleConfig:
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
-    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
+                                         aliases=("--steps",))
     eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)")
     num_samples: int = setting(64, "number of images to generate")
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
@@ -145,7 +146,8 @@ class SampleConfig:
 class EvalConfig:
     num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)")
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
-    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)")
+    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
+                                         aliases=("--steps",))
     eta: float = setting(0.0, "DDIM eta")
     sample_seed: int = setting(0, "seed of the sampling noise")
     weights: str = setting("ema", "which weights generate", choices=("ema", "raw"))

@@ -269,7 +269,13 @@ class Trainer:
         if not self.processes.is_main:
             return
         name = f"step_{self.step:08d}"
+        epoch, offset = divmod(self.step * self.config.train.batch_size, len(self.images.images))
+        # Everything else a resume needs is a function of the step: the learning rate, the data order
+        # and position, and every random draw (generators seeded by (seed_data, step)).
         state = {"step": self.step, "ema_optimization_step": int(self.ema.optimization_step),
+                 "learning_rate_next_step": learning_rate(self.config.train, self.step),
+                 "data_position": {"epoch": epoch, "offset": offset},
+                 "random_state": "derived: generators seeded by (seed_data, step)",
                  "config_hash": config_hash(self.config), "time": time.time(), **(extra or {})}
         save_tensors(self.checkpoint_dir / f"{name}.safetensors", self.state_tensors())
         write_json(self.checkpoint_dir / f"{name}.json", state)
