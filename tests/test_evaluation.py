@@ -119,7 +119,8 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     for run in (tiny_ticket_run, second_ticket_run):
         evaluate(run, small_eval(cache_dir=str(tmp_path / "cache")), [0, 1, 2], progress=False, log=lambda *_: None,
                  extractor=fake_extractor)
-    cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, batch=6, timesteps=(300,), out=tmp_path / "cka",
+    from ddpm_lottery.config import CkaConfig
+    cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, CkaConfig(batch=6, timesteps=(300,)), out=tmp_path / "cka",
                        log=lambda *_: None)
     report = build_report([tiny_ticket_run, second_ticket_run], tmp_path / "out" / "report.html",
                           cka_dirs=[cka["out"]], figure_samples=4, log=lambda *_: None)

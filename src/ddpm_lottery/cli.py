@@ -6,7 +6,9 @@ import argparse
 import sys
 
 from . import __version__
-from .config import EvalConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args
+from .config import (
+    CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
+)
 from .errors import UserError
 
 
@@ -142,10 +144,11 @@ def _cmd_flops(args) -> int:
 
 def _cmd_cka(args) -> int:
     from .cka import compare_runs
+    from .lottery import finished_levels
 
-    timesteps = tuple(int(t) for t in args.timesteps.split(",") if t.strip())
-    compare_runs(args.run_a, args.run_b, args.level, timesteps=timesteps, batch=args.batch, weights=args.weights,
-                 threshold=args.threshold, seed=args.seed, out=args.out)
+    config = config_from_args(CkaConfig, args, args.config)
+    level = config.level if config.level >= 0 else (finished_levels(args.run_a) or [0])[-1]
+    compare_runs(args.run_a, args.run_b, level, config, out=args.out)
     return 0
 
 
@@ -158,14 +161,9 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_quickstart(args) -> int:
-    from .quickstart import QuickstartSettings, quickstart
+    from .quickstart import quickstart
 
-    settings = QuickstartSettings(preset=args.preset, dataset=args.dataset, data_dir=args.data_dir,
-                                  steps_per_level=args.steps_per_level, prune_ratio=args.prune_ratio,
-                                  rounds=args.rounds, num_samples=args.num_samples,
-                                  reference_samples=args.reference_samples, kid_subset_size=args.kid_subset_size,
-                                  device=args.device)
-    path = quickstart(args.out, settings, progress=not args.no_progress)
+    path = quickstart(args.out, config_from_args(QuickstartConfig, args, args.config), progress=not args.no_progress)
     print(f"report: {path.resolve()}")
     return 0
 
@@ -243,13 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     cka = commands.add_parser("cka", help="CKA similarity of two tickets, layer by layer (the paper's Fig. 1)")
     cka.add_argument("run_a", metavar="RUN_A")
     cka.add_argument("run_b", metavar="RUN_B")
-    cka.add_argument("--level", type=int, required=True, help="the level (same sparsity) to compare")
-    cka.add_argument("--timesteps", default="50,250,500,750", help="timesteps of the noisy inputs for activation CKA")
-    cka.add_argument("--batch", type=int, default=64, help="noisy inputs for activation CKA [default: 64]")
-    cka.add_argument("--weights", default="raw", choices=("raw", "ema"), help="weights compared [default: raw]")
-    cka.add_argument("--threshold", type=float, default=1.0, help="RBF bandwidth as a fraction of the median distance")
-    cka.add_argument("--seed", type=int, default=0, help="seed of the inputs and noise")
+    _add_config_flag(cka)
     cka.add_argument("--out", help="output folder [default: RUN_A/cka/<RUN_B>-levelXX]")
+    add_arguments(cka, CkaConfig())
     cka.set_defaults(func=_cmd_cka)
 
     report = commands.add_parser("report", help="one self-contained HTML report (and a Markdown table) of runs")
@@ -266,26 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", help="the whole study on the embedded digits, ending in an HTML report",
         description="Dense model, unified and varying tickets, a second varying ticket for CKA, FID/KID of every "
                     "level, FLOPs, and OUT/report.html. Finished work is reused when it runs again.")
-    from .quickstart import QuickstartSettings
-
-    defaults = QuickstartSettings()
     quick.add_argument("--out", default="runs/quickstart", metavar="DIR", help="output folder [default: runs/quickstart]")
-    quick.add_argument("--preset", default=defaults.preset, help=f"network preset [default: {defaults.preset}]")
-    quick.add_argument("--dataset", default=defaults.dataset, help=f"dataset [default: {defaults.dataset}]")
-    quick.add_argument("--data-dir", default=None, help="dataset folder, for datasets other than embedded")
-    quick.add_argument("--steps-per-level", type=int, default=defaults.steps_per_level,
-                       help=f"training steps per level [default: {defaults.steps_per_level}]")
-    quick.add_argument("--prune-ratio", type=float, default=defaults.prune_ratio,
-                       help=f"fraction pruned per round [default: {defaults.prune_ratio}]")
-    quick.add_argument("--rounds", type=int, default=defaults.rounds, help=f"pruning rounds [default: {defaults.rounds}]")
-    quick.add_argument("--num-samples", type=int, default=defaults.num_samples,
-                       help=f"generated images per level for FID/KID [default: {defaults.num_samples}]")
-    quick.add_argument("--reference-samples", type=int, default=defaults.reference_samples,
-                       help=f"training images for the reference statistics [default: {defaults.reference_samples}]")
-    quick.add_argument("--kid-subset-size", type=int, default=defaults.kid_subset_size,
-                       help=f"KID subset size [default: {defaults.kid_subset_size}]")
-    quick.add_argument("--device", default="auto", help="cpu, cuda or auto [default: auto]")
+    _add_config_flag(quick)
     quick.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_arguments(quick, QuickstartConfig())
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -164,6 +164,36 @@ class EvalConfig:
 
 
 @dataclass
+class CkaConfig:
+    level: int = setting(-1, "the level (same sparsity in both runs) to compare [default: the last finished]")
+    timesteps: tuple[int, ...] = setting((50, 250, 500, 750), "timesteps of the noisy inputs for activation CKA")
+    batch: int = setting(64, "noisy training images for activation CKA")
+    weights: str = setting("raw", "which trained weights are compared", choices=("raw", "ema"))
+    threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)")
+    seed: int = setting(0, "seed of the images and noise of activation CKA")
+
+
+@dataclass
+class QuickstartConfig:
+    preset: str = setting("tiny", "network preset")
+    dataset: str = setting("embedded", "dataset (embedded needs no files)")
+    data_dir: str | None = setting(None, "dataset folder, for datasets other than embedded", hashed=False)
+    steps_per_level: int = setting(500, "training steps per level")
+    batch_size: int = setting(64, "batch size")
+    prune_ratio: float = setting(0.6, "fraction pruned per round (the paper: 0.2 for 25 rounds)")
+    rounds: int = setting(2, "pruning rounds (the target is 1 - (1 - p)^rounds)")
+    num_samples: int = setting(128, "generated images per level for FID/KID")
+    reference_samples: int = setting(512, "training images for the reference statistics")
+    kid_subset_size: int = setting(100, "KID subset size")
+    sampling_steps: int = setting(25, "DDIM steps for the evaluation samples")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
+
+    @property
+    def target(self) -> float:
+        return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a training run."""
 

@@ -16,37 +16,16 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .cka import compare_runs
-from .config import EvalConfig, LotteryConfig
+from .config import CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig
 from .evaluation import evaluate
 from .lottery import find_ticket, finished_levels
 from .report import build_report
 
 
-@dataclass
-class QuickstartSettings:
-    preset: str = "tiny"
-    dataset: str = "embedded"
-    data_dir: str | None = None
-    steps_per_level: int = 500
-    batch_size: int = 64
-    prune_ratio: float = 0.6
-    rounds: int = 2
-    num_samples: int = 128
-    reference_samples: int = 512
-    kid_subset_size: int = 100
-    sampling_steps: int = 25
-    device: str = "auto"
-
-    @property
-    def target(self) -> float:
-        return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
-
-
-def _ticket_config(settings: QuickstartSettings, strategy: str, seed_data: int) -> LotteryConfig:
+def _ticket_config(settings: QuickstartConfig, strategy: str, seed_data: int) -> LotteryConfig:
     config = LotteryConfig()
     config.model.preset = settings.preset
     config.data.dataset = settings.dataset
@@ -63,9 +42,9 @@ def _ticket_config(settings: QuickstartSettings, strategy: str, seed_data: int) 
     return config
 
 
-def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartSettings | None = None, *,
+def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartConfig | None = None, *,
                progress: bool = True, log=print) -> Path:
-    settings = settings or QuickstartSettings()
+    settings = settings or QuickstartConfig()
     out = Path(out)
     started = time.perf_counter()
     varying = out / "varying-seed0"
@@ -92,7 +71,7 @@ def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartSettings
     last = finished_levels(varying)[-1]
     cka_dir = varying / "cka" / f"{second.name}-level{last:02d}"
     if not (cka_dir / "cka.json").exists():
-        compare_runs(varying, second, last, batch=64, out=cka_dir, log=log)
+        compare_runs(varying, second, last, CkaConfig(), out=cka_dir, log=log)
 
     log("[5/5] report")
     command = (f"ddpm-lottery quickstart --out {out} --preset {settings.preset} --dataset {settings.dataset} "
