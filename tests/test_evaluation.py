@@ -160,3 +160,15 @@ def test_report_renders_in_headless_chromium(tiny_ticket_run, tmp_path):
     from PIL import Image
     shot = Image.open(tmp_path / "shot.png")
     assert shot.size == (1200, 1200) and len(set(shot.convert("L").getdata())) > 10  # not a blank page
+
+
+def test_sample_a_ticket_level(tiny_ticket_run, tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "level1"
+    assert main(["sample", str(tiny_ticket_run), "--level", "1", "--steps", "2", "--num-samples", "3", "--npz",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["level"] == 1 and np.load(out / "samples.npz")["images"].shape == (3, 28, 28, 1)
+    assert main(["sample", str(tiny_ticket_run), "--level", "9", "--no-progress"]) == 2
+    assert "no finished level 9" in capsys.readouterr().err

@@ -106,11 +106,24 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         raise UserError(f"--sampling-steps must be positive, got {steps}")
     if config.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {config.num_samples}")
-    run_config = load_run_config(run_dir)
+    from .lottery import finished_levels, level_config, level_dir, level_network, run_kind
+
     device = resolve_device(config.device)
-    model = load_network(run_dir, config.weights).to(device)
+    level = None
+    if run_kind(run_dir) == "train":
+        diffusion = load_run_config(run_dir).diffusion
+        model = load_network(run_dir, config.weights).to(device)
+        base = run_dir
+    else:  # a ticket run (or a control branch): one of its levels
+        levels = finished_levels(run_dir)
+        if not levels:
+            raise UserError(f"{run_dir} has no finished level to sample yet; let find-ticket finish level 0")
+        level = levels[-1] if config.level is None else config.level
+        diffusion = level_config(run_dir).diffusion
+        model = level_network(run_dir, level, config.weights).to(device)
+        base = level_dir(run_dir, level)
     out_dir = Path(out) if out is not None else (
-        run_dir / "samples" / f"{config.sampler}-{steps}steps-seed{config.sample_seed}-{config.weights}")
+        base / "samples" / f"{config.sampler}-{steps}steps-seed{config.sample_seed}-{config.weights}")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -122,7 +135,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         bar.update(done - bar.n)
 
     started = time.perf_counter()
-    images = run_sampler(model, run_config.diffusion, sampler=config.sampler, num_steps=steps,
+    images = run_sampler(model, diffusion, sampler=config.sampler, num_steps=steps,
                          num_samples=config.num_samples, seed=config.sample_seed,
                          batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
     bar.close()
@@ -133,7 +146,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         with atomic_path(out_dir / "samples.npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, images=uint8.permute(0, 2, 3, 1).numpy())
-    info = {"run": str(run_dir), "config": to_dict(config), "sampler": config.sampler, "steps": steps,
+    info = {"run": str(run_dir), "level": level, "config": to_dict(config), "sampler": config.sampler, "steps": steps,
             "eta": config.eta if config.sampler == "ddim" else None, "num_samples": config.num_samples,
             "seed": config.sample_seed, "weights": config.weights, "wall_time_s": wall,
             "images_per_s": config.num_samples / wall, "device": str(device)}

@@ -138,6 +138,7 @@ class SampleConfig:
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False)
     weights: str = setting("ema", "which weights to sample from", choices=("ema", "raw"))
+    level: int | None = setting(None, "ticket runs: the level to sample [default: the last finished]")
     npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
 
