@@ -21,6 +21,19 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_minimum(first, second, repeats: int) -> tuple[float, float]:
+    """Best time of each of two callables, interleaved (alternating which goes first) after two
+    warm-up calls each, so drifts of the machine's speed hit both alike."""
+    for _ in range(2):
+        first(), second()
+    times: tuple[list, list] = ([], [])
+    for index in range(repeats):
+        order = [(first, times[0]), (second, times[1])]
+        for fn, bucket in (order if index % 2 == 0 else order[::-1]):
+            bucket.append(seconds(fn))
+    return min(times[0]), min(times[1])
+
+
 def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer:
     """A CPU trainer of ``preset`` on random uint8 images of its input shape (timing only)."""
     size = PRESETS[preset]["sample_size"]

@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from common import random_data_trainer, seconds
+from common import interleaved_minimum, random_data_trainer, seconds
 from ddpm_lottery.lottery import apply_masks
 from ddpm_lottery.pruning import MaskedTraining, PruneSettings, full_masks, module_map, prune_round
 from ddpm_lottery.training import StepHooks
@@ -52,17 +52,11 @@ def bench(preset: str, repeats: int) -> dict:
             trainer.hooks = hooks
             trainer.train_step(next(counter))
 
-        for _ in range(2):
-            step_with(plain), step_with(masked)
-        plain_t, masked_t = [], []
-        for index in range(repeats):
-            order = [(plain, plain_t), (masked, masked_t)]
-            for hooks, times in (order if index % 2 == 0 else order[::-1]):
-                times.append(best_of(lambda h=hooks: step_with(h), 1))
+        plain_s, masked_s = interleaved_minimum(lambda: step_with(plain), lambda: step_with(masked), repeats)
         # the masking kernel alone, on real gradients
         mask_op = best_of(lambda: masked.after_backward(trainer.parameters), repeats)
     return {"preset": preset, "mask_op": mask_op, "params": sum(m.size for m in mmap.modules), "modules": len(mmap.modules),
-            "rounds": rounds, "rewind": rewind, "plain": min(plain_t), "masked": min(masked_t)}
+            "rounds": rounds, "rewind": rewind, "plain": plain_s, "masked": masked_s}
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from common import BATCH, random_data_trainer, seconds
+from common import BATCH, interleaved_minimum, random_data_trainer, seconds
 from ddpm_lottery.diffusion import training_loss
 
 
@@ -41,15 +41,7 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
     def loop():
         trainer.train_step(next(counter))
 
-    # warm both up, then interleave (alternating which goes first) so drifts of the machine's
-    # speed hit both alike; the minimum is the least noisy estimate of a step's cost
-    for _ in range(2):
-        bare(), loop()
-    bare_t, loop_t = [], []
-    for index in range(repeats):
-        pair = [(bare, bare_t), (loop, loop_t)]
-        for fn, times in (pair if index % 2 == 0 else pair[::-1]):
-            times.append(seconds(fn))
+    bare_s, loop_s = interleaved_minimum(bare, loop, repeats)
     model = trainer.model.eval()
     x = torch.randn(BATCH[preset], model.config.in_channels, model.config.sample_size, model.config.sample_size)
     t = torch.full((BATCH[preset],), 500)
@@ -60,7 +52,6 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
 
     call_s = min(seconds(call) for _ in range(repeats))
     params = sum(p.numel() for p in trainer.parameters)
-    bare_s, loop_s = min(bare_t), min(loop_t)
     return {"preset": preset, "params": params, "batch": BATCH[preset], "bare_s": bare_s, "loop_s": loop_s,
             "overhead": loop_s / bare_s - 1, "images_per_s_call": BATCH[preset] / call_s}
 

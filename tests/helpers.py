@@ -1,17 +1,28 @@
 """Settings shared by the tests: a tiny ticket search that trains in seconds."""
 
-from ddpm_lottery.config import LotteryConfig
+from ddpm_lottery.config import LotteryConfig, RunConfig
 
 
-def tiny_lottery_config(strategy: str = "unified", steps: int = 10, **prune) -> LotteryConfig:
-    """8-channel tiny U-Net, batch 4, p = 0.5 to 75 % sparsity, rewinding to 20 % of the steps."""
-    config = LotteryConfig()
+def tiny_training(config, steps: int, **train):
+    """8-channel tiny U-Net, batch 4, on the CPU: trains in well under a second per step."""
     config.model.block_out_channels = (8, 8, 8)
     config.train.steps = steps
     config.train.batch_size = 4
     config.train.checkpoint_every = 4
     config.train.log_every = 2
     config.train.device = "cpu"
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def tiny_run_config(steps: int = 6, **train) -> RunConfig:
+    return tiny_training(RunConfig(), steps, **train)
+
+
+def tiny_lottery_config(strategy: str = "unified", steps: int = 10, **prune) -> LotteryConfig:
+    """The tiny training, p = 0.5 to 75 % sparsity, rewinding to 20 % of the steps."""
+    config = tiny_training(LotteryConfig(), steps)
     config.prune.strategy = strategy
     config.prune.prune_ratio = 0.5
     config.prune.target_sparsity = 0.75

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from ddpm_lottery.config import RunConfig
 from ddpm_lottery.data import ImageSet
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.training import DataOrder, StepHooks, Trainer, TrainingDiverged, learning_rate
+
+from helpers import tiny_run_config
 
 
 def synthetic_images(count=40, size=28, channels=1, seed=0):
@@ -19,17 +20,7 @@ def synthetic_images(count=40, size=28, channels=1, seed=0):
 
 
 def tiny_config(steps=6, **train):
-    config = RunConfig()
-    config.model.block_out_channels = (8, 8, 8)
-    config.train.steps = steps
-    config.train.batch_size = 4
-    config.train.checkpoint_every = 3
-    config.train.log_every = 1
-    config.train.warmup_steps = 2
-    config.train.device = "cpu"
-    for key, value in train.items():
-        setattr(config.train, key, value)
-    return config
+    return tiny_run_config(steps, **{"checkpoint_every": 3, "log_every": 1, "warmup_steps": 2, **train})
 
 
 class CrashAt(StepHooks):

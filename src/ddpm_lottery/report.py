@@ -311,17 +311,3 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n", encoding="utf-8")
     log(f"wrote {report} and {markdown}")
     return report
-
-
-def loss_curve(metrics_path: Path, out: Path, title: str) -> Path | None:
-    """Training-loss curve of one run's metrics.jsonl."""
-    from .figures import loss_curves
-
-    points = []
-    for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        points.append((record["step"], record["loss"]))
-    return loss_curves({"loss": points}, title, out) if points else None

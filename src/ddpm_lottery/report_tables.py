@@ -5,14 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
+from .lottery import finished_levels
 from .runs import read_json
-
-
-def finished_levels(run: str | Path) -> list[int]:
-    run = Path(run)
-    if not (run / "config.json").exists():
-        raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of find-ticket")
-    return sorted(int(p.name.split("_")[1]) for p in run.glob("level_*") if (p / "metrics.json").exists())
 
 
 def sparsity_table(run: str | Path, level: int | None = None) -> str:
