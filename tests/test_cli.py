@@ -148,6 +148,7 @@ def test_presets_lists_parameter_counts():
     result = run_cli("presets")
     assert result.returncode == 0
     assert "35,746,307" in result.stdout and "tiny" in result.stdout
+    assert "6.222" in result.stdout  # ddpm-cifar10's MACs per call, attention products included
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "presets", "quickstart", "find-ticket", "modules", "sparsity",

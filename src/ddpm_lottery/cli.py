@@ -35,16 +35,19 @@ def _cmd_sample(args) -> int:
 
 def _cmd_presets(args) -> int:
     from .config import ModelConfig
+    from .costs import layer_flops
     from .networks import PRESET_PURPOSE, PRESETS, build_model, count_parameters
 
-    print(f"{'preset':<14} {'parameters':>12}  {'input':<10} purpose")
+    print(f"{'preset':<14} {'parameters':>12} {'GMACs/call':>11}  {'input':<10} purpose")
     for name, kwargs in PRESETS.items():
         channels = kwargs.get("in_channels")
         model = build_model(ModelConfig(preset=name), channels or 1)
         size = kwargs["sample_size"]
         shape = f"{size}x{size}x{channels or 'any'}"
-        print(f"{name:<14} {count_parameters(model):>12,}  {shape:<10} {PRESET_PURPOSE[name]}")
-    print("(parameter counts for 1-channel input where the preset follows the data)")
+        macs = layer_flops(model)[0] / 2e9
+        print(f"{name:<14} {count_parameters(model):>12,} {macs:>11.3f}  {shape:<10} {PRESET_PURPOSE[name]}")
+    print("(1-channel input where the preset follows the data; MACs of one denoiser call on one image, counted by "
+          "torch.utils.flop_counter with attention products)")
     return 0
 
 
