@@ -38,15 +38,17 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_a_readable_run_folder(trained):
+    from ddpm_lottery import load_network
+    from ddpm_lottery.runs import Run
+
     config = json.loads((trained / "config.json").read_text())
-    assert config["kind"] == "train" and len(config["hash"]) == 12
+    assert config["kind"] == "train" and len(config["hash"]) == 12 and config["layout"] == 2
     assert config["non_default"]["train.steps"] == 4
-    assert json.loads((trained / "status.json").read_text())["state"] == "finished"
-    lines = (trained / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
-    from diffusers import UNet2DModel
-    model = UNet2DModel.from_pretrained(trained / "ema")
-    assert model.config.block_out_channels == [8, 8, 8] or tuple(model.config.block_out_channels) == (8, 8, 8)
+    assert config["data"]["dataset"] == "embedded" and config["data"]["count"] == 4500
+    run = Run.open(trained)
+    assert run.finished_levels() == [0]
+    assert [r["step"] for r in run.level(0).training_log()] == [1, 2, 3, 4]
+    assert tuple(load_network(trained).config.block_out_channels) == (8, 8, 8)
 
 
 def test_rerun_of_a_finished_run_does_nothing(trained, capsys):
@@ -60,7 +62,7 @@ def test_different_config_in_existing_folder_is_refused(trained, capsys):
     before = tree_digest(trained)
     assert main(["train", "--out", str(trained), *FAST, "--lr", "0.01"]) == 2
     err = capsys.readouterr().err
-    assert "different train" in err and err.count("\n") == 1
+    assert "holds another run (train.lr=" in err and err.count("\n") == 1
     assert tree_digest(trained) == before
 
 
@@ -71,7 +73,7 @@ def test_sample_grid_npz_and_record(trained, tmp_path):
     info = json.loads((out / "info.json").read_text())
     assert (info["sampler"], info["steps"], info["num_samples"], info["seed"], info["weights"]) == \
         ("dpm-solver++", 3, 5, 0, "ema")
-    images = np.load(out / "samples.npz")["images"]
+    images = np.load(out / "samples.npz")["arr_0"]
     assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
     from PIL import Image
     assert Image.open(out / "grid.png").size[0] > 28
@@ -81,52 +83,100 @@ def test_sampling_is_reproducible_from_the_cli(trained, tmp_path):
     for name in ("a", "b"):
         assert main(["sample", str(trained), "--sampling-steps", "3", "--num-samples", "4", "--npz",
                      "--weights", "raw", "--out", str(tmp_path / name), "--no-progress"]) == 0
-    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["images"],
-                          np.load(tmp_path / "b" / "samples.npz")["images"])
+    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["arr_0"],
+                          np.load(tmp_path / "b" / "samples.npz")["arr_0"])
 
 
-def test_interrupted_run_needs_resume_and_resumes(tmp_path, capsys):
+def kill_after_checkpoint(monkeypatch, step):
+    from ddpm_lottery.training import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def crash(self):
+        original(self)
+        if self.step == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash)
+
+
+def final_weights(run):
+    from ddpm_lottery.runs import Run
+
+    return Run.open(run).level(0).weights_path("raw").read_bytes()
+
+
+def test_interrupted_run_needs_resume_and_resumes(trained, tmp_path, capsys, monkeypatch):
     run = tmp_path / "r"
-    assert main(["train", "--out", str(run), *FAST]) == 0
-    # simulate a kill after the step-2 checkpoint: drop the finished markers and the later checkpoint
-    (run / "status.json").unlink()
-    for path in (run / "checkpoints").glob("step_00000004.*"):
-        path.unlink()
-    (run / "checkpoints" / "latest.json").write_text(json.dumps({"checkpoint": "step_00000002", "step": 2}))
-    final = (run / "model" / "diffusion_pytorch_model.safetensors").read_bytes()
+    kill_after_checkpoint(monkeypatch, 2)
+    assert main(["train", "--out", str(run), *FAST]) == 130
+    monkeypatch.undo()
     assert main(["train", "--out", str(run), *FAST]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--out", str(run), *FAST, "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out
-    assert (run / "model" / "diffusion_pytorch_model.safetensors").read_bytes() == final
+    assert final_weights(run) == final_weights(trained)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_damages_nothing(tmp_path, capsys):
+def test_corrupt_checkpoint_falls_back_to_the_one_before(trained, tmp_path, capsys, monkeypatch):
+    from ddpm_lottery.runs import Run
+
     run = tmp_path / "r"
-    assert main(["train", "--out", str(run), *FAST]) == 0
-    (run / "status.json").unlink()
-    latest = run / "checkpoints" / "step_00000004.safetensors"
+    kill_after_checkpoint(monkeypatch, 4)  # the last checkpoint is written, the run never finished
+    assert main(["train", "--out", str(run), *FAST]) == 130
+    monkeypatch.undo()
+    latest = Run.open(run).level(0).checkpoints.folder / "step_00000004.safetensors"
     latest.write_bytes(latest.read_bytes()[:100])
-    before = tree_digest(run)
-    assert main(["train", "--out", str(run), *FAST, "--resume"]) == 2
-    err = capsys.readouterr().err
-    assert "corrupt" in err and err.count("\n") == 1
-    assert tree_digest(run) == before
+    assert main(["train", "--out", str(run), *FAST, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "skipping checkpoint" in out and "resuming" in out and "step 2" in out
+    assert final_weights(run) == final_weights(trained)
 
 
 def test_corrupt_weights_for_sampling(trained, tmp_path, capsys):
     import shutil
+
+    from ddpm_lottery.runs import Run
+
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
-    (copy / "ema" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    Run.open(copy).level(0).weights_path("ema").write_bytes(b"not a safetensors file")
     assert main(["sample", str(copy), "--num-samples", "2", "--sampling-steps", "2", "--no-progress"]) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "re-run" in err and err.count("\n") == 1
+
+
+def test_training_runs_answer_level_commands(trained, capsys):
+    assert main(["sparsity", str(trained)]) == 0
+    assert "level 0 (dense): sparsity 0.0000%" in capsys.readouterr().out
+    assert main(["sample", str(trained), "--level", "1", "--num-samples", "2", "--no-progress"]) == 2
+    assert "no finished level 1" in capsys.readouterr().err
+    assert main(["flops", str(trained)]) == 0
+    assert main(["flops", str(trained), "--level", "0"]) == 0
+
+
+def test_invalid_numbers_leave_no_run_folder_behind(tmp_path):
+    for flag, value in (("--ratio-increment", "nan"), ("--ratio-increment", "inf"), ("--grad-clip", "nan"),
+                        ("--image-size", "0"), ("--beta-end", "nan")):
+        out = tmp_path / flag.strip("-")
+        result = run_cli("find-ticket", "--out", out, flag, value, "--no-progress")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert flag in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+        assert not out.exists()
+
+
+def test_out_naming_a_regular_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("mine")
+    result = run_cli("train", "--out", target, *FAST)
+    assert result.returncode == 2 and "regular file" in result.stderr and "Traceback" not in result.stderr
+    assert target.read_text() == "mine"
 
 
 @pytest.mark.parametrize("args,needle", [
     (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--steps", "0"], "--steps must be positive"),
-    (["train", "--steps", "-3"], "--steps must be positive"),
+    (["train", "--steps", "0"], "--steps"),
+    (["train", "--steps", "-3"], "--steps"),
     (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     (["train", "--preset", "ddpm-cifar10"], "3-channel"),
     (["train", "--image-size", "20"], "20"),

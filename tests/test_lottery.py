@@ -8,8 +8,9 @@ from safetensors.torch import load_file
 
 from ddpm_lottery.cli import main
 from ddpm_lottery.errors import UserError
-from ddpm_lottery.lottery import Lottery, find_ticket, level_dir
+from ddpm_lottery.lottery import Lottery, find_ticket
 from ddpm_lottery.pruning import load_masks
+from ddpm_lottery.runs import Run
 from ddpm_lottery.training import Trainer
 
 from helpers import tiny_lottery_config
@@ -22,7 +23,17 @@ def small_config(strategy="unified", **prune):
 
 
 def masks_of(run, level):
-    return load_masks(level_dir(run, level) / "mask.safetensors")
+    return Run.open(run).level(level).masks()
+
+
+def level_file(run, level, which):
+    """A level's file by the run model's name for it (mask_path, metrics_path, weights: raw/ema)."""
+    level = Run.open(run).level(level)
+    return level.weights_path(which) if which in ("raw", "ema") else getattr(level, which)
+
+
+def metrics_of(run, level):
+    return Run.open(run).level(level).metrics()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +49,7 @@ def test_levels_reach_the_target_exactly_with_nested_masks(unified_run):
     total = None
     previous = None
     for level in range(3):
-        metrics = json.loads((level_dir(unified_run, level) / "metrics.json").read_text())
+        metrics = metrics_of(unified_run, level)
         masks = masks_of(unified_run, level)
         total = sum(m.numel() for m in masks.values())
         kept = sum(int(m.sum()) for m in masks.values())
@@ -47,23 +58,23 @@ def test_levels_reach_the_target_exactly_with_nested_masks(unified_run):
             assert all(not (masks[n] & ~previous[n]).any() for n in masks)  # nested
         previous = masks
     assert abs((total - kept) - 0.75 * total) <= 1  # delta met to one weight
-    summary = json.loads((unified_run / "summary.json").read_text())
-    assert [row["level"] for row in summary["levels"]] == [0, 1, 2]
-    assert json.loads((unified_run / "modules.json").read_text())["modules"][0]["name"] == "time_embedding"
+    run = Run.open(unified_run)
+    assert [row["level"] for row in json.loads(run.summary_path.read_text())["levels"]] == [0, 1, 2]
+    assert run.module_map_json()["modules"][0]["name"] == "time_embedding"
 
 
 def test_pruned_weights_are_exactly_zero_in_raw_and_ema(unified_run):
     for level in (1, 2):
         masks = masks_of(unified_run, level)
-        for kind in ("weights", "ema"):
-            weights = load_file(str(level_dir(unified_run, level) / f"{kind}.safetensors"))
+        for kind in ("raw", "ema"):
+            weights = load_file(str(level_file(unified_run, level, kind)))
             for name, mask in masks.items():
                 assert (weights[name][~mask] == 0).all(), (level, kind, name)
                 assert (weights[name][mask] != 0).float().mean() > 0.9  # survivors were trained
 
 
 def test_unified_levels_have_equal_per_tensor_sparsity(unified_run):
-    metrics = json.loads((level_dir(unified_run, 2) / "metrics.json").read_text())
+    metrics = metrics_of(unified_run, 2)
     values = list(metrics["per_tensor"].values())
     assert max(values) - min(values) < 0.05
     assert metrics["schedule_applied"] and metrics["training"]["steps"] == 10
@@ -71,10 +82,11 @@ def test_unified_levels_have_equal_per_tensor_sparsity(unified_run):
 
 def test_rewinding_restores_theta_tau_bit_for_bit(unified_run, tmp_path):
     config = small_config("unified")
-    lottery = Lottery(config, unified_run, progress=False, log=lambda *_: None)
-    theta_tau = load_file(str(unified_run / "rewind" / "weights.safetensors"))
+    lottery = Lottery(config, tmp_path / "probe", progress=False, log=lambda *_: None)
+    lottery.run = Run(tmp_path / "probe", {})
+    theta_tau = load_file(str(Run.open(unified_run).rewind_path))
     masks = masks_of(unified_run, 2)
-    trainer = lottery.masked_trainer(tmp_path / "probe", 2, masks, theta_tau)
+    trainer = lottery.masked_trainer(2, masks, theta_tau)
     assert trainer.step == 2  # tau = 0.2 * 10
     weights = trainer.weights()
     for name, value in theta_tau.items():
@@ -96,9 +108,9 @@ def test_rewinding_restores_theta_tau_bit_for_bit(unified_run, tmp_path):
 
 def test_theta_tau_is_the_level_zero_state_at_step_tau(unified_run, tmp_path):
     config = small_config("unified")
-    trainer = Trainer(config, tmp_path / "plain", progress=False)
+    trainer = Trainer(config, Run(tmp_path / "plain", {}).level(0), progress=False)
     trainer.run(until=2)
-    theta_tau = load_file(str(unified_run / "rewind" / "weights.safetensors"))
+    theta_tau = load_file(str(Run.open(unified_run).rewind_path))
     assert all(torch.equal(trainer.weights()[n], theta_tau[n]) for n in theta_tau)
 
 
@@ -116,33 +128,38 @@ def test_killed_search_resumes_mid_level_to_the_same_result(tmp_path, monkeypatc
 
     original = Trainer.save_checkpoint
 
-    def crash_in_level_one(self, extra=None):
-        original(self, extra)
-        if self.work_dir.name == "level_01" and self.step == 8:
+    def crash_in_level_one(self):
+        original(self)
+        if self.level.index == 1 and self.step == 8:
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_one)
     with pytest.raises(KeyboardInterrupt):
         find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
-    assert not (level_dir(tmp_path / "killed", 1) / "metrics.json").exists()
-    level0 = (level_dir(tmp_path / "killed", 0) / "weights.safetensors").stat().st_mtime_ns
+    assert not Run.open(tmp_path / "killed").level(1).finished
+    level0 = level_file(tmp_path / "killed", 0, "raw").stat().st_mtime_ns
     messages = []
     find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)
     assert any("resuming at step 8" in m for m in messages)
-    assert (level_dir(tmp_path / "killed", 0) / "weights.safetensors").stat().st_mtime_ns == level0
-    for level in range(len(list(reference.glob("level_*")))):
-        a, b = level_dir(reference, level), level_dir(tmp_path / "killed", level)
-        ma, mb = load_masks(a / "mask.safetensors"), load_masks(b / "mask.safetensors")
+    assert level_file(tmp_path / "killed", 0, "raw").stat().st_mtime_ns == level0
+    assert_same_levels(reference, tmp_path / "killed")
+
+
+def assert_same_levels(a, b):
+    run_a, run_b = Run.open(a), Run.open(b)
+    assert run_a.finished_levels() == run_b.finished_levels()
+    for index in run_a.finished_levels():
+        ma, mb = run_a.level(index).masks(), run_b.level(index).masks()
         assert ma.keys() == mb.keys() and all(torch.equal(ma[n], mb[n]) for n in ma)
-        wa, wb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
-        assert all(torch.equal(wa[n], wb[n]) for n in wa), level
+        wa, wb = run_a.level(index).state("raw"), run_b.level(index).state("raw")
+        assert all(torch.equal(wa[n], wb[n]) for n in wa), index
 
 
 def test_one_shot_reaches_the_target_in_one_round(tmp_path):
     run = find_ticket(small_config("varying", one_shot=True, target_sparsity=0.9), tmp_path / "os",
                       progress=False, log=lambda *_: None)
-    assert sorted(p.name for p in run.glob("level_*")) == ["level_00", "level_01"]
+    assert Run.open(run).finished_levels() == [0, 1]
     masks = masks_of(run, 1)
     total = sum(m.numel() for m in masks.values())
     assert abs(sum(int((~m).sum()) for m in masks.values()) - 0.9 * total) <= 1
@@ -151,8 +168,8 @@ def test_one_shot_reaches_the_target_in_one_round(tmp_path):
 def test_rewind_to_theta_zero(tmp_path):
     run = find_ticket(small_config("global", rewind_fraction=0.0, target_sparsity=0.5), tmp_path / "lth",
                       progress=False, log=lambda *_: None)
-    trainer = Trainer(small_config("global"), tmp_path / "init", progress=False)
-    theta_0 = load_file(str(run / "rewind" / "weights.safetensors"))
+    trainer = Trainer(small_config("global"), Run(tmp_path / "init", {}).level(0), progress=False)
+    theta_0 = load_file(str(Run.open(run).rewind_path))
     assert all(torch.equal(trainer.weights()[n], theta_0[n]) for n in theta_0)
 
 
@@ -168,9 +185,9 @@ def test_controls_reinit_and_random_masks(unified_run, tmp_path):
         rand = masks_of(random, level)
         assert all(int(rand[n].sum()) == int(ticket[n].sum()) for n in ticket)
         assert any(not torch.equal(rand[n], ticket[n]) for n in ticket)
-        metrics = json.loads((level_dir(reinit, level) / "metrics.json").read_text())
+        metrics = metrics_of(reinit, level)
         assert metrics["control"] == "reinit" and metrics["source_level"] == level
-        weights = load_file(str(level_dir(random, level) / "weights.safetensors"))
+        weights = load_file(str(level_file(random, level, "raw")))
         assert all((weights[n][~rand[n]] == 0).all() for n in rand)
 
 
@@ -201,11 +218,11 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, fields, match):
     with pytest.raises(UserError, match=match) as info:
         find_ticket(config, tmp_path / "bad", progress=False, log=lambda *_: None)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "bad" / "level_00").exists()
+    assert not (tmp_path / "bad").exists() or not Run.open(tmp_path / "bad").level(0).dir.exists()
 
 
 def test_controls_of_missing_runs_or_levels(unified_run, tmp_path):
-    with pytest.raises(UserError, match="not a ticket run"):
+    with pytest.raises(UserError, match="not a run folder"):
         find_ticket(_control(tmp_path / "nothing", strategy="random"), tmp_path / "c1", progress=False)
     with pytest.raises(UserError, match="no finished level 9"):
         find_ticket(_control(unified_run, strategy="random", levels=(9,)), tmp_path / "c2", progress=False,
@@ -239,11 +256,102 @@ def test_dense_level_is_shared_only_between_identical_trainings(unified_run, tmp
     messages = []
     run = find_ticket(shared, tmp_path / "shared", progress=False, log=messages.append)
     assert any("reused from" in m for m in messages)
-    a = load_file(str(level_dir(unified_run, 0) / "weights.safetensors"))
-    b = load_file(str(level_dir(run, 0) / "weights.safetensors"))
+    a = load_file(str(level_file(unified_run, 0, "raw")))
+    b = load_file(str(level_file(run, 0, "raw")))
     assert all(torch.equal(a[n], b[n]) for n in a)
     different = small_config("global", target_sparsity=0.5)
     different.train.lr = 0.01
     different.prune.dense_from = str(unified_run)
     with pytest.raises(UserError, match="not this run's"):
         find_ticket(different, tmp_path / "different", progress=False, log=lambda *_: None)
+
+
+def test_theta_tau_survives_a_kill_right_after_its_checkpoint(tmp_path, monkeypatch):
+    """tau = 2 is a checkpoint step: a kill just after that checkpoint must not lose theta_tau."""
+    config = small_config("unified")
+    config.train.checkpoint_every = 2
+    original = Trainer.save_checkpoint
+
+    def crash_after_tau(self):
+        original(self)
+        if self.level.index == 0 and self.step == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_tau)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    assert Run.open(tmp_path / "killed").rewind_path.exists()
+    find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
+    assert_same_levels(reference, tmp_path / "killed")
+
+
+def test_kill_after_the_last_checkpoint_of_a_level(tmp_path, monkeypatch):
+    """The level's final checkpoint is written, the process dies before the level is stored."""
+    config = small_config("unified", target_sparsity=0.5)
+    original = Lottery.train_level
+
+    def die_before_storing(self, trainer, index, *args):
+        if index == 1:
+            trainer.run()
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, trainer, index, *args)
+
+    monkeypatch.setattr(Lottery, "train_level", die_before_storing)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Lottery, "train_level", original)
+    find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    assert metrics_of(tmp_path / "killed", 1)["training"]["final_loss"] > 0
+
+
+def test_damaged_masks_of_an_unfinished_level_are_recomputed(tmp_path, monkeypatch):
+    config = small_config("unified", target_sparsity=0.5)
+    original = Trainer.save_checkpoint
+
+    def crash_in_level_one(self):
+        original(self)
+        if self.level.index == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_one)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    level_file(tmp_path / "killed", 1, "mask_path").write_bytes(b"")  # a zero-byte file
+    messages = []
+    find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)
+    assert any("recomputing" in m for m in messages)
+    reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
+    assert_same_levels(reference, tmp_path / "killed")
+
+
+def test_a_finished_search_is_extended_by_a_higher_target(tmp_path):
+    short = find_ticket(small_config("unified", target_sparsity=0.5), tmp_path / "grow", progress=False,
+                        log=lambda *_: None)
+    stamps = {p: p.stat().st_mtime_ns for p in Run.open(short).level(1).dir.glob("*.safetensors")}
+    messages = []
+    find_ticket(small_config("unified", target_sparsity=0.75), tmp_path / "grow", progress=False,
+                log=messages.append)
+    assert Run.open(short).finished_levels() == [0, 1, 2]
+    assert stamps == {p: p.stat().st_mtime_ns for p in Run.open(short).level(1).dir.glob("*.safetensors")}
+    assert not any("nothing to do" in m for m in messages)
+    reference = find_ticket(small_config("unified", target_sparsity=0.75), tmp_path / "reference",
+                            progress=False, log=lambda *_: None)
+    assert_same_levels(reference, short)
+
+
+def test_sparsity_schedule_puts_every_strategy_at_the_same_sparsities(tmp_path):
+    schedule = (0.4, 0.7)
+    for strategy in ("varying", "global"):
+        run = find_ticket(small_config(strategy, sparsity_schedule=schedule), tmp_path / strategy, progress=False,
+                          log=lambda *_: None)
+        reached = [metrics_of(run, i)["sparsity"] for i in (1, 2)]
+        total = metrics_of(run, 1)["prunable_parameters"]
+        assert all(abs(r - s) * total <= 1 for r, s in zip(reached, schedule)), (strategy, reached)
+    per_module = [m["sparsity"] for m in metrics_of(tmp_path / "varying", 2)["per_module"]]
+    assert per_module[-1] > per_module[0]  # varying keeps its profile: downstream pruned more
+    with pytest.raises(UserError, match="may only be extended"):
+        find_ticket(small_config("varying", sparsity_schedule=(0.5, 0.7)), tmp_path / "varying", progress=False,
+                    log=lambda *_: None)

@@ -7,8 +7,8 @@ from scipy import linalg
 
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.metrics import (
-    FEATURE_DIM, InceptionFeatures, _PassThrough, biased_note, check_sample_counts, fid_kid, nv_bilinear,
-    reference_features,
+    FEATURE_DIM, InceptionFeatures, _PassThrough, biased_note, check_sample_counts, fid_kid, frechet_distance_low_rank,
+    nv_bilinear, reference_features,
 )
 
 
@@ -50,10 +50,19 @@ def test_frechet_distance_matches_scipy_and_torchmetrics():
     assert ours == pytest.approx(float(reference.compute()), rel=1e-5)
 
 
+def low_rank_on_the_real_side(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The first version of the low-rank form: always an n_real x n_real matrix."""
+    a1, a2 = real - real.mean(0), fake - fake.mean(0)
+    n1, n2 = len(a1), len(a2)
+    cross = a1 @ a2.T
+    middle = cross @ cross.T / ((n1 - 1) * (n2 - 1))
+    trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
+    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
+    return float(mean_term + a1.square().sum() / (n1 - 1) + a2.square().sum() / (n2 - 1) - 2 * trace_sqrt)
+
+
 def test_low_rank_form_below_the_feature_dimension(features):
     from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from ddpm_lottery.metrics import frechet_distance_low_rank
 
     a, b = features  # N = 300, 250 < d = 2048: singular covariances
     reference = FrechetInceptionDistance(feature=_PassThrough())
@@ -61,9 +70,51 @@ def test_low_rank_form_below_the_feature_dimension(features):
     reference.update(b, real=False)
     # torchmetrics' d x d eigensolver adds sqrt(noise) over ~1,750 null directions: agreement to 1e-4
     assert frechet_distance_low_rank(a, b) == pytest.approx(float(reference.compute()), rel=1e-4)
-    small_a, small_b = make_features(96)  # N > d: the low-rank form is exact there too
-    assert frechet_distance_low_rank(small_a, small_b) == pytest.approx(scipy_fid(small_a.numpy(), small_b.numpy()),
-                                                                        rel=1e-5)
+
+
+def frechet_by_nuclear_norm(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """tr((S1 S2)^1/2) is the sum of the singular values of A1 A2^T / sqrt((n1 - 1)(n2 - 1))."""
+    a1, a2 = real - real.mean(0), fake - fake.mean(0)
+    n1, n2 = len(a1), len(a2)
+    trace_sqrt = torch.linalg.svdvals(a1 @ a2.T).sum() / ((n1 - 1) * (n2 - 1)) ** 0.5
+    mean_term = (real.mean(0) - fake.mean(0)).square().sum()
+    return float(mean_term + a1.square().sum() / (n1 - 1) + a2.square().sum() / (n2 - 1) - 2 * trace_sqrt)
+
+
+@pytest.mark.parametrize("n_real,n_fake", [(150, 40), (40, 150)])
+def test_low_rank_form_with_unequal_counts(n_real, n_fake):
+    real, fake = make_features(200, n_a=n_real, n_b=n_fake, seed=1)
+    ours = frechet_distance_low_rank(real, fake)
+    assert ours == pytest.approx(frechet_by_nuclear_norm(real, fake), rel=1e-9)
+    # The old n_real-side form agrees exactly when n_real <= n_fake; otherwise its n_real - n_fake
+    # null eigenvalues come out as rounding noise whose square roots add ~1e-7 relative.
+    assert ours == pytest.approx(low_rank_on_the_real_side(real, fake), rel=1e-9 if n_real <= n_fake else 1e-6)
+    # scipy's sqrtm of the singular d x d product is itself only good to ~1e-6 here
+    assert ours == pytest.approx(scipy_fid(real.numpy(), fake.numpy()), rel=1e-5)
+    assert frechet_distance_low_rank(fake, real) == pytest.approx(ours, rel=1e-9)  # symmetric
+
+
+def test_low_rank_form_builds_only_the_smaller_side(monkeypatch):
+    shapes = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def recording(matrix, *args, **kwargs):
+        shapes.append(tuple(matrix.shape))
+        return eigvalsh(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", recording)
+    real, fake = make_features(200, n_a=150, n_b=40)
+    frechet_distance_low_rank(real, fake)
+    frechet_distance_low_rank(fake, real)
+    assert shapes == [(40, 40), (40, 40)]
+
+
+def test_low_rank_form_refuses_when_the_feature_dimension_is_smaller():
+    a, b = make_features(96)  # N = 300, 250 > d: the d x d form (torchmetrics, via fid_kid) is smaller
+    with pytest.raises(ValueError, match="use fid_kid"):
+        frechet_distance_low_rank(a, b)
+    assert fid_kid(a, b, kid_subset_size=50, kid_subsets=10)["fid"] == pytest.approx(
+        scipy_fid(a.numpy(), b.numpy()), rel=1e-6)
 
 
 def test_frechet_distance_at_the_feature_dimension(features, scores):
@@ -103,6 +154,19 @@ def test_nv_bilinear_keeps_constants_and_sizes():
     x = torch.full((2, 3, 28, 28), 0.25)
     y = nv_bilinear(x, 299)
     assert y.shape == (2, 3, 299, 299) and torch.allclose(y, torch.full_like(y, 0.25))
+
+
+def test_nv_bilinear_is_tf1_legacy_asymmetric_resize():
+    # TF1 resize_bilinear(align_corners=False): output i samples input i * in / out, clamped at the edge
+    ramp = torch.arange(4.0).reshape(1, 1, 1, 4).repeat(1, 1, 4, 1)
+    row = nv_bilinear(ramp, 8)[0, 0, 0]
+    assert torch.allclose(row, torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.0]))
+    half_pixel = torch.nn.functional.interpolate(ramp, size=(8, 8), mode="bilinear", align_corners=False)
+    assert not torch.allclose(half_pixel[0, 0, 0], row)  # 0, 0.25, 0.75, ...: not what the graph expects
+    positions = torch.arange(299.0) * 28 / 299  # the same on the real sizes, along both axes
+    image = torch.arange(28.0).reshape(1, 1, 28, 1) + 100 * torch.arange(28.0).reshape(1, 1, 1, 28)
+    expected = positions.clamp(max=27).reshape(299, 1) + 100 * positions.clamp(max=27).reshape(1, 299)
+    assert torch.allclose(nv_bilinear(image, 299)[0, 0], expected, atol=1e-3)
 
 
 def test_reference_features_are_cached(tmp_path, fake_extractor):

@@ -1,15 +1,20 @@
-"""Run folders and safe writes: a failed write never damages the file it was replacing."""
+"""The run model and safe writes: identity, locks, checkpoints that verify, leftovers, permissions."""
 
 import errno
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from ddpm_lottery.config import RunConfig
 from ddpm_lottery.errors import UserError
-from ddpm_lottery.runs import load_tensors, prepare_run_dir, save_tensors, truncate_jsonl, write_json
+from ddpm_lottery.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
+from ddpm_lottery.runs import Checkpoints, Run
+
+FINGERPRINT = {"dataset": "embedded", "split": "train", "count": 10, "digest": "aaaa"}
 
 
 def test_full_disk_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
@@ -43,20 +48,117 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 1
 
 
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_run_folder_refuses_foreign_or_different_content(tmp_path):
     config = RunConfig()
-    run, existed = prepare_run_dir(tmp_path / "run", config, "train")
-    assert not existed and json.loads((run / "config.json").read_text())["kind"] == "train"
-    assert prepare_run_dir(run, config, "train") == (run, True)
+    run = Run.prepare(tmp_path / "run", config, "train", FINGERPRINT)
+    stored = json.loads((run.root / "config.json").read_text())
+    assert stored["kind"] == "train" and stored["data"] == FINGERPRINT and stored["layout"] == 2
+    assert Run.prepare(run.root, config, "train", FINGERPRINT).hash == run.hash
     other = RunConfig()
     other.train.lr = 0.5
-    with pytest.raises(UserError, match="different train"):
-        prepare_run_dir(run, other, "train")
+    with pytest.raises(UserError, match="holds another run .*train.lr"):
+        Run.prepare(run.root, other, "train", FINGERPRINT)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a ddpm-lottery run folder"):
-        prepare_run_dir(foreign, config, "train")
+        Run.prepare(foreign, config, "train", FINGERPRINT)
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    with pytest.raises(UserError, match="regular file"):
+        Run.prepare(regular, config, "train", FINGERPRINT)
+
+
+def test_changed_data_or_changed_default_is_caught_and_named(tmp_path):
+    config = RunConfig()
+    run = Run.prepare(tmp_path / "run", config, "train", FINGERPRINT)
+    with pytest.raises(UserError, match="training data .* changed"):
+        Run.prepare(run.root, config, "train", {**FINGERPRINT, "digest": "bbbb", "count": 11})
+    # a default that changed between versions: same hash, different stored value
+    stored = json.loads((run.root / "config.json").read_text())
+    stored["config"]["train"]["ema_decay"] = 0.5
+    (run.root / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(UserError, match="train.ema_decay=0.5 there, 0.999 here"):
+        Run.prepare(run.root, config, "train", FINGERPRINT)
+
+
+def test_data_identity_enters_the_run_hash(tmp_path):
+    config = RunConfig()
+    a = Run.prepare(tmp_path / "a", config, "train", FINGERPRINT)
+    b = Run.prepare(tmp_path / "b", config, "train", {**FINGERPRINT, "digest": "bbbb"})
+    assert a.hash != b.hash
+
+
+def test_old_layout_gets_a_one_line_migration_message(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "train", "hash": "x", "config": {}}))
+    with pytest.raises(UserError, match="older ddpm-lottery .* re-run its command into a new --out"):
+        Run.open(tmp_path)
+
+
+def test_lock_refuses_a_second_process_and_names_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ddpm_lottery.files import FolderLock; lock = FolderLock(sys.argv[1]); "
+        "lock.acquire(); print('locked', flush=True); time.sleep(30)"), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+            FolderLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = FolderLock(tmp_path)  # a killed holder's lock does not block
+    lock.acquire()
+    lock.release()
+
+
+def _save_states(folder, steps):
+    store = Checkpoints(folder)
+    for step in steps:
+        store.save(step, {"w": torch.full((3,), float(step))}, {"note": step}, keep=5)
+    return store
+
+
+def test_checkpoints_fall_back_to_the_newest_that_verifies(tmp_path):
+    store = _save_states(tmp_path, (2, 4, 6))
+    (tmp_path / "step_00000006.safetensors").write_bytes(b"garbage")  # corrupt newest
+    notes = []
+    state, tensors = store.load_latest(log=notes.append)
+    assert state["step"] == 4 and torch.equal(tensors["w"], torch.full((3,), 4.0))
+    assert any("step_00000006" in n for n in notes)
+    (tmp_path / "step_00000004.safetensors").unlink()  # deleted, as an error message advises
+    store.clean()
+    state, _ = store.load_latest(log=lambda *_: None)
+    assert state["step"] == 2
+
+
+def test_checkpoint_pointer_outside_the_run_or_malformed_is_refused(tmp_path):
+    store = _save_states(tmp_path, (2,))
+    for bad in ({"checkpoint": "../../other/checkpoints/step_00000002"}, [1, 2], {"checkpoint": 7}):
+        store.pointer.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match="does not name a checkpoint of this folder") as info:
+            store.load_latest()
+        assert "\n" not in str(info.value)
+    store.pointer.unlink()
+    assert store.load_latest()[0]["step"] == 2
+
+
+def test_leftovers_of_a_kill_are_cleaned(tmp_path):
+    store = _save_states(tmp_path, (2,))
+    (tmp_path / ".step_00000004.safetensors.abc.tmp").write_bytes(b"half")
+    (tmp_path / "step_00000004.safetensors").write_bytes(b"orphan without its json")
+    store.clean()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step_00000002.json",
+                                                         "step_00000002.safetensors"]
 
 
 def test_truncate_jsonl_drops_lines_after_the_checkpoint_and_cut_lines(tmp_path):
@@ -64,3 +166,16 @@ def test_truncate_jsonl_drops_lines_after_the_checkpoint_and_cut_lines(tmp_path)
     log.write_text("\n".join(json.dumps({"step": s}) for s in (1, 2, 3, 4)) + '\n{"step": 5, "lo')
     truncate_jsonl(log, 3)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_layout_literals_live_only_in_the_run_model():
+    """No module but runs.py names the files of a run folder."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "src" / "ddpm_lottery"
+    literals = ('"metrics.json"', '"metrics.jsonl"', "level_{", '"mask.safetensors"', '"ema.safetensors"',
+                '"weights.safetensors"', '"config.json"', '"network.json"', '"modules.json"', '"latest.json"',
+                '"costs.json"', '"checkpoints"', '"rewind"', '"status.json"', '"summary.json"')
+    offenders = [f"{path.name}: {lit}" for path in source.glob("*.py") if path.name != "runs.py"
+                 for lit in literals if lit in path.read_text()]
+    assert offenders == []

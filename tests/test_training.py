@@ -8,6 +8,7 @@ import torch
 
 from ddpm_lottery.data import ImageSet
 from ddpm_lottery.errors import UserError
+from ddpm_lottery.runs import Run
 from ddpm_lottery.training import DataOrder, StepHooks, Trainer, TrainingDiverged, learning_rate
 
 from helpers import tiny_run_config
@@ -17,6 +18,11 @@ def synthetic_images(count=40, size=28, channels=1, seed=0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (count, channels, size, size), generator=generator, dtype=torch.uint8)
     return ImageSet(images=images, labels=None, name="synthetic", source="test", flip=False)
+
+
+def at(path):
+    """Level 0 of a scratch run folder: where a Trainer keeps its log and checkpoints."""
+    return Run(path, {}).level(0)
 
 
 def tiny_config(steps=6, **train):
@@ -39,13 +45,13 @@ def read_losses(path):
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     images = synthetic_images()
     config = tiny_config(steps=6)
-    full = Trainer(config, tmp_path / "full", images=images, progress=False)
+    full = Trainer(config, at(tmp_path / "full"), images=images, progress=False)
     full.run()
 
-    killed = Trainer(config, tmp_path / "killed", images=images, progress=False, hooks=CrashAt(5))
+    killed = Trainer(config, at(tmp_path / "killed"), images=images, progress=False, hooks=CrashAt(5))
     with pytest.raises(KeyboardInterrupt):
         killed.run()  # dies after step 5; the last checkpoint is at step 3
-    resumed = Trainer(config, tmp_path / "killed", images=images, progress=False)
+    resumed = Trainer(config, at(tmp_path / "killed"), images=images, progress=False)
     assert resumed.resume() and resumed.step == 3
     resumed.run()
 
@@ -55,48 +61,48 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     for a, b in zip(full.ema.shadow_params, resumed.ema.shadow_params):
         assert torch.equal(a, b)
     # the log lines written after the checkpoint by the killed process were dropped, then redone
-    assert read_losses(tmp_path / "full" / "metrics.jsonl") == read_losses(tmp_path / "killed" / "metrics.jsonl")
-    assert len(read_losses(tmp_path / "full" / "metrics.jsonl")) == 6
+    assert read_losses(at(tmp_path / "full").log_path) == read_losses(at(tmp_path / "killed").log_path)
+    assert len(read_losses(at(tmp_path / "full").log_path)) == 6
 
 
 def test_checkpoints_are_safetensors_plus_json_and_pruned(tmp_path):
-    trainer = Trainer(tiny_config(steps=9), tmp_path, images=synthetic_images(), progress=False)
+    trainer = Trainer(tiny_config(steps=9), at(tmp_path), images=synthetic_images(), progress=False)
     trainer.run()
-    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    files = sorted(p.name for p in at(tmp_path).checkpoints.folder.iterdir())
     assert files == ["latest.json", "step_00000006.json", "step_00000006.safetensors",
                      "step_00000009.json", "step_00000009.safetensors"]
     from safetensors.torch import load_file
-    tensors = load_file(str(tmp_path / "checkpoints" / "step_00000009.safetensors"))
+    tensors = load_file(str(at(tmp_path).checkpoints.folder / "step_00000009.safetensors"))
     assert any(k.startswith("adam.") and k.endswith("exp_avg_sq") for k in tensors)
     assert any(k.startswith("ema.") for k in tensors)
-    state = json.loads((tmp_path / "checkpoints" / "step_00000009.json").read_text())
+    state = json.loads((at(tmp_path).checkpoints.folder / "step_00000009.json").read_text())
     assert state["step"] == 9 and state["data_position"] == {"epoch": 0, "offset": 36}  # 9 steps x batch 4
 
 
 def test_same_seeds_same_run_different_data_seed_differs(tmp_path):
     images = synthetic_images()
-    a = Trainer(tiny_config(steps=3), tmp_path / "a", images=images, progress=False)
-    b = Trainer(tiny_config(steps=3), tmp_path / "b", images=images, progress=False)
-    c = Trainer(tiny_config(steps=3, seed_data=1), tmp_path / "c", images=images, progress=False)
+    a = Trainer(tiny_config(steps=3), at(tmp_path / "a"), images=images, progress=False)
+    b = Trainer(tiny_config(steps=3), at(tmp_path / "b"), images=images, progress=False)
+    c = Trainer(tiny_config(steps=3, seed_data=1), at(tmp_path / "c"), images=images, progress=False)
     for t in (a, b, c):
         t.run()
     assert all(torch.equal(x, y) for x, y in zip(a.parameters, b.parameters))
     assert not all(torch.equal(x, y) for x, y in zip(a.parameters, c.parameters))
     # the initialisation seed alone decides the starting weights
-    d = Trainer(tiny_config(steps=3, seed_data=1), tmp_path / "d", images=images, progress=False)
+    d = Trainer(tiny_config(steps=3, seed_data=1), at(tmp_path / "d"), images=images, progress=False)
     assert all(torch.equal(x, y) for x, y in zip(d.parameters, Trainer(
-        tiny_config(steps=3), tmp_path / "e", images=images, progress=False).parameters))
+        tiny_config(steps=3), at(tmp_path / "e"), images=images, progress=False).parameters))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(steps=6, lr=1e30, grad_clip=0.0, checkpoint_every=1)
-    trainer = Trainer(config, tmp_path, images=synthetic_images(), progress=False)
+    trainer = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
     with pytest.raises(TrainingDiverged) as info:
         trainer.run()
     assert "\n" not in str(info.value) and "last good checkpoint" in str(info.value)
-    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    latest = json.loads((at(tmp_path).checkpoints.folder / "latest.json").read_text())
     from safetensors.torch import load_file
-    tensors = load_file(str(tmp_path / "checkpoints" / f"{latest['checkpoint']}.safetensors"))
+    tensors = load_file(str(at(tmp_path).checkpoints.folder / f"{latest['checkpoint']}.safetensors"))
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
 
 
@@ -119,12 +125,12 @@ def test_hooks_see_gradients_and_can_zero_them(tmp_path):
         def after_backward(self, parameters):
             parameters[0].grad.zero_()
 
-    trainer = Trainer(tiny_config(steps=3), tmp_path, images=synthetic_images(), progress=False,
+    trainer = Trainer(tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False,
                       hooks=FreezeFirst())
     before = trainer.parameters[0].detach().clone()
     trainer.run()
     assert torch.equal(before, trainer.parameters[0])
-    assert not torch.equal(trainer.parameters[1], Trainer(tiny_config(), tmp_path / "x", images=synthetic_images(),
+    assert not torch.equal(trainer.parameters[1], Trainer(tiny_config(), at(tmp_path / "x"), images=synthetic_images(),
                                                           progress=False).parameters[1])
 
 
@@ -132,16 +138,16 @@ def test_hooks_see_gradients_and_can_zero_them(tmp_path):
                                             ({"lr": -1.0}, "--lr"), ({"ema_decay": 1.0}, "--ema-decay")])
 def test_impossible_settings(tmp_path, override, match):
     with pytest.raises(UserError, match=match):
-        Trainer(tiny_config(**override), tmp_path, images=synthetic_images(), progress=False)
+        Trainer(tiny_config(**override), at(tmp_path), images=synthetic_images(), progress=False)
 
 
 def test_image_size_mismatch_is_refused(tmp_path):
     config = tiny_config()
     config.model.sample_size = 28
     with pytest.raises(UserError, match="images are 32x32"):
-        Trainer(config, tmp_path, images=synthetic_images(size=32), progress=False)
+        Trainer(config, at(tmp_path), images=synthetic_images(size=32), progress=False)
     # without an explicit --sample-size the network follows the data
-    assert Trainer(tiny_config(), tmp_path, images=synthetic_images(size=32), progress=False).model.config.sample_size == 32
+    assert Trainer(tiny_config(), at(tmp_path), images=synthetic_images(size=32), progress=False).model.config.sample_size == 32
 
 
 def test_loss_decreases_on_a_learnable_set(tmp_path):
@@ -149,6 +155,31 @@ def test_loss_decreases_on_a_learnable_set(tmp_path):
     images[:, :, 10:18, 10:18] = 255
     config = tiny_config(steps=40, lr=3e-3, checkpoint_every=40)
     config.train.log_every = 10
-    trainer = Trainer(config, tmp_path, images=ImageSet(images, None, "squares", "test", False), progress=False)
+    trainer = Trainer(config, at(tmp_path), images=ImageSet(images, None, "squares", "test", False), progress=False)
     summary = trainer.run()
     assert math.isfinite(summary["final_loss"]) and summary["final_loss"] < 0.5 * summary["loss_first"]
+
+
+def test_summary_after_a_kill_between_the_last_checkpoint_and_the_finish(tmp_path):
+    """The final checkpoint exists, the process died before the level was stored: the rerun has no step
+    left to train and still reports the losses, read from the level's log."""
+    config = tiny_config(steps=6)
+    first = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
+    expected = first.run()
+    again = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
+    assert again.resume() and again.step == 6
+    summary = again.run()
+    assert summary["trained_steps"] == 0 and summary["final_loss"] == expected["final_loss"]
+
+
+def test_hooks_run_before_the_checkpoint_of_their_step(tmp_path):
+    """What a hook writes at step s (theta_tau) exists whenever the checkpoint of step s does."""
+    seen = []
+
+    class Record(StepHooks):
+        def after_step(self, trainer, step):
+            seen.append((trainer.step, trainer.checkpoints.exists() and any(
+                trainer.checkpoints.folder.glob(f"step_{trainer.step:08d}.json"))))
+
+    Trainer(tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False, hooks=Record()).run()
+    assert seen == [(1, False), (2, False), (3, False)]

@@ -11,17 +11,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-from diffusers import UNet2DModel
 from tqdm.auto import tqdm
 
-from .config import RunConfig, SampleConfig, config_hash, from_dict, non_default, to_dict
+from .config import RunConfig, SampleConfig, config_hash, to_dict
 from .data import from_model_range
 from .diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
-from .runs import atomic_path, prepare_run_dir, read_json, write_json
-from .training import Trainer, resolve_device
+from .files import make_dirs, write_json
+from .runs import Run
+from .training import resolve_device
 
 
 def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
@@ -30,68 +29,47 @@ def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
 
 def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, log=print) -> Path:
-    """Train a DDPM into a run folder; a finished run is left as it is."""
+    """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
+    from .lottery import LevelTrainer
+
     run_dir = Path(out) if out is not None else default_run_dir(config)
-    status_path = run_dir / "status.json"
-    checkpoint_pointer = run_dir / "checkpoints" / "latest.json"
-    if status_path.exists() and (run_dir / "config.json").exists():
-        prepare_run_dir(run_dir, config, "train")  # refuses a different config
-        log(f"{run_dir} is already finished (config {config_hash(config)}); nothing to do")
-        return run_dir
-    if checkpoint_pointer.exists() and not resume:
-        raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
-                        "or choose a new --out folder")
-    trainer = Trainer(config, run_dir, progress=progress)
-    if trainer.processes.is_main:
-        prepare_run_dir(run_dir, config, "train")
-    trainer.processes.barrier()
-    if resume and trainer.resume():
-        log(f"resuming {run_dir} at step {trainer.step}")
-    if trainer.processes.is_main:
-        params = sum(p.numel() for p in trainer.parameters)
-        log(f"training preset {config.model.preset} ({params:,} parameters) on {trainer.images.name} "
-            f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
-            f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
-            f"{trainer.device}")
-    summary = trainer.run()
-    trainer.export(run_dir / "model", "raw")
-    trainer.export(run_dir / "ema", "ema")
-    if trainer.processes.is_main:
-        write_json(status_path, {"state": "finished", "steps": config.train.steps,
-                                 "config_hash": config_hash(config), "finished_at": time.time(),
-                                 "last_session": summary})
-        log(f"finished: {run_dir} (final loss {summary['final_loss']:.4f})")
-    trainer.processes.barrier()
+    job = LevelTrainer(config, run_dir, progress=progress, log=log)
+    existed = Run.is_run(run_dir)
+    run = job.open_run()
+    try:
+        level = run.level(0)
+        if level.finished:
+            log(f"{run_dir} is already finished (run {run.hash}); nothing to do")
+            return run_dir
+        if existed and level.checkpoints.exists() and not resume:
+            raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
+                            "or choose a new --out folder")
+        trainer = job._trainer(level, None, "train")
+        if resume and trainer.resume():
+            log(f"resuming {run_dir} at step {trainer.step}")
+        if job.processes.is_main:
+            params = sum(p.numel() for p in trainer.parameters)
+            log(f"training preset {config.model.preset} ({params:,} parameters) on {trainer.images.name} "
+                f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
+                f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
+                f"{trainer.device}")
+        from .pruning import full_masks
+
+        job.train_level(trainer, 0, full_masks(trainer.model, job.mmap.tensor_names), [], "dense", {})
+        job.write_summary()
+    finally:
+        job.close_run()
     return run_dir
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    if not (Path(run_dir) / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run")
-    stored = read_json(Path(run_dir) / "config.json", "run config")
-    return from_dict(RunConfig, stored.get("config", {}))
+    """The config of a run (a LotteryConfig for ticket searches and controls)."""
+    return Run.open(run_dir).config
 
 
-def load_network(run_dir: str | Path, weights: str = "ema") -> UNet2DModel:
-    """The trained network of a run (its diffusers folder, or its latest checkpoint)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise UserError(f"{run_dir} is not a run folder (no config.json); pass the --out folder of a training run")
-    folder = run_dir / weights
-    if folder.is_dir():
-        try:
-            return UNet2DModel.from_pretrained(folder, use_safetensors=True)
-        except Exception as exc:  # diffusers raises several types for a damaged folder
-            raise UserError(f"the weights in {folder} cannot be read ({str(exc).splitlines()[0]}); "
-                            "re-run training with --resume to rewrite them") from None
-    config = load_run_config(run_dir)
-    trainer = Trainer(config, run_dir, progress=False)
-    if not trainer.resume():
-        raise UserError(f"{run_dir} has no trained weights yet; train it first")
-    model = trainer.model.to("cpu")
-    if weights == "ema":
-        trainer.ema.copy_to(list(model.parameters()))
-    return model
+def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema"):
+    """The network of a run's level (default: the last finished) with its trained weights, on the CPU."""
+    return Run.open(run_dir).pick_level(level).network(weights)
 
 
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
@@ -106,28 +84,14 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         raise UserError(f"--sampling-steps must be positive, got {steps}")
     if config.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {config.num_samples}")
-    from .lottery import finished_levels, level_config, level_dir, level_network, run_kind
-
     device = resolve_device(config.device)
-    level = None
-    if run_kind(run_dir) == "train":
-        diffusion = load_run_config(run_dir).diffusion
-        model = load_network(run_dir, config.weights).to(device)
-        base = run_dir
-    else:  # a ticket run (or a control branch): one of its levels
-        levels = finished_levels(run_dir)
-        if not levels:
-            raise UserError(f"{run_dir} has no finished level to sample yet; let find-ticket finish level 0")
-        level = levels[-1] if config.level is None else config.level
-        diffusion = level_config(run_dir).diffusion
-        model = level_network(run_dir, level, config.weights).to(device)
-        base = level_dir(run_dir, level)
-    out_dir = Path(out) if out is not None else (
-        base / "samples" / f"{config.sampler}-{steps}steps-seed{config.sample_seed}-{config.weights}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out_dir} ({exc.strerror}); choose a writable --out") from None
+    run = Run.open(run_dir)
+    level = run.pick_level(config.level)
+    diffusion = run.config.diffusion
+    model = level.network(config.weights).to(device)
+    out_dir = Path(out) if out is not None else level.samples_dir(
+        f"{config.sampler}-{steps}steps-seed{config.sample_seed}-{config.weights}")
+    make_dirs(out_dir)
     bar = tqdm(total=1, disable=not progress, desc=f"sample {config.sampler}", unit="call", leave=False)
 
     def on_step(done, total):
@@ -143,10 +107,10 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     uint8 = from_model_range(images)
     save_grid(uint8, out_dir / "grid.png")
     if config.npz:
-        with atomic_path(out_dir / "samples.npz") as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, images=uint8.permute(0, 2, 3, 1).numpy())
-    info = {"run": str(run_dir), "level": level, "config": to_dict(config), "sampler": config.sampler, "steps": steps,
+        from .evaluation import save_samples
+
+        save_samples(out_dir / "samples.npz", uint8)
+    info = {"run": str(run_dir), "level": level.index, "config": to_dict(config), "sampler": config.sampler, "steps": steps,
             "eta": config.eta if config.sampler == "ddim" else None, "num_samples": config.num_samples,
             "seed": config.sample_seed, "weights": config.weights, "wall_time_s": wall,
             "images_per_s": config.num_samples / wall, "device": str(device)}
@@ -156,4 +120,4 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     return out_dir
 
 
-__all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config", "non_default"]
+__all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config"]

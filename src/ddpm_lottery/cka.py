@@ -125,7 +125,7 @@ def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: di
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
-    from .runs import atomic_path
+    from .files import atomic_path
 
     path = Path(path)
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -144,7 +144,7 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .runs import atomic_path
+    from .files import atomic_path
 
     fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
     index = [r["index"] for r in rows]
@@ -169,39 +169,43 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     return path
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, level: int, config=None, *, out: str | Path | None = None,
-                 log=print) -> dict:
-    """Weight and activation CKA between level ``level`` of two ticket runs; writes cka.csv and figure1.png."""
+def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None, config=None, *,
+                 out: str | Path | None = None, log=print) -> dict:
+    """Weight and activation CKA between one level of two runs; writes cka.csv, cka.json and figure1.png."""
     from .config import CkaConfig
+    from .data import load_dataset, to_model_range
+    from .diffusion import noise_scheduler
+    from .files import write_json
+    from .runs import Run
 
     config = config or CkaConfig()
     timesteps, batch, weights = config.timesteps, config.batch, config.weights
     threshold, seed = config.threshold, config.seed
-    from .data import load_dataset, to_model_range
-    from .diffusion import noise_scheduler
-    from .lottery import level_config, level_masks, level_network, level_weights
-    from .runs import read_json, write_json
-
-    run_a, run_b = Path(run_a), Path(run_b)
-    net_a = read_json(run_a / "network.json", "network config") if (run_a / "network.json").exists() else None
-    net_b = read_json(run_b / "network.json", "network config") if (run_b / "network.json").exists() else None
-    if net_a is None or net_b is None:
-        raise UserError("CKA compares two ticket runs (find-ticket folders with network.json); "
-                        f"{run_a if net_a is None else run_b} is not one")
-    if net_a != net_b:
-        raise UserError(f"{run_a} and {run_b} use different networks; CKA compares tickets of the same preset")
+    a, b = Run.open(run_a), Run.open(run_b)
+    if a.network_config() != b.network_config():
+        raise UserError(f"{a.root} and {b.root} use different networks; CKA compares tickets of the same preset")
     if batch < 3:
         raise UserError(f"--batch must be at least 3 for CKA, got {batch}")
-    masks_a, masks_b = level_masks(run_a, level), level_masks(run_b, level)
-    order = [m for module in read_json(run_a / "modules.json", "module map")["modules"] for m in module["tensors"]]
-    # one layer per tensor, in forward order
-    wa = {n: w * masks_a[n] if n in masks_a else w for n, w in level_weights(run_a, level, weights).items()}
-    wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_weights(run_b, level, weights).items()}
+    level_a = a.pick_level(level)
+    level_b = b.level(level_a.index).require_finished()
+    masks_a, masks_b = level_a.masks(), level_b.masks()
+    sparsity_a, sparsity_b = level_a.metrics()["sparsity"], level_b.metrics()["sparsity"]
+    if abs(sparsity_a - sparsity_b) > 1e-3:
+        log(f"warning: the two tickets differ in sparsity ({sparsity_a:.2%} vs {sparsity_b:.2%}); CKA then also "
+            "reflects that difference")
+    seeds = (a.config.train.seed_init, b.config.train.seed_init)
+    if seeds[0] != seeds[1]:
+        log(f"warning: the two runs start from different initial weights (--seed-init {seeds[0]} vs {seeds[1]}); "
+            "the paper compares two tickets of one model")
+    order = a.layer_order()  # one layer per tensor, in forward order
+    wa = {n: w * masks_a[n] if n in masks_a else w for n, w in level_a.state(weights).items()}
+    wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_b.state(weights).items()}
     rows = weight_cka(wa, wb, order, threshold)
 
-    run_config = level_config(run_a)
+    network = a.network_config()
+    run_config = a.config
     images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
-                          image_size=net_a["sample_size"], channels=net_a["in_channels"]).images
+                          image_size=network["sample_size"], channels=network["in_channels"]).images
     generator = torch.Generator().manual_seed(seed)
     chosen = images[torch.randperm(len(images), generator=generator)[:batch]]
     clean = to_model_range(chosen)
@@ -212,18 +216,18 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int, config=None, 
             raise UserError(f"timestep {t} is outside [0, {scheduler.config.num_train_timesteps})")
         noise = torch.randn(clean.shape, generator=generator)
         noisy[t] = scheduler.add_noise(clean, noise, torch.full((len(clean),), t, dtype=torch.long))
-    model_a, model_b = level_network(run_a, level, weights), level_network(run_b, level, weights)
-    activation_rows = activation_cka(model_a, model_b, noisy, order, threshold)
+    activation_rows = activation_cka(level_a.network(weights), level_b.network(weights), noisy, order, threshold)
     for row, extra in zip(rows, activation_rows):
         row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
-    out = Path(out) if out else run_a / "cka" / f"{run_b.name}-level{level:02d}"
+    out = Path(out) if out else a.cka_dir(b, level_a.index)
     write_csv(rows, out / "cka.csv")
-    caption = (f"{run_a.name} vs {run_b.name}, level {level}; weight CKA on {weights} weights ⊙ mask (RBF bandwidth "
-               f"{threshold} × median distance); activation CKA on {batch} training images noised at t = "
+    caption = (f"{a.root.name} vs {b.root.name}, level {level_a.index}; weight CKA on {weights} weights ⊙ mask (RBF "
+               f"bandwidth {threshold} × median distance); activation CKA on {batch} training images noised at t = "
                f"{', '.join(map(str, timesteps))} (seed {seed})")
     figure_one(rows, out / "figure1.png", caption)
-    summary = {"run_a": str(run_a), "run_b": str(run_b), "level": level, "weights": weights, "threshold": threshold,
-               "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
+    summary = {"run_a": str(a.root), "run_b": str(b.root), "level": level_a.index, "weights": weights,
+               "threshold": threshold, "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
+               "sparsity": [sparsity_a, sparsity_b], "seed_init": list(seeds),
                "mean_weight_cka_rbf_first_half": _half_mean(rows, "weight_cka_rbf", first=True),
                "mean_weight_cka_rbf_second_half": _half_mean(rows, "weight_cka_rbf", first=False)}
     write_json(out / "cka.json", summary)

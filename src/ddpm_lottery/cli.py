@@ -90,25 +90,17 @@ def _cmd_sparsity(args) -> int:
     return 0
 
 
-def _levels_arg(run, level, all_levels):
-    from .lottery import finished_levels
+def _levels_arg(run, level, all_levels) -> list[int]:
+    from .runs import Run
 
-    if all_levels:
-        return finished_levels(run)
-    return None if level is None else [level]
+    return [lv.index for lv in Run.open(run).levels_arg(level, all_levels)]
 
 
 def _log_command(run) -> None:
     """Append the command line to RUN/commands.log (provenance for reports)."""
-    import shlex
-    import time
-    from pathlib import Path
+    from .runs import Run
 
-    try:
-        with open(Path(run) / "commands.log", "a", encoding="utf-8") as handle:
-            handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}\nddpm-lottery {shlex.join(sys.argv[1:])}\n")
-    except OSError:
-        pass  # provenance is best effort; the results are already written
+    Run.open(run).log_command(sys.argv[1:])
 
 
 def _cmd_evaluate(args) -> int:
@@ -123,20 +115,19 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_flops(args) -> int:
     from .costs import level_costs
-    from .lottery import finished_levels
+    from .runs import Run
 
-    levels = _levels_arg(args.run, args.level, args.all_levels) or finished_levels(args.run)[-1:]
-    if not levels:
-        raise UserError(f"{args.run} has no finished level yet")
-    for level in levels:
-        c = level_costs(args.run, level)
-        print(f"{args.run} level {level}: {c['dense_flops'] / 1e9:.4f} GFLOPs ({c['dense_macs'] / 1e9:.4f} GMACs) dense "
-              f"per denoiser call, {c['effective_flops'] / 1e9:.4f} GFLOPs effective (−{100 * c['reduction']:.2f} %); "
-              f"{c['counter']}")
+    run = Run.open(args.run)
+    for level in run.levels_arg(args.level, args.all_levels):
+        c = level_costs(level)
+        print(f"{args.run} level {level.index}: {c['dense_flops'] / 1e9:.4f} GFLOPs ({c['dense_macs'] / 1e9:.4f} GMACs) "
+              f"dense per denoiser call, {c['effective_flops'] / 1e9:.4f} GFLOPs effective "
+              f"(−{100 * c['reduction']:.2f} %); {c['counter']}")
         for name, value in c["per_sample_flops"].items():
             print(f"  per sample, {name}: {value['dense'] / 1e9:.2f} → {value['effective'] / 1e9:.2f} GFLOPs")
         print(f"  parameters {c['surviving_parameters']:,} of {c['dense_parameters']:,}; storage "
-              f"{c['sparse_bytes']:,} B sparse export vs {c['dense_bytes']:,} B dense ({c['storage_ratio']:.3f}x)")
+              f"{c['sparse_bytes']:,} B sparse export vs {c['dense_bytes']:,} B dense ({c['storage_ratio']:.3f}x), "
+              f"{c['weights']} weights")
         if args.per_module:
             print(f"  {'j':>3}  {'module':<34} {'dense MFLOPs':>13} {'effective':>11} {'reduction':>9}")
             for m in c["per_module"]:
@@ -147,18 +138,16 @@ def _cmd_flops(args) -> int:
 
 def _cmd_cka(args) -> int:
     from .cka import compare_runs
-    from .lottery import finished_levels
 
     config = config_from_args(CkaConfig, args, args.config)
-    level = config.level if config.level >= 0 else (finished_levels(args.run_a) or [0])[-1]
-    compare_runs(args.run_a, args.run_b, level, config, out=args.out)
+    compare_runs(args.run_a, args.run_b, None if config.level < 0 else config.level, config, out=args.out)
     return 0
 
 
 def _cmd_report(args) -> int:
     from .report import build_report
 
-    build_report(args.runs, args.out, cka_dirs=args.cka or (), eval_filter=args.eval_filter,
+    build_report(args.runs, args.out, cka_dirs=args.cka or (), protocol=args.protocol,
                  commands=[f"ddpm-lottery {' '.join(sys.argv[1:])}"])
     return 0
 
@@ -197,10 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ticket = commands.add_parser(
         "find-ticket", help="find winning tickets by iterative magnitude pruning with rewinding",
-        description="Iterative magnitude pruning with late rewinding (GUIDE §1, Algorithm 1). Strategies: "
+        description="Iterative magnitude pruning with late rewinding (the paper's Algorithm 1). Strategies: "
                     "unified, global, varying (p + j*q per module, forward order; --order reverse for the "
                     "ablation); controls: --reinit or --strategy random with --control-of RUN. Re-running "
-                    "the same command continues a killed search; finished levels are never recomputed.")
+                    "the same command continues a killed search; finished levels are never recomputed; a higher "
+                    "--target-sparsity or --max-rounds extends a finished one.")
     _add_config_flag(ticket)
     ticket.add_argument("--out", metavar="RUN", help="run folder [default: runs/lottery-<config hash>, "
                                                       "controls: RUN/branches/<control>-<hash>]")
@@ -224,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="FID and KID of run levels on the standard Inception features",
         description="Generate N images per level and compare their Inception-v3 pool3 features with the training "
-                    "set's (cached). Results go to RUN/level_XX/eval/<sampler>-<steps>...json.")
+                    "set's (cached). Each result is stored beside its level, keyed by its whole protocol, with "
+                    "the images it generated.")
     evaluate.add_argument("run", metavar="RUN")
     _add_config_flag(evaluate)
     evaluate.add_argument("--level", type=int, default=None, help="level to evaluate [default: the last finished]")
@@ -253,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", metavar="RUN", nargs="+")
     report.add_argument("--out", default="report.html", help="HTML file [default: report.html]")
     report.add_argument("--cka", action="append", metavar="DIR", help="a `ddpm-lottery cka` output folder to include")
-    report.add_argument("--eval-filter", help="use only evaluations whose key contains this text (e.g. n2048)")
+    report.add_argument("--protocol", help="show the evaluations whose protocol key contains this text (e.g. n2048); "
+                                           "default: the protocol that covers the most levels")
     report.set_defaults(func=_cmd_report)
 
     presets = commands.add_parser("presets", help="list the network presets and their sizes")

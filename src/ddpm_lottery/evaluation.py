@@ -1,27 +1,34 @@
-"""``ddpm-lottery evaluate``: FID and KID of run levels, with how they were measured.
+"""``ddpm-lottery evaluate``: FID and KID of run levels, stored with everything that made them.
 
-Each evaluation is stored as ``RUN/level_XX/eval/<key>.json`` (``RUN/eval/<key>.json`` for a
-training run), where the key names the sampler, its steps, eta, N, the seed, the weights, the
-reference size and the KID subset size: results measured differently never overwrite each other.
+An evaluation is keyed by its *protocol*: the sampler, its steps and eta, N, the sampling seed,
+the weights, the reference images (dataset, split, count, and a digest of the images
+themselves), the KID subset size and count, and the feature network's digest.  Change any of
+these and it is a different evaluation, stored beside the others; the same protocol is read
+back instead of recomputed.  The generated images are stored with the result (uint8, ``.npz``),
+so reports and later measures read them instead of sampling again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .config import EvalConfig, to_dict
 from .data import from_model_range, load_dataset
 from .diffusion import DEFAULT_SAMPLING_STEPS, sample as run_sampler
 from .errors import UserError
-from .lottery import finished_levels, level_config, level_dir, level_network, run_kind
+from .files import atomic_path, write_json
 from .metrics import (
     FEATURE_DIM, InceptionFeatures, biased_note, check_sample_counts, extract_features, fid_kid, reference_features,
-    reference_images, reference_key,
+    reference_images,
 )
-from .runs import read_json, write_json
+from .runs import Level, Run
 from .training import resolve_device
 
 
@@ -32,37 +39,77 @@ def sampling_steps(config: EvalConfig) -> int:
     return steps
 
 
-def eval_key(config: EvalConfig, reference_count: int) -> str:
-    steps = sampling_steps(config)
-    eta = f"-eta{config.eta:g}" if config.sampler == "ddim" else ""
-    return (f"{config.sampler}-{steps}steps{eta}-n{config.num_samples}-seed{config.sample_seed}-{config.weights}"
-            f"-ref{reference_count}-kid{config.kid_subset_size}")
+def protocol(config: EvalConfig, reference: dict, feature_digest: str) -> dict:
+    """Everything that affects an evaluation's numbers (and nothing that does not, such as the device)."""
+    return {"sampler": config.sampler, "steps": sampling_steps(config),
+            "eta": config.eta if config.sampler == "ddim" else None, "num_samples": config.num_samples,
+            "seed": config.sample_seed, "weights": config.weights, "reference": reference,
+            "kid_subset_size": config.kid_subset_size, "kid_subsets": config.kid_subsets,
+            "feature_network": feature_digest}
 
 
-def eval_dir(run: Path, level: int) -> Path:
-    return run / "eval" if run_kind(run) == "train" else level_dir(run, level) / "eval"
+def protocol_key(spec: dict) -> str:
+    """A readable prefix and a digest of the whole protocol."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return (f"{spec['sampler']}-{spec['steps']}steps-n{spec['num_samples']}-seed{spec['seed']}-{spec['weights']}"
+            f"-{digest}")
 
 
-def load_evaluations(run: str | Path, level: int) -> dict[str, dict]:
-    folder = eval_dir(Path(run), level)
-    return {p.stem: read_json(p, "evaluation") for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+def protocol_label(record: dict) -> str:
+    """How a figure was measured, in one phrase."""
+    ref = record.get("reference", {})
+    eta = f", eta {record['eta']:g}" if record.get("eta") else ""
+    return (f"N={record['num_samples']} vs {ref.get('count', record.get('reference_samples'))} "
+            f"{ref.get('dataset', '')} {ref.get('split', '')} images, {record['sampler']} {record['steps']} steps{eta}, "
+            f"seed {record['seed']}, {record['weights']} weights")
 
 
-def _reference(run: Path, config: EvalConfig, extractor: InceptionFeatures, progress: bool, log):
-    run_config = level_config(run)
-    network = read_json(run / ("ema/config.json" if run_kind(run) == "train" else "network.json"), "network config")
+def _reference(run: Run, config: EvalConfig, extractor, progress: bool, log) -> tuple[torch.Tensor, dict]:
+    network = run.network_config()
     size, channels = network["sample_size"], network["in_channels"]
-    data = run_config.data
+    data = run.config.data
     images = load_dataset(data.dataset, data.data_dir, split=config.reference_split, image_size=size,
                           channels=channels).images
     chosen = reference_images(images, config.reference_samples)
-    key = reference_key(data.dataset, config.reference_split, data.data_dir, size, channels, len(chosen),
-                        extractor.digest)
+    from .data import image_digest
+
+    reference = {"dataset": data.dataset, "split": config.reference_split, "count": len(chosen),
+                 "size": size, "channels": channels, "images": image_digest(chosen)}
     started = time.perf_counter()
+    key = (f"{data.dataset}-{config.reference_split}-{size}px-{channels}ch-n{len(chosen)}-{reference['images']}"
+           f"-inception{extractor.digest}")
     features, cached = reference_features(chosen, key, extractor, cache_dir=config.cache_dir, progress=progress)
     log(f"reference: {len(chosen)} {data.dataset} {config.reference_split} images, "
-        f"{'cached' if cached else 'computed'} in {time.perf_counter() - started:.1f} s ({key})")
-    return features, key, cached
+        f"{'cached' if cached else 'computed'} in {time.perf_counter() - started:.1f} s")
+    return features, reference
+
+
+def generate(level: Level, config: EvalConfig, device: torch.device, progress: bool) -> torch.Tensor:
+    """The level's N images (uint8), sampled with the protocol's sampler and seed."""
+    model = level.network(config.weights).to(device)
+    bar = tqdm(total=1, disable=not progress, desc=f"level {level.index}: sampling", unit="call", leave=False)
+
+    def on_step(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    images = run_sampler(model, level.run.config.diffusion, sampler=config.sampler, num_steps=sampling_steps(config),
+                         num_samples=config.num_samples, seed=config.sample_seed,
+                         batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
+    bar.close()
+    return from_model_range(images)
+
+
+def save_samples(path: Path, images: torch.Tensor) -> None:
+    """uint8 (N, H, W, C) under ``arr_0``, the key common evaluator scripts read."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, arr_0=images.permute(0, 2, 3, 1).numpy())
+
+
+def load_samples(path: Path) -> torch.Tensor:
+    with np.load(path, allow_pickle=False) as data:
+        return torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).contiguous()
 
 
 def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int] | None = None, *,
@@ -70,75 +117,52 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
              force: bool = False) -> list[dict]:
     """Evaluate the given levels (default: the last finished one); returns the stored records.
 
-    A level already evaluated with the same settings is read back, not recomputed, unless ``force``.
+    A level already evaluated with the same protocol is read back, not recomputed, unless ``force``
+    (which replaces that one record only).
     """
     config = config or EvalConfig()
-    run = Path(run)
-    available = finished_levels(run)
-    if not available:
-        raise UserError(f"{run} has no level with trained weights yet; train or run find-ticket first")
-    levels = levels if levels is not None else [available[-1]]
-    for level in levels:
-        if level not in available:
-            raise UserError(f"{run} has no trained level {level} (finished: {', '.join(map(str, available))})")
-    steps = sampling_steps(config)
-    if config.num_samples < 2:
-        raise UserError(f"--num-samples must be at least 2 for FID, got {config.num_samples}; use ≥ 2048 for an "
-                        "unbiased-enough FID")
+    run = Run.open(run)
+    chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
+    sampling_steps(config)
     check_sample_counts(config.num_samples, config.reference_samples, config.kid_subset_size)
     device = resolve_device(config.device)
     extractor = extractor or InceptionFeatures(config.feature_network)
-    reference, reference_name, _ = _reference(run, config, extractor, progress, log)
-    check_sample_counts(config.num_samples, len(reference), config.kid_subset_size)
-    key = eval_key(config, len(reference))
-    diffusion = level_config(run).diffusion
+    reference_feats, reference = _reference(run, config, extractor, progress, log)
+    check_sample_counts(config.num_samples, len(reference_feats), config.kid_subset_size)
+    spec = protocol(config, reference, extractor.digest)
+    key = protocol_key(spec)
     records = []
-    for level in levels:
-        existing = eval_dir(run, level) / f"{key}.json"
-        if existing.exists() and not force:
-            record = read_json(existing, "evaluation")
+    for level in chosen:
+        path = level.evaluation_path(key)
+        if path.exists() and not force:
+            record = next(r for r in level.evaluations() if r["key"] == key)
             records.append(record)
-            log(describe(record, run) + " [stored]")
+            log(describe(record, run.root) + " [stored]")
             continue
         started = time.perf_counter()
-        model = level_network(run, level, config.weights).to(device)
-        bar = tqdm(total=1, disable=not progress, desc=f"level {level}: sampling", unit="call", leave=False)
-
-        def on_step(done, total, bar=bar):
-            bar.total = total
-            bar.update(done - bar.n)
-
-        images = run_sampler(model, diffusion, sampler=config.sampler, num_steps=steps,
-                             num_samples=config.num_samples, seed=config.sample_seed,
-                             batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
-        bar.close()
+        images = generate(level, config, device, progress)
         sampling_time = time.perf_counter() - started
-        features = extract_features(extractor, from_model_range(images), progress=progress,
-                                    description=f"level {level}: inception")
-        scores = fid_kid(reference, features, kid_subset_size=config.kid_subset_size, kid_subsets=config.kid_subsets)
+        save_samples(level.evaluation_samples_path(key), images)
+        features = extract_features(extractor, images, progress=progress, description=f"level {level.index}: inception")
+        scores = fid_kid(reference_feats, features, kid_subset_size=config.kid_subset_size,
+                         kid_subsets=config.kid_subsets)
         record = {
-            **scores, "level": level, "num_samples": config.num_samples, "reference_samples": len(reference),
-            "reference": reference_name, "sampler": config.sampler, "steps": steps,
-            "eta": config.eta if config.sampler == "ddim" else None, "seed": config.sample_seed,
-            "weights": config.weights, "kid_subset_size": config.kid_subset_size, "kid_subsets": config.kid_subsets,
-            "feature_network": f"{extractor.path.name} (sha256 {extractor.digest}, TF Inception-v3 pool3, "
-                               f"{FEATURE_DIM}-d)",
+            **scores, "key": key, "level": level.index, **spec, "reference_samples": len(reference_feats),
+            "feature_network_file": f"{extractor.path.name} (TF Inception-v3 pool3, {FEATURE_DIM}-d)",
             "biased_warning": biased_note(config.num_samples), "sampling_time_s": sampling_time,
             "wall_time_s": time.perf_counter() - started, "device": str(device), "config": to_dict(config),
-            "time": time.time(),
+            "time": time.time(), "samples_file": level.evaluation_samples_path(key).name,
         }
-        write_json(eval_dir(run, level) / f"{key}.json", record)
+        write_json(path, record)
         records.append(record)
-        log(describe(record, run))
+        log(describe(record, run.root))
     return records
 
 
 def describe(record: dict, run: Path | str = "") -> str:
     warning = " [strongly biased: N < 2048, read KID]" if record.get("biased_warning") else ""
     return (f"{run} level {record['level']}: FID {record['fid']:.2f}{warning}, KID {record['kid_mean']:.4f} ± "
-            f"{record['kid_std']:.4f} (N={record['num_samples']} vs {record['reference_samples']} reference, "
-            f"{record['sampler']} {record['steps']} steps, seed {record['seed']}, {record['weights']} weights, "
-            f"{record['wall_time_s']:.0f} s)")
+            f"{record['kid_std']:.4f} ({protocol_label(record)}, {record['wall_time_s']:.0f} s)")
 
 
-__all__ = ["evaluate", "load_evaluations", "eval_key", "describe"]
+__all__ = ["evaluate", "describe", "protocol", "protocol_key", "protocol_label", "load_samples"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .runs import atomic_path
+from .files import atomic_path
 
 
 def grid_array(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:

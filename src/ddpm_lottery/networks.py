@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         attention_head_dim=None, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
         norm_eps=1e-6, norm_num_groups=32, act_fn="silu", time_embedding_type="positional", dropout=0.1,
     ),
-    # CPU presets (GUIDE §3 timings): attention at the lowest resolution only.
+    # CPU presets, sized to train in minutes on two cores: attention at the lowest resolution only.
     "small": dict(
         sample_size=28, block_out_channels=(32, 64, 64), layers_per_block=2,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),

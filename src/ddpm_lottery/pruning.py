@@ -1,4 +1,4 @@
-"""Masks, the module map, and the pruning strategies (GUIDE §1).
+"""Masks, the module map, and the pruning strategies of the paper's method.
 
 * **Prunable tensors**: the weights of every ``Conv2d`` and ``Linear`` (attention projections and
   time-embedding layers included); never biases, norms or embeddings.  Include/exclude patterns
@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .runs import load_tensors, save_tensors
-from .training import StepHooks
+from .files import load_tensors, save_tensors
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 
@@ -160,18 +160,19 @@ def save_masks(path: str | Path, masks: Masks) -> None:
     save_tensors(path, packed, metadata)
 
 
-def load_masks(path: str | Path, expected_shapes: dict[str, list[int]] | None = None) -> Masks:
+def load_masks(path: str | Path, expected_shapes: dict[str, list[int]] | None = None,
+               fix: str = "re-run the command that writes it") -> Masks:
     from safetensors import safe_open
 
     path = Path(path)
-    packed = load_tensors(path, "mask file")
+    packed = load_tensors(path, "mask file", fix)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     masks: Masks = {}
     for name, bits in packed.items():
         shape_text = metadata.get(f"shape:{name}")
         if shape_text is None:
-            raise UserError(f"mask file {path} has no shape for {name}; it was not written by ddpm-lottery")
+            raise UserError(f"mask file {path} has no shape for {name}; it was not written by ddpm-lottery; {fix}")
         shape = [int(s) for s in shape_text.split(",") if s]
         count = math.prod(shape)
         flat = np.unpackbits(bits.numpy())[:count].astype(bool)
@@ -268,25 +269,57 @@ def _floor(size: int, density: float, tensors: int) -> int:
     return max(tensors, math.ceil(density * size))
 
 
+def _plan_unified(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
+    return [Unit(n, [n], kept[n], min(settings.prune_ratio, settings.max_round_ratio),
+                 _floor(masks[n].numel(), settings.min_module_density, 1)) for n in mmap.tensor_names]
+
+
+def _plan_global(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
+    names = mmap.tensor_names
+    return [Unit("global", names, sum(kept[n] for n in names), min(settings.prune_ratio, settings.max_round_ratio),
+                 sum(_floor(masks[n].numel(), settings.min_module_density, 1) for n in names))]
+
+
+def _plan_varying(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
+    modules = mmap.modules if settings.order == "forward" else list(reversed(mmap.modules))
+    units = []
+    for j, module in enumerate(modules):
+        ratio = min(settings.prune_ratio + j * settings.ratio_increment, settings.max_round_ratio)
+        units.append(Unit(module.name, module.tensors, sum(kept[n] for n in module.tensors), ratio,
+                          _floor(module.size, settings.min_module_density, len(module.tensors))))
+    return units
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A pruning strategy: how one round splits into units ranked together, and at which ratios.
+
+    ``reads`` names the prune settings it uses beyond the shared ones (p, the cap, the floor), so
+    that help texts and study files can say which settings matter for which strategy.
+    """
+
+    name: str
+    description: str
+    plan: Callable[[ModuleMap, Masks, dict[str, int], PruneSettings], list[Unit]]
+    reads: tuple[str, ...] = ()
+    imposes_profile: bool = False  # does the strategy itself set an upstream/downstream sparsity profile?
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("unified", "every prunable tensor loses the same fraction p of its surviving weights per round",
+             _plan_unified),
+    Strategy("global", "one magnitude threshold over all prunable weights removes p of the survivors", _plan_global),
+    Strategy("varying", "Algorithm 1: module j (forward order) loses p + j*q of its survivors, capped, with a floor",
+             _plan_varying, reads=("ratio_increment", "order", "granularity"), imposes_profile=True),
+)}
+
+
 def plan_units(strategy: str, mmap: ModuleMap, masks: Masks, settings: PruneSettings) -> list[Unit]:
     """The units and ratios of one round (before trimming to the target)."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     kept = {n: int(masks[n].sum()) for n in masks}
-    if strategy == "unified":
-        return [Unit(n, [n], kept[n], min(settings.prune_ratio, settings.max_round_ratio),
-                     _floor(masks[n].numel(), settings.min_module_density, 1)) for n in mmap.tensor_names]
-    if strategy == "global":
-        names = mmap.tensor_names
-        return [Unit("global", names, sum(kept[n] for n in names), min(settings.prune_ratio, settings.max_round_ratio),
-                     sum(_floor(masks[n].numel(), settings.min_module_density, 1) for n in names))]
-    if strategy == "varying":
-        modules = mmap.modules if settings.order == "forward" else list(reversed(mmap.modules))
-        units = []
-        for j, module in enumerate(modules):
-            ratio = min(settings.prune_ratio + j * settings.ratio_increment, settings.max_round_ratio)
-            units.append(Unit(module.name, module.tensors, sum(kept[n] for n in module.tensors), ratio,
-                              _floor(module.size, settings.min_module_density, len(module.tensors))))
-        return units
-    raise UserError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy].plan(mmap, masks, kept, settings)
 
 
 def allocate(units: list[Unit], budget: int | None) -> list[int]:
@@ -351,14 +384,6 @@ def random_masks(reference: Masks, seed: int) -> Masks:
     return out
 
 
-STRATEGIES: dict[str, str] = {
-    "unified": "every prunable tensor loses the same fraction p of its surviving weights per round",
-    "global": "one magnitude threshold over all prunable weights removes p of the survivors",
-    "varying": "Algorithm 1: module j (forward order) loses p + j*q of its survivors, capped, with a floor",
-    "random": "control: a random mask with the per-tensor sparsities of a level of another run",
-}
-
-
 def simulate_sparsity(strategy: str, mmap: ModuleMap, settings: PruneSettings, rounds: int) -> float:
     """Sparsity reached after ``rounds`` rounds, from counts alone (no magnitudes needed)."""
     kept = {n: s for m in mmap.modules for n, s in zip(m.tensors, m.sizes)}
@@ -388,41 +413,3 @@ class _CountMask:
 
     def numel(self):
         return self._size
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Masked training
-
-
-class MaskedTraining(StepHooks):
-    """Keeps pruned weights exactly zero during training, at the cost of one fused kernel per step.
-
-    The weights are masked once when the level starts (rewinding gives theta_tau * m).  After that
-    only the gradients need masking: Adam's moments of a pruned weight start at zero (a fresh
-    optimizer every level) and only ever see zero gradients, so its update is exactly zero, and
-    coupled weight decay adds ``wd * 0``.  The EMA, reset to the masked weights, averages zeros.
-    """
-
-    def __init__(self, model: torch.nn.Module, masks: Masks):
-        params = dict(model.named_parameters())
-        unknown = set(masks) - set(params)
-        if unknown:
-            raise UserError(f"the mask names tensors the network does not have ({sorted(unknown)[:2]}); "
-                            "it belongs to another preset")
-        self.params = [params[n] for n in masks]
-        device = self.params[0].device if self.params else torch.device("cpu")
-        # float multipliers: torch._foreach_mul_ with float lists is the fastest fused path measured
-        self.multipliers = [masks[n].to(device=device, dtype=params[n].dtype) for n in masks]
-
-    @torch.no_grad()
-    def apply_to_weights(self, tensors: list[torch.Tensor] | None = None) -> None:
-        torch._foreach_mul_(tensors if tensors is not None else self.params, self.multipliers)
-
-    def after_backward(self, parameters: list[torch.nn.Parameter]) -> None:
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
-            grads, multipliers = zip(*[(g, m) for g, m in zip(grads, self.multipliers) if g is not None]) or ((), ())
-            torch._foreach_mul_(list(grads), list(multipliers))
-        else:
-            torch._foreach_mul_(grads, self.multipliers)

@@ -20,9 +20,11 @@ from pathlib import Path
 
 from .cka import compare_runs
 from .config import CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig
+from .costs import stored_costs
 from .evaluation import evaluate
-from .lottery import find_ticket, finished_levels
+from .lottery import find_ticket
 from .report import build_report
+from .runs import Run
 
 
 def _ticket_config(settings: QuickstartConfig, strategy: str, seed_data: int) -> LotteryConfig:
@@ -66,12 +68,15 @@ def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartConfig |
                              device=settings.device)
     log(f"[4/5] FID/KID of every level: N={settings.num_samples} generated vs {settings.reference_samples} training "
         f"images, DDIM {settings.sampling_steps} steps (the Inception runs at a few images/s on a CPU)")
-    for run in (varying, unified, second):
-        evaluate(run, eval_config, finished_levels(run), progress=progress, log=log)
-    last = finished_levels(varying)[-1]
-    cka_dir = varying / "cka" / f"{second.name}-level{last:02d}"
+    for path in (varying, unified, second):
+        run = Run.open(path)
+        evaluate(path, eval_config, run.finished_levels(), progress=progress, log=log)
+        for index in run.finished_levels():
+            stored_costs(run.level(index))
+    first, other = Run.open(varying), Run.open(second)
+    cka_dir = first.cka_dir(other, first.last_level().index)
     if not (cka_dir / "cka.json").exists():
-        compare_runs(varying, second, last, CkaConfig(), out=cka_dir, log=log)
+        compare_runs(varying, second, first.last_level().index, CkaConfig(), out=cka_dir, log=log)
 
     log("[5/5] report")
     command = (f"ddpm-lottery quickstart --out {out} --preset {settings.preset} --dataset {settings.dataset} "

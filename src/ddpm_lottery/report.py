@@ -1,7 +1,8 @@
 """The report: one self-contained HTML file (figures embedded as base64 PNG) plus a Markdown table.
 
-It reads only run folders: level metrics, evaluations (``eval/*.json``), costs (``costs.json``,
-computed here when missing), CKA results, and the configs and commands that produced them.
+It renders what run folders store (through the run model): level metrics, evaluations and the
+samples they generated, costs, CKA results, and the configs and commands behind them.  It samples
+no network and writes nothing into a run.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import html
 import json
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
-from .runs import atomic_path, read_json
+from .files import atomic_path, make_dirs, read_json, write_text
+from .runs import Level, Run
 
 
 def embed_png(path: str | Path, alt: str = "") -> str:
@@ -53,69 +53,62 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def run_label(run: Path) -> str:
-    from .lottery import run_kind
+def choose_protocol(runs: list[Run], wanted: str | None = None) -> str | None:
+    """The evaluation protocol the report shows: the one that covers the most levels, or the one asked for.
 
-    kind = run_kind(run)
-    config = read_json(run / "config.json")["config"]
-    if kind == "train":
-        return f"{run.name} (dense training run)"
-    prune = config.get("prune", {})
-    if kind.startswith("control-"):
-        return f"{kind.split('-', 1)[1]} control of {Path(prune.get('control_of', '?')).name}"
-    label = prune.get("strategy", "?")
-    if label == "varying" and prune.get("order") == "reverse":
-        label += " (reverse order)"
-    seed = config.get("train", {}).get("seed_data", 0)
-    return f"{label}, data seed {seed} [{run.name}]"
+    Measurements made with different protocols (N, sampler, steps, reference) never share a curve.
+    """
+    coverage: dict[str, int] = {}
+    for run in runs:
+        for index in run.finished_levels():
+            for record in run.level(index).evaluations():
+                coverage[record["key"]] = coverage.get(record["key"], 0) + 1
+    if wanted:
+        matching = [k for k in coverage if wanted in k]
+        if not matching:
+            raise UserError(f"no stored evaluation matches --protocol {wanted!r} (stored: "
+                            f"{', '.join(sorted(coverage)) or 'none'}); run ddpm-lottery evaluate first")
+        coverage = {k: coverage[k] for k in matching}
+    if not coverage:
+        return None
+    return max(sorted(coverage), key=lambda k: coverage[k])
 
 
-def collect_rows(runs: list[Path], eval_filter: str | None = None) -> list[dict]:
-    """One row per (run, level): sparsity, FLOPs, parameters, storage, FID/KID and how they were measured."""
-    from .costs import level_costs
-    from .evaluation import load_evaluations
-    from .lottery import finished_levels, level_dir, run_kind
-
+def collect_rows(runs: list[Run], protocol: str | None) -> list[dict]:
+    """One row per (run, level): sparsity, stored costs, the evaluation made with ``protocol``."""
     rows = []
     for run in runs:
-        label = run_label(run)
-        for level in finished_levels(run):
-            folder = level_dir(run, level) if run_kind(run) != "train" else run
-            metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
-            costs = read_json(folder / "costs.json") if (folder / "costs.json").exists() else level_costs(run, level)
-            evaluations = load_evaluations(run, level)
-            if eval_filter:
-                evaluations = {k: v for k, v in evaluations.items() if eval_filter in k}
-            evaluation = max(evaluations.values(), key=lambda e: e["time"]) if evaluations else None
-            rows.append({
-                "run": str(run), "label": label, "level": level,
-                "sparsity": metrics.get("sparsity", 0.0),
-                "flops_reduction": costs["reduction"], "effective_flops": costs["effective_flops"],
-                "dense_flops": costs["dense_flops"],
-                "surviving_parameters": costs["surviving_parameters"], "dense_parameters": costs["dense_parameters"],
-                "sparse_bytes": costs["sparse_bytes"], "dense_bytes": costs["dense_bytes"],
-                "evaluation": evaluation,
-                "train_wall_s": metrics.get("wall_time_s"),
-                "final_loss": (metrics.get("training") or {}).get("final_loss"),
-            })
+        for index in run.finished_levels():
+            level = run.level(index)
+            metrics = level.metrics()
+            evaluation = next((r for r in level.evaluations() if r["key"] == protocol), None)
+            rows.append({"run": str(run.root), "label": run.label(), "level": index,
+                         "sparsity": metrics.get("sparsity", 0.0), "costs": level.costs(), "evaluation": evaluation,
+                         "train_wall_s": metrics.get("wall_time_s"),
+                         "final_loss": (metrics.get("training") or {}).get("final_loss")})
     return rows
+
+
+def _cost_cells(costs: dict | None) -> tuple[str, str, str, str]:
+    if costs is None:
+        return "not measured", "–", "–", "–"
+    return (f"{costs['effective_flops'] / 1e6:.1f} M", f"−{100 * costs['reduction']:.1f} %",
+            f"{costs['surviving_parameters']:,} / {costs['dense_parameters']:,}",
+            f"{_fmt_bytes(costs['sparse_bytes'])} / {_fmt_bytes(costs['dense_bytes'])}")
 
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | FID | KID ×10³ | "
-            "measured with | train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+            "train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         e = r["evaluation"]
         fid = "–" if e is None else f"{e['fid']:.2f}" + ("†" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
-        how = "not evaluated" if e is None else (f"N={e['num_samples']} vs {e['reference_samples']} ref, "
-                                                 f"{e['sampler']} {e['steps']} steps, seed {e['seed']}")
+        flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f} s"
-        lines.append(
-            f"| {r['label']} | {r['level']} | {100 * r['sparsity']:.1f} % | {r['effective_flops'] / 1e6:.1f} M "
-            f"(−{100 * r['flops_reduction']:.1f} %) | {r['surviving_parameters']:,} / {r['dense_parameters']:,} | "
-            f"{_fmt_bytes(r['sparse_bytes'])} / {_fmt_bytes(r['dense_bytes'])} | {fid} | {kid} | {how} | {wall} |")
+        lines.append(f"| {r['label']} | {r['level']} | {100 * r['sparsity']:.1f} % | {flops} ({reduction}) | {params} | "
+                     f"{storage} | {fid} | {kid} | {wall} |")
     if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows):
         lines.append("\n† FID at N < 2048 (the feature dimension) is strongly biased upwards: compare only at equal N "
                      "and read KID, which is unbiased.")
@@ -125,22 +118,17 @@ def markdown_table(rows: list[dict]) -> str:
 def html_table(rows: list[dict]) -> str:
     head = ("<tr><th class=l>run</th><th>level</th><th>sparsity</th><th>FLOPs per call</th><th>FLOPs reduction</th>"
             "<th>parameters (surviving / dense)</th><th>storage (sparse / dense)</th><th>FID</th><th>KID ×10³</th>"
-            "<th class=l>measured with</th><th>train time</th></tr>")
+            "<th>train time</th></tr>")
     body = []
     for r in rows:
         e = r["evaluation"]
         fid = "–" if e is None else f"{e['fid']:.2f}" + ("<span class=warn>†</span>" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
-        how = "not evaluated" if e is None else html.escape(
-            f"N={e['num_samples']} vs {e['reference_samples']} reference, {e['sampler']} {e['steps']} steps, "
-            f"seed {e['seed']}, {e['weights']} weights")
+        flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f} s"
         body.append(f"<tr><td class=l>{html.escape(r['label'])}</td><td>{r['level']}</td>"
-                    f"<td>{100 * r['sparsity']:.1f} %</td><td>{r['effective_flops'] / 1e6:.1f} M</td>"
-                    f"<td>−{100 * r['flops_reduction']:.1f} %</td>"
-                    f"<td>{r['surviving_parameters']:,} / {r['dense_parameters']:,}</td>"
-                    f"<td>{_fmt_bytes(r['sparse_bytes'])} / {_fmt_bytes(r['dense_bytes'])}</td>"
-                    f"<td>{fid}</td><td>{kid}</td><td class=l>{how}</td><td>{wall}</td></tr>")
+                    f"<td>{100 * r['sparsity']:.1f} %</td><td>{flops}</td><td>{reduction}</td><td>{params}</td>"
+                    f"<td>{storage}</td><td>{fid}</td><td>{kid}</td><td>{wall}</td></tr>")
     note = ("<p class=note><span class=warn>†</span> FID at N &lt; 2048 (the feature dimension) is strongly biased "
             "upwards: compare only at equal N and read KID beside it.</p>"
             if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows) else "")
@@ -148,147 +136,135 @@ def html_table(rows: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures made from run folders
+# Figures rendered from what the runs store
 
 
-def figure_two(rows: list[dict], out: Path) -> Path | None:
+def figure_two(rows: list[dict], protocol_text: str, out: Path) -> Path | None:
     from .figures import fid_vs_sparsity
 
     curves: dict[str, list] = {}
     dense = None
-    measured = [r for r in rows if r["evaluation"]]
-    if not measured:
-        return None
-    for r in measured:
+    for r in rows:
         e = r["evaluation"]
+        if e is None:
+            continue
         if r["level"] == 0 and r["sparsity"] == 0.0:
             dense = dense or (e["fid"], e["kid_mean"])
             continue
         curves.setdefault(r["label"], []).append((r["sparsity"], e["fid"], e["kid_mean"], e["kid_std"]))
-    e = measured[0]["evaluation"]
-    caption = (f"Figure 2. FID and KID against sparsity; N={e['num_samples']} generated vs {e['reference_samples']} "
-               f"training images, {e['sampler']} {e['steps']} steps, seed {e['seed']}, {e['weights']} weights"
-               + (" (FID at N < 2048 is strongly biased)" if e.get("biased_warning") else ""))
+    if not curves and dense is None:
+        return None
+    caption = f"Figure 2. FID and KID against sparsity; every point measured alike: {protocol_text}"
     return fid_vs_sparsity(curves, dense, caption, out)
 
 
-def _network_and_config(run: Path, level: int):
-    from .lottery import level_config, level_network
-
-    return level_network(run, level, "ema"), level_config(run).diffusion
-
-
-def figure_three(dense: tuple[Path, int], ticket: tuple[Path, int], out: Path, seed: int = 0,
-                 steps: int = 50, snapshots: int = 7) -> Path:
-    """The denoising process from one noise seed: dense and ticket, DDIM, at evenly spaced timesteps."""
-    from .data import from_model_range
-    from .diffusion import sample
+def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
+    """The denoising process from one noise seed, as each level stored it when it finished."""
     from .figures import denoising_process
 
-    rows, chosen_timesteps = [], None
-    for (run, level), name in ((dense, "dense"), (ticket, "ticket")):
-        model, diffusion = _network_and_config(run, level)
-        captured: list[tuple[int, torch.Tensor]] = []
-        sample(model, diffusion, sampler="ddim", num_steps=steps, num_samples=1, seed=seed,
-               on_intermediate=lambda t, x: captured.append((t, x[0].clone())))
-        picks = [round(i * (len(captured) - 1) / (snapshots - 1)) for i in range(snapshots)]
-        chosen_timesteps = [captured[i][0] for i in picks]
-        sparsity = read_json(run / f"level_{level:02d}" / "metrics.json")["sparsity"] if level else 0.0
-        label = f"{name}\n{100 * sparsity:.1f}% sparse"
-        rows.append((label, [from_model_range(captured[i][1].clamp(-1, 1)) for i in picks]))
-    caption = f"Figure 3. Denoising from one noise seed ({seed}), DDIM {steps} steps, x_t after each shown step, EMA weights"
-    return denoising_process(rows, chosen_timesteps, caption, out)
+    rows, timesteps, how = [], None, None
+    for level, name in levels:
+        stored = level.denoising()
+        if stored is None:
+            continue
+        snapshots, timesteps, how = stored
+        rows.append((f"{name}\n{100 * level.metrics()['sparsity']:.1f}% sparse", list(snapshots)))
+    if not rows:
+        return None
+    caption = f"Figure 3. Denoising from one noise seed: x_t after each shown step ({how})"
+    return denoising_process(rows, timesteps, caption, out)
 
 
-def figure_four(levels: list[tuple[Path, int, str]], out: Path, num_samples: int = 32, seed: int = 0,
-                steps: int = 50) -> Path:
-    from .data import from_model_range
-    from .diffusion import sample
+def figure_four(levels: list[tuple[Level, str]], protocol: str | None, out: Path, num_samples: int = 32) -> Path | None:
+    """Samples of each level: the first images of the shown evaluation (same seeds, so the same noise)."""
+    from .evaluation import load_samples
     from .figures import labelled_grids
 
     grids = []
-    for run, level, label in levels:
-        model, diffusion = _network_and_config(run, level)
-        images = sample(model, diffusion, sampler="ddim", num_steps=steps, num_samples=num_samples, seed=seed)
-        grids.append((label, from_model_range(images)))
-    caption = f"Figure 4. Samples, {num_samples} per network, DDIM {steps} steps, seed {seed}, EMA weights (same noise)"
+    for level, label in levels:
+        path = level.evaluation_samples_path(protocol) if protocol else None
+        if path is None or not path.exists():
+            continue
+        grids.append((label, load_samples(path)[:num_samples]))
+    if not grids:
+        return None
+    caption = f"Figure 4. The first {num_samples} samples of each network from the evaluation above (same noise)"
     return labelled_grids(grids, caption, out)
 
 
-def level_loss_curves(run: Path, out: Path) -> Path | None:
+def level_loss_curves(run: Run, out: Path) -> Path | None:
     from .figures import loss_curves
-    from .lottery import finished_levels, level_dir
 
-    curves = {}
-    for level in finished_levels(run):
-        path = level_dir(run, level) / "metrics.jsonl"
-        if path.exists():
-            points = [(r["step"], r["loss"]) for r in map(json.loads, path.read_text().splitlines()) if r]
-            curves[f"level {level}"] = points
+    curves = {f"level {i}": [(r["step"], r["loss"]) for r in run.level(i).training_log() if "loss" in r]
+              for i in run.finished_levels()}
+    curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
-    return loss_curves(curves, f"training loss per level: {run_label(run)}", out)
+    return loss_curves(curves, f"training loss per level: {run.label()}", out)
 
 
 def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str | Path] = (),
-                 eval_filter: str | None = None, title: str = "ddpm-lottery report",
+                 protocol: str | None = None, title: str = "ddpm-lottery report",
                  intro: str = "", commands: list[str] = (), figure_samples: int = 32, log=print) -> Path:
-    """Write OUT (HTML) and OUT with .md (the table); figures go to OUT's folder under figures/."""
-    from .figures import module_sparsity_bars
-    from .lottery import finished_levels, level_dir, run_kind
+    """Write OUT (HTML) and OUT with .md (the table); figures go to OUT's folder under figures/.
 
-    runs = [Path(r) for r in runs]
+    The report renders what the runs store (levels, evaluations with their samples, costs, CKA);
+    it samples no network and writes nothing into the runs.
+    """
+    from .evaluation import protocol_label
+    from .figures import module_sparsity_bars
+
+    runs = [Run.open(r) for r in runs]
     if not runs:
         raise UserError("give at least one run folder to report on")
     for run in runs:
-        if not finished_levels(run):
-            raise UserError(f"{run} has no finished level to report; train it or run find-ticket first")
+        if not run.finished_levels():
+            raise UserError(f"{run.root} has no finished level to report; train it or run find-ticket first")
     out = Path(out)
     if out.suffix.lower() != ".html":
         raise UserError(f"the report is an HTML file: give --out a name ending in .html, not {out.name}")
-    figures = out.parent / "figures"
-    try:
-        figures.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot write the report next to {out} ({exc.strerror}); choose a writable --out") from None
-    rows = collect_rows(runs, eval_filter)
+    figures = make_dirs(out.parent / "figures")
+    chosen = choose_protocol(runs, protocol)
+    rows = collect_rows(runs, chosen)
+    shown = next((r["evaluation"] for r in rows if r["evaluation"]), None)
+    protocol_text = protocol_label(shown) if shown else "no evaluation stored"
     sections = []
     if intro:
         sections.append(("What this is", intro))
+    missing_costs = [r for r in rows if r["costs"] is None]
     sections.append(("Levels: sparsity, cost and quality", html_table(rows) + (
-        "<p class=note>FLOPs per denoiser call are counted by torch.utils.flop_counter on one image; a ticket's are "
-        "effective FLOPs (each Conv2d/Linear scaled by its density; attention products, norms and activations as "
-        "is). Dense PyTorch kernels do not run faster on zeros. Storage: float32 safetensors of all weights versus "
-        "a sparse export (1-bit masks + surviving values).</p>")))
-    fig2 = figure_two(rows, figures / "figure2_fid_vs_sparsity.png")
+        f"<p class=note>Quality measured alike for every row: {html.escape(protocol_text)}. Rows without a figure were "
+        "not evaluated with this protocol. FLOPs per denoiser call are counted by torch.utils.flop_counter on one "
+        "image: the multiply-adds of every Conv2d/Linear plus the attention products; norms, activations and "
+        "additions count as zero. A ticket's are effective FLOPs (each Conv2d/Linear scaled by its density). Dense "
+        "PyTorch kernels do not run faster on zeros. Storage: float32 safetensors of the weights versus a sparse "
+        "export (1-bit masks + surviving values).</p>")
+        + ("<p class=note>Costs not measured for some levels: run <code>ddpm-lottery flops RUN --all-levels</code>."
+           "</p>" if missing_costs else "")))
+    fig2 = figure_two(rows, protocol_text, figures / "figure2_fid_vs_sparsity.png")
     if fig2:
         sections.append(("Figure 2: quality against sparsity", embed_png(fig2)))
-    ticket_runs = [r for r in runs if run_kind(r) == "lottery"]
+    ticket_runs = [r for r in runs if r.kind != "train"]
     if ticket_runs:
         first = ticket_runs[0]
-        levels = finished_levels(first)
-        fig3 = figure_three((first, 0), (first, levels[-1]), figures / "figure3_denoising.png")
-        sections.append(("Figure 3: the denoising process, dense and ticket", embed_png(fig3)))
-        picks = [(first, 0, "dense")]
-        for run in ticket_runs:
-            last = finished_levels(run)[-1]
-            sparsity = read_json(level_dir(run, last) / "metrics.json")["sparsity"]
-            picks.append((run, last, f"{run_label(run).split(' [')[0]}\n{100 * sparsity:.1f}% sparse"))
-        fig4 = figure_four(picks[:5], figures / "figure4_samples.png", num_samples=figure_samples)
-        sections.append(("Figure 4: samples of the dense model and tickets", embed_png(fig4)))
-        bars = []
-        for run in ticket_runs:
-            last = finished_levels(run)[-1]
-            metrics = read_json(level_dir(run, last) / "metrics.json")
-            path = module_sparsity_bars(metrics["per_module"], f"per-module sparsity, level {last}: {run_label(run)}",
-                                        figures / f"sparsity_{run.name}.png")
-            bars.append(embed_png(path))
+        fig3 = figure_three([(first.level(0), "dense"), (first.last_level(), "ticket")], figures / "figure3_denoising.png")
+        if fig3:
+            sections.append(("Figure 3: the denoising process, dense and ticket", embed_png(fig3)))
+        picks = [(first.level(0), "dense")] + [
+            (run.last_level(), f"{run.label().split(' [')[0]}\n{100 * run.last_level().metrics()['sparsity']:.1f}% sparse")
+            for run in ticket_runs]
+        fig4 = figure_four(picks[:5], chosen, figures / "figure4_samples.png", figure_samples)
+        if fig4:
+            sections.append(("Figure 4: samples of the dense model and tickets", embed_png(fig4)))
+        bars = [embed_png(module_sparsity_bars(run.last_level().metrics()["per_module"],
+                                               f"per-module sparsity, level {run.last_level().index}: {run.label()}",
+                                               figures / f"sparsity_{run.root.name}.png")) for run in ticket_runs]
         sections.append(("Per-module sparsity (upstream → downstream)", "\n".join(bars)))
-        curves = [level_loss_curves(run, figures / f"loss_{run.name}.png") for run in ticket_runs]
+        curves = [level_loss_curves(run, figures / f"loss_{run.root.name}.png") for run in ticket_runs]
         sections.append(("Training loss per level", "\n".join(embed_png(c) for c in curves if c)))
     for cka_dir in cka_dirs:
         cka_dir = Path(cka_dir)
-        summary = read_json(cka_dir / "cka.json", "CKA result")
+        summary = read_json(cka_dir / "cka.json", "CKA result", "run ddpm-lottery cka first")
         sections.append(("Figure 1: similarity of two tickets (CKA)", embed_png(cka_dir / "figure1.png") + (
             f"<p class=note>{html.escape(summary['caption'])}. Mean weight CKA (RBF) over the upstream half of the "
             f"layers: {summary['mean_weight_cka_rbf_first_half']:.3f}; downstream half: "
@@ -297,17 +273,16 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     if commands:
         provenance.append("<p>Commands:</p><pre>" + html.escape("\n".join(commands)) + "</pre>")
     for run in runs:
-        stored = read_json(run / "config.json")
-        log_path = run / "commands.log"
-        logged = log_path.read_text() if log_path.exists() else ""
-        provenance.append(f"<details><summary>{html.escape(str(run))}: config {stored['hash']}</summary>"
+        stored = run.stored
+        logged = run.commands()
+        provenance.append(f"<details><summary>{html.escape(str(run.root))}: run {stored['hash']}</summary>"
                           f"<p>non-default settings</p><pre>{html.escape(json.dumps(stored['non_default'], indent=1))}</pre>"
+                          f"<p>training data</p><pre>{html.escape(json.dumps(stored.get('data', {}), indent=1))}</pre>"
                           + (f"<p>commands run in this folder</p><pre>{html.escape(logged)}</pre>" if logged else "")
                           + f"<p>full config</p><pre>{html.escape(json.dumps(stored['config'], indent=1))}</pre></details>")
     sections.append(("How this was made", "\n".join(provenance)))
     report = write_html(out, title, sections)
     markdown = out.with_suffix(".md")
-    with atomic_path(markdown) as tmp:
-        tmp.write_text(f"# {title}\n\n{markdown_table(rows)}\n", encoding="utf-8")
+    write_text(markdown, f"# {title}\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
     log(f"wrote {report} and {markdown}")
     return report

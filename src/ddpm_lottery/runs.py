@@ -1,161 +1,555 @@
-"""Run folders and safe file writing.
+"""The run model: the one place that knows how a run folder is laid out.
 
-A run is a folder readable without the code::
+A run is a folder readable without the code.  A training run is a run with level 0 only; a
+ticket search adds a level per pruning round; a control (random re-init, random mask) is a run
+of its own under its ticket run's ``branches/``::
 
-    RUN/config.json            full config, its hash, the non-default fields
-    RUN/metrics.jsonl          one JSON object per logged step
-    RUN/checkpoints/           resumable checkpoints: step_XXXXXXXX.safetensors + .json,
-                               and latest.json naming the newest complete one
-    RUN/model/, RUN/ema/       final weights as diffusers folders (config.json + safetensors)
-    RUN/status.json            {"state": "finished", ...} once training is complete
-    RUN/samples/...            sample grids with the sampler and steps beside them
+    RUN/config.json              kind, layout version, identity (run hash, data fingerprint),
+                                 the non-default settings and the full config
+    RUN/network.json             the diffusers UNet2DModel config (rebuilds every level's network)
+    RUN/modules.json             the module map: prunable tensors by block, forward-execution order
+    RUN/rewind/weights.safetensors   theta_tau, the weights every pruned level rewinds to
+    RUN/summary.json             one row per finished level (sparsity, loss, wall time)
+    RUN/commands.log             the commands run in this folder
+    RUN/level_XX/                one level (XX = 00 is the dense network):
+        mask.safetensors         bit-packed masks, 1 bit per prunable weight
+        schedule.json            the ratio each unit planned and the count it removed (pruned levels)
+        weights.safetensors      trained weights;  ema.safetensors: their EMA (what sampling uses)
+        metrics.jsonl            step, loss, learning rate, images/s
+        metrics.json             sparsities, per-module table, training summary; written last: its
+                                 presence marks the level finished
+        samples.png              a small DDIM grid (a visual check, not a metric)
+        checkpoints/             step_XXXXXXXX.safetensors + .json (with the file's digest), while
+                                 the level trains
+        eval/<protocol>.json     one evaluation: FID/KID with intervals and everything that made them
+        eval/<protocol>.npz      the uint8 images that evaluation generated
+        costs.json               FLOPs, parameters, storage;  sparse.safetensors: the sparse export
+    RUN/branches/<control>-<hash>/   controls, laid out as runs
+    RUN/cka/<other>-levelXX/     CKA between this run and another
 
-Every file is written to a temporary name in the same folder, flushed, fsynced and renamed
-over the target, so a killed process or a full disk never leaves a half-written file where a
-good one was.
+Every write is atomic (see :mod:`files`); a folder is used by one process at a time (``RUN/.lock``).
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
 import json
-import os
+import re
 import shutil
-import tempfile
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from .config import config_hash, non_default, to_dict
+from .config import LotteryConfig, RunConfig, config_hash, from_dict, non_default, to_dict
 from .errors import UserError
+from .files import (
+    FolderLock, file_digest, load_tensors, make_dirs, read_json, read_jsonl, remove_temporaries, save_tensors,
+    write_json,
+)
+
+LAYOUT_VERSION = 2
+KINDS = ("train", "lottery", "control-reinit", "control-random")
+LEVEL_PATTERN = re.compile(r"^level_(\d{2,})$")
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
 
 
-def _disk_error(path: Path, exc: OSError) -> UserError:
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"the disk is full while writing {path}; free space and re-run with --resume "
-                         "(finished files were not touched)")
-    return UserError(f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions and free space")
+def level_name(index: int) -> str:
+    return f"level_{index:02d}"
 
 
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise _disk_error(path, exc) from None
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
-        raise _disk_error(path, exc) from None
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+class Checkpoints:
+    """Resumable states of one level: ``step_XXXXXXXX.safetensors`` + ``.json`` and ``latest.json``.
 
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
-
-
-def read_json(path: str | Path, what: str = "file") -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} is missing; the run folder is incomplete, re-run the command") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{what} {path} is corrupt (not valid JSON); delete it or restore it from a backup") from None
-
-
-def load_tensors(path: str | Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle) with a one-line error when it is unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} is missing; re-run the step that writes it")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{what} {path} is corrupt or not a safetensors file ({str(exc).splitlines()[0]}); "
-                        "delete it to fall back to an earlier checkpoint, or re-run from scratch") from None
-
-
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop log lines past ``max_step`` (written after the checkpoint a resume starts from)."""
-    path = Path(path)
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= max_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
-
-
-def prepare_run_dir(run_dir: str | Path, config, kind: str) -> tuple[Path, bool]:
-    """Create or re-open a run folder; refuse one that holds a different config.
-
-    Returns (path, existed).
+    Each state's JSON carries the digest of its tensors file and is written after it, so a state
+    whose JSON exists and whose digest verifies is complete.  Loading falls back to the newest
+    state that verifies, so a corrupt or deleted newest checkpoint costs only the steps since the
+    one before.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    digest = config_hash(config)
-    if config_path.exists():
-        stored = read_json(config_path, "run config")
-        if stored.get("hash") != digest or stored.get("kind") != kind:
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @property
+    def pointer(self) -> Path:
+        return self.folder / "latest.json"
+
+    def exists(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.glob("step_*.json"))
+
+    def save(self, step: int, tensors: dict[str, torch.Tensor], state: dict, keep: int = 2) -> None:
+        name = f"step_{step:08d}"
+        tensor_path = self.folder / f"{name}.safetensors"
+        save_tensors(tensor_path, tensors)
+        write_json(self.folder / f"{name}.json", {**state, "step": step, "digest": file_digest(tensor_path)})
+        write_json(self.pointer, {"checkpoint": name, "step": step})
+        for old in self._states()[keep:]:
+            self._remove(old)
+
+    def _states(self) -> list[str]:
+        """Checkpoint names with a JSON state, newest first."""
+        if not self.folder.is_dir():
+            return []
+        names = [p.stem for p in self.folder.glob("step_*.json") if CHECKPOINT_PATTERN.match(p.stem)]
+        return sorted(names, reverse=True)
+
+    def _remove(self, name: str) -> None:
+        (self.folder / f"{name}.json").unlink(missing_ok=True)
+        (self.folder / f"{name}.safetensors").unlink(missing_ok=True)
+
+    def check_pointer(self) -> None:
+        """``latest.json`` must name a checkpoint of this folder; anything else is refused."""
+        if not self.pointer.exists():
+            return
+        data = read_json(self.pointer, "checkpoint pointer", f"delete {self.pointer} to resume from the newest "
+                                                              "valid checkpoint")
+        name = data.get("checkpoint") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not CHECKPOINT_PATTERN.match(name):
+            raise UserError(f"checkpoint pointer {self.pointer} does not name a checkpoint of this folder "
+                            f"({json.dumps(data)[:60]}); delete it to resume from the newest valid checkpoint")
+
+    def clean(self) -> None:
+        """Remove what a killed writer left: temporaries, tensors without their state, states without tensors."""
+        if not self.folder.is_dir():
+            return
+        remove_temporaries(self.folder)
+        states = set(self._states())
+        for path in self.folder.glob("step_*.safetensors"):
+            if path.stem not in states:
+                path.unlink(missing_ok=True)
+        for name in states:
+            if not (self.folder / f"{name}.safetensors").exists():
+                (self.folder / f"{name}.json").unlink(missing_ok=True)
+
+    def load_latest(self, log=print) -> tuple[dict, dict[str, torch.Tensor]] | None:
+        """The newest checkpoint that verifies, as (state, tensors); None if there is none."""
+        self.check_pointer()
+        for name in self._states():
+            try:
+                state = read_json(self.folder / f"{name}.json", "checkpoint state")
+                tensor_path = self.folder / f"{name}.safetensors"
+                if not isinstance(state, dict) or state.get("digest") != file_digest(tensor_path):
+                    raise UserError(f"checkpoint {tensor_path} does not match its recorded digest")
+                return state, load_tensors(tensor_path, "checkpoint")
+            except (UserError, OSError) as exc:
+                log(f"skipping checkpoint {self.folder / name}: {exc}; falling back to an earlier one")
+        return None
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Levels
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a run: its folder and the files in it."""
+
+    run: "Run"
+    index: int
+
+    @property
+    def dir(self) -> Path:
+        return self.run.root / level_name(self.index)
+
+    @property
+    def mask_path(self) -> Path:
+        return self.dir / "mask.safetensors"
+
+    @property
+    def schedule_path(self) -> Path:
+        return self.dir / "schedule.json"
+
+    def weights_path(self, which: str = "raw") -> Path:
+        if which not in ("raw", "ema"):
+            raise UserError(f"weights must be raw or ema, got {which!r}")
+        return self.dir / ("ema.safetensors" if which == "ema" else "weights.safetensors")
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def grid_path(self) -> Path:
+        return self.dir / "samples.png"
+
+    @property
+    def denoising_path(self) -> Path:
+        return self.dir / "denoising.npz"
+
+    def save_denoising(self, snapshots: torch.Tensor, timesteps: list[int], how: str) -> None:
+        """x_t of one image at a few steps of its denoising (uint8), for the report's Figure 3."""
+        import numpy as np
+
+        from .files import atomic_path
+
+        with atomic_path(self.denoising_path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, snapshots=snapshots.numpy(), timesteps=np.array(timesteps),
+                                    how=np.array(how))
+
+    def denoising(self) -> tuple[torch.Tensor, list[int], str] | None:
+        import numpy as np
+
+        if not self.denoising_path.exists():
+            return None
+        with np.load(self.denoising_path, allow_pickle=False) as data:
+            return torch.from_numpy(data["snapshots"]), [int(t) for t in data["timesteps"]], str(data["how"])
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.dir / "checkpoints")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / "eval"
+
+    @property
+    def costs_path(self) -> Path:
+        return self.dir / "costs.json"
+
+    @property
+    def sparse_path(self) -> Path:
+        return self.dir / "sparse.safetensors"
+
+    def samples_dir(self, name: str) -> Path:
+        return self.dir / "samples" / name
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_path.is_file()
+
+    def label(self) -> str:
+        return f"{self.run.root} level {self.index}"
+
+    def require_finished(self) -> "Level":
+        if not self.finished:
+            done = self.run.finished_levels()
+            raise UserError(f"{self.run.root} has no finished level {self.index} (finished: "
+                            f"{', '.join(map(str, done)) or 'none'}); pick one of those or let the run finish it")
+        return self
+
+    def metrics(self) -> dict:
+        return read_json(self.metrics_path, "level metrics", f"delete {self.dir} and re-run the command to recompute "
+                                                             "the level")
+
+    def training_log(self) -> list[dict]:
+        return read_jsonl(self.log_path)
+
+    def masks(self):
+        from .pruning import load_masks
+
+        return load_masks(self.mask_path, fix=f"delete {self.dir} and re-run the command to recompute the level")
+
+    def state(self, which: str = "ema") -> dict[str, torch.Tensor]:
+        self.require_finished()
+        return load_tensors(self.weights_path(which), "level weights",
+                            f"delete {self.dir} and re-run the command to recompute the level")
+
+    def network(self, which: str = "ema"):
+        """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode)."""
+        model = self.run.build_network()
+        state = self.state(which)
+        if set(dict(model.named_parameters())) - set(state):
+            raise UserError(f"the weights of {self.label()} do not match its network; delete {self.dir} and re-run "
+                            "the command to recompute the level")
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
+    # -- measurements stored beside the level ---------------------------------------------------
+
+    def evaluation_path(self, key: str) -> Path:
+        return self.eval_dir / f"{key}.json"
+
+    def evaluation_samples_path(self, key: str) -> Path:
+        return self.eval_dir / f"{key}.npz"
+
+    def evaluations(self) -> list[dict]:
+        if not self.eval_dir.is_dir():
+            return []
+        records = []
+        for path in sorted(self.eval_dir.glob("*.json")):
+            record = read_json(path, "evaluation", f"delete {path} and evaluate again")
+            record.setdefault("key", path.stem)
+            records.append(record)
+        return records
+
+    def costs(self) -> dict | None:
+        return read_json(self.costs_path, "costs") if self.costs_path.exists() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+def hashed_keys(config) -> list[str]:
+    """``section.field`` of every setting that is part of a run's identity."""
+    import dataclasses
+
+    keys = []
+    for outer in dataclasses.fields(config):
+        section = getattr(config, outer.name)
+        if dataclasses.is_dataclass(section):
+            keys += [f"{outer.name}.{f.name}" for f in dataclasses.fields(section) if f.metadata.get("hashed", True)]
+        elif outer.metadata.get("hashed", True):
+            keys.append(outer.name)
+    return keys
+
+
+def data_identity(fingerprint: dict) -> str:
+    return str(fingerprint.get("digest", ""))
+
+
+def run_hash(config, fingerprint: dict | None) -> str:
+    """The run's identity: its result-affecting settings and the digest of its training images."""
+    payload = json.dumps({"settings": non_default(config), "data": data_identity(fingerprint or {})},
+                         sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+class Run:
+    """A run folder: its config and identity, its levels and their files."""
+
+    def __init__(self, root: str | Path, stored: dict):
+        self.root = Path(root)
+        self.stored = stored
+
+    # -- opening and creating -------------------------------------------------------------------
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        return (Path(path) / "config.json").is_file()
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise UserError(f"{path} is not a run folder (no config.json); pass the --out folder of train or "
+                            "find-ticket")
+        stored = read_json(config_path, "run config", "the run folder is damaged; re-run its command into a new "
+                                                      "--out folder")
+        if not isinstance(stored, dict) or stored.get("layout") != LAYOUT_VERSION or stored.get("kind") not in KINDS:
+            raise UserError(f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
+                            f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder")
+        return cls(path, stored)
+
+    @classmethod
+    def prepare(cls, path: str | Path, config, kind: str, fingerprint: dict, *, extra: dict | None = None,
+                log=print) -> "Run":
+        """Create a run folder, or reopen one that holds this very run.
+
+        Reopening compares every result-affecting setting with the stored config (so a changed
+        default is caught, not only a changed hash) and the data fingerprint; settings that do
+        not affect results (device, checkpoint interval, how far a search goes) are updated.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} is a regular file, not a run folder; choose another --out")
+        digest = run_hash(config, fingerprint)
+        if cls.is_run(path):
+            run = cls.open(path)
+            run._check_same(config, kind, fingerprint)
+            updated = to_dict(config)
+            if run.stored["config"] != updated:
+                run.stored["config"] = updated
+                write_json(run.config_path, run.stored)
+            return run
+        if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise UserError(f"{path} exists and is not a ddpm-lottery run folder; choose an empty or new --out folder")
+        make_dirs(path)
+        stored = {"layout": LAYOUT_VERSION, "kind": kind, "hash": digest, "config_hash": config_hash(config),
+                  "data": fingerprint, "non_default": non_default(config), "config": to_dict(config), **(extra or {})}
+        write_json(path / "config.json", stored)
+        return cls(path, stored)
+
+    def _check_same(self, config, kind: str, fingerprint: dict) -> None:
+        if self.kind != kind:
+            raise UserError(f"{self.root} already holds a {self.kind} run, not a {kind} run; use another --out folder")
+        stored_config = self.stored.get("config", {})
+        defaults = to_dict(type(config)())
+        current = to_dict(config)
+        differences = []
+        for key in hashed_keys(config):
+            section, _, name = key.rpartition(".")
+            value = (current.get(section, {}) if section else current).get(name)
+            # a setting added after the run was made held its default there
+            default = (defaults.get(section, {}) if section else defaults).get(name)
+            stored_value = (stored_config.get(section, {}) if section else stored_config).get(name, default)
+            if stored_value != value:
+                differences.append(f"{key}={json.dumps(stored_value)} there, {json.dumps(value)} here")
+        if differences:
+            raise UserError(f"{self.root} holds another run ({'; '.join(differences[:3])}"
+                            f"{' …' if len(differences) > 3 else ''}); use another --out folder or delete that one")
+        stored_data = self.stored.get("data", {})
+        if data_identity(stored_data) != data_identity(fingerprint):
             raise UserError(
-                f"{run_dir} already holds a different {stored.get('kind', 'run')} (config hash "
-                f"{stored.get('hash')}, this one is {digest}); use another --out folder or delete that one")
-        return run_dir, True
-    if run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
-        raise UserError(f"{run_dir} exists and is not a ddpm-lottery run folder; choose an empty or new --out folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _disk_error(run_dir, exc) from None
-    write_json(config_path, {"kind": kind, "hash": digest, "non_default": non_default(config),
-                             "config": to_dict(config)})
-    return run_dir, False
+                f"the training data of {self.root} changed: it was {stored_data.get('count')} {stored_data.get('dataset')} "
+                f"images from {stored_data.get('source')} (digest {data_identity(stored_data)}), now "
+                f"{fingerprint.get('count')} images from {fingerprint.get('source')} (digest "
+                f"{data_identity(fingerprint)}); use another --out folder or restore the data")
+
+    # -- identity and config --------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self.stored["kind"]
+
+    @property
+    def hash(self) -> str:
+        return self.stored["hash"]
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def config(self):
+        """The run's config: a LotteryConfig for searches and controls, a RunConfig for training runs."""
+        cls = RunConfig if self.kind == "train" else LotteryConfig
+        return from_dict(cls, self.stored["config"])
+
+    @property
+    def data_fingerprint(self) -> dict:
+        return self.stored.get("data", {})
+
+    def update_stored(self, **fields: Any) -> None:
+        self.stored.update(fields)
+        write_json(self.config_path, self.stored)
+
+    def label(self) -> str:
+        config = self.stored["config"]
+        if self.kind == "train":
+            return f"dense training run [{self.root.name}]"
+        prune = config.get("prune", {})
+        if self.kind.startswith("control-"):
+            source = Path(prune.get("control_of") or "?").name
+            return f"{self.kind.split('-', 1)[1]} control of {source}"
+        label = prune.get("strategy", "?")
+        if label == "varying" and prune.get("order") == "reverse":
+            label += " (reverse order)"
+        if prune.get("one_shot"):
+            label += " one-shot"
+        return f"{label}, data seed {config.get('train', {}).get('seed_data', 0)} [{self.root.name}]"
+
+    # -- files of the run -----------------------------------------------------------------------
+
+    @property
+    def network_path(self) -> Path:
+        return self.root / "network.json"
+
+    @property
+    def modules_path(self) -> Path:
+        return self.root / "modules.json"
+
+    @property
+    def rewind_path(self) -> Path:
+        return self.root / "rewind" / "weights.safetensors"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def commands_log_path(self) -> Path:
+        return self.root / "commands.log"
+
+    @property
+    def branches_dir(self) -> Path:
+        return self.root / "branches"
+
+    def branch_path(self, kind: str, digest: str) -> Path:
+        return self.branches_dir / f"{kind}-{digest}"
+
+    def branches(self) -> list["Run"]:
+        return [Run.open(p) for p in sorted(self.branches_dir.glob("*")) if Run.is_run(p)]
+
+    def cka_dir(self, other: "Run", level: int) -> Path:
+        return self.root / "cka" / f"{other.root.name}-{level_name(level).replace('_', '')}"
+
+    def lock(self) -> FolderLock:
+        return FolderLock(self.root)
+
+    def clean_leftovers(self) -> None:
+        """Temporaries and half-written checkpoints that a killed process left behind."""
+        for folder in (self.root, self.root / "rewind", *self.root.glob("level_*")):
+            remove_temporaries(folder)
+        for level in self.all_level_dirs():
+            Checkpoints(level / "checkpoints").clean()
+
+    def network_config(self) -> dict:
+        return read_json(self.network_path, "network config", "the run folder is damaged; re-run its command into "
+                                                              "a new --out folder")
+
+    def build_network(self):
+        from diffusers import UNet2DModel
+
+        return UNet2DModel.from_config(self.network_config())
+
+    def module_map_json(self) -> dict:
+        return read_json(self.modules_path, "module map")
+
+    def layer_order(self) -> list[str]:
+        """Prunable tensors, one per layer, in forward-execution order."""
+        return [t for module in self.module_map_json()["modules"] for t in module["tensors"]]
+
+    # -- levels ---------------------------------------------------------------------------------
+
+    def level(self, index: int) -> Level:
+        return Level(self, index)
+
+    def all_level_dirs(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("level_*") if p.is_dir() and LEVEL_PATTERN.match(p.name))
+
+    def finished_levels(self) -> list[int]:
+        return sorted(int(LEVEL_PATTERN.match(p.name).group(1)) for p in self.all_level_dirs()
+                      if (p / "metrics.json").is_file())
+
+    def last_level(self) -> Level:
+        levels = self.finished_levels()
+        if not levels:
+            raise UserError(f"{self.root} has no finished level yet; let its command finish level 0 first")
+        return self.level(levels[-1])
+
+    def pick_level(self, index: int | None) -> Level:
+        """A finished level (the last one when ``index`` is None)."""
+        if index is None:
+            return self.last_level()
+        return self.level(index).require_finished()
+
+    def levels_arg(self, index: int | None, all_levels: bool) -> list[Level]:
+        if all_levels:
+            return [self.level(i) for i in self.finished_levels()]
+        return [self.pick_level(index)]
+
+    def log_command(self, argv: list[str]) -> None:
+        """Append a command line to commands.log (provenance for reports)."""
+        import shlex
+        import time
+
+        try:
+            with open(self.commands_log_path, "a", encoding="utf-8") as handle:
+                handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}\nddpm-lottery {shlex.join(argv)}\n")
+        except OSError:
+            pass  # provenance is best effort; the results are already written
+
+    def commands(self) -> str:
+        return self.commands_log_path.read_text(encoding="utf-8") if self.commands_log_path.exists() else ""
+
+    def write_summary(self, rows: list[dict]) -> None:
+        write_json(self.summary_path, {"hash": self.hash, "non_default": self.stored.get("non_default", {}),
+                                       "levels": rows})
 
 
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temporary folder into place (the old one is removed only afterwards)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+__all__ = ["Run", "Level", "Checkpoints", "run_hash", "level_name", "LAYOUT_VERSION"]

@@ -16,28 +16,23 @@ after ``optimizer.step``, each free to use fused ``torch._foreach_*`` kernels.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .config import RunConfig, config_hash
+from .config import RunConfig, check_config, config_hash
 from .data import ImageSet, load_dataset, to_model_range
 from .diffusion import noise_scheduler, training_loss
 from .errors import UserError
+from .files import append_jsonl, make_dirs, read_jsonl, truncate_jsonl
 from .networks import build_model, input_size
-from .runs import (
-    append_jsonl, load_tensors, read_json, replace_dir, save_tensors, truncate_jsonl, write_json,
-)
+from .runs import Checkpoints, Level
 
 # ----------------------------------------------------------------------------------------------
 # Devices and processes
@@ -159,30 +154,22 @@ class TrainingDiverged(UserError):
 class Trainer:
     """Trains one network in one work folder, resumably."""
 
-    def __init__(self, config: RunConfig, work_dir: str | Path, *, images: ImageSet | None = None,
+    def __init__(self, config: RunConfig, level: Level, *, images: ImageSet | None = None,
                  processes: Processes | None = None, hooks: StepHooks | None = None,
-                 progress: bool = True, description: str = "train"):
+                 progress: bool = True, description: str = "train", log=print):
         self.config = config
-        self.work_dir = Path(work_dir)
+        self.level = level
+        self.log = log
         self.processes = processes or setup_processes(config.train.device)
         self.device = self.processes.device
         self.hooks = hooks or StepHooks()
         self.progress = progress and self.processes.is_main
         self.description = description
         tc = config.train
-        if tc.steps <= 0:
-            raise UserError(f"--steps must be positive, got {tc.steps}")
-        if tc.batch_size <= 0:
-            raise UserError(f"--batch-size must be positive, got {tc.batch_size}")
+        check_config(config)  # configs built in code reach here without the declarations' checks
         if tc.batch_size % self.processes.world_size:
             raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {self.processes.world_size} "
                             "processes; choose a multiple of the process count")
-        if not tc.lr > 0 or not math.isfinite(tc.lr):
-            raise UserError(f"--lr must be a positive number, got {tc.lr}")
-        if not 0.0 <= tc.ema_decay < 1.0:
-            raise UserError(f"--ema-decay must be in [0, 1), got {tc.ema_decay}")
-        if tc.checkpoint_every <= 0 or tc.log_every <= 0:
-            raise UserError("--checkpoint-every and --log-every must be positive")
 
         self.images = images if images is not None else load_run_images(config)
         channels = self.images.images.shape[1]
@@ -199,6 +186,8 @@ class Trainer:
         self.data = self.images.images.to(self.device)
         self.flip = self.images.flip if config.data.flip is None else config.data.flip
         self.step = 0
+        self.wall_before = 0.0  # training seconds of earlier sessions of this level (from its checkpoint)
+        self.session_started = time.perf_counter()
         self.wrapped = self.model
         if self.processes.world_size > 1:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -262,50 +251,39 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.work_dir / "checkpoints"
+    def checkpoints(self) -> Checkpoints:
+        return self.level.checkpoints
 
-    def save_checkpoint(self, extra: dict | None = None) -> None:
+    def save_checkpoint(self) -> None:
         if not self.processes.is_main:
             return
-        name = f"step_{self.step:08d}"
         epoch, offset = divmod(self.step * self.config.train.batch_size, len(self.images.images))
         # Everything else a resume needs is a function of the step: the learning rate, the data order
         # and position, and every random draw (generators seeded by (seed_data, step)).
-        state = {"step": self.step, "ema_optimization_step": int(self.ema.optimization_step),
+        state = {"ema_optimization_step": int(self.ema.optimization_step),
                  "learning_rate_next_step": learning_rate(self.config.train, self.step),
                  "data_position": {"epoch": epoch, "offset": offset},
                  "random_state": "derived: generators seeded by (seed_data, step)",
-                 "config_hash": config_hash(self.config), "time": time.time(), **(extra or {})}
-        save_tensors(self.checkpoint_dir / f"{name}.safetensors", self.state_tensors())
-        write_json(self.checkpoint_dir / f"{name}.json", state)
-        write_json(self.checkpoint_dir / "latest.json", {"checkpoint": name, "step": self.step})
-        keep = max(1, self.config.train.keep_checkpoints)
-        older = sorted(self.checkpoint_dir.glob("step_*.json"))[:-keep]
-        for path in older:
-            path.unlink(missing_ok=True)
-            path.with_suffix(".safetensors").unlink(missing_ok=True)
-
-    def latest_checkpoint(self) -> dict | None:
-        pointer = self.checkpoint_dir / "latest.json"
-        if not pointer.exists():
-            return None
-        return read_json(pointer, "checkpoint pointer")
+                 "config_hash": config_hash(self.config), "time": time.time(),
+                 "wall_time_s": self.wall_time()}
+        self.checkpoints.save(self.step, self.state_tensors(), state, keep=self.config.train.keep_checkpoints)
 
     def resume(self) -> bool:
-        """Load the newest checkpoint; True if there was one."""
-        latest = self.latest_checkpoint()
-        if latest is None:
-            return False
-        name = latest["checkpoint"]
-        state = read_json(self.checkpoint_dir / f"{name}.json", "checkpoint state")
-        if state.get("config_hash") != config_hash(self.config):
-            raise UserError(f"checkpoint {self.checkpoint_dir / name} was written by another configuration; "
-                            "use a new --out folder")
-        tensors = load_tensors(self.checkpoint_dir / f"{name}.safetensors")
-        self.load_state_tensors(tensors, state)
+        """Load the newest checkpoint that verifies; True if there was one."""
         if self.processes.is_main:
-            truncate_jsonl(self.work_dir / "metrics.jsonl", self.step)
+            self.checkpoints.clean()
+        self.processes.barrier()
+        found = self.checkpoints.load_latest(log=self.log)
+        if found is None:
+            return False
+        state, tensors = found
+        if state.get("config_hash") != config_hash(self.config):
+            raise UserError(f"the checkpoints in {self.checkpoints.folder} were written by another configuration; "
+                            "use a new --out folder")
+        self.load_state_tensors(tensors, state)
+        self.wall_before = float(state.get("wall_time_s", 0.0))
+        if self.processes.is_main:
+            truncate_jsonl(self.level.log_path, self.step)
         return True
 
     # -- the loop -------------------------------------------------------------------------------
@@ -352,17 +330,16 @@ class Trainer:
         tc = self.config.train
         until = tc.steps if until is None else until
         if self.processes.is_main:
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.work_dir / "metrics.jsonl"
+            make_dirs(self.level.dir)
+        metrics_path = self.level.log_path
         last_good = self.step
         loss_sum = torch.zeros((), device=self.device)
         window = 0
         window_start = time.perf_counter()
-        started = time.perf_counter()
+        self.session_started = time.perf_counter()
         first_step = self.step
         bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc=self.description,
                    unit="step", dynamic_ncols=True, leave=False)
-        losses: list[tuple[int, float]] = []
         try:
             while self.step < until:
                 step = self.step
@@ -382,25 +359,37 @@ class Trainer:
                     images_per_s = window * tc.batch_size / max(elapsed, 1e-9)
                     record = {"step": self.step, "loss": mean_loss, "lr": learning_rate(tc, step),
                               "images_per_s": images_per_s, "time": time.time()}
-                    losses.append((self.step, mean_loss))
                     if self.processes.is_main:
                         append_jsonl(metrics_path, record)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
                     loss_sum.zero_()
                     window = 0
                     window_start = time.perf_counter()
+                # before the checkpoint: what a hook saves at this step (theta_tau) must exist whenever
+                # a checkpoint at or after it does, or a kill in between would lose it for good
+                self.hooks.after_step(self, step)
                 if ckpt_now:
                     self.save_checkpoint()
                     self.processes.barrier()
                     last_good = self.step
-                self.hooks.after_step(self, step)
                 bar.update(1)
         finally:
             bar.close()
-        wall = time.perf_counter() - started
-        return {"steps": until, "trained_steps": until - first_step, "wall_time_s": wall,
-                "final_loss": losses[-1][1] if losses else None,
-                "loss_first": losses[0][1] if losses else None}
+        return {**self.log_summary(), "steps": until, "trained_steps": until - first_step,
+                "wall_time_s": self.wall_time()}
+
+    def wall_time(self) -> float:
+        """Seconds this level has trained, over every session that worked on it."""
+        return self.wall_before + time.perf_counter() - self.session_started
+
+    def log_summary(self) -> dict:
+        """First and final logged loss of this level, read from its log (which outlives any process)."""
+        records = [r for r in read_jsonl(self.level.log_path) if "loss" in r]
+        if not records:
+            raise UserError(f"{self.level.log_path} holds no logged loss; delete {self.level.dir} and re-run the "
+                            "command to recompute the level")
+        return {"final_loss": records[-1]["loss"], "loss_first": records[0]["loss"],
+                "logged_steps": len(records)}
 
     def _reduce_mean(self, value: torch.Tensor) -> float:
         if self.processes.world_size > 1:
@@ -409,23 +398,6 @@ class Trainer:
             value /= self.processes.world_size
         return float(value)
 
-    # -- export -------------------------------------------------------------------------------
-
-    def export(self, target: Path, weights: str = "ema") -> None:
-        """Write the network as a diffusers folder (``UNet2DModel.from_pretrained`` reads it)."""
-        if not self.processes.is_main:
-            return
-        model = copy.deepcopy(self.model).to("cpu")
-        if weights == "ema":
-            self.ema.copy_to(list(model.parameters()))
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            replace_dir(tmp, target)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UserError(f"cannot write {target} ({exc.strerror or exc}); free disk space and re-run") from None
-
 
 def load_run_images(config: RunConfig) -> ImageSet:
     """The training images at the size the network takes (padded if smaller)."""
@@ -433,3 +405,36 @@ def load_run_images(config: RunConfig) -> ImageSet:
     return load_dataset(dc.dataset, dc.data_dir, split=dc.split, download=dc.download,
                         image_size=input_size(config), channels=dc.channels, mirror=dc.mirror)
 
+
+
+class MaskedTraining(StepHooks):
+    """Keeps pruned weights exactly zero during training, at the cost of one fused kernel per step.
+
+    The weights are masked once when the level starts (rewinding gives theta_tau * m).  After that
+    only the gradients need masking: Adam's moments of a pruned weight start at zero (a fresh
+    optimizer every level) and only ever see zero gradients, so its update is exactly zero, and
+    coupled weight decay adds ``wd * 0``.  The EMA, reset to the masked weights, averages zeros.
+    """
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor]):
+        params = dict(model.named_parameters())
+        unknown = set(masks) - set(params)
+        if unknown:
+            raise UserError(f"the mask names tensors the network does not have ({sorted(unknown)[:2]}); "
+                            "it belongs to another preset")
+        self.params = [params[n] for n in masks]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        # float multipliers: torch._foreach_mul_ with float lists is the fastest fused path measured
+        self.multipliers = [masks[n].to(device=device, dtype=params[n].dtype) for n in masks]
+
+    @torch.no_grad()
+    def apply_to_weights(self, tensors: list[torch.Tensor] | None = None) -> None:
+        torch._foreach_mul_(tensors if tensors is not None else self.params, self.multipliers)
+
+    def after_backward(self, parameters: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad for p in self.params]
+        if any(g is None for g in grads):
+            grads, multipliers = zip(*[(g, m) for g, m in zip(grads, self.multipliers) if g is not None]) or ((), ())
+            torch._foreach_mul_(list(grads), list(multipliers))
+        else:
+            torch._foreach_mul_(grads, self.multipliers)
