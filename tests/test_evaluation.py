@@ -4,11 +4,13 @@ import json
 import re
 
 import pytest
+import torch
 
 from ddpm_lottery.cli import main
 from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.errors import UserError
-from ddpm_lottery.evaluation import evaluate, load_evaluations
+from ddpm_lottery.evaluation import evaluate, load_samples
+from ddpm_lottery.runs import Run
 
 
 def small_eval(**fields):
@@ -29,8 +31,34 @@ def test_evaluate_stores_every_figure_with_how_it_was_measured(tiny_ticket_run, 
             assert key in record
         assert record["num_samples"] == 6 and record["sampler"] == "ddim" and record["steps"] == 2
         assert "strongly biased" in record["biased_warning"]
-    stored = load_evaluations(tiny_ticket_run, 2)
-    assert len(stored) == 1 and next(iter(stored)).startswith("ddim-2steps-eta0-n6-seed0-ema-ref10-kid4")
+    level = Run.open(tiny_ticket_run).level(2)
+    stored = level.evaluations()
+    assert len(stored) == 1 and stored[0]["key"].startswith("ddim-2steps-n6-seed0-ema-")
+    assert stored[0]["reference"]["count"] == 10 and stored[0]["feature_network"] == fake_extractor.digest
+    samples = load_samples(level.evaluation_samples_path(stored[0]["key"]))
+    assert samples.shape == (6, 1, 28, 28) and samples.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("change", [{"reference_split": "test"}, {"kid_subsets": 7}, {"reference_samples": 12},
+                                    {"eta": 0.5}, {"weights": "raw"}])
+def test_every_protocol_change_is_a_new_evaluation_kept_beside_the_old(tiny_ticket_run, fake_extractor, tmp_path,
+                                                                       change):
+    base = small_eval(cache_dir=str(tmp_path))
+    first = evaluate(tiny_ticket_run, base, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
+    messages = []
+    other = evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path), **change), [1], progress=False,
+                     log=messages.append, extractor=fake_extractor)[0]
+    assert other["key"] != first["key"] and not any("[stored]" in m for m in messages)
+    keys = {r["key"] for r in Run.open(tiny_ticket_run).level(1).evaluations()}
+    assert {first["key"], other["key"]} <= keys
+
+
+def test_another_feature_network_is_another_evaluation(tiny_ticket_run, fake_extractor, tmp_path):
+    config = small_eval(cache_dir=str(tmp_path))
+    first = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
+    fake_extractor.digest = "fake1111"
+    second = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
+    assert second["key"] != first["key"] and second["feature_network"] == "fake1111"
 
 
 def test_second_evaluation_reuses_reference_and_results(tiny_ticket_run, fake_extractor, tmp_path):
@@ -50,7 +78,7 @@ def test_second_evaluation_reuses_reference_and_results(tiny_ticket_run, fake_ex
     ({"num_samples": 1}, [1], "at least 2"),
     ({"num_samples": 3}, [1], "KID draws subsets of 4"),
     ({"reference_samples": 3}, [1], "KID draws subsets of 4"),
-    ({}, [7], "no trained level 7"),
+    ({}, [7], "no finished level 7"),
     ({"feature_network": "/nonexistent/inception.pt"}, [1], "does not exist"),
 ])
 def test_bad_evaluation_requests(tiny_ticket_run, fields, levels, match, tmp_path):
@@ -60,8 +88,8 @@ def test_bad_evaluation_requests(tiny_ticket_run, fields, levels, match, tmp_pat
 
 
 def test_run_without_levels(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"kind": "lottery", "hash": "x", "config": {}}))
-    with pytest.raises(UserError, match="no level with trained weights"):
+    (tmp_path / "config.json").write_text(json.dumps({"layout": 2, "kind": "lottery", "hash": "x", "config": {}}))
+    with pytest.raises(UserError, match="no finished level"):
         evaluate(tmp_path, small_eval(), progress=False, log=lambda *_: None)
     with pytest.raises(UserError, match="not a run folder"):
         evaluate(tmp_path / "nothing", small_eval(), progress=False, log=lambda *_: None)
@@ -73,8 +101,8 @@ def test_flops_command(tiny_ticket_run, capsys):
     reductions = [float(x) for x in re.findall(r"effective \(−([\d.]+) %\)", out)]
     assert reductions[0] == 0.0 and reductions[1] > 0 and reductions[2] > reductions[1]
     assert "per sample, ddim 50 steps" in out and "storage" in out
-    costs = json.loads((tiny_ticket_run / "level_02" / "costs.json").read_text())
-    assert costs["sparse_bytes"] < costs["dense_bytes"]
+    costs = Run.open(tiny_ticket_run).level(2).costs()
+    assert costs["sparse_bytes"] < costs["dense_bytes"] and costs["weights"] == "ema"
 
 
 def test_cka_of_two_tickets(tiny_ticket_run, second_ticket_run, tmp_path):
@@ -104,10 +132,11 @@ def test_cka_of_two_tickets(tiny_ticket_run, second_ticket_run, tmp_path):
 def test_cka_refuses_different_networks(tiny_ticket_run, tmp_path, capsys):
     other = tmp_path / "other"
     other.mkdir()
-    network = json.loads((tiny_ticket_run / "network.json").read_text())
+    source = Run.open(tiny_ticket_run)
+    network = source.network_config()
     network["block_out_channels"] = [16, 16, 16]
-    (other / "network.json").write_text(json.dumps(network))
-    (other / "config.json").write_text((tiny_ticket_run / "config.json").read_text())
+    (other / source.network_path.name).write_text(json.dumps(network))
+    (other / source.config_path.name).write_text(source.config_path.read_text())
     assert main(["cka", str(tiny_ticket_run), str(other), "--level", "1"]) == 2
     assert "different networks" in capsys.readouterr().err
 
@@ -119,6 +148,10 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     for run in (tiny_ticket_run, second_ticket_run):
         evaluate(run, small_eval(cache_dir=str(tmp_path / "cache")), [0, 1, 2], progress=False, log=lambda *_: None,
                  extractor=fake_extractor)
+        assert main(["flops", str(run), "--all-levels"]) == 0
+    # a second protocol on one level only: the report shows the protocol that covers the most levels
+    evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path / "cache"), num_samples=5), [2], progress=False,
+             log=lambda *_: None, extractor=fake_extractor)
     from ddpm_lottery.config import CkaConfig
     cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, CkaConfig(batch=6, timesteps=(300,)), out=tmp_path / "cka",
                        log=lambda *_: None)
@@ -127,9 +160,15 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     page = report.read_text()
     assert page.count("<img src=\"data:image/png;base64,") >= 7  # figures 1-4, sparsity bars, loss curves
     assert "src=\"http" not in page and "<script" not in page
-    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "FLOPs reduction", "KID", "N=6 vs 10 reference",
+    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "FLOPs reduction", "KID", "N=6 vs 10 embedded",
                  "strongly biased", "How this was made"):
-        assert text in page
+        assert text in page, text
+    assert "N=5 vs" not in page
+    before = {p: p.stat().st_mtime_ns for p in tiny_ticket_run.rglob("*") if p.is_file()}
+    build_report([tiny_ticket_run], tmp_path / "out2" / "report.html", protocol="n5-", figure_samples=4,
+                 log=lambda *_: None)
+    assert "N=5 vs" in (tmp_path / "out2" / "report.html").read_text()
+    assert before == {p: p.stat().st_mtime_ns for p in tiny_ticket_run.rglob("*") if p.is_file()}  # reads only
     table = report.with_suffix(".md").read_text()
     assert table.count("\n|") >= 7  # header, rule, 6 levels
     with pytest.raises(UserError, match="ending in .html"):
@@ -169,6 +208,6 @@ def test_sample_a_ticket_level(tiny_ticket_run, tmp_path, capsys):
     assert main(["sample", str(tiny_ticket_run), "--level", "1", "--steps", "2", "--num-samples", "3", "--npz",
                  "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     info = json.loads((out / "info.json").read_text())
-    assert info["level"] == 1 and np.load(out / "samples.npz")["images"].shape == (3, 28, 28, 1)
+    assert info["level"] == 1 and np.load(out / "samples.npz")["arr_0"].shape == (3, 28, 28, 1)
     assert main(["sample", str(tiny_ticket_run), "--level", "9", "--no-progress"]) == 2
     assert "no finished level 9" in capsys.readouterr().err

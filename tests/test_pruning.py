@@ -8,8 +8,9 @@ import torch
 from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.networks import build_model
+from ddpm_lottery.training import MaskedTraining
 from ddpm_lottery.pruning import (
-    MaskedTraining, PruneSettings, count_kept, count_total, full_masks, load_masks, module_map, prunable_names,
+    STRATEGIES, PruneSettings, count_kept, count_total, full_masks, load_masks, module_map, prunable_names,
     prune_round, random_masks, save_masks, simulate_sparsity, sparsity,
 )
 
@@ -195,3 +196,17 @@ def test_masked_training_zeroes_gradients_of_pruned_weights():
     for n, m in masks.items():
         assert (params[n].grad[~m] == 0).all()
         assert params[n].grad[m].abs().sum() > 0
+
+
+def test_strategies_and_controls_are_registries_matching_the_declared_choices():
+    import dataclasses
+
+    from ddpm_lottery.config import PruneConfig
+    from ddpm_lottery.lottery import CONTROLS
+
+    choices = next(f for f in dataclasses.fields(PruneConfig) if f.name == "strategy").metadata["choices"]
+    # --strategy takes every search strategy, plus "random", the random-mask control
+    assert set(choices) == set(STRATEGIES) | {"random"} and set(CONTROLS) == {"reinit", "random"}
+    declared = {f.name for f in dataclasses.fields(PruneConfig)}
+    assert all(set(s.reads) <= declared for s in STRATEGIES.values())
+    assert STRATEGIES["varying"].imposes_profile and not STRATEGIES["unified"].imposes_profile

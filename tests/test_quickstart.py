@@ -17,11 +17,13 @@ def test_quickstart_writes_the_report_and_reuses_finished_work(tmp_path, monkeyp
     messages = []
     report = quickstart(tmp_path / "qs", settings, progress=False, log=messages.append)
     page = report.read_text()
-    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "varying", "unified", "N=6 vs 8 reference",
+    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "varying", "unified", "N=6 vs 8 embedded train images",
                  "strongly biased", "ddpm-lottery quickstart"):
         assert text in page, text
     assert (tmp_path / "qs" / "report.md").exists()
-    assert (tmp_path / "qs" / "unified-seed0" / "level_00" / "metrics.json").exists()
+    from ddpm_lottery.runs import Run
+
+    assert Run.open(tmp_path / "qs" / "unified-seed0").level(0).finished
     assert any("reused from" in m for m in messages)  # the unified run shares the dense level 0
     weights = sorted((tmp_path / "qs").rglob("weights.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in weights}
