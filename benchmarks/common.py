@@ -9,9 +9,10 @@ import torch
 from ddpm_lottery.config import LotteryConfig
 from ddpm_lottery.data import ImageSet
 from ddpm_lottery.networks import PRESETS
+from ddpm_lottery.runs import Run
 from ddpm_lottery.training import Trainer
 
-# batch sizes that fit this machine's time budget (GUIDE §3 timings)
+# batch sizes that fit a 2-core CPU's time budget
 BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
 
 
@@ -43,5 +44,5 @@ def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer
     config.model.preset = preset
     config.train.batch_size = BATCH[preset]
     config.train.steps = 10**6
-    config.train.device = "cpu"
-    return Trainer(config, workdir, images=ImageSet(data, None, "random", "benchmark", False), progress=False)
+    config.runtime.device = "cpu"
+    return Trainer(config, Run(workdir, {}).level(0), images=ImageSet(data, None, "random", "benchmark", False), progress=False)

@@ -22,7 +22,8 @@ import torch
 
 from common import interleaved_minimum, random_data_trainer, seconds
 from ddpm_lottery.lottery import apply_masks
-from ddpm_lottery.pruning import MaskedTraining, PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.pruning import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.training import MaskedTraining
 from ddpm_lottery.training import StepHooks
 
 def best_of(fn, repeats: int) -> float:

@@ -10,7 +10,7 @@ def tiny_training(config, steps: int, **train):
     config.train.batch_size = 4
     config.train.checkpoint_every = 4
     config.train.log_every = 2
-    config.train.device = "cpu"
+    config.runtime.device = "cpu"
     for key, value in train.items():
         setattr(config.train, key, value)
     return config

@@ -1,13 +1,15 @@
 import argparse
+import copy
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 
 import pytest
 
 from ddpm_lottery.config import (
-    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, RunConfig, SampleConfig,
-    add_arguments, apply_overrides, check_config, check_unambiguous, config_from_args, config_hash, from_dict,
-    hashed_keys, non_default, setting, to_dict,
+    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, RunConfig,
+    SampleConfig, SamplingConfig, add_arguments, apply_overrides, check_config, check_unambiguous, command_line,
+    config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
 )
 from ddpm_lottery.errors import UserError
 
@@ -69,7 +71,7 @@ def test_hash_ignores_defaults_and_unhashed_fields():
     base = RunConfig()
     assert non_default(base) == {}
     other = RunConfig()
-    other.train.device = "cpu"
+    other.runtime.device = "cpu"
     other.train.checkpoint_every = 7
     other.data.data_dir = "/somewhere/else"
     assert config_hash(other) == config_hash(base)
@@ -350,8 +352,10 @@ def test_new_fields_keep_existing_hashes():
 def test_hashed_keys_list_every_result_affecting_setting():
     keys = hashed_keys(LotteryConfig())
     assert "train.lr" in keys and "prune.prune_ratio" in keys and "data.dataset" in keys
-    assert "train.device" not in keys and "train.checkpoint_every" not in keys and "prune.sparsity_schedule" not in keys
-    assert hashed_keys(EvalConfig())[0] == "num_samples"
+    assert "runtime.device" not in keys and "train.checkpoint_every" not in keys
+    assert "prune.sparsity_schedule" not in keys
+    keys = hashed_keys(EvalConfig())
+    assert "eval.num_samples" in keys and "sampling.sampler" in keys and "sampling.sample_batch_size" not in keys
 
 
 def test_help_texts_cite_only_this_project():
@@ -363,5 +367,142 @@ def test_help_texts_cite_only_this_project():
 
 def test_file_sections_cover_every_section_class():
     assert set(FILE_SECTIONS) == set(SECTION_CLASSES)
-    for name in ("data", "model", "diffusion", "train", "prune", "eval", "sample", "cka", "quickstart"):
+    for name in ("data", "model", "diffusion", "train", "runtime", "prune", "sampling", "eval", "sample", "cka",
+                 "quickstart"):
         assert name in FILE_SECTIONS
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared sections: sampling and the device are declared once and composed into each command
+
+
+def test_shared_settings_are_declared_once():
+    def owners(name):
+        return [section for section, cls in SECTION_CLASSES.items()
+                if name in {f.name for f in dataclasses.fields(cls)}]
+
+    assert owners("device") == ["runtime"]
+    for name in ("sampler", "sampling_steps", "eta", "sample_seed", "weights", "sample_batch_size"):
+        # [quickstart] has its own sampling_steps and [cka] its own weights: other settings of the same name.
+        assert "sampling" in owners(name) and not {"sample", "eval"} & set(owners(name)), name
+    assert SampleConfig().sampling == EvalConfig().sampling == SamplingConfig()
+    assert RunConfig().runtime == LotteryConfig().runtime == EvalConfig().runtime == QuickstartConfig().runtime
+
+
+def test_command_configs_read_and_write_flat():
+    config = EvalConfig(num_samples=100, sampler="ddpm", device="cpu", cache_dir="/c")
+    assert (config.eval.num_samples, config.sampling.sampler, config.runtime.device, config.eval.cache_dir) == \
+        (100, "ddpm", "cpu", "/c")
+    assert (config.num_samples, config.sampler, config.device) == (100, "ddpm", "cpu")
+    config.eta = 0.5
+    assert config.sampling.eta == 0.5 and config == EvalConfig(num_samples=100, sampler="ddpm", device="cpu",
+                                                               cache_dir="/c", eta=0.5)
+    assert copy.deepcopy(config) == config and dataclasses.replace(config) == config
+    assert EvalConfig(sampling=SamplingConfig(sampler="ddpm")).sampler == "ddpm"
+    with pytest.raises(TypeError, match="num_sample"):
+        EvalConfig(num_sample=5)
+    with pytest.raises(AttributeError, match="no setting 'num_sample'"):
+        config.num_sample = 5
+    with pytest.raises(AttributeError):
+        config.level  # noqa: B018 - the sample command's, not evaluate's
+    settings = QuickstartConfig(prune_ratio=0.5, rounds=2, device="cpu")
+    assert settings.target == 0.75 and settings.runtime.device == "cpu"
+
+
+def test_a_moved_setting_fails_when_written_to_its_old_section():
+    config = RunConfig()
+    moved = "^TrainConfig has no setting 'device'; device is declared in \\[runtime\\]$"
+    with pytest.raises(AttributeError, match=moved):
+        config.train.device = "cpu"
+    with pytest.raises(AttributeError, match=moved):
+        config.train.device  # noqa: B018 - reading the old place explains the move as well
+    with pytest.raises(AttributeError, match="no setting 'stpes'"):
+        config.train.stpes = 5
+
+
+def test_shared_settings_in_a_command_section_and_in_the_shared_one(tmp_path):
+    path = write(tmp_path, "recipe.toml", '[sampling]\nsampler = "dpm-solver++"\nsample_seed = 3\n'
+                 '[runtime]\ndevice = "cuda"\n[eval]\nnum_samples = 50\nsampler = "ddpm"\nsampling_steps = 100\n'
+                 '[sample]\nnum_samples = 9\nweights = "raw"\n[train]\ndevice = "cpu"\n')
+    evaluation = parse([], cls=EvalConfig, config_file=path)
+    # [eval] holds evaluate's protocol: it wins over [sampling], and [sample]'s weights stay out of it.
+    assert evaluation == EvalConfig(num_samples=50, sampler="ddpm", sampling_steps=100, sample_seed=3, device="cuda")
+    sampling = parse([], cls=SampleConfig, config_file=path)
+    assert sampling == SampleConfig(num_samples=9, sampler="dpm-solver++", sample_seed=3, weights="raw", device="cuda")
+    assert parse([], cls=RunConfig, config_file=path).runtime.device == "cpu"
+    assert parse([], cls=QuickstartConfig, config_file=path).device == "cuda"
+    assert parse(["--sampler", "ddim"], cls=EvalConfig, config_file=path).sampler == "ddim"  # flags win
+
+
+def test_a_shared_setting_under_an_unrelated_section_is_refused(tmp_path):
+    with pytest.raises(UserError, match="device belongs to \\[runtime\\], not \\[model\\]; move it to \\[runtime\\] or "
+                                        "\\[train\\]"):
+        parse([], cls=LotteryConfig, config_file=write(tmp_path, "c.toml", '[model]\ndevice = "cpu"\n'))
+    with pytest.raises(UserError, match="sampler belongs to \\[sampling\\], not \\[runtime\\]"):
+        parse([], cls=EvalConfig, config_file=write(tmp_path, "d.toml", '[runtime]\nsampler = "ddpm"\n'))
+
+
+def test_run_configs_stored_with_the_device_under_train_still_load():
+    stored = to_dict(LotteryConfig())
+    del stored["runtime"]
+    stored["train"]["device"] = "cpu"
+    config = from_dict(LotteryConfig, stored)
+    assert config.runtime.device == "cpu" and config_hash(config) == config_hash(LotteryConfig())
+
+
+# ----------------------------------------------------------------------------------------------
+# command_line: the flags that rebuild a config
+
+
+def reparse(cls, command: str, prog_words: int, config_file=None):
+    words = shlex.split(command)[prog_words:]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out")
+    add_arguments(parser, cls())
+    return config_from_args(cls, parser.parse_args(words), config_file)
+
+
+def test_command_line_of_a_ticket_search_parses_back_to_it():
+    config = LotteryConfig()
+    config.model.block_out_channels = (8, 16, 16)  # a tuple
+    config.data.flip = False  # a bool off, on an optional setting
+    config.prune.one_shot = True  # a bool on
+    config.train.lr = 2.5e-05  # a float that needs every digit
+    config.prune.prune_ratio = 1 / 3
+    config.prune.include = ("*conv*", "up_blocks.*")
+    config.data.data_dir = "/data/my digits"  # unhashed, and quoted for the shell
+    config.runtime.device = "cpu"
+    config.train.seed_init = -4  # "--seed-init=-4": argparse would take "-4" for a flag
+    config.prune.sparsity_schedule = (0.5, 0.75)
+    command = command_line("ddpm-lottery find-ticket", config, ["--out", "runs/a b"])
+    assert command.startswith("ddpm-lottery find-ticket --out 'runs/a b' ")
+    assert "--block-out-channels 8,16,16" in command and "--no-flip" in command and "--one-shot" in command
+    assert "--lr 2.5e-05" in command and "--seed-init=-4" in command and "--device cpu" in command
+    assert "--steps" not in command and "--data-dir '/data/my digits'" in command  # defaults are left out
+    again = reparse(LotteryConfig, command, 2)
+    assert again == config and again.prune.prune_ratio == 1 / 3
+
+
+def test_command_line_of_a_default_config_is_the_bare_command():
+    assert command_line("ddpm-lottery train", RunConfig()) == "ddpm-lottery train"
+    assert reparse(RunConfig, command_line("ddpm-lottery train", RunConfig()), 2) == RunConfig()
+
+
+@pytest.mark.parametrize("config", [
+    EvalConfig(num_samples=50000, sampler="ddpm", sampling_steps=1000, eta=0.25, sample_seed=7, weights="raw",
+               reference_split="test", kid_subsets=50, cache_dir="/tmp/fid cache", device="cpu",
+               sample_batch_size=128),
+    SampleConfig(num_samples=16, npz=True, level=2, sampler="dpm-solver++", eta=1.5),
+    QuickstartConfig(steps_per_level=6, batch_size=8, prune_ratio=0.45, rounds=3, num_samples=6,
+                     reference_samples=8, kid_subset_size=4, sampling_steps=2, data_dir="/d", device="cpu"),
+    CkaConfig(level=3, timesteps=(), threshold=0.5, weights="ema"),
+], ids=["eval", "sample", "quickstart", "cka"])
+def test_command_line_round_trips_every_command_config(config):
+    command = command_line("ddpm-lottery x", config)
+    assert reparse(type(config), command, 2) == config, command
+
+
+def test_the_quickstart_command_keeps_every_chosen_setting():
+    settings = QuickstartConfig(steps_per_level=6, batch_size=8, sampling_steps=2, device="cpu")
+    assert command_line("ddpm-lottery quickstart", settings, ["--out", "qs"]) == \
+        "ddpm-lottery quickstart --out qs --steps-per-level 6 --batch-size 8 --sampling-steps 2 --device cpu"

@@ -211,3 +211,28 @@ def test_sample_a_ticket_level(tiny_ticket_run, tmp_path, capsys):
     assert info["level"] == 1 and np.load(out / "samples.npz")["arr_0"].shape == (3, 28, 28, 1)
     assert main(["sample", str(tiny_ticket_run), "--level", "9", "--no-progress"]) == 2
     assert "no finished level 9" in capsys.readouterr().err
+
+
+def test_cka_warns_when_the_tickets_are_not_two_tickets_of_one_model(tiny_ticket_run, second_ticket_run, tmp_path):
+    import shutil
+
+    from ddpm_lottery.cka import compare_runs
+    from ddpm_lottery.config import CkaConfig
+
+    other = tmp_path / "other-init"
+    shutil.copytree(second_ticket_run, other)
+    stored = json.loads((other / "config.json").read_text())
+    stored["config"]["train"]["seed_init"] = 5
+    (other / "config.json").write_text(json.dumps(stored))
+    messages = []
+    compare_runs(tiny_ticket_run, other, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "c",
+                 log=messages.append)
+    assert any("different initial weights" in m for m in messages)
+    metrics_path = Run.open(other).level(1).metrics_path
+    metrics = json.loads(metrics_path.read_text())
+    metrics["sparsity"] = 0.9
+    metrics_path.write_text(json.dumps(metrics))
+    messages = []
+    compare_runs(tiny_ticket_run, other, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "d",
+                 log=messages.append)
+    assert any("differ in sparsity" in m for m in messages)

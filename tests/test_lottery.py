@@ -9,7 +9,6 @@ from safetensors.torch import load_file
 from ddpm_lottery.cli import main
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.lottery import Lottery, find_ticket
-from ddpm_lottery.pruning import load_masks
 from ddpm_lottery.runs import Run
 from ddpm_lottery.training import Trainer
 
@@ -355,3 +354,62 @@ def test_sparsity_schedule_puts_every_strategy_at_the_same_sparsities(tmp_path):
     with pytest.raises(UserError, match="may only be extended"):
         find_ticket(small_config("varying", sparsity_schedule=(0.5, 0.7)), tmp_path / "varying", progress=False,
                     log=lambda *_: None)
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    config = small_config("unified", target_sparsity=0.5)
+    run = find_ticket(config, tmp_path / "busy", progress=False, log=lambda *_: None)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from ddpm_lottery.runs import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
+        "print('locked', flush=True); time.sleep(30)"), str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+            find_ticket(small_config("unified", target_sparsity=0.75), run, progress=False, log=lambda *_: None)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_damaged_finished_level_is_recomputed_as_its_error_says(tmp_path):
+    import shutil
+
+    config = small_config("unified")
+    run = find_ticket(config, tmp_path / "damaged", progress=False, log=lambda *_: None)
+    reference = {n: t.clone() for n, t in Run.open(run).level(1).state("raw").items()}
+    level_file(run, 1, "raw").write_bytes(b"")  # a zero-byte file
+    with pytest.raises(UserError, match="delete .*level_01 and re-run") as info:
+        Run.open(run).level(1).state("raw")
+    shutil.rmtree(Run.open(run).level(1).dir)  # what the message says to do
+    find_ticket(config, run, progress=False, log=lambda *_: None)
+    again = Run.open(run).level(1).state("raw")
+    assert all(torch.equal(again[n], reference[n]) for n in reference)
+    assert "\n" not in str(info.value)
+
+
+def test_image_folders_with_other_images_are_other_runs(tmp_path):
+    from PIL import Image
+
+    from ddpm_lottery.api import train
+    from ddpm_lottery.config import RunConfig
+
+    folders = []
+    for name, shade in (("a", 40), ("b", 200)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(6):
+            Image.new("L", (28, 28), shade + i).save(folder / f"{i}.png")
+        folders.append(folder)
+    config = RunConfig()
+    config.data.dataset, config.data.data_dir = "imagefolder", str(folders[0])
+    config.model.block_out_channels = (8, 8, 8)
+    config.train.steps, config.train.batch_size, config.runtime.device = 2, 2, "cpu"
+    run = train(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    config.data.data_dir = str(folders[1])  # unhashed path, other images: the fingerprint tells them apart
+    with pytest.raises(UserError, match="training data of .* changed"):
+        train(config, run, progress=False, log=lambda *_: None)
+    other = train(config, tmp_path / "other", progress=False, log=lambda *_: None)
+    assert Run.open(other).hash != Run.open(run).hash

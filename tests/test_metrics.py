@@ -197,3 +197,19 @@ def test_the_real_feature_network_gives_2048_pool3_features():
     assert a.shape == (2, FEATURE_DIM) and torch.allclose(a, b)  # gray is repeated to 3 channels
     assert (a >= 0).all()  # pool3 follows a ReLU
     assert not torch.allclose(a[0], a[1])
+
+
+def test_frechet_reference_matches_the_direct_distance_on_both_sides():
+    from ddpm_lottery.metrics import FrechetReference, frechet_bootstrap, percentile_interval
+
+    generator = torch.Generator().manual_seed(3)
+    real = torch.randn(300, 40, generator=generator, dtype=torch.float64)
+    for n in (20, 200):  # fewer and more samples than dimensions
+        fake = torch.randn(n, 40, generator=generator, dtype=torch.float64) * 1.3 + 0.2
+        direct = scipy_fid(real.numpy(), fake.numpy())
+        assert FrechetReference(real).distance(fake) == pytest.approx(direct, rel=1e-6, abs=1e-8)
+    rounds = frechet_bootstrap(FrechetReference(real), fake, rounds=30, seed=1)
+    assert len(rounds) == 30 and len(set(rounds)) == 30
+    low, high = percentile_interval(rounds)
+    assert low < high and min(rounds) <= low and high <= max(rounds)
+    assert rounds == frechet_bootstrap(FrechetReference(real), fake, rounds=30, seed=1)  # seeded

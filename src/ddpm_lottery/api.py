@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, SampleConfig, config_hash, to_dict
 from .data import from_model_range
-from .diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample as run_sampler
+from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
 from .files import make_dirs, write_json
@@ -75,48 +75,47 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
            *, progress: bool = True, log=print) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
-    config = config or SampleConfig()
+    from .config import check_config
+    from .evaluation import sampling_steps
+
+    # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
+    config = check_config(config or SampleConfig())
+    sampling, num_samples = config.sampling, config.sample.num_samples
+    steps = sampling_steps(sampling)
+    device = resolve_device(config.runtime.device)
     run_dir = Path(run_dir)
-    if config.sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {config.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    steps = DEFAULT_SAMPLING_STEPS[config.sampler] if config.sampling_steps is None else config.sampling_steps
-    if steps <= 0:
-        raise UserError(f"--sampling-steps must be positive, got {steps}")
-    if config.num_samples <= 0:
-        raise UserError(f"--num-samples must be positive, got {config.num_samples}")
-    device = resolve_device(config.device)
     run = Run.open(run_dir)
-    level = run.pick_level(config.level)
+    level = run.pick_level(config.sample.level)
     diffusion = run.config.diffusion
-    model = level.network(config.weights).to(device)
+    model = level.network(sampling.weights).to(device)
     out_dir = Path(out) if out is not None else level.samples_dir(
-        f"{config.sampler}-{steps}steps-seed{config.sample_seed}-{config.weights}")
+        f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}")
     make_dirs(out_dir)
-    bar = tqdm(total=1, disable=not progress, desc=f"sample {config.sampler}", unit="call", leave=False)
+    bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=False)
 
     def on_step(done, total):
         bar.total = total
         bar.update(done - bar.n)
 
     started = time.perf_counter()
-    images = run_sampler(model, diffusion, sampler=config.sampler, num_steps=steps,
-                         num_samples=config.num_samples, seed=config.sample_seed,
-                         batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
+    images = run_sampler(model, diffusion, sampler=sampling.sampler, num_steps=steps, num_samples=num_samples,
+                         seed=sampling.sample_seed, batch_size=sampling.sample_batch_size, eta=sampling.eta,
+                         device=device, on_step=on_step)
     bar.close()
     wall = time.perf_counter() - started
     uint8 = from_model_range(images)
     save_grid(uint8, out_dir / "grid.png")
-    if config.npz:
+    if config.sample.npz:
         from .evaluation import save_samples
 
         save_samples(out_dir / "samples.npz", uint8)
-    info = {"run": str(run_dir), "level": level.index, "config": to_dict(config), "sampler": config.sampler, "steps": steps,
-            "eta": config.eta if config.sampler == "ddim" else None, "num_samples": config.num_samples,
-            "seed": config.sample_seed, "weights": config.weights, "wall_time_s": wall,
-            "images_per_s": config.num_samples / wall, "device": str(device)}
+    info = {"run": str(run_dir), "level": level.index, "config": to_dict(config), "sampler": sampling.sampler,
+            "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": num_samples,
+            "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
+            "images_per_s": num_samples / wall, "device": str(device)}
     write_json(out_dir / "info.json", info)
-    log(f"wrote {out_dir / 'grid.png'} ({config.num_samples} samples, {config.sampler} {steps} steps, "
-        f"seed {config.sample_seed}, {config.weights} weights, {wall:.1f} s)")
+    log(f"wrote {out_dir / 'grid.png'} ({num_samples} samples, {sampling.sampler} {steps} steps, "
+        f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s)")
     return out_dir
 
 

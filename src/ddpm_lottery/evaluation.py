@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, to_dict
+from .config import EvalConfig, SamplingConfig, to_dict
 from .data import from_model_range, load_dataset
 from .diffusion import DEFAULT_SAMPLING_STEPS, sample as run_sampler
 from .errors import UserError
@@ -32,8 +32,9 @@ from .runs import Level, Run
 from .training import resolve_device
 
 
-def sampling_steps(config: EvalConfig) -> int:
-    steps = DEFAULT_SAMPLING_STEPS[config.sampler] if config.sampling_steps is None else config.sampling_steps
+def sampling_steps(sampling: SamplingConfig) -> int:
+    """The denoising steps a sampling protocol takes (the sampler's own default when unset)."""
+    steps = DEFAULT_SAMPLING_STEPS[sampling.sampler] if sampling.sampling_steps is None else sampling.sampling_steps
     if steps <= 0:
         raise UserError(f"--sampling-steps must be positive, got {steps}")
     return steps
@@ -41,10 +42,11 @@ def sampling_steps(config: EvalConfig) -> int:
 
 def protocol(config: EvalConfig, reference: dict, feature_digest: str) -> dict:
     """Everything that affects an evaluation's numbers (and nothing that does not, such as the device)."""
-    return {"sampler": config.sampler, "steps": sampling_steps(config),
-            "eta": config.eta if config.sampler == "ddim" else None, "num_samples": config.num_samples,
-            "seed": config.sample_seed, "weights": config.weights, "reference": reference,
-            "kid_subset_size": config.kid_subset_size, "kid_subsets": config.kid_subsets,
+    sampling, scoring = config.sampling, config.eval
+    return {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
+            "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": scoring.num_samples,
+            "seed": sampling.sample_seed, "weights": sampling.weights, "reference": reference,
+            "kid_subset_size": scoring.kid_subset_size, "kid_subsets": scoring.kid_subsets,
             "feature_network": feature_digest}
 
 
@@ -68,34 +70,37 @@ def _reference(run: Run, config: EvalConfig, extractor, progress: bool, log) -> 
     network = run.network_config()
     size, channels = network["sample_size"], network["in_channels"]
     data = run.config.data
-    images = load_dataset(data.dataset, data.data_dir, split=config.reference_split, image_size=size,
+    scoring = config.eval
+    images = load_dataset(data.dataset, data.data_dir, split=scoring.reference_split, image_size=size,
                           channels=channels).images
-    chosen = reference_images(images, config.reference_samples)
+    chosen = reference_images(images, scoring.reference_samples)
     from .data import image_digest
 
-    reference = {"dataset": data.dataset, "split": config.reference_split, "count": len(chosen),
+    reference = {"dataset": data.dataset, "split": scoring.reference_split, "count": len(chosen),
                  "size": size, "channels": channels, "images": image_digest(chosen)}
     started = time.perf_counter()
-    key = (f"{data.dataset}-{config.reference_split}-{size}px-{channels}ch-n{len(chosen)}-{reference['images']}"
+    key = (f"{data.dataset}-{scoring.reference_split}-{size}px-{channels}ch-n{len(chosen)}-{reference['images']}"
            f"-inception{extractor.digest}")
-    features, cached = reference_features(chosen, key, extractor, cache_dir=config.cache_dir, progress=progress)
-    log(f"reference: {len(chosen)} {data.dataset} {config.reference_split} images, "
+    features, cached = reference_features(chosen, key, extractor, cache_dir=scoring.cache_dir, progress=progress)
+    log(f"reference: {len(chosen)} {data.dataset} {scoring.reference_split} images, "
         f"{'cached' if cached else 'computed'} in {time.perf_counter() - started:.1f} s")
     return features, reference
 
 
 def generate(level: Level, config: EvalConfig, device: torch.device, progress: bool) -> torch.Tensor:
     """The level's N images (uint8), sampled with the protocol's sampler and seed."""
-    model = level.network(config.weights).to(device)
+    sampling = config.sampling
+    model = level.network(sampling.weights).to(device)
     bar = tqdm(total=1, disable=not progress, desc=f"level {level.index}: sampling", unit="call", leave=False)
 
     def on_step(done, total):
         bar.total = total
         bar.update(done - bar.n)
 
-    images = run_sampler(model, level.run.config.diffusion, sampler=config.sampler, num_steps=sampling_steps(config),
-                         num_samples=config.num_samples, seed=config.sample_seed,
-                         batch_size=config.sample_batch_size, eta=config.eta, device=device, on_step=on_step)
+    images = run_sampler(model, level.run.config.diffusion, sampler=sampling.sampler,
+                         num_steps=sampling_steps(sampling), num_samples=config.eval.num_samples,
+                         seed=sampling.sample_seed, batch_size=sampling.sample_batch_size, eta=sampling.eta,
+                         device=device, on_step=on_step)
     bar.close()
     return from_model_range(images)
 
@@ -123,12 +128,13 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     config = config or EvalConfig()
     run = Run.open(run)
     chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
-    sampling_steps(config)
-    check_sample_counts(config.num_samples, config.reference_samples, config.kid_subset_size)
-    device = resolve_device(config.device)
-    extractor = extractor or InceptionFeatures(config.feature_network)
+    scoring = config.eval
+    sampling_steps(config.sampling)
+    check_sample_counts(scoring.num_samples, scoring.reference_samples, scoring.kid_subset_size)
+    device = resolve_device(config.runtime.device)
+    extractor = extractor or InceptionFeatures(scoring.feature_network)
     reference_feats, reference = _reference(run, config, extractor, progress, log)
-    check_sample_counts(config.num_samples, len(reference_feats), config.kid_subset_size)
+    check_sample_counts(scoring.num_samples, len(reference_feats), scoring.kid_subset_size)
     spec = protocol(config, reference, extractor.digest)
     key = protocol_key(spec)
     records = []
@@ -144,12 +150,12 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
         sampling_time = time.perf_counter() - started
         save_samples(level.evaluation_samples_path(key), images)
         features = extract_features(extractor, images, progress=progress, description=f"level {level.index}: inception")
-        scores = fid_kid(reference_feats, features, kid_subset_size=config.kid_subset_size,
-                         kid_subsets=config.kid_subsets)
+        scores = fid_kid(reference_feats, features, kid_subset_size=scoring.kid_subset_size,
+                         kid_subsets=scoring.kid_subsets)
         record = {
             **scores, "key": key, "level": level.index, **spec, "reference_samples": len(reference_feats),
             "feature_network_file": f"{extractor.path.name} (TF Inception-v3 pool3, {FEATURE_DIM}-d)",
-            "biased_warning": biased_note(config.num_samples), "sampling_time_s": sampling_time,
+            "biased_warning": biased_note(scoring.num_samples), "sampling_time_s": sampling_time,
             "wall_time_s": time.perf_counter() - started, "device": str(device), "config": to_dict(config),
             "time": time.time(), "samples_file": level.evaluation_samples_path(key).name,
         }

@@ -167,7 +167,7 @@ class LevelTrainer:
 
     def __init__(self, config: RunConfig, out: str | Path, *, progress: bool = True, log=print):
         self.config, self.out, self.progress, self.log = config, Path(out), progress, log
-        self.processes: Processes = setup_processes(config.train.device)
+        self.processes: Processes = setup_processes(config.runtime.device)
         self.images = load_run_images(config)
         from .data import data_fingerprint
 
@@ -556,7 +556,7 @@ def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
     branch.prune.control_of = str(source.root)
     branch.prune.dense_from = None
     branch.train.seed_init = config.train.seed_init
-    branch.train.device = config.train.device
+    branch.runtime.device = config.runtime.device
     return branch
 
 

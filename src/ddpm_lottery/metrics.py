@@ -202,6 +202,56 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 10
     return {"fid": fid_value, "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
+class FrechetReference:
+    """A reference feature set, prepared once for many Fréchet distances against it (bootstrap rounds).
+
+    With S = Σ_r^{1/2}, tr((Σ_r Σ_g)^{1/2}) is the sum of the square roots of the eigenvalues of
+    S Σ_g S = (A S)^T (A S) / (n - 1), A the centred generated features; its non-zero eigenvalues are
+    those of (A S)(A S)^T / (n - 1), so each distance costs one eigenproblem of min(n, d) square.
+    """
+
+    def __init__(self, features: torch.Tensor):
+        real = features.double()
+        self.mean = real.mean(0)
+        centred = real - self.mean
+        covariance = centred.T @ centred / (len(real) - 1)
+        values, vectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+        self.sqrt = (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+        self.trace = float(torch.trace(covariance))
+
+    def distance(self, fake: torch.Tensor) -> float:
+        fake = fake.double()
+        mean = fake.mean(0)
+        centred = (fake - mean) @ self.sqrt
+        n, dim = centred.shape
+        gram = centred @ centred.T if n < dim else centred.T @ centred
+        trace_sqrt = torch.linalg.eigvalsh((gram + gram.T) / (2 * (n - 1))).clamp_min(0).sqrt().sum()
+        trace_fake = float((fake - mean).square().sum()) / (n - 1)
+        return float((self.mean - mean).square().sum() + self.trace + trace_fake - 2 * trace_sqrt)
+
+
+def bootstrap_indices(count: int, rounds: int, seed: int = 0) -> torch.Tensor:
+    """(rounds, count) resampling indices with replacement, the same for every level evaluated alike.
+
+    Image i of every level comes from the same noise (per-image seeding), so resampling the same
+    indices for two levels gives a *paired* bootstrap of their difference.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, count, (rounds, count), generator=generator)
+
+
+def frechet_bootstrap(reference: FrechetReference, fake: torch.Tensor, rounds: int, seed: int = 0) -> list[float]:
+    """The Fréchet distance of ``rounds`` resamples (with replacement) of the generated features."""
+    return [reference.distance(fake[index]) for index in bootstrap_indices(len(fake), rounds, seed)]
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    ordered = torch.tensor(sorted(values), dtype=torch.float64)
+    low = torch.quantile(ordered, (1 - level) / 2).item()
+    high = torch.quantile(ordered, 1 - (1 - level) / 2).item()
+    return low, high
+
+
 def biased_note(num_samples: int) -> str | None:
     if num_samples < FEATURE_DIM:
         return (f"FID at N={num_samples} < 2048 (the feature dimension) is strongly biased upwards; compare only at "

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .cka import compare_runs
-from .config import CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig
+from .config import CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, command_line
 from .costs import stored_costs
 from .evaluation import evaluate
 from .lottery import find_ticket
@@ -35,7 +35,7 @@ def _ticket_config(settings: QuickstartConfig, strategy: str, seed_data: int) ->
     config.train.steps = settings.steps_per_level
     config.train.batch_size = settings.batch_size
     config.train.seed_data = seed_data
-    config.train.device = settings.device
+    config.runtime.device = settings.device
     config.train.checkpoint_every = 100
     config.prune.strategy = strategy
     config.prune.prune_ratio = settings.prune_ratio
@@ -79,11 +79,7 @@ def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartConfig |
         compare_runs(varying, second, first.last_level().index, CkaConfig(), out=cka_dir, log=log)
 
     log("[5/5] report")
-    command = (f"ddpm-lottery quickstart --out {out} --preset {settings.preset} --dataset {settings.dataset} "
-               f"--steps-per-level {settings.steps_per_level} --prune-ratio {settings.prune_ratio} "
-               f"--rounds {settings.rounds} --num-samples {settings.num_samples} "
-               f"--reference-samples {settings.reference_samples}"
-               + (f" --data-dir {settings.data_dir}" if settings.data_dir else ""))
+    command = command_line("ddpm-lottery quickstart", settings, ["--out", str(out)])
     intro = (
         f"<p>The study of <i>Successfully Applying Lottery Ticket Hypothesis to Diffusion Model</i> (arXiv 2310.18823) "
         f"at CPU scale: preset <b>{html.escape(settings.preset)}</b> on <b>{html.escape(settings.dataset)}</b>, "

@@ -160,7 +160,7 @@ class Trainer:
         self.config = config
         self.level = level
         self.log = log
-        self.processes = processes or setup_processes(config.train.device)
+        self.processes = processes or setup_processes(config.runtime.device)
         self.device = self.processes.device
         self.hooks = hooks or StepHooks()
         self.progress = progress and self.processes.is_main
