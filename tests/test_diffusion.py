@@ -54,3 +54,21 @@ def test_sampler_step_counts():
 def test_bad_sampler_settings(sampler, steps, match):
     with pytest.raises(UserError, match=match):
         sampling_scheduler(DiffusionConfig(), sampler, steps)
+
+
+def test_denoising_loss_by_band_is_fixed_by_its_seed():
+    from ddpm_lottery.config import DiffusionConfig, ModelConfig
+    from ddpm_lottery.diffusion import denoising_loss_by_band
+    from ddpm_lottery.networks import build_model
+
+    model = build_model(ModelConfig(preset="tiny", block_out_channels=(8, 8, 8)), 1, seed=0)
+    clean = torch.rand(6, 1, 28, 28) * 2 - 1
+    config = DiffusionConfig()
+    a = denoising_loss_by_band(model, config, clean, bands=4, draws=2, seed=3, batch_size=5)
+    b = denoising_loss_by_band(model, config, clean, bands=4, draws=2, seed=3, batch_size=64)
+    assert a.shape == (6, 4) and torch.allclose(a, b, atol=1e-6)  # batch size does not matter
+    assert not torch.allclose(a, denoising_loss_by_band(model, config, clean, bands=4, draws=2, seed=4))
+
+    assert (a > 0).all()
+    with pytest.raises(Exception, match="bands"):
+        denoising_loss_by_band(model, config, clean, bands=0)

@@ -19,7 +19,7 @@ from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
 from .files import make_dirs, write_json
-from .runs import Run
+from .runs import Run, SampleFolder
 from .training import resolve_device
 
 
@@ -88,9 +88,9 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     level = run.pick_level(config.sample.level)
     diffusion = run.config.diffusion
     model = level.network(sampling.weights).to(device)
-    out_dir = Path(out) if out is not None else level.samples_dir(
+    folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}")
-    make_dirs(out_dir)
+    make_dirs(folder.dir)
     bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=False)
 
     def on_step(done, total):
@@ -104,19 +104,19 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     bar.close()
     wall = time.perf_counter() - started
     uint8 = from_model_range(images)
-    save_grid(uint8, out_dir / "grid.png")
+    save_grid(uint8, folder.grid)
     if config.sample.npz:
         from .evaluation import save_samples
 
-        save_samples(out_dir / "samples.npz", uint8)
+        save_samples(folder.npz, uint8)
     info = {"run": str(run_dir), "level": level.index, "config": to_dict(config), "sampler": sampling.sampler,
             "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
             "images_per_s": num_samples / wall, "device": str(device)}
-    write_json(out_dir / "info.json", info)
-    log(f"wrote {out_dir / 'grid.png'} ({num_samples} samples, {sampling.sampler} {steps} steps, "
+    write_json(folder.info, info)
+    log(f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
         f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s)")
-    return out_dir
+    return folder.dir
 
 
 __all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config"]

@@ -176,7 +176,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     from .data import load_dataset, to_model_range
     from .diffusion import noise_scheduler
     from .files import write_json
-    from .runs import Run
+    from .runs import CkaFolder, Run
 
     config = config or CkaConfig()
     timesteps, batch, weights = config.timesteps, config.batch, config.weights
@@ -219,21 +219,21 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     activation_rows = activation_cka(level_a.network(weights), level_b.network(weights), noisy, order, threshold)
     for row, extra in zip(rows, activation_rows):
         row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
-    out = Path(out) if out else a.cka_dir(b, level_a.index)
-    write_csv(rows, out / "cka.csv")
+    folder = CkaFolder(Path(out)) if out else a.cka_folder(b, level_a.index)
+    write_csv(rows, folder.table)
     caption = (f"{a.root.name} vs {b.root.name}, level {level_a.index}; weight CKA on {weights} weights ⊙ mask (RBF "
                f"bandwidth {threshold} × median distance); activation CKA on {batch} training images noised at t = "
                f"{', '.join(map(str, timesteps))} (seed {seed})")
-    figure_one(rows, out / "figure1.png", caption)
+    figure_one(rows, folder.figure, caption)
     summary = {"run_a": str(a.root), "run_b": str(b.root), "level": level_a.index, "weights": weights,
                "threshold": threshold, "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
                "sparsity": [sparsity_a, sparsity_b], "seed_init": list(seeds),
                "mean_weight_cka_rbf_first_half": _half_mean(rows, "weight_cka_rbf", first=True),
                "mean_weight_cka_rbf_second_half": _half_mean(rows, "weight_cka_rbf", first=False)}
-    write_json(out / "cka.json", summary)
-    log(f"wrote {out / 'cka.csv'} and {out / 'figure1.png'}: weight CKA (RBF) upstream half "
+    write_json(folder.summary, summary)
+    log(f"wrote {folder.table} and {folder.figure}: weight CKA (RBF) upstream half "
         f"{summary['mean_weight_cka_rbf_first_half']:.3f}, downstream half {summary['mean_weight_cka_rbf_second_half']:.3f}")
-    return {"rows": rows, "summary": summary, "out": out}
+    return {"rows": rows, "summary": summary, "out": folder.dir}
 
 
 def _half_mean(rows: list[dict], key: str, first: bool) -> float:

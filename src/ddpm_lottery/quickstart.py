@@ -74,9 +74,9 @@ def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartConfig |
         for index in run.finished_levels():
             stored_costs(run.level(index))
     first, other = Run.open(varying), Run.open(second)
-    cka_dir = first.cka_dir(other, first.last_level().index)
-    if not (cka_dir / "cka.json").exists():
-        compare_runs(varying, second, first.last_level().index, CkaConfig(), out=cka_dir, log=log)
+    cka = first.cka_folder(other, first.last_level().index)
+    if not cka.summary.exists():
+        compare_runs(varying, second, first.last_level().index, CkaConfig(), out=cka.dir, log=log)
 
     log("[5/5] report")
     command = command_line("ddpm-lottery quickstart", settings, ["--out", str(out)])
@@ -91,7 +91,7 @@ def quickstart(out: str | Path = "runs/quickstart", settings: QuickstartConfig |
         f"N={settings.num_samples} samples against {settings.reference_samples} training images: strongly biased "
         f"(N &lt; 2048), useful only to compare levels measured alike, with KID (unbiased) beside them. "
         f"Scale up with the flags in the command below (e.g. --steps-per-level 2500 --num-samples 2048).</p>")
-    report = build_report([varying, unified, second], out / "report.html", cka_dirs=[cka_dir],
+    report = build_report([varying, unified, second], out / "report.html", cka_dirs=[cka.dir],
                           title="ddpm-lottery quickstart: winning tickets in a DDPM", intro=intro, commands=[command],
                           log=log)
     log(f"quickstart finished in {time.perf_counter() - started:.0f} s")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import atomic_path, make_dirs, read_json, write_text
-from .runs import Level, Run
+from .runs import CkaFolder, Level, Run
 
 
 def embed_png(path: str | Path, alt: str = "") -> str:
@@ -263,9 +263,9 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         curves = [level_loss_curves(run, figures / f"loss_{run.root.name}.png") for run in ticket_runs]
         sections.append(("Training loss per level", "\n".join(embed_png(c) for c in curves if c)))
     for cka_dir in cka_dirs:
-        cka_dir = Path(cka_dir)
-        summary = read_json(cka_dir / "cka.json", "CKA result", "run ddpm-lottery cka first")
-        sections.append(("Figure 1: similarity of two tickets (CKA)", embed_png(cka_dir / "figure1.png") + (
+        cka = CkaFolder(Path(cka_dir))
+        summary = read_json(cka.summary, "CKA result", "run ddpm-lottery cka first")
+        sections.append(("Figure 1: similarity of two tickets (CKA)", embed_png(cka.figure) + (
             f"<p class=note>{html.escape(summary['caption'])}. Mean weight CKA (RBF) over the upstream half of the "
             f"layers: {summary['mean_weight_cka_rbf_first_half']:.3f}; downstream half: "
             f"{summary['mean_weight_cka_rbf_second_half']:.3f}. The paper reports higher similarity upstream.</p>")))

@@ -25,7 +25,7 @@ of its own under its ticket run's ``branches/``::
         eval/<protocol>.npz      the uint8 images that evaluation generated
         costs.json               FLOPs, parameters, storage;  sparse.safetensors: the sparse export
     RUN/branches/<control>-<hash>/   controls, laid out as runs
-    RUN/cka/<other>-levelXX/     CKA between this run and another
+    RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
 
 Every write is atomic (see :mod:`files`); a folder is used by one process at a time (``RUN/.lock``).
 """
@@ -145,6 +145,48 @@ class Checkpoints:
 
 
 # ----------------------------------------------------------------------------------------------
+# Output folders of single commands (also usable at a user's --out)
+
+
+@dataclass(frozen=True)
+class SampleFolder:
+    """What ``ddpm-lottery sample`` writes: a grid, the images (on request) and how they were made."""
+
+    dir: Path
+
+    @property
+    def grid(self) -> Path:
+        return self.dir / "grid.png"
+
+    @property
+    def npz(self) -> Path:
+        return self.dir / "samples.npz"
+
+    @property
+    def info(self) -> Path:
+        return self.dir / "info.json"
+
+
+@dataclass(frozen=True)
+class CkaFolder:
+    """What ``ddpm-lottery cka`` writes: the per-layer table, its summary and Figure 1."""
+
+    dir: Path
+
+    @property
+    def table(self) -> Path:
+        return self.dir / "cka.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "cka.json"
+
+    @property
+    def figure(self) -> Path:
+        return self.dir / "figure1.png"
+
+
+# ----------------------------------------------------------------------------------------------
 # Levels
 
 
@@ -223,8 +265,8 @@ class Level:
     def sparse_path(self) -> Path:
         return self.dir / "sparse.safetensors"
 
-    def samples_dir(self, name: str) -> Path:
-        return self.dir / "samples" / name
+    def samples_folder(self, name: str) -> SampleFolder:
+        return SampleFolder(self.dir / "samples" / name)
 
     @property
     def finished(self) -> bool:
@@ -475,8 +517,8 @@ class Run:
     def branches(self) -> list["Run"]:
         return [Run.open(p) for p in sorted(self.branches_dir.glob("*")) if Run.is_run(p)]
 
-    def cka_dir(self, other: "Run", level: int) -> Path:
-        return self.root / "cka" / f"{other.root.name}-{level_name(level).replace('_', '')}"
+    def cka_folder(self, other: "Run", level: int) -> CkaFolder:
+        return CkaFolder(self.root / "cka" / f"{other.root.name}-{level_name(level).replace('_', '')}")
 
     def lock(self) -> FolderLock:
         return FolderLock(self.root)
@@ -552,4 +594,4 @@ class Run:
                                        "levels": rows})
 
 
-__all__ = ["Run", "Level", "Checkpoints", "run_hash", "level_name", "LAYOUT_VERSION"]
+__all__ = ["Run", "Level", "Checkpoints", "SampleFolder", "CkaFolder", "run_hash", "level_name", "LAYOUT_VERSION"]
