@@ -183,3 +183,15 @@ def test_hooks_run_before_the_checkpoint_of_their_step(tmp_path):
 
     Trainer(tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False, hooks=Record()).run()
     assert seen == [(1, False), (2, False), (3, False)]
+
+
+def test_a_level_restarted_without_checkpoint_does_not_log_steps_twice(tmp_path):
+    """A log left behind by a killed process whose checkpoints are gone (e.g. not kept) is rewritten."""
+    config = tiny_config(steps=6)
+    first = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
+    first.run()
+    first.checkpoints.remove_all()
+    again = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
+    assert not again.resume()
+    again.run()
+    assert [r["step"] for r in again.level.training_log()] == [1, 2, 3, 4, 5, 6]

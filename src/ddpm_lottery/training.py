@@ -331,6 +331,9 @@ class Trainer:
         until = tc.steps if until is None else until
         if self.processes.is_main:
             make_dirs(self.level.dir)
+            # lines past the starting step were written by a process that died before its next checkpoint
+            # (or with no checkpoint at all): this run writes them again
+            truncate_jsonl(self.level.log_path, self.step)
         metrics_path = self.level.log_path
         last_good = self.step
         loss_sum = torch.zeros((), device=self.device)
