@@ -44,7 +44,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
         if existed and level.checkpoints.exists() and not resume:
             raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
                             "or choose a new --out folder")
-        trainer = job._trainer(level, None, "train")
+        trainer = job.trainer_for(level, None, "train")
         if resume and trainer.resume():
             log(f"resuming {run_dir} at step {trainer.step}")
         if job.processes.is_main:
@@ -76,7 +76,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
            *, progress: bool = True, log=print) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
     from .config import check_config
-    from .evaluation import sampling_steps
+    from .diffusion import sampling_steps
 
     # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
     config = check_config(config or SampleConfig())

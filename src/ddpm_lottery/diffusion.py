@@ -21,6 +21,11 @@ SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 DEFAULT_SAMPLING_STEPS = {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
 
 
+def sampling_steps(sampling) -> int:
+    """The denoising steps of a sampling section (the sampler's own default when unset; bounds are declared)."""
+    return DEFAULT_SAMPLING_STEPS[sampling.sampler] if sampling.sampling_steps is None else sampling.sampling_steps
+
+
 def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     """The forward process q(x_t | x_0) used for training (and DDPM ancestral sampling)."""
     return DDPMScheduler(

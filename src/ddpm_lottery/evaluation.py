@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import EvalConfig, SamplingConfig, to_dict
+from .config import EvalConfig, to_dict
 from .data import from_model_range, load_dataset
-from .diffusion import DEFAULT_SAMPLING_STEPS, sample as run_sampler
-from .errors import UserError
+from .diffusion import sample as run_sampler, sampling_steps
 from .files import atomic_path, write_json
 from .metrics import (
     FEATURE_DIM, InceptionFeatures, biased_note, check_sample_counts, extract_features, fid_kid, reference_features,
@@ -30,14 +29,6 @@ from .metrics import (
 )
 from .runs import Level, Run
 from .training import resolve_device
-
-
-def sampling_steps(sampling: SamplingConfig) -> int:
-    """The denoising steps a sampling protocol takes (the sampler's own default when unset)."""
-    steps = DEFAULT_SAMPLING_STEPS[sampling.sampler] if sampling.sampling_steps is None else sampling.sampling_steps
-    if steps <= 0:
-        raise UserError(f"--sampling-steps must be positive, got {steps}")
-    return steps
 
 
 def protocol(config: EvalConfig, reference: dict, feature_digest: str) -> dict:

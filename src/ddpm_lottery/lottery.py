@@ -183,7 +183,7 @@ class LevelTrainer:
         self.run: Run | None = None
         self._lock = None
 
-    def _trainer(self, level: Level, hooks: StepHooks | None, description: str) -> Trainer:
+    def trainer_for(self, level: Level, hooks: StepHooks | None, description: str) -> Trainer:
         return Trainer(self.config, level, images=self.images, hooks=hooks, progress=self.progress,
                        description=description, processes=self.processes, log=self.log)
 
@@ -334,12 +334,12 @@ class Lottery(LevelTrainer):
         if self.config.prune.dense_from:
             self._copy_level_zero(Path(self.config.prune.dense_from))
             return
-        trainer = self._trainer(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
+        trainer = self.trainer_for(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
         resumed = trainer.resume()
         if resumed and trainer.step >= self.tau and not self.run.rewind_path.exists():
             # only a run written before theta_tau was saved ahead of its checkpoint can get here
             level.checkpoints.remove_all()
-            trainer = self._trainer(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
+            trainer = self.trainer_for(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
             resumed = False
             self.log("level 0: theta_tau was lost by an earlier kill; retraining level 0 from step 0")
         if self.tau == 0 and not self.run.rewind_path.exists() and self.processes.is_main:
@@ -431,7 +431,7 @@ class Lottery(LevelTrainer):
     def masked_trainer(self, index: int, masks, start_weights) -> Trainer:
         """A trainer for a pruned level: resumed from its checkpoint, or rewound to step tau."""
         sparse = 1 - count_kept(masks) / count_total(masks)
-        trainer = self._trainer(self.run.level(index), None, f"level {index} ({sparse:.1%} sparse)")
+        trainer = self.trainer_for(self.run.level(index), None, f"level {index} ({sparse:.1%} sparse)")
         trainer.hooks = MaskedTraining(trainer.model, masks)
         if trainer.resume():
             self.log(f"level {index}: resuming at step {trainer.step}")
