@@ -14,37 +14,71 @@ from ddpm_lottery.runs import Run
 
 
 def small_eval(**fields):
-    config = EvalConfig(num_samples=6, sampling_steps=2, reference_samples=10, kid_subset_size=4, kid_subsets=5,
-                        device="cpu")
+    config = EvalConfig(num_samples=40, sampling_steps=2, reference_samples=50, kid_subset_size=4, kid_subsets=5,
+                        bootstrap_rounds=40, heldout_images=40, loss_bands=4, device="cpu")
     for key, value in fields.items():
         setattr(config, key, value)
     return config
 
 
-def test_evaluate_stores_every_figure_with_how_it_was_measured(tiny_ticket_run, fake_extractor, tmp_path):
-    records = evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path)), [0, 2], progress=False,
-                       log=lambda *_: None, extractor=fake_extractor)
-    assert [r["level"] for r in records] == [0, 2]
+def quiet(*_):
+    pass
+
+
+def test_evaluate_stores_every_figure_with_its_interval_and_how_it_was_measured(tiny_ticket_run, fake_extractor,
+                                                                                 tmp_path):
+    config = small_eval(cache_dir=str(tmp_path), measures=("inception", "domain", "loss"))
+    records = evaluate(tiny_ticket_run, config, [0, 2], progress=False, log=quiet, extractor=fake_extractor)
+    assert [(r["level"], r["measure"]) for r in records] == [
+        (0, "inception"), (0, "domain"), (0, "loss"), (2, "inception"), (2, "domain"), (2, "loss")]
     for record in records:
-        for key in ("fid", "kid_mean", "kid_std", "num_samples", "sampler", "steps", "seed", "wall_time_s",
-                    "reference_samples", "weights"):
-            assert key in record
-        assert record["num_samples"] == 6 and record["sampler"] == "ddim" and record["steps"] == 2
-        assert "strongly biased" in record["biased_warning"]
+        low, high = record["interval"]
+        assert low <= record["value"] <= high or record["measure"] == "loss" and low <= record["value"] <= high
+        assert len(record["replicates"]) == 40 and record["confidence"] == 0.95
+        assert record["protocol"]["bootstrap_rounds"] == 40 and record["label"]
+    inception = records[3]
+    for key in ("fid", "kid_mean", "kid_std", "biased_warning"):
+        assert key in inception
+    assert inception["value"] == inception["fid"] and "strongly biased" in inception["biased_warning"]
+    assert inception["protocol"]["sampling"] == {"sampler": "ddim", "steps": 2, "eta": 0.0, "num_samples": 40,
+                                                 "seed": 0, "weights": "ema"}
+    assert inception["protocol"]["reference"]["count"] == 50
+    assert inception["protocol"]["feature_network"] == fake_extractor.digest
+    assert "N=40 vs 50 embedded train images, ddim 2 steps, seed 0, ema weights" in inception["label"]
+    loss = records[5]
+    assert len(loss["bands"]) == 4 and loss["protocol"]["heldout"]["split"] == "test"
+    assert loss["value"] == pytest.approx(sum(loss["bands"]) / 4)
     level = Run.open(tiny_ticket_run).level(2)
-    stored = level.evaluations()
-    assert len(stored) == 1 and stored[0]["key"].startswith("ddim-2steps-n6-seed0-ema-")
-    assert stored[0]["reference"]["count"] == 10 and stored[0]["feature_network"] == fake_extractor.digest
-    samples = load_samples(level.evaluation_samples_path(stored[0]["key"]))
-    assert samples.shape == (6, 1, 28, 28) and samples.dtype == torch.uint8
+    assert sorted(r["key"].split("-")[0] for r in level.evaluations()) == ["domain", "inception", "loss"]
+    # both image measures read the same stored images
+    samples = sorted(level.eval_dir.glob("samples-*.npz"))
+    assert len(samples) == 1 and samples[0].name.startswith("samples-ddim-2steps-n40-seed0-ema-")
+    images = load_samples(samples[0])
+    assert images.shape == (40, 1, 28, 28) and images.dtype == torch.uint8
+    import numpy as np
+    per_image = np.load(level.evaluation_array_path(loss["key"]))["losses"]
+    assert per_image.shape == (40, 4) and per_image.mean() == pytest.approx(loss["value"])
 
 
-@pytest.mark.parametrize("change", [{"reference_split": "test"}, {"kid_subsets": 7}, {"reference_samples": 12},
-                                    {"eta": 0.5}, {"weights": "raw"}])
+def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_extractor, tmp_path):
+    from ddpm_lottery.metrics import bootstrap_indices
+
+    config = small_eval(cache_dir=str(tmp_path), measures=("loss",))
+    zero, two = evaluate(tiny_ticket_run, config, [0, 2], progress=False, log=quiet, extractor=fake_extractor)
+    import numpy as np
+    level = Run.open(tiny_ticket_run).level(0)
+    losses = np.load(level.evaluation_array_path(zero["key"]))["losses"].mean(1)
+    index = bootstrap_indices(40, 40, 0)[7].numpy()
+    assert zero["replicates"][7] == pytest.approx(losses[index].mean())
+    assert zero["key"].removeprefix("loss-") != "" and zero["key"] == two["key"]
+
+
+@pytest.mark.parametrize("change", [{"reference_split": "test"}, {"kid_subsets": 7}, {"reference_samples": 45},
+                                    {"eta": 0.5}, {"weights": "raw"}, {"bootstrap_rounds": 41}])
 def test_every_protocol_change_is_a_new_evaluation_kept_beside_the_old(tiny_ticket_run, fake_extractor, tmp_path,
                                                                        change):
     base = small_eval(cache_dir=str(tmp_path))
-    first = evaluate(tiny_ticket_run, base, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
+    first = evaluate(tiny_ticket_run, base, [1], progress=False, log=quiet, extractor=fake_extractor)[0]
     messages = []
     other = evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path), **change), [1], progress=False,
                      log=messages.append, extractor=fake_extractor)[0]
@@ -55,29 +89,32 @@ def test_every_protocol_change_is_a_new_evaluation_kept_beside_the_old(tiny_tick
 
 def test_another_feature_network_is_another_evaluation(tiny_ticket_run, fake_extractor, tmp_path):
     config = small_eval(cache_dir=str(tmp_path))
-    first = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
+    first = evaluate(tiny_ticket_run, config, [1], progress=False, log=quiet, extractor=fake_extractor)[0]
     fake_extractor.digest = "fake1111"
-    second = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)[0]
-    assert second["key"] != first["key"] and second["feature_network"] == "fake1111"
+    second = evaluate(tiny_ticket_run, config, [1], progress=False, log=quiet, extractor=fake_extractor)[0]
+    assert second["key"] != first["key"] and second["protocol"]["feature_network"] == "fake1111"
 
 
-def test_second_evaluation_reuses_reference_and_results(tiny_ticket_run, fake_extractor, tmp_path):
+def test_second_evaluation_reuses_reference_samples_and_results(tiny_ticket_run, fake_extractor, tmp_path):
     config = small_eval(cache_dir=str(tmp_path), sample_seed=5)
-    evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor)
+    evaluate(tiny_ticket_run, config, [1], progress=False, log=quiet, extractor=fake_extractor)
     calls = fake_extractor.calls
     messages = []
     again = evaluate(tiny_ticket_run, config, [1], progress=False, log=messages.append, extractor=fake_extractor)
     assert fake_extractor.calls == calls  # neither reference nor samples recomputed
     assert any("cached" in m for m in messages) and any("[stored]" in m for m in messages)
-    forced = evaluate(tiny_ticket_run, config, [1], progress=False, log=lambda *_: None, extractor=fake_extractor,
+    forced = evaluate(tiny_ticket_run, config, [1], progress=False, log=quiet, extractor=fake_extractor,
                       force=True)
     assert forced[0]["fid"] == pytest.approx(again[0]["fid"])  # seeded sampling: same samples, same FID
+    assert forced[0]["replicates"] == pytest.approx(again[0]["replicates"])
 
 
 @pytest.mark.parametrize("fields,levels,match", [
-    ({"num_samples": 1}, [1], "at least 2"),
-    ({"num_samples": 3}, [1], "KID draws subsets of 4"),
+    ({"num_samples": 39}, [1], "too few images for a 95% bootstrap interval"),
+    ({"bootstrap_rounds": 39}, [1], "too few for a 95% interval"),
+    ({"kid_subset_size": 41}, [1], "KID draws subsets of 41"),
     ({"reference_samples": 3}, [1], "KID draws subsets of 4"),
+    ({"heldout_split": "validation", "measures": ("loss",)}, [1], "needs held-out images"),
     ({}, [7], "no finished level 7"),
     ({"feature_network": "/nonexistent/inception.pt"}, [1], "does not exist"),
 ])
@@ -150,7 +187,7 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
                  extractor=fake_extractor)
         assert main(["flops", str(run), "--all-levels"]) == 0
     # a second protocol on one level only: the report shows the protocol that covers the most levels
-    evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path / "cache"), num_samples=5), [2], progress=False,
+    evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path / "cache"), num_samples=41), [2], progress=False,
              log=lambda *_: None, extractor=fake_extractor)
     from ddpm_lottery.config import CkaConfig
     cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, CkaConfig(batch=6, timesteps=(300,)), out=tmp_path / "cka",
@@ -160,14 +197,14 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     page = report.read_text()
     assert page.count("<img src=\"data:image/png;base64,") >= 7  # figures 1-4, sparsity bars, loss curves
     assert "src=\"http" not in page and "<script" not in page
-    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "FLOPs reduction", "KID", "N=6 vs 10 embedded",
+    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "FLOPs reduction", "KID", "N=40 vs 50 embedded",
                  "strongly biased", "How this was made"):
         assert text in page, text
-    assert "N=5 vs" not in page
+    assert "N=41 vs" not in page
     before = {p: p.stat().st_mtime_ns for p in tiny_ticket_run.rglob("*") if p.is_file()}
-    build_report([tiny_ticket_run], tmp_path / "out2" / "report.html", protocol="n5-", figure_samples=4,
+    build_report([tiny_ticket_run], tmp_path / "out2" / "report.html", protocol="n41-", figure_samples=4,
                  log=lambda *_: None)
-    assert "N=5 vs" in (tmp_path / "out2" / "report.html").read_text()
+    assert "N=41 vs" in (tmp_path / "out2" / "report.html").read_text()
     assert before == {p: p.stat().st_mtime_ns for p in tiny_ticket_run.rglob("*") if p.is_file()}  # reads only
     table = report.with_suffix(".md").read_text()
     assert table.count("\n|") >= 7  # header, rule, 6 levels

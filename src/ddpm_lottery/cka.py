@@ -137,7 +137,7 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
     return path
 
 
-def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
+def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool = False) -> Path:
     """The paper's Fig. 1: CKA against layer index, upstream (left) to downstream (right)."""
     import matplotlib
 
@@ -155,6 +155,11 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     if "activation_cka_linear" in rows[0]:
         ax.plot(index, [r["activation_cka_linear"] for r in rows], "-", lw=1, label="activation CKA, linear")
         ax.plot(index, [r["activation_cka_rbf"] for r in rows], "--", lw=1, label="activation CKA, RBF")
+    if baselines:
+        ax.plot([r["index"] for r in conv], [r["masked_weight_cka_rbf"] for r in conv], ":", color="gray", lw=1.2,
+                label="baseline: weight CKA, RBF, of two random initialisations under random masks")
+        ax.plot(index, [r["masked_activation_cka_linear"] for r in rows], "-.", color="silver", lw=1,
+                label="baseline: activation CKA, linear, of the same")
     ax.set_xlabel("layer index in forward-execution order (upstream → downstream)")
     ax.set_ylabel("CKA between the two tickets")
     ax.set_ylim(-0.05, 1.05)
@@ -169,12 +174,102 @@ def figure_one(rows: list[dict], path: str | Path, title: str) -> Path:
     return path
 
 
+def noisy_batch(run, config) -> dict[int, torch.Tensor]:
+    """The shared input of activation CKA: ``config.batch`` training images of ``run`` noised at each timestep."""
+    from .data import load_dataset, to_model_range
+    from .diffusion import noise_scheduler
+
+    network = run.network_config()
+    run_config = run.config
+    images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
+                          image_size=network["sample_size"], channels=network["in_channels"]).images
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = images[torch.randperm(len(images), generator=generator)[:config.batch]]
+    clean = to_model_range(chosen)
+    scheduler = noise_scheduler(run_config.diffusion)
+    noisy = {}
+    for t in config.timesteps:
+        if not 0 <= t < scheduler.config.num_train_timesteps:
+            raise UserError(f"timestep {t} is outside [0, {scheduler.config.num_train_timesteps})")
+        noise = torch.randn(clean.shape, generator=generator)
+        noisy[t] = scheduler.add_noise(clean, noise, torch.full((len(clean),), t, dtype=torch.long))
+    return noisy
+
+
+def cka_rows(weights_a, weights_b, model_a, model_b, noisy, order, threshold) -> list[dict]:
+    """Weight and activation CKA of two networks, one row per layer in forward order."""
+    rows = weight_cka(weights_a, weights_b, order, threshold)
+    for row, extra in zip(rows, activation_cka(model_a, model_b, noisy, order, threshold)):
+        row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
+    return rows
+
+
+CKA_KINDS = ("weight_cka_rbf", "weight_cka_linear", "activation_cka_linear", "activation_cka_rbf")
+
+
+def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, config=None, *, out: str | Path,
+                           seed_init_b: int = 1, log=print) -> dict:
+    """CKA of two tickets beside what their shapes and sparsities alone give, layer by layer.
+
+    Weight CKA between output units is driven by each layer's shape: two *independent*
+    initialisations already score high on wide-fan-in convs.  So each layer gets two baselines:
+    ``init``, two freshly initialised networks (the tickets' ``--seed-init`` and ``seed_init_b``), and
+    ``masked``, the same two networks under random masks with each ticket's per-tensor sparsity.
+    ``above_*`` is the tickets' CKA minus the ``masked`` baseline: what training and pruning made
+    similar beyond shape and sparsity.  Writes cka.csv (every column), cka.json and figure1.png.
+    """
+    from .config import CkaConfig
+    from .files import write_json
+    from .lottery import apply_masks
+    from .pruning import random_masks
+    from .runs import CkaFolder, Run
+
+    config = config or CkaConfig()
+    folder = CkaFolder(Path(out))
+    result = compare_runs(run_a, run_b, level, config, out=out, log=log)
+    a, b = Run.open(run_a), Run.open(run_b)
+    level_a, level_b = a.level(level), b.level(level)
+    seed_a = a.config.train.seed_init
+    seed_b = seed_init_b if seed_init_b != seed_a else seed_a + 1
+    network = a.network_config()
+    init_a, init_b = a.build_network(seed=seed_a), a.build_network(seed=seed_b)
+    order = a.layer_order()
+    noisy = noisy_batch(a, config)
+    state_a, state_b = init_a.state_dict(), init_b.state_dict()
+    baselines = {"init": cka_rows(state_a, state_b, init_a, init_b, noisy, order, config.threshold)}
+    masked_a = apply_masks(state_a, random_masks(level_a.masks(), seed=1000 + seed_a))
+    masked_b = apply_masks(state_b, random_masks(level_b.masks(), seed=2000 + seed_b))
+    init_a.load_state_dict(masked_a)
+    init_b.load_state_dict(masked_b)
+    baselines["masked"] = cka_rows(masked_a, masked_b, init_a, init_b, noisy, order, config.threshold)
+    rows = result["rows"]
+    for row, init_row, masked_row in zip(rows, baselines["init"], baselines["masked"]):
+        for kind in CKA_KINDS:
+            row[f"init_{kind}"] = init_row[kind]
+            row[f"masked_{kind}"] = masked_row[kind]
+            row[f"above_{kind}"] = row[kind] - masked_row[kind]
+    write_csv(rows, folder.table)
+    summary = dict(result["summary"])
+    summary["baseline_seeds_init"] = [seed_a, seed_b]
+    summary["network"] = {k: network[k] for k in ("sample_size", "in_channels")}
+    halves = {}
+    for kind in CKA_KINDS:
+        for prefix in ("", "init_", "masked_", "above_"):
+            key = f"{prefix}{kind}"
+            halves[key] = {"upstream": _half_mean(rows, key, first=True),
+                           "downstream": _half_mean(rows, key, first=False)}
+    summary["halves"] = halves
+    summary["caption"] += (f"; baselines: two fresh initialisations (--seed-init {seed_a} and {seed_b}), unmasked and "
+                           "under random masks of each ticket's per-tensor sparsity")
+    figure_one(rows, folder.figure, summary["caption"], baselines=True)
+    write_json(folder.summary, summary)
+    return {"rows": rows, "summary": summary, "out": folder.dir}
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None, config=None, *,
                  out: str | Path | None = None, log=print) -> dict:
     """Weight and activation CKA between one level of two runs; writes cka.csv, cka.json and figure1.png."""
     from .config import CkaConfig
-    from .data import load_dataset, to_model_range
-    from .diffusion import noise_scheduler
     from .files import write_json
     from .runs import CkaFolder, Run
 
@@ -202,20 +297,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_b.state(weights).items()}
     rows = weight_cka(wa, wb, order, threshold)
 
-    network = a.network_config()
-    run_config = a.config
-    images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
-                          image_size=network["sample_size"], channels=network["in_channels"]).images
-    generator = torch.Generator().manual_seed(seed)
-    chosen = images[torch.randperm(len(images), generator=generator)[:batch]]
-    clean = to_model_range(chosen)
-    scheduler = noise_scheduler(run_config.diffusion)
-    noisy = {}
-    for t in timesteps:
-        if not 0 <= t < scheduler.config.num_train_timesteps:
-            raise UserError(f"timestep {t} is outside [0, {scheduler.config.num_train_timesteps})")
-        noise = torch.randn(clean.shape, generator=generator)
-        noisy[t] = scheduler.add_noise(clean, noise, torch.full((len(clean),), t, dtype=torch.long))
+    noisy = noisy_batch(a, config)
     activation_rows = activation_cka(level_a.network(weights), level_b.network(weights), noisy, order, threshold)
     for row, extra in zip(rows, activation_rows):
         row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})

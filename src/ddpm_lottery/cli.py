@@ -160,6 +160,19 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .study import run_study
+
+    run_study(args.file, args.out, dry_run=args.dry_run, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_findings(args) -> int:
+    from .findings import print_findings
+
+    return print_findings(args.path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm-lottery", description="Find, measure and use winning lottery tickets in diffusion models.")
@@ -247,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--protocol", help="show the evaluations whose protocol key contains this text (e.g. n2048); "
                                            "default: the protocol that covers the most levels")
     report.set_defaults(func=_cmd_report)
+
+    study = commands.add_parser(
+        "study", help="run a declared study (searches, controls, seeds, measures, CKA) and state its findings",
+        description="Run the study a study file declares: the dense model, ticket searches, controls, replicates over "
+                    "data seeds, every measure of every level with intervals, CKA of ticket pairs with baselines, "
+                    "then the findings table. Finished work is reused; a killed study resumes.")
+    study.add_argument("file", help="study file (TOML or YAML with a [study] table)")
+    study.add_argument("--out", metavar="DIR", help="study folder [default: runs/<study name>]")
+    study.add_argument("--dry-run", action="store_true",
+                       help="print the plan and its estimated cost on this device, and run nothing")
+    study.add_argument("--no-progress", action="store_true", help="no progress bar")
+    study.set_defaults(func=_cmd_study)
+    found = commands.add_parser("findings", help="print the findings table of a study or run folder")
+    found.add_argument("path", help="a study folder (the --out of ddpm-lottery study) or a run folder")
+    found.set_defaults(func=_cmd_findings)
 
     presets = commands.add_parser("presets", help="list the network presets and their sizes")
     presets.set_defaults(func=_cmd_presets)

@@ -228,6 +228,16 @@ class SampleSettings(Section):
     npz: bool = setting(False, "also write the images as uint8 in samples.npz", hashed=False)
 
 
+# The measures evaluation.MEASURES implements, named here so a config file can be checked before
+# anything is imported or computed.
+MEASURE_NAMES = ("inception", "domain", "loss")
+
+
+def interval_floor(confidence: float) -> int:
+    """Resamples (and images) a percentile interval needs so that each tail holds at least one."""
+    return math.ceil(2 / (1 - confidence) - 1e-9)
+
+
 @dataclass
 class EvalSettings(Section):
     """What ``ddpm-lottery evaluate`` scores the generated images against, and how."""
@@ -243,6 +253,29 @@ class EvalSettings(Section):
                                           "default_1.pt)", hashed=False)
     cache_dir: str | None = setting(None, "folder of cached reference features "
                                     "[default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False)
+    measures: tuple[str, ...] = setting(
+        ("inception",), "what to measure, comma-separated: inception (FID/KID on Inception-v3 features), domain "
+        "(Fréchet distance on a digit/class network's features, ranks CPU-scale models) and loss (held-out "
+        "denoising loss per timestep band; needs no sampling)", choices=MEASURE_NAMES)
+    bootstrap_rounds: int = setting(50, "bootstrap resamples of the generated (or held-out) images behind every "
+                                    "interval", minimum=1)
+    confidence: float = setting(0.95, "coverage of every interval", above=0.5, below=1)
+    heldout_split: str = setting("test", "split of the held-out images the loss measure denoises")
+    heldout_images: int = setting(500, "held-out images for the loss measure (capped at the split's size)",
+                                  minimum=2)
+    loss_bands: int = setting(10, "equal timestep bands of the loss measure (low bands: the late, nearly clean "
+                              "steps)", minimum=1)
+
+    def check(self) -> None:
+        floor = interval_floor(self.confidence)
+        if self.bootstrap_rounds < floor:
+            raise UserError(f"eval.bootstrap_rounds ({self.bootstrap_rounds}) is too few for a {self.confidence:.0%} "
+                            f"interval: its tails would hold no resample; use --bootstrap-rounds ≥ {floor}")
+        if self.num_samples < floor and any(m != "loss" for m in self.measures):
+            raise UserError(f"eval.num_samples ({self.num_samples}) is too few images for a {self.confidence:.0%} "
+                            f"bootstrap interval; use --num-samples ≥ {floor}")
+        if len(set(self.measures)) != len(self.measures) or not self.measures:
+            raise UserError(f"eval.measures must name each measure once, got {','.join(self.measures) or 'none'}")
 
 
 @dataclass
@@ -258,6 +291,27 @@ class CkaConfig(Section):
     threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)",
                                above=0)
     seed: int = setting(0, "seed of the images and noise of activation CKA")
+
+
+@dataclass
+class StudySettings(Section):
+    """The ``[study]`` table of a study file: what is replicated and which tickets are paired for CKA.
+
+    The rest of a study file is the settings every run shares (``[model]``, ``[train]``, ``[prune]``,
+    ``[eval]``, ...), one ``[searches.NAME]`` table per ticket search and a ``[controls]`` table.
+    """
+
+    name: str = setting("study", "the study's name (a folder holding another study is refused)")
+    description: str = setting("", "one paragraph on what the study asks, shown atop its report", hashed=False)
+    data_seeds: tuple[int, ...] = setting((0,), "replicates: every search and control runs once per data seed "
+                                          "(same initial weights, another data order and noise)", minimum=0)
+    control_seed_init: int = setting(1, "--seed-init of the controls (new weights for re-init, the draw of "
+                                     "random masks)", minimum=0)
+    cka_search: str | None = setting(None, "the search whose tickets (one per data seed, so pairs of tickets of "
+                                     "one model) are compared with CKA; it must impose no sparsity profile "
+                                     "(unified or global)")
+    cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]",
+                                          minimum=1)
 
 
 @dataclass
@@ -387,8 +441,11 @@ class QuickstartConfig(Composite):
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
     "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
-    "sample": SampleSettings, "cka": CkaConfig, "quickstart": QuickstartSettings,
+    "sample": SampleSettings, "cka": CkaConfig, "quickstart": QuickstartSettings, "study": StudySettings,
 }
+
+# Tables of a study file that are not settings sections: read by study.py, skipped by --config.
+STUDY_TABLES = ("searches", "controls")
 FILE_SECTIONS = tuple(SECTION_CLASSES)
 
 # A shared section, and the command sections that may also hold its settings.  Recipes keep the
@@ -716,7 +773,26 @@ def check_config(config):
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a flat {field or section.field: value} mapping."""
+    """Read a TOML or YAML config file into a flat {field or section.field: value} mapping.
+
+    A study file is a config file too: its ``[searches.*]`` and ``[controls]`` tables are left to
+    the study command, and its shared sections serve every command.
+    """
+    raw = read_config_file(path)
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in STUDY_TABLES:
+            continue
+        if isinstance(value, dict):  # a [section]
+            for sub_key, sub_value in value.items():
+                flat[f"{key}.{sub_key}"] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The parsed mapping of a TOML or YAML file, or a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; check the path given to --config")
@@ -738,14 +814,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {path} cannot be parsed ({exc}); fix its syntax") from None
     if not isinstance(raw, dict):
         raise UserError(f"config file {path} must hold a mapping of settings")
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):  # a [section]
-            for sub_key, sub_value in value.items():
-                flat[f"{key}.{sub_key}"] = sub_value
-        else:
-            flat[key] = value
-    return flat
+    return raw
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -16,3 +16,7 @@ class UserError(Exception):
     def __init__(self, message: str):
         # Keep messages on one line even when they embed paths or exception texts.
         super().__init__(" ".join(str(message).split()))
+
+
+class FolderBusy(UserError):
+    """A run folder another process holds: a study skips it and comes back, other commands stop."""

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import FolderBusy, UserError
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -209,7 +209,7 @@ class FolderLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise UserError(f"{self.path.parent} is in use by process {holder}; wait for it to finish or stop it "
+            raise FolderBusy(f"{self.path.parent} is in use by process {holder}; wait for it to finish or stop it "
                             "(a killed process releases the lock by itself)") from None
         handle.seek(0)
         handle.truncate()

@@ -113,7 +113,7 @@ def _check_architecture(kwargs: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Seed the global RNG for weight initialisation without disturbing the caller's RNG."""
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
@@ -125,7 +125,7 @@ def build_model(model_config: ModelConfig, data_channels: int | None = None, see
                 image_size: int | None = None) -> UNet2DModel:
     """A freshly initialised network; the same seed gives bit-identical weights."""
     kwargs = unet_kwargs(model_config, data_channels, image_size)
-    with _seeded(seed):
+    with seeded(seed):
         try:
             return UNet2DModel(**kwargs)
         except (ValueError, TypeError) as exc:

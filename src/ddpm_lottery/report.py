@@ -62,7 +62,8 @@ def choose_protocol(runs: list[Run], wanted: str | None = None) -> str | None:
     for run in runs:
         for index in run.finished_levels():
             for record in run.level(index).evaluations():
-                coverage[record["key"]] = coverage.get(record["key"], 0) + 1
+                if record.get("measure") == "inception":
+                    coverage[record["key"]] = coverage.get(record["key"], 0) + 1
     if wanted:
         matching = [k for k in coverage if wanted in k]
         if not matching:
@@ -177,12 +178,13 @@ def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
 
 def figure_four(levels: list[tuple[Level, str]], protocol: str | None, out: Path, num_samples: int = 32) -> Path | None:
     """Samples of each level: the first images of the shown evaluation (same seeds, so the same noise)."""
-    from .evaluation import load_samples
+    from .evaluation import load_samples, sampling_key
     from .figures import labelled_grids
 
     grids = []
     for level, label in levels:
-        path = level.evaluation_samples_path(protocol) if protocol else None
+        record = next((r for r in level.evaluations() if r["key"] == protocol), None)
+        path = level.samples_path(sampling_key(record["protocol"]["sampling"])) if record else None
         if path is None or not path.exists():
             continue
         grids.append((label, load_samples(path)[:num_samples]))

