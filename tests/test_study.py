@@ -89,7 +89,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
     assert all(r["pairs"] == 1 and r["verdict"] == "not separable" for r in findings["cka"])  # one pair: no interval
     table = (out / "findings.md").read_text()
-    assert "(a) the sparsest level" in table and "held-out loss" in table and "domain FD" in table
+    assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
     # the dense model is measured once, on the run that trained it
     assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
     # everything is reused the second time
@@ -126,6 +126,7 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     (("num_samples = 40", "num_samples = 12"), "num_samples \\(12\\) is too few images"),
     (("ratio_increment = 0.1", "ratio_incremnt = 0.1"), "ratio_incremnt"),
     (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
+    (('measures = ["loss", "domain"]', 'measures = ["inception"]\nkid_subset_size = 50'), "KID draws subsets of 50"),
 ])
 def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     study = write(tmp_path, TINY.replace(*edit))
@@ -148,3 +149,35 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="holds other files"):
         open_study_folder(load_study(other), tmp_path / "busy")
+
+
+def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path, capsys):
+    from ddpm_lottery.config import EvalConfig
+    from ddpm_lottery.evaluation import evaluate
+    from ddpm_lottery.findings import collect, findings
+
+    config = EvalConfig(measures=("loss",), heldout_images=40, loss_bands=2, bootstrap_rounds=40, device="cpu")
+    evaluate(tiny_ticket_run, config, [0, 1, 2], progress=False, log=quiet)
+    result = findings(collect(tiny_ticket_run))
+    rows = [r for r in result["rows"] if r["question"] == "a"]
+    from ddpm_lottery.runs import Run
+
+    run = Run.open(tiny_ticket_run)
+    assert [r["sparsity"] for r in rows] == [run.level(i).metrics()["sparsity"] for i in (1, 2)]
+    for row in rows:
+        entry = row["measures"]["loss"]
+        assert entry["seeds"] == 1 and "paired bootstrap" in entry["method"]
+        low, high = entry["interval"]
+        assert entry["verdict"] == ("better" if high < 0 else "worse" if low > 0 else "not separable")
+    assert main(["findings", str(tiny_ticket_run)]) == 0
+    out = capsys.readouterr().out
+    assert "(a) The sparsest level" in out and "held-out loss" in out and "(d) CKA needs pairs" in out
+    assert main(["findings", str(tmp_path / "nothing")]) == 2
+    assert "neither a study folder" in capsys.readouterr().err
+
+
+def test_a_shipped_study_is_shown_by_name(capsys):
+    assert main(["study", "quickstart", "--show"]) == 0
+    assert '[study]\nname = "quickstart"' in capsys.readouterr().out
+    assert main(["study", "no-such-study", "--dry-run"]) == 2
+    assert "shipped study: cpu-digits, quickstart" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import sys
 
 from . import __version__
 from .config import (
-    CkaConfig, EvalConfig, LotteryConfig, QuickstartConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
+    CkaConfig, EvalConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
 )
 from .errors import UserError
 
@@ -155,15 +155,20 @@ def _cmd_report(args) -> int:
 def _cmd_quickstart(args) -> int:
     from .quickstart import quickstart
 
-    path = quickstart(args.out, config_from_args(QuickstartConfig, args, args.config), progress=not args.no_progress)
-    print(f"report: {path.resolve()}")
+    quickstart(args.out, progress=not args.no_progress)
     return 0
 
 
 def _cmd_study(args) -> int:
     from .study import run_study
 
-    run_study(args.file, args.out, dry_run=args.dry_run, progress=not args.no_progress)
+    if args.show:
+        from .study import resolve_study
+
+        print(resolve_study(args.file).read_text(), end="")
+        return 0
+    run_study(args.file, args.out, dry_run=args.dry_run, progress=not args.no_progress, data_dir=args.data_dir,
+              device=args.device)
     return 0
 
 
@@ -266,10 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the study a study file declares: the dense model, ticket searches, controls, replicates over "
                     "data seeds, every measure of every level with intervals, CKA of ticket pairs with baselines, "
                     "then the findings table. Finished work is reused; a killed study resumes.")
-    study.add_argument("file", help="study file (TOML or YAML with a [study] table)")
+    study.add_argument("file", help="study file (TOML or YAML with a [study] table), or the name of a shipped study: "
+                                    "quickstart, cpu-digits")
+    study.add_argument("--show", action="store_true", help="print the study file (e.g. to copy a shipped one) and exit")
     study.add_argument("--out", metavar="DIR", help="study folder [default: runs/<study name>]")
     study.add_argument("--dry-run", action="store_true",
                        help="print the plan and its estimated cost on this device, and run nothing")
+    study.add_argument("--data-dir", metavar="DIR", help="where the study's dataset files are (every run reads them)")
+    study.add_argument("--device", help="cpu, cuda, cuda:N or auto [default: the study file's, else auto]")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
     study.set_defaults(func=_cmd_study)
     found = commands.add_parser("findings", help="print the findings table of a study or run folder")
@@ -280,13 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=_cmd_presets)
 
     quick = commands.add_parser(
-        "quickstart", help="the whole study on the embedded digits, ending in an HTML report",
-        description="Dense model, unified and varying tickets, a second varying ticket for CKA, FID/KID of every "
-                    "level, FLOPs, and OUT/report.html. Finished work is reused when it runs again.")
+        "quickstart", help="the smallest shipped study on the embedded digits, ending in its findings and a report",
+        description="The same as `ddpm-lottery study quickstart --out runs/quickstart`: a dense model, unified and "
+                    "varying tickets, the re-init control, every level measured with intervals, the findings table "
+                    "and OUT/report.html (about 12 minutes on 2 CPU cores). Finished work is reused when it runs "
+                    "again. To change its settings, copy its study file (ddpm-lottery study quickstart --show) and "
+                    "run ddpm-lottery study on the copy.")
     quick.add_argument("--out", default="runs/quickstart", metavar="DIR", help="output folder [default: runs/quickstart]")
-    _add_config_flag(quick)
-    quick.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_arguments(quick, QuickstartConfig())
+    quick.add_argument("--no-progress", action="store_true", help="no progress bar")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 

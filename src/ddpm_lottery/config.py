@@ -18,7 +18,7 @@ one section they share: :class:`SamplingConfig` (``sample`` and ``evaluate``) an
 :class:`RuntimeConfig` (every command that computes).  A config file may write a shared
 setting in the shared section (``[sampling]``, ``[runtime]``: every command composing it reads
 it) or in a command's own section listed in :data:`SHARED_SECTIONS` (``[eval] sampler``: that
-command only), and the command's own section wins.  The sample, evaluate and quickstart configs
+command only), and the command's own section wins.  The sample and evaluate configs
 also read and write flat (:class:`Composite`); :func:`command_line` renders any config back
 into the flags that rebuild it.
 """
@@ -312,31 +312,8 @@ class StudySettings(Section):
                                      "(unified or global)")
     cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]",
                                           minimum=1)
-
-
-@dataclass
-class QuickstartSettings(Section):
-    """The knobs of the quickstart study (the rest of its settings are fixed by the study)."""
-
-    preset: str = setting("tiny", "network preset")
-    dataset: str = setting("embedded", "dataset (embedded needs no files)")
-    data_dir: str | None = setting(None, "dataset folder, for datasets other than embedded", hashed=False)
-    steps_per_level: int = setting(500, "training steps per level", minimum=1)
-    batch_size: int = setting(64, "batch size", minimum=1)
-    prune_ratio: float = setting(0.6, "fraction pruned per round (the paper: 0.2 for 25 rounds)", above=0, below=1)
-    rounds: int = setting(2, "pruning rounds (the target is 1 - (1 - p)^rounds)", minimum=1)
-    num_samples: int = setting(128, "generated images per level for FID/KID", minimum=2)
-    reference_samples: int = setting(512, "training images for the reference statistics", minimum=2)
-    kid_subset_size: int = setting(100, "KID subset size", minimum=2)
-    sampling_steps: int = setting(25, "DDIM steps for the evaluation samples", minimum=1)
-
-    def check(self) -> None:
-        # The evaluation comes after every ticket is trained; refuse now rather than an hour later.
-        smaller = min(self.num_samples, self.reference_samples)
-        if self.kid_subset_size > smaller:
-            raise UserError(f"--kid-subset-size ({self.kid_subset_size}) exceeds the {smaller} images on one side "
-                            f"of FID/KID (--num-samples {self.num_samples}, --reference-samples "
-                            f"{self.reference_samples}); use --kid-subset-size ≤ {smaller} or more samples")
+    decided_by: str = setting("", "a larger shipped study that can decide what this one leaves not separable "
+                              "(named in the findings)", hashed=False)
 
 
 @dataclass
@@ -420,18 +397,6 @@ class EvalConfig(Composite):
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-@dataclass(init=False)
-class QuickstartConfig(Composite):
-    """``ddpm-lottery quickstart``."""
-
-    quickstart: QuickstartSettings = field(default_factory=QuickstartSettings)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    @property
-    def target(self) -> float:
-        return round(1 - (1 - self.prune_ratio) ** self.rounds, 6)
-
-
 # ----------------------------------------------------------------------------------------------
 # Sections: the names config files use for the declarations above
 
@@ -441,7 +406,7 @@ class QuickstartConfig(Composite):
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
     "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
-    "sample": SampleSettings, "cka": CkaConfig, "quickstart": QuickstartSettings, "study": StudySettings,
+    "sample": SampleSettings, "cka": CkaConfig, "study": StudySettings,
 }
 
 # Tables of a study file that are not settings sections: read by study.py, skipped by --config.
@@ -453,7 +418,7 @@ FILE_SECTIONS = tuple(SECTION_CLASSES)
 # written before [runtime] existed store the device under [train].
 SHARED_SECTIONS: dict[str, tuple[str, ...]] = {
     "sampling": ("sample", "eval"),
-    "runtime": ("train", "sample", "eval", "quickstart"),
+    "runtime": ("train", "sample", "eval"),
 }
 
 # The source name apply_overrides gets for flags: its messages then name only the flag.
@@ -941,7 +906,7 @@ def command_line(prog: str, config, positional: Sequence[str] = ()) -> str:
 
 # Every config that becomes a command's flags; checked on import so that a clash fails every
 # test run at once instead of surfacing as an argparse conflict in one command.
-for _config_cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, QuickstartConfig):
+for _config_cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig):
     check_unambiguous(_config_cls)
     # A config file names a composite's sections by their field names; SECTION_CLASSES must agree.
     for _name, _section in _sections(_config_cls()):

@@ -88,6 +88,35 @@ def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], 
     return _save(fig, path)
 
 
+def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
+    """Figure 2 of a study: one panel per measure, each search or control a curve, with intervals.
+
+    ``panels[measure label] = {"curves": {label: [(sparsity, value, low, high), ...]},
+    "dense": (value, low, high) or None}``; the dense model is a line with its interval as a band.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), dpi=110, squeeze=False)
+    for ax, (label, panel) in zip(axes[0], panels.items()):
+        for name, points in panel["curves"].items():
+            points = sorted(points)
+            xs = [100 * p[0] for p in points]
+            ys = [p[1] for p in points]
+            errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+            ax.errorbar(xs, ys, yerr=errors, fmt="o-" if "control" not in name else "s--", ms=3.5, capsize=2,
+                        lw=1.1, label=name)
+        if panel.get("dense"):
+            value, low, high = panel["dense"]
+            ax.axhline(value, color="k", ls=":", lw=1, label="dense")
+            ax.axhspan(low, high, color="k", alpha=0.08)
+        ax.set_xlabel("sparsity of the prunable weights (%)")
+        ax.set_ylabel(f"{label} ↓")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5)
+    fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def denoising_process(rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str,
                       path: str | Path) -> Path:
     """Figure 3: x_t of several networks from one noise seed, at chosen timesteps (uint8 images)."""

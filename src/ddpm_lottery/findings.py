@@ -42,6 +42,7 @@ class Collection:
     dense: dict[int, Run]  # seed -> the run whose level 0 is the dense model
     cka: list = field(default_factory=list)  # CkaFolders holding a summary with baselines
     confidence: float = 0.95
+    notes: dict = field(default_factory=dict)  # the study's description, cka_search, decided_by
 
 
 def collect(path: str | Path) -> Collection:
@@ -49,7 +50,8 @@ def collect(path: str | Path) -> Collection:
     path = Path(path)
     folder = StudyFolder(path)
     if folder.is_study():
-        declaration = read_json(folder.record, "study record")["declaration"]
+        stored = read_json(folder.record, "study record")
+        declaration = stored["declaration"]
         searches, strategies, controls, dense = {}, {}, {}, {}
         first = next(iter(declaration["searches"]))
         for seed in declaration["data_seeds"]:
@@ -65,7 +67,8 @@ def collect(path: str | Path) -> Collection:
                     branch = folder.run_path(f"{search}-seed{seed}-{control}")
                     if search in sources and Run.is_run(branch):
                         controls.setdefault((search, control), {})[seed] = Run.open(branch)
-        return Collection(path, searches, strategies, controls, dense, folder.cka_folders())
+        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(),
+                          notes=stored.get("notes", {}))
     run = Run.open(path)
     name = run.root.name
     controls = {}
@@ -251,8 +254,32 @@ def findings(collection: Collection) -> dict:
                     record = record_of(run, index, key)
                     if record:
                         labels[measure] = record["label"]
+    seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
     return {"root": str(collection.root), "confidence": collection.confidence, "protocols": protocols,
-            "protocol_labels": labels, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka}
+            "notes": collection.notes,
+            "protocol_labels": labels, "seeds": seeds, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka,
+            "curves": quality_curves(collection, protocols)}
+
+
+def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[str, dict]:
+    """Per measure: each search's and control's mean over seeds at each level, and the dense model's."""
+    out = {}
+    groups = [(name, by_seed) for name, by_seed in collection.searches.items()]
+    groups += [(f"{search} {control} control", by_seed) for (search, control), by_seed in collection.controls.items()]
+    for measure, key in protocols.items():
+        curves = {}
+        for name, by_seed in groups:
+            points = []
+            for index in _pruned_levels(by_seed):
+                stats = seed_mean([record_of(r, index, key) for r in by_seed.values()], collection.confidence)
+                if stats is not None:
+                    points.append((_sparsity(next(r for r in by_seed.values() if index in r.finished_levels()),
+                                             index), *stats))
+            if points:
+                curves[name] = points
+        dense = seed_mean([record_of(r, 0, key) for r in collection.dense.values()], collection.confidence)
+        out[measure] = {"curves": curves, "dense": dense}
+    return out
 
 
 def cka_findings(collection: Collection) -> list[dict]:
@@ -297,52 +324,113 @@ def _cell(entry: dict | None) -> str:
     if entry is None:
         return "–"
     low, high = entry["interval"]
-    verdict = entry["verdict"] if entry["verdict"] != NOT_SEPARABLE else "not separable"
-    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{verdict}**"
+    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{entry['verdict']}**"
 
 
 QUESTIONS = {"a": "(a) ticket against the dense model", "b": "(b) varying against unified/global",
              "c": "(c) ticket against its controls", "d": "(d) varying forward against --order reverse"}
 
 
-def markdown(result: dict) -> str:
+def blocks(result: dict) -> list[tuple]:
+    """The findings as ("p", text), ("list", items) and ("table", header, rows) blocks, rendered twice below."""
     measures = [m for m in MEASURE_ORDER if m in result["protocols"]]
     confidence = f"{result['confidence']:.0%}"
-    lines = [f"Differences are first − second (lower is better for every measure), with {confidence} intervals: a "
-             "Student-t interval over the data seeds' paired differences, or with one seed the paired bootstrap "
-             "over images. A verdict is \"better\"/\"worse\" when the interval excludes 0, else \"not separable "
-             "with this N and these seeds\".", ""]
-    for measure in measures:
-        lines.append(f"- {LABELS[measure]}: {result['protocol_labels'].get(measure, result['protocols'][measure])}")
-    lines.append("")
-    lines.append("**(a) the sparsest level not worse than the dense model** (by every measure)")
-    lines.append("")
+    seeds = result.get("seeds", [])
+    out: list[tuple] = [("p", f"Data seeds: {', '.join(map(str, seeds)) or 'none'}. Differences are first − second "
+                         f"(lower is better for every measure) with {confidence} intervals: a Student-t interval over "
+                         "the data seeds' paired differences, or with one seed the paired bootstrap over images. A "
+                         "verdict is **better** or **worse** when the interval excludes 0, else **not separable** "
+                         "with this N and these seeds.")]
+    out.append(("list", [f"{LABELS[m]}: {result['protocol_labels'].get(m, result['protocols'][m])}"
+                         for m in measures]))
+    items = []
     for entry in result["sparsest_not_worse"]:
         best = entry["sparsest_not_worse"]
         if best is None:
-            lines.append(f"- {entry['search']}: no pruned level (every one is worse by some measure, or none measured)")
+            items.append(f"{entry['search']}: no pruned level (each is worse by some measure, or none is measured)")
         else:
             cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m))}" for m in measures)
-            lines.append(f"- {entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})")
-    lines.append("")
-    head = "| question | comparison | sparsity | " + " | ".join(LABELS[m] for m in measures) + " | seeds |"
-    lines += [head, "|" + "---|" * (4 + len(measures))]
+            items.append(f"{entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})")
+    out.append(("p", "**(a) The sparsest level not worse than the dense model** by every measure:"))
+    out.append(("list", items))
+    header = ["question", "comparison", "sparsity", *(LABELS[m] for m in measures), "seeds"]
+    rows = []
     for row in sorted(result["rows"], key=lambda r: (r["question"], r["comparison"], r["sparsity"])):
-        seeds = max((e["seeds"] for e in row["measures"].values()), default=0)
-        lines.append(f"| {row['question']} | {row['comparison']} | {100 * row['sparsity']:.2f} % | "
-                     + " | ".join(_cell(row["measures"].get(m)) for m in measures) + f" | {seeds} |")
+        count = max((e["seeds"] for e in row["measures"].values()), default=0)
+        rows.append([QUESTIONS[row["question"]], row["comparison"], f"{100 * row['sparsity']:.2f} %",
+                     *(_cell(row["measures"].get(m)) for m in measures), str(count)])
+    out.append(("table", header, rows))
     if result["cka"]:
-        lines += ["", "**(d) CKA of two tickets above its baseline, upstream half − downstream half** (baseline: two "
-                  "random initialisations under random masks of the tickets' per-layer sparsity)", "",
-                  "| level | sparsity | CKA | tickets up / down | baseline up / down | gap above baseline | pairs | "
-                  "verdict |", "|---|---|---|---|---|---|---|---|"]
+        out.append(("p", "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
+                         "layers (baseline: two random initialisations under random masks of the tickets' per-layer "
+                         "sparsity; the paper's motivation predicts a positive gap):"))
+        rows = []
         for row in result["cka"]:
             low, high = row["interval"]
-            lines.append(f"| {row['level']} | {100 * row['sparsity']:.2f} % | {row['kind']} | "
-                         f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f} | "
-                         f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f} | "
-                         f"{row['gap']:+.3f} [{low:+.3f}, {high:+.3f}] | {row['pairs']} | {row['verdict']} |")
-    return "\n".join(lines) + "\n"
+            rows.append([str(row["level"]), f"{100 * row['sparsity']:.2f} %", row["kind"],
+                         f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f}",
+                         f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
+                         f"{row['gap']:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
+                                                  else "(one pair: no interval)"),
+                         str(row["pairs"]), f"**{row['verdict']}**"])
+        out.append(("table", ["level", "sparsity", "CKA", "tickets up / down", "baseline up / down",
+                              "gap above baseline", "pairs", "verdict"], rows))
+    undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
+                 for r in result["rows"] if r["measures"]
+                 and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
+    notes = result.get("notes", {})
+    larger = notes.get("decided_by")
+    if undecided:
+        text = (f"Not separable by any measure at this budget: {'; '.join(undecided)}."
+                + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
+                   if larger else " More data seeds or a larger N can decide them."))
+        out.append(("p", text))
+    asked = {r["question"] for r in result["rows"]}
+    for question in ("b", "c"):
+        if question not in asked:
+            what = {"b": "varying search beside a unified or global one", "c": "controls"}[question]
+            out.append(("p", f"{QUESTIONS[question]}: not asked, this study has no {what}."
+                        + (f" `ddpm-lottery study {larger}` answers it." if larger else "")))
+    if not result["cka"]:
+        out.append(("p", "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
+                         "profile, `cka_search`); this study has none."
+                    + (f" `ddpm-lottery study {larger}` compares them." if larger else "")))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for block in blocks(result):
+        if block[0] == "p":
+            lines += [block[1], ""]
+        elif block[0] == "list":
+            lines += [f"- {item}" for item in block[1]] + [""]
+        else:
+            _, header, rows = block
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    return "\n".join(lines)
+
+
+def html(result: dict) -> str:
+    import html as escape
+    import re
+
+    def inline(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape.escape(text))
+
+    parts = []
+    for block in blocks(result):
+        if block[0] == "p":
+            parts.append(f"<p>{inline(block[1])}</p>")
+        elif block[0] == "list":
+            parts.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in block[1]) + "</ul>")
+        else:
+            _, header, rows = block
+            parts.append("<table><tr>" + "".join(f"<th class=l>{inline(h)}</th>" for h in header) + "</tr>"
+                         + "".join("<tr>" + "".join(f"<td class=l>{inline(c)}</td>" for c in row) + "</tr>"
+                                   for row in rows) + "</table>")
+    return "\n".join(parts)
 
 
 def write_findings(path: str | Path, *, log=print) -> dict:
@@ -366,4 +454,4 @@ def print_findings(path: str | Path, log=print) -> int:
     return 0
 
 
-__all__ = ["collect", "findings", "markdown", "write_findings", "print_findings", "paired_difference", "Difference"]
+__all__ = ["collect", "findings", "markdown", "html", "blocks", "write_findings", "print_findings", "paired_difference", "Difference"]

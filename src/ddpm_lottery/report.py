@@ -53,7 +53,7 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-def choose_protocol(runs: list[Run], wanted: str | None = None) -> str | None:
+def choose_protocol(runs: list[Run], wanted: str | None = None, measure: str = "inception") -> str | None:
     """The evaluation protocol the report shows: the one that covers the most levels, or the one asked for.
 
     Measurements made with different protocols (N, sampler, steps, reference) never share a curve.
@@ -62,7 +62,7 @@ def choose_protocol(runs: list[Run], wanted: str | None = None) -> str | None:
     for run in runs:
         for index in run.finished_levels():
             for record in run.level(index).evaluations():
-                if record.get("measure") == "inception":
+                if record.get("measure") == measure:
                     coverage[record["key"]] = coverage.get(record["key"], 0) + 1
     if wanted:
         matching = [k for k in coverage if wanted in k]
@@ -159,6 +159,21 @@ def figure_two(rows: list[dict], protocol_text: str, out: Path) -> Path | None:
     return fid_vs_sparsity(curves, dense, caption, out)
 
 
+def study_figure_two(findings: dict, out: Path) -> Path | None:
+    """Every measure against sparsity: each search and control the mean over seeds, with its interval."""
+    from .figures import quality_vs_sparsity
+    from .findings import LABELS, MEASURE_ORDER
+
+    panels = {LABELS[m]: findings["curves"][m] for m in MEASURE_ORDER if m in findings.get("curves", {})}
+    if not any(panel["curves"] or panel["dense"] for panel in panels.values()):
+        return None
+    seeds = findings.get("seeds", [])
+    caption = (f"Figure 2. Quality against sparsity: mean over data seeds {', '.join(map(str, seeds))} with "
+               f"{findings['confidence']:.0%} intervals (t over seeds; bootstrap over images for one seed); "
+               "the dense model is the dotted line and band")
+    return quality_vs_sparsity(panels, caption, out)
+
+
 def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
     """The denoising process from one noise seed, as each level stored it when it finished."""
     from .figures import denoising_process
@@ -207,7 +222,8 @@ def level_loss_curves(run: Run, out: Path) -> Path | None:
 
 def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str | Path] = (),
                  protocol: str | None = None, title: str = "ddpm-lottery report",
-                 intro: str = "", commands: list[str] = (), figure_samples: int = 32, log=print) -> Path:
+                 intro: str = "", commands: list[str] = (), figure_samples: int = 32, findings: dict | None = None,
+                 log=print) -> Path:
     """Write OUT (HTML) and OUT with .md (the table); figures go to OUT's folder under figures/.
 
     The report renders what the runs store (levels, evaluations with their samples, costs, CKA);
@@ -233,6 +249,13 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     sections = []
     if intro:
         sections.append(("What this is", intro))
+    if findings is not None:
+        from .findings import html as findings_html
+
+        sections.append(("Findings", findings_html(findings)))
+        fig2 = study_figure_two(findings, figures / "figure2_quality_vs_sparsity.png")
+        if fig2:
+            sections.append(("Figure 2: quality against sparsity, mean over seeds with intervals", embed_png(fig2)))
     missing_costs = [r for r in rows if r["costs"] is None]
     sections.append(("Levels: sparsity, cost and quality", html_table(rows) + (
         f"<p class=note>Quality measured alike for every row: {html.escape(protocol_text)}. Rows without a figure were "
@@ -243,7 +266,7 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         "export (1-bit masks + surviving values).</p>")
         + ("<p class=note>Costs not measured for some levels: run <code>ddpm-lottery flops RUN --all-levels</code>."
            "</p>" if missing_costs else "")))
-    fig2 = figure_two(rows, protocol_text, figures / "figure2_fid_vs_sparsity.png")
+    fig2 = None if findings is not None else figure_two(rows, protocol_text, figures / "figure2_fid_vs_sparsity.png")
     if fig2:
         sections.append(("Figure 2: quality against sparsity", embed_png(fig2)))
     ticket_runs = [r for r in runs if r.kind != "train"]
@@ -255,7 +278,8 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         picks = [(first.level(0), "dense")] + [
             (run.last_level(), f"{run.label().split(' [')[0]}\n{100 * run.last_level().metrics()['sparsity']:.1f}% sparse")
             for run in ticket_runs]
-        fig4 = figure_four(picks[:5], chosen, figures / "figure4_samples.png", figure_samples)
+        sampled = chosen or choose_protocol(runs, measure="domain")  # any measure of generated images
+        fig4 = figure_four(picks[:5], sampled, figures / "figure4_samples.png", figure_samples)
         if fig4:
             sections.append(("Figure 4: samples of the dense model and tickets", embed_png(fig4)))
         bars = [embed_png(module_sparsity_bars(run.last_level().metrics()["per_module"],

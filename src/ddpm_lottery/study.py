@@ -42,6 +42,8 @@ from .runs import Run, StudyFolder
 # Sections a study file may hold beside [study], and the config each one feeds.
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "prune", "runtime")
 EVAL_SECTIONS = ("eval", "sampling", "runtime")
+# Where data is read and where work runs: never part of a study's identity.
+SESSION_SETTINGS = ("data.data_dir", "data.download", "data.mirror", "runtime.device")
 STUDY_FILE_TABLES = ("study", *RUN_SECTIONS, "eval", "sampling", "cka", *STUDY_TABLES)
 
 
@@ -77,7 +79,8 @@ class Study:
 
     def declaration(self) -> dict:
         """What makes the study's runs: another study in the same folder is refused on any change here."""
-        return {"name": self.settings.name, "runs": self.run_values, "searches": self.searches,
+        runs = {k: v for k, v in self.run_values.items() if k not in SESSION_SETTINGS}
+        return {"name": self.settings.name, "runs": runs, "searches": self.searches,
                 "controls": self.controls, "data_seeds": list(self.settings.data_seeds),
                 "control_seed_init": self.settings.control_seed_init}
 
@@ -142,12 +145,31 @@ def planned_levels(config: LotteryConfig) -> list[int]:
 # Reading a study file
 
 
+SHIPPED = Path(__file__).resolve().parent / "studies"
+
+
+def shipped_studies() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def resolve_study(name_or_path: str | Path) -> Path:
+    """A study file's path, or the shipped study of that name (``quickstart``, ``cpu-digits``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED / f"{name_or_path}.toml"
+    if shipped.is_file() and path.suffix == "":
+        return shipped
+    raise UserError(f"study file {path} does not exist; give a path, or the name of a shipped study: "
+                    f"{', '.join(shipped_studies())}")
+
+
 def load_study(path: str | Path) -> Study:
     """Read and check a study file; every problem is one line naming the field."""
     from .lottery import CONTROLS
     from .pruning import STRATEGIES
 
-    path = Path(path)
+    path = resolve_study(path)
     raw = read_config_file(path)
     unknown = [key for key in raw if key not in STUDY_FILE_TABLES]
     if unknown:
@@ -225,6 +247,11 @@ def load_study(path: str | Path) -> Study:
     apply_overrides(evaluation, {f"{s}.{k}": v for s in EVAL_SECTIONS for k, v in raw.get(s, {}).items()
                                  if not (s == "runtime" and k not in ("device",))}, source=str(path))
     check_config(evaluation)
+    if "inception" in evaluation.measures:
+        # evaluation comes after every ticket is trained: refuse now rather than hours later
+        from .metrics import check_sample_counts
+
+        check_sample_counts(evaluation.num_samples, evaluation.reference_samples, evaluation.kid_subset_size)
     cka = CkaConfig()
     apply_overrides(cka, raw.get("cka", {}), source=str(path))
     check_config(cka)
@@ -252,16 +279,27 @@ def open_study_folder(study: Study, out: Path) -> None:
     declaration = study.declaration()
     if record.exists():
         stored = read_json(record, "study record", f"delete {record} if the folder holds no study")
-        if stored.get("declaration") != declaration:
-            before, now = stored.get("declaration", {}), declaration
+        before = dict(stored.get("declaration", {}))
+        before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
+        if before != declaration:
+            now = declaration
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UserError(f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
                             f"{', '.join(changed)}; give another --out folder")
+        if stored.get("notes") != _notes(study):
+            write_json(record, {**stored, "notes": _notes(study)})
         return
     if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
         raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
     make_dirs(out)
-    write_json(record, {"declaration": declaration, "file": str(study.path), "created": time.time()})
+    write_json(record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path),
+                        "created": time.time()})
+
+
+def _notes(study: Study) -> dict:
+    """What the findings say beside the numbers (settings that do not change any result)."""
+    return {"description": study.settings.description, "decided_by": study.settings.decided_by,
+            "cka_search": study.settings.cka_search}
 
 
 
@@ -430,6 +468,11 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
             torch.cuda.synchronize()
 
     step_s = _timed(step, 2) * first.train.batch_size / batch
+    if step_s < 3 and batch < first.train.batch_size:
+        # small networks run small batches inefficiently: time the real batch when it is cheap to
+        x = torch.randn(first.train.batch_size, channels, side, side, device=device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), device=device)
+        step_s = _timed(step, 2)
     sample_batch = min(study.evaluation.sample_batch_size, study.evaluation.num_samples, 64)
     xs = torch.randn(sample_batch, channels, side, side, device=device)
     ts = torch.full((sample_batch,), 500, device=device, dtype=torch.long)
@@ -442,7 +485,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
         from .metrics import InceptionFeatures
 
         extractor = InceptionFeatures(study.evaluation.feature_network, device=device)
-        images = torch.zeros(4, channels, side, side, dtype=torch.uint8)
+        images = torch.zeros(16, channels, side, side, dtype=torch.uint8)
         inception_s = _timed(lambda: extractor(images), 1) / len(images)
     generator = torch.Generator().manual_seed(0)
     n = study.evaluation.num_samples
@@ -527,11 +570,20 @@ class _Progress:
 
 
 def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-              log=print) -> dict:
-    """Plan, and unless ``dry_run`` run, the study in ``path``; returns the plan and what was done."""
+              data_dir: str | None = None, device: str | None = None, log=print) -> dict:
+    """Plan, and unless ``dry_run`` run, the study in ``path``; returns the plan and what was done.
+
+    ``data_dir`` and ``device`` change where the data is read and where everything computes, never a
+    result, so they are arguments of a session, not part of the study.
+    """
     from .lottery import find_ticket
 
     study = load_study(path)
+    if data_dir is not None:
+        study.run_values["data.data_dir"] = data_dir
+    if device is not None:
+        study.run_values["runtime.device"] = device
+        study.evaluation.runtime.device = device
     out = Path(out) if out else Path("runs") / study.settings.name
     plan = make_plan(study, out)
     if dry_run:
@@ -569,6 +621,7 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     from .findings import write_findings
 
     findings = write_findings(out, log=log)
+    write_study_report(study, out, findings, log=log)
     elapsed = time.perf_counter() - started
     if deferred:
         log(f"{len(deferred)} parts wait for other processes or runs (re-run this command to finish them): "
@@ -576,6 +629,27 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     log(f"study {study.settings.name!r}: this session {elapsed / 60:.1f} min; findings in "
         f"{StudyFolder(out).findings_md}")
     return {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
+
+
+def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Path | None:
+    """OUT/report.html: the findings table first, then every run of the study as the report shows runs."""
+    import html
+
+    from .report import build_report
+
+    folder = StudyFolder(out)
+    runs = [folder.run_path(r.name) for r in study.runs(out) if Run.is_run(folder.run_path(r.name))
+            and Run.open(folder.run_path(r.name)).finished_levels()]
+    if not runs:
+        return None
+    cka = folder.cka_folders()
+    intro = (f"<p>Study <b>{html.escape(study.settings.name)}</b> ({html.escape(str(study.path))}). "
+             f"{html.escape(study.settings.description)}</p>")
+    shown = study.path.stem if study.path.parent == SHIPPED else study.path
+    command = f"ddpm-lottery study {shown} --out {out}"
+    return build_report(runs, folder.report, cka_dirs=[c.dir for c in cka[-1:]],
+                        title=f"ddpm-lottery study: {study.settings.name}", intro=intro, commands=[command],
+                        findings=findings, log=log)
 
 
 def _finished(path: Path, levels: list[int]) -> bool:
