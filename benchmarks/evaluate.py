@@ -26,6 +26,8 @@ from ddpm_lottery.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
 from ddpm_lottery.metrics import InceptionFeatures, extract_features, reference_features
 from ddpm_lottery.networks import build_model
 
+from common import seconds
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .config import (
     SECTION_CLASSES, STUDY_TABLES, CkaConfig, EvalConfig, LotteryConfig, StudySettings, apply_overrides,
-    check_config, read_config_file, to_dict,
+    check_config, read_config_file,
 )
 from .errors import FolderBusy, UserError
 from .files import make_dirs, read_json, write_json
@@ -576,8 +576,6 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     ``data_dir`` and ``device`` change where the data is read and where everything computes, never a
     result, so they are arguments of a session, not part of the study.
     """
-    from .lottery import find_ticket
-
     study = load_study(path)
     if data_dir is not None:
         study.run_values["data.data_dir"] = data_dir
@@ -598,23 +596,16 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     deferred: list[str] = []
     per_step = costs.train_step_s
     by_name = {r.name: r for r in plan.runs}
+    measuring = _Measuring(study, out, bar, costs, deferred)
     try:
+        cheap = [m for m in study.evaluation.measures if m != "inception"]
         for planned in plan.runs:
-            path_run = StudyFolder(out).run_path(planned.name)
-            if Run.is_run(path_run) and set(planned.levels) <= set(Run.open(path_run).finished_levels()):
-                continue
-            if planned.source and not _finished(StudyFolder(out).run_path(planned.source),
-                                                [0] if planned.control is None else by_name[planned.source].levels):
-                deferred.append(f"{planned.name}: waits for {planned.source}")
-                continue
-            bar.task(f"training {planned.name}")
-            try:
-                find_ticket(planned.config, path_run, progress=False, log=bar.log)
-            except FolderBusy as exc:
-                deferred.append(f"{planned.name}: {exc}")
-                continue
-            bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
-        _evaluate_all(study, plan, out, bar, costs, deferred)
+            if _train(planned, out, by_name, bar, deferred):
+                bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
+            # the cheap measures run by run, so findings grow while the study trains
+            measuring.run(planned, cheap)
+        for planned in plan.runs:
+            measuring.run(planned, list(study.evaluation.measures))
         _compare_all(study, plan, out, bar, deferred)
     finally:
         bar.close()
@@ -629,6 +620,26 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     log(f"study {study.settings.name!r}: this session {elapsed / 60:.1f} min; findings in "
         f"{StudyFolder(out).findings_md}")
     return {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
+
+
+def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str]) -> bool:
+    """Train (or finish) one run; False when it was finished already or must wait."""
+    from .lottery import find_ticket
+
+    path = StudyFolder(out).run_path(planned.name)
+    if Run.is_run(path) and set(planned.levels) <= set(Run.open(path).finished_levels()):
+        return False
+    needed = [0] if planned.control is None else by_name[planned.source].levels if planned.source else []
+    if planned.source and not _finished(StudyFolder(out).run_path(planned.source), needed):
+        deferred.append(f"{planned.name}: waits for {planned.source}")
+        return False
+    bar.task(f"training {planned.name}")
+    try:
+        find_ticket(planned.config, path, progress=False, log=bar.log)
+    except FolderBusy as exc:
+        deferred.append(f"{planned.name}: {exc}")
+        return False
+    return True
 
 
 def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Path | None:
@@ -657,37 +668,48 @@ def _finished(path: Path, levels: list[int]) -> bool:
     return Run.is_run(path) and set(levels) <= set(Run.open(path).finished_levels())
 
 
-def _evaluate_all(study: Study, plan: Plan, out: Path, bar: _Progress, costs: DeviceCosts,
-                  deferred: list[str]) -> None:
-    """Every measure of every finished level, cheapest measure first (so findings come early)."""
-    from .evaluation import Evaluator
-    from .diffusion import sampling_steps
+class _Measuring:
+    """Measures a study's levels: costs, then the measures asked, cheapest first."""
 
-    config = study.evaluation
-    evaluator = Evaluator(config, progress=False, log=bar.log)
-    order = [m for m in ("loss", "domain", "inception") if m in config.measures]
-    per_level = {"loss": config.heldout_images * config.loss_bands * costs.call_per_image_s,
-                 "domain": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
-                 "inception": config.num_samples * (costs.inception_per_image_s or 0)}
-    for measure in order:
-        for planned in plan.runs:
-            path = StudyFolder(out).run_path(planned.name)
-            if not Run.is_run(path):
-                continue
-            run = Run.open(path)
-            levels = [i for i in planned.measured_levels if i in run.finished_levels()]
-            if not levels:
-                continue
-            try:
-                with run.lock():
+    ORDER = ("loss", "domain", "inception")
+
+    def __init__(self, study: Study, out: Path, bar: _Progress, costs: DeviceCosts, deferred: list[str]):
+        from .diffusion import sampling_steps
+        from .evaluation import Evaluator
+
+        config = study.evaluation
+        self.study, self.out, self.bar, self.costs, self.deferred = study, out, bar, costs, deferred
+        self.evaluator = Evaluator(config, progress=False, log=bar.log)
+        self.per_level = {"loss": config.heldout_images * config.loss_bands * costs.call_per_image_s,
+                          "domain": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
+                          "inception": config.num_samples * (costs.inception_per_image_s or 0)}
+
+    def run(self, planned: PlannedRun, measures: list[str]) -> None:
+        """``measures`` of every finished level of one run (under its lock: one process measures a run)."""
+        from .costs import stored_costs
+
+        config = self.study.evaluation
+        path = StudyFolder(self.out).run_path(planned.name)
+        if not Run.is_run(path):
+            return
+        run = Run.open(path)
+        levels = [i for i in planned.measured_levels if i in run.finished_levels()]
+        if not levels:
+            return
+        try:
+            with run.lock():
+                for index in levels:
+                    stored_costs(run.level(index))  # FLOPs, parameters, storage: seconds, read by the report
+                for measure in [m for m in self.ORDER if m in measures]:
                     for index in levels:
-                        bar.task(f"{measure}: {planned.name} level {index}")
+                        self.bar.task(f"{measure}: {planned.name} level {index}")
                         stored = any(_record_matches(r, measure, config) for r in run.level(index).evaluations())
-                        evaluator.measure(run.level(index), measure)
+                        self.evaluator.measure(run.level(index), measure)
                         if not stored:
-                            bar.advance(per_level[measure] + config.bootstrap_rounds * costs.frechet_s.get(measure, 0))
-            except FolderBusy as exc:
-                deferred.append(f"{measure} of {planned.name}: {exc}")
+                            self.bar.advance(self.per_level[measure]
+                                             + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0))
+        except FolderBusy as exc:
+            self.deferred.append(f"{', '.join(measures)} of {planned.name}: {exc}")
 
 
 def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: list[str]) -> None:
