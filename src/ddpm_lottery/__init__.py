@@ -4,13 +4,16 @@ __version__ = "0.1.0"
 
 from .api import load_network, load_run_config, sample, train  # noqa: E402
 from .config import (  # noqa: E402
-    DataConfig, DiffusionConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig, TrainConfig,
+    DataConfig, DiffusionConfig, EvalConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig,
+    TrainConfig,
 )
 from .lottery import find_ticket  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .cka import compare_runs  # noqa: E402
 from .report import build_report  # noqa: E402
+from .study import load_study, run_study  # noqa: E402
+from .findings import write_findings  # noqa: E402
 
-__all__ = ["DataConfig", "DiffusionConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
-           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "find_ticket", "load_network", "load_run_config", "sample", "train",
-           "__version__"]
+__all__ = ["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
+           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "find_ticket", "load_network",
+           "load_run_config", "load_study", "run_study", "sample", "train", "write_findings", "__version__"]
