@@ -112,7 +112,9 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
         ax.set_ylabel(f"{label} ↓")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5)
-    fig.suptitle(caption, fontsize=8)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -67,8 +67,15 @@ def collect(path: str | Path) -> Collection:
                     branch = folder.run_path(f"{search}-seed{seed}-{control}")
                     if search in sources and Run.is_run(branch):
                         controls.setdefault((search, control), {})[seed] = Run.open(branch)
-        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(),
-                          notes=stored.get("notes", {}))
+        from .pruning import STRATEGIES
+
+        declared_strategies = {values.get("strategy", values.get("prune.strategy", ""))
+                               for values in declaration["searches"].values()}
+        notes = {**stored.get("notes", {}), "declares": {
+            "b": any(STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES)
+            and any(not STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES),
+            "c": bool(declaration["controls"]), "d": bool(stored.get("notes", {}).get("cka_search"))}}
+        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(), notes=notes)
     run = Run.open(path)
     name = run.root.name
     controls = {}
@@ -386,12 +393,19 @@ def blocks(result: dict) -> list[tuple]:
                    if larger else " More data seeds or a larger N can decide them."))
         out.append(("p", text))
     asked = {r["question"] for r in result["rows"]}
+    declares = notes.get("declares", {})
     for question in ("b", "c"):
         if question not in asked:
+            if declares.get(question):
+                out.append(("p", f"{QUESTIONS[question]}: declared, not measured yet (re-run the study to finish "
+                                 "it)."))
+                continue
             what = {"b": "varying search beside a unified or global one", "c": "controls"}[question]
             out.append(("p", f"{QUESTIONS[question]}: not asked, this study has no {what}."
                         + (f" `ddpm-lottery study {larger}` answers it." if larger else "")))
-    if not result["cka"]:
+    if not result["cka"] and declares.get("d"):
+        out.append(("p", "(d) CKA of ticket pairs: declared, not computed yet (re-run the study to finish it)."))
+    elif not result["cka"]:
         out.append(("p", "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
                          "profile, `cka_search`); this study has none."
                     + (f" `ddpm-lottery study {larger}` compares them." if larger else "")))

@@ -168,9 +168,11 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
     if not any(panel["curves"] or panel["dense"] for panel in panels.values()):
         return None
     seeds = findings.get("seeds", [])
-    caption = (f"Figure 2. Quality against sparsity: mean over data seeds {', '.join(map(str, seeds))} with "
-               f"{findings['confidence']:.0%} intervals (t over seeds; bootstrap over images for one seed); "
-               "the dense model is the dotted line and band")
+    over = (f"mean over data seeds {', '.join(map(str, seeds))} with {findings['confidence']:.0%} t intervals over "
+            "the seeds" if len(seeds) > 1 else
+            f"one data seed ({', '.join(map(str, seeds))}) with {findings['confidence']:.0%} bootstrap intervals over "
+            "the images")
+    caption = f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band"
     return quality_vs_sparsity(panels, caption, out)
 
 
