@@ -44,7 +44,7 @@ from .errors import UserError
 from .files import atomic_path, write_json
 from .metrics import (
     FEATURE_DIM, FrechetReference, InceptionFeatures, biased_note, bootstrap_indices, check_sample_counts,
-    extract_features, fid_kid, percentile_interval, reference_features, reference_images,
+    extract_features, fid_kid, frechet_bootstrap, percentile_interval, reference_features, reference_images,
 )
 from .runs import Level, Run
 from .training import resolve_device
@@ -333,8 +333,7 @@ class Evaluator:
                 features = domain_features(net, images)
                 value = frechet.distance(features)
                 extra = {"fd": value}
-            replicates = [frechet.distance(features[index]) for index in
-                          bootstrap_indices(len(features), scoring.bootstrap_rounds, BOOTSTRAP_SEED)]
+            replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
         low, high = centred_interval(value, replicates, scoring.confidence)
         record = {"key": key, "measure": measure, "level": level.index, "value": value, "interval": [low, high],
                   "confidence": scoring.confidence, "replicates": replicates, "protocol": spec, **extra,

@@ -109,10 +109,13 @@ def record_of(run: Run, index: int, key: str) -> dict | None:
     return next((r for r in run.level(index).evaluations() if r["key"] == key), None)
 
 
-def t_quantile(confidence: float, df: int) -> float:
+def t_interval(values: list[float], confidence: float) -> tuple[float, float, float]:
+    """Mean and Student-t interval of the mean (at least two values)."""
     from scipy.stats import t
 
-    return float(t.ppf(0.5 + confidence / 2, df))
+    mean = float(np.mean(values))
+    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1)) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
 @dataclass
@@ -146,14 +149,13 @@ def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Diff
     values = [a["value"] - b["value"] for a, b in pairs]
     mean = float(np.mean(values))
     if len(pairs) >= 2:
-        half = t_quantile(confidence, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-        return Difference(mean, mean - half, mean + half, len(values), f"t over {len(values)} seeds")
+        return Difference(*t_interval(values, confidence), len(values), f"t over {len(values)} seeds")
+    from .evaluation import centred_interval
+
     a, b = pairs[0]
-    replicates = np.array(a["replicates"]) - np.array(b["replicates"])
-    low, high = np.quantile(replicates, [0.5 - confidence / 2, 0.5 + confidence / 2])
-    shift = mean - float(replicates.mean())
-    return Difference(mean, float(low) + shift, float(high) + shift, 1,
-                      f"paired bootstrap, {len(replicates)} resamples, one seed")
+    replicates = (np.array(a["replicates"]) - np.array(b["replicates"])).tolist()
+    low, high = centred_interval(mean, replicates, confidence)
+    return Difference(mean, low, high, 1, f"paired bootstrap, {len(replicates)} resamples, one seed")
 
 
 def seed_mean(records: list[dict | None], confidence: float) -> tuple[float, float, float] | None:
@@ -161,12 +163,9 @@ def seed_mean(records: list[dict | None], confidence: float) -> tuple[float, flo
     records = [r for r in records if r is not None]
     if not records:
         return None
-    values = [r["value"] for r in records]
-    mean = float(np.mean(values))
-    if len(values) == 1:
-        return mean, *records[0]["interval"]
-    half = t_quantile(confidence, len(values) - 1) * float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    if len(records) == 1:
+        return records[0]["value"], *records[0]["interval"]
+    return t_interval([r["value"] for r in records], confidence)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,12 +305,10 @@ def cka_findings(collection: Collection) -> list[dict]:
             gaps = [g for g in gaps if not math.isnan(g)]
             if not gaps:
                 continue
-            mean = float(np.mean(gaps))
             if len(gaps) >= 2:
-                half = t_quantile(collection.confidence, len(gaps) - 1) * float(np.std(gaps, ddof=1)) / math.sqrt(len(gaps))
-                low, high = mean - half, mean + half
+                mean, low, high = t_interval(gaps, collection.confidence)
             else:
-                low, high = -math.inf, math.inf
+                mean, low, high = gaps[0], -math.inf, math.inf
             verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
                        else NOT_SEPARABLE)
             raw = {h: float(np.mean([s["halves"][kind][h] for s in summaries])) for h in ("upstream", "downstream")}
