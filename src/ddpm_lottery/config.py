@@ -163,6 +163,10 @@ class PruneConfig(Section):
                          "(the ablation)", choices=("forward", "reverse"))
     granularity: str = setting("block", "what a module is for the varying schedule: a U-Net block or one layer",
                                choices=("block", "layer"))
+    structure: str = setting("weight", "what a round removes: single weights (unstructured), or whole channels "
+                             "(ResNet inner widths, attention dimensions, time-embedding units; each level is also "
+                             "saved as a physically smaller network, and sparsity targets count channels)",
+                             choices=("weight", "channel"))
     max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio "
                                      "(p + j*q grows past 100%% on deep nets)", above=0, maximum=1)
     min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "
@@ -312,6 +316,8 @@ class StudySettings(Section):
                                      "(unified or global)")
     cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]",
                                           minimum=1)
+    inception_seeds: tuple[int, ...] = setting((), "the data seeds whose levels the Inception measure runs on, "
+                                               "the costliest measure [default: every data seed]", minimum=0)
     decided_by: str = setting("", "a larger shipped study that can decide what this one leaves not separable "
                               "(named in the findings)", hashed=False)
 

@@ -24,7 +24,7 @@ from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
-from .files import load_tensors, make_dirs, save_tensors, write_json
+from .files import load_tensors, make_dirs, read_json, save_tensors, write_json
 from .networks import build_model
 from .pruning import (
     STRATEGIES, ModuleMap, PruneSettings, count_kept, count_total, full_masks, module_map, plan_units, prune_round,
@@ -178,6 +178,11 @@ class LevelTrainer:
         self.mmap = module_map(probe, prune.granularity if prune else "block", prune.include if prune else (),
                                prune.exclude if prune else ())
         self.total_params = sum(p.numel() for p in probe.parameters())
+        self.groups = None  # channel tickets: the channel groups (structure.py)
+        if prune is not None and prune.structure == "channel":
+            from .structure import channel_groups
+
+            self.groups = channel_groups(probe, prune.include, prune.exclude)
         self.network_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.config.items()
                                if not k.startswith("_")}
         self.run: Run | None = None
@@ -220,6 +225,7 @@ class LevelTrainer:
             save_tensors(level.weights_path("raw"), trainer.weights())
             save_tensors(level.weights_path("ema"), trainer.ema_weights())
             prune = getattr(self.config, "prune", None)
+            extra = {**extra, **self.level_structure(trainer, level)}
             grid = _grid(trainer, self.config, level, prune.level_samples if prune else 16,
                          prune.level_sampling_steps if prune else 20)
             metrics = level_metrics(index, masks, self.mmap, self.total_params, summary, schedule, strategy,
@@ -231,12 +237,43 @@ class LevelTrainer:
         self.processes.barrier()
         return metrics
 
+    def level_structure(self, trainer: Trainer, level: Level) -> dict:
+        """Channel tickets: compact the trained level into a smaller network, check it, save it beside the level."""
+        if self.groups is None:
+            return {}
+        from .structure import (
+            channel_sparsity, compact, compaction_error, full_channel_masks, install_kept_norms, save_channel_masks,
+            save_compact,
+        )
+
+        if not level.channels_path.exists():  # level 0: every channel
+            save_channel_masks(level.channels_path, full_channel_masks(self.groups))
+        masks = level.channel_masks()
+        masked = build_model(self.config.model, self.images.images.shape[1], image_size=self.images.images.shape[-1])
+        masked.load_state_dict(trainer.ema_weights())
+        install_kept_norms(masked, self.groups, masks)
+        small = compact(masked, self.groups, masks)
+        error = compaction_error(masked, small)
+        save_compact(level.dir, small, "ema", level.compact_path.name)
+        compact_params = sum(p.numel() for p in small.parameters())
+        return {"structure": "channel", "channel_sparsity": channel_sparsity(self.groups, masks),
+                "channels_kept": {g.name: int(masks[g.name].sum()) for g in self.groups},
+                "channels_total": sum(g.channels for g in self.groups),
+                "compact": {"parameters": compact_params, "parameter_ratio": compact_params / self.total_params,
+                            "max_abs_difference": error, "probe": "2 images of N(0, 1) noise, timesteps 1 and 999",
+                            "weights": "ema"}}
+
+    def search_sparsity(self, metrics: dict) -> float:
+        """What levels are pruned towards: weight sparsity, or channel sparsity for channel tickets."""
+        return metrics["channel_sparsity"] if self.groups is not None else metrics["sparsity"]
+
     def write_summary(self) -> list[dict]:
         rows = []
         if self.processes.is_main:
             for index in self.run.finished_levels():
                 m = self.run.level(index).metrics()
                 rows.append({"level": m["level"], "sparsity": m["sparsity"],
+                             **({"channel_sparsity": m["channel_sparsity"]} if "channel_sparsity" in m else {}),
                              "sparsity_all_parameters": m["sparsity_all_parameters"],
                              "surviving_parameters": m["surviving_parameters"],
                              "final_loss": m["training"]["final_loss"], "wall_time_s": m["wall_time_s"]})
@@ -260,6 +297,9 @@ class Lottery(LevelTrainer):
     def check_reachable(self) -> None:
         pc = self.config.prune
         _, final = level_targets(self.config)
+        if self.groups is not None:
+            self._check_channels_reachable(final)
+            return
         floor_total = sum(max(len(m.tensors), math.ceil(pc.min_module_density * m.size)) for m in self.mmap.modules)
         prunable = sum(m.size for m in self.mmap.modules)
         if final > 1 - floor_total / prunable:
@@ -277,6 +317,22 @@ class Lottery(LevelTrainer):
             raise UserError(f"target sparsity {pc.target_sparsity} cannot be reached: {pc.max_rounds} rounds of "
                             f"{pc.strategy} with p={pc.prune_ratio} reach {reached:.4f}; {hint}")
 
+    def _check_channels_reachable(self, final: float) -> None:
+        from .structure import max_channel_sparsity, simulate_channel_sparsity
+
+        ceiling = max_channel_sparsity(self.groups, self.settings)
+        if final > ceiling:
+            raise UserError(f"channel sparsity {final} is beyond what this network allows ({ceiling:.4f}: every "
+                            "channel group keeps at least one channel per norm group or head); lower the target")
+        pc = self.config.prune
+        if pc.one_shot or pc.sparsity_schedule:
+            return
+        reached = simulate_channel_sparsity(pc.strategy, self.groups, self.settings, pc.max_rounds)
+        if reached < final:
+            raise UserError(f"channel sparsity {final} cannot be reached: {pc.max_rounds} rounds of {pc.strategy} "
+                            f"with p={pc.prune_ratio} reach {reached:.4f} (channels move a norm group's worth at a "
+                            "time); raise --prune-ratio or --max-rounds, or give --sparsity-schedule")
+
     def _check_extension(self, run: Run) -> None:
         """A search may grow; levels it already has must be the ones its settings now describe."""
         pc = self.config.prune
@@ -284,7 +340,9 @@ class Lottery(LevelTrainer):
         for index in run.finished_levels():
             if index == 0:
                 continue
-            sparsity = run.level(index).metrics()["sparsity"]
+            metrics = run.level(index).metrics()
+            # a channel level lands on the first achievable sparsity at or above its target
+            sparsity = metrics.get("channel_target", metrics["sparsity"])
             if pc.sparsity_schedule and index <= len(targets) and abs(sparsity - targets[index - 1]) > 1e-6:
                 raise UserError(f"{run.root} level {index} is at sparsity {sparsity:.6f}, but --sparsity-schedule "
                                 f"puts level {index} at {targets[index - 1]}; a schedule may only be extended; use "
@@ -310,7 +368,10 @@ class Lottery(LevelTrainer):
             index = 1
             while index <= len(targets):
                 previous = run.level(index - 1).metrics()
-                if previous["sparsity"] >= final - 0.5 / previous["prunable_parameters"]:
+                if self.groups is not None:
+                    if self.search_sparsity(previous) >= final - 1e-9:
+                        break
+                elif previous["sparsity"] >= final - 0.5 / previous["prunable_parameters"]:
                     break
                 self.run_pruned_level(index, targets[index - 1])
                 index += 1
@@ -405,6 +466,8 @@ class Lottery(LevelTrainer):
                 self.log(f"level {index}: its stored masks are damaged; recomputing them (they are deterministic)")
         pc = self.config.prune
         previous = self.run.level(index - 1)
+        if self.groups is not None:
+            return self._channel_masks_for_level(index, target, previous)
         prev_masks = load_masks(previous.mask_path, self.mmap.shapes)
         weights = previous.state(pc.magnitudes)
         settings = self.settings
@@ -416,6 +479,26 @@ class Lottery(LevelTrainer):
             write_json(level.schedule_path, {"level": index, "strategy": pc.strategy, "order": pc.order,
                                              "magnitudes": pc.magnitudes, "target": target,
                                              "ratios_scaled_to_target": settings != self.settings,
+                                             "schedule": schedule})
+        self.processes.barrier()
+        return masks, schedule
+
+    def _channel_masks_for_level(self, index: int, target: float | None, previous: Level) -> tuple[dict, list[dict]]:
+        from .structure import load_channel_masks, prune_channels, save_channel_masks, weight_masks
+
+        pc = self.config.prune
+        level = self.run.level(index)
+        before = load_channel_masks(previous.channels_path, self.groups)
+        channels, schedule = prune_channels(pc.strategy, self.groups, before, previous.state(pc.magnitudes),
+                                            self.settings, target)
+        masks = weight_masks(self.groups, channels, self.mmap.shapes)
+        if self.processes.is_main:
+            make_dirs(level.dir)
+            save_channel_masks(level.channels_path, channels)
+            save_masks(level.mask_path, masks)
+            write_json(level.schedule_path, {"level": index, "strategy": pc.strategy, "order": pc.order,
+                                             "structure": "channel", "magnitudes": pc.magnitudes, "target": target,
+                                             "criterion": "mean |w| of each channel's rows in its producers",
                                              "schedule": schedule})
         self.processes.barrier()
         return masks, schedule
@@ -432,6 +515,14 @@ class Lottery(LevelTrainer):
         """A trainer for a pruned level: resumed from its checkpoint, or rewound to step tau."""
         sparse = 1 - count_kept(masks) / count_total(masks)
         trainer = self.trainer_for(self.run.level(index), None, f"level {index} ({sparse:.1%} sparse)")
+        if self.groups is not None:
+            # biases and norm scales of removed channels are masked too, and the norms see survivors only
+            from .structure import install_kept_norms, parameter_masks
+
+            channels = self.run.level(index).channel_masks()
+            shapes = {n: tuple(p.shape) for n, p in trainer.model.named_parameters()}
+            masks = {**masks, **parameter_masks(self.groups, channels, shapes)}
+            install_kept_norms(trainer.model, self.groups, channels)
         trainer.hooks = MaskedTraining(trainer.model, masks)
         if trainer.resume():
             self.log(f"level {index}: resuming at step {trainer.step}")
@@ -443,7 +534,17 @@ class Lottery(LevelTrainer):
 
     def train_masked(self, index: int, masks, schedule, start_weights, strategy: str, extra: dict) -> None:
         trainer = self.masked_trainer(index, masks, start_weights)
-        self.log(f"level {index}: sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
+        channels = ""
+        if self.groups is not None:
+            from .structure import channel_sparsity
+
+            sparsity = channel_sparsity(self.groups, self.run.level(index).channel_masks())
+            channels = f"channel sparsity {sparsity:.4f}, "
+            level = self.run.level(index)
+            stored = read_json(level.schedule_path, "pruning schedule").get("target") if level.schedule_path.exists() else None
+            # the level's target (it lands on the first achievable sparsity at or above it), else what it reached
+            extra = {**extra, "channel_target": stored if stored is not None else sparsity}
+        self.log(f"level {index}: {channels}sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
                  f"training steps {trainer.step}..{self.config.train.steps}")
         self.train_level(trainer, index, masks, schedule, strategy, extra)
 
@@ -510,6 +611,14 @@ class ControlBranch(Lottery):
                 if level.finished:
                     continue
                 source_masks = self.source.level(index).masks()
+                channels = None
+                if self.groups is not None:
+                    from .structure import load_channel_masks, random_channel_masks, weight_masks
+
+                    channels = load_channel_masks(self.source.level(index).channels_path, self.groups)
+                    if self.control == "random":
+                        channels = random_channel_masks(self.groups, channels, seed=self.config.train.seed_init)
+                    source_masks = weight_masks(self.groups, channels, self.mmap.shapes)
                 if self.control == "reinit":
                     masks = source_masks
                     # freshly drawn with this config's --seed-init
@@ -517,11 +626,17 @@ class ControlBranch(Lottery):
                                         seed=self.config.train.seed_init,
                                         image_size=self.images.images.shape[-1]).state_dict()
                 else:
-                    masks = random_masks(source_masks, seed=self.config.train.seed_init)
+                    # channel tickets drew their random channels above
+                    masks = source_masks if channels is not None else random_masks(source_masks,
+                                                                                   seed=self.config.train.seed_init)
                     start = load_tensors(self.source.rewind_path, "rewind weights (theta_tau)")
                 if self.processes.is_main:
                     make_dirs(level.dir)
                     save_masks(level.mask_path, masks)
+                    if channels is not None:
+                        from .structure import save_channel_masks
+
+                        save_channel_masks(level.channels_path, channels)
                 extra = {"control": self.control, "source": str(self.source.root), "source_level": index}
                 self.train_masked(index, masks, [], start, f"{self.control} control", extra)
             self.write_summary()

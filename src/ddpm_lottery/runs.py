@@ -211,6 +211,16 @@ class Level:
     def schedule_path(self) -> Path:
         return self.dir / "schedule.json"
 
+    @property
+    def channels_path(self) -> Path:
+        """Channel tickets: the kept channels of every channel group (mask.safetensors is their weight view)."""
+        return self.dir / "channels.safetensors"
+
+    @property
+    def compact_path(self) -> Path:
+        """Channel tickets: the physically smaller network (EMA weights), described by compact.json beside it."""
+        return self.dir / "compact.safetensors"
+
     def weights_path(self, which: str = "raw") -> Path:
         if which not in ("raw", "ema"):
             raise UserError(f"weights must be raw or ema, got {which!r}")
@@ -302,14 +312,36 @@ class Level:
                             f"delete {self.dir} and re-run the command to recompute the level")
 
     def network(self, which: str = "ema"):
-        """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode)."""
+        """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode).
+
+        A channel ticket's network normalises over its surviving channels only, exactly as it trained
+        (and as its compacted network computes)."""
         model = self.run.build_network()
         state = self.state(which)
         if set(dict(model.named_parameters())) - set(state):
             raise UserError(f"the weights of {self.label()} do not match its network; delete {self.dir} and re-run "
                             "the command to recompute the level")
         model.load_state_dict(state, strict=False)
+        if self.channels_path.exists():
+            from .structure import install_kept_norms, load_channel_masks
+
+            groups = self.run.channel_groups(model)
+            install_kept_norms(model, groups, load_channel_masks(self.channels_path, groups))
         return model.eval()
+
+    def channel_masks(self):
+        from .structure import load_channel_masks
+
+        return load_channel_masks(self.channels_path) if self.channels_path.exists() else None
+
+    def compact_network(self):
+        """The compacted network of a channel ticket (EMA weights), rebuilt without its masks."""
+        from .structure import load_compact
+
+        if not self.compact_path.exists():
+            raise UserError(f"{self.label()} has no compacted network (only channel tickets have one; "
+                            "`ddpm-lottery compact` writes it)")
+        return load_compact(self.dir, self.compact_path.name)
 
     # -- measurements stored beside the level ---------------------------------------------------
 
@@ -597,6 +629,14 @@ class Run:
 
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             return UNet2DModel.from_config(self.network_config())
+
+    def channel_groups(self, model=None):
+        """The channel groups a channel ticket of this run prunes (its include/exclude patterns apply)."""
+        from .structure import channel_groups
+
+        prune = getattr(self.config, "prune", None)
+        return channel_groups(model if model is not None else self.build_network(),
+                              prune.include if prune else (), prune.exclude if prune else ())
 
     def module_map_json(self) -> dict:
         return read_json(self.modules_path, "module map")

