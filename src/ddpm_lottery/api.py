@@ -85,8 +85,15 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     device = resolve_device(config.runtime.device)
     run_dir = Path(run_dir)
     run = Run.open(run_dir)
-    level = run.pick_level(config.sample.level)
     diffusion = run.config.diffusion
+    if sampling.schedule:
+        from .stages import StagedLevel
+
+        if config.sample.level is not None:
+            raise UserError("--schedule says which level denoises which timesteps; drop --level")
+        level = StagedLevel(run, sampling.schedule)
+    else:
+        level = run.pick_level(config.sample.level)
     model = level.network(sampling.weights).to(device)
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}")
@@ -109,13 +116,17 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         from .evaluation import save_samples
 
         save_samples(folder.npz, uint8)
-    info = {"run": str(run_dir), "level": level.index, "config": to_dict(config), "sampler": sampling.sampler,
+    info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
             "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
             "images_per_s": num_samples / wall, "device": str(device)}
+    if hasattr(model, "accounting"):
+        info["stages"] = model.accounting()
     write_json(folder.info, info)
     log(f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
         f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s)")
+    for row in info.get("stages", []):
+        log(f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s")
     return folder.dir
 
 

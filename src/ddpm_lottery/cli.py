@@ -7,7 +7,7 @@ import sys
 
 from . import __version__
 from .config import (
-    CkaConfig, EvalConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
+    CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
 )
 from .errors import UserError
 
@@ -136,6 +136,15 @@ def _cmd_flops(args) -> int:
     return 0
 
 
+def _cmd_frontier(args) -> int:
+    from .config import FrontierConfig
+    from .frontier import frontier
+
+    config = config_from_args(FrontierConfig, args, args.config)
+    frontier(args.runs, config, args.out, progress=not args.no_progress)
+    return 0
+
+
 def _cmd_cka(args) -> int:
     from .cka import compare_runs
 
@@ -249,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--all-levels", action="store_true")
     flops.add_argument("--per-module", action="store_true", help="print the per-module table")
     flops.set_defaults(func=_cmd_flops)
+
+    front = commands.add_parser(
+        "frontier", help="quality against measured seconds and FLOPs per sample: samplers, tickets, stage schedules",
+        description="Place each run's dense model under several samplers, its tickets (unstructured: same seconds, "
+                    "fewer FLOPs; channel tickets compacted: both real) and stage schedules on one quality-against-"
+                    "cost plot, with the Pareto front. Quality is the first of --measures (stored evaluations are "
+                    "reused); seconds are timed here, every network interleaved.")
+    front.add_argument("runs", metavar="RUN", nargs="+")
+    _add_config_flag(front)
+    front.add_argument("--out", metavar="DIR", help="output folder [default: the first RUN/frontier]")
+    front.add_argument("--no-progress", action="store_true")
+    add_arguments(front, FrontierConfig())
+    front.set_defaults(func=_cmd_frontier)
 
     cka = commands.add_parser("cka", help="CKA similarity of two tickets, layer by layer (the paper's Fig. 1)")
     cka.add_argument("run_a", metavar="RUN_A")

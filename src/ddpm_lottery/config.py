@@ -219,6 +219,9 @@ class SamplingConfig(Section):
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
     weights: str = setting("ema", "which weights generate the images", choices=("ema", "raw"))
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
+    schedule: str | None = setting(None, "stage schedule: which level denoises which timesteps, HIGH:LOW=LEVEL "
+                                   "ranges from the first timestep down to 0, e.g. 1000:600=level_00,600:0=level_04 "
+                                   "(replaces --level; channel tickets run compacted)")
 
 
 # num_samples is declared per command on purpose: a grid to look at and the N of FID are
@@ -403,6 +406,36 @@ class EvalConfig(Composite):
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+@dataclass
+class FrontierSettings(Section):
+    """What ``ddpm-lottery frontier`` places on the quality-against-cost plot."""
+
+    dense_samplers: tuple[str, ...] = setting(
+        ("ddpm:1000", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "dpm-solver++:10", "dpm-solver++:20"),
+        "SAMPLER:STEPS points of each run's dense model (level 0)")
+    ticket_samplers: tuple[str, ...] = setting(("ddim:20", "dpm-solver++:20"),
+                                               "SAMPLER:STEPS points of every pruned level and stage schedule")
+    levels: tuple[int, ...] = setting((), "pruned levels placed [default: every finished one]", minimum=1)
+    sweep_levels: tuple[int, ...] = setting((), "DENSE,SPARSE: stage schedules that switch from the first level to "
+                                            "the second at each --switch-steps, and the reverse assignment (sparse "
+                                            "early, dense late) as the control", minimum=0)
+    switch_steps: tuple[int, ...] = setting((800, 600, 400, 200), "timesteps where the swept schedules switch",
+                                            minimum=1)
+    timing_batch: int = setting(64, "images per denoiser call when timing the networks", hashed=False, minimum=1)
+    timing_repeats: int = setting(5, "timed calls per network (interleaved; the median counts)", hashed=False,
+                                  minimum=1)
+
+
+@dataclass(init=False)
+class FrontierConfig(Composite):
+    """``ddpm-lottery frontier``."""
+
+    frontier: FrontierSettings = field(default_factory=FrontierSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sections: the names config files use for the declarations above
 
@@ -412,7 +445,7 @@ class EvalConfig(Composite):
 SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
     "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
-    "sample": SampleSettings, "cka": CkaConfig, "study": StudySettings,
+    "sample": SampleSettings, "cka": CkaConfig, "study": StudySettings, "frontier": FrontierSettings,
 }
 
 # Tables of a study file that are not settings sections: read by study.py, skipped by --config.

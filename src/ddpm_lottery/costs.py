@@ -72,6 +72,43 @@ def ticket_flops(model: torch.nn.Module, masks: Masks, mmap: ModuleMap) -> dict:
                        "SDPA path"}
 
 
+def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: int = 5,
+                   device: torch.device | str = "cpu") -> dict[str, float]:
+    """Median seconds of one denoiser call at ``batch`` images, per network.
+
+    The networks are timed interleaved (one call of each in turn, ``repeats`` rounds, after one
+    warm-up round), so a machine that slows down mid-measurement slows every network alike and the
+    ratios between them stay fair.  Timesteps cycle through the range; no gradients.
+    """
+    import statistics
+    import time
+
+    inputs = {}
+    for name, net in networks.items():
+        net.eval().to(device)
+        config = net.config
+        size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+        key = (config.in_channels, size)
+        if key not in inputs:
+            generator = torch.Generator().manual_seed(0)
+            inputs[key] = torch.randn(batch, config.in_channels, size, size, generator=generator).to(device)
+    times: dict[str, list[float]] = {name: [] for name in networks}
+    with torch.no_grad():
+        for round_index in range(repeats + 1):
+            t = torch.full((batch,), 999 - (round_index * 337) % 1000, dtype=torch.long, device=device)
+            for name, net in networks.items():
+                config = net.config
+                size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+                x = inputs[(config.in_channels, size)]
+                started = time.perf_counter()
+                net(x, t)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                if round_index:  # the first round warms caches and allocators up
+                    times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def sampler_flops(per_call: float, steps: int) -> float:
     """FLOPs of one sample: one denoiser call per sampling step (DDPM, DDIM and DPM-Solver++ alike)."""
     return per_call * steps
@@ -150,6 +187,13 @@ def level_costs(level, sampling_steps: dict[str, int] | None = None, weights: st
                              for name, k in steps.items()},
         "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes, "storage_ratio": sparse_bytes / dense_bytes,
     }
+    if level.compact_path.exists():
+        # a channel ticket also runs as a smaller network: these FLOPs are executed, not theoretical
+        small = level.compact_network()
+        executed, _ = layer_flops(small)
+        result["compact"] = {"flops": executed, "macs": executed / 2,
+                             "parameters": sum(p.numel() for p in small.parameters()),
+                             "bytes": level.compact_path.stat().st_size, "flop_ratio": flops["dense_flops"] / executed}
     write_json(level.costs_path, result)
     return result
 

@@ -60,9 +60,14 @@ BOOTSTRAP_SEED = 0
 def sampling_protocol(config: EvalConfig) -> dict:
     """Everything that decides the generated images (and nothing that does not, such as the device)."""
     sampling = config.sampling
-    return {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
+    spec = {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
             "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": config.eval.num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights}
+    if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
+        from .stages import normal_schedule_text
+
+        spec["schedule"] = normal_schedule_text(sampling.schedule)
+    return spec
 
 
 def _digest(spec: dict, length: int = 10) -> str:
@@ -94,6 +99,7 @@ def protocol_label(record: dict) -> str:
                 f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}")
     sampled, ref = spec["sampling"], spec["reference"]
     eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
+    eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
     return (f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
             f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
             f"{bootstrap}")
@@ -114,7 +120,7 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
     """The level's N images (uint8), sampled with the protocol's sampler and seed."""
     sampling = config.sampling
     model = level.network(sampling.weights).to(device)
-    bar = tqdm(total=1, disable=not progress, desc=f"level {level.index}: sampling", unit="call", leave=False)
+    bar = tqdm(total=1, disable=not progress, desc=f"{level.label()}: sampling", unit="call", leave=False)
 
     def on_step(done, total):
         bar.total = total
@@ -321,7 +327,7 @@ class Evaluator:
             if measure == "inception":
                 reference, frechet, _ = self._inception_reference(level.run)
                 features = extract_features(self.extractor, images, progress=self.progress,
-                                            description=f"level {level.index}: inception")
+                                            description=f"{level.label()}: inception")
                 scores = fid_kid(reference, features, kid_subset_size=scoring.kid_subset_size,
                                  kid_subsets=scoring.kid_subsets)
                 value = scores["fid"]
@@ -335,7 +341,7 @@ class Evaluator:
                 extra = {"fd": value}
             replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
         low, high = centred_interval(value, replicates, scoring.confidence)
-        record = {"key": key, "measure": measure, "level": level.index, "value": value, "interval": [low, high],
+        record = {"key": key, "measure": measure, **level.record_fields(), "value": value, "interval": [low, high],
                   "confidence": scoring.confidence, "replicates": replicates, "protocol": spec, **extra,
                   "wall_time_s": time.perf_counter() - started, "device": str(self.device),
                   "config": to_dict(self.config), "time": time.time()}
@@ -358,7 +364,12 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     """
     config = config or EvalConfig()
     run = Run.open(run)
-    chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
+    if config.sampling.schedule:
+        from .stages import StagedLevel
+
+        chosen = [StagedLevel(run, config.sampling.schedule)]
+    else:
+        chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
     evaluator = Evaluator(config, progress=progress, log=log, extractor=extractor)
     return [record for level in chosen for record in evaluator.level(level, force=force)]
 
@@ -366,7 +377,8 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
 def describe(record: dict, run: Path | str = "") -> str:
     measure = MEASURES[record["measure"]]
     low, high = record["interval"]
-    text = (f"{run} level {record['level']}: {measure.label} {record['value']:.4g} "
+    where = f"schedule {record['schedule']}" if record.get("schedule") else f"level {record['level']}"
+    text = (f"{run} {where}: {measure.label} {record['value']:.4g} "
             f"[{low:.4g}, {high:.4g}]")
     if record["measure"] == "inception":
         if record.get("biased_warning"):

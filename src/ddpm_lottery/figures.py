@@ -187,3 +187,37 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], title: str, path: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+_KIND_STYLE = {"dense": ("o", "tab:blue"), "ticket": ("s", "tab:orange"), "channel": ("D", "tab:green"),
+               "schedule": ("^", "tab:purple"), "schedule control": ("v", "tab:gray")}
+
+
+def frontier_figure(points, measure: str, caption: str, path: str | Path) -> Path:
+    """Quality against seconds per sample (left) and FLOPs per sample (right), the Pareto front drawn."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    panels = (("seconds_per_sample", "pareto_seconds", "measured seconds per sample (this machine)"),
+              ("effective_flops_per_sample", "pareto_flops", "FLOPs per sample (effective)"))
+    for ax, (cost, flag, xlabel) in zip(axes, panels):
+        for kind, (marker, colour) in _KIND_STYLE.items():
+            chosen = [p for p in points if p.kind == kind]
+            if not chosen:
+                continue
+            x = [getattr(p, cost) for p in chosen]
+            y = [p.value for p in chosen]
+            err = [[p.value - p.interval[0] for p in chosen], [p.interval[1] - p.value for p in chosen]]
+            ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, label=kind, capsize=2, markersize=5, alpha=0.85)
+        front = sorted((p for p in points if getattr(p, flag)), key=lambda p: getattr(p, cost))
+        if front:
+            ax.step([getattr(p, cost) for p in front], [p.value for p in front], where="post", color="black",
+                    linewidth=1, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"{measure} (lower is better)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Efficiency frontier", fontsize=11)
+    fig.text(0.5, 0.005, caption, ha="center", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    return _save(fig, path)

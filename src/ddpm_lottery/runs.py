@@ -287,6 +287,10 @@ class Level:
     def label(self) -> str:
         return f"{self.run.root} level {self.index}"
 
+    def record_fields(self) -> dict:
+        """What names this level in a measurement record."""
+        return {"level": self.index}
+
     def require_finished(self) -> "Level":
         if not self.finished:
             done = self.run.finished_levels()

@@ -1,0 +1,260 @@
+"""One efficiency frontier: quality against measured seconds (and FLOPs) per sample.
+
+Points, per run:
+
+* the dense model (level 0) with each of ``dense_samplers`` (DDPM 1000, DDIM 10/20/50/100,
+  DPM-Solver++ 10/20 by default);
+* every pruned level with each of ``ticket_samplers``.  An unstructured ticket runs PyTorch's dense
+  kernels: its seconds are the dense model's, only its (effective) FLOPs fall.  A channel ticket
+  runs compacted: its seconds and FLOPs are both real;
+* stage schedules: those of ``sweep_levels`` (dense early / sparse late at each switch step, and
+  the reverse assignment as the control) and any schedule already evaluated in ``RUN/schedules``.
+
+Quality is one measure of the evaluation (its value and interval, lower is better), stored beside
+each level or schedule like any evaluation and reused.  Seconds per sample are
+``calls x (median seconds of one call at timing_batch images) / timing_batch``, every network timed
+interleaved on this machine.  FLOPs per sample count one call per step.  A point is on the Pareto
+front when no other point is at most as slow (or as costly) and at most as bad, and better in one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import EvalConfig, FrontierConfig, SamplingConfig
+from .errors import UserError
+from .files import make_dirs, write_json, write_text
+from .runs import Level, Run
+
+
+@dataclass
+class Point:
+    label: str
+    kind: str  # dense | ticket | channel | schedule | schedule control
+    run: str
+    sampler: str
+    steps: int
+    level: int | None = None
+    schedule: str | None = None
+    value: float = float("nan")
+    interval: tuple[float, float] = (float("nan"), float("nan"))
+    protocol: str = ""
+    seconds_per_sample: float = float("nan")
+    flops_per_sample: float = float("nan")  # what the kernels execute
+    effective_flops_per_sample: float = float("nan")  # what a sparse kernel would execute
+    flop_ratio: float = float("nan")  # the dense model's FLOPs per call over this network's (effective)
+    pareto_seconds: bool = False
+    pareto_flops: bool = False
+    sparsity: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def parse_sampler(text: str) -> tuple[str, int]:
+    from .diffusion import SAMPLERS
+
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise UserError(f"sampler point {text!r} is not SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)} "
+                        "(e.g. ddim:20)")
+    return name, int(steps)
+
+
+def _eval_config(config: FrontierConfig, sampler: str, steps: int, schedule: str | None) -> EvalConfig:
+    sampling = SamplingConfig(**{f: getattr(config.sampling, f) for f in config.sampling.__dataclass_fields__})
+    sampling.sampler, sampling.sampling_steps, sampling.schedule = sampler, steps, schedule
+    out = EvalConfig()
+    out.eval, out.sampling, out.runtime = config.eval, sampling, config.runtime
+    return out
+
+
+def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
+    """(schedule, kind) pairs of the switch-step sweep."""
+    levels = config.frontier.sweep_levels
+    if not levels:
+        return []
+    if len(levels) != 2:
+        raise UserError(f"--sweep-levels takes two levels, DENSE,SPARSE; got {','.join(map(str, levels))}")
+    total = run.config.diffusion.num_train_timesteps
+    dense, sparse = levels
+    out = []
+    for switch in config.frontier.switch_steps:
+        if not 0 < switch < total:
+            raise UserError(f"--switch-steps {switch} is outside the reverse process (1..{total - 1})")
+        out.append((f"{total}:{switch}=level_{dense:02d},{switch}:0=level_{sparse:02d}", "schedule"))
+        out.append((f"{total}:{switch}=level_{sparse:02d},{switch}:0=level_{dense:02d}", "schedule control"))
+    return out
+
+
+def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: str | Path | None = None, *,
+             progress: bool = True, log=print, extractor=None) -> dict:
+    """Measure every point (reusing stored evaluations), time every network, write the table and figure."""
+    from .config import check_config
+    from .costs import layer_flops, stored_costs, time_denoisers
+    from .diffusion import sampling_scheduler
+    from .evaluation import Evaluator
+    from .stages import StagedLevel, calls_per_stage, stage_network
+    from .training import resolve_device
+
+    config = check_config(config or FrontierConfig())
+    measure = config.eval.measures[0]
+    if measure == "loss":
+        raise UserError("the frontier compares samplers, and the held-out loss does not sample: give --measures "
+                        "inception or --measures domain")
+    if not runs:
+        raise UserError("give at least one run folder")
+    dense_points = [parse_sampler(s) for s in config.frontier.dense_samplers]
+    ticket_points = [parse_sampler(s) for s in config.frontier.ticket_samplers]
+    device = resolve_device(config.runtime.device)
+    opened = [Run.open(r) for r in runs]
+    out = Path(out) if out else opened[0].root / "frontier"
+
+    # what to measure: (point, level-like object)
+    planned: list[tuple[Point, Level]] = []
+    for run in opened:
+        finished = run.finished_levels()
+        if 0 not in finished:
+            raise UserError(f"{run.root} has no finished dense level 0 to compare against")
+        for sampler, steps in dense_points:
+            planned.append((Point(f"dense {sampler} {steps}", "dense", str(run.root), sampler, steps, level=0,
+                                  sparsity=0.0), run.level(0)))
+        wanted = list(config.frontier.levels) or [i for i in finished if i > 0]
+        for index in wanted:
+            if index not in finished:
+                raise UserError(f"{run.root} has no finished level {index} (finished: {', '.join(map(str, finished))})")
+            level = run.level(index)
+            metrics = level.metrics()
+            kind = "channel" if level.compact_path.exists() else "ticket"
+            sparsity = metrics.get("channel_sparsity", metrics["sparsity"])
+            what = "channels" if kind == "channel" else "weights"
+            for sampler, steps in ticket_points:
+                planned.append((Point(f"level {index} ({sparsity:.1%} {what}) {sampler} {steps}", kind, str(run.root),
+                                      sampler, steps, level=index, sparsity=sparsity), level))
+        schedules = _sweep(run, config)
+        stored = sorted({r.get("schedule") for d in (run.root / "schedules").glob("*/eval") for r in _records(d)} - {None})
+        schedules += [(s, "schedule") for s in stored if s not in {x for x, _ in schedules}]
+        for schedule, kind in schedules:
+            staged = StagedLevel(run, schedule)
+            for sampler, steps in ticket_points:
+                planned.append((Point(f"{kind} {staged.schedule} {sampler} {steps}", kind, str(run.root), sampler, steps,
+                                      schedule=staged.schedule), staged))
+
+    # quality
+    evaluators: dict[tuple, Evaluator] = {}
+    for point, level in planned:
+        key = (point.sampler, point.steps, point.schedule)
+        if key not in evaluators:
+            evaluators[key] = Evaluator(_eval_config(config, point.sampler, point.steps, point.schedule),
+                                        progress=progress, log=log, extractor=extractor)
+            if extractor is None and measure == "inception":
+                extractor = evaluators[key].extractor()  # one Inception network for every point
+        record = evaluators[key].measure(level, measure)
+        point.value, point.interval, point.protocol = record["value"], tuple(record["interval"]), record["label"]
+
+    # networks: time each once, count its FLOPs once
+    networks, flops, effective = {}, {}, {}
+
+    def network_key(level: Level) -> str:
+        # an unstructured ticket runs the dense architecture with dense kernels: it is timed as level 0
+        timed_as = level.index if level.compact_path.exists() else 0
+        return f"{level.run.root}::{timed_as}"
+
+    for point, level in planned:
+        for member in (level.levels if isinstance(level, StagedLevel) else [level]):
+            key = network_key(member)
+            if key not in networks:
+                networks[key] = stage_network(member.run.level(int(key.rsplit("::", 1)[1])), config.sampling.weights)
+                flops[key] = layer_flops(networks[key])[0]
+            if member.compact_path.exists() or member.index == 0:
+                effective[_level_key(member)] = flops[key]
+            else:  # what a sparse kernel would execute: each layer's FLOPs times its density
+                effective[_level_key(member)] = stored_costs(member)["effective_flops"]
+    log(f"timing {len(networks)} networks at batch {config.frontier.timing_batch}, {config.frontier.timing_repeats} "
+        f"interleaved calls each, on {device}")
+    seconds = time_denoisers(networks, config.frontier.timing_batch, config.frontier.timing_repeats, device)
+    batch = config.frontier.timing_batch
+
+    dense_call_flops = {str(r.root): flops[network_key(r.level(0))] for r in opened}
+    for point, level in planned:
+        scheduler = sampling_scheduler(level.run.config.diffusion, point.sampler, point.steps)
+        timesteps = [int(t) for t in scheduler.timesteps]
+        if isinstance(level, StagedLevel):
+            members = list(zip(level.levels, calls_per_stage(level.stages, timesteps)))
+        else:
+            members = [(level, len(timesteps))]
+        point.seconds_per_sample = sum(calls * seconds[network_key(m)] / batch for m, calls in members)
+        point.flops_per_sample = sum(calls * flops[network_key(m)] for m, calls in members)
+        point.effective_flops_per_sample = sum(calls * effective[_level_key(m)] for m, calls in members)
+        calls = sum(c for _, c in members)
+        point.flop_ratio = dense_call_flops[point.run] * calls / point.effective_flops_per_sample
+        point.extra = {"calls": calls, "networks": [{"level": m.index, "calls": c, "seconds_per_call": seconds[network_key(m)]}
+                                                    for m, c in members]}
+    points = [p for p, _ in planned]
+    _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
+    _mark_pareto(points, "effective_flops_per_sample", "pareto_flops")
+
+    make_dirs(out)
+    reference = {p.run: p for p in points if p.kind == "dense" and p.sampler == "ddpm"}
+    how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
+           f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
+           f"{__import__('torch').get_num_threads()} threads")
+    result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
+              "timing_batch": batch}
+    write_json(out / "frontier.json", result)
+    table = markdown(points, reference, how)
+    write_text(out / "frontier.md", table)
+    from .figures import frontier_figure
+
+    from .evaluation import MEASURES
+
+    frontier_figure(points, MEASURES[measure].label, how, out / "frontier.png")
+    log(table)
+    log(f"wrote {out / 'frontier.md'}, {out / 'frontier.png'} and {out / 'frontier.json'}")
+    return result
+
+
+def _level_key(level: Level) -> str:
+    return f"{level.run.root}::{level.index}"
+
+
+def _records(folder: Path) -> list[dict]:
+    import json
+
+    records = []
+    for path in folder.glob("*.json"):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def _mark_pareto(points: list[Point], cost: str, flag: str) -> None:
+    for p in points:
+        dominated = any(getattr(q, cost) <= getattr(p, cost) and q.value <= p.value
+                        and (getattr(q, cost) < getattr(p, cost) or q.value < p.value) for q in points if q is not p)
+        setattr(p, flag, not dominated)
+
+
+def markdown(points: list[Point], reference: dict[str, Point], how: str) -> str:
+    baseline = next(iter(reference.values()), None)
+    against = f"dense ddpm {baseline.steps}" if baseline else "dense ddpm"
+    lines = [f"Quality against cost ({how}). Lower is better; × is the measured speed-up over the run's dense model "
+             f"with DDPM ({against}); the FLOP ratio is the physical limit of a network's speed-up "
+             "per call over the dense model (effective FLOPs for unstructured tickets, which run dense kernels).", "",
+             f"| point | quality [95 % interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | Pareto |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: (p.run, p.seconds_per_sample)):
+        ref = reference.get(p.run)
+        speed = f"{ref.seconds_per_sample / p.seconds_per_sample:.1f}×" if ref else "–"
+        front = " ".join(x for x, on in (("time", p.pareto_seconds), ("FLOPs", p.pareto_flops)) if on) or ""
+        lines.append(f"| {p.label} | {p.value:.4g} [{p.interval[0]:.4g}, {p.interval[1]:.4g}] | "
+                     f"{p.seconds_per_sample:.4g} | {speed} | {p.effective_flops_per_sample / 1e9:.3g} | "
+                     f"{p.flop_ratio:.2f}× | {front} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["frontier", "Point", "parse_sampler", "markdown"]

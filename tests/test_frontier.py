@@ -1,0 +1,74 @@
+"""The efficiency frontier: points, measured seconds, FLOPs, the Pareto front, the table and figure."""
+
+import json
+
+import pytest
+
+from ddpm_lottery.config import FrontierConfig
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.frontier import Point, _mark_pareto, frontier, parse_sampler
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [Point("a", "dense", "r", "ddim", 10, value=5.0, seconds_per_sample=1.0),
+              Point("b", "dense", "r", "ddim", 20, value=4.0, seconds_per_sample=2.0),
+              Point("c", "ticket", "r", "ddim", 20, value=4.5, seconds_per_sample=2.0),  # slower than a, worse than b
+              Point("d", "ticket", "r", "ddim", 5, value=5.0, seconds_per_sample=0.5)]  # dominates a
+    _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
+    assert [p.pareto_seconds for p in points] == [False, True, False, True]
+
+
+def test_sampler_points_are_checked():
+    assert parse_sampler("dpm-solver++:20") == ("dpm-solver++", 20)
+    for bad in ("ddim", "ddim:0", "euler:10", "ddim:x"):
+        with pytest.raises(UserError, match="SAMPLER:STEPS"):
+            parse_sampler(bad)
+
+
+def _config(**frontier):
+    config = FrontierConfig(measures=("inception",), num_samples=40, bootstrap_rounds=40, reference_samples=40,
+                            kid_subset_size=20, timing_batch=4, timing_repeats=1)
+    config.frontier.dense_samplers = ("ddpm:8", "ddim:4")
+    config.frontier.ticket_samplers = ("ddim:4",)
+    for key, value in frontier.items():
+        setattr(config.frontier, key, value)
+    return config
+
+
+def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_channel_run, fake_extractor, tmp_path):
+    result = frontier([tiny_ticket_run, tiny_channel_run], _config(sweep_levels=(0, 2), switch_steps=(500,)),
+                      tmp_path / "out", progress=False, log=lambda *_: None, extractor=fake_extractor)
+    points = {(p["run"], p["label"]): p for p in result["points"]}
+    by_run = lambda run, kind: [p for p in result["points"] if p["run"] == str(run) and p["kind"] == kind]  # noqa: E731
+    dense = {p["sampler"]: p for p in by_run(tiny_ticket_run, "dense")}
+    tickets = by_run(tiny_ticket_run, "ticket")
+    assert len(tickets) == 2 and len(points) == len(result["points"])
+    for ticket in tickets:  # dense kernels: the dense model's seconds, fewer effective FLOPs
+        assert ticket["seconds_per_sample"] == dense["ddim"]["seconds_per_sample"]
+        assert ticket["effective_flops_per_sample"] < dense["ddim"]["effective_flops_per_sample"]
+        assert ticket["flops_per_sample"] == dense["ddim"]["flops_per_sample"]
+        assert ticket["flop_ratio"] > 1
+    assert dense["ddpm"]["seconds_per_sample"] == pytest.approx(2 * dense["ddim"]["seconds_per_sample"])
+    channels = by_run(tiny_channel_run, "channel")
+    channel_dense = next(p for p in by_run(tiny_channel_run, "dense") if p["sampler"] == "ddim")
+    for ticket in channels:  # compacted: the executed FLOPs fall too
+        assert ticket["flops_per_sample"] < channel_dense["flops_per_sample"]
+        assert ticket["flops_per_sample"] == ticket["effective_flops_per_sample"]
+    schedules = by_run(tiny_ticket_run, "schedule") + by_run(tiny_ticket_run, "schedule control")
+    assert {p["schedule"] for p in schedules} == {"1000:500=level_00,500:0=level_02", "1000:500=level_02,500:0=level_00"}
+    assert any(p["pareto_seconds"] for p in result["points"])
+    table = (tmp_path / "out" / "frontier.md").read_text()
+    assert "FLOP ratio" in table and "N=40" in table
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "out" / "frontier.json").read_text())["timing_batch"] == 4
+
+
+def test_frontier_refuses_the_loss_and_unknown_levels(tiny_ticket_run, tmp_path):
+    config = _config()
+    config.eval.measures = ("loss",)
+    with pytest.raises(UserError, match="does not sample"):
+        frontier([tiny_ticket_run], config, tmp_path, progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="no finished level 7"):
+        frontier([tiny_ticket_run], _config(levels=(7,)), tmp_path, progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="two levels"):
+        frontier([tiny_ticket_run], _config(sweep_levels=(0, 1, 2)), tmp_path, progress=False, log=lambda *_: None)

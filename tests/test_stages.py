@@ -1,0 +1,116 @@
+"""Stage schedules: parsing, one denoiser per timestep range, every sampler, evaluation and accounting."""
+
+import json
+
+import pytest
+import torch
+
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
+
+
+def test_a_schedule_covers_the_reverse_process_once():
+    stages = parse_schedule("600:0=level_04, 1000:600=level_00")
+    assert [(s.high, s.low, s.level) for s in stages] == [(1000, 600, "level_00"), (600, 0, "level_04")]
+    assert stages[0].covers(999) and stages[0].covers(600) and not stages[0].covers(599)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1000:600=level_00,500:0=level_04", "gap: no level covers timesteps 500..599"),
+    ("1000:500=level_00,600:0=level_04", "overlap on timesteps 500..599"),
+    ("900:600=level_00,600:0=level_04", "first range must be 1000"),
+    ("1000:600=level_00,600:100=level_04", "must reach 0"),
+    ("1000-600=level_00", "is not HIGH:LOW=LEVEL"),
+    ("600:1000=level_00", "is empty"),
+    ("", "is empty"),
+])
+def test_bad_schedules_name_the_range(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_schedule(text)
+
+
+class _Constant(torch.nn.Module):
+    """A stand-in denoiser answering with its own constant, so the dispatch is visible."""
+
+    def __init__(self, value, config):
+        super().__init__()
+        self.value, self.config = value, config
+
+    def forward(self, sample, timestep):
+        from diffusers.models.unets.unet_2d import UNet2DOutput
+
+        return UNet2DOutput(sample=torch.full_like(sample, self.value))
+
+
+def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
+    from ddpm_lottery.runs import Run
+
+    config = Run.open(tiny_ticket_run).level(0).network().config
+    staged = StagedDenoiser(parse_schedule("1000:600=a,600:0=b"), [_Constant(1.0, config), _Constant(2.0, config)])
+    x = torch.zeros(4, 1, 28, 28)
+    out = staged(x, torch.tensor([999, 600, 599, 0])).sample
+    assert out[:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert staged(x, 700).sample.unique().tolist() == [1.0]
+    assert [row["calls"] for row in staged.accounting()] == [2, 1]  # the mixed batch split in two, then one whole call
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
+def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sampler):
+    from ddpm_lottery.diffusion import sample
+    from ddpm_lottery.runs import Run
+
+    run = Run.open(tiny_ticket_run)
+    staged = StagedLevel(run, "1000:400=level_02,400:0=level_02").network()
+    alone = run.level(2).network()
+    kwargs = dict(sampler=sampler, num_steps=10, num_samples=3, seed=5)
+    assert torch.equal(sample(staged, run.config.diffusion, **kwargs), sample(alone, run.config.diffusion, **kwargs))
+    assert [row["calls"] for row in staged.accounting()] == calls_per_stage(
+        staged.stages, __import__("ddpm_lottery.diffusion", fromlist=["x"]).sampling_scheduler(
+            run.config.diffusion, sampler, 10).timesteps.tolist())
+
+
+def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
+    from ddpm_lottery.diffusion import sample
+    from ddpm_lottery.runs import Run
+
+    run = Run.open(tiny_ticket_run)
+    captured = {}
+    for name, schedule in (("dense", "1000:0=level_00"), ("switched", "1000:500=level_00,500:0=level_02")):
+        steps = []
+        sample(StagedLevel(run, schedule).network(), run.config.diffusion, sampler="ddim", num_steps=10,
+               num_samples=2, seed=1, on_intermediate=lambda t, x, steps=steps: steps.append((t, x.clone())))
+        captured[name] = steps
+    for (t, a), (_, b) in zip(captured["dense"], captured["switched"]):
+        assert torch.equal(a, b) == (t >= 500), t  # identical while level 0 denoises, different after
+
+
+def test_ddim_20_calls_per_range():
+    from ddpm_lottery.config import DiffusionConfig
+    from ddpm_lottery.diffusion import sampling_scheduler
+
+    timesteps = sampling_scheduler(DiffusionConfig(), "ddim", 20).timesteps.tolist()
+    assert calls_per_stage(parse_schedule("1000:600=a,600:0=b"), timesteps) == [8, 12]
+
+
+def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_extractor, tmp_path):
+    from ddpm_lottery import api
+    from ddpm_lottery.config import EvalConfig, SampleConfig
+    from ddpm_lottery.evaluation import evaluate
+
+    sample_config = SampleConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=4, sampling_steps=4)
+    folder = api.sample(tiny_ticket_run, sample_config, tmp_path / "grid", progress=False, log=lambda *_: None)
+    info = json.loads((folder / "info.json").read_text())
+    assert info["schedule"] == "1000:500=level_00,500:0=level_02" and info["level"] is None
+    assert [row["calls"] for row in info["stages"]] == [2, 2]
+    config = EvalConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=40, sampling_steps=4,
+                        bootstrap_rounds=40, reference_samples=40, kid_subset_size=20)
+    (record,) = evaluate(tiny_ticket_run, config, progress=False, log=lambda *_: None, extractor=fake_extractor)
+    assert record["schedule"] == "1000:500=level_00,500:0=level_02"
+    assert "schedule 1000:500=level_00,500:0=level_02" in record["label"]
+    assert (tiny_ticket_run / "schedules" / "1000-500-L0_500-0-L2" / "eval" / f"{record['key']}.json").exists()
+    with pytest.raises(UserError, match="has not finished"):
+        api.sample(tiny_ticket_run, SampleConfig(schedule="1000:500=level_00,500:0=level_09"), tmp_path / "x",
+                   progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="drop --level"):
+        api.sample(tiny_ticket_run, SampleConfig(schedule="1000:0=level_00", level=1), tmp_path / "y",
+                   progress=False, log=lambda *_: None)
