@@ -38,7 +38,7 @@ def _masked(model, groups, masks):
 
 
 def test_groups_of_tiny_in_forward_order():
-    groups = channel_groups(_model())
+    groups = channel_groups(_model(), scope="inner")
     kinds = [g.kind for g in groups]
     assert kinds[0] == "time"  # the time embedding runs before conv_in
     # ResNet blocks: 3 down, 2 mid, 3 levels x 2 up; attention: 1 down, 1 mid, 2 up
@@ -50,6 +50,20 @@ def test_groups_of_tiny_in_forward_order():
     assert first.producers == ("down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.time_emb_proj")
     names = [g.name for g in groups]
     assert names.index("mid_block.attentions.0") < names.index("up_blocks.0.resnets.0")
+
+
+def test_streams_reach_every_layer_they_feed_including_both_ends_of_a_skip():
+    groups = {g.name: g for g in channel_groups(_model())}
+    assert {g.kind for g in groups.values()} == {"time", "resnet", "attention", "stream"}
+    stream = groups["stream:conv_in"]
+    reach = {(r.module, r.role): r for r in stream.reach}
+    assert ("down_blocks.0.resnets.0.norm1", "norm") in reach and ("down_blocks.0.resnets.0.conv2", "out") in reach
+    # the skip into the last up block: the concatenation puts these 16 channels at 32..47 of its norm
+    assert sorted(i for _, i in reach[("up_blocks.2.resnets.0.norm1", "norm")].pairs) == list(range(32, 48))
+    # tiny's lowest level has no downsampler: its stream meets itself in up_blocks.0.resnets.0's concatenation
+    lowest = groups["stream:down_blocks.1.downsamplers.0.conv"]
+    both = next(r for r in lowest.reach if r.module == "up_blocks.0.resnets.0.norm1")
+    assert len(both.pairs) == 2 * lowest.channels
 
 
 def test_unified_round_keeps_equal_channels_per_norm_group_and_hits_the_target():
@@ -99,8 +113,8 @@ def test_global_ranks_channels_across_groups():
     groups = channel_groups(model)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     victim = next(g for g in groups if g.kind == "resnet")
-    for name in victim.weight_rows():
-        weights[name] *= 1e-4  # every channel of one group is weakest
+    for name in victim.producers:
+        weights[f"{name}.weight"] *= 1e-4  # every channel of one group is weakest
     masks, _ = prune_channels("global", groups, full_channel_masks(groups), weights, PruneSettings(prune_ratio=0.05))
     assert int((~masks[victim.name]).sum()) == victim.channels - victim.sets  # down to one per norm group
     assert channel_sparsity(groups, masks) >= 0.05
@@ -133,10 +147,11 @@ def test_kept_channel_norm_is_the_small_group_norm():
     assert bool((out[:, ~kept] == 0).all())
 
 
-@pytest.mark.parametrize("strategy", ["unified", "global", "varying"])
-def test_compacted_tiny_equals_the_masked_network(strategy, tmp_path):
+@pytest.mark.parametrize("strategy, scope", [("unified", "all"), ("global", "all"), ("varying", "all"),
+                                             ("unified", "inner")])
+def test_compacted_tiny_equals_the_masked_network(strategy, scope, tmp_path):
     model = _model(groups=4)
-    groups = channel_groups(model)
+    groups = channel_groups(model, scope=scope)
     masks, _ = prune_channels(strategy, groups, full_channel_masks(groups), model.state_dict(),
                               PruneSettings(prune_ratio=0.5, ratio_increment=0.02), target=0.7)
     masked = _masked(model, groups, masks)
@@ -146,6 +161,8 @@ def test_compacted_tiny_equals_the_masked_network(strategy, tmp_path):
     for g in groups:  # physically smaller where channels went
         root = small.get_submodule(g.root)
         assert (root.out_channels if isinstance(root, torch.nn.Conv2d) else root.out_features) == int(masks[g.name].sum())
+    uneven = [m for m in small.modules() if type(m).__name__ == "UnevenGroupNorm"]
+    assert (scope == "inner") == (not uneven)  # inner widths keep equal norm groups; streams need not
     # in float64 the only difference left is rounding: the two networks are one function
     masked64 = copy.deepcopy(masked).double()
     assert compaction_error(masked64, compact(masked64, groups, masks)) < 1e-12
@@ -154,11 +171,12 @@ def test_compacted_tiny_equals_the_masked_network(strategy, tmp_path):
     assert compaction_error(small.float(), again) == 0.0
 
 
-def test_compacted_ddpm_cifar10_equals_the_masked_network():
+@pytest.mark.parametrize("scope", ["inner", "all"])
+def test_compacted_ddpm_cifar10_equals_the_masked_network(scope):
     model = _model("ddpm-cifar10", channels=3, size=32)
-    groups = channel_groups(model)
+    groups = channel_groups(model, scope=scope)
     # the time embedding, 22 ResNet blocks (8 down, 2 mid, 12 up) and 6 attention blocks (2 down, 1 mid, 3 up)
-    assert len(groups) == 1 + 22 + 6
+    assert len([g for g in groups if g.kind != "stream"]) == 1 + 22 + 6
     masks, _ = prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
                               PruneSettings(prune_ratio=0.5), target=0.75)
     masked = _masked(model, groups, masks)
@@ -170,7 +188,7 @@ def test_compacted_ddpm_cifar10_equals_the_masked_network():
     assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
     masked64 = masked.double()
     assert compaction_error(masked64, compact(masked64, groups, masks)) < 1e-12
-    assert sum(p.numel() for p in small.parameters()) < 0.45 * 35_746_307
+    assert sum(p.numel() for p in small.parameters()) < (0.45 if scope == "inner" else 0.1) * 35_746_307
 
 
 def test_bad_channel_settings_are_one_line_errors():
@@ -187,7 +205,7 @@ def test_bad_channel_settings_are_one_line_errors():
         prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
                        PruneSettings(prune_ratio=0.5), target=0.99)
     with pytest.raises(UserError, match="no channel group"):
-        channel_groups(model, exclude=("*.conv1.weight", "*.to_q.weight", "*.linear_1.weight"))
+        channel_groups(model, exclude=("*.conv1.weight", "*.to_q.weight", "*.linear_1.weight"), scope="inner")
 
 
 # ----------------------------------------------------------------------------------------------

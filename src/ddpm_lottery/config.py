@@ -167,6 +167,10 @@ class PruneConfig(Section):
                              "(ResNet inner widths, attention dimensions, time-embedding units; each level is also "
                              "saved as a physically smaller network, and sparsity targets count channels)",
                              choices=("weight", "channel"))
+    channel_scope: str = setting("all", "channel tickets: which channels may go: all (also the residual streams, "
+                                 "skips and samplers: most speed) or inner (ResNet inner widths, attention "
+                                 "dimensions, time-embedding units: the compacted network keeps plain group norms)",
+                                 choices=("all", "inner"))
     max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio "
                                      "(p + j*q grows past 100%% on deep nets)", above=0, maximum=1)
     min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "

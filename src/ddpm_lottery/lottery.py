@@ -182,7 +182,7 @@ class LevelTrainer:
         if prune is not None and prune.structure == "channel":
             from .structure import channel_groups
 
-            self.groups = channel_groups(probe, prune.include, prune.exclude)
+            self.groups = channel_groups(probe, prune.include, prune.exclude, prune.channel_scope)
         self.network_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.config.items()
                                if not k.startswith("_")}
         self.run: Run | None = None
@@ -203,6 +203,10 @@ class LevelTrainer:
                 write_json(self.run.modules_path, self.mmap.to_json())
             if not self.run.network_path.exists():
                 write_json(self.run.network_path, self.network_config)
+            if self.groups is not None and not self.run.channel_groups_path.exists():
+                from .structure import save_groups
+
+                save_groups(self.run.channel_groups_path, self.groups)
         self.processes.barrier()
         if self.run is None:
             self.run = Run.open(self.out)

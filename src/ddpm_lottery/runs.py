@@ -634,13 +634,21 @@ class Run:
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             return UNet2DModel.from_config(self.network_config())
 
-    def channel_groups(self, model=None):
-        """The channel groups a channel ticket of this run prunes (its include/exclude patterns apply)."""
-        from .structure import channel_groups
+    @property
+    def channel_groups_path(self) -> Path:
+        """Channel tickets: which channels are removed together and every layer each one reaches."""
+        return self.root / "channel_groups.json"
 
+    def channel_groups(self, model=None):
+        """The channel groups a channel ticket of this run prunes (stored with the run; traced if missing)."""
+        from .structure import channel_groups, load_groups
+
+        if self.channel_groups_path.exists():
+            return load_groups(self.channel_groups_path)
         prune = getattr(self.config, "prune", None)
         return channel_groups(model if model is not None else self.build_network(),
-                              prune.include if prune else (), prune.exclude if prune else ())
+                              prune.include if prune else (), prune.exclude if prune else (),
+                              prune.channel_scope if prune else "all")
 
     def module_map_json(self) -> dict:
         return read_json(self.modules_path, "module map")

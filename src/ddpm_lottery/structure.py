@@ -48,15 +48,29 @@ ChannelMasks = dict[str, torch.Tensor]  # channel group name -> bool (channels,)
 
 
 @dataclass(frozen=True)
-class ChannelGroup:
-    """Channels removable together with every layer they touch."""
+class Reach:
+    """One layer a channel group touches: its output rows, input columns, or norm channels."""
 
-    name: str  # the owning module, e.g. "down_blocks.0.resnets.0"
-    kind: str  # resnet | attention | time
-    root: str  # the layer whose output channels these are (Torch-Pruning's pruning root)
-    producers: tuple[str, ...]  # layers whose output rows (weight and bias) are these channels
-    consumers: tuple[str, ...]  # layers whose input columns are these channels
-    norm: str | None  # the GroupNorm over these channels
+    module: str
+    role: str  # out (weight rows and bias) | in (weight columns) | norm (GroupNorm scale and shift)
+    # (channel of the group, index in the layer) pairs: a channel may reach a layer twice, when a skip
+    # concatenation joins two ends of one stream
+    pairs: tuple[tuple[int, int], ...]
+
+    def layer_indices(self, channels: torch.Tensor) -> torch.Tensor:
+        """The layer's indices of the given channels of the group."""
+        chosen = set(channels.tolist())
+        return torch.tensor([idx for channel, idx in self.pairs if channel in chosen], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels removable together with every layer they touch (one of Torch-Pruning's dependency groups)."""
+
+    name: str  # the owning module for inner widths (down_blocks.0.resnets.0), stream:<first layer> for streams
+    kind: str  # resnet | attention | time | stream
+    root: str  # the first layer, in forward order, whose output channels these are
+    reach: tuple[Reach, ...]
     channels: int
     sets: int  # norm groups (resnet) or heads (attention): every set keeps the same number of channels
     index: int = 0  # forward-execution order among the groups: j of the varying schedule
@@ -65,47 +79,83 @@ class ChannelGroup:
     def per_set(self) -> int:
         return self.channels // self.sets
 
-    def weight_rows(self) -> list[str]:
-        return [f"{p}.weight" for p in self.producers]
+    @property
+    def producers(self) -> tuple[str, ...]:
+        return tuple(r.module for r in self.reach if r.role == "out")
 
-    def params(self) -> dict[str, int]:
-        """Every parameter the group's mask reaches, with the dimension that indexes the channels."""
-        out = {f"{p}.weight": 0 for p in self.producers} | {f"{p}.bias": 0 for p in self.producers}
-        out |= {f"{c}.weight": 1 for c in self.consumers}
-        if self.norm:
-            out |= {f"{self.norm}.weight": 0, f"{self.norm}.bias": 0}
-        return out
+    @property
+    def norm(self) -> str | None:
+        """The norm of an inner width (resnet: norm2), whose groups the slots follow."""
+        if self.kind != "resnet":
+            return None
+        return next(r.module for r in self.reach if r.role == "norm")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "root": self.root, "channels": self.channels, "sets": self.sets,
+                "index": self.index, "reach": [[r.module, r.role, [list(p) for p in r.pairs]] for r in self.reach]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ChannelGroup":
+        reach = tuple(Reach(m, role, tuple((int(c), int(i)) for c, i in pairs)) for m, role, pairs in data["reach"])
+        return cls(data["name"], data["kind"], data["root"], reach, data["channels"], data["sets"], data["index"])
 
 
-def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[ChannelGroup]:
-    """The channel groups of a ``UNet2DModel``, in forward-execution order (the patterns match root weights)."""
+SCOPES = ("all", "inner")
+
+
+def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                   scope: str = "all") -> list[ChannelGroup]:
+    """The channel groups of a ``UNet2DModel``, in forward-execution order.
+
+    ``scope`` "inner": ResNet inner widths, attention dimensions, time-embedding units; "all" adds the
+    residual streams (block outputs, skips, samplers, conv_in) and the time embedding's output.
+    The include/exclude patterns match a group's first layer's weight.
+    """
     import fnmatch
 
+    import torch_pruning as tp
     from diffusers.models.attention_processor import Attention
-    from diffusers.models.embeddings import TimestepEmbedding
+
+    if scope not in SCOPES:
+        raise UserError(f"unknown channel scope {scope!r}; choose one of {', '.join(SCOPES)}")
     from diffusers.models.resnet import ResnetBlock2D
 
-    found = []
     for name, module in model.named_modules():
-        if isinstance(module, ResnetBlock2D):
-            if module.time_embedding_norm != "default" or module.use_in_shortcut is None:
-                raise UserError(f"{name}: --structure channel supports ResNet blocks with the default time "
-                                "embedding norm; use --structure weight for this network")
-            producers = ("conv1",) + (("time_emb_proj",) if module.time_emb_proj is not None else ())
-            found.append(ChannelGroup(name, "resnet", f"{name}.conv1", tuple(f"{name}.{p}" for p in producers),
-                                      (f"{name}.conv2",), f"{name}.norm2", module.conv1.out_channels,
-                                      module.norm2.num_groups))
-        elif isinstance(module, Attention):
-            if module.is_cross_attention or module.to_q.out_features % module.heads:
-                raise UserError(f"{name}: --structure channel supports self-attention with equal heads only")
-            found.append(ChannelGroup(name, "attention", f"{name}.to_q",
-                                      tuple(f"{name}.{p}" for p in ("to_q", "to_k", "to_v")), (f"{name}.to_out.0",),
-                                      None, module.to_q.out_features, module.heads))
-        elif isinstance(module, TimestepEmbedding):
-            if module.cond_proj is not None or module.post_act is not None:
-                raise UserError(f"{name}: --structure channel supports the plain two-layer time embedding only")
-            found.append(ChannelGroup(name, "time", f"{name}.linear_1", (f"{name}.linear_1",),
-                                      (f"{name}.linear_2",), None, module.linear_1.out_features, 1))
+        if isinstance(module, ResnetBlock2D) and module.time_embedding_norm != "default":
+            raise UserError(f"{name}: --structure channel supports ResNet blocks with the default time embedding "
+                            "norm; use --structure weight for this network")
+        if isinstance(module, Attention) and (module.is_cross_attention or module.to_q.out_features % module.heads):
+            raise UserError(f"{name}: --structure channel supports self-attention with equal heads only")
+    plain = _with_plain_norms(copy.deepcopy(model)).eval()
+    try:
+        graph = tp.DependencyGraph().build_dependency(plain, example_inputs=example_inputs(plain))
+    except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
+        raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); channel tickets "
+                        "need a UNet2DModel that runs on one (sample, timestep) pair") from None
+    names = {module: name for name, module in plain.named_modules()}
+    order = {layer: i for i, layer in enumerate(execution_order(plain))}
+    found = []
+    for group in graph.get_all_groups(ignored_layers=[plain.conv_out], root_module_types=(torch.nn.Conv2d, torch.nn.Linear)):
+        reach: dict[tuple[str, str], set[tuple[int, int]]] = {}
+        channels = len(group[0].idxs)
+        for item in group:
+            module = item.dep.target.module
+            if isinstance(module, torch.nn.GroupNorm):
+                role = "norm"
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                role = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            else:
+                continue  # element-wise operations, reshapes: no parameters
+            pairs = reach.setdefault((names[module], role), set())
+            pairs.update((int(root_idx), int(idx)) for idx, root_idx in zip(item.idxs, item.root_idxs))
+        entries = tuple(Reach(m, role, tuple(sorted(pairs))) for (m, role), pairs in sorted(reach.items()))
+        outs = sorted((r.module for r in entries if r.role == "out"), key=lambda m: order.get(m, 10**9))
+        if not outs:
+            continue
+        kind, name, sets = _classify(plain, entries, outs)
+        if scope == "inner" and kind == "stream":
+            continue
+        found.append(ChannelGroup(name, kind, outs[0], entries, channels, sets))
     for group in found:
         if group.channels % group.sets:
             raise UserError(f"{group.norm or group.name}: {group.channels} channels do not split into {group.sets} "
@@ -117,12 +167,46 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
             return False
         return not any(fnmatch.fnmatchcase(root, p) for p in exclude)
 
-    order = {layer: i for i, layer in enumerate(execution_order(model))}
     found = sorted((g for g in found if kept(g)), key=lambda g: order[g.root])
     if not found:
         raise UserError("no channel group is left to prune (the include/exclude patterns match their first "
-                        "layers: conv1, to_q, linear_1); loosen them")
+                        "layers); loosen them")
     return [replace(g, index=i) for i, g in enumerate(found)]
+
+
+def _classify(model: torch.nn.Module, reach: tuple[Reach, ...], outs: list[str]) -> tuple[str, str, int]:
+    """(kind, name, sets) of a dependency group from the layers it touches."""
+    roles = {(r.module.rsplit(".", 1)[-1], r.role) for r in reach}
+    first = outs[0]
+    owner = first.rsplit(".", 1)[0]
+    if ("conv1", "out") in roles and ("norm2", "norm") in roles:
+        return "resnet", owner, model.get_submodule(f"{owner}.norm2").num_groups
+    if ("to_q", "out") in roles:
+        return "attention", owner, model.get_submodule(owner).heads
+    if ("linear_1", "out") in roles:
+        return "time", owner, 1
+    return "stream", f"stream:{first}", 1
+
+
+def _with_plain_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Kept-channel norms swapped back for plain GroupNorms (same parameters), as the tracer expects."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, KeptChannelGroupNorm):
+            parent_name, _, attr = name.rpartition(".")
+            plain = torch.nn.GroupNorm(module.num_groups, module.num_channels, module.eps, module.affine)
+            plain.weight, plain.bias = module.weight, module.bias
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, plain)
+    return model
+
+
+def save_groups(path: Path, groups: list[ChannelGroup]) -> None:
+    write_json(path, {"format": "ddpm-lottery channel groups v1: each group's channels and, per layer it reaches, "
+                                "the layer's index of each channel (out = weight rows and bias, in = weight columns, "
+                                "norm = GroupNorm channels)", "groups": [g.to_json() for g in groups]})
+
+
+def load_groups(path: Path) -> list[ChannelGroup]:
+    return [ChannelGroup.from_json(g) for g in read_json(path, "channel groups")["groups"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,15 +247,39 @@ def parameter_masks(groups: list[ChannelGroup], masks: ChannelMasks,
                     shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Bool masks of every parameter the channel masks reach (weights, biases, norm scales)."""
     out: dict[str, torch.Tensor] = {}
+
+    def cut(name: str, dim: int, indices: torch.Tensor) -> None:
+        if name not in shapes or not len(indices):
+            return  # a layer without bias
+        mask = out.setdefault(name, torch.ones(shapes[name], dtype=torch.bool))
+        mask.index_fill_(dim, indices, False)
+
     for g in groups:
-        for name, dim in g.params().items():
-            if name not in shapes:
-                continue  # a layer without bias
-            mask = out.get(name, torch.ones(shapes[name], dtype=torch.bool))
-            view = [1] * len(shapes[name])
-            view[dim] = g.channels
-            out[name] = mask & masks[g.name].view(view)
+        removed = torch.nonzero(~masks[g.name]).view(-1)
+        for r in g.reach:
+            indices = r.layer_indices(removed)
+            if r.role == "out":
+                cut(f"{r.module}.weight", 0, indices)
+                cut(f"{r.module}.bias", 0, indices)
+            elif r.role == "in":
+                cut(f"{r.module}.weight", 1, indices)
+            else:
+                cut(f"{r.module}.weight", 0, indices)
+                cut(f"{r.module}.bias", 0, indices)
     return out
+
+
+def norm_keeps(groups: list[ChannelGroup], masks: ChannelMasks,
+               sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Each GroupNorm the groups reach: which of its channels survive."""
+    keeps: dict[str, torch.Tensor] = {}
+    for g in groups:
+        removed = torch.nonzero(~masks[g.name]).view(-1)
+        for r in g.reach:
+            if r.role == "norm":
+                keep = keeps.setdefault(r.module, torch.ones(sizes[r.module], dtype=torch.bool))
+                keep[r.layer_indices(removed)] = False
+    return keeps
 
 
 def weight_masks(groups: list[ChannelGroup], masks: ChannelMasks, prunable: dict[str, tuple[int, ...]]):
@@ -199,14 +307,18 @@ def _floor_slots(group: ChannelGroup, settings: PruneSettings) -> int:
 
 
 def channel_scores(group: ChannelGroup, weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean |w| of each channel's rows over the group's producers."""
-    total = torch.zeros(group.channels)
+    """Mean |w| of each channel's rows over the layers that output it."""
+    total = torch.zeros(group.channels, dtype=torch.float64)
     count = 0
-    for name in group.weight_rows():
-        w = weights[name].detach().float().cpu().abs().reshape(group.channels, -1)
-        total += w.sum(1)
-        count += w.shape[1]
-    return total / count
+    for r in group.reach:
+        if r.role != "out":
+            continue
+        w = weights[f"{r.module}.weight"].detach().double().cpu().abs()
+        sums = w.reshape(w.shape[0], -1).sum(1)
+        for channel, idx in r.pairs:
+            total[channel] += sums[idx]
+        count += w[0].numel()
+    return (total / count).float()
 
 
 def _slot_scores(group: ChannelGroup, mask: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,40 +435,83 @@ def random_channel_masks(groups: list[ChannelGroup], reference: ChannelMasks, se
 # The masked network's group norm
 
 
-class KeptChannelGroupNorm(torch.nn.GroupNorm):
-    """GroupNorm whose statistics cover the surviving channels only; removed channels output zero.
+def group_norm_over(x: torch.Tensor, group_of: torch.Tensor, groups: int, weight: torch.Tensor,
+                    bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """GroupNorm where channel c belongs to group ``group_of[c]`` (groups may be uneven or empty)."""
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    onehot = F.one_hot(group_of, groups).to(flat.dtype)  # (C, G)
+    counts = (onehot.sum(0) * flat.shape[-1]).clamp(min=1)
+    mean = (flat.sum(-1) @ onehot) / counts  # (N, G)
+    centred = flat - (mean @ onehot.T).unsqueeze(-1)
+    var = (centred.square().sum(-1) @ onehot) / counts
+    scale = torch.rsqrt(var + eps) @ onehot.T  # (N, C)
+    out = centred * scale.unsqueeze(-1) * weight.view(1, c, 1) + bias.view(1, c, 1)
+    return out.reshape(x.shape)
 
-    With the same number of survivors in every group this is exactly ``GroupNorm(G, C')`` of the
-    compacted network, so the masked ticket that trains is the small network that is saved.
+
+def _even(group_of: torch.Tensor, groups: int) -> bool:
+    """Do the surviving channels split into equal, contiguous groups (a plain GroupNorm of the same groups)?"""
+    counts = torch.bincount(group_of, minlength=groups)
+    return bool((counts == counts[0]).all()) and int(counts[0]) > 0
+
+
+class KeptChannelGroupNorm(torch.nn.GroupNorm):
+    """GroupNorm whose statistics cover the surviving channels of each group only; removed channels output zero.
+
+    This is what the compacted network computes (a plain ``GroupNorm(G, C')`` when every group keeps
+    as many channels, else :class:`UnevenGroupNorm`), so the masked ticket that trains is the small
+    network that is saved.
     """
 
     def __init__(self, norm: torch.nn.GroupNorm, kept: torch.Tensor):
         super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine,
                          device=norm.weight.device, dtype=norm.weight.dtype)
         self.weight, self.bias = norm.weight, norm.bias  # the same parameters, so optimisers and EMA see them
-        self.register_buffer("kept_index", torch.nonzero(kept).view(-1).to(norm.weight.device), persistent=False)
+        index = torch.nonzero(kept).view(-1)
+        group_of = index // (norm.num_channels // norm.num_groups)
+        self.register_buffer("kept_index", index.to(norm.weight.device), persistent=False)
+        self.register_buffer("group_of", group_of.to(norm.weight.device), persistent=False)
+        self.even = _even(group_of, norm.num_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         index = self.kept_index
         if index.numel() == self.num_channels:
             return super().forward(x)
-        y = F.group_norm(x.index_select(1, index), self.num_groups, self.weight.index_select(0, index),
-                         self.bias.index_select(0, index), self.eps)
+        kept, weight, bias = x.index_select(1, index), self.weight.index_select(0, index), self.bias.index_select(0, index)
+        if self.even:
+            y = F.group_norm(kept, self.num_groups, weight, bias, self.eps)
+        else:
+            y = group_norm_over(kept, self.group_of, self.num_groups, weight, bias, self.eps)
         return torch.zeros_like(x).index_copy(1, index, y)
 
 
+class UnevenGroupNorm(torch.nn.GroupNorm):
+    """A compacted GroupNorm whose groups kept different numbers of channels (``group_of`` says which)."""
+
+    def __init__(self, num_groups: int, group_of: list[int], eps: float = 1e-5, affine: bool = True):
+        super().__init__(num_groups, len(group_of), eps, affine) if len(group_of) % num_groups == 0 else \
+            torch.nn.Module.__init__(self)
+        if len(group_of) % num_groups:  # GroupNorm's own check would refuse: set its fields by hand
+            self.num_groups, self.num_channels, self.eps, self.affine = num_groups, len(group_of), eps, affine
+            self.weight = torch.nn.Parameter(torch.ones(len(group_of)))
+            self.bias = torch.nn.Parameter(torch.zeros(len(group_of)))
+        self.register_buffer("group_of", torch.tensor(group_of, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm_over(x, self.group_of, self.num_groups, self.weight, self.bias, self.eps)
+
+
 def install_kept_norms(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMasks) -> torch.nn.Module:
-    """Swap each group's norm for a :class:`KeptChannelGroupNorm` (parameters are shared, names unchanged)."""
-    for g in groups:
-        if not g.norm:
-            continue
-        parent_name, _, attr = g.norm.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        norm = getattr(parent, attr)
+    """Swap every GroupNorm the groups reach for a :class:`KeptChannelGroupNorm` (same parameters and names)."""
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+    for name, kept in norm_keeps(groups, masks, {n: m.num_channels for n, m in norms.items()}).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        norm = norms[name]
         if isinstance(norm, KeptChannelGroupNorm):
-            norm = torch.nn.GroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
-            norm.weight, norm.bias = getattr(parent, attr).weight, getattr(parent, attr).bias
-        setattr(parent, attr, KeptChannelGroupNorm(norm, masks[g.name]))
+            norm = _with_plain_norms(torch.nn.ModuleDict({"n": norm}))["n"]
+        setattr(parent, attr, KeptChannelGroupNorm(norm, kept))
     return model
 
 
@@ -383,19 +538,15 @@ def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMa
     import torch_pruning as tp
 
     check_channel_masks(groups, masks, "compaction")
-    small = copy.deepcopy(model).eval()
-    for g in groups:  # plain GroupNorms for the tracer; the compacted ones are plain GroupNorm(G, C')
-        if g.norm and isinstance(small.get_submodule(g.norm), KeptChannelGroupNorm):
-            parent_name, _, attr = g.norm.rpartition(".")
-            old = small.get_submodule(g.norm)
-            plain = torch.nn.GroupNorm(old.num_groups, old.num_channels, old.eps, old.affine)
-            plain.weight, plain.bias = old.weight, old.bias
-            setattr(small.get_submodule(parent_name), attr, plain)
+    small = _with_plain_norms(copy.deepcopy(model)).eval()
+    sizes = {n: m.num_channels for n, m in small.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+    keeps = norm_keeps(groups, masks, sizes)
     try:
         graph = tp.DependencyGraph().build_dependency(small, example_inputs=example_inputs(small))
     except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
         raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); compact "
                         "tickets need a UNet2DModel that runs on one (sample, timestep) pair") from None
+    names = {module: name for name, module in small.named_modules()}
     for g in groups:
         removed = torch.nonzero(~masks[g.name]).view(-1).tolist()
         if not removed:
@@ -403,16 +554,35 @@ def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMa
         layer = small.get_submodule(g.root)
         prune_fn = tp.prune_conv_out_channels if isinstance(layer, torch.nn.Conv2d) else tp.prune_linear_out_channels
         group = graph.get_pruning_group(layer, prune_fn, idxs=removed)
-        touched = {dep.target.name.split(" ")[0] for dep, _ in group}
-        expected = set(g.producers) | set(g.consumers) | ({g.norm} if g.norm else set())
-        stray = sorted(n for n in touched if "(" not in n and n not in expected and not n.startswith("_"))
+        touched = {names[item.dep.target.module] for item in group if item.dep.target.module in names
+                   and any(True for _ in item.dep.target.module.parameters(recurse=False))}
+        stray = sorted(touched - {r.module for r in g.reach})
         if stray:
-            raise UserError(f"{g.name}: removing its channels would also cut {stray[0]}, which is not part of the "
-                            "group; this network's wiring is not supported by --structure channel")
+            raise UserError(f"{g.name}: removing its channels would also cut {stray[0]}, which the group does not "
+                            "reach; this network's wiring is not supported by --structure channel")
         group.prune()
         if g.kind == "attention":
             _refold_attention_scale(small.get_submodule(g.name), g, int(masks[g.name].sum()))
+    for name, kept in keeps.items():
+        norm = small.get_submodule(name)
+        group_of = torch.nonzero(kept).view(-1) // (sizes[name] // norm.num_groups)
+        if not _even(group_of, norm.num_groups):
+            uneven = UnevenGroupNorm(norm.num_groups, group_of.tolist(), norm.eps, norm.affine)
+            uneven.weight, uneven.bias = norm.weight, norm.bias
+            parent_name, _, attr = name.rpartition(".")
+            setattr(small.get_submodule(parent_name) if parent_name else small, attr, uneven)
+    _sync_samplers(small)
     return small
+
+
+def _sync_samplers(model: torch.nn.Module) -> None:
+    """diffusers' down/upsamplers check their input's channels against a stored count: keep it true."""
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.upsampling import Upsample2D
+
+    for module in model.modules():
+        if isinstance(module, (Downsample2D, Upsample2D)) and isinstance(getattr(module, "conv", None), torch.nn.Conv2d):
+            module.channels, module.out_channels = module.conv.in_channels, module.conv.out_channels
 
 
 def _refold_attention_scale(attention: torch.nn.Module, group: ChannelGroup, kept: int) -> None:
@@ -437,7 +607,10 @@ def save_compact(folder: Path, small: torch.nn.Module, which: str, weights_name:
     """The compacted network as safetensors plus a description of its layer shapes (no pickle)."""
     layers = {}
     for name, module in small.named_modules():
-        if isinstance(module, torch.nn.GroupNorm):
+        if isinstance(module, UnevenGroupNorm):
+            layers[name] = {"type": "UnevenGroupNorm", "num_groups": module.num_groups,
+                            "group_of": module.group_of.tolist()}
+        elif isinstance(module, torch.nn.GroupNorm):
             layers[name] = {"type": "GroupNorm", "num_groups": module.num_groups, "num_channels": module.num_channels}
         elif isinstance(module, torch.nn.Conv2d):
             layers[name] = {"type": "Conv2d", "in": module.in_channels, "out": module.out_channels}
@@ -460,13 +633,16 @@ def load_compact(folder: Path, weights_name: str) -> torch.nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         old = getattr(parent, attr)
-        if layer["type"] == "GroupNorm" and (old.num_groups, old.num_channels) != (layer["num_groups"], layer["num_channels"]):
+        if layer["type"] == "UnevenGroupNorm":
+            setattr(parent, attr, UnevenGroupNorm(layer["num_groups"], layer["group_of"], old.eps, old.affine))
+        elif layer["type"] == "GroupNorm" and (old.num_groups, old.num_channels) != (layer["num_groups"], layer["num_channels"]):
             setattr(parent, attr, torch.nn.GroupNorm(layer["num_groups"], layer["num_channels"], old.eps, old.affine))
         elif layer["type"] == "Conv2d" and (old.in_channels, old.out_channels) != (layer["in"], layer["out"]):
             setattr(parent, attr, torch.nn.Conv2d(layer["in"], layer["out"], old.kernel_size, old.stride, old.padding,
                                                   old.dilation, old.groups, old.bias is not None))
         elif layer["type"] == "Linear" and (old.in_features, old.out_features) != (layer["in"], layer["out"]):
             setattr(parent, attr, torch.nn.Linear(layer["in"], layer["out"], old.bias is not None))
+    _sync_samplers(model)
     state = load_tensors(folder / weights_name, "compact weights", "re-run `ddpm-lottery compact` on the level")
     try:
         model.load_state_dict(state, strict=True)
@@ -479,5 +655,5 @@ def load_compact(folder: Path, weights_name: str) -> torch.nn.Module:
 
 __all__ = ["STRUCTURES", "ChannelGroup", "channel_groups", "full_channel_masks", "check_channel_masks", "simulate_channel_sparsity",
            "save_channel_masks", "load_channel_masks", "max_channel_sparsity", "example_inputs", "prune_channels", "random_channel_masks",
-           "KeptChannelGroupNorm", "install_kept_norms", "compact", "compaction_error", "save_compact",
+           "KeptChannelGroupNorm", "UnevenGroupNorm", "install_kept_norms", "save_groups", "load_groups", "norm_keeps", "compact", "compaction_error", "save_compact",
            "load_compact", "parameter_masks", "weight_masks", "channel_sparsity"]
