@@ -114,3 +114,56 @@ def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_e
     with pytest.raises(UserError, match="drop --level"):
         api.sample(tiny_ticket_run, SampleConfig(schedule="1000:0=level_00", level=1), tmp_path / "y",
                    progress=False, log=lambda *_: None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Range fine-tuning
+
+
+@pytest.mark.parametrize("start", ["trained", "rewound"])
+def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(tiny_ticket_run, tmp_path, start):
+    from ddpm_lottery.config import TuneConfig
+    from ddpm_lottery.lottery import tune_range
+    from ddpm_lottery.runs import Run
+
+    config = TuneConfig(level=2, start=start, timestep_range=(0, 500), steps=4)
+    out = tune_range(tiny_ticket_run, config, tmp_path / "tuned", progress=False, log=lambda *_: None)
+    tuned, source = Run.open(out), Run.open(tiny_ticket_run)
+    assert tuned.kind == "range" and tuned.config.train.timestep_range == (0, 500)
+    level = tuned.level(0)
+    assert level.metrics()["tuned"] == {"source": str(source.root), "source_level": 2, "start": start,
+                                        "timesteps": [0, 500]}
+    masks, state = level.masks(), level.state("raw")
+    assert all(torch.equal(masks[n], m) for n, m in source.level(2).masks().items())
+    assert all(bool((state[n][~m] == 0).all()) for n, m in masks.items())  # pruned weights stayed exactly zero
+    assert not torch.equal(state["conv_in.weight"], source.level(2).state("raw")["conv_in.weight"])
+    staged = StagedLevel(source, f"1000:500=level_00,500:0={out}/level_00")
+    assert [lv.run.root for lv in staged.levels] == [source.root, tuned.root]
+
+
+def test_range_training_draws_only_its_timesteps(tmp_path):
+    from helpers import tiny_run_config
+
+    from ddpm_lottery.data import ImageSet
+    from ddpm_lottery.runs import Run
+    from ddpm_lottery.training import Trainer
+
+    config = tiny_run_config(steps=2)
+    config.train.timestep_range = (100, 140)
+    images = ImageSet(torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8), None, "random", "test", False)
+    trainer = Trainer(config, Run(tmp_path, {}).level(0), images=images, progress=False)
+    drawn = torch.cat([trainer.batch(step)[2] for step in range(20)])
+    assert int(drawn.min()) >= 100 and int(drawn.max()) < 140 and len(drawn.unique()) > 10
+
+
+def test_bad_range_tuning_is_refused(tiny_ticket_run, tmp_path):
+    from ddpm_lottery.config import TuneConfig
+    from ddpm_lottery.lottery import tune_range
+
+    with pytest.raises(UserError, match="give --timestep-range"):
+        tune_range(tiny_ticket_run, TuneConfig(level=1), tmp_path / "a", progress=False, log=lambda *_: None)
+    with pytest.raises(UserError, match="beyond the 1000 timesteps"):
+        tune_range(tiny_ticket_run, TuneConfig(level=1, timestep_range=(0, 1001)), tmp_path / "b", progress=False,
+                   log=lambda *_: None)
+    with pytest.raises(UserError, match="LOW < HIGH"):
+        TuneConfig(timestep_range=(600, 0)).train.check()

@@ -266,3 +266,94 @@ def test_unreachable_channel_target_is_refused_before_training(tmp_path):
     with pytest.raises(UserError, match="beyond what this network allows"):
         find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
     assert not (tmp_path / "run" / "level_00").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# From unstructured tickets
+
+
+def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
+    from ddpm_lottery.pruning import full_masks, module_map
+    from ddpm_lottery.structure import emptied_channels, norm_shapes
+
+    model = _model(groups=4)
+    groups = channel_groups(model)
+    mmap = module_map(model)
+    masks = full_masks(model, mmap.tensor_names)
+    by_name = {g.name: g for g in groups}
+    # a whole norm group of an inner width: no conv2 weight reads channels 4..7 of down_blocks.0.resnets.0
+    masks["down_blocks.0.resnets.0.conv2.weight"][:, 4:8] = False
+    # half a norm group of another: channels 0..1 of 4 are unread, but 2..3 share their statistics
+    masks["down_blocks.1.resnets.0.conv2.weight"][:, 0:2] = False
+    # a time-embedding unit nobody reads
+    masks["time_embedding.linear_2.weight"][:, 5] = False
+    # an attention dimension: no key row and no output column
+    masks["mid_block.attentions.0.to_k.weight"][3] = False
+    masks["mid_block.attentions.0.to_out.0.weight"][:, 3] = False
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    masked = copy.deepcopy(model)
+    masked.load_state_dict(apply_masks(model.state_dict(), masks))
+    kept = emptied_channels(groups, masks, norm_shapes(masked))
+    removed = {name: torch.nonzero(~mask).view(-1).tolist() for name, mask in kept.items() if not bool(mask.all())}
+    assert removed == {"down_blocks.0.resnets.0": [4, 5, 6, 7], "time_embedding": [5], "mid_block.attentions.0": [3]}
+    assert by_name["down_blocks.1.resnets.0"].name not in removed
+    small = compact(masked, groups, kept, even=False)
+    assert compaction_error(masked, small) < 1e-5  # the plain masked network: an unstructured ticket's own
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert shapes  # the masks above were built on these parameters
+
+
+def test_refill_keeps_the_fullest_channels_at_each_groups_density():
+    from ddpm_lottery.pruning import full_masks, module_map
+    from ddpm_lottery.structure import refill_channels
+
+    model = _model(groups=4)
+    groups = channel_groups(model, scope="inner")
+    masks = full_masks(model, module_map(model).tensor_names)
+    g = next(g for g in groups if g.kind == "resnet" and g.channels == 16)
+    conv1 = masks[f"{g.name}.conv1.weight"]
+    conv1.view(16, -1)[:, ::2] = False  # half of every filter pruned: density 1/2 ...
+    conv1[[0, 4, 8, 12]] = True  # ... except one full filter per norm group
+    masks[f"{g.name}.time_emb_proj.weight"].view(16, -1)[:, ::2] = False
+    refilled = refill_channels(groups, masks)
+    kept = torch.nonzero(refilled[g.name]).view(-1).tolist()
+    assert len(kept) == 8 and {0, 4, 8, 12} <= set(kept)  # density ~1/2, two per group of four, fullest first
+    check_channel_masks(groups, refilled, "test")
+
+
+def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_ticket_run, tiny_channel_run, tmp_path):
+    from ddpm_lottery.config import LotteryConfig
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run
+
+    config = LotteryConfig()
+    config.prune.refill = True
+    config.prune.control_of = str(tiny_ticket_run)
+    config.prune.levels = (1,)
+    out = find_ticket(config, tmp_path / "refill", progress=False, log=lambda *_: None)
+    run = Run.open(out)
+    assert run.config.prune.structure == "channel" and run.kind == "control-refill"
+    level = run.level(1)
+    assert level.metrics()["compact"]["max_abs_difference"] < 1e-5
+    assert 0 < level.metrics()["channel_sparsity"] < 1
+    with pytest.raises(UserError, match="starts from unstructured tickets"):
+        config = LotteryConfig()
+        config.prune.refill, config.prune.control_of = True, str(tiny_channel_run)
+        find_ticket(config, tmp_path / "again", progress=False, log=lambda *_: None)
+
+
+def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket_run, tiny_channel_run, tmp_path, capsys):
+    import shutil
+
+    from ddpm_lottery.cli import main
+    from ddpm_lottery.runs import Run
+
+    copy_of = tmp_path / "unstructured"
+    shutil.copytree(tiny_ticket_run, copy_of)
+    assert main(["compact", str(copy_of), "--level", "2"]) == 0
+    assert "channels the weight mask emptied" in capsys.readouterr().out
+    level = Run.open(copy_of).level(2)
+    assert compaction_error(level.network(), level.compact_network()) < 1e-5
+    assert main(["compact", str(tiny_channel_run), "--level", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "channel ticket" in out and "outputs differ by at most" in out

@@ -7,7 +7,8 @@ import sys
 
 from . import __version__
 from .config import (
-    CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, RunConfig, SampleConfig, add_arguments, config_from_args,
+    CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, RunConfig, SampleConfig, TuneConfig, add_arguments,
+    config_from_args,
 )
 from .errors import UserError
 
@@ -136,6 +137,30 @@ def _cmd_flops(args) -> int:
     return 0
 
 
+def _cmd_tune_range(args) -> int:
+    from .config import TuneConfig
+    from .lottery import tune_range
+
+    config = config_from_args(TuneConfig, args, args.config)
+    run = tune_range(args.run, config, args.out, progress=not args.no_progress)
+    _log_command(run)
+    return 0
+
+
+def _cmd_compact(args) -> int:
+    from .runs import Run
+    from .structure import compact_level
+
+    run = Run.open(args.run)
+    for level in run.levels_arg(args.level, args.all_levels):
+        r = compact_level(level)
+        print(f"{args.run} level {r['level']} ({r['how']}): removed {r['channels_removed']} of {r['channels_total']} "
+              f"channels; parameters {r['parameters']:,} → {r['compact_parameters']:,}; GFLOPs per call "
+              f"{r['flops'] / 1e9:.4f} → {r['compact_flops'] / 1e9:.4f} ({r['flops'] / r['compact_flops']:.2f}×); "
+              f"outputs differ by at most {r['max_abs_difference']:.2g}; wrote {level.compact_path}")
+    return 0
+
+
 def _cmd_frontier(args) -> int:
     from .config import FrontierConfig
     from .frontier import frontier
@@ -258,6 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--all-levels", action="store_true")
     flops.add_argument("--per-module", action="store_true", help="print the per-module table")
     flops.set_defaults(func=_cmd_flops)
+
+    tune = commands.add_parser(
+        "tune-range", help="fine-tune a level on one range of timesteps (the late network of a stage schedule)",
+        description="Train a finished level further on the timesteps of --timestep-range only, keeping its masks, "
+                    "from its trained weights or its rewound theta_tau * m. Writes RUN/ranges/<...>/, whose level_00 "
+                    "a --schedule names by path, e.g. 600:0=RUN/ranges/<...>/level_00.")
+    tune.add_argument("run", metavar="RUN")
+    _add_config_flag(tune)
+    tune.add_argument("--out", metavar="DIR", help="output run folder [default: RUN/ranges/level_NN-tLOW-HIGH-...]")
+    tune.add_argument("--no-progress", action="store_true")
+    add_arguments(tune, TuneConfig())
+    tune.set_defaults(func=_cmd_tune_range)
+
+    squeeze = commands.add_parser(
+        "compact", help="write a level's physically smaller network (channel tickets, or the channels an "
+                        "unstructured mask emptied)",
+        description="Compact run levels with Torch-Pruning into smaller networks that compute the same outputs: "
+                    "a channel ticket loses its removed channels; an unstructured ticket loses exactly the channels "
+                    "no surviving weight reads (and whose norm groups are all dead). Writes compact.safetensors "
+                    "and compact.json beside the level; the frontier and stage schedules then run it.")
+    squeeze.add_argument("run", metavar="RUN")
+    squeeze.add_argument("--level", type=int, default=None, help="[default: the last finished]")
+    squeeze.add_argument("--all-levels", action="store_true")
+    squeeze.set_defaults(func=_cmd_compact)
 
     front = commands.add_parser(
         "frontier", help="quality against measured seconds and FLOPs per sample: samplers, tickets, stage schedules",

@@ -150,6 +150,14 @@ class TrainConfig(Section):
     checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps", hashed=False, minimum=1)
     keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False, minimum=1)
     log_every: int = setting(25, "log the loss every N steps", hashed=False, minimum=1)
+    timestep_range: tuple[int, ...] = setting((), "train on the timesteps LOW..HIGH-1 only, given as LOW,HIGH "
+                                              "(range fine-tuning for stage schedules) [default: every timestep]",
+                                              minimum=0)
+
+    def check(self) -> None:
+        if self.timestep_range and (len(self.timestep_range) != 2 or self.timestep_range[0] >= self.timestep_range[1]):
+            raise UserError(f"--timestep-range takes LOW,HIGH with LOW < HIGH (e.g. 0,600), got "
+                            f"{','.join(map(str, self.timestep_range))}")
 
 
 @dataclass
@@ -194,6 +202,9 @@ class PruneConfig(Section):
     include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
     exclude: tuple[str, ...] = setting((), "never prune weights whose name matches one of these shell patterns")
     reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
+    refill: bool = setting(False, "a channel ticket from --control-of's unstructured levels: in each channel group the "
+                           "channels holding the most surviving weights, at the group's weight density, made whole "
+                           "and retrained from its theta_tau (Chen et al. 2022)")
     control_of: str | None = setting(None, "the ticket run whose levels a control (--reinit or --strategy random) "
                                      "mirrors", hashed=False)
     levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)",
@@ -411,6 +422,24 @@ class EvalConfig(Composite):
 
 
 @dataclass
+class TuneSettings(Section):
+    """What ``ddpm-lottery tune-range`` fine-tunes."""
+
+    level: int = setting(-1, "the level to fine-tune [default: the last finished]", minimum=-1)
+    start: str = setting("trained", "start from the level's trained weights, or from its rewound theta_tau * m",
+                         choices=("trained", "rewound"))
+
+
+@dataclass(init=False)
+class TuneConfig(Composite):
+    """``ddpm-lottery tune-range``: the source run's settings, with these changed."""
+
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+@dataclass
 class FrontierSettings(Section):
     """What ``ddpm-lottery frontier`` places on the quality-against-cost plot."""
 
@@ -450,6 +479,7 @@ SECTION_CLASSES: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
     "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
     "sample": SampleSettings, "cka": CkaConfig, "study": StudySettings, "frontier": FrontierSettings,
+    "tune": TuneSettings,
 }
 
 # Tables of a study file that are not settings sections: read by study.py, skipped by --config.

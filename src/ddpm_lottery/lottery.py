@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LotteryConfig, RunConfig, check_config, config_hash, non_default
+from .config import LotteryConfig, RunConfig, apply_overrides, check_config, config_hash, non_default
 from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
@@ -52,10 +52,14 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
     Control("reinit", "the masks of --control-of with freshly drawn initial weights (--seed-init)"),
     Control("random", "random masks with the per-tensor sparsities of --control-of's levels, rewound to its "
                       "theta_tau (--seed-init seeds the masks)"),
+    Control("refill", "channel tickets refilled from --control-of's unstructured masks (the channels holding the "
+                      "most surviving weights), rewound to its theta_tau"),
 )}
 
 
 def control_kind(config: LotteryConfig) -> str | None:
+    if config.prune.refill:
+        return "refill"
     if config.prune.reinit:
         return "reinit"
     if config.prune.strategy == "random":
@@ -74,6 +78,9 @@ def validate(config: LotteryConfig) -> None:
         raise UserError("--reinit is a control: give --control-of RUN, the ticket run whose masks it re-uses")
     if pc.reinit and pc.strategy == "random":
         raise UserError("choose one control: --reinit or --strategy random, not both")
+    if pc.refill and (pc.reinit or pc.strategy == "random" or not pc.control_of):
+        raise UserError("--refill turns the unstructured levels of --control-of RUN into channel tickets; give "
+                        "--control-of and no other control")
     if pc.strategy not in STRATEGIES and pc.strategy != "random":
         raise UserError(f"unknown strategy {pc.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     schedule = list(pc.sparsity_schedule)
@@ -616,7 +623,12 @@ class ControlBranch(Lottery):
                     continue
                 source_masks = self.source.level(index).masks()
                 channels = None
-                if self.groups is not None:
+                if self.control == "refill":
+                    from .structure import refill_channels, weight_masks
+
+                    channels = refill_channels(self.groups, source_masks)
+                    source_masks = weight_masks(self.groups, channels, self.mmap.shapes)
+                elif self.groups is not None:
                     from .structure import load_channel_masks, random_channel_masks, weight_masks
 
                     channels = load_channel_masks(self.source.level(index).channels_path, self.groups)
@@ -630,7 +642,7 @@ class ControlBranch(Lottery):
                                         seed=self.config.train.seed_init,
                                         image_size=self.images.images.shape[-1]).state_dict()
                 else:
-                    # channel tickets drew their random channels above
+                    # channel tickets drew their random (or refilled) channels above
                     masks = source_masks if channels is not None else random_masks(source_masks,
                                                                                    seed=self.config.train.seed_init)
                     start = load_tensors(self.source.rewind_path, "rewind weights (theta_tau)")
@@ -649,13 +661,98 @@ class ControlBranch(Lottery):
         return self.out
 
 
+# ----------------------------------------------------------------------------------------------
+# Range fine-tuning: a level trained further on one range of timesteps, for a stage schedule
+
+
+class RangeTuning(LevelTrainer):
+    """Fine-tunes one level of a run on the timesteps of ``train.timestep_range`` only.
+
+    The level's masks (and, for channel tickets, its channels and their norms) stay as they are; it
+    starts from the level's trained weights or from theta_tau * m, with a fresh optimizer.  The result
+    is its own run (kind ``range``) whose level 0 a stage schedule names as ``RUN/level_00``.
+    """
+
+    kind = "range"
+
+    def __init__(self, config: LotteryConfig, source: Run, level: int, start: str, out: str | Path, **kwargs):
+        self.source, self.source_level, self.start = source, source.level(level).require_finished(), start
+        total = config.diffusion.num_train_timesteps
+        if config.train.timestep_range[1] > total:
+            raise UserError(f"--timestep-range ends at {config.train.timestep_range[1]}, beyond the {total} timesteps "
+                            "of the diffusion process")
+        super().__init__(config, out, **kwargs)
+
+    def run_tuning(self) -> Path:
+        from .structure import install_kept_norms, parameter_masks, save_channel_masks
+
+        run = self.open_run({"source": str(self.source.root), "source_level": self.source_level.index,
+                             "start": self.start})
+        try:
+            level = run.level(0)
+            if level.finished:
+                self.log(f"{run.root} is already finished; nothing to do")
+                return self.out
+            masks = self.source_level.masks()
+            channels = self.source_level.channel_masks()
+            if self.processes.is_main:
+                make_dirs(level.dir)
+                save_masks(level.mask_path, masks)
+                if channels is not None:
+                    save_channel_masks(level.channels_path, channels)
+            low, high = self.config.train.timestep_range
+            trainer = self.trainer_for(level, None, f"timesteps {low}..{high - 1}")
+            every = dict(masks)
+            if channels is not None:
+                shapes = {n: tuple(p.shape) for n, p in trainer.model.named_parameters()}
+                every.update(parameter_masks(self.groups, channels, shapes))
+                install_kept_norms(trainer.model, self.groups, channels)
+            trainer.hooks = MaskedTraining(trainer.model, every)
+            if trainer.resume():
+                self.log(f"resuming at step {trainer.step}")
+            else:
+                start = (self.source_level.state("raw") if self.start == "trained" else
+                         load_tensors(self.source.rewind_path, "rewind weights (theta_tau)"))
+                trainer.load_weights(apply_masks(start, every))
+            self.log(f"fine-tuning {self.source_level.label()} on timesteps {low}..{high - 1} from its "
+                     f"{self.start} weights for {self.config.train.steps} steps")
+            self.train_level(trainer, 0, masks, [], "range", {
+                "tuned": {"source": str(self.source.root), "source_level": self.source_level.index,
+                          "start": self.start, "timesteps": [low, high]}})
+            self.write_summary()
+        finally:
+            self.close_run()
+        return self.out
+
+
+def tune_range(run_dir: str | Path, config, out: str | Path | None = None, *, progress: bool = True,
+               log=print) -> Path:
+    """``ddpm-lottery tune-range``: the source run's config with the given training settings changed."""
+    source = Run.open(run_dir)
+    if source.kind == "range":
+        raise UserError(f"{source.root} is itself a range fine-tuning; tune the run it came from")
+    index = source.last_level().index if config.tune.level == -1 else config.tune.level
+    if not config.train.timestep_range:
+        raise UserError("give --timestep-range LOW,HIGH: the timesteps the level is fine-tuned for (e.g. 0,600)")
+    tuned = copy.deepcopy(source.config)
+    if not isinstance(tuned, LotteryConfig):
+        tuned = LotteryConfig(**{k: getattr(tuned, k) for k in ("data", "model", "diffusion", "train", "runtime")})
+    apply_overrides(tuned, {f"train.{k}": v for k, v in non_default(config.train).items()}, source="tune-range")
+    tuned.runtime.device = config.runtime.device
+    low, high = config.train.timestep_range
+    out = Path(out) if out else source.root / "ranges" / (
+        f"level_{index:02d}-t{low}-{high}-{config.tune.start}-{config_hash(tuned)}")
+    return RangeTuning(tuned, source, index, config.tune.start, out, progress=progress, log=log).run_tuning()
+
+
 def apply_masks(weights: dict[str, torch.Tensor], masks) -> dict[str, torch.Tensor]:
     """theta * m with +0.0 at pruned positions; survivors keep their exact bits."""
     return {n: torch.where(masks[n].to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device))
             if n in masks else w for n, w in weights.items()}
 
 
-_CONTROL_FIELDS = {"prune.reinit", "prune.strategy", "prune.levels", "prune.control_of", "train.seed_init"}
+_CONTROL_FIELDS = {"prune.reinit", "prune.refill", "prune.strategy", "prune.levels", "prune.control_of",
+                   "prune.channel_scope", "train.seed_init"}
 
 
 def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
@@ -670,6 +767,12 @@ def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
                             f"--{key.split('.')[-1].replace('_', '-')}")
     branch = copy.deepcopy(source_config)
     branch.prune.reinit = config.prune.reinit
+    if config.prune.refill:
+        if source_config.prune.structure != "weight":
+            raise UserError(f"--refill starts from unstructured tickets, and {source.root} is a "
+                            f"{source_config.prune.structure} search")
+        branch.prune.refill, branch.prune.structure = True, "channel"
+        branch.prune.channel_scope = config.prune.channel_scope
     branch.prune.strategy = "random" if config.prune.strategy == "random" else source_config.prune.strategy
     branch.prune.levels = config.prune.levels
     branch.prune.control_of = str(source.root)
@@ -695,4 +798,5 @@ def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progres
     return Lottery(config, out, progress=progress, log=log).run_search()
 
 
-__all__ = ["find_ticket", "Lottery", "ControlBranch", "CONTROLS", "apply_masks", "control_config"]
+__all__ = ["find_ticket", "Lottery", "ControlBranch", "CONTROLS", "apply_masks", "control_config", "RangeTuning",
+           "tune_range"]

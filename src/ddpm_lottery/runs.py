@@ -52,7 +52,7 @@ from .files import (
 )
 
 LAYOUT_VERSION = 2
-KINDS = ("train", "lottery", "control-reinit", "control-random")
+KINDS = ("train", "lottery", "control-reinit", "control-random", "control-refill", "range")
 LEVEL_PATTERN = re.compile(r"^level_(\d{2,})$")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
 
@@ -471,6 +471,9 @@ class Run:
                             "find-ticket")
         stored = read_json(config_path, "run config", "the run folder is damaged; re-run its command into a new "
                                                       "--out folder")
+        if isinstance(stored, dict) and stored.get("layout") == LAYOUT_VERSION and stored.get("kind") not in KINDS:
+            raise UserError(f"{path} is a {stored.get('kind')!r} run, which this version of ddpm-lottery does not know "
+                            f"({', '.join(KINDS)}); open it with the version that wrote it")
         if not isinstance(stored, dict) or stored.get("layout") != LAYOUT_VERSION or stored.get("kind") not in KINDS:
             raise UserError(f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
                             f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder")
@@ -548,7 +551,7 @@ class Run:
     @property
     def config(self):
         """The run's config: a LotteryConfig for searches and controls, a RunConfig for training runs."""
-        cls = RunConfig if self.kind == "train" else LotteryConfig
+        cls = RunConfig if self.kind == "train" else LotteryConfig  # range fine-tunings keep their source's
         return from_dict(cls, self.stored["config"])
 
     @property

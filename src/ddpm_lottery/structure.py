@@ -217,13 +217,17 @@ def full_channel_masks(groups: list[ChannelGroup]) -> ChannelMasks:
     return {g.name: torch.ones(g.channels, dtype=torch.bool) for g in groups}
 
 
-def check_channel_masks(groups: list[ChannelGroup], masks: ChannelMasks, where: str) -> None:
-    """Every group present, of its size, with the same number of survivors in every set."""
+def check_channel_masks(groups: list[ChannelGroup], masks: ChannelMasks, where: str, even: bool = True) -> None:
+    """Every group present, of its size, with survivors; with ``even``, the same number in every set."""
     for g in groups:
         mask = masks.get(g.name)
         if mask is None or mask.shape != (g.channels,):
             raise UserError(f"{where}: channel mask of {g.name} is missing or not {g.channels} long; it belongs to "
                             "another network")
+        if not even:
+            if not bool(mask.any()):
+                raise UserError(f"{where}: {g.name} keeps no channel; every channel group keeps at least one")
+            continue
         counts = mask.view(g.sets, g.per_set).sum(1)
         if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
             raise UserError(f"{where}: {g.norm or g.name} keeps {counts.tolist()} channels per group; a channel ticket "
@@ -432,6 +436,92 @@ def random_channel_masks(groups: list[ChannelGroup], reference: ChannelMasks, se
 
 
 # ----------------------------------------------------------------------------------------------
+# From unstructured tickets: channels a weight mask has emptied, and refilling
+
+
+def _dead_columns(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Which slices along ``dim`` of a weight mask hold no surviving weight."""
+    other = [d for d in range(mask.dim()) if d != dim]
+    return ~mask.any(dim=other) if other else ~mask
+
+
+def emptied_channels(groups: list[ChannelGroup], weight_masks: dict[str, torch.Tensor],
+                     norms: dict[str, tuple[int, int]]) -> ChannelMasks:
+    """Channels an unstructured ticket has made dead, removable without changing a single output.
+
+    A channel is dead when no surviving weight reads it (every input column it reaches is pruned;
+    for attention dimensions also the key row, so the dropped score term is the same for every key).
+    It can go exactly when, besides, every norm group it sits in is dead too: a norm's statistics
+    include every channel of its group, pruned or not.  Each group keeps at least one channel.
+    ``norms`` gives each GroupNorm's (groups, channels).
+    """
+    candidate: dict[str, torch.Tensor] = {}
+    for g in groups:
+        dead = torch.ones(g.channels, dtype=torch.bool)
+        reads = [r for r in g.reach if r.role == "in"] + [r for r in g.reach if g.kind == "attention"
+                                                          and r.role == "out" and r.module.endswith("to_k")]
+        if not reads:
+            dead[:] = False
+        for r in reads:
+            name = f"{r.module}.weight"
+            if name not in weight_masks:  # a layer left dense reads every channel
+                dead[:] = False
+                continue
+            empty = _dead_columns(weight_masks[name], 1 if r.role == "in" else 0)
+            for channel, idx in r.pairs:
+                dead[channel] &= bool(empty[idx])
+        candidate[g.name] = dead
+    # norm groups: dead only if every channel in them is
+    positions: dict[str, dict[int, tuple[str, int]]] = {}
+    for g in groups:
+        for r in g.reach:
+            if r.role == "norm":
+                for channel, idx in r.pairs:
+                    positions.setdefault(r.module, {})[idx] = (g.name, channel)
+    removable = {name: mask.clone() for name, mask in candidate.items()}
+    for module, where in positions.items():
+        count, size = norms[module]
+        per = size // count
+        for idx, (name, channel) in where.items():
+            start = (idx // per) * per
+            if not all(i in where and candidate[where[i][0]][where[i][1]] for i in range(start, start + per)):
+                removable[name][channel] = False
+    out = {}
+    for g in groups:
+        kept = ~removable[g.name]
+        if not bool(kept.any()):
+            kept[0] = True
+        out[g.name] = kept
+    return out
+
+
+def refill_channels(groups: list[ChannelGroup], weight_masks: dict[str, torch.Tensor]) -> ChannelMasks:
+    """A channel ticket from an unstructured one (Chen et al. 2022, "Coarsening the Granularity"): in each
+    group keep the channels holding the most surviving weights, as many as the group's weight density
+    (in equal numbers per norm group or head, at least one), and make them whole again."""
+    out = {}
+    for g in groups:
+        surviving = torch.zeros(g.channels)
+        total = 0
+        for r in g.reach:
+            name = f"{r.module}.weight"
+            if r.role != "out" or name not in weight_masks:
+                continue
+            mask = weight_masks[name]
+            rows = mask.reshape(mask.shape[0], -1).sum(1).float()
+            for channel, idx in r.pairs:
+                surviving[channel] += rows[idx]
+            total += mask[0].numel() * len(r.pairs)
+        density = float(surviving.sum()) / total if total else 1.0
+        keep = max(1, min(g.per_set, round(density * g.per_set)))
+        order = torch.argsort(surviving.view(g.sets, g.per_set), dim=1, descending=True, stable=True)
+        mask = torch.zeros(g.sets, g.per_set, dtype=torch.bool)
+        mask.scatter_(1, order[:, :keep], True)
+        out[g.name] = mask.view(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The masked network's group norm
 
 
@@ -530,14 +620,15 @@ def example_inputs(model: torch.nn.Module, batch: int = 2) -> dict[str, torch.Te
     return {"sample": sample, "timestep": timestep}
 
 
-def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMasks) -> torch.nn.Module:
+def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMasks, even: bool = True) -> torch.nn.Module:
     """A physically smaller copy of ``model`` without the removed channels (Torch-Pruning's dependency graph).
 
     ``model`` holds the masked weights (standard or kept-channel norms alike); it is not changed.
+    ``even=False`` lets inner widths lose whole norm groups (what :func:`emptied_channels` finds).
     """
     import torch_pruning as tp
 
-    check_channel_masks(groups, masks, "compaction")
+    check_channel_masks(groups, masks, "compaction", even)
     small = _with_plain_norms(copy.deepcopy(model)).eval()
     sizes = {n: m.num_channels for n, m in small.named_modules() if isinstance(m, torch.nn.GroupNorm)}
     keeps = norm_keeps(groups, masks, sizes)
@@ -592,6 +683,11 @@ def _refold_attention_scale(attention: torch.nn.Module, group: ChannelGroup, kep
         attention.to_q.weight.mul_(factor)
         if attention.to_q.bias is not None:
             attention.to_q.bias.mul_(factor)
+
+
+def norm_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """Each GroupNorm of ``model``: (groups, channels)."""
+    return {n: (m.num_groups, m.num_channels) for n, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)}
 
 
 def compaction_error(masked: torch.nn.Module, small: torch.nn.Module, batch: int = 2) -> float:
@@ -655,5 +751,34 @@ def load_compact(folder: Path, weights_name: str) -> torch.nn.Module:
 
 __all__ = ["STRUCTURES", "ChannelGroup", "channel_groups", "full_channel_masks", "check_channel_masks", "simulate_channel_sparsity",
            "save_channel_masks", "load_channel_masks", "max_channel_sparsity", "example_inputs", "prune_channels", "random_channel_masks",
-           "KeptChannelGroupNorm", "UnevenGroupNorm", "install_kept_norms", "save_groups", "load_groups", "norm_keeps", "compact", "compaction_error", "save_compact",
+           "KeptChannelGroupNorm", "UnevenGroupNorm", "emptied_channels", "refill_channels", "install_kept_norms", "save_groups", "load_groups", "norm_keeps", "compact", "compaction_error", "save_compact",
            "load_compact", "parameter_masks", "weight_masks", "channel_sparsity"]
+
+
+def compact_level(level) -> dict:
+    """Write a level's compacted network (EMA weights) beside it and say what it removed.
+
+    A channel ticket compacts its channel masks; any other level (an unstructured ticket, a dense
+    model) loses exactly the channels its mask has emptied (:func:`emptied_channels`)."""
+    from .costs import layer_flops
+
+    level.require_finished()
+    run = level.run
+    masked = level.network("ema")
+    groups = run.channel_groups(run.build_network())
+    channels = level.channel_masks()
+    if channels is not None:
+        small, how = compact(masked, groups, channels), "channel ticket"
+    else:
+        channels = emptied_channels(groups, level.masks(), norm_shapes(masked))
+        small, how = compact(masked, groups, channels, even=False), "channels the weight mask emptied"
+    error = compaction_error(masked, small)
+    save_compact(level.dir, small, "ema", level.compact_path.name)
+    if level.costs_path.exists():
+        level.costs_path.unlink()  # recomputed with the compacted network's FLOPs when next asked
+    removed = {g.name: int((~channels[g.name]).sum()) for g in groups if not bool(channels[g.name].all())}
+    return {"level": level.index, "how": how, "removed_channels": removed,
+            "channels_removed": sum(removed.values()), "channels_total": sum(g.channels for g in groups),
+            "parameters": sum(p.numel() for p in masked.parameters()),
+            "compact_parameters": sum(p.numel() for p in small.parameters()),
+            "flops": layer_flops(masked)[0], "compact_flops": layer_flops(small)[0], "max_abs_difference": error}

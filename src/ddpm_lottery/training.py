@@ -295,8 +295,8 @@ class Trainer:
         indices = self.order.indices(step).to(self.device)
         clean = to_model_range(self.data[indices])
         global_batch = clean.shape[0]
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (global_batch,),
-                                  generator=generator, device=self.device)
+        low, high = tc.timestep_range or (0, self.scheduler.config.num_train_timesteps)
+        timesteps = torch.randint(low, high, (global_batch,), generator=generator, device=self.device)
         noise = torch.randn(clean.shape, generator=generator, device=self.device)
         if self.flip:
             flips = torch.rand(global_batch, generator=generator, device=self.device) < 0.5
