@@ -357,3 +357,18 @@ def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket
     assert main(["compact", str(tiny_channel_run), "--level", "2"]) == 0
     out = capsys.readouterr().out
     assert "channel ticket" in out and "outputs differ by at most" in out
+
+
+def test_a_channel_search_can_start_from_a_weight_search_dense_model(tiny_ticket_run, tmp_path):
+    from ddpm_lottery.config import LotteryConfig, from_dict
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run, read_json
+
+    config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
+    config.prune.structure, config.prune.strategy = "channel", "unified"
+    config.prune.sparsity_schedule = (0.5,)
+    config.prune.dense_from = str(tiny_ticket_run)
+    out = find_ticket(config, tmp_path / "channels", progress=False, log=lambda *_: None)
+    run = Run.open(out)
+    assert run.level(0).metrics()["copied_from"] == str(tiny_ticket_run)
+    assert run.level(1).metrics()["channel_sparsity"] == pytest.approx(0.5, abs=0.02)

@@ -276,7 +276,8 @@ class LevelTrainer:
 
     def search_sparsity(self, metrics: dict) -> float:
         """What levels are pruned towards: weight sparsity, or channel sparsity for channel tickets."""
-        return metrics["channel_sparsity"] if self.groups is not None else metrics["sparsity"]
+        # a dense level 0 reused from a weight search (--dense-from) has no channel figures: it has every channel
+        return metrics.get("channel_sparsity", metrics["sparsity"]) if self.groups is not None else metrics["sparsity"]
 
     def write_summary(self) -> list[dict]:
         rows = []
@@ -495,11 +496,12 @@ class Lottery(LevelTrainer):
         return masks, schedule
 
     def _channel_masks_for_level(self, index: int, target: float | None, previous: Level) -> tuple[dict, list[dict]]:
-        from .structure import load_channel_masks, prune_channels, save_channel_masks, weight_masks
+        from .structure import full_channel_masks, load_channel_masks, prune_channels, save_channel_masks, weight_masks
 
         pc = self.config.prune
         level = self.run.level(index)
-        before = load_channel_masks(previous.channels_path, self.groups)
+        before = (load_channel_masks(previous.channels_path, self.groups) if previous.channels_path.exists()
+                  or previous.index > 0 else full_channel_masks(self.groups))
         channels, schedule = prune_channels(pc.strategy, self.groups, before, previous.state(pc.magnitudes),
                                             self.settings, target)
         masks = weight_masks(self.groups, channels, self.mmap.shapes)
