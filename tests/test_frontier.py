@@ -72,3 +72,15 @@ def test_frontier_refuses_the_loss_and_unknown_levels(tiny_ticket_run, tmp_path)
         frontier([tiny_ticket_run], _config(levels=(7,)), tmp_path, progress=False, log=lambda *_: None)
     with pytest.raises(UserError, match="two levels"):
         frontier([tiny_ticket_run], _config(sweep_levels=(0, 1, 2)), tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_the_report_shows_a_stored_frontier(tiny_ticket_run, fake_extractor, tmp_path):
+    import shutil
+
+    from ddpm_lottery.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_ticket_run, run)
+    frontier([run], _config(dense_samplers=("ddim:4",)), progress=False, log=lambda *_: None, extractor=fake_extractor)
+    page = build_report([run], tmp_path / "report.html", log=lambda *_: None).read_text()
+    assert "Efficiency frontier" in page and "FLOP ratio" in page

@@ -206,7 +206,7 @@ def test_strategies_and_controls_are_registries_matching_the_declared_choices():
 
     choices = next(f for f in dataclasses.fields(PruneConfig) if f.name == "strategy").metadata["choices"]
     # --strategy takes every search strategy, plus "random", the random-mask control
-    assert set(choices) == set(STRATEGIES) | {"random"} and set(CONTROLS) == {"reinit", "random"}
+    assert set(choices) == set(STRATEGIES) | {"random"} and set(CONTROLS) == {"reinit", "random", "refill"}
     declared = {f.name for f in dataclasses.fields(PruneConfig)}
     assert all(set(s.reads) <= declared for s in STRATEGIES.values())
     assert STRATEGIES["varying"].imposes_profile and not STRATEGIES["unified"].imposes_profile

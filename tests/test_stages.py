@@ -35,6 +35,7 @@ class _Constant(torch.nn.Module):
     def __init__(self, value, config):
         super().__init__()
         self.value, self.config = value, config
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device, as every network has
 
     def forward(self, sample, timestep):
         from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -51,7 +52,9 @@ def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
     out = staged(x, torch.tensor([999, 600, 599, 0])).sample
     assert out[:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
     assert staged(x, 700).sample.unique().tolist() == [1.0]
-    assert [row["calls"] for row in staged.accounting()] == [2, 1]  # the mixed batch split in two, then one whole call
+    rows = staged.accounting()
+    assert [row["calls"] for row in rows] == [2, 1]  # the mixed batch split in two, then one whole call
+    assert [row["images"] for row in rows] == [2 + 4, 2]
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])

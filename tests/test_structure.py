@@ -166,8 +166,8 @@ def test_compacted_tiny_equals_the_masked_network(strategy, scope, tmp_path):
     # in float64 the only difference left is rounding: the two networks are one function
     masked64 = copy.deepcopy(masked).double()
     assert compaction_error(masked64, compact(masked64, groups, masks)) < 1e-12
-    save_compact(tmp_path, small.float(), "ema", "compact.safetensors")
-    again = load_compact(tmp_path, "compact.safetensors")  # no mask needed
+    save_compact(tmp_path / "compact.json", tmp_path / "compact.safetensors", small.float(), "ema")
+    again = load_compact(tmp_path / "compact.json", tmp_path / "compact.safetensors")  # no mask needed
     assert compaction_error(small.float(), again) == 0.0
 
 
@@ -372,3 +372,14 @@ def test_a_channel_search_can_start_from_a_weight_search_dense_model(tiny_ticket
     run = Run.open(out)
     assert run.level(0).metrics()["copied_from"] == str(tiny_ticket_run)
     assert run.level(1).metrics()["channel_sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_network_the_tracer_cannot_follow_is_one_line(monkeypatch):
+    import torch_pruning as tp
+
+    def broken(self, model, example_inputs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
+    with pytest.raises(UserError, match="Torch-Pruning could not trace this network"):
+        channel_groups(_model())

@@ -126,7 +126,8 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     log(f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
         f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s)")
     for row in info.get("stages", []):
-        log(f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s")
+        log(f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s, "
+            f"{row['flops'] / 1e9:.3g} GFLOPs ({row['flops_per_image_call'] / 1e6:.3g} MFLOPs per image and call)")
     return folder.dir
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import EvalConfig, FrontierConfig, SamplingConfig
 from .errors import UserError
 from .files import make_dirs, write_json, write_text
-from .runs import Level, Run
+from .runs import Level, Run, level_name
 
 
 @dataclass
@@ -84,8 +84,9 @@ def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
     for switch in config.frontier.switch_steps:
         if not 0 < switch < total:
             raise UserError(f"--switch-steps {switch} is outside the reverse process (1..{total - 1})")
-        out.append((f"{total}:{switch}=level_{dense:02d},{switch}:0=level_{sparse:02d}", "schedule"))
-        out.append((f"{total}:{switch}=level_{sparse:02d},{switch}:0=level_{dense:02d}", "schedule control"))
+        first, second = level_name(dense), level_name(sparse)
+        out.append((f"{total}:{switch}={first},{switch}:0={second}", "schedule"))
+        out.append((f"{total}:{switch}={second},{switch}:0={first}", "schedule control"))
     return out
 
 
@@ -110,7 +111,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     ticket_points = [parse_sampler(s) for s in config.frontier.ticket_samplers]
     device = resolve_device(config.runtime.device)
     opened = [Run.open(r) for r in runs]
-    out = Path(out) if out else opened[0].root / "frontier"
+    folder = opened[0].frontier_folder(Path(out) if out else None)
 
     # what to measure: (point, level-like object)
     planned: list[tuple[Point, Level]] = []
@@ -134,7 +135,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
                 planned.append((Point(f"level {index} ({sparsity:.1%} {what}) {sampler} {steps}", kind, str(run.root),
                                       sampler, steps, level=index, sparsity=sparsity), level))
         schedules = _sweep(run, config)
-        stored = sorted({r.get("schedule") for d in (run.root / "schedules").glob("*/eval") for r in _records(d)} - {None})
+        stored = sorted({r.get("schedule") for d in run.schedules_dir.glob("*/eval") for r in _records(d)} - {None})
         schedules += [(s, "schedule") for s in stored if s not in {x for x, _ in schedules}]
         for schedule, kind in schedules:
             staged = StagedLevel(run, schedule)
@@ -196,23 +197,23 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
     _mark_pareto(points, "effective_flops_per_sample", "pareto_flops")
 
-    make_dirs(out)
+    make_dirs(folder.dir)
     reference = {p.run: p for p in points if p.kind == "dense" and p.sampler == "ddpm"}
     how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
            f"{__import__('torch').get_num_threads()} threads")
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
               "timing_batch": batch}
-    write_json(out / "frontier.json", result)
+    write_json(folder.record, result)
     table = markdown(points, reference, how)
-    write_text(out / "frontier.md", table)
+    write_text(folder.table, table)
     from .figures import frontier_figure
 
     from .evaluation import MEASURES
 
-    frontier_figure(points, MEASURES[measure].label, how, out / "frontier.png")
+    frontier_figure(points, MEASURES[measure].label, how, folder.figure)
     log(table)
-    log(f"wrote {out / 'frontier.md'}, {out / 'frontier.png'} and {out / 'frontier.json'}")
+    log(f"wrote {folder.table}, {folder.figure} and {folder.record}")
     return result
 
 

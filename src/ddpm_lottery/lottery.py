@@ -265,7 +265,7 @@ class LevelTrainer:
         install_kept_norms(masked, self.groups, masks)
         small = compact(masked, self.groups, masks)
         error = compaction_error(masked, small)
-        save_compact(level.dir, small, "ema", level.compact_path.name)
+        save_compact(level.compact_spec_path, level.compact_path, small, "ema")
         compact_params = sum(p.numel() for p in small.parameters())
         return {"structure": "channel", "channel_sparsity": channel_sparsity(self.groups, masks),
                 "channels_kept": {g.name: int(masks[g.name].sum()) for g in self.groups},
@@ -742,8 +742,7 @@ def tune_range(run_dir: str | Path, config, out: str | Path | None = None, *, pr
     apply_overrides(tuned, {f"train.{k}": v for k, v in non_default(config.train).items()}, source="tune-range")
     tuned.runtime.device = config.runtime.device
     low, high = config.train.timestep_range
-    out = Path(out) if out else source.root / "ranges" / (
-        f"level_{index:02d}-t{low}-{high}-{config.tune.start}-{config_hash(tuned)}")
+    out = Path(out) if out else source.range_path(index, low, high, config.tune.start, config_hash(tuned))
     return RangeTuning(tuned, source, index, config.tune.start, out, progress=progress, log=log).run_tuning()
 
 

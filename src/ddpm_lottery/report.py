@@ -290,6 +290,14 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         sections.append(("Per-module sparsity (upstream → downstream)", "\n".join(bars)))
         curves = [level_loss_curves(run, figures / f"loss_{run.root.name}.png") for run in ticket_runs]
         sections.append(("Training loss per level", "\n".join(embed_png(c) for c in curves if c)))
+    for run in runs:  # the efficiency frontier, where `ddpm-lottery frontier` wrote one
+        front = run.frontier_folder()
+        if front.record.exists() and front.figure.exists():
+            stored = read_json(front.record, "frontier")
+            table = front.table.read_text(encoding="utf-8") if front.table.exists() else ""
+            sections.append((f"Efficiency frontier: {run.root.name}", embed_png(front.figure) + (
+                f"<p class=note>{html.escape(stored['how'])}. Written by <code>ddpm-lottery frontier</code>; the table "
+                f"is {html.escape(str(front.table))}:</p><pre>{html.escape(table)}</pre>")))
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
         summary = read_json(cka.summary, "CKA result", "run ddpm-lottery cka first")

@@ -26,6 +26,13 @@ of its own under its ticket run's ``branches/``::
                                  bootstrap resamples and everything that made them
         eval/loss-<protocol>.npz the held-out loss of every image and timestep band
         costs.json               FLOPs, parameters, storage;  sparse.safetensors: the sparse export
+        channels.safetensors     channel tickets: the kept channels of every channel group
+        compact.safetensors      channel tickets (and `ddpm-lottery compact`): the smaller network, EMA
+                                 weights;  compact.json: its layer shapes
+    RUN/channel_groups.json      channel tickets: each group's layers and the layer index of each channel
+    RUN/schedules/<schedule>/eval/   the evaluations of a stage schedule
+    RUN/ranges/<level>-t<LOW>-<HIGH>-<start>-<hash>/   a level fine-tuned on one timestep range (a run)
+    RUN/frontier/                frontier.md, frontier.png, frontier.json
     RUN/branches/<control>-<hash>/   controls, laid out as runs
     RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
 
@@ -193,6 +200,25 @@ class CkaFolder:
 
 
 @dataclass(frozen=True)
+class FrontierFolder:
+    """What ``ddpm-lottery frontier`` writes."""
+
+    dir: Path
+
+    @property
+    def table(self) -> Path:
+        return self.dir / "frontier.md"
+
+    @property
+    def figure(self) -> Path:
+        return self.dir / "frontier.png"
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "frontier.json"
+
+
+@dataclass(frozen=True)
 class Level:
     """One level of a run: its folder and the files in it."""
 
@@ -220,6 +246,10 @@ class Level:
     def compact_path(self) -> Path:
         """Channel tickets: the physically smaller network (EMA weights), described by compact.json beside it."""
         return self.dir / "compact.safetensors"
+
+    @property
+    def compact_spec_path(self) -> Path:
+        return self.dir / "compact.json"
 
     def weights_path(self, which: str = "raw") -> Path:
         if which not in ("raw", "ema"):
@@ -345,7 +375,7 @@ class Level:
         if not self.compact_path.exists():
             raise UserError(f"{self.label()} has no compacted network (only channel tickets have one; "
                             "`ddpm-lottery compact` writes it)")
-        return load_compact(self.dir, self.compact_path.name)
+        return load_compact(self.compact_spec_path, self.compact_path)
 
     # -- measurements stored beside the level ---------------------------------------------------
 
@@ -636,6 +666,21 @@ class Run:
 
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             return UNet2DModel.from_config(self.network_config())
+
+    @property
+    def schedules_dir(self) -> Path:
+        return self.root / "schedules"
+
+    def schedule_dir(self, slug: str) -> Path:
+        """Where a stage schedule of this run keeps its evaluations (``eval/`` inside)."""
+        return self.schedules_dir / slug
+
+    def range_path(self, level: int, low: int, high: int, start: str, digest: str) -> Path:
+        """A level fine-tuned on timesteps low..high-1: a run of its own."""
+        return self.root / "ranges" / f"{level_name(level)}-t{low}-{high}-{start}-{digest}"
+
+    def frontier_folder(self, root: Path | None = None) -> "FrontierFolder":
+        return FrontierFolder(root or self.root / "frontier")
 
     @property
     def channel_groups_path(self) -> Path:

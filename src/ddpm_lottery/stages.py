@@ -173,8 +173,15 @@ class StagedDenoiser(torch.nn.Module):
         return UNet2DOutput(sample=out)
 
     def accounting(self) -> list[dict]:
-        return [{"range": s.text, "calls": st.calls, "images": st.images, "seconds": st.seconds}
-                for s, st in zip(self.stages, self.stats)]
+        """Per range: denoiser calls, images through them, measured seconds, FLOPs per image and call."""
+        from .costs import layer_flops
+
+        per_call = {}
+        for index, net in enumerate(self.networks):
+            per_call[index] = per_call.get(index) or layer_flops(net)[0]
+        return [{"range": s.text, "calls": st.calls, "images": st.images, "seconds": st.seconds,
+                 "flops_per_image_call": per_call[i], "flops": per_call[i] * st.images}
+                for i, (s, st) in enumerate(zip(self.stages, self.stats))]
 
 
 class StagedLevel(Level):
@@ -193,7 +200,7 @@ class StagedLevel(Level):
 
     @property
     def dir(self) -> Path:
-        return self.run.root / "schedules" / schedule_slug(self.stages)
+        return self.run.schedule_dir(schedule_slug(self.stages))
 
     @property
     def finished(self) -> bool:

@@ -699,7 +699,7 @@ def compaction_error(masked: torch.nn.Module, small: torch.nn.Module, batch: int
     return float((a - b).abs().max())
 
 
-def save_compact(folder: Path, small: torch.nn.Module, which: str, weights_name: str) -> None:
+def save_compact(spec_path: Path, weights_path: Path, small: torch.nn.Module, which: str) -> None:
     """The compacted network as safetensors plus a description of its layer shapes (no pickle)."""
     layers = {}
     for name, module in small.named_modules():
@@ -713,16 +713,16 @@ def save_compact(folder: Path, small: torch.nn.Module, which: str, weights_name:
         elif isinstance(module, torch.nn.Linear):
             layers[name] = {"type": "Linear", "in": module.in_features, "out": module.out_features}
     network = {k: (list(v) if isinstance(v, tuple) else v) for k, v in small.config.items() if not k.startswith("_")}
-    save_tensors(folder / weights_name, small.state_dict(), {"weights": which})
-    write_json(folder / "compact.json", {"format": "ddpm-lottery compact network v1", "network": network,
+    save_tensors(weights_path, small.state_dict(), {"weights": which})
+    write_json(spec_path, {"format": "ddpm-lottery compact network v1", "network": network,
                                          "layers": layers, "weights": which})
 
 
-def load_compact(folder: Path, weights_name: str) -> torch.nn.Module:
-    """Rebuild a compacted network from ``compact.json`` and its safetensors (needs no mask)."""
+def load_compact(spec_path: Path, weights_path: Path) -> torch.nn.Module:
+    """Rebuild a compacted network from its description and its safetensors (needs no mask)."""
     from diffusers import UNet2DModel
 
-    spec = read_json(folder / "compact.json", "compact network description",
+    spec = read_json(spec_path, "compact network description",
                      "re-run `ddpm-lottery compact` on the level to write it")
     model = UNet2DModel.from_config(spec["network"])
     for name, layer in spec["layers"].items():
@@ -739,11 +739,11 @@ def load_compact(folder: Path, weights_name: str) -> torch.nn.Module:
         elif layer["type"] == "Linear" and (old.in_features, old.out_features) != (layer["in"], layer["out"]):
             setattr(parent, attr, torch.nn.Linear(layer["in"], layer["out"], old.bias is not None))
     _sync_samplers(model)
-    state = load_tensors(folder / weights_name, "compact weights", "re-run `ddpm-lottery compact` on the level")
+    state = load_tensors(weights_path, "compact weights", "re-run `ddpm-lottery compact` on the level")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{folder / weights_name} does not match {folder / 'compact.json'} "
+        raise UserError(f"{weights_path} does not match {spec_path} "
                         f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
                         "re-run `ddpm-lottery compact` on the level") from None
     return model.eval()
@@ -773,7 +773,7 @@ def compact_level(level) -> dict:
         channels = emptied_channels(groups, level.masks(), norm_shapes(masked))
         small, how = compact(masked, groups, channels, even=False), "channels the weight mask emptied"
     error = compaction_error(masked, small)
-    save_compact(level.dir, small, "ema", level.compact_path.name)
+    save_compact(level.compact_spec_path, level.compact_path, small, "ema")
     if level.costs_path.exists():
         level.costs_path.unlink()  # recomputed with the compacted network's FLOPs when next asked
     removed = {g.name: int((~channels[g.name]).sum()) for g in groups if not bool(channels[g.name].all())}
