@@ -109,6 +109,16 @@ def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_inception_on_chosen_seeds_only(tmp_path):
+    text = TINY.replace('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [0]').replace(
+        'measures = ["loss", "domain"]', 'measures = ["loss", "inception"]\nkid_subset_size = 20')
+    study = load_study(write(tmp_path, text))
+    assert study.measures_for(0) == ["loss", "inception"] and study.measures_for(1) == ["loss"]
+    plan = make_plan(study, tmp_path / "out")
+    measured = sum(len(r.measured_levels) for r in plan.runs if r.seed == 0)
+    assert plan.inception_images == measured * 40  # N = 40 per level of seed 0 only
+
+
 def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     recipe = Path(__file__).resolve().parents[1] / "configs" / "ddpm-cifar10.toml"
     study = load_study(recipe)
@@ -127,6 +137,7 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     (("ratio_increment = 0.1", "ratio_incremnt = 0.1"), "ratio_incremnt"),
     (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
     (('measures = ["loss", "domain"]', 'measures = ["inception"]\nkid_subset_size = 50'), "KID draws subsets of 50"),
+    (('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [3]'), "inception_seeds lists 3"),
 ])
 def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     study = write(tmp_path, TINY.replace(*edit))
