@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import load_network, load_run_config, sample, train  # noqa: E402
+from .api import export, load_network, load_pipeline, load_run_config, sample, train  # noqa: E402
 from .config import (  # noqa: E402
     DataConfig, DiffusionConfig, EvalConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig,
     TrainConfig,
@@ -13,7 +13,8 @@ from .cka import compare_runs  # noqa: E402
 from .report import build_report  # noqa: E402
 from .study import load_study, run_study  # noqa: E402
 from .findings import write_findings  # noqa: E402
+from .frontier import frontier  # noqa: E402
 
 __all__ = ["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
-           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "find_ticket", "load_network",
-           "load_run_config", "load_study", "run_study", "sample", "train", "write_findings", "__version__"]
+           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "export", "find_ticket", "frontier",
+           "load_network", "load_pipeline", "load_run_config", "load_study", "run_study", "sample", "train", "write_findings", "__version__"]

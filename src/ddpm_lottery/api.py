@@ -68,8 +68,13 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema"):
-    """The network of a run's level (default: the last finished) with its trained weights, on the CPU."""
-    return Run.open(run_dir).pick_level(level).network(weights)
+    """The network of a run's level (default: the last finished) with its trained weights, on the CPU.
+
+    A channel ticket comes back compacted (EMA weights): the smaller network that computes the same."""
+    chosen = Run.open(run_dir).pick_level(level)
+    if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():
+        return chosen.compact_network()
+    return chosen.network(weights)
 
 
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
@@ -131,4 +136,20 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     return folder.dir
 
 
-__all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config"]
+def export(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
+           log=print) -> Path:
+    """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.pipelines`)."""
+    from .pipelines import export_level
+
+    return export_level(run_dir, out, level, weights, log=log)
+
+
+def load_pipeline(folder: str | Path):
+    """A ``DDPMPipeline`` from an export folder (channel tickets come back compacted)."""
+    from .pipelines import load_pipeline as load
+
+    return load(folder)
+
+
+__all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config", "export",
+           "load_pipeline"]

@@ -147,6 +147,13 @@ def _cmd_tune_range(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .pipelines import export_level
+
+    export_level(args.run, args.out, args.level, args.weights)
+    return 0
+
+
 def _cmd_compact(args) -> int:
     from .runs import Run
     from .structure import compact_level
@@ -295,6 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-progress", action="store_true")
     add_arguments(tune, TuneConfig())
     tune.set_defaults(func=_cmd_tune_range)
+
+    export = commands.add_parser(
+        "export", help="write a level as a diffusers DDPMPipeline folder, with its mask and a card",
+        description="Write a run level as a DDPMPipeline folder (model_index.json, unet/, scheduler/) that "
+                    "DDPMPipeline.from_pretrained loads, pruned weights exactly zero, with mask.safetensors and a "
+                    "README card (sparsity, strategy, measured quality, FLOPs, commands). Channel tickets export "
+                    "compacted; ddpm_lottery.load_pipeline(DIR) loads them.")
+    export.add_argument("run", metavar="RUN")
+    export.add_argument("--out", metavar="DIR", required=True, help="the pipeline folder to write")
+    export.add_argument("--level", type=int, default=None, help="[default: the last finished]")
+    export.add_argument("--weights", default="ema", choices=("ema", "raw"), help="which weights [default: ema]")
+    export.set_defaults(func=_cmd_export)
 
     squeeze = commands.add_parser(
         "compact", help="write a level's physically smaller network (channel tickets, or the channels an "

@@ -1,0 +1,58 @@
+"""Export: a level as a diffusers DDPMPipeline folder (zeros intact), channel tickets compacted, the card."""
+
+import json
+
+import pytest
+import torch
+
+from ddpm_lottery.errors import UserError
+
+
+def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_path):
+    from diffusers import DDPMPipeline
+
+    from ddpm_lottery import export
+    from ddpm_lottery.runs import Run
+
+    out = export(tiny_ticket_run, tmp_path / "pipe", level=2, log=lambda *_: None)
+    pipeline = DDPMPipeline.from_pretrained(out)
+    level = Run.open(tiny_ticket_run).level(2)
+    state, masks = pipeline.unet.state_dict(), level.masks()
+    for name, mask in masks.items():
+        assert bool((state[name][~mask] == 0).all()), name
+        assert torch.equal(state[name], level.state("ema")[name])
+    assert pipeline.scheduler.config.num_train_timesteps == 1000
+    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (2, 28, 28, 1) and (out / "mask.safetensors").exists()
+    card = (out / "README.md").read_text()
+    assert "weight sparsity" in card and "DDPMPipeline.from_pretrained" in card
+
+
+def test_a_channel_ticket_exports_compacted(tiny_channel_run, tmp_path):
+    from ddpm_lottery import export, load_network, load_pipeline
+    from ddpm_lottery.runs import Run
+    from ddpm_lottery.structure import compaction_error
+
+    out = export(tiny_channel_run, tmp_path / "pipe", level=2, log=lambda *_: None)
+    assert not (out / "model_index.json").exists()  # diffusers cannot describe per-layer widths: no silent mismatch
+    assert json.loads((out / "ddpm_lottery_pipeline.json").read_text())["compacted"]
+    pipeline = load_pipeline(out)
+    level = Run.open(tiny_channel_run).level(2)
+    assert compaction_error(level.network(), pipeline.unet) < 1e-5
+    small = load_network(tiny_channel_run, level=2)
+    assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in pipeline.unet.parameters())
+    images = pipeline(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 28, 28, 1)
+    with pytest.raises(UserError, match="exports compacted"):
+        export(tiny_channel_run, tmp_path / "raw", level=2, weights="raw", log=lambda *_: None)
+
+
+def test_export_refuses_a_foreign_folder(tiny_ticket_run, tmp_path):
+    from ddpm_lottery import export
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a ddpm-lottery export"):
+        export(tiny_ticket_run, tmp_path / "busy", log=lambda *_: None)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
