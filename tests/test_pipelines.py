@@ -56,3 +56,17 @@ def test_export_refuses_a_foreign_folder(tiny_ticket_run, tmp_path):
     with pytest.raises(UserError, match="not a ddpm-lottery export"):
         export(tiny_ticket_run, tmp_path / "busy", log=lambda *_: None)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_the_readme_round_trip_runs(tiny_ticket_run, tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Into diffusers"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    code = (code.replace('"runs/api-ticket"', repr(str(tiny_ticket_run)))
+                .replace('"exported/ticket"', repr(str(tmp_path / "ticket")))
+                .replace("num_inference_steps=1000", "num_inference_steps=2").replace("batch_size=4", "batch_size=1"))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert len(scope["images"]) == 1
