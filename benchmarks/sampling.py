@@ -87,12 +87,13 @@ def main() -> None:
             rows[f"schedule dense 1000:600, {sparsest} 600:0"] = (schedule_s, schedule_f, 50)
             dense_s, dense_f = times["dense"], flops["dense"]
             print(f"\n{preset}, batch {batch} ({device}; median of {args.repeats} interleaved calls)")
-            print(f"{'network':<44}{'s/call':>10}{'s/sample DDIM50':>17}{'s/sample DPM20':>16}{'speed-up':>10}"
-                  f"{'FLOP ratio':>12}")
+            print(f"{'network':<44}{'parameters':>12}{'s/call':>10}{'s/sample DDIM50':>17}{'s/sample DPM20':>16}"
+                  f"{'speed-up':>10}{'FLOP ratio':>12}")
             for name, (per_call, per_call_flops, _) in rows.items():
                 per_sample = 50 * per_call / batch
                 dpm = f"{20 * per_call / batch:>16.4g}" if not name.startswith("schedule") else f"{'–':>16}"
-                print(f"{name:<44}{per_call:>10.4g}{per_sample:>17.4g}{dpm}{dense_s / per_call:>9.2f}×"
+                params = f"{sum(p.numel() for p in nets[name].parameters()):>12,}" if name in nets else f"{'–':>12}"
+                print(f"{name:<44}{params}{per_call:>10.4g}{per_sample:>17.4g}{dpm}{dense_s / per_call:>9.2f}×"
                       f"{dense_f / per_call_flops:>11.2f}×")
             print(f"{'dense DDPM 1000 (reference)':<44}{dense_s:>10.4g}{1000 * dense_s / batch:>17.4g}"
                   f"  ← {sparsest} with DPM-Solver++ 20 is "

@@ -171,7 +171,7 @@ def test_compacted_tiny_equals_the_masked_network(strategy, scope, tmp_path):
     assert compaction_error(small.float(), again) == 0.0
 
 
-@pytest.mark.parametrize("scope", ["inner", "all"])
+@pytest.mark.parametrize("scope", ["all"])  # the inner scope is the same machinery on fewer groups (tested on tiny)
 def test_compacted_ddpm_cifar10_equals_the_masked_network(scope):
     model = _model("ddpm-cifar10", channels=3, size=32)
     groups = channel_groups(model, scope=scope)
