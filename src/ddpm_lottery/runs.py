@@ -33,6 +33,8 @@ of its own under its ticket run's ``branches/``::
     RUN/schedules/<schedule>/eval/   the evaluations of a stage schedule
     RUN/ranges/<level>-t<LOW>-<HIGH>-<start>-<hash>/   a level fine-tuned on one timestep range (a run)
     RUN/frontier/                frontier.md, frontier.png, frontier.json
+    RUN/model_index.json, RUN/unet/, RUN/scheduler/   training runs: a DDPMPipeline view of level 0 (EMA
+                                 weights, linked), so DDPMPipeline.from_pretrained(RUN) loads the run
     RUN/branches/<control>-<hash>/   controls, laid out as runs
     RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
 
@@ -197,6 +199,12 @@ class CkaFolder:
 
 # ----------------------------------------------------------------------------------------------
 # Levels
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
 
 
 @dataclass(frozen=True)
@@ -666,6 +674,32 @@ class Run:
 
         with seeded(seed) if seed is not None else contextlib.nullcontext():
             return UNet2DModel.from_config(self.network_config())
+
+    def write_pipeline_view(self) -> Path:
+        """model_index.json, unet/ and scheduler/ beside the levels: diffusers loads the run's dense EMA model.
+
+        The weights are a link to level 0's EMA file (a copy where links are not possible), so the view
+        costs no space and cannot disagree with the level.
+        """
+        import os
+
+        from .diffusion import noise_scheduler
+
+        level = self.level(0).require_finished()
+        unet_dir = make_dirs(self.root / "unet")
+        write_json(unet_dir / "config.json", {"_class_name": "UNet2DModel", **self.network_config()})
+        weights = unet_dir / "diffusion_pytorch_model.safetensors"
+        if weights.is_symlink() or weights.exists():
+            weights.unlink()
+        try:
+            os.symlink(os.path.relpath(level.weights_path("ema"), unet_dir), weights)
+        except OSError:
+            shutil.copy2(level.weights_path("ema"), weights)
+        noise_scheduler(self.config.diffusion).save_config(self.root / "scheduler")
+        write_json(self.root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
+                                                    "unet": ["diffusers", "UNet2DModel"],
+                                                    "scheduler": ["diffusers", "DDPMScheduler"]})
+        return self.root
 
     @property
     def schedules_dir(self) -> Path:
