@@ -59,7 +59,7 @@ def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
 def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sampler):
-    from ddpm_lottery.diffusion import sample
+    from ddpm_lottery.diffusion import sample, sampling_scheduler
     from ddpm_lottery.runs import Run
 
     run = Run.open(tiny_ticket_run)
@@ -67,9 +67,8 @@ def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sam
     alone = run.level(2).network()
     kwargs = dict(sampler=sampler, num_steps=10, num_samples=3, seed=5)
     assert torch.equal(sample(staged, run.config.diffusion, **kwargs), sample(alone, run.config.diffusion, **kwargs))
-    assert [row["calls"] for row in staged.accounting()] == calls_per_stage(
-        staged.stages, __import__("ddpm_lottery.diffusion", fromlist=["x"]).sampling_scheduler(
-            run.config.diffusion, sampler, 10).timesteps.tolist())
+    timesteps = sampling_scheduler(run.config.diffusion, sampler, 10).timesteps.tolist()
+    assert [row["calls"] for row in staged.accounting()] == calls_per_stage(staged.stages, timesteps)
 
 
 def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .config import EvalConfig, FrontierConfig, SamplingConfig
 from .errors import UserError
 from .files import make_dirs, write_json, write_text
@@ -201,7 +203,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     reference = {p.run: p for p in points if p.kind == "dense" and p.sampler == "ddpm"}
     how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
-           f"{__import__('torch').get_num_threads()} threads")
+           f"{torch.get_num_threads()} threads")
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
               "timing_batch": batch}
     write_json(folder.record, result)

@@ -15,7 +15,6 @@ is refused by the absence of ``model_index.json`` rather than loading a differen
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
