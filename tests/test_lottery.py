@@ -413,3 +413,25 @@ def test_image_folders_with_other_images_are_other_runs(tmp_path):
         train(config, run, progress=False, log=lambda *_: None)
     other = train(config, tmp_path / "other", progress=False, log=lambda *_: None)
     assert Run.open(other).hash != Run.open(run).hash
+
+
+def test_a_search_can_start_from_a_finished_training_run(tmp_path):
+    from helpers import tiny_lottery_config, tiny_run_config
+
+    from ddpm_lottery import train
+    from ddpm_lottery.networks import build_model
+
+    trained = train(tiny_run_config(steps=6), tmp_path / "trained", progress=False, log=lambda *_: None)
+    config = tiny_lottery_config("unified", steps=6, rewind_fraction=0.0, sparsity_schedule=(0.5,))
+    config.prune.dense_from = str(trained)
+    run = Run.open(find_ticket(config, tmp_path / "ticket", progress=False, log=lambda *_: None))
+    assert run.level(0).metrics()["copied_from"] == str(trained)
+    assert all(torch.equal(run.level(0).state("ema")[n], t) for n, t in Run.open(trained).level(0).state("ema").items())
+    theta_0 = build_model(config.model, 1, seed=config.train.seed_init, image_size=28).state_dict()
+    stored = load_file(str(run.rewind_path))
+    assert all(torch.equal(stored[n], theta_0[n]) for n in stored)
+    assert run.level(1).finished
+    late = tiny_lottery_config("unified", steps=6, sparsity_schedule=(0.5,))
+    late.prune.dense_from = str(trained)
+    with pytest.raises(UserError, match="keeps no theta_tau"):
+        find_ticket(late, tmp_path / "late", progress=False, log=lambda *_: None)

@@ -425,15 +425,22 @@ class Lottery(LevelTrainer):
     def _copy_level_zero(self, source_path: Path) -> None:
         """Level 0 and theta_tau depend only on data, network, diffusion, training and tau: reuse them."""
         source = Run.open(source_path)
-        if not source.level(0).finished or not source.rewind_path.exists():
+        trained_only = source.kind == "train"  # a training run: its level 0 is the dense model, it kept no theta_tau
+        if not source.level(0).finished or not (source.rewind_path.exists() or trained_only):
             raise UserError(f"--dense-from {source_path} has no finished level 0 with theta_tau; run it first or "
                             "drop --dense-from")
+        if trained_only and self.tau != 0:
+            raise UserError(f"--dense-from {source_path} is a training run, which keeps no theta_tau at step "
+                            f"{self.tau}; give --rewind-fraction 0 (rewinding to theta_0, rebuilt from --seed-init) or "
+                            "start from a ticket run")
         other = source.config
         mine = self.config
         differences = [key for key in sorted(set(non_default(other)) | set(non_default(mine)))
                        if key.split(".")[0] in ("data", "model", "diffusion", "train")
                        and non_default(other).get(key) != non_default(mine).get(key)]
-        if not isinstance(other, LotteryConfig) or rewind_step(other) != rewind_step(mine):
+        if trained_only:
+            pass  # theta_0 is rebuilt below from the same --seed-init (compared with the training settings above)
+        elif not isinstance(other, LotteryConfig) or rewind_step(other) != rewind_step(mine):
             differences.append("prune.rewind_fraction (theta_tau)")
         elif (other.prune.include, other.prune.exclude) != (mine.prune.include, mine.prune.exclude):
             differences.append("prune.include/exclude")
@@ -454,7 +461,12 @@ class Lottery(LevelTrainer):
                 shutil.copy2(getattr(origin, name), getattr(staging, name))
         for which in ("raw", "ema"):
             shutil.copy2(origin.weights_path(which), staging.weights_path(which))
-        save_tensors(self.run.rewind_path, load_tensors(source.rewind_path, "rewind weights"), {"step": str(self.tau)})
+        if trained_only:  # theta_0: the initial weights of the training run's --seed-init
+            theta = build_model(mine.model, self.images.images.shape[1], seed=mine.train.seed_init,
+                                image_size=self.images.images.shape[-1]).state_dict()
+        else:
+            theta = load_tensors(source.rewind_path, "rewind weights")
+        save_tensors(self.run.rewind_path, theta, {"step": str(self.tau)})
         metrics = origin.metrics()
         metrics["copied_from"] = str(source_path)
         write_json(staging.metrics_path, metrics)  # last: marks the copy finished
