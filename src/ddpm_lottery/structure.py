@@ -113,7 +113,6 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
     """
     import fnmatch
 
-    import torch_pruning as tp
     from diffusers.models.attention_processor import Attention
 
     if scope not in SCOPES:
@@ -127,11 +126,7 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
         if isinstance(module, Attention) and (module.is_cross_attention or module.to_q.out_features % module.heads):
             raise UserError(f"{name}: --structure channel supports self-attention with equal heads only")
     plain = _with_plain_norms(copy.deepcopy(model)).eval()
-    try:
-        graph = tp.DependencyGraph().build_dependency(plain, example_inputs=example_inputs(plain))
-    except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
-        raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); channel tickets "
-                        "need a UNet2DModel that runs on one (sample, timestep) pair") from None
+    graph = _dependency_graph(plain)
     names = {module: name for name, module in plain.named_modules()}
     order = {layer: i for i, layer in enumerate(execution_order(plain))}
     found = []
@@ -172,6 +167,17 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
         raise UserError("no channel group is left to prune (the include/exclude patterns match their first "
                         "layers); loosen them")
     return [replace(g, index=i) for i, g in enumerate(found)]
+
+
+def _dependency_graph(model: torch.nn.Module):
+    """Torch-Pruning's dependency graph of ``model`` (plain norms), or one line saying it could not be traced."""
+    import torch_pruning as tp
+
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model))
+    except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
+        raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); channel tickets "
+                        "need a UNet2DModel that runs on one (sample, timestep) pair") from None
 
 
 def _classify(model: torch.nn.Module, reach: tuple[Reach, ...], outs: list[str]) -> tuple[str, str, int]:
@@ -632,11 +638,7 @@ def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMa
     small = _with_plain_norms(copy.deepcopy(model)).eval()
     sizes = {n: m.num_channels for n, m in small.named_modules() if isinstance(m, torch.nn.GroupNorm)}
     keeps = norm_keeps(groups, masks, sizes)
-    try:
-        graph = tp.DependencyGraph().build_dependency(small, example_inputs=example_inputs(small))
-    except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
-        raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); compact "
-                        "tickets need a UNet2DModel that runs on one (sample, timestep) pair") from None
+    graph = _dependency_graph(small)
     names = {module: name for name, module in small.named_modules()}
     for g in groups:
         removed = torch.nonzero(~masks[g.name]).view(-1).tolist()
