@@ -195,3 +195,37 @@ def test_a_level_restarted_without_checkpoint_does_not_log_steps_twice(tmp_path)
     assert not again.resume()
     again.run()
     assert [r["step"] for r in again.level.training_log()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bf16_mixed_precision_trains_through_accelerate_and_is_recorded(tmp_path):
+    config = tiny_config(steps=4, mixed_precision="bf16")
+    trainer = Trainer(config, at(tmp_path), images=synthetic_images(), progress=False)
+    seen = []
+    # the forward pass runs under Accelerate's autocast: the network's convolutions compute in bf16
+    hook = trainer.model.conv_in.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    trainer.run()
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in trainer.parameters)  # weights, Adam and EMA stay float32
+    assert math.isfinite(trainer.log_summary()["final_loss"])
+    assert trainer.processes.accelerator.mixed_precision == "bf16"
+
+
+def test_fp16_without_cuda_and_batches_that_do_not_split_are_refused(tmp_path):
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        Trainer(tiny_config(mixed_precision="fp16"), at(tmp_path), images=synthetic_images(), progress=False)
+    with pytest.raises(UserError, match="does not split into 1 process"):
+        Trainer(tiny_config(grad_accumulation=3), at(tmp_path), images=synthetic_images(), progress=False)
+
+
+def test_compile_wraps_the_training_forward_only(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):  # the real compiler needs minutes on a CPU: check the wiring, not inductor
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(tiny_config(steps=2, compile=True), at(tmp_path), images=synthetic_images(), progress=False)
+    assert compiled == [trainer.model]
+    trainer.run()

@@ -20,7 +20,7 @@ from .errors import UserError
 from .figures import save_grid
 from .files import make_dirs, write_json
 from .runs import Run, SampleFolder
-from .training import resolve_device
+from .launch import resolve_device
 
 
 def default_run_dir(config: RunConfig, kind: str = "train") -> Path:

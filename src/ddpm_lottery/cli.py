@@ -17,10 +17,18 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML or YAML file of settings; flags override it")
 
 
+def _start_processes(config, args) -> None:
+    """Training commands run in every process their launcher was asked for (see launch.py)."""
+    from .launch import ensure_requested_processes
+
+    ensure_requested_processes(config.runtime.device, args.argv)
+
+
 def _cmd_train(args) -> int:
     from .api import train
 
     config = config_from_args(RunConfig, args, args.config)
+    _start_processes(config, args)
     run = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     _log_command(run)
     return 0
@@ -56,6 +64,7 @@ def _cmd_find_ticket(args) -> int:
     from .lottery import find_ticket
 
     config = config_from_args(LotteryConfig, args, args.config)
+    _start_processes(config, args)
     run = find_ticket(config, args.out, progress=not args.no_progress)
     _log_command(run)
     return 0
@@ -142,6 +151,7 @@ def _cmd_tune_range(args) -> int:
     from .lottery import tune_range
 
     config = config_from_args(TuneConfig, args, args.config)
+    _start_processes(config, args)
     run = tune_range(args.run, config, args.out, progress=not args.no_progress)
     _log_command(run)
     return 0
@@ -394,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

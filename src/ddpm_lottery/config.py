@@ -153,6 +153,13 @@ class TrainConfig(Section):
     timestep_range: tuple[int, ...] = setting((), "train on the timesteps LOW..HIGH-1 only, given as LOW,HIGH "
                                               "(range fine-tuning for stage schedules) [default: every timestep]",
                                               minimum=0)
+    mixed_precision: str = setting("no", "compute the training forward and backward passes in fp16 (CUDA, with loss "
+                                   "scaling) or bf16 (CUDA or CPU), through Accelerate; weights, Adam and the EMA "
+                                   "stay float32", choices=("no", "fp16", "bf16"))
+    grad_accumulation: int = setting(1, "split each step's batch into this many micro-batches (same update, less "
+                                     "memory); the batch must divide by processes x this", minimum=1)
+    compile: bool = setting(False, "run the training forward pass through torch.compile (same function, faster on "
+                            "GPUs after a warm-up)", hashed=False)
 
     def check(self) -> None:
         if self.timestep_range and (len(self.timestep_range) != 2 or self.timestep_range[0] >= self.timestep_range[1]):
@@ -221,6 +228,10 @@ class RuntimeConfig(Section):
     """Where a command computes: never part of a result."""
 
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
+    log_to: str = setting("none", "also log training (loss, learning rate, img/s, each level's sparsity and samples) "
+                          "and evaluations to TensorBoard (RUN/tensorboard) or Weights & Biases (RUN/wandb; offline "
+                          "unless WANDB_API_KEY or WANDB_MODE say otherwise); metrics.jsonl stays the record",
+                          choices=("none", "tensorboard", "wandb"), hashed=False)
 
 
 @dataclass

@@ -47,7 +47,7 @@ from .metrics import (
     extract_features, fid_kid, frechet_bootstrap, percentile_interval, reference_features, reference_images,
 )
 from .runs import Level, Run
-from .training import resolve_device
+from .launch import resolve_device
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
 BOOTSTRAP_SEED = 0
@@ -371,7 +371,25 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     else:
         chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
     evaluator = Evaluator(config, progress=progress, log=log, extractor=extractor)
-    return [record for level in chosen for record in evaluator.level(level, force=force)]
+    records = [record for level in chosen for record in evaluator.level(level, force=force)]
+    track_evaluations(config.runtime.log_to, run, records)
+    return records
+
+
+def track_evaluations(kind: str, run: Run, records: list[dict]) -> None:
+    """Evaluation results in the run's tracker, one series per measure and protocol, stepped by level."""
+    from .tracking import Tracking
+
+    tracking = Tracking(kind, run.root, "evaluation")
+    for record in records:
+        if record.get("schedule"):
+            continue  # a schedule is no level: its records stay in the run folder only
+        tag = f"eval/{record['measure']}/{record['key']}"
+        values = {tag: record["value"], f"{tag}/low": record["interval"][0], f"{tag}/high": record["interval"][1]}
+        if record["measure"] == "inception":
+            values[f"{tag}/kid"] = record["kid_mean"]
+        tracking.scalars(values, record["level"])
+    tracking.close()
 
 
 def describe(record: dict, run: Path | str = "") -> str:

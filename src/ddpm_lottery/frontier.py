@@ -100,7 +100,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     from .diffusion import sampling_scheduler
     from .evaluation import Evaluator
     from .stages import StagedLevel, calls_per_stage, stage_network
-    from .training import resolve_device
+    from .launch import resolve_device
 
     config = check_config(config or FrontierConfig())
     measure = config.eval.measures[0]

