@@ -435,3 +435,25 @@ def test_a_search_can_start_from_a_finished_training_run(tmp_path):
     late.prune.dense_from = str(trained)
     with pytest.raises(UserError, match="keeps no theta_tau"):
         find_ticket(late, tmp_path / "late", progress=False, log=lambda *_: None)
+
+
+def test_prune_then_fine_tune_starts_each_level_from_the_previous_trained_level(tmp_path, monkeypatch):
+    from ddpm_lottery.lottery import apply_masks
+    from ddpm_lottery.pruning import load_masks
+
+    starts = []
+    original = Trainer.load_weights
+
+    def record(self, weights, **kwargs):
+        starts.append({k: v.clone() for k, v in weights.items()})
+        return original(self, weights, **kwargs)
+
+    monkeypatch.setattr(Trainer, "load_weights", record)
+    config = tiny_lottery_config("unified", steps=4, level_start="fine-tune", target_sparsity=0.75)
+    run = Run.open(find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None))
+    assert run.finished_levels() == [0, 1, 2] and len(starts) == 2
+    for index, start in zip((1, 2), starts):
+        expected = apply_masks(run.level(index - 1).state("raw"), load_masks(run.level(index).mask_path))
+        assert all(torch.equal(start[k], expected[k]) for k in expected)
+    rewound = load_file(run.rewind_path)
+    assert not all(torch.equal(starts[0][k], rewound[k]) for k in rewound)  # not theta_tau

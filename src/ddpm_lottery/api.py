@@ -49,7 +49,10 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
             log(f"resuming {run_dir} at step {trainer.step}")
         if job.processes.is_main:
             params = sum(p.numel() for p in trainer.parameters)
-            log(f"training preset {config.model.preset} ({params:,} parameters) on {trainer.images.name} "
+            network = (f"pretrained {config.model.pretrained}" if config.model.pretrained else
+                       f"config {config.model.unet_config}" if config.model.unet_config else
+                       f"preset {config.model.preset}")
+            log(f"training {network} ({params:,} parameters) on {trainer.images.name} "
                 f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
                 f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
                 f"{trainer.device}")

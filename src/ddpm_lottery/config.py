@@ -46,8 +46,11 @@ from .errors import UserError
 
 def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | None = None,
             aliases: tuple[str, ...] = (), minimum: float | None = None, maximum: float | None = None,
-            above: float | None = None, below: float | None = None):
+            above: float | None = None, below: float | None = None, derived: bool = False):
     """Declare one setting: its default, its help text, whether it changes results, what it accepts.
+
+    A ``derived`` setting is filled in by the tool from other settings (a digest of a file they
+    name) and stored and hashed like the others, but is no flag: nobody types it.
 
     ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones; on a tuple
     setting they bound every item.  ``None`` stays allowed on an optional setting, where it
@@ -57,7 +60,7 @@ def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | No
         raise TypeError("a setting takes one lower bound (minimum or above) and one upper bound (maximum or below)")
     return field(default=default, metadata={"help": help, "hashed": hashed, "choices": choices,
                                             "aliases": aliases, "minimum": minimum, "maximum": maximum,
-                                            "above": above, "below": below})
+                                            "above": above, "below": below, "derived": derived})
 
 
 class Section:
@@ -107,6 +110,20 @@ class DataConfig(Section):
 @dataclass
 class ModelConfig(Section):
     preset: str = setting("tiny", "network preset (see `ddpm-lottery presets`)")
+    pretrained: str | None = setting(None, "start from your own diffusers model: a UNet2DModel folder (config.json "
+                                     "and weights) or a DDPMPipeline folder (model_index.json, unet/, scheduler/), "
+                                     "e.g. a local copy of google/ddpm-cifar10-32; its architecture and weights "
+                                     "replace --preset, and a pipeline's noise schedule is taken over "
+                                     "(theta_0 of a ticket search)", hashed=False)
+    unet_config: str | None = setting(None, "build the UNet2DModel of this config.json (any diffusers UNet2DModel "
+                                      "config), freshly initialised from --seed-init; replaces --preset",
+                                      hashed=False)
+    source_digest: str | None = setting(None, "SHA-256 of the --pretrained model or --unet-config file: the run's "
+                                        "identity follows their content, not their path", derived=True)
+
+    def check(self) -> None:
+        if self.pretrained and self.unet_config:
+            raise UserError("--pretrained brings its own architecture; give --pretrained or --unet-config, not both")
     sample_size: int | None = setting(None, "override: input side in pixels", minimum=1)
     block_out_channels: tuple[int, ...] | None = setting(
         None, "override: channels per U-Net level, comma-separated (e.g. 32,64,64)", minimum=1)
@@ -191,7 +208,12 @@ class PruneConfig(Section):
     min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "
                                         "(and every tensor at least one)", minimum=0, below=1)
     rewind_fraction: float = setting(0.05, "rewind to the weights after this fraction of the steps of level 0 "
-                                     "(0: to the initial weights, the original LTH)", minimum=0, below=1)
+                                     "(0: to the initial weights, the original LTH; with --pretrained, 0 rewinds to "
+                                     "the pretrained weights)", minimum=0, below=1)
+    level_start: str = setting("rewind", "where each pruned level starts: rewind (theta_tau, masked: the lottery "
+                               "ticket) or fine-tune (the previous level's trained weights, masked: the classic "
+                               "prune-then-fine-tune recipe, e.g. for a pretrained model); both then train the "
+                               "steps from tau on", choices=("rewind", "fine-tune"))
     # Not hashed: how far a search goes does not change the levels it has made, so raising the target, the
     # rounds or extending the schedule continues a finished search in its own folder (lottery.py checks
     # that the levels already made still match; a one-shot search, whose one level depends on the target,
@@ -925,6 +947,8 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
     for section_name, section in _sections(config):
         group = parser.add_argument_group(section_name or "settings")
         for f in fields(section):
+            if f.metadata.get("derived"):
+                continue
             flags = [_flag(f), *f.metadata.get("aliases", ())]
             base, _ = _base_type(f.type)
             help_text = f.metadata.get("help", "")
@@ -983,7 +1007,7 @@ def command_line(prog: str, config, positional: Sequence[str] = ()) -> str:
     for _, section in _sections(config):
         for f in fields(section):
             value = getattr(section, f.name)
-            if value is not None and value != f.default:
+            if value is not None and value != f.default and not f.metadata.get("derived"):
                 words += _flag_words(f, value)
     return " ".join([prog, *map(shlex.quote, words)])
 

@@ -26,7 +26,7 @@ from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
 from .files import load_tensors, make_dirs, read_json, save_tensors, write_json
-from .networks import build_model
+from .networks import adopt_source, build_model
 from .pruning import (
     STRATEGIES, ModuleMap, PruneSettings, count_kept, count_total, full_masks, module_map, plan_units, prune_round,
     random_masks, save_masks, simulate_sparsity,
@@ -192,7 +192,7 @@ class LevelTrainer:
     kind = "train"
 
     def __init__(self, config: RunConfig, out: str | Path, *, progress: bool = True, log=print):
-        self.config, self.out, self.progress, self.log = config, Path(out), progress, log
+        self.config, self.out, self.progress, self.log = adopt_source(config), Path(out), progress, log
         self.processes: Processes = setup_processes(config.runtime.device, config.train.mixed_precision)
         self.images = load_run_images(config)
         from .data import data_fingerprint
@@ -555,8 +555,11 @@ class Lottery(LevelTrainer):
         if self.run.level(index).finished:
             return
         masks, schedule = self.masks_for_level(index, target)
-        start = load_tensors(self.run.rewind_path, "rewind weights (theta_tau)",
-                             f"delete {self.run.level(0).dir} and re-run to recompute level 0 and theta_tau")
+        if self.config.prune.level_start == "fine-tune":
+            start = self.run.level(index - 1).state("raw")  # prune-then-fine-tune: no rewinding
+        else:
+            start = load_tensors(self.run.rewind_path, "rewind weights (theta_tau)",
+                                 f"delete {self.run.level(0).dir} and re-run to recompute level 0 and theta_tau")
         self.train_masked(index, masks, schedule, start, self.config.prune.strategy, {})
 
     def masked_trainer(self, index: int, masks, start_weights) -> Trainer:
@@ -676,8 +679,8 @@ class ControlBranch(Lottery):
                     masks = source_masks
                     # freshly drawn with this config's --seed-init
                     start = build_model(self.config.model, self.images.images.shape[1],
-                                        seed=self.config.train.seed_init,
-                                        image_size=self.images.images.shape[-1]).state_dict()
+                                        seed=self.config.train.seed_init, image_size=self.images.images.shape[-1],
+                                        initial="random").state_dict()
                 else:
                     # channel tickets drew their random (or refilled) channels above
                     masks = source_masks if channels is not None else random_masks(source_masks,

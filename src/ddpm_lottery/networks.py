@@ -1,12 +1,21 @@
-"""Networks: diffusers' ``UNet2DModel`` through named presets.
+"""Networks: diffusers' ``UNet2DModel`` through named presets, or from the user's own model.
 
 A preset is a plain dict of ``UNet2DModel`` keyword arguments.  ``in_channels`` left out
 means "take it from the data" (the CPU presets serve both digits and colour images).
+
+A *source* replaces the preset: ``--pretrained`` (a ``UNet2DModel`` or ``DDPMPipeline`` folder:
+its config, weights and noise schedule) or ``--unet-config`` (a config file, fresh weights).  Its
+digest enters the run's identity (``model.source_digest``), so a run follows the model's content,
+not the folder's name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,8 +67,142 @@ _OVERRIDABLE = ("sample_size", "block_out_channels", "layers_per_block", "down_b
                 "up_block_types", "dropout", "norm_num_groups")
 
 
+# ----------------------------------------------------------------------------------------------
+# The user's own network
+
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# what a pipeline's scheduler says, and the setting of ours that must agree
+SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
+
+
+@dataclass(frozen=True)
+class NetworkSource:
+    """A UNet2DModel the user brings: its config, where its weights are, its pipeline's scheduler."""
+
+    name: str                  # the path as given, for messages
+    config: dict[str, Any]     # UNet2DModel keyword arguments
+    unet_dir: Path | None      # folder that UNet2DModel.from_pretrained loads; None: fresh weights
+    scheduler: dict[str, Any] | None
+    files: tuple[Path, ...]    # what the digest covers
+
+
+def _read_json(path: Path, what: str, flag: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path.parent}: {path.name} is missing; {what}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{flag} {path} cannot be read as JSON ({exc}); {what}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{flag} {path} must hold a JSON object; {what}")
+    return data
+
+
+def _unet_config(data: dict[str, Any], path: Path, flag: str) -> dict[str, Any]:
+    kind = data.get("_class_name", "UNet2DModel")
+    if kind != "UNet2DModel":
+        raise UserError(f"{flag} {path} describes a {kind}; this tool prunes diffusers UNet2DModel networks "
+                        "(unconditional DDPM U-Nets)")
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def network_source(model_config: ModelConfig) -> NetworkSource | None:
+    """The source the config names (read from disk), or None for a preset."""
+    if model_config.unet_config:
+        path = Path(model_config.unet_config)
+        if path.is_dir():
+            path = path / "config.json"
+        data = _read_json(path, "give a UNet2DModel config.json", "--unet-config")
+        return NetworkSource(str(model_config.unet_config), _unet_config(data, path, "--unet-config"), None, None,
+                             (path,))
+    if not model_config.pretrained:
+        return None
+    root = Path(model_config.pretrained)
+    if not root.is_dir():
+        raise UserError(f"--pretrained {root} is not a folder; give a diffusers UNet2DModel folder or a "
+                        "DDPMPipeline folder (model_index.json, unet/, scheduler/)")
+    scheduler, files = None, []
+    if (root / "model_index.json").exists():
+        index = _read_json(root / "model_index.json", "give a DDPMPipeline folder", "--pretrained")
+        if "unet" not in index:
+            raise UserError(f"--pretrained {root}: model_index.json names no unet; give a DDPMPipeline folder")
+        files.append(root / "model_index.json")
+        unet_dir = root / "unet"
+        if (root / "scheduler" / "scheduler_config.json").exists():
+            scheduler_path = root / "scheduler" / "scheduler_config.json"
+            scheduler = _read_json(scheduler_path, "give the pipeline's scheduler config", "--pretrained")
+            files.append(scheduler_path)
+    else:
+        unet_dir = root
+    config_path = unet_dir / "config.json"
+    config = _unet_config(_read_json(config_path, "give a folder written by UNet2DModel.save_pretrained",
+                                     "--pretrained"), config_path, "--pretrained")
+    weights = [unet_dir / name for name in WEIGHT_FILES if (unet_dir / name).exists()]
+    if not weights:
+        raise UserError(f"--pretrained {unet_dir} holds no weights ({' or '.join(WEIGHT_FILES)}); give a folder "
+                        "written by save_pretrained, or use --unet-config for the architecture alone")
+    return NetworkSource(str(root), config, unet_dir, scheduler, (config_path, weights[0], *files))
+
+
+def source_digest(source: NetworkSource) -> str:
+    """SHA-256 over the source's files: config, weights and scheduler."""
+    digest = hashlib.sha256()
+    for path in source.files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def adopt_source(config):
+    """Fill in a config from the model it names: the digest, and a pipeline's noise schedule.
+
+    A diffusion setting left at its default takes the scheduler's value; one set to something else
+    is a conflict, refused (the network was trained for its own schedule)."""
+    source = network_source(config.model)
+    if source is None:
+        return config
+    overrides = [name for name in _OVERRIDABLE if getattr(config.model, name) is not None]
+    if overrides:
+        flag = "--pretrained" if config.model.pretrained else "--unet-config"
+        raise UserError(f"{flag} fixes the architecture; drop --{overrides[0].replace('_', '-')}")
+    digest = source_digest(source)
+    if config.model.source_digest not in (None, digest):
+        raise UserError(f"{source.name} has changed since this run was made (digest {digest}, the run was made from "
+                        f"{config.model.source_digest}); restore it, or start a new --out folder")
+    config.model.source_digest = digest
+    if source.scheduler is not None:
+        _adopt_scheduler(config.diffusion, source.scheduler, source.name)
+    return config
+
+
+def _adopt_scheduler(diffusion, scheduler: dict[str, Any], name: str) -> None:
+    from dataclasses import fields
+
+    if scheduler.get("trained_betas") is not None:
+        raise UserError(f"--pretrained {name}: its scheduler uses trained_betas, which this tool cannot reproduce; "
+                        "give a pipeline with a named beta_schedule")
+    defaults = {f.name: f.default for f in fields(diffusion)}
+    theirs = {"prediction_type": "epsilon", **{k: scheduler[k] for k in SCHEDULER_KEYS if k in scheduler}}
+    for key, value in theirs.items():
+        ours = getattr(diffusion, key)
+        if ours == value:
+            continue
+        if ours != defaults[key]:
+            raise UserError(f"--{key.replace('_', '-')} {ours} differs from the pretrained scheduler's {value} "
+                            f"({name}/scheduler); drop the flag to take the scheduler's")
+        setattr(diffusion, key, type(defaults[key])(value))
+    diffusion.check()
+
+
 def input_size(config) -> int:
-    """The image side a run feeds its network: --image-size, else --sample-size, else the preset's."""
+    """The image side a run feeds its network: --image-size, else --sample-size, else the preset's
+    (or the source's)."""
+    source = network_source(config.model)
+    if source is not None:
+        return config.data.image_size or source.config.get("sample_size", 32)
     if config.model.preset not in PRESETS:
         raise UserError(f"unknown preset {config.model.preset!r}; choose one of {', '.join(PRESETS)} "
                         "(`ddpm-lottery presets` lists them)")
@@ -72,6 +215,9 @@ def unet_kwargs(model_config: ModelConfig, data_channels: int | None = None,
 
     ``image_size`` (the data's side) sets the sample size unless ``--sample-size`` overrides it.
     """
+    source = network_source(model_config)
+    if source is not None:
+        return _source_kwargs(source, data_channels, image_size)
     if model_config.preset not in PRESETS:
         raise UserError(f"unknown preset {model_config.preset!r}; choose one of {', '.join(PRESETS)} "
                         "(`ddpm-lottery presets` lists them)")
@@ -91,6 +237,20 @@ def unet_kwargs(model_config: ModelConfig, data_channels: int | None = None,
             f"{data_channels}; pass --channels {preset_channels} to convert the data, or choose another preset")
     kwargs["out_channels"] = kwargs["in_channels"]
     _check_architecture(kwargs)
+    return kwargs
+
+
+def _source_kwargs(source: NetworkSource, data_channels: int | None, image_size: int | None) -> dict[str, Any]:
+    """A source's architecture as it is: the data must fit it, not the other way round."""
+    kwargs = dict(source.config)
+    channels = kwargs.get("in_channels", 3)
+    if data_channels is not None and data_channels != channels:
+        raise UserError(f"{source.name} takes {channels}-channel images but the data has {data_channels}; pass "
+                        f"--channels {channels} to convert the data")
+    size = kwargs.get("sample_size")
+    if image_size is not None and size is not None and image_size != size:
+        raise UserError(f"{source.name} takes {size}x{size} images but the data is {image_size}x{image_size}; pass "
+                        f"--image-size {size}")
     return kwargs
 
 
@@ -122,14 +282,25 @@ def seeded(seed: int):
 
 
 def build_model(model_config: ModelConfig, data_channels: int | None = None, seed: int = 0,
-                image_size: int | None = None) -> UNet2DModel:
-    """A freshly initialised network; the same seed gives bit-identical weights."""
+                image_size: int | None = None, initial: str = "config") -> UNet2DModel:
+    """The network with its initial weights theta_0: freshly drawn from ``seed`` (the same seed gives
+    bit-identical weights), or a ``--pretrained`` model's own weights (``initial="random"``: drawn
+    anyway, for the random re-init control)."""
     kwargs = unet_kwargs(model_config, data_channels, image_size)
+    source = network_source(model_config)
     with seeded(seed):
         try:
-            return UNet2DModel(**kwargs)
+            model = UNet2DModel.from_config(kwargs) if source is not None else UNet2DModel(**kwargs)
         except (ValueError, TypeError) as exc:
             raise UserError(f"diffusers rejected the network settings ({exc}); fix the model overrides") from None
+    if source is not None and source.unet_dir is not None and initial == "config":
+        try:
+            pretrained = UNet2DModel.from_pretrained(source.unet_dir, low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"--pretrained {source.name}: its weights cannot be loaded "
+                            f"({str(exc).splitlines()[0][:200]}); give a folder written by save_pretrained") from None
+        model.load_state_dict(pretrained.state_dict())
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:
