@@ -1,6 +1,7 @@
 """Export: a level as a diffusers DDPMPipeline folder (zeros intact), channel tickets compacted, the card."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,23 @@ def test_a_training_run_is_a_pipeline_folder(tmp_path):
     assert all(torch.equal(pipeline.unet.state_dict()[n], t) for n, t in ema.items())
     images = pipeline(batch_size=1, num_inference_steps=2, output_type="np").images
     assert images.shape == (1, 28, 28, 1)
+
+
+def test_api_result_objects_hold_levels_and_load_networks_and_pipelines(tiny_ticket_run, tmp_path):
+    """What find_ticket returns: a path that also knows its levels, and loads any level's network or pipeline."""
+    from ddpm_lottery import RunResult
+    from ddpm_lottery.runs import Run
+
+    assert isinstance(tiny_ticket_run, RunResult) and (tiny_ticket_run / "config.json").exists()
+    run = Run.open(tiny_ticket_run)
+    assert [level.index for level in tiny_ticket_run.levels] == [0, 1, 2]
+    assert tiny_ticket_run.sparsities == [pytest.approx(run.level(i).metrics()["sparsity"]) for i in range(3)]
+    assert tiny_ticket_run.losses == [run.level(i).metrics()["training"]["final_loss"] for i in range(3)]
+    assert tiny_ticket_run.kind == "lottery" and tiny_ticket_run.level().index == 2
+    unet = tiny_ticket_run.network(1)
+    assert all(torch.equal(p.detach(), run.level(1).state("ema")[n]) for n, p in unet.named_parameters())
+    pipeline = tiny_ticket_run.pipeline(2)
+    images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                      output_type="np").images
+    assert images.shape == (1, 28, 28, 1)
+    assert tiny_ticket_run.name == Path(tiny_ticket_run).name  # Path attributes pass through

@@ -2,7 +2,10 @@
 
 __version__ = "0.1.0"
 
-from .api import export, load_network, load_pipeline, load_run_config, sample, train  # noqa: E402
+from .api import (  # noqa: E402
+    EvaluationResult, LevelResult, RunResult, StudyResult, export, load_network, load_pipeline, load_run_config, sample,
+    train,
+)
 from .config import (  # noqa: E402
     DataConfig, DiffusionConfig, EvalConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig,
     TrainConfig,
@@ -15,6 +18,6 @@ from .study import load_study, run_study  # noqa: E402
 from .findings import write_findings  # noqa: E402
 from .frontier import frontier  # noqa: E402
 
-__all__ = ["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
+__all__ = ["EvaluationResult", "LevelResult", "RunResult", "StudyResult", "DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
            "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "export", "find_ticket", "frontier",
            "load_network", "load_pipeline", "load_run_config", "load_study", "run_study", "sample", "train", "write_findings", "__version__"]

@@ -2,13 +2,19 @@
 
     from ddpm_lottery import RunConfig, SampleConfig, train, sample
     config = RunConfig(); config.train.steps = 200
-    run = train(config, "runs/demo")
-    sample("runs/demo", SampleConfig(sampler="ddim", sampling_steps=50))
+    run = train(config, "runs/demo")          # a RunResult: levels, sparsities, losses, networks
+    sample(run, SampleConfig(sampler="ddim", sampling_steps=50))
+
+``train``, ``find_ticket`` and ``tune_range`` return a :class:`RunResult`, ``evaluate`` an
+:class:`EvaluationResult`, ``run_study`` a :class:`StudyResult`.  A RunResult is also the run
+folder's path (``os.PathLike``): it goes wherever a path goes.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,12 +29,157 @@ from .runs import Run, SampleFolder
 from .launch import resolve_device
 
 
+# ----------------------------------------------------------------------------------------------
+# Result objects
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """One finished level of a run: what it is, what it cost, and its network."""
+
+    run_path: Path
+    index: int
+    sparsity: float                 # of the prunable weights
+    channel_sparsity: float | None  # channel tickets
+    final_loss: float
+    wall_time_s: float
+    path: Path
+
+    def network(self, weights: str = "ema"):
+        """The level's ``UNet2DModel`` (compacted for channel tickets), on the CPU."""
+        return load_network(self.run_path, self.index, weights)
+
+    def pipeline(self, weights: str = "ema"):
+        """A ``DDPMPipeline`` of the level's network and the run's noise schedule, in memory."""
+        from diffusers import DDPMPipeline
+
+        from .diffusion import noise_scheduler
+
+        return DDPMPipeline(unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion))
+
+
+class RunResult(os.PathLike):
+    """A run folder and what it holds; usable wherever a path is (``Path`` attributes pass through)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunResult({str(self.path)!r})"
+
+    def __truediv__(self, other):
+        return self.path / other
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (RunResult, Path, str)) and Path(os.fspath(other)) == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __getattr__(self, name):  # name, parent, exists(), glob(), ...: the folder's Path
+        return getattr(self.__dict__["path"], name)
+
+    @property
+    def run(self) -> Run:
+        return Run.open(self.path)
+
+    @property
+    def kind(self) -> str:
+        return self.run.kind
+
+    @property
+    def config(self):
+        return self.run.config
+
+    @property
+    def levels(self) -> list[LevelResult]:
+        run = self.run
+        out = []
+        for index in run.finished_levels():
+            level = run.level(index)
+            metrics = level.metrics()
+            out.append(LevelResult(self.path, index, metrics["sparsity"], metrics.get("channel_sparsity"),
+                                   metrics["training"]["final_loss"], metrics["wall_time_s"], level.dir))
+        return out
+
+    @property
+    def sparsities(self) -> list[float]:
+        return [level.sparsity for level in self.levels]
+
+    @property
+    def losses(self) -> list[float]:
+        return [level.final_loss for level in self.levels]
+
+    def level(self, index: int | None = None) -> LevelResult:
+        """Level ``index`` (default: the last finished)."""
+        levels = {level.index: level for level in self.levels}
+        chosen = self.run.pick_level(index).index
+        return levels[chosen]
+
+    def network(self, level: int | None = None, weights: str = "ema"):
+        return load_network(self.path, level, weights)
+
+    def pipeline(self, level: int | None = None, weights: str = "ema"):
+        return self.level(level).pipeline(weights)
+
+    def export(self, out: str | Path, level: int | None = None, weights: str = "ema", log=print) -> Path:
+        return export(self.path, out, level, weights, log=log)
+
+    def evaluations(self, level: int | None = None) -> list[dict]:
+        """The stored evaluation records of a level (default: the last finished)."""
+        return self.run.pick_level(level).evaluations()
+
+
+class EvaluationResult(list):
+    """The records ``evaluate`` measured or read back (a list of dicts), with lookups."""
+
+    def __init__(self, run_path: str | Path, records: list[dict]):
+        super().__init__(records)
+        self.run_path = Path(run_path)
+
+    def value(self, level: int, measure: str) -> dict:
+        """The record of ``measure`` at ``level``: ``value``, ``interval``, ``label`` (how it was measured)."""
+        for record in self:
+            if record.get("level") == level and record["measure"] == measure:
+                return record
+        raise KeyError(f"no {measure} record for level {level}")
+
+
+class StudyResult(dict):
+    """What ``run_study`` did: ``plan``, ``costs``, ``deferred``, ``findings`` (as keys), and the study's runs."""
+
+    def __init__(self, path: str | Path, values: dict):
+        super().__init__(values)
+        self.path = Path(path)
+
+    @property
+    def runs(self) -> dict[str, RunResult]:
+        folder = self.path / "runs"
+        return {p.name: RunResult(p) for p in sorted(folder.iterdir()) if Run.is_run(p)} if folder.is_dir() else {}
+
+    @property
+    def findings(self) -> dict | None:
+        return self.get("findings")
+
+    @property
+    def report(self) -> Path:
+        from .runs import StudyFolder
+
+        return StudyFolder(self.path).report
+
+
 def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
     return Path("runs") / f"{kind}-{config_hash(config)}"
 
 
 def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, log=print) -> Path:
+          progress: bool = True, log=print) -> RunResult:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
     from .lottery import LevelTrainer
 
@@ -40,7 +191,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
         level = run.level(0)
         if level.finished:
             log(f"{run_dir} is already finished (run {run.hash}); nothing to do")
-            return run_dir
+            return RunResult(run_dir)
         if existed and level.checkpoints.exists() and not resume:
             raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
                             "or choose a new --out folder")
@@ -64,7 +215,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
             run.write_pipeline_view()  # DDPMPipeline.from_pretrained(RUN) loads the trained model
     finally:
         job.close_run()
-    return run_dir
+    return RunResult(run_dir)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -157,4 +308,4 @@ def load_pipeline(folder: str | Path):
 
 
 __all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config", "export",
-           "load_pipeline"]
+           "load_pipeline", "RunResult", "LevelResult", "EvaluationResult", "StudyResult"]

@@ -356,10 +356,10 @@ class Evaluator:
 
 def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int] | None = None, *,
              progress: bool = True, log=print, extractor: InceptionFeatures | None = None,
-             force: bool = False) -> list[dict]:
+             force: bool = False):
     """Measure the given levels (default: the last finished one) with every configured measure.
 
-    Returns the records, level by level.  A measure already stored with the same protocol is read
+    Returns the records, level by level, as an :class:`~ddpm_lottery.api.EvaluationResult` (a list).  A measure already stored with the same protocol is read
     back, not recomputed, unless ``force`` (which replaces those records only).
     """
     config = config or EvalConfig()
@@ -373,7 +373,9 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     evaluator = Evaluator(config, progress=progress, log=log, extractor=extractor)
     records = [record for level in chosen for record in evaluator.level(level, force=force)]
     track_evaluations(config.runtime.log_to, run, records)
-    return records
+    from .api import EvaluationResult
+
+    return EvaluationResult(run.root, records)
 
 
 def track_evaluations(kind: str, run: Run, records: list[dict]) -> None:

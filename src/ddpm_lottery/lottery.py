@@ -766,8 +766,11 @@ class RangeTuning(LevelTrainer):
 
 
 def tune_range(run_dir: str | Path, config, out: str | Path | None = None, *, progress: bool = True,
-               log=print) -> Path:
-    """``ddpm-lottery tune-range``: the source run's config with the given training settings changed."""
+               log=print):
+    """``ddpm-lottery tune-range``: the source run's config with the given training settings changed;
+    returns the range run's :class:`~ddpm_lottery.api.RunResult`."""
+    from .api import RunResult
+
     source = Run.open(run_dir)
     if source.kind == "range":
         raise UserError(f"{source.root} is itself a range fine-tuning; tune the run it came from")
@@ -778,10 +781,11 @@ def tune_range(run_dir: str | Path, config, out: str | Path | None = None, *, pr
     if not isinstance(tuned, LotteryConfig):
         tuned = LotteryConfig(**{k: getattr(tuned, k) for k in ("data", "model", "diffusion", "train", "runtime")})
     apply_overrides(tuned, {f"train.{k}": v for k, v in non_default(config.train).items()}, source="tune-range")
-    tuned.runtime.device = config.runtime.device
+    tuned.runtime = copy.deepcopy(config.runtime)  # where and how this session computes and logs
     low, high = config.train.timestep_range
     out = Path(out) if out else source.range_path(index, low, high, config.tune.start, config_hash(tuned))
-    return RangeTuning(tuned, source, index, config.tune.start, out, progress=progress, log=log).run_tuning()
+    return RunResult(RangeTuning(tuned, source, index, config.tune.start, out, progress=progress,
+                                 log=log).run_tuning())
 
 
 def apply_masks(weights: dict[str, torch.Tensor], masks) -> dict[str, torch.Tensor]:
@@ -821,8 +825,15 @@ def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
     return branch
 
 
-def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> Path:
-    """Run a ticket search, or a control branch when --reinit / --strategy random is given."""
+def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print):
+    """Run a ticket search, or a control branch when --reinit / --strategy random is given; returns
+    its :class:`~ddpm_lottery.api.RunResult`."""
+    from .api import RunResult
+
+    return RunResult(_find_ticket(config, out, progress=progress, log=log))
+
+
+def _find_ticket(config: LotteryConfig, out: str | Path | None, *, progress: bool, log) -> Path:
     validate(config)
     kind = control_kind(config)
     if kind:

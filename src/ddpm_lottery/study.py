@@ -582,12 +582,15 @@ class _Progress:
 
 
 def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-              data_dir: str | None = None, device: str | None = None, log=print) -> dict:
-    """Plan, and unless ``dry_run`` run, the study in ``path``; returns the plan and what was done.
+              data_dir: str | None = None, device: str | None = None, log=print):
+    """Plan, and unless ``dry_run`` run, the study in ``path``; returns the plan and what was done
+    (a :class:`~ddpm_lottery.api.StudyResult`: its runs, findings and report).
 
     ``data_dir`` and ``device`` change where the data is read and where everything computes, never a
     result, so they are arguments of a session, not part of the study.
     """
+    from .api import StudyResult
+
     study = load_study(path)
     if data_dir is not None:
         study.run_values["data.data_dir"] = data_dir
@@ -599,7 +602,7 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     if dry_run:
         costs = measure_costs(study)
         log(describe_plan(study, plan, out, costs))
-        return {"plan": plan, "costs": costs, "deferred": []}
+        return StudyResult(out, {"plan": plan, "costs": costs, "deferred": []})
     open_study_folder(study, out)
     costs = measure_costs(study)
     log(describe_plan(study, plan, out, costs))
@@ -633,7 +636,7 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
             + "; ".join(deferred[:4]) + (" ..." if len(deferred) > 4 else ""))
     log(f"study {study.settings.name!r}: this session {elapsed / 60:.1f} min; findings in "
         f"{StudyFolder(out).findings_md}")
-    return {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
+    return StudyResult(out, {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings})
 
 
 def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str]) -> bool:
