@@ -259,7 +259,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}")
     make_dirs(folder.dir)
-    bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=False)
+    bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=True)
 
     def on_step(done, total):
         bar.total = total

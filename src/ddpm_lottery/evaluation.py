@@ -120,7 +120,7 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
     """The level's N images (uint8), sampled with the protocol's sampler and seed."""
     sampling = config.sampling
     model = level.network(sampling.weights).to(device)
-    bar = tqdm(total=1, disable=not progress, desc=f"{level.label()}: sampling", unit="call", leave=False)
+    bar = tqdm(total=1, disable=not progress, desc=f"{level.label()}: sampling", unit="call", leave=True)
 
     def on_step(done, total):
         bar.total = total

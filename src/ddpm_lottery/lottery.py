@@ -565,7 +565,10 @@ class Lottery(LevelTrainer):
     def masked_trainer(self, index: int, masks, start_weights) -> Trainer:
         """A trainer for a pruned level: resumed from its checkpoint, or rewound to step tau."""
         sparse = 1 - count_kept(masks) / count_total(masks)
-        trainer = self.trainer_for(self.run.level(index), None, f"level {index} ({sparse:.1%} sparse)")
+        # level k is the network after pruning round k: the bar names both, and how many rounds at most
+        rounds = len(level_targets(self.config)[0]) if isinstance(self.config, LotteryConfig) else index
+        trainer = self.trainer_for(self.run.level(index), None,
+                                   f"level {index} · round {index}/{rounds} ({sparse:.1%} sparse)")
         if self.groups is not None:
             # biases and norm scales of removed channels are masked too, and the norms see survivors only
             from .structure import install_kept_norms, parameter_masks

