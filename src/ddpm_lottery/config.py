@@ -210,10 +210,10 @@ class PruneConfig(Section):
     rewind_fraction: float = setting(0.05, "rewind to the weights after this fraction of the steps of level 0 "
                                      "(0: to the initial weights, the original LTH; with --pretrained, 0 rewinds to "
                                      "the pretrained weights)", minimum=0, below=1)
-    level_start: str = setting("rewind", "where each pruned level starts: rewind (theta_tau, masked: the lottery "
+    level_start: str = setting("rewound", "where each pruned level starts: rewound (theta_tau, masked: the lottery "
                                "ticket) or fine-tune (the previous level's trained weights, masked: the classic "
                                "prune-then-fine-tune recipe, e.g. for a pretrained model); both then train the "
-                               "steps from tau on", choices=("rewind", "fine-tune"))
+                               "steps from tau on", choices=("rewound", "fine-tune"))
     # Not hashed: how far a search goes does not change the levels it has made, so raising the target, the
     # rounds or extending the schedule continues a finished search in its own folder (lottery.py checks
     # that the levels already made still match; a one-shot search, whose one level depends on the target,

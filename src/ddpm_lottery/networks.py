@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import UNet2DModel
+from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
 from .config import ModelConfig
 from .errors import UserError
@@ -71,7 +72,7 @@ _OVERRIDABLE = ("sample_size", "block_out_channels", "layers_per_block", "down_b
 # The user's own network
 
 
-WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+WEIGHT_FILES = (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)  # diffusers' file names, safetensors first
 # what a pipeline's scheduler says, and the setting of ours that must agree
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")
 
@@ -112,7 +113,7 @@ def network_source(model_config: ModelConfig) -> NetworkSource | None:
     if model_config.unet_config:
         path = Path(model_config.unet_config)
         if path.is_dir():
-            path = path / "config.json"
+            path = path / CONFIG_NAME
         data = _read_json(path, "give a UNet2DModel config.json", "--unet-config")
         return NetworkSource(str(model_config.unet_config), _unet_config(data, path, "--unet-config"), None, None,
                              (path,))
@@ -135,7 +136,7 @@ def network_source(model_config: ModelConfig) -> NetworkSource | None:
             files.append(scheduler_path)
     else:
         unet_dir = root
-    config_path = unet_dir / "config.json"
+    config_path = unet_dir / CONFIG_NAME
     config = _unet_config(_read_json(config_path, "give a folder written by UNet2DModel.save_pretrained",
                                      "--pretrained"), config_path, "--pretrained")
     weights = [unet_dir / name for name in WEIGHT_FILES if (unet_dir / name).exists()]
