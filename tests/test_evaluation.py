@@ -278,26 +278,16 @@ def test_cka_warns_when_the_tickets_are_not_two_tickets_of_one_model(tiny_ticket
 
 
 def test_loss_measure_validation_real_beats_blurred_beats_noise_and_held_out_is_near_training():
-    """The held-out loss of a trained dense model (the reproduction study's, committed under results/)."""
+    """The held-out loss of a trained dense model (the reproduction study's, committed under results/);
+    `python benchmarks/validate_measures.py` prints these figures."""
     from pathlib import Path
 
-    from ddpm_lottery.data import load_dataset, to_model_range
-    from ddpm_lottery.diffusion import denoising_loss_by_band
-    from ddpm_lottery.metrics import reference_images
+    from ddpm_lottery.evaluation import loss_validation
 
     dense = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
     if not Run.is_run(dense) or not Run.open(dense).level(0).finished:
         pytest.skip("the reproduction study's dense model is not in this checkout")
-    level = Run.open(dense).level(0)
-    model, config = level.network("ema"), level.run.config.diffusion
-    held_out = reference_images(load_dataset("embedded", split="test").images, 200, seed=1)
-    training = reference_images(load_dataset("embedded", split="train").images, 200, seed=1)
-    noise = torch.randint(0, 256, held_out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    from test_domain import blur
-
-    def loss(images):
-        return float(denoising_loss_by_band(model, config, to_model_range(images), bands=5, seed=0).mean())
-
-    real, train, blurred, pure_noise = loss(held_out), loss(training), loss(blur(held_out)), loss(noise)
-    assert real < blurred < pure_noise
-    assert abs(real - train) < 0.1 * train  # held-out digits score like training digits: no overfitting at this N
+    figures = loss_validation(Run.open(dense).level(0), count=200, bands=5)
+    assert figures["real"] < figures["blurred"] < figures["noise"]
+    # held-out digits score like training digits: no overfitting at this N
+    assert abs(figures["real"] - figures["training"]) < 0.1 * figures["training"]

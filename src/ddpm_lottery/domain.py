@@ -118,3 +118,42 @@ def domain_net(train_images, fingerprint: dict, *, cache_dir: Path, seed: int = 
 @torch.no_grad()
 def domain_features(net: DomainNet, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     return torch.cat([net.features(images[i:i + batch]) for i in range(0, len(images), batch)]).double()
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: what the measure says of images whose quality is known
+
+
+def box_blur(images: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """uint8 images blurred with a ``size`` x ``size`` box: recognisably degraded, not destroyed."""
+    channels = images.shape[1]
+    kernel = torch.ones(channels, 1, size, size) / size ** 2
+    blurred = F.conv2d(images.float(), kernel, padding=size // 2, groups=channels)
+    return blurred.round().clamp(0, 255).to(torch.uint8)
+
+
+def uniform_noise(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, like.shape, generator=generator, dtype=torch.uint8)
+
+
+def domain_validation(net: DomainNet, train_images: torch.Tensor, held_out_images: torch.Tensor,
+                      held_out_labels: torch.Tensor | None = None, seed: int = 0) -> dict[str, float]:
+    """The domain FD (against every training image) of: held-out real images, as many training images
+    (the floor at this N), the held-out images blurred, and uniform noise; plus held-out accuracy.
+
+    A measure fit to rank models must order these real < blurred < noise, with real near its floor."""
+    from .metrics import FrechetReference
+
+    reference = FrechetReference(domain_features(net, train_images))
+    count = len(held_out_images)
+    generator = torch.Generator().manual_seed(seed)
+    same_count = train_images[torch.randperm(len(train_images), generator=generator)[:count]]
+    result = {"n": count, "reference": len(train_images),
+              "real": reference.distance(domain_features(net, held_out_images)),
+              "floor": reference.distance(domain_features(net, same_count)),
+              "blurred": reference.distance(domain_features(net, box_blur(held_out_images))),
+              "noise": reference.distance(domain_features(net, uniform_noise(held_out_images, seed)))}
+    if held_out_labels is not None:
+        result["accuracy"] = accuracy(net, held_out_images, held_out_labels.long())
+    return result

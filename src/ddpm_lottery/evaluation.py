@@ -394,6 +394,31 @@ def track_evaluations(kind: str, run: Run, records: list[dict]) -> None:
     tracking.close()
 
 
+def loss_validation(level: Level, count: int = 200, bands: int = 5, seed: int = 0) -> dict[str, float]:
+    """The held-out loss of a trained level on: held-out images, as many training images, the held-out
+    images blurred, and uniform noise (fixed noise per image, as the measure uses).
+
+    A measure fit to rank models must order these real < blurred < noise, and a model that does not
+    overfit scores held-out and training images alike."""
+    from .domain import box_blur, uniform_noise
+    from .metrics import reference_images
+    from .networks import input_size
+
+    data = level.run.config.data
+    model, diffusion = level.network("ema"), level.run.config.diffusion
+
+    def images(split: str) -> torch.Tensor:
+        return reference_images(load_dataset(data.dataset, data.data_dir, split=split, image_size=input_size(
+            level.run.config), channels=data.channels, mirror=data.mirror).images, count, seed=1)
+
+    def loss(batch: torch.Tensor) -> float:
+        return float(denoising_loss_by_band(model, diffusion, to_model_range(batch), bands=bands, seed=seed).mean())
+
+    held_out = images("test")
+    return {"n": len(held_out), "bands": bands, "real": loss(held_out), "training": loss(images("train")),
+            "blurred": loss(box_blur(held_out)), "noise": loss(uniform_noise(held_out, seed))}
+
+
 def describe(record: dict, run: Path | str = "") -> str:
     measure = MEASURES[record["measure"]]
     low, high = record["interval"]
