@@ -26,6 +26,7 @@ def test_the_shipped_studies_load_and_plan():
     plan = make_plan(quick, Path("/nonexistent"))
     assert [r.name for r in plan.runs] == ["unified-seed0", "unified-seed0-reinit"]
     assert plan.train_steps == 300 + 4 * 285 and plan.evaluations_total == 10
+    assert quick.frontier.frontier.sweep_levels == (0, 2) and quick.frontier.eval.measures == ("domain",)
     study = load_study("cpu-digits")
     assert len(study.runs(Path("/x"))) == 18 and study.settings.data_seeds == (0, 1, 2)
     assert quick.settings.decided_by == "cpu-digits"
@@ -51,8 +52,17 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     table = (out / "findings.md").read_text()
     assert "unified − reinit control" in table and "unified − dense" in table and "(b) varying" in table
     weights = sorted(out.rglob("weights.safetensors"))
-    records = sorted(out.rglob("eval/*.json"))
-    assert len(records) == 10
-    stamps = {p: p.stat().st_mtime_ns for p in weights + records}
+    records = sorted(p for p in out.rglob("eval/*.json") if "schedules" not in p.parts)
+    protocol = [p for p in records if p.name.startswith(("loss-", "domain-ddim-2steps-"))]
+    assert len(protocol) == 10  # the study's own: 2 measures x 5 levels
+    # the small frontier: the dense model with 4 samplers and both tickets with 2, on the report
+    front = (out / "runs" / "unified-seed0" / "frontier" / "frontier.json")
+    import json
+
+    points = json.loads(front.read_text())["points"]
+    assert sum(p["kind"] == "dense" for p in points) == 4 and sum(p["kind"] == "channel" or p["kind"] == "ticket"
+                                                                   for p in points) == 4
+    assert {"schedule", "schedule control"} <= {p["kind"] for p in points} and "Efficiency frontier" in page
+    stamps = {p: p.stat().st_mtime_ns for p in weights + records + [front]}
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
-    assert stamps == {p: p.stat().st_mtime_ns for p in weights + records}
+    assert stamps == {p: p.stat().st_mtime_ns for p in weights + records + [front]}  # the frontier too

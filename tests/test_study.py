@@ -138,6 +138,10 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
     (('measures = ["loss", "domain"]', 'measures = ["inception"]\nkid_subset_size = 50'), "KID draws subsets of 50"),
     (('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [3]'), "inception_seeds lists 3"),
+    (("[controls]", "[frontier]\nswitch_steps = [600]\n[controls]"), "a \\[frontier\\] table needs study.frontier_search"),
+    (('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "global"'), "frontier_search names 'global'"),
+    (('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "unified"\n[frontier]\nswitch_steps = [0]'),
+     "frontier.switch_steps"),
 ])
 def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     study = write(tmp_path, TINY.replace(*edit))
@@ -192,3 +196,10 @@ def test_a_shipped_study_is_shown_by_name(capsys):
     assert '[study]\nname = "quickstart"' in capsys.readouterr().out
     assert main(["study", "no-such-study", "--dry-run"]) == 2
     assert "shipped study: cpu-digits, quickstart" in capsys.readouterr().err
+
+
+def test_a_frontier_needs_a_sampled_measure(tmp_path):
+    text = TINY.replace('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "unified"')
+    assert load_study(write(tmp_path, text)).frontier.eval.measures == ("domain",)
+    with pytest.raises(UserError, match="needs domain or inception"):
+        load_study(write(tmp_path, text.replace('measures = ["loss", "domain"]', 'measures = ["loss"]'), "loss.toml"))

@@ -371,6 +371,9 @@ class StudySettings(Section):
                                                "the costliest measure [default: every data seed]", minimum=0)
     decided_by: str = setting("", "a larger shipped study that can decide what this one leaves not separable "
                               "(named in the findings)", hashed=False)
+    frontier_search: str | None = setting(None, "draw the efficiency frontier (the [frontier] table: dense samplers, "
+                                          "tickets, stage schedules) for this search's run of the first data seed; "
+                                          "its report shows it", hashed=False)
 
 
 @dataclass

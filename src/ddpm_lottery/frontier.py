@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .config import EvalConfig, FrontierConfig, SamplingConfig
+from .config import EvalConfig, FrontierConfig, SamplingConfig, to_dict
 from .errors import UserError
 from .files import make_dirs, write_json, write_text
 from .runs import Level, Run, level_name
@@ -205,7 +205,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
            f"{torch.get_num_threads()} threads")
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
-              "timing_batch": batch}
+              "timing_batch": batch, "settings": to_dict(config)}
     write_json(folder.record, result)
     table = markdown(points, reference, how)
     write_text(folder.table, table)

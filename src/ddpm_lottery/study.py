@@ -7,12 +7,13 @@ A study file is a config file (TOML or YAML) with three more tables::
     [eval] [sampling] [cka]      how every level is measured, and how tickets are compared
     [searches.NAME]              one ticket search: the settings where it differs (strategy, order, ...)
     [controls]                   reinit = ["NAME", ...], random = ["NAME", ...]: the searches they mirror
+    [frontier]                   with study.frontier_search: the efficiency frontier's samplers and sweep
 
 Per data seed ``s`` it makes these runs under ``OUT/runs/``: ``NAME-seed{s}`` for every search (the
 first search trains the dense model, the others start from its level 0 and theta_tau) and
 ``NAME-seed{s}-{control}`` for every control.  It then measures every finished level with every measure
 of ``[eval]``, compares the tickets of ``cka_search`` pairwise across seeds with CKA and its baselines,
-and writes ``OUT/findings.json``, ``OUT/findings.md`` and ``OUT/report.html``.
+draws the efficiency frontier of ``frontier_search`` (first data seed) when asked, and writes ``OUT/findings.json``, ``OUT/findings.md`` and ``OUT/report.html``.
 
 Everything finished is reused, so running it again after a kill resumes it; a run that another
 process holds is skipped and picked up on the next pass, so two processes (``OMP_NUM_THREADS=1``
@@ -32,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import (
-    SECTION_CLASSES, STUDY_TABLES, CkaConfig, EvalConfig, LotteryConfig, StudySettings, apply_overrides,
-    check_config, read_config_file,
+    SECTION_CLASSES, STUDY_TABLES, CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, StudySettings,
+    apply_overrides, check_config, read_config_file, to_dict,
 )
 from .errors import FolderBusy, UserError
 from .files import make_dirs, read_json, write_json
@@ -43,8 +44,8 @@ from .runs import Run, StudyFolder
 RUN_SECTIONS = ("data", "model", "diffusion", "train", "prune", "runtime")
 EVAL_SECTIONS = ("eval", "sampling", "runtime")
 # Where data is read and where work runs: never part of a study's identity.
-SESSION_SETTINGS = ("data.data_dir", "data.download", "data.mirror", "runtime.device")
-STUDY_FILE_TABLES = ("study", *RUN_SECTIONS, "eval", "sampling", "cka", *STUDY_TABLES)
+SESSION_SETTINGS = ("data.data_dir", "data.download", "data.mirror", "runtime.device", "runtime.log_to")
+STUDY_FILE_TABLES = ("study", *RUN_SECTIONS, "eval", "sampling", "cka", "frontier", *STUDY_TABLES)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Study:
     controls: dict[str, list[str]]  # control name -> searches it mirrors
     evaluation: EvalConfig
     cka: CkaConfig
+    frontier: FrontierConfig | None = None  # None: the study draws no frontier
 
     # -- identity ----------------------------------------------------------------------------------
 
@@ -263,7 +265,30 @@ def load_study(path: str | Path) -> Study:
     cka = CkaConfig()
     apply_overrides(cka, raw.get("cka", {}), source=str(path))
     check_config(cka)
-    return Study(path, settings, run_values, searches, controls, evaluation, cka)
+    return Study(path, settings, run_values, searches, controls, evaluation, cka,
+                 _frontier_config(path, settings, searches, evaluation, raw.get("frontier")))
+
+
+def _frontier_config(path: Path, settings: StudySettings, searches: dict, evaluation: EvalConfig,
+                     table: dict | None) -> FrontierConfig | None:
+    """The frontier a study draws: its [frontier] table, measured with the study's own protocol."""
+    if not settings.frontier_search:
+        if table:
+            raise UserError(f"{path}: a [frontier] table needs study.frontier_search (the search it is drawn for)")
+        return None
+    if settings.frontier_search not in searches:
+        raise UserError(f"{path}: study.frontier_search names {settings.frontier_search!r}, which the study does not "
+                        f"declare; declared: {', '.join(searches)}")
+    sampled = [m for m in evaluation.measures if m != "loss"]
+    if not sampled:
+        raise UserError(f"{path}: the frontier compares samplers, so [eval].measures needs domain or inception "
+                        "(the held-out loss does not sample)")
+    config = FrontierConfig()
+    apply_overrides(config, {f"frontier.{k}": v for k, v in (table or {}).items()}, source=f"{path} [frontier]")
+    for section in ("eval", "sampling", "runtime"):
+        setattr(config, section, copy.deepcopy(getattr(evaluation, section)))
+    config.eval.measures = (sampled[0],)
+    return check_config(config)
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:
@@ -624,6 +649,7 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
             for planned in runs:
                 measuring.run(planned, study.measures_for(seed))
         _compare_all(study, plan, out, bar, deferred)
+        _draw_frontier(study, plan, out, bar, deferred)
     finally:
         bar.close()
     from .findings import write_findings
@@ -749,6 +775,34 @@ def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: 
             bar.task(f"CKA {run_a.name} vs {run_b.name}, level {level}")
             compare_with_baselines(run_a, run_b, level, study.cka, out=cka.dir, seed_init_b=study.settings.control_seed_init,
                                    log=bar.log)
+
+def _draw_frontier(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: list[str]) -> None:
+    """The efficiency frontier of ``frontier_search`` (first data seed), once its run is finished.
+
+    Stored evaluations are reused; the networks are timed again only when the frontier is missing or was
+    drawn with other settings (timing is the frontier's one figure that depends on the machine's moment)."""
+    from .frontier import frontier
+
+    if study.frontier is None:
+        return
+    planned = next(r for r in plan.runs if r.search == study.settings.frontier_search and r.control is None
+                   and r.seed == study.settings.data_seeds[0])
+    path = StudyFolder(out).run_path(planned.name)
+    if not _finished(path, planned.levels):
+        deferred.append(f"the frontier of {planned.name}: its levels are not all finished")
+        return
+    run = Run.open(path)
+    folder = run.frontier_folder()
+    settings = to_dict(study.frontier)
+    if folder.record.exists() and read_json(folder.record, "frontier").get("settings") == settings:
+        return
+    bar.task(f"frontier of {planned.name}")
+    try:
+        with run.lock():
+            frontier([path], study.frontier, progress=False, log=bar.log)
+    except FolderBusy as exc:
+        deferred.append(f"the frontier of {planned.name}: {exc}")
+
 
 __all__ = ["Study", "PlannedRun", "Plan", "load_study", "make_plan", "measure_costs", "describe_plan",
            "planned_levels", "open_study_folder", "run_study"]
