@@ -57,7 +57,22 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
     schedules = by_run(tiny_ticket_run, "schedule") + by_run(tiny_ticket_run, "schedule control")
     assert {p["schedule"] for p in schedules} == {"1000:500=level_00,500:0=level_02", "1000:500=level_02,500:0=level_00"}
     assert any(p["pareto_seconds"] for p in result["points"])
+    # each ticket's quality minus the dense model's, paired: same sampler, and against dense DDPM
+    from ddpm_lottery.findings import paired_difference
+    from ddpm_lottery.runs import Run
+
+    ticket = next(t for t in tickets if t["sampler"] == "ddim")
+    versus = ticket["extra"]["vs_dense_same_sampler"]
+    assert versus["against"] == dense["ddim"]["label"] and ticket["extra"]["vs_dense_ddpm"]["against"] == dense["ddpm"]["label"]
+    records = {r["level"]: r for index in (0, ticket["level"]) for r in Run.open(tiny_ticket_run).level(index).evaluations()
+               if r["label"] == ticket["protocol"] and r["measure"] == "inception"}
+    expected = paired_difference([(records[ticket["level"]], records[0])], 0.95)
+    assert versus["difference"] == pytest.approx(ticket["value"] - dense["ddim"]["value"])
+    assert versus["interval"] == pytest.approx([expected.low, expected.high])
+    assert versus["verdict"] in ("better", "worse", "not separable")
+    assert "vs_dense_same_sampler" not in dense["ddim"]["extra"]
     table = (tmp_path / "out" / "frontier.md").read_text()
+    assert "− dense, same sampler" in table
     assert "FLOP ratio" in table and "N=40" in table
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "out" / "frontier.json").read_text())["timing_batch"] == 4

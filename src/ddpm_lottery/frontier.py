@@ -147,6 +147,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
 
     # quality
     evaluators: dict[tuple, Evaluator] = {}
+    records: dict[int, dict] = {}
     for point, level in planned:
         key = (point.sampler, point.steps, point.schedule)
         if key not in evaluators:
@@ -156,6 +157,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
                 extractor = evaluators[key].extractor()  # one Inception network for every point
         record = evaluators[key].measure(level, measure)
         point.value, point.interval, point.protocol = record["value"], tuple(record["interval"]), record["label"]
+        records[id(point)] = record
 
     # networks: time each once, count its FLOPs once
     networks, flops, effective = {}, {}, {}
@@ -199,15 +201,16 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
     _mark_pareto(points, "effective_flops_per_sample", "pareto_flops")
 
-    make_dirs(folder.dir)
     reference = {p.run: p for p in points if p.kind == "dense" and p.sampler == "ddpm"}
+    _compare_to_dense(points, records, reference, config.eval.confidence)
+    make_dirs(folder.dir)
     how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
            f"{torch.get_num_threads()} threads")
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
               "timing_batch": batch, "settings": to_dict(config)}
     write_json(folder.record, result)
-    table = markdown(points, reference, how)
+    table = markdown(points, reference, how, config.eval.confidence)
     write_text(folder.table, table)
     from .figures import frontier_figure
 
@@ -217,6 +220,34 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     log(table)
     log(f"wrote {folder.table}, {folder.figure} and {folder.record}")
     return result
+
+
+def _compare_to_dense(points: list[Point], records: dict[int, dict], reference: dict[str, Point],
+                      confidence: float) -> None:
+    """Each point's quality minus the dense model's, with the paired-bootstrap interval and a verdict:
+    against the dense model with the same sampler and steps (what pruning costs), and against dense DDPM
+    (what pruning and fewer steps together cost).  Image i of every point comes from the same noise and the
+    resamples are the same, so the pairs are paired."""
+    from .findings import paired_difference
+
+    dense = {(p.run, p.sampler, p.steps): p for p in points if p.kind == "dense"}
+    for p in points:
+        for name, other in (("vs_dense_same_sampler", dense.get((p.run, p.sampler, p.steps))),
+                            ("vs_dense_ddpm", reference.get(p.run))):
+            if other is None or other is p or id(other) not in records or id(p) not in records:
+                continue
+            first, second = records[id(p)], records[id(other)]
+            if len(first["replicates"]) != len(second["replicates"]):
+                continue
+            difference = paired_difference([(first, second)], confidence)
+            p.extra[name] = {**difference.as_dict(), "against": other.label}
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    low, high = entry["interval"]
+    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] {entry['verdict']}"
 
 
 def _level_key(level: Level) -> str:
@@ -242,21 +273,26 @@ def _mark_pareto(points: list[Point], cost: str, flag: str) -> None:
         setattr(p, flag, not dominated)
 
 
-def markdown(points: list[Point], reference: dict[str, Point], how: str) -> str:
+def markdown(points: list[Point], reference: dict[str, Point], how: str, confidence: float = 0.95) -> str:
     baseline = next(iter(reference.values()), None)
     against = f"dense ddpm {baseline.steps}" if baseline else "dense ddpm"
     lines = [f"Quality against cost ({how}). Lower is better; × is the measured speed-up over the run's dense model "
              f"with DDPM ({against}); the FLOP ratio is the physical limit of a network's speed-up "
              "per call over the dense model (effective FLOPs for unstructured tickets, which run dense kernels).", "",
-             f"| point | quality [95 % interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | Pareto |",
-             "|---|---|---|---|---|---|---|"]
+             "The two difference columns are this point's quality minus the dense model's (with the same sampler and "
+             f"steps, and with DDPM), paired-bootstrap {confidence:.0%} intervals, and whether that is better, worse or "
+             "not separable.", "",
+             f"| point | quality [{confidence:.0%} interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | "
+             f"− dense, same sampler | − {against} | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.run, p.seconds_per_sample)):
         ref = reference.get(p.run)
         speed = f"{ref.seconds_per_sample / p.seconds_per_sample:.1f}×" if ref else "–"
         front = " ".join(x for x, on in (("time", p.pareto_seconds), ("FLOPs", p.pareto_flops)) if on) or ""
         lines.append(f"| {p.label} | {p.value:.4g} [{p.interval[0]:.4g}, {p.interval[1]:.4g}] | "
                      f"{p.seconds_per_sample:.4g} | {speed} | {p.effective_flops_per_sample / 1e9:.3g} | "
-                     f"{p.flop_ratio:.2f}× | {front} |")
+                     f"{p.flop_ratio:.2f}× | {_cell(p.extra.get('vs_dense_same_sampler'))} | "
+                     f"{_cell(p.extra.get('vs_dense_ddpm'))} | {front} |")
     return "\n".join(lines) + "\n"
 
 
