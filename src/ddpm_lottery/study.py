@@ -645,11 +645,12 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
                     bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
                 # the cheap measures run by run, so findings grow while the study trains
                 measuring.run(planned, [m for m in study.measures_for(seed) if m != "inception"])
+                if study.frontier is not None and _is_frontier_run(study, planned):
+                    _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
             # then the costly one, seed by seed: a study cut short still answers on its first seeds
             for planned in runs:
                 measuring.run(planned, study.measures_for(seed))
         _compare_all(study, plan, out, bar, deferred)
-        _draw_frontier(study, plan, out, bar, deferred)
     finally:
         bar.close()
     from .findings import write_findings
@@ -776,6 +777,11 @@ def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: 
             compare_with_baselines(run_a, run_b, level, study.cka, out=cka.dir, seed_init_b=study.settings.control_seed_init,
                                    log=bar.log)
 
+def _is_frontier_run(study: Study, planned: PlannedRun) -> bool:
+    return (planned.search == study.settings.frontier_search and planned.control is None
+            and planned.seed == study.settings.data_seeds[0])
+
+
 def _draw_frontier(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: list[str]) -> None:
     """The efficiency frontier of ``frontier_search`` (first data seed), once its run is finished.
 
@@ -785,8 +791,7 @@ def _draw_frontier(study: Study, plan: Plan, out: Path, bar: _Progress, deferred
 
     if study.frontier is None:
         return
-    planned = next(r for r in plan.runs if r.search == study.settings.frontier_search and r.control is None
-                   and r.seed == study.settings.data_seeds[0])
+    planned = next(r for r in plan.runs if _is_frontier_run(study, r))
     path = StudyFolder(out).run_path(planned.name)
     if not _finished(path, planned.levels):
         deferred.append(f"the frontier of {planned.name}: its levels are not all finished")
