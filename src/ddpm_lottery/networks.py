@@ -287,8 +287,9 @@ def build_model(model_config: ModelConfig, data_channels: int | None = None, see
     """The network with its initial weights theta_0: freshly drawn from ``seed`` (the same seed gives
     bit-identical weights), or a ``--pretrained`` model's own weights (``initial="random"``: drawn
     anyway, for the random re-init control)."""
-    kwargs = unet_kwargs(model_config, data_channels, image_size)
-    source = network_source(model_config)
+    source = network_source(model_config)  # read once: its config and where its weights are
+    kwargs = (_source_kwargs(source, data_channels, image_size) if source is not None
+              else unet_kwargs(model_config, data_channels, image_size))
     with seeded(seed):
         try:
             model = UNet2DModel.from_config(kwargs) if source is not None else UNet2DModel(**kwargs)
