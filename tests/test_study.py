@@ -184,9 +184,18 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
         assert entry["seeds"] == 1 and "paired bootstrap" in entry["method"]
         low, high = entry["interval"]
         assert entry["verdict"] == ("better" if high < 0 else "worse" if low > 0 else "not separable")
+    # the compute behind the findings is the sum of what the records say, level by level
+    levels = [run.level(i) for i in run.finished_levels()]
+    compute = result["compute"]
+    assert compute["levels"] == len(levels) == 3 and compute["runs"] == 1 and compute["devices"] == ["cpu"]
+    assert compute["seconds"]["training"] == pytest.approx(sum(l.metrics()["wall_time_s"] for l in levels))
+    assert compute["seconds"]["loss"] == pytest.approx(
+        sum(r["wall_time_s"] for l in levels for r in l.evaluations() if r.get("measure") == "loss"))
+    assert compute["seconds"]["loss"] > 0 and compute["total_s"] == pytest.approx(sum(compute["seconds"].values()))
     assert main(["findings", str(tiny_ticket_run)]) == 0
     out = capsys.readouterr().out
     assert "(a) The sparsest level" in out and "held-out loss" in out and "(d) CKA needs pairs" in out
+    assert "Compute behind these findings" in out and "3 trained levels in 1 run " in out
     assert main(["findings", str(tmp_path / "nothing")]) == 2
     assert "neither a study folder" in capsys.readouterr().err
 

@@ -262,7 +262,7 @@ def findings(collection: Collection) -> dict:
                         labels[measure] = record["label"]
     seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
     return {"root": str(collection.root), "confidence": collection.confidence, "protocols": protocols,
-            "notes": collection.notes,
+            "notes": collection.notes, "compute": compute_spent(collection),
             "protocol_labels": labels, "seeds": seeds, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka,
             "curves": quality_curves(collection, protocols)}
 
@@ -286,6 +286,30 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
         dense = seed_mean([record_of(r, 0, key) for r in collection.dense.values()], collection.confidence)
         out[measure] = {"curves": curves, "dense": dense}
     return out
+
+
+def compute_spent(collection: Collection) -> dict:
+    """Seconds spent on the stored results, summed from the records: training per level (summed over the
+    sessions a level was resumed in) and each measure per level and protocol. ``devices`` are the ones the
+    measurements name (a level's metrics do not record where it trained).
+
+    A study runs across sessions, perhaps in several processes at once, so its elapsed time says little;
+    these sums are the work it took, on the devices the records name."""
+    runs = [r for by_seed in collection.searches.values() for r in by_seed.values()]
+    runs += [r for by_seed in collection.controls.values() for r in by_seed.values()]
+    seconds = {"training": 0.0}
+    levels, devices = 0, set()
+    for run in runs:
+        for index in run.finished_levels():
+            level = run.level(index)
+            seconds["training"] += float(level.metrics().get("wall_time_s") or 0.0)
+            levels += 1
+            for record in level.evaluations():
+                if "measure" in record and record.get("wall_time_s") is not None:
+                    seconds[record["measure"]] = seconds.get(record["measure"], 0.0) + float(record["wall_time_s"])
+                    devices.add(record.get("device", "?"))
+    return {"seconds": seconds, "total_s": sum(seconds.values()), "levels": levels, "runs": len(runs),
+            "devices": sorted(str(d) for d in devices)}
 
 
 def cka_findings(collection: Collection) -> list[dict]:
@@ -322,6 +346,10 @@ def cka_findings(collection: Collection) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------
 # Tables
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def _cell(entry: dict | None) -> str:
@@ -384,6 +412,13 @@ def blocks(result: dict) -> list[tuple]:
                  and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
     notes = result.get("notes", {})
     larger = notes.get("decided_by")
+    compute = result.get("compute")
+    if compute and compute["levels"]:
+        parts = ", ".join(f"{LABELS.get(k, k)} {_hours(v)}" for k, v in compute["seconds"].items() if v)
+        out.append(("p", f"Compute behind these findings: {_hours(compute['total_s'])} in all ({parts}), "
+                         f"summed from the records of {compute['levels']} trained levels in {compute['runs']} "
+                         f"run{'s' * (compute['runs'] != 1)} "
+                         f"(measured on {', '.join(compute['devices']) or '–'}); the frontier and CKA come on top."))
     if undecided:
         text = (f"Not separable by any measure at this budget: {'; '.join(undecided)}."
                 + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
