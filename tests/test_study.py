@@ -171,6 +171,17 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     from ddpm_lottery.evaluation import evaluate
     from ddpm_lottery.findings import collect, findings
 
+    import shutil
+
+    # a trained run with nothing measured says so instead of showing empty rows
+    unmeasured = tmp_path / "unmeasured"
+    shutil.copytree(tiny_ticket_run, unmeasured)
+    for folder in unmeasured.glob("level_*/eval"):
+        shutil.rmtree(folder)
+    assert main(["findings", str(unmeasured)]) == 0
+    out = capsys.readouterr().out
+    assert "unmeasured: not measured yet" in out and "| (a)" not in out
+
     config = EvalConfig(measures=("loss",), heldout_images=40, loss_bands=2, bootstrap_rounds=40, device="cpu")
     evaluate(tiny_ticket_run, config, [0, 1, 2], progress=False, log=quiet)
     result = findings(collect(tiny_ticket_run))

@@ -210,16 +210,17 @@ def findings(collection: Collection) -> dict:
     summary_a = []
     # (a) against the dense model
     for search, by_seed in collection.searches.items():
-        best = None
+        best, measured = None, False
         for index in _pruned_levels(by_seed):
             seeds = {s: r for s, r in by_seed.items() if index in r.finished_levels()}
             sparsity = _sparsity(next(iter(seeds.values())), index)
             differences = compare_levels(collection, protocols, seeds, index, dense, 0)
             rows.append(_row("a", f"{search} − dense", sparsity, differences))
             verdicts = [d.verdict() for d in differences.values() if d is not None]
+            measured = measured or bool(verdicts)
             if verdicts and "worse" not in verdicts:
                 best = (index, sparsity, differences)
-        summary_a.append({"search": search, "sparsest_not_worse": None if best is None else
+        summary_a.append({"search": search, "measured": measured, "sparsest_not_worse": None if best is None else
                           {"level": best[0], "sparsity": best[1],
                            "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None}}})
     # (b) varying against the searches that impose no profile; (d) varying forward against reverse
@@ -378,8 +379,10 @@ def blocks(result: dict) -> list[tuple]:
     items = []
     for entry in result["sparsest_not_worse"]:
         best = entry["sparsest_not_worse"]
-        if best is None:
-            items.append(f"{entry['search']}: no pruned level (each is worse by some measure, or none is measured)")
+        if not entry.get("measured", True):
+            items.append(f"{entry['search']}: not measured yet (re-run the study to finish it)")
+        elif best is None:
+            items.append(f"{entry['search']}: none (every measured pruned level is worse by some measure)")
         else:
             cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m))}" for m in measures)
             items.append(f"{entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})")
@@ -388,6 +391,8 @@ def blocks(result: dict) -> list[tuple]:
     header = ["question", "comparison", "sparsity", *(LABELS[m] for m in measures), "seeds"]
     rows = []
     for row in sorted(result["rows"], key=lambda r: (r["question"], r["comparison"], r["sparsity"])):
+        if not row["measures"]:
+            continue  # trained, not measured yet: the (a) list says so
         count = max((e["seeds"] for e in row["measures"].values()), default=0)
         rows.append([QUESTIONS[row["question"]], row["comparison"], f"{100 * row['sparsity']:.2f} %",
                      *(_cell(row["measures"].get(m)) for m in measures), str(count)])
@@ -424,7 +429,7 @@ def blocks(result: dict) -> list[tuple]:
                 + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
                    if larger else " More data seeds or a larger N can decide them."))
         out.append(("p", text))
-    asked = {r["question"] for r in result["rows"]}
+    asked = {r["question"] for r in result["rows"] if r["measures"]}
     declares = notes.get("declares", {})
     for question in ("b", "c"):
         if question not in asked:
