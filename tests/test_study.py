@@ -92,6 +92,25 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
     # the dense model is measured once, on the run that trained it
     assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
+    # the shared dense model was trained once: the varying runs reuse it, and the compute counts it once
+    from ddpm_lottery.runs import Run
+
+    trained = [(r, i) for r in map(Run.open, sorted((out / "runs").iterdir())) for i in r.finished_levels()
+               if "copied_from" not in r.level(i).metrics()]
+    assert len(trained) == 2 * (2 + 1 + 1)  # per seed: unified levels 0, 1; its control's level 1; varying's level 1
+    assert findings["compute"]["levels"] == len(trained)
+    assert findings["compute"]["seconds"]["training"] == pytest.approx(
+        sum(r.level(i).metrics()["wall_time_s"] for r, i in trained))
+    assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in (out / "report.md").read_text()
+    assert all(line.endswith("| reused |") for line in (out / "report.md").read_text().splitlines()
+               if line.startswith("| varying, data seed") and "| 0 | 0.0 %" in line)
+    # --report-only writes the findings and the report again from what is stored, and runs nothing
+    (out / "report.html").unlink()
+    (out / "findings.md").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    assert main(["study", str(study), "--out", str(out), "--report-only"]) == 0
+    assert (out / "report.html").exists() and (out / "findings.md").read_text() == table
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     # everything is reused the second time
     plan = make_plan(load_study(study), out)
     assert plan.train_steps == 0 and plan.evaluations_done == plan.evaluations_total and plan.cka_done == 1

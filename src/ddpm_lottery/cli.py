@@ -218,8 +218,8 @@ def _cmd_study(args) -> int:
 
         print(resolve_study(args.file).read_text(), end="")
         return 0
-    run_study(args.file, args.out, dry_run=args.dry_run, progress=not args.no_progress, data_dir=args.data_dir,
-              device=args.device)
+    run_study(args.file, args.out, dry_run=args.dry_run, report_only=args.report_only, progress=not args.no_progress,
+              data_dir=args.data_dir, device=args.device)
     return 0
 
 
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", metavar="DIR", help="study folder [default: runs/<study name>]")
     study.add_argument("--dry-run", action="store_true",
                        help="print the plan and its estimated cost on this device, and run nothing")
+    study.add_argument("--report-only", action="store_true",
+                       help="write the findings and the report of what is finished, and run nothing (e.g. while "
+                            "other processes run the study)")
     study.add_argument("--data-dir", metavar="DIR", help="where the study's dataset files are (every run reads them)")
     study.add_argument("--device", help="cpu, cuda, cuda:N or auto [default: the study file's, else auto]")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -303,8 +303,10 @@ def compute_spent(collection: Collection) -> dict:
     for run in runs:
         for index in run.finished_levels():
             level = run.level(index)
-            seconds["training"] += float(level.metrics().get("wall_time_s") or 0.0)
-            levels += 1
+            metrics = level.metrics()
+            if "copied_from" not in metrics:  # a reused dense model was paid for once, by the run that trained it
+                seconds["training"] += float(metrics.get("wall_time_s") or 0.0)
+                levels += 1
             for record in level.evaluations():
                 if "measure" in record and record.get("wall_time_s") is not None:
                     seconds[record["measure"]] = seconds.get(record["measure"], 0.0) + float(record["wall_time_s"])

@@ -85,7 +85,8 @@ def collect_rows(runs: list[Run], protocol: str | None) -> list[dict]:
             evaluation = next((r for r in level.evaluations() if r["key"] == protocol), None)
             rows.append({"run": str(run.root), "label": run.label(), "level": index,
                          "sparsity": metrics.get("sparsity", 0.0), "costs": level.costs(), "evaluation": evaluation,
-                         "train_wall_s": metrics.get("wall_time_s"),
+                         "train_wall_s": None if "copied_from" in metrics else metrics.get("wall_time_s"),
+                         "copied": "copied_from" in metrics,
                          "final_loss": (metrics.get("training") or {}).get("final_loss")})
     return rows
 
@@ -98,6 +99,13 @@ def _cost_cells(costs: dict | None) -> tuple[str, str, str, str]:
             f"{_fmt_bytes(costs['sparse_bytes'])} / {_fmt_bytes(costs['dense_bytes'])}")
 
 
+def _wall_cell(row: dict) -> str:
+    """Training seconds of a level; a level reused from another run (the shared dense model) cost nothing here."""
+    if row.get("copied"):
+        return "reused"
+    return "–" if row["train_wall_s"] is None else f"{row['train_wall_s']:.0f} s"
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ("| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | FID | KID ×10³ | "
             "train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -107,7 +115,7 @@ def markdown_table(rows: list[dict]) -> str:
         fid = "–" if e is None else f"{e['fid']:.2f}" + ("†" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
-        wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f} s"
+        wall = _wall_cell(r)
         lines.append(f"| {r['label']} | {r['level']} | {100 * r['sparsity']:.1f} % | {flops} ({reduction}) | {params} | "
                      f"{storage} | {fid} | {kid} | {wall} |")
     if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows):
@@ -126,7 +134,7 @@ def html_table(rows: list[dict]) -> str:
         fid = "–" if e is None else f"{e['fid']:.2f}" + ("<span class=warn>†</span>" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
-        wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f} s"
+        wall = _wall_cell(r)
         body.append(f"<tr><td class=l>{html.escape(r['label'])}</td><td>{r['level']}</td>"
                     f"<td>{100 * r['sparsity']:.1f} %</td><td>{flops}</td><td>{reduction}</td><td>{params}</td>"
                     f"<td>{storage}</td><td>{fid}</td><td>{kid}</td><td>{wall}</td></tr>")

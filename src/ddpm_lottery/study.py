@@ -606,10 +606,13 @@ class _Progress:
         self.bar.close()
 
 
-def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, progress: bool = True,
-              data_dir: str | None = None, device: str | None = None, log=print):
+def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, report_only: bool = False,
+              progress: bool = True, data_dir: str | None = None, device: str | None = None, log=print):
     """Plan, and unless ``dry_run`` run, the study in ``path``; returns the plan and what was done
     (a :class:`~ddpm_lottery.api.StudyResult`: its runs, findings and report).
+
+    ``report_only`` trains and measures nothing: it writes the findings and the report of what is finished
+    (e.g. while other processes run the study; their work in progress is untouched).
 
     ``data_dir`` and ``device`` change where the data is read and where everything computes, never a
     result, so they are arguments of a session, not part of the study.
@@ -629,6 +632,14 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
         log(describe_plan(study, plan, out, costs))
         return StudyResult(out, {"plan": plan, "costs": costs, "deferred": []})
     open_study_folder(study, out)
+    if report_only:
+        from .findings import write_findings
+
+        findings = write_findings(out, log=log)
+        write_study_report(study, out, findings, log=log)
+        log(f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
+            f"`ddpm-lottery study {path}` runs the rest)")
+        return StudyResult(out, {"plan": plan, "costs": None, "deferred": [], "findings": findings})
     costs = measure_costs(study)
     log(describe_plan(study, plan, out, costs))
     started = time.perf_counter()
