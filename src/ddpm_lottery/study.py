@@ -638,7 +638,7 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
         findings = write_findings(out, log=log)
         write_study_report(study, out, findings, log=log)
         log(f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
-            f"`ddpm-lottery study {path}` runs the rest)")
+            f"`ddpm-lottery study {path} --out {out}` runs the rest)")
         return StudyResult(out, {"plan": plan, "costs": None, "deferred": [], "findings": findings})
     costs = measure_costs(study)
     log(describe_plan(study, plan, out, costs))
