@@ -33,6 +33,44 @@ def test_full_disk_keeps_the_old_file_and_says_so(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left behind
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_really_full_disk_is_one_line(tmp_path, monkeypatch):
+    """A write that really fails with ENOSPC: the temporary file is a link to /dev/full."""
+    import tempfile
+
+    target = tmp_path / "file.json"
+    target.write_text("old")
+
+    def full_mkstemp(prefix="", suffix="", dir=None):
+        path = os.path.join(dir, f"{prefix}full{suffix}")
+        os.symlink("/dev/full", path)
+        return os.open(os.devnull, os.O_RDONLY), path
+
+    monkeypatch.setattr(tempfile, "mkstemp", full_mkstemp)
+    with pytest.raises(UserError, match="the disk is full while writing .*file.json; free space") as info:
+        write_json(target, {"good": False})
+    assert "\n" not in str(info.value)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["file.json"]
+
+
+def test_safetensors_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """safetensors writes through its own temporary file and reports a failed write as its own error type,
+    with the OS error in the text (the message below is the one a full tmpfs gave safetensors 0.8)."""
+    from safetensors import SafetensorError
+
+    target = tmp_path / "w.safetensors"
+    save_tensors(target, {"a": torch.ones(3)})
+
+    def full(*_args, **_kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("ddpm_lottery.files.save_file", full)
+    with pytest.raises(UserError, match="the disk is full while writing .*w.safetensors; free space"):
+        save_tensors(target, {"a": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_tensors(target)["a"], torch.ones(3)) and len(list(tmp_path.iterdir())) == 1
+
+
 def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "w.safetensors"
     save_tensors(target, {"a": torch.ones(3)})

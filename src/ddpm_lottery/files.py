@@ -111,7 +111,20 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            raise _os_error(exc) from None
+
+
+def _os_error(exc: SafetensorError) -> OSError:
+    """safetensors reports a failed write (a full disk, say) as its own error, with the OS error number in the
+    text ("I/O error: No space left on device (os error 28)"); give it back as the OSError it was."""
+    import re
+
+    found = re.search(r"os error (\d+)", str(exc))
+    number = int(found.group(1)) if found else errno.EIO
+    return OSError(number, os.strerror(number) if found else str(exc))
 
 
 def read_json(path: str | Path, what: str = "file", fix: str = "re-run the command that writes it") -> Any:
