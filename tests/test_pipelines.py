@@ -59,6 +59,28 @@ def test_export_refuses_a_foreign_folder(tiny_ticket_run, tmp_path):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+def test_a_full_disk_during_export_keeps_the_old_export(tiny_ticket_run, tmp_path, monkeypatch):
+    from diffusers import DDPMPipeline
+    from safetensors import SafetensorError
+
+    from ddpm_lottery.pipelines import export_level
+
+    out = tmp_path / "export"
+    export_level(tiny_ticket_run, out, level=1, log=lambda *_: None)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(self, folder, **_):  # diffusers writes the weights through safetensors, which fails like this
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "half-written").write_bytes(b"x")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(DDPMPipeline, "save_pretrained", full)
+    with pytest.raises(UserError, match="the disk is full while writing .*export; free space"):
+        export_level(tiny_ticket_run, out, level=2, log=lambda *_: None)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the partial folder is gone
+
+
 def test_the_readme_round_trip_runs(tiny_ticket_run, tmp_path):
     from pathlib import Path
 

@@ -202,6 +202,37 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy a file atomically (a full disk leaves ``dst`` as it was, and says so in one line)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+@contextmanager
+def staged_folder(out: str | Path):
+    """Yield a temporary folder beside ``out`` to fill; it replaces ``out`` only once complete.
+
+    Writers from other libraries (diffusers' ``save_pretrained``, safetensors) fail in their own ways on a
+    full disk: whatever they raise as an OSError or a safetensors error becomes the one-line disk error, and
+    the partial folder is removed."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    make_dirs(staging)
+    try:
+        yield staging
+        replace_dir(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise disk_error(out, exc) from None
+    except SafetensorError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise disk_error(out, _os_error(exc)) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 class FolderLock:
     """An exclusive lock on a folder, held by one process at a time.
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
 from .figures import save_grid
-from .files import load_tensors, make_dirs, read_json, save_tensors, write_json
+from .files import copy_file, load_tensors, make_dirs, read_json, save_tensors, staged_folder, write_json
 from .networks import adopt_source, build_model
 from .pruning import (
     STRATEGIES, ModuleMap, PruneSettings, count_kept, count_total, full_masks, module_map, plan_units, prune_round,
@@ -475,28 +474,20 @@ class Lottery(LevelTrainer):
         if not self.processes.is_main:
             return
         target, origin = self.run.level(0), source.level(0)
-        staging = Level(Run(self.run.root / ".staging", {}), 0)  # same file names, in a folder of its own
-        shutil.rmtree(staging.dir, ignore_errors=True)
-        make_dirs(staging.dir)
         # the trained level itself, not what was measured on it (evaluations, costs belong to their run)
-        for name in ("mask_path", "log_path", "grid_path", "denoising_path"):
-            if getattr(origin, name).exists():
-                shutil.copy2(getattr(origin, name), getattr(staging, name))
-        for which in ("raw", "ema"):
-            shutil.copy2(origin.weights_path(which), staging.weights_path(which))
-        if trained_only:  # theta_0: the initial weights of the training run's --seed-init
-            theta = build_model(mine.model, self.images.images.shape[1], seed=mine.train.seed_init,
-                                image_size=self.images.images.shape[-1]).state_dict()
-        else:
-            theta = load_tensors(source.rewind_path, "rewind weights")
-        save_tensors(self.run.rewind_path, theta, {"step": str(self.tau)})
-        metrics = origin.metrics()
-        metrics["copied_from"] = str(source_path)
-        write_json(staging.metrics_path, metrics)  # last: marks the copy finished
-        from .files import replace_dir
-
-        replace_dir(staging.dir, target.dir)
-        shutil.rmtree(staging.run.root, ignore_errors=True)
+        with staged_folder(target.dir) as staging:  # the same file names, in a folder that becomes level 0
+            files = [getattr(origin, name) for name in ("mask_path", "log_path", "grid_path", "denoising_path")]
+            for path in [p for p in files if p.exists()] + [origin.weights_path(w) for w in ("raw", "ema")]:
+                copy_file(path, staging / path.name)
+            if trained_only:  # theta_0: the initial weights of the training run's --seed-init
+                theta = build_model(mine.model, self.images.images.shape[1], seed=mine.train.seed_init,
+                                    image_size=self.images.images.shape[-1]).state_dict()
+            else:
+                theta = load_tensors(source.rewind_path, "rewind weights")
+            save_tensors(self.run.rewind_path, theta, {"step": str(self.tau)})
+            metrics = origin.metrics()
+            metrics["copied_from"] = str(source_path)
+            write_json(staging / origin.metrics_path.name, metrics)  # last: marks the copy finished
         self.log(f"level 0: reused from {source_path} (same dense training and theta_tau)")
 
     def masks_for_level(self, index: int, target: float | None) -> tuple[dict, list[dict]]:

@@ -15,11 +15,10 @@ is refused by the absence of ``model_index.json`` rather than loading a differen
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .files import make_dirs, read_json, replace_dir, write_json, write_text
+from .files import copy_file, make_dirs, read_json, staged_folder, write_json, write_text
 
 CARD_NAME = "README.md"
 COMPACT_DIR = "unet_compact"
@@ -39,37 +38,34 @@ def export_level(run_dir: str | Path, out: str | Path, level: int | None = None,
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / PIPELINE_NOTE).exists():
         raise UserError(f"{out} exists and is not a ddpm-lottery export; give an empty or new --out folder")
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    make_dirs(staging)
     scheduler = noise_scheduler(run.config.diffusion)
     compacted = chosen.compact_path.exists() and chosen.channels_path.exists() and weights == "ema"
     if chosen.channels_path.exists() and not compacted:
         raise UserError(f"{chosen.label()} is a channel ticket: it exports compacted, with its EMA weights "
                         "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)")
-    if compacted:
-        from .structure import load_compact
+    with staged_folder(out) as staging:
+        if compacted:
+            from .structure import load_compact
 
-        small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
-        make_dirs(staging / COMPACT_DIR)
-        shutil.copy2(chosen.compact_spec_path, staging / COMPACT_DIR / chosen.compact_spec_path.name)
-        shutil.copy2(chosen.compact_path, staging / COMPACT_DIR / chosen.compact_path.name)
-        scheduler.save_pretrained(staging / "scheduler")
-        parameters = sum(p.numel() for p in small.parameters())
-    else:
-        unet = chosen.network(weights)
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
-        parameters = sum(p.numel() for p in unet.parameters())
-    if chosen.mask_path.exists():
-        shutil.copy2(chosen.mask_path, staging / chosen.mask_path.name)
-    write_json(staging / PIPELINE_NOTE, {"run": str(run.root), "level": chosen.index, "weights": weights,
-                                         "compacted": compacted, "parameters": parameters,
-                                         "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name]
-                                         if compacted else None,
-                                         "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else
-                                         "ddpm_lottery.load_pipeline(DIR)"})
-    write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters))
-    replace_dir(staging, out)
+            small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
+            make_dirs(staging / COMPACT_DIR)
+            copy_file(chosen.compact_spec_path, staging / COMPACT_DIR / chosen.compact_spec_path.name)
+            copy_file(chosen.compact_path, staging / COMPACT_DIR / chosen.compact_path.name)
+            scheduler.save_pretrained(staging / "scheduler")
+            parameters = sum(p.numel() for p in small.parameters())
+        else:
+            unet = chosen.network(weights)
+            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
+            parameters = sum(p.numel() for p in unet.parameters())
+        if chosen.mask_path.exists():
+            copy_file(chosen.mask_path, staging / chosen.mask_path.name)
+        write_json(staging / PIPELINE_NOTE, {"run": str(run.root), "level": chosen.index, "weights": weights,
+                                             "compacted": compacted, "parameters": parameters,
+                                             "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name]
+                                             if compacted else None,
+                                             "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else
+                                             "ddpm_lottery.load_pipeline(DIR)"})
+        write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters))
     log(f"wrote {out}: level {chosen.index} of {run.root} ({weights} weights"
         + (", compacted" if compacted else "") + "); load it with "
         + ("ddpm_lottery.load_pipeline(DIR)" if compacted else "DDPMPipeline.from_pretrained(DIR)"))

@@ -56,7 +56,7 @@ import torch
 from .config import LotteryConfig, RunConfig, config_hash, from_dict, non_default, to_dict
 from .errors import UserError
 from .files import (
-    FolderLock, file_digest, load_tensors, make_dirs, read_json, read_jsonl, remove_temporaries, save_tensors,
+    FolderLock, copy_file, file_digest, load_tensors, make_dirs, read_json, read_jsonl, remove_temporaries, save_tensors,
     write_json,
 )
 
@@ -693,8 +693,8 @@ class Run:
             weights.unlink()
         try:
             os.symlink(os.path.relpath(level.weights_path("ema"), unet_dir), weights)
-        except OSError:
-            shutil.copy2(level.weights_path("ema"), weights)
+        except OSError:  # a file system without links
+            copy_file(level.weights_path("ema"), weights)
         noise_scheduler(self.config.diffusion).save_config(self.root / "scheduler")
         write_json(self.root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
                                                     "unet": ["diffusers", "UNet2DModel"],
