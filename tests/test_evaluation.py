@@ -75,6 +75,40 @@ def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_ex
     assert zero["key"].removeprefix("loss-") != "" and zero["key"] == two["key"]
 
 
+def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket_run, tmp_path, monkeypatch):
+    from ddpm_lottery import evaluation
+    from ddpm_lottery.data import from_model_range
+    from ddpm_lottery.diffusion import sample
+
+    level = Run.open(tiny_ticket_run).level(1)
+    config = small_eval(num_samples=10, sample_batch_size=4, sampler="ddpm", sampling_steps=3,  # batches 4, 4, 2
+                        measures=("loss",))  # (a sampled measure would need N ≥ 40 for its interval)
+    whole = from_model_range(sample(level.network("ema"), level.run.config.diffusion, sampler="ddpm", num_steps=3,
+                                    num_samples=10, seed=0, batch_size=4))
+    real, calls = evaluation.run_sampler, []
+
+    def killed_at_the_third_batch(*args, **kwargs):
+        calls.append(kwargs["first_index"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "run_sampler", killed_at_the_third_batch)
+    evaluator = evaluation.Evaluator(config, progress=False, log=quiet)
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.samples(level)
+    path = level.samples_path(evaluation.sampling_key(evaluator.sampling))
+    parts = path.with_name(f".{path.stem}.parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["00000000-000004.npy", "00000004-000004.npy"]
+    assert not path.exists()
+    calls.clear()
+    resumed = evaluator.samples(level)
+    assert calls == [8]  # only the batch that was being drawn
+    assert torch.equal(resumed, whole) and torch.equal(load_samples(path), whole)  # as if never killed
+    assert not parts.exists()
+    path.unlink()
+
+
 @pytest.mark.parametrize("change", [{"reference_split": "test"}, {"kid_subsets": 7}, {"reference_samples": 45},
                                     {"eta": 0.5}, {"weights": "raw"}, {"bootstrap_rounds": 41}])
 def test_every_protocol_change_is_a_new_evaluation_kept_beside_the_old(tiny_ticket_run, fake_extractor, tmp_path,

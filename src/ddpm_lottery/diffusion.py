@@ -76,11 +76,13 @@ def per_image_generators(seed: int, first: int, count: int) -> list[torch.Genera
 @torch.no_grad()
 def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "ddim",
            num_steps: int | None = None, num_samples: int = 64, seed: int = 0, batch_size: int = 256,
-           eta: float = 0.0, device: torch.device | str = "cpu",
+           eta: float = 0.0, device: torch.device | str = "cpu", first_index: int = 0,
            on_step: Callable[[int, int], None] | None = None,
            on_intermediate: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate ``num_samples`` images as float tensors in [-1, 1] (on the CPU).
 
+    Image i's noise comes from its own generator, so ``first_index`` = k gives images k, k+1, ... of the
+    same seed: a long sampling can be drawn in parts (and resumed) with the same result.
     ``on_step(done, total)`` is called after every denoiser call (for progress bars);
     ``on_intermediate(timestep, x_t)`` sees each intermediate batch (for the denoising figure).
     """
@@ -98,7 +100,7 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "d
     done = 0
     for first in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - first)
-        generators = per_image_generators(seed, first, count)
+        generators = per_image_generators(seed, first_index + first, count)
         x = torch.stack([torch.randn((channels, *size), generator=g) for g in generators]).to(device)
         scheduler = sampling_scheduler(config, sampler, num_steps)
         for t in scheduler.timesteps:
