@@ -75,7 +75,9 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
     assert "− dense, same sampler" in table
     assert "FLOP ratio" in table and "N=40" in table
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "out" / "frontier.json").read_text())["timing_batch"] == 4
+    stored = json.loads((tmp_path / "out" / "frontier.json").read_text())
+    assert stored["timing_batch"] == 4 and stored["machine_load"] >= 0  # how busy the machine was while timing
+    assert f"machine load {stored['machine_load']:.1f} on" in table
 
 
 def test_frontier_refuses_the_loss_and_unknown_levels(tiny_ticket_run, tmp_path):

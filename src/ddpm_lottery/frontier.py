@@ -19,6 +19,8 @@ front when no other point is at most as slow (or as costly) and at most as bad, 
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,6 +183,9 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         f"interleaved calls each, on {device}")
     seconds = time_denoisers(networks, config.frontier.timing_batch, config.frontier.timing_repeats, device)
     batch = config.frontier.timing_batch
+    # other work on the machine slows every network alike (the calls are interleaved), so the ratios hold;
+    # the absolute seconds do not, and the record says how busy the machine was
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     dense_call_flops = {str(r.root): flops[network_key(r.level(0))] for r in opened}
     for point, level in planned:
@@ -206,9 +211,10 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     make_dirs(folder.dir)
     how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
-           f"{torch.get_num_threads()} threads")
+           f"{torch.get_num_threads()} threads" + ("" if load is None else
+                                                    f", machine load {load:.1f} on {os.cpu_count()} cores"))
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
-              "timing_batch": batch, "settings": to_dict(config)}
+              "timing_batch": batch, "machine_load": load, "settings": to_dict(config)}
     write_json(folder.record, result)
     table = markdown(points, reference, how, config.eval.confidence)
     write_text(folder.table, table)
