@@ -86,6 +86,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
             low, high = entry["interval"]
             assert low <= entry["difference"] <= high and entry["seeds"] == 2
             assert entry["verdict"] in ("better", "worse", "not separable")
+    assert all(findings["curves"][m]["seeds_per_point"] == [2] for m in ("loss", "domain"))  # what Figure 2 says
     assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
     assert all(r["pairs"] == 1 and r["verdict"] == "not separable" for r in findings["cka"])  # one pair: no interval
     table = (out / "findings.md").read_text()
@@ -228,6 +229,22 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     assert "Compute behind these findings" in out and "3 trained levels in 1 run " in out
     assert main(["findings", str(tmp_path / "nothing")]) == 2
     assert "neither a study folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("counts, expected", [
+    ([1], "one data seed per point, with 95% bootstrap intervals over the images"),
+    ([3], "mean over 3 data seeds per point, with 95% t intervals over the seeds"),
+    ([1, 3], "mean over the data seeds measured so far (1 to 3 per point)")])
+def test_figure_two_says_how_many_seeds_each_point_averages(counts, expected, monkeypatch, tmp_path):
+    from ddpm_lottery.report import study_figure_two
+
+    captured = {}
+    monkeypatch.setattr("ddpm_lottery.figures.quality_vs_sparsity",
+                        lambda panels, caption, out: captured.setdefault("caption", caption))
+    findings = {"confidence": 0.95, "seeds": [0, 1, 2], "curves": {"loss": {
+        "curves": {"unified": [(0.5, 1.0, 0.9, 1.1)]}, "dense": None, "seeds_per_point": counts}}}
+    study_figure_two(findings, tmp_path / "figure.png")
+    assert expected in captured["caption"]
 
 
 def test_a_shipped_study_is_shown_by_name(capsys):

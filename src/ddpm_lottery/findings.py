@@ -275,17 +275,23 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
     groups += [(f"{search} {control} control", by_seed) for (search, control), by_seed in collection.controls.items()]
     for measure, key in protocols.items():
         curves = {}
+        seeds_used = set()  # how many seeds each point averages: 1 means a bootstrap interval, more a t interval
         for name, by_seed in groups:
             points = []
             for index in _pruned_levels(by_seed):
-                stats = seed_mean([record_of(r, index, key) for r in by_seed.values()], collection.confidence)
+                records = [record_of(r, index, key) for r in by_seed.values()]
+                stats = seed_mean(records, collection.confidence)
                 if stats is not None:
                     points.append((_sparsity(next(r for r in by_seed.values() if index in r.finished_levels()),
                                              index), *stats))
+                    seeds_used.add(sum(r is not None for r in records))
             if points:
                 curves[name] = points
-        dense = seed_mean([record_of(r, 0, key) for r in collection.dense.values()], collection.confidence)
-        out[measure] = {"curves": curves, "dense": dense}
+        records = [record_of(r, 0, key) for r in collection.dense.values()]
+        dense = seed_mean(records, collection.confidence)
+        if dense is not None:
+            seeds_used.add(sum(r is not None for r in records))
+        out[measure] = {"curves": curves, "dense": dense, "seeds_per_point": sorted(seeds_used)}
     return out
 
 

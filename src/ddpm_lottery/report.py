@@ -167,6 +167,10 @@ def figure_two(rows: list[dict], protocol_text: str, out: Path) -> Path | None:
     return fid_vs_sparsity(curves, dense, caption, out)
 
 
+def _count_text(counts: list[int]) -> str:
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
 def study_figure_two(findings: dict, out: Path) -> Path | None:
     """Every measure against sparsity: each search and control the mean over seeds, with its interval."""
     from .figures import quality_vs_sparsity
@@ -175,11 +179,15 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
     panels = {LABELS[m]: findings["curves"][m] for m in MEASURE_ORDER if m in findings.get("curves", {})}
     if not any(panel["curves"] or panel["dense"] for panel in panels.values()):
         return None
-    seeds = findings.get("seeds", [])
-    over = (f"mean over data seeds {', '.join(map(str, seeds))} with {findings['confidence']:.0%} t intervals over "
-            "the seeds" if len(seeds) > 1 else
-            f"one data seed ({', '.join(map(str, seeds))}) with {findings['confidence']:.0%} bootstrap intervals over "
-            "the images")
+    counts = sorted({n for m in MEASURE_ORDER for n in findings.get("curves", {}).get(m, {}).get("seeds_per_point", [])})
+    level = f"{findings['confidence']:.0%}"
+    if counts == [1]:
+        over = f"one data seed per point, with {level} bootstrap intervals over the images"
+    elif counts and counts[0] > 1:
+        over = f"mean over {_count_text(counts)} data seeds per point, with {level} t intervals over the seeds"
+    else:  # a study part-way: some points have one seed measured, others several
+        over = (f"mean over the data seeds measured so far ({_count_text(counts)} per point): {level} t intervals over "
+                "the seeds, or with one seed the bootstrap interval over the images")
     caption = f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band"
     return quality_vs_sparsity(panels, caption, out)
 
