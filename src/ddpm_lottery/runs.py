@@ -22,6 +22,8 @@ of its own under its ticket run's ``branches/``::
         checkpoints/             step_XXXXXXXX.safetensors + .json (with the file's digest), while
                                  the level trains
         eval/samples-<sampling>.npz   the uint8 images one sampling protocol generated (arr_0)
+        eval/.samples-<sampling>.parts/   while they are drawn: each finished batch, so a killed
+                                 evaluation resumes at the batch it was drawing (same images)
         eval/<measure>-<protocol>.json   one measure (inception, domain, loss): value, interval,
                                  bootstrap resamples and everything that made them
         eval/loss-<protocol>.npz the held-out loss of every image and timestep band
