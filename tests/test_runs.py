@@ -219,3 +219,33 @@ def test_layout_literals_live_only_in_the_run_model():
     offenders = [f"{path.name}: {lit}" for path in source.glob("*.py") if path.name != "runs.py"
                  for lit in literals if lit in path.read_text()]
     assert offenders == []
+
+
+def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_ticket_run, tmp_path):
+    """A committed study keeps pruned levels as sparse exports only: EMA weights come back exactly,
+    and asking for the raw weights (which only pruning the next level needs) is one clear error."""
+    import shutil
+
+    from ddpm_lottery.costs import level_costs
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_ticket_run, copy)
+    level = Run.open(copy).level(1)
+    level_costs(level)
+    ema = level.state("ema")
+    level.weights_path("ema").unlink()
+    level.weights_path("raw").unlink()
+    rebuilt = level.state("ema")
+    assert set(rebuilt) == set(ema)
+    assert all(torch.equal(rebuilt[k], ema[k]) for k in ema)
+    level.network("ema")  # loads into the run's network
+    with pytest.raises(UserError, match="no weights.safetensors .only its sparse export.*retrain"):
+        level.state("raw")
+
+
+def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
+    from ddpm_lottery.costs import load_sparse
+
+    save_tensors(tmp_path / "s.safetensors", {"values.w": torch.ones(2), "mask.w": torch.ones(1, dtype=torch.uint8)})
+    with pytest.raises(UserError, match="lacks the shape or mask of w; re-export"):
+        load_sparse(tmp_path / "s.safetensors")

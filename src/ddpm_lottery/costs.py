@@ -147,6 +147,8 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
         if not key.startswith("values."):
             continue
         name = key[len("values."):]
+        if f"shape:{name}" not in metadata or f"mask.{name}" not in tensors:
+            raise UserError(f"sparse export {path} lacks the shape or mask of {name}; re-export it")
         shape = [int(s) for s in metadata[f"shape:{name}"].split(",")]
         count = int(np.prod(shape))
         mask = torch.from_numpy(np.unpackbits(tensors[f"mask.{name}"].numpy())[:count].astype(bool))

@@ -351,9 +351,21 @@ class Level:
         return load_masks(self.mask_path, fix=f"delete {self.dir} and re-run the command to recompute the level")
 
     def state(self, which: str = "ema") -> dict[str, torch.Tensor]:
+        """The level's weights. A level whose dense-format files were left out (a study committed to
+        git keeps pruned levels as their sparse export, a fraction of the size) still gives its EMA
+        weights, rebuilt exactly from that export; its raw weights are gone with the file."""
         self.require_finished()
-        return load_tensors(self.weights_path(which), "level weights",
-                            f"delete {self.dir} and re-run the command to recompute the level")
+        path = self.weights_path(which)
+        if not path.exists() and which == "ema" and self.sparse_path.is_file() \
+                and (self.costs() or {}).get("weights") == "ema":
+            from .costs import load_sparse
+
+            return load_sparse(self.sparse_path)
+        if not path.exists() and self.metrics_path.is_file():
+            kept = " (only its sparse export of the EMA weights is here)" if self.sparse_path.is_file() else ""
+            raise UserError(f"{self.label()} has no {path.name}{kept}; the {which} weights are needed here, so "
+                            f"delete {self.dir} and re-run the command to retrain the level")
+        return load_tensors(path, "level weights", f"delete {self.dir} and re-run the command to recompute the level")
 
     def network(self, which: str = "ema"):
         """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode).
