@@ -72,3 +72,25 @@ def test_denoising_loss_by_band_is_fixed_by_its_seed():
     assert (a > 0).all()
     with pytest.raises(Exception, match="bands"):
         denoising_loss_by_band(model, config, clean, bands=0)
+
+
+def test_x0_clipping_is_a_setting_of_ddpm_and_ddim():
+    assert sampling_scheduler(DiffusionConfig(), "ddim", 10).config.clip_sample is True  # diffusers' default
+    assert sampling_scheduler(DiffusionConfig(), "ddim", 10, clip_sample=False).config.clip_sample is False
+    assert sampling_scheduler(DiffusionConfig(), "ddpm", 10, clip_sample=False).config.clip_sample is False
+
+
+def test_unclipped_ddim_follows_its_noise_prediction_exactly():
+    """Without clipping, DDIM (eta 0) is x_prev = sqrt(a') x0 + sqrt(1 - a') eps with x0 from eps: a network that
+    predicts a huge noise makes x0 leave [-1, 1], and only the clipped sampler changes the step."""
+    x = torch.zeros(1, 1, 2, 2)
+    steps = {}
+    for clip in (True, False):
+        scheduler = sampling_scheduler(DiffusionConfig(), "ddim", 10, clip_sample=clip)
+        t, t_prev = int(scheduler.timesteps[0]), int(scheduler.timesteps[1])
+        steps[clip] = scheduler.step(torch.full_like(x, 3.0), t, x, eta=0.0).prev_sample
+    a, a_prev = (noise_scheduler(DiffusionConfig()).alphas_cumprod[i].double() for i in (t, t_prev))
+    x0 = (0 - (1 - a).sqrt() * 3.0) / a.sqrt()
+    expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * 3.0
+    assert torch.allclose(steps[False].double(), expected.expand(1, 1, 2, 2), atol=1e-5)
+    assert not torch.allclose(steps[True].double(), expected.expand(1, 1, 2, 2), atol=1e-3)

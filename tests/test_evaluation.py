@@ -325,3 +325,19 @@ def test_loss_measure_validation_real_beats_blurred_beats_noise_and_held_out_is_
     assert figures["real"] < figures["blurred"] < figures["noise"]
     # held-out digits score like training digits: no overfitting at this N
     assert abs(figures["real"] - figures["training"]) < 0.1 * figures["training"]
+
+
+def test_unclipped_sampling_is_its_own_protocol_and_the_default_keys_stay():
+    from ddpm_lottery.evaluation import protocol_label, sampling_key, sampling_protocol
+
+    config = EvalConfig()
+    default = sampling_protocol(config)
+    assert "clip_sample" not in default  # evaluations stored before the setting existed keep their keys
+    config.sampling.clip_sample = False
+    unclipped = sampling_protocol(config)
+    assert unclipped["clip_sample"] is False and sampling_key(unclipped) != sampling_key(default)
+    record = {"measure": "domain", "protocol": {"sampling": unclipped, "bootstrap_rounds": 50,
+                                                "reference": {"count": 9, "dataset": "d", "split": "train"}}}
+    assert "x0 unclipped" in protocol_label(record)
+    config.sampling.sampler = "dpm-solver++"  # never clips: the setting changes nothing there
+    assert "clip_sample" not in sampling_protocol(config)

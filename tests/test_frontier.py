@@ -101,3 +101,5 @@ def test_the_report_shows_a_stored_frontier(tiny_ticket_run, fake_extractor, tmp
     frontier([run], _config(dense_samplers=("ddim:4",)), progress=False, log=lambda *_: None, extractor=fake_extractor)
     page = build_report([run], tmp_path / "report.html", log=lambda *_: None).read_text()
     assert "Efficiency frontier" in page and "FLOP ratio" in page
+    twin = (tmp_path / "report.md").read_text()  # the Markdown report carries the frontier table and links its figure
+    assert "## Efficiency frontier: run" in twin and "](run/frontier/frontier.png)" in twin and "FLOP ratio" in twin

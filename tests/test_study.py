@@ -102,7 +102,10 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert findings["compute"]["levels"] == len(trained)
     assert findings["compute"]["seconds"]["training"] == pytest.approx(
         sum(r.level(i).metrics()["wall_time_s"] for r, i in trained))
-    assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in report_md
+    # the Markdown report opens with the findings, as the HTML one does
+    assert report_md.index("## Findings") < report_md.index("(a) The sparsest level") < report_md.index("## Levels")
     assert all(line.endswith("| reused |") for line in (out / "report.md").read_text().splitlines()
                if line.startswith("| varying, data seed") and "| 0 | 0.0 %" in line)
     # --report-only writes the findings and the report again from what is stored, and runs nothing

@@ -257,7 +257,8 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         level = run.pick_level(config.sample.level)
     model = level.network(sampling.weights).to(device)
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
-        f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}")
+        f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
+        f"{'' if sampling.clip_sample or sampling.sampler == 'dpm-solver++' else '-unclipped'}")
     make_dirs(folder.dir)
     bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=True)
 
@@ -268,6 +269,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     started = time.perf_counter()
     images = run_sampler(model, diffusion, sampler=sampling.sampler, num_steps=steps, num_samples=num_samples,
                          seed=sampling.sample_seed, batch_size=sampling.sample_batch_size, eta=sampling.eta,
+                         clip_sample=sampling.clip_sample,
                          device=device, on_step=on_step)
     bar.close()
     wall = time.perf_counter() - started
@@ -278,7 +280,8 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
 
         save_samples(folder.npz, uint8)
     info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
-            "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": num_samples,
+            "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None,
+            "clip_sample": sampling.clip_sample if sampling.sampler != "dpm-solver++" else None, "num_samples": num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
             "images_per_s": num_samples / wall, "device": str(device)}
     if hasattr(model, "accounting"):

@@ -264,6 +264,9 @@ class SamplingConfig(Section):
     sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
                                          aliases=("--steps",), minimum=1)
     eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)", minimum=0)
+    clip_sample: bool = setting(True, "DDPM and DDIM: clip each step's predicted clean image to [-1, 1] (diffusers' "
+                                "default for DDPM; --no-clip-sample is the DDIM paper's sampler, which keeps DDIM "
+                                "with many steps from drifting; DPM-Solver++ never clips)")
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
     weights: str = setting("ema", "which weights generate the images", choices=("ema", "raw"))
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)

@@ -64,6 +64,8 @@ def sampling_protocol(config: EvalConfig) -> dict:
     spec = {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
             "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": config.eval.num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights}
+    if not sampling.clip_sample and sampling.sampler != "dpm-solver++":  # only then, as for schedules below
+        spec["clip_sample"] = False
     if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
         from .stages import normal_schedule_text
 
@@ -100,6 +102,7 @@ def protocol_label(record: dict) -> str:
                 f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}")
     sampled, ref = spec["sampling"], spec["reference"]
     eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
+    eta += ", x0 unclipped" if sampled.get("clip_sample") is False else ""
     eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
     return (f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
             f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
@@ -139,6 +142,7 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
             before = bar.n
             floats = run_sampler(model, level.run.config.diffusion, sampler=sampling.sampler, num_steps=steps,
                                  num_samples=count, seed=sampling.sample_seed, batch_size=count, eta=sampling.eta,
+                                 clip_sample=sampling.clip_sample,
                                  device=device, first_index=first,
                                  on_step=lambda done, _total: bar.update(before + done - bar.n))
             images = from_model_range(floats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
 from .errors import UserError
@@ -238,6 +239,14 @@ def level_loss_curves(run: Run, out: Path) -> Path | None:
     return loss_curves(curves, f"training loss per level: {run.label()}", out)
 
 
+def _relative(path: Path, report: Path) -> str:
+    """``path`` as a link from the report's folder (absolute when it lies elsewhere on another drive)."""
+    try:
+        return os.path.relpath(path, report.parent).replace(os.sep, "/")
+    except ValueError:
+        return str(path)
+
+
 def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str | Path] = (),
                  protocol: str | None = None, title: str = "ddpm-lottery report",
                  intro: str = "", commands: list[str] = (), figure_samples: int = 32, findings: dict | None = None,
@@ -335,6 +344,18 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     sections.append(("How this was made", "\n".join(provenance)))
     report = write_html(out, title, sections)
     markdown = out.with_suffix(".md")
-    write_text(markdown, f"# {title}\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
+    # the Markdown twin carries every table of the HTML report (findings first, frontiers last), figures linked
+    parts = [f"# {title}\n"]
+    if findings is not None:
+        from .findings import markdown as findings_markdown
+
+        parts.append("## Findings\n\n" + findings_markdown(findings))
+    parts.append(f"## Levels\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
+    for run in runs:
+        front = run.frontier_folder()
+        if front.table.exists() and front.figure.exists():
+            parts.append(f"## Efficiency frontier: {run.root.name}\n\n![frontier]({_relative(front.figure, out)})\n\n"
+                         + front.table.read_text(encoding="utf-8"))
+    write_text(markdown, "\n".join(parts))
     log(f"wrote {report} and {markdown}")
     return report
