@@ -36,12 +36,18 @@ def _config(**frontier):
 
 
 def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_channel_run, fake_extractor, tmp_path):
-    result = frontier([tiny_ticket_run, tiny_channel_run], _config(sweep_levels=(0, 2), switch_steps=(500,)),
+    import shutil
+
+    # copies: the frontier stores its evaluations in the runs, which other tests share
+    ticket_run, channel_run = tmp_path / "ticket", tmp_path / "channel"
+    shutil.copytree(tiny_ticket_run, ticket_run)
+    shutil.copytree(tiny_channel_run, channel_run)
+    result = frontier([ticket_run, channel_run], _config(sweep_levels=(0, 2), switch_steps=(500,)),
                       tmp_path / "out", progress=False, log=lambda *_: None, extractor=fake_extractor)
     points = {(p["run"], p["label"]): p for p in result["points"]}
     by_run = lambda run, kind: [p for p in result["points"] if p["run"] == str(run) and p["kind"] == kind]  # noqa: E731
-    dense = {p["sampler"]: p for p in by_run(tiny_ticket_run, "dense")}
-    tickets = by_run(tiny_ticket_run, "ticket")
+    dense = {p["sampler"]: p for p in by_run(ticket_run, "dense")}
+    tickets = by_run(ticket_run, "ticket")
     assert len(tickets) == 2 and len(points) == len(result["points"])
     for ticket in tickets:  # dense kernels: the dense model's seconds, fewer effective FLOPs
         assert ticket["seconds_per_sample"] == dense["ddim"]["seconds_per_sample"]
@@ -49,12 +55,12 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
         assert ticket["flops_per_sample"] == dense["ddim"]["flops_per_sample"]
         assert ticket["flop_ratio"] > 1
     assert dense["ddpm"]["seconds_per_sample"] == pytest.approx(2 * dense["ddim"]["seconds_per_sample"])
-    channels = by_run(tiny_channel_run, "channel")
-    channel_dense = next(p for p in by_run(tiny_channel_run, "dense") if p["sampler"] == "ddim")
+    channels = by_run(channel_run, "channel")
+    channel_dense = next(p for p in by_run(channel_run, "dense") if p["sampler"] == "ddim")
     for ticket in channels:  # compacted: the executed FLOPs fall too
         assert ticket["flops_per_sample"] < channel_dense["flops_per_sample"]
         assert ticket["flops_per_sample"] == ticket["effective_flops_per_sample"]
-    schedules = by_run(tiny_ticket_run, "schedule") + by_run(tiny_ticket_run, "schedule control")
+    schedules = by_run(ticket_run, "schedule") + by_run(ticket_run, "schedule control")
     assert {p["schedule"] for p in schedules} == {"1000:500=level_00,500:0=level_02", "1000:500=level_02,500:0=level_00"}
     assert any(p["pareto_seconds"] for p in result["points"])
     # each ticket's quality minus the dense model's, paired: same sampler, and against dense DDPM
@@ -64,7 +70,7 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
     ticket = next(t for t in tickets if t["sampler"] == "ddim")
     versus = ticket["extra"]["vs_dense_same_sampler"]
     assert versus["against"] == dense["ddim"]["label"] and ticket["extra"]["vs_dense_ddpm"]["against"] == dense["ddpm"]["label"]
-    records = {r["level"]: r for index in (0, ticket["level"]) for r in Run.open(tiny_ticket_run).level(index).evaluations()
+    records = {r["level"]: r for index in (0, ticket["level"]) for r in Run.open(ticket_run).level(index).evaluations()
                if r["label"] == ticket["protocol"] and r["measure"] == "inception"}
     expected = paired_difference([(records[ticket["level"]], records[0])], 0.95)
     assert versus["difference"] == pytest.approx(ticket["value"] - dense["ddim"]["value"])
