@@ -262,3 +262,15 @@ def test_a_frontier_needs_a_sampled_measure(tmp_path):
     assert load_study(write(tmp_path, text)).frontier.eval.measures == ("domain",)
     with pytest.raises(UserError, match="needs domain or inception"):
         load_study(write(tmp_path, text.replace('measures = ["loss", "domain"]', 'measures = ["loss"]'), "loss.toml"))
+
+
+def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
+    from ddpm_lottery.figures import quality_vs_sparsity, wants_log_scale
+
+    close = {"curves": {"unified": [(0.5, 3.0, 2.5, 3.5), (0.75, 3.2, 2.9, 3.6)]}, "dense": (3.1, 2.8, 3.4)}
+    collapsed = {"curves": {**close["curves"], "varying": [(0.5, 3.0, 2.6, 3.3), (0.9375, 225.0, 224.0, 226.0)]},
+                 "dense": close["dense"]}
+    signed = {"curves": {"unified": [(0.5, -0.001, -0.002, 0.5)]}, "dense": None}  # not positive: stays linear
+    assert not wants_log_scale(close) and wants_log_scale(collapsed) and not wants_log_scale(signed)
+    path = quality_vs_sparsity({"domain FD": collapsed, "loss": close}, "caption", tmp_path / "f.png")
+    assert path.stat().st_size > 0

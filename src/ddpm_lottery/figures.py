@@ -88,6 +88,14 @@ def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], 
     return _save(fig, path)
 
 
+def wants_log_scale(panel: dict) -> bool:
+    """A panel of Figure 2 whose values span more than 20x: a collapsed ticket can score 100x the others,
+    and on a linear axis every other curve would then lie flat along the bottom."""
+    shown = [v for points in panel["curves"].values() for p in points for v in p[1:]]
+    shown += list(panel["dense"]) if panel.get("dense") else []
+    return bool(shown) and min(shown) > 0 and max(shown) / min(shown) > 20
+
+
 def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
     """Figure 2 of a study: one panel per measure, each search or control a curve, with intervals.
 
@@ -109,8 +117,11 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
             ax.axhline(value, color="k", ls=":", lw=1, label="dense")
             ax.axhspan(low, high, color="k", alpha=0.08)
         ax.set_xlabel("sparsity of the prunable weights (%)")
-        ax.set_ylabel(f"{label} ↓")
-        ax.grid(alpha=0.3)
+        logarithmic = wants_log_scale(panel)
+        if logarithmic:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{label} ↓" + (" (log scale)" if logarithmic else ""))
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5)
     import textwrap
 
