@@ -84,6 +84,11 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
     stored = json.loads((tmp_path / "out" / "frontier.json").read_text())
     assert stored["timing_batch"] == 4 and stored["machine_load"] >= 0  # how busy the machine was while timing
     assert f"machine load {stored['machine_load']:.1f} on" in table
+    # drawn again without the sweep, the stored schedules keep their kinds: sparse early is the control
+    again = frontier([ticket_run], _config(), tmp_path / "again", progress=False, log=lambda *_: None,
+                     extractor=fake_extractor)
+    kinds = {p["schedule"]: p["kind"] for p in again["points"] if p["schedule"]}
+    assert kinds == {"1000:500=level_00,500:0=level_02": "schedule", "1000:500=level_02,500:0=level_00": "schedule control"}
 
 
 def test_frontier_refuses_the_loss_and_unknown_levels(tiny_ticket_run, tmp_path):

@@ -75,6 +75,17 @@ def _eval_config(config: FrontierConfig, sampler: str, steps: int, schedule: str
     return out
 
 
+def _schedule_kind(staged) -> str:
+    """A stored schedule outside the sweep: a "schedule control" when its first (noisiest) range runs a sparser
+    network than its last, the reverse of the assignment the sweep tests; else a "schedule"."""
+    def sparsity(level) -> float:
+        metrics = level.metrics()
+        return metrics.get("channel_sparsity", metrics.get("sparsity", 0.0))
+
+    first, last = sparsity(staged.levels[0]), sparsity(staged.levels[-1])
+    return "schedule control" if first > last else "schedule"
+
+
 def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
     """(schedule, kind) pairs of the switch-step sweep."""
     levels = config.frontier.sweep_levels
@@ -140,7 +151,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
                                       sampler, steps, level=index, sparsity=sparsity), level))
         schedules = _sweep(run, config)
         stored = sorted({r.get("schedule") for d in run.schedules_dir.glob("*/eval") for r in _records(d)} - {None})
-        schedules += [(s, "schedule") for s in stored if s not in {x for x, _ in schedules}]
+        schedules += [(s, _schedule_kind(StagedLevel(run, s))) for s in stored if s not in {x for x, _ in schedules}]
         for schedule, kind in schedules:
             staged = StagedLevel(run, schedule)
             for sampler, steps in ticket_points:
