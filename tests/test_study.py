@@ -274,3 +274,19 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
     assert not wants_log_scale(close) and wants_log_scale(collapsed) and not wants_log_scale(signed)
     path = quality_vs_sparsity({"domain FD": collapsed, "loss": close}, "caption", tmp_path / "f.png")
     assert path.stat().st_size > 0
+
+
+def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
+    from ddpm_lottery.findings import markdown
+
+    entry = lambda seeds: {"difference": -1.0, "interval": [-2.0, -0.5], "seeds": seeds, "verdict": "better",  # noqa: E731
+                           "method": "m"}
+    result = {"seeds": [0, 1], "confidence": 0.95, "protocols": {"domain": "d", "loss": "l"},
+              "protocol_labels": {}, "sparsest_not_worse": [], "cka": [],
+              "rows": [{"question": "a", "comparison": "unified − dense", "sparsity": 0.5,
+                        "measures": {"domain": entry(1), "loss": entry(2)}},
+                       {"question": "a", "comparison": "unified − dense", "sparsity": 0.75,
+                        "measures": {"domain": entry(2), "loss": entry(2)}}]}
+    lines = [line for line in markdown(result).splitlines() if line.startswith("| (a)")]
+    assert "**better** (1 seed) |" in lines[0] and "**better** (2 seeds) |" in lines[0] and lines[0].endswith("| 1–2 |")
+    assert "seed)" not in lines[1] and "seeds)" not in lines[1] and lines[1].endswith("| 2 |")

@@ -361,11 +361,12 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def _cell(entry: dict | None) -> str:
+def _cell(entry: dict | None, with_seeds: bool = False) -> str:
     if entry is None:
         return "–"
     low, high = entry["interval"]
-    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{entry['verdict']}**"
+    seeds = f" ({entry['seeds']} seed{'s' if entry['seeds'] != 1 else ''})" if with_seeds else ""
+    return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{entry['verdict']}**{seeds}"
 
 
 QUESTIONS = {"a": "(a) ticket against the dense model", "b": "(b) varying against unified/global",
@@ -392,7 +393,8 @@ def blocks(result: dict) -> list[tuple]:
         elif best is None:
             items.append(f"{entry['search']}: none (every measured pruned level is worse by some measure)")
         else:
-            cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m))}" for m in measures)
+            mixed = len({e["seeds"] for e in best["measures"].values()}) > 1
+            cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m), mixed)}" for m in measures)
             items.append(f"{entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})")
     out.append(("p", "**(a) The sparsest level not worse than the dense model** by every measure:"))
     out.append(("list", items))
@@ -401,9 +403,12 @@ def blocks(result: dict) -> list[tuple]:
     for row in sorted(result["rows"], key=lambda r: (r["question"], r["comparison"], r["sparsity"])):
         if not row["measures"]:
             continue  # trained, not measured yet: the (a) list says so
-        count = max((e["seeds"] for e in row["measures"].values()), default=0)
+        counts = sorted({e["seeds"] for e in row["measures"].values()})
+        # a study part-way can have more seeds of one measure than of another: then each cell says its own
+        mixed = len(counts) > 1
         rows.append([QUESTIONS[row["question"]], row["comparison"], f"{100 * row['sparsity']:.2f} %",
-                     *(_cell(row["measures"].get(m)) for m in measures), str(count)])
+                     *(_cell(row["measures"].get(m), mixed) for m in measures),
+                     f"{counts[0]}–{counts[-1]}" if mixed else str(counts[0])])
     out.append(("table", header, rows))
     if result["cka"]:
         out.append(("p", "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
