@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, SampleConfig, config_hash, to_dict
 from .data import from_model_range
-from .diffusion import sample as run_sampler
+from .diffusion import sample as run_sampler, unclipped
 from .errors import UserError
 from .figures import save_grid
 from .files import make_dirs, write_json
@@ -258,7 +258,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     model = level.network(sampling.weights).to(device)
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
-        f"{'' if sampling.clip_sample or sampling.sampler == 'dpm-solver++' else '-unclipped'}")
+        f"{'-unclipped' if unclipped(sampling) else ''}")
     make_dirs(folder.dir)
     bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=True)
 
@@ -281,7 +281,8 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         save_samples(folder.npz, uint8)
     info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
             "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None,
-            "clip_sample": sampling.clip_sample if sampling.sampler != "dpm-solver++" else None, "num_samples": num_samples,
+            "clip_sample": not unclipped(sampling) if sampling.sampler != "dpm-solver++" else None,
+            "num_samples": num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
             "images_per_s": num_samples / wall, "device": str(device)}
     if hasattr(model, "accounting"):

@@ -26,6 +26,11 @@ def sampling_steps(sampling) -> int:
     return DEFAULT_SAMPLING_STEPS[sampling.sampler] if sampling.sampling_steps is None else sampling.sampling_steps
 
 
+def unclipped(sampling) -> bool:
+    """Does a sampling section turn x_0 clipping off where the sampler would clip (DDPM, DDIM)?"""
+    return not sampling.clip_sample and sampling.sampler != "dpm-solver++"
+
+
 def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     """The forward process q(x_t | x_0) used for training (and DDPM ancestral sampling)."""
     return DDPMScheduler(

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from .config import EvalConfig, check_config, interval_floor, to_dict
 from .data import from_model_range, image_digest, load_dataset, to_model_range
-from .diffusion import denoising_loss_by_band, sample as run_sampler, sampling_steps
+from .diffusion import denoising_loss_by_band, sample as run_sampler, sampling_steps, unclipped
 from .errors import UserError
 from .files import atomic_path, write_json
 from .metrics import (
@@ -64,7 +64,7 @@ def sampling_protocol(config: EvalConfig) -> dict:
     spec = {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
             "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": config.eval.num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights}
-    if not sampling.clip_sample and sampling.sampler != "dpm-solver++":  # only then, as for schedules below
+    if unclipped(sampling):  # only then, as for schedules below
         spec["clip_sample"] = False
     if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
         from .stages import normal_schedule_text
