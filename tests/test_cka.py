@@ -86,3 +86,32 @@ def test_weight_cka_per_layer_and_architecture_check():
     b = {"conv.weight": torch.randn(8, 4, 3, 3), "lin.weight": torch.randn(7, 5)}
     with pytest.raises(UserError, match="different architectures"):
         check_same_architecture(a, b, ["conv.weight", "lin.weight"])
+
+
+def test_tickets_kept_as_sparse_exports_compare_by_default(tiny_ticket_run, second_ticket_run, tmp_path):
+    """A committed study keeps pruned levels as their sparse export only (no raw weights): CKA with its
+    baselines, as the study runs it, compares their EMA weights by default instead of failing."""
+    import json
+    import shutil
+
+    from ddpm_lottery.cka import compare_with_baselines
+    from ddpm_lottery.config import CkaConfig
+    from ddpm_lottery.costs import level_costs
+    from ddpm_lottery.runs import Run
+
+    copies = []
+    for source in (tiny_ticket_run, second_ticket_run):
+        copy = tmp_path / source.name
+        shutil.copytree(source, copy)
+        level = Run.open(copy).level(1)
+        level_costs(level)
+        level.weights_path("raw").unlink()
+        level.weights_path("ema").unlink()
+        copies.append(copy)
+    result = compare_with_baselines(*copies, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "cka",
+                                    log=lambda *_: None)
+    assert result["summary"]["weights"] == "ema" and "halves" in result["summary"]
+    assert json.loads((tmp_path / "cka" / "cka.json").read_text())["weights"] == "ema"
+    with pytest.raises(UserError, match="--weights ema"):
+        compare_with_baselines(*copies, 1, CkaConfig(batch=4, timesteps=(100,), weights="raw"), out=tmp_path / "raw",
+                               log=lambda *_: None)

@@ -239,7 +239,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
     assert set(rebuilt) == set(ema)
     assert all(torch.equal(rebuilt[k], ema[k]) for k in ema)
     level.network("ema")  # loads into the run's network
-    with pytest.raises(UserError, match="no weights.safetensors .only its sparse export.*retrain"):
+    with pytest.raises(UserError, match="no weights.safetensors .only its sparse export.*--weights ema.*retrain"):
         level.state("raw")
 
 

@@ -345,7 +345,9 @@ class CkaConfig(Section):
                                          minimum=0)
     # The same floor compare_runs applies, here so that it fails before any network is loaded.
     batch: int = setting(64, "noisy training images for activation CKA", minimum=3)
-    weights: str = setting("raw", "which trained weights are compared", choices=("raw", "ema"))
+    # EMA by default: the weights every sample and measure of a ticket uses, and the ones a committed
+    # study keeps of its pruned levels (their raw weights are left out of git).
+    weights: str = setting("ema", "which trained weights are compared", choices=("ema", "raw"))
     threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)",
                                above=0)
     seed: int = setting(0, "seed of the images and noise of activation CKA")

@@ -362,8 +362,11 @@ class Level:
 
             return load_sparse(self.sparse_path)
         if not path.exists() and self.metrics_path.is_file():
-            kept = " (only its sparse export of the EMA weights is here)" if self.sparse_path.is_file() else ""
-            raise UserError(f"{self.label()} has no {path.name}{kept}; the {which} weights are needed here, so "
+            if self.sparse_path.is_file():  # its EMA weights are here: say so before suggesting a retrain
+                raise UserError(f"{self.label()} has no {path.name} (only its sparse export of the EMA weights is "
+                                f"here); use the EMA weights where the command offers them (--weights ema), or "
+                                f"delete {self.dir} and re-run the command to retrain the level")
+            raise UserError(f"{self.label()} has no {path.name}; the {which} weights are needed here, so "
                             f"delete {self.dir} and re-run the command to retrain the level")
         return load_tensors(path, "level weights", f"delete {self.dir} and re-run the command to recompute the level")
 
