@@ -88,7 +88,8 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
             assert entry["verdict"] in ("better", "worse", "not separable")
     assert all(findings["curves"][m]["seeds_per_point"] == [2] for m in ("loss", "domain"))  # what Figure 2 says
     assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
-    assert all(r["pairs"] == 1 and r["verdict"] == "not separable" for r in findings["cka"])  # one pair: no interval
+    assert all(r["pairs"] == 1 and r["tickets_compared"] == 2 and r["verdict"] == "not separable"
+               for r in findings["cka"])  # one pair: no interval
     table = (out / "findings.md").read_text()
     assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
     # the dense model is measured once, on the run that trained it
@@ -290,3 +291,26 @@ def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
     lines = [line for line in markdown(result).splitlines() if line.startswith("| (a)")]
     assert "**better** (1 seed) |" in lines[0] and "**better** (2 seeds) |" in lines[0] and lines[0].endswith("| 1–2 |")
     assert "seed)" not in lines[1] and "seeds)" not in lines[1] and lines[1].endswith("| 2 |")
+
+
+def test_the_cka_interval_counts_tickets_not_pairs():
+    """Three data seeds give three pairs of three tickets; the pairs share tickets, so the interval is the
+    jackknife over tickets. For a triangle of pairs its variance is 4/3 of the pairs' variance, twice the
+    half-width a t interval over the pairs (as if independent) would claim."""
+    import math
+    import statistics
+
+    from ddpm_lottery.findings import pairwise_interval, t_interval
+
+    gaps = [("s0", "s1", 0.05), ("s0", "s2", 0.02), ("s1", "s2", 0.08)]
+    mean, low, high = pairwise_interval(gaps, 0.95)
+    assert mean == pytest.approx(0.05)
+    # by hand: leave s0 out -> 0.08, s1 out -> 0.02, s2 out -> 0.05; (n-1)/n * sum of squared deviations
+    jack = math.sqrt(2 / 3 * ((0.08 - 0.05) ** 2 + (0.02 - 0.05) ** 2 + 0))
+    assert jack == pytest.approx(math.sqrt(4 / 3) * statistics.stdev([0.05, 0.02, 0.08]))
+    naive_mean, naive_low, _ = t_interval([g for *_, g in gaps], 0.95)
+    assert (mean - low) == pytest.approx(2 * (naive_mean - naive_low))
+    assert (high - mean) == pytest.approx(4.302652729911275 * jack)
+    # a ticket in every pair, or one pair: nothing compares it, so no interval
+    assert pairwise_interval([("s0", "s1", 0.1), ("s0", "s2", 0.2)], 0.95)[1:] == (-math.inf, math.inf)
+    assert pairwise_interval([("s0", "s1", 0.1)], 0.95) == (0.1, -math.inf, math.inf)

@@ -118,6 +118,28 @@ def t_interval(values: list[float], confidence: float) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
+def pairwise_interval(gaps: list[tuple[str, str, float]], confidence: float) -> tuple[float, float, float]:
+    """Mean and interval of a figure measured on pairs of tickets, ``(ticket_a, ticket_b, value)``.
+
+    The pairs of s tickets share them (three data seeds give three pairs of three tickets), so a t
+    interval over the pairs would count dependent values as independent ones. The replicate is the
+    ticket: the jackknife over tickets (leave one ticket and every pair it is in out; the mean of
+    pairwise values is a U-statistic) gives the variance, with s − 1 degrees of freedom. No interval
+    when a ticket is in every pair (one pair, or a star of pairs): nothing is left to compare it by."""
+    from scipy.stats import t
+
+    mean = float(np.mean([value for _, _, value in gaps]))
+    tickets = sorted({run for a, b, _ in gaps for run in (a, b)})
+    left_out = [[value for a, b, value in gaps if ticket not in (a, b)] for ticket in tickets]
+    if len(gaps) < 2 or not all(left_out):
+        return mean, -math.inf, math.inf
+    n = len(tickets)
+    estimates = np.array([np.mean(values) for values in left_out])
+    variance = (n - 1) / n * float(np.sum((estimates - estimates.mean()) ** 2))
+    half = float(t.ppf(0.5 + confidence / 2, n - 1)) * math.sqrt(variance)
+    return mean, mean - half, mean + half
+
+
 @dataclass
 class Difference:
     value: float
@@ -333,21 +355,19 @@ def cka_findings(collection: Collection) -> list[dict]:
     out = []
     for level, summaries in sorted(by_level.items()):
         for kind in CKA_KINDS:
-            gaps = [s["halves"][f"above_{kind}"]["upstream"] - s["halves"][f"above_{kind}"]["downstream"]
-                    for s in summaries]
-            gaps = [g for g in gaps if not math.isnan(g)]
+            gaps = [(s["run_a"], s["run_b"], s["halves"][f"above_{kind}"]["upstream"]
+                     - s["halves"][f"above_{kind}"]["downstream"]) for s in summaries]
+            gaps = [g for g in gaps if not math.isnan(g[2])]
             if not gaps:
                 continue
-            if len(gaps) >= 2:
-                mean, low, high = t_interval(gaps, collection.confidence)
-            else:
-                mean, low, high = gaps[0], -math.inf, math.inf
+            mean, low, high = pairwise_interval(gaps, collection.confidence)
             verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
                        else NOT_SEPARABLE)
             raw = {h: float(np.mean([s["halves"][kind][h] for s in summaries])) for h in ("upstream", "downstream")}
             base = {h: float(np.mean([s["halves"][f"masked_{kind}"][h] for s in summaries]))
                     for h in ("upstream", "downstream")}
             out.append({"level": int(level.split("_")[-1]), "kind": kind, "pairs": len(gaps),
+                        "tickets_compared": len({run for a, b, _ in gaps for run in (a, b)}),
                         "sparsity": summaries[0]["sparsity"][0], "gap": mean, "interval": [low, high],
                         "verdict": verdict, "tickets": raw, "baseline": base})
     return out
@@ -413,7 +433,8 @@ def blocks(result: dict) -> list[tuple]:
     if result["cka"]:
         out.append(("p", "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
                          "layers (baseline: two random initialisations under random masks of the tickets' per-layer "
-                         "sparsity; the paper's motivation predicts a positive gap):"))
+                         "sparsity; the paper's motivation predicts a positive gap; the interval is the jackknife "
+                         "over tickets, since pairs share them):"))
         rows = []
         for row in result["cka"]:
             low, high = row["interval"]
@@ -421,10 +442,11 @@ def blocks(result: dict) -> list[tuple]:
                          f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f}",
                          f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
                          f"{row['gap']:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
-                                                  else "(one pair: no interval)"),
-                         str(row["pairs"]), f"**{row['verdict']}**"])
+                                                  else "(too few tickets: no interval)"),
+                         f"{row['pairs']} of {row.get('tickets_compared', 2 * row['pairs'])}",
+                         f"**{row['verdict']}**"])
         out.append(("table", ["level", "sparsity", "CKA", "tickets up / down", "baseline up / down",
-                              "gap above baseline", "pairs", "verdict"], rows))
+                              "gap above baseline", "pairs of tickets", "verdict"], rows))
     undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
                  for r in result["rows"] if r["measures"]
                  and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
