@@ -314,3 +314,34 @@ def test_the_cka_interval_counts_tickets_not_pairs():
     # a ticket in every pair, or one pair: nothing compares it, so no interval
     assert pairwise_interval([("s0", "s1", 0.1), ("s0", "s2", 0.2)], 0.95)[1:] == (-math.inf, math.inf)
     assert pairwise_interval([("s0", "s1", 0.1)], 0.95) == (0.1, -math.inf, math.inf)
+
+
+def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(tmp_path, monkeypatch):
+    """A study cut short has answered every question on every seed with the cheap measures (and the CKA
+    pairs) before Inception, which costs about as much as training, starts on its first seed."""
+    import ddpm_lottery.findings
+    import ddpm_lottery.study as study_module
+
+    text = TINY.replace('measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20')
+    calls = []
+
+    class Costs:
+        train_step_s = call_per_image_s = inception_per_image_s = 0.0
+
+        def estimate(self, plan, evaluation):
+            return {"total": 1.0}
+
+    monkeypatch.setattr(study_module, "measure_costs", lambda study: Costs())
+    monkeypatch.setattr(study_module, "describe_plan", lambda *a: "")
+    monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
+    monkeypatch.setattr(study_module._Measuring, "run", lambda self, planned, measures: calls.append(
+        ("inception" if "inception" in measures else "cheap", planned.seed)))
+    monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append(("cka", None)))
+    monkeypatch.setattr(ddpm_lottery.findings, "write_findings", lambda out, log: {})
+    monkeypatch.setattr(study_module, "write_study_report", lambda *a, **k: None)
+    run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
+    kinds = [kind for kind, _ in calls]
+    assert kinds.index("cka") > max(i for i, k in enumerate(kinds) if k in ("train", "cheap"))
+    assert kinds.index("cka") < kinds.index("inception")
+    assert [seed for kind, seed in calls if kind == "inception"] == [0, 0, 0, 1, 1, 1]  # seed by seed
+    assert {seed for kind, seed in calls if kind == "cheap"} == {0, 1}

@@ -650,18 +650,19 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
     measuring = _Measuring(study, out, bar, costs, deferred)
     try:
         for seed in study.settings.data_seeds:
-            runs = [r for r in plan.runs if r.seed == seed]
-            for planned in runs:
+            for planned in (r for r in plan.runs if r.seed == seed):
                 if _train(planned, out, by_name, bar, deferred):
                     bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
                 # the cheap measures run by run, so findings grow while the study trains
                 measuring.run(planned, [m for m in study.measures_for(seed) if m != "inception"])
                 if study.frontier is not None and _is_frontier_run(study, planned):
                     _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
-            # then the costly one, seed by seed: a study cut short still answers on its first seeds
-            for planned in runs:
-                measuring.run(planned, study.measures_for(seed))
         _compare_all(study, plan, out, bar, deferred)
+        # The costly measure last, seed by seed: a study cut short has answered every question on every seed
+        # with the cheap measures, and with Inception on its first seeds.
+        for seed in study.settings.data_seeds:
+            for planned in (r for r in plan.runs if r.seed == seed):
+                measuring.run(planned, study.measures_for(seed))
     finally:
         bar.close()
     from .findings import write_findings
