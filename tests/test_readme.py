@@ -4,6 +4,8 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -48,3 +50,15 @@ def test_readme_run_folder_is_the_run_models_own_documentation():
     doc = runs.__doc__
     block = textwrap.dedent(doc[doc.index("    RUN/config.json"):doc.index("Every write is atomic")]).rstrip()
     assert block in README
+
+
+def test_the_study_figures_in_the_readme_are_the_committed_findings():
+    """Every findings row the README shows is a row of the committed study's findings.md, verbatim: no figure is
+    transcribed by hand."""
+    findings = ROOT / "results" / "cpu-digits" / "findings.md"
+    if not findings.exists():
+        pytest.skip("the reproduction study's results are not in this checkout")
+    rows = set(findings.read_text().splitlines())
+    shown = [line for line in README.splitlines() if re.match(r"\| \([abcd]\) |\| \d+ \| \d+\.\d\d % \| \w+_cka_", line)]
+    assert len(shown) >= 10
+    assert [line for line in shown if line not in rows] == []

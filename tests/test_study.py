@@ -119,6 +119,16 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     # everything is reused the second time
     plan = make_plan(load_study(study), out)
     assert plan.train_steps == 0 and plan.evaluations_done == plan.evaluations_total and plan.cka_done == 1
+    assert plan.sampled_images == 0
+    # Inception added later draws no images: the domain measure's are stored, and the plan counts them so
+    with_inception = write(tmp_path, TINY.replace('measures = ["loss", "domain"]',
+                                                  'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'),
+                           "inception.toml")
+    plan = make_plan(load_study(with_inception), out)
+    measured = sum(len(r.measured_levels) for r in plan.runs)
+    assert plan.sampled_images == 0 and plan.inception_images == measured * 40
+    next(out.rglob("samples-*.npz")).unlink()
+    assert make_plan(load_study(with_inception), out).sampled_images == 40
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
     run_study(study, out, progress=False, log=quiet)
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if p in stamps}

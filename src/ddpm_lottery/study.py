@@ -378,8 +378,11 @@ def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
 
 
 def make_plan(study: Study, out: Path) -> Plan:
+    from .evaluation import sampling_key, sampling_protocol
+
     runs = study.runs(out)
     config = study.evaluation
+    samples_name = sampling_key(sampling_protocol(config))
     measures = list(config.measures)
     train_steps = levels_total = levels_done = evaluations_total = evaluations_done = 0
     sampled = inception = loss_calls = 0
@@ -410,7 +413,9 @@ def make_plan(study: Study, out: Path) -> Plan:
                 else:
                     needs_samples = True
                     inception += config.num_samples if measure == "inception" else 0
-            sampled += config.num_samples if needs_samples else 0
+            # the images one measure drew serve the next (a study measures Inception after the cheap ones)
+            stored_samples = index in finished and run.level(index).samples_path(samples_name).is_file()
+            sampled += config.num_samples if needs_samples and not stored_samples else 0
     cka_total = len(study.cka_pairs()) * len(cka_levels(study, runs))
     cka_done = sum(1 for a, b in study.cka_pairs() for level in cka_levels(study, runs)
                    if cka_folder(out, study, a, b, level).summary.exists())
