@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ddpm_lottery.cli import main
-from ddpm_lottery.config import LotteryConfig, ModelConfig, RunConfig
+from ddpm_lottery.config import ModelConfig, RunConfig
 from ddpm_lottery.errors import UserError
 from ddpm_lottery.networks import adopt_source, build_model, network_source
 
@@ -159,7 +159,6 @@ def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
     config.model.block_out_channels = None
     config.model.unet_config = str(path)
     run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
-    stored = LotteryConfig  # noqa: F841 (the stored config reloads without the file's path being needed)
     from ddpm_lottery.runs import Run
 
     opened = Run.open(run)
