@@ -355,3 +355,19 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     assert kinds.index("cka") < kinds.index("inception")
     assert [seed for kind, seed in calls if kind == "inception"] == [0, 0, 0, 1, 1, 1]  # seed by seed
     assert {seed for kind, seed in calls if kind == "cheap"} == {0, 1}
+
+
+def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_stored():
+    from ddpm_lottery.findings import pairwise_interval, upstream_gaps
+
+    def summary(a, b, up, down):
+        return {"run_a": a, "run_b": b, "halves": {"above_weight_cka_rbf": {"upstream": up, "downstream": down}}}
+
+    summaries = [summary("results/s/runs/unified-seed0", "results/s/runs/unified-seed1", 0.3, 0.1),
+                 summary("/home/me/results/s/runs/unified-seed0", "/home/me/results/s/runs/unified-seed2", 0.2, 0.1),
+                 summary("results/s/runs/unified-seed1", "results/s/runs/unified-seed2", 0.25, float("nan"))]
+    gaps = upstream_gaps(summaries, "weight_cka_rbf")
+    assert [g[:2] for g in gaps] == [("unified-seed0", "unified-seed1"), ("unified-seed0", "unified-seed2")]
+    assert gaps[0][2] == pytest.approx(0.2)
+    # the nan pair is left out, so unified-seed0 is in every pair left: no interval, not a false one
+    assert pairwise_interval(gaps, 0.95)[1] == float("-inf")

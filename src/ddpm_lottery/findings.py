@@ -343,6 +343,15 @@ def compute_spent(collection: Collection) -> dict:
             "devices": sorted(str(d) for d in devices)}
 
 
+def upstream_gaps(summaries: list[dict], kind: str) -> list[tuple[str, str, float]]:
+    """Per ticket pair: its CKA above baseline, upstream half − downstream half (nan pairs left out).
+
+    A ticket is named by its run folder: the stored paths depend on where each process ran from."""
+    gaps = [(Path(s["run_a"]).name, Path(s["run_b"]).name,
+             s["halves"][f"above_{kind}"]["upstream"] - s["halves"][f"above_{kind}"]["downstream"]) for s in summaries]
+    return [g for g in gaps if not math.isnan(g[2])]
+
+
 def cka_findings(collection: Collection) -> list[dict]:
     """(d): per level and CKA kind, upstream minus downstream of the tickets' CKA above its baseline."""
     from .cka import CKA_KINDS
@@ -355,9 +364,7 @@ def cka_findings(collection: Collection) -> list[dict]:
     out = []
     for level, summaries in sorted(by_level.items()):
         for kind in CKA_KINDS:
-            gaps = [(s["run_a"], s["run_b"], s["halves"][f"above_{kind}"]["upstream"]
-                     - s["halves"][f"above_{kind}"]["downstream"]) for s in summaries]
-            gaps = [g for g in gaps if not math.isnan(g[2])]
+            gaps = upstream_gaps(summaries, kind)
             if not gaps:
                 continue
             mean, low, high = pairwise_interval(gaps, collection.confidence)
