@@ -197,6 +197,13 @@ def test_the_real_feature_network_gives_2048_pool3_features():
     assert a.shape == (2, FEATURE_DIM) and torch.allclose(a, b)  # gray is repeated to 3 channels
     assert (a >= 0).all()  # pool3 follows a ReLU
     assert not torch.allclose(a[0], a[1])
+    # the channels-last layout it runs in changes nothing but float rounding
+    x = (gray.repeat(1, 3, 1, 1).float() / 255.0)
+    x = net.resize(x, (299, 299))
+    low, high = net.input_range
+    with torch.no_grad():
+        contiguous = net.net((x * (high - low) + low).clamp(low, high)).flatten(1)
+    assert torch.allclose(a, contiguous, rtol=1e-4, atol=1e-5)
 
 
 def test_frechet_reference_matches_the_direct_distance_on_both_sides():

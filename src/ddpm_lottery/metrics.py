@@ -109,7 +109,9 @@ class InceptionFeatures(torch.nn.Module):
             x = self.resize(x, (299, 299))
         low, high = self.input_range
         x = (x * (high - low) + low).clamp(low, high)
-        features = self.net(x)
+        # channels-last runs oneDNN's convolutions about 1.2x faster on a CPU (measured: benchmarks/evaluate.py);
+        # the features agree with the contiguous layout's to float rounding (tested)
+        features = self.net(x.contiguous(memory_format=torch.channels_last))
         if features.ndim > 2:
             features = features.flatten(2).mean(-1)
         if features.shape[-1] != FEATURE_DIM:
