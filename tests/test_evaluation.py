@@ -237,6 +237,11 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
                  "strongly biased", "How this was made"):
         assert text in page, text
     assert "N=41 vs" not in page
+    # every FID in the levels table carries its bootstrap interval over the generated images
+    import re
+
+    rows = [line for line in report.with_suffix(".md").read_text().splitlines() if line.startswith("| ") and " s |" in line]
+    assert rows and all(re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]†? \|", row) for row in rows)
     before = {p: p.stat().st_mtime_ns for p in tiny_ticket_run.rglob("*") if p.is_file()}
     build_report([tiny_ticket_run], tmp_path / "out2" / "report.html", protocol="n41-", figure_samples=4,
                  log=lambda *_: None)

@@ -92,6 +92,13 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
                for r in findings["cka"])  # one pair: no interval
     table = (out / "findings.md").read_text()
     assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
+    # Figure 2's numbers: each search's mean over both seeds at each sparsity, the dense model's beside them
+    assert "**Quality by sparsity: domain FD**" in table and "| search | 0 % (dense) | 50.00 % |" in table
+    dense_row = next(line for line in table.splitlines() if line.startswith("| dense | "))
+    unified_row = next(line for line in table.splitlines() if line.startswith("| unified |  | "))
+    assert dense_row.endswith("(2) |  |") and unified_row.endswith("(2) |")
+    dense = findings["curves"]["domain"]["dense"]
+    assert f"{dense[0]:.3g} [{dense[1]:.3g}, {dense[2]:.3g}] (2)" in dense_row
     # the dense model is measured once, on the run that trained it
     assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
     # the shared dense model was trained once: the varying runs reuse it, and the compute counts it once

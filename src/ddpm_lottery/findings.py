@@ -291,7 +291,10 @@ def findings(collection: Collection) -> dict:
 
 
 def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[str, dict]:
-    """Per measure: each search's and control's mean over seeds at each level, and the dense model's."""
+    """Per measure: each search's and control's mean over seeds at each level, and the dense model's.
+
+    A point is (sparsity, mean, low, high, seeds): a t interval over the seeds, or with one seed its bootstrap
+    interval over the images."""
     out = {}
     groups = [(name, by_seed) for name, by_seed in collection.searches.items()]
     groups += [(f"{search} {control} control", by_seed) for (search, control), by_seed in collection.controls.items()]
@@ -304,16 +307,19 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
                 records = [record_of(r, index, key) for r in by_seed.values()]
                 stats = seed_mean(records, collection.confidence)
                 if stats is not None:
+                    count = sum(r is not None for r in records)
                     points.append((_sparsity(next(r for r in by_seed.values() if index in r.finished_levels()),
-                                             index), *stats))
-                    seeds_used.add(sum(r is not None for r in records))
+                                             index), *stats, count))
+                    seeds_used.add(count)
             if points:
                 curves[name] = points
         records = [record_of(r, 0, key) for r in collection.dense.values()]
         dense = seed_mean(records, collection.confidence)
+        dense_seeds = sum(r is not None for r in records)
         if dense is not None:
-            seeds_used.add(sum(r is not None for r in records))
-        out[measure] = {"curves": curves, "dense": dense, "seeds_per_point": sorted(seeds_used)}
+            seeds_used.add(dense_seeds)
+        out[measure] = {"curves": curves, "dense": dense, "dense_seeds": dense_seeds,
+                        "seeds_per_point": sorted(seeds_used)}
     return out
 
 
@@ -454,6 +460,7 @@ def blocks(result: dict) -> list[tuple]:
                          f"**{row['verdict']}**"])
         out.append(("table", ["level", "sparsity", "CKA", "tickets up / down", "baseline up / down",
                               "gap above baseline", "pairs of tickets", "verdict"], rows))
+    out += quality_blocks(result)
     undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
                  for r in result["rows"] if r["measures"]
                  and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
@@ -488,6 +495,33 @@ def blocks(result: dict) -> list[tuple]:
         out.append(("p", "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
                          "profile, `cka_search`); this study has none."
                     + (f" `ddpm-lottery study {larger}` compares them." if larger else "")))
+    return out
+
+
+def quality_blocks(result: dict) -> list[tuple]:
+    """Figure 2's numbers: per measure, each search's quality at each sparsity, mean over the data seeds."""
+    curves = result.get("curves", {})
+    out = []
+    for measure in (m for m in MEASURE_ORDER if curves.get(m, {}).get("curves") or curves.get(m, {}).get("dense")):
+        panel = curves[measure]
+        sparsities = sorted({p[0] for points in panel["curves"].values() for p in points})
+
+        def cell(point) -> str:
+            mean, low, high, *count = point
+            seeds = count[0] if count else 1
+            return f"{mean:.3g} [{low:.3g}, {high:.3g}] ({seeds})"
+
+        rows = []
+        if panel.get("dense"):
+            rows.append(["dense", cell((*panel["dense"], panel.get("dense_seeds", 1)))] + ["" for _ in sparsities])
+        for name, points in sorted(panel["curves"].items()):
+            at = {p[0]: p[1:] for p in points}
+            rows.append([name, ""] + [cell(at[s]) if s in at else "–" for s in sparsities])
+        out.append(("p", f"**Quality by sparsity: {LABELS[measure]}** (Figure 2's numbers; lower is better): "
+                         f"mean over the data seeds with its {result['confidence']:.0%} interval and, in parentheses, "
+                         "how many seeds it averages (a t interval over them; with one seed, the bootstrap over "
+                         "images)."))
+        out.append(("table", ["search", "0 % (dense)", *(f"{100 * s:.2f} %" for s in sparsities)], rows))
     return out
 
 

@@ -107,13 +107,19 @@ def _wall_cell(row: dict) -> str:
     return "–" if row["train_wall_s"] is None else f"{row['train_wall_s']:.0f} s"
 
 
+def _fid_cell(evaluation: dict) -> str:
+    """FID with its bootstrap interval over the generated images, where the record has one."""
+    interval = evaluation.get("interval")
+    return f"{evaluation['fid']:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | FID | KID ×10³ | "
-            "train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | "
+            "FID [bootstrap interval] | KID ×10³ ± std | train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         e = r["evaluation"]
-        fid = "–" if e is None else f"{e['fid']:.2f}" + ("†" if e.get("biased_warning") else "")
+        fid = "–" if e is None else _fid_cell(e) + ("†" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = _wall_cell(r)
@@ -127,12 +133,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 def html_table(rows: list[dict]) -> str:
     head = ("<tr><th class=l>run</th><th>level</th><th>sparsity</th><th>FLOPs per call</th><th>FLOPs reduction</th>"
-            "<th>parameters (surviving / dense)</th><th>storage (sparse / dense)</th><th>FID</th><th>KID ×10³</th>"
-            "<th>train time</th></tr>")
+            "<th>parameters (surviving / dense)</th><th>storage (sparse / dense)</th><th>FID [bootstrap interval]</th>"
+            "<th>KID ×10³ ± std</th><th>train time</th></tr>")
     body = []
     for r in rows:
         e = r["evaluation"]
-        fid = "–" if e is None else f"{e['fid']:.2f}" + ("<span class=warn>†</span>" if e.get("biased_warning") else "")
+        fid = "–" if e is None else _fid_cell(e) + ("<span class=warn>†</span>" if e.get("biased_warning") else "")
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = _wall_cell(r)
