@@ -108,6 +108,8 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
                if "copied_from" not in r.level(i).metrics()]
     assert len(trained) == 2 * (2 + 1 + 1)  # per seed: unified levels 0, 1; its control's level 1; varying's level 1
     assert findings["compute"]["levels"] == len(trained)
+    # the wall time is the union of what ran: no more than the sum of the parts, and never zero
+    assert 0 < findings["compute"]["wall_s"] <= findings["compute"]["total_s"] + 1
     assert findings["compute"]["seconds"]["training"] == pytest.approx(
         sum(r.level(i).metrics()["wall_time_s"] for r, i in trained))
     report_md = (out / "report.md").read_text()
@@ -247,7 +249,7 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     assert main(["findings", str(tiny_ticket_run)]) == 0
     out = capsys.readouterr().out
     assert "(a) The sparsest level" in out and "held-out loss" in out and "(d) CKA needs pairs" in out
-    assert "Compute behind these findings" in out and "3 trained levels in 1 run " in out
+    assert "Compute spent on these results" in out and "3 trained levels in 1 run " in out
     assert main(["findings", str(tmp_path / "nothing")]) == 2
     assert "neither a study folder" in capsys.readouterr().err
 
@@ -378,3 +380,22 @@ def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_s
     assert gaps[0][2] == pytest.approx(0.2)
     # the nan pair is left out, so unified-seed0 is in every pair left: no interval, not a false one
     assert pairwise_interval(gaps, 0.95)[1] == float("-inf")
+
+
+def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_run, tmp_path):
+    import shutil
+
+    from ddpm_lottery.findings import _training_stretches, _union_length
+    from ddpm_lottery.runs import Run
+
+    assert _union_length([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25  # two processes at once count once
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_ticket_run, copy)
+    level = Run.open(copy).level(1)
+    lines = [json.loads(line) for line in level.log_path.read_text().splitlines()]
+    assert len(lines) >= 4
+    start = lines[0]["time"]
+    for i, line in enumerate(lines):  # a stretch, a 2-hour pause (killed, resumed next session), a stretch
+        line["time"] = start + 10 * i + (7200 if i >= len(lines) // 2 else 0)
+    level.log_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert sum(b - a for a, b in _training_stretches(level)) == 10 * (len(lines) - 2)

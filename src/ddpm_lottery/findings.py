@@ -285,7 +285,7 @@ def findings(collection: Collection) -> dict:
                         labels[measure] = record["label"]
     seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
     return {"root": str(collection.root), "confidence": collection.confidence, "protocols": protocols,
-            "notes": collection.notes, "compute": compute_spent(collection),
+            "notes": collection.notes, "compute": compute_spent(collection, protocols),
             "protocol_labels": labels, "seeds": seeds, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka,
             "curves": quality_curves(collection, protocols)}
 
@@ -323,17 +323,21 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
     return out
 
 
-def compute_spent(collection: Collection) -> dict:
+def compute_spent(collection: Collection, protocols: dict[str, str]) -> dict:
     """Seconds spent on the stored results, summed from the records: training per level (summed over the
-    sessions a level was resumed in) and each measure per level and protocol. ``devices`` are the ones the
-    measurements name (a level's metrics do not record where it trained).
+    sessions a level was resumed in), each measure of the findings' protocols, and ``other`` evaluations
+    (other samplers or N, e.g. an efficiency frontier's). ``devices`` are the ones the measurements name (a
+    level's metrics do not record where it trained).
 
-    A study runs across sessions, perhaps in several processes at once, so its elapsed time says little;
-    these sums are the work it took, on the devices the records name."""
+    A study runs across sessions, perhaps in several processes at once, so these sums are the work it took;
+    ``wall_s`` is the time anything of it was running: the union of its training stretches (from the
+    training logs' timestamps; a pause of over ten minutes between two log lines is not counted) and of its
+    evaluations."""
     runs = [r for by_seed in collection.searches.values() for r in by_seed.values()]
     runs += [r for by_seed in collection.controls.values() for r in by_seed.values()]
+    keys = {key: measure for measure, key in protocols.items()}
     seconds = {"training": 0.0}
-    levels, devices = 0, set()
+    levels, devices, busy = 0, set(), []
     for run in runs:
         for index in run.finished_levels():
             level = run.level(index)
@@ -341,12 +345,33 @@ def compute_spent(collection: Collection) -> dict:
             if "copied_from" not in metrics:  # a reused dense model was paid for once, by the run that trained it
                 seconds["training"] += float(metrics.get("wall_time_s") or 0.0)
                 levels += 1
+                busy += _training_stretches(level)
             for record in level.evaluations():
                 if "measure" in record and record.get("wall_time_s") is not None:
-                    seconds[record["measure"]] = seconds.get(record["measure"], 0.0) + float(record["wall_time_s"])
+                    kind = keys.get(record.get("key"), "other")
+                    seconds[kind] = seconds.get(kind, 0.0) + float(record["wall_time_s"])
                     devices.add(record.get("device", "?"))
-    return {"seconds": seconds, "total_s": sum(seconds.values()), "levels": levels, "runs": len(runs),
-            "devices": sorted(str(d) for d in devices)}
+                    if record.get("time"):
+                        busy.append((float(record["time"]) - float(record["wall_time_s"]), float(record["time"])))
+    if "other" in seconds:  # last, after the findings' own measures
+        seconds["other"] = seconds.pop("other")
+    return {"seconds": seconds, "total_s": sum(seconds.values()), "wall_s": _union_length(busy), "levels": levels,
+            "runs": len(runs), "devices": sorted(str(d) for d in devices)}
+
+
+def _training_stretches(level, gap_s: float = 600.0) -> list[tuple[float, float]]:
+    """The stretches a level's training ran, from its log's timestamps (a resumed level has several)."""
+    times = sorted(float(line["time"]) for line in level.training_log() if "time" in line)
+    return [(a, b) for a, b in zip(times, times[1:]) if b - a <= gap_s]
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def upstream_gaps(summaries: list[dict], kind: str) -> list[tuple[str, str, float]]:
@@ -468,11 +493,14 @@ def blocks(result: dict) -> list[tuple]:
     larger = notes.get("decided_by")
     compute = result.get("compute")
     if compute and compute["levels"]:
-        parts = ", ".join(f"{LABELS.get(k, k)} {_hours(v)}" for k, v in compute["seconds"].items() if v)
-        out.append(("p", f"Compute behind these findings: {_hours(compute['total_s'])} in all ({parts}), "
+        named = {**LABELS, "other": "other evaluations (other samplers or N, e.g. a frontier's)"}
+        parts = ", ".join(f"{named.get(k, k)} {_hours(v)}" for k, v in compute["seconds"].items() if v)
+        wall = (f" All of it ran in {_hours(compute['wall_s'])} of wall time (the union of the stretches any part "
+                f"was running, in however many processes)." if compute.get("wall_s") else "")
+        out.append(("p", f"Compute spent on these results: {_hours(compute['total_s'])} in all ({parts}), "
                          f"summed from the records of {compute['levels']} trained levels in {compute['runs']} "
                          f"run{'s' * (compute['runs'] != 1)} "
-                         f"(measured on {', '.join(compute['devices']) or '–'}); the frontier and CKA come on top."))
+                         f"(measured on {', '.join(compute['devices']) or '–'}); CKA comes on top.{wall}"))
     if undecided:
         text = (f"Not separable by any measure at this budget: {'; '.join(undecided)}."
                 + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
