@@ -237,6 +237,8 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
                  "strongly biased", "How this was made"):
         assert text in page, text
     assert "N=41 vs" not in page
+    markdown = report.with_suffix(".md").read_text()
+    assert "![Figure 2](figures/figure2_fid_vs_sparsity.png)" in markdown and "![Figure 1](" in markdown
     # every FID in the levels table carries its bootstrap interval over the generated images
     import re
 

@@ -113,6 +113,11 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert findings["compute"]["seconds"]["training"] == pytest.approx(
         sum(r.level(i).metrics()["wall_time_s"] for r, i in trained))
     report_md = (out / "report.md").read_text()
+    # the Markdown twin links the figures the HTML embeds, and they are there
+    assert "![Figure 2](figures/figure2_quality_vs_sparsity.png)" in report_md
+    assert (out / "figures" / "figure2_quality_vs_sparsity.png").is_file()
+    figure_one = report_md.split("![Figure 1](")[1].split(")")[0]
+    assert (out / figure_one).is_file() and figure_one.startswith("cka/unified-seed0-vs-seed1/")
     assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in report_md
     # the Markdown report opens with the findings, as the HTML one does
     assert report_md.index("## Findings") < report_md.index("(a) The sparsest level") < report_md.index("## Levels")

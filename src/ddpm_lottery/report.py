@@ -286,9 +286,10 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         from .findings import html as findings_html
 
         sections.append(("Findings", findings_html(findings)))
-        fig2 = study_figure_two(findings, figures / "figure2_quality_vs_sparsity.png")
-        if fig2:
-            sections.append(("Figure 2: quality against sparsity, mean over seeds with intervals", embed_png(fig2)))
+        seeds_fig2 = study_figure_two(findings, figures / "figure2_quality_vs_sparsity.png")
+        if seeds_fig2:
+            sections.append(("Figure 2: quality against sparsity, mean over seeds with intervals",
+                             embed_png(seeds_fig2)))
     missing_costs = [r for r in rows if r["costs"] is None]
     sections.append(("Levels: sparsity, cost and quality", html_table(rows) + (
         f"<p class=note>Quality measured alike for every row: {html.escape(protocol_text)}. Rows without a figure were "
@@ -299,8 +300,9 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         "export (1-bit masks + surviving values).</p>")
         + ("<p class=note>Costs not measured for some levels: run <code>ddpm-lottery flops RUN --all-levels</code>."
            "</p>" if missing_costs else "")))
-    fig2 = None if findings is not None else figure_two(rows, protocol_text, figures / "figure2_fid_vs_sparsity.png")
-    if fig2:
+    fig2 = seeds_fig2 if findings is not None else figure_two(rows, protocol_text,
+                                                             figures / "figure2_fid_vs_sparsity.png")
+    if fig2 and findings is None:
         sections.append(("Figure 2: quality against sparsity", embed_png(fig2)))
     ticket_runs = [r for r in runs if r.kind != "train"]
     if ticket_runs:
@@ -356,7 +358,12 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         from .findings import markdown as findings_markdown
 
         parts.append("## Findings\n\n" + findings_markdown(findings))
+    if fig2:
+        parts.append(f"## Figure 2: quality against sparsity\n\n![Figure 2]({_relative(fig2, out)})\n")
     parts.append(f"## Levels\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
+    for cka_dir in cka_dirs:
+        cka = CkaFolder(Path(cka_dir))
+        parts.append(f"## Figure 1: similarity of two tickets (CKA)\n\n![Figure 1]({_relative(cka.figure, out)})\n")
     for run in runs:
         front = run.frontier_folder()
         if front.table.exists() and front.figure.exists():
