@@ -290,13 +290,17 @@ def test_a_frontier_needs_a_sampled_measure(tmp_path):
 
 
 def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
-    from ddpm_lottery.figures import quality_vs_sparsity, wants_log_scale
+    from ddpm_lottery.figures import quality_vs_sparsity, value_limits, wants_log_scale
 
     close = {"curves": {"unified": [(0.5, 3.0, 2.5, 3.5), (0.75, 3.2, 2.9, 3.6)]}, "dense": (3.1, 2.8, 3.4)}
     collapsed = {"curves": {**close["curves"], "varying": [(0.5, 3.0, 2.6, 3.3), (0.9375, 225.0, 224.0, 226.0)]},
                  "dense": close["dense"]}
     signed = {"curves": {"unified": [(0.5, -0.001, -0.002, 0.5)]}, "dense": None}  # not positive: stays linear
     assert not wants_log_scale(close) and wants_log_scale(collapsed) and not wants_log_scale(signed)
+    # two seeds' t interval reaching below zero neither keeps a collapsed panel linear nor sets its range
+    wide = {"curves": {**collapsed["curves"], "global": [(0.9375, 20.0, -8.0, 500.0)]}, "dense": (4.0, -0.3, 8.2)}
+    assert wants_log_scale(wide) and value_limits(wide, True) == (pytest.approx(2.0), pytest.approx(337.5))
+    assert value_limits(close, False) == (pytest.approx(3.0 - 0.03), pytest.approx(3.2 + 0.03))
     path = quality_vs_sparsity({"domain FD": collapsed, "loss": close}, "caption", tmp_path / "f.png")
     assert path.stat().st_size > 0
 

@@ -88,12 +88,31 @@ def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], 
     return _save(fig, path)
 
 
+def _panel_values(panel: dict) -> list[float]:
+    """The values a panel of Figure 2 plots (means, and the dense model's), not their intervals: a t interval
+    over two or three seeds can reach far below zero and far above every mean."""
+    values = [p[1] for points in panel["curves"].values() for p in points]
+    return values + ([panel["dense"][0]] if panel.get("dense") else [])
+
+
 def wants_log_scale(panel: dict) -> bool:
     """A panel of Figure 2 whose values span more than 20x: a collapsed ticket can score 100x the others,
     and on a linear axis every other curve would then lie flat along the bottom."""
-    shown = [v for points in panel["curves"].values() for p in points for v in p[1:]]
-    shown += list(panel["dense"]) if panel.get("dense") else []
+    shown = _panel_values(panel)
     return bool(shown) and min(shown) > 0 and max(shown) / min(shown) > 20
+
+
+def value_limits(panel: dict, logarithmic: bool) -> tuple[float, float] | None:
+    """A panel's y range: its values with a margin. An interval reaching beyond is cut at the frame (the caption
+    says so, and the findings' tables give every interval), so one wide interval cannot flatten the rest."""
+    shown = _panel_values(panel)
+    if not shown:
+        return None
+    low, high = min(shown), max(shown)
+    if logarithmic:
+        return low / 1.5, high * 1.5
+    margin = 0.15 * (high - low) or 0.1 * abs(high) or 1.0
+    return low - margin, high + margin
 
 
 def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
@@ -119,7 +138,10 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
         ax.set_xlabel("sparsity of the prunable weights (%)")
         logarithmic = wants_log_scale(panel)
         if logarithmic:
-            ax.set_yscale("log")
+            ax.set_yscale("log", nonpositive="clip")
+        limits = value_limits(panel, logarithmic)
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_ylabel(f"{label} ↓" + (" (log scale)" if logarithmic else ""))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5)

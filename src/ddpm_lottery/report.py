@@ -195,7 +195,8 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
     else:  # a study part-way: some points have one seed measured, others several
         over = (f"mean over the data seeds measured so far ({_count_text(counts)} per point): {level} t intervals over "
                 "the seeds, or with one seed the bootstrap interval over the images")
-    caption = f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band"
+    caption = (f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band; an interval "
+               "reaching beyond a panel is cut at its edge")
     return quality_vs_sparsity(panels, caption, out)
 
 
