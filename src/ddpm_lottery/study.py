@@ -575,7 +575,9 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
             + (f", Inception {1 / costs.inception_per_image_s:.3g} images/s" if costs.inception_per_image_s else "")
             + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items()))
         lines.append("estimated wall time: " + _hours(parts["total"]) + " (" + ", ".join(
-            f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0) + ")")
+            f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0) + ") "
+            f"in one process on {costs.threads} thread{'s' * (costs.threads != 1)}; processes started side by side "
+            "on other cores share it")
     return "\n".join(lines)
 
 
