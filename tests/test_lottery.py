@@ -72,6 +72,19 @@ def test_pruned_weights_are_exactly_zero_in_raw_and_ema(unified_run):
                 assert (weights[name][mask] != 0).float().mean() > 0.9  # survivors were trained
 
 
+def test_every_finished_level_keeps_its_sparse_export(unified_run):
+    """Written when the level finishes, not when it is first measured: a committed study leaves the dense-format
+    files out of git, and a level finished but not yet measured would otherwise lose its weights with them."""
+    from ddpm_lottery.costs import load_sparse
+
+    run = Run.open(unified_run)
+    for index in run.finished_levels():
+        level = run.level(index)
+        assert level.costs()["weights"] == "ema" and level.sparse_path.is_file()
+        rebuilt, ema = load_sparse(level.sparse_path), load_file(str(level_file(unified_run, index, "ema")))
+        assert set(rebuilt) == set(ema) and all(torch.equal(rebuilt[k], ema[k]) for k in ema)
+
+
 def test_unified_levels_have_equal_per_tensor_sparsity(unified_run):
     metrics = metrics_of(unified_run, 2)
     values = list(metrics["per_tensor"].values())

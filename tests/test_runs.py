@@ -241,6 +241,10 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
     level.network("ema")  # loads into the run's network
     with pytest.raises(UserError, match="no weights.safetensors .only its sparse export.*--weights ema.*retrain"):
         level.state("raw")
+    # level 2 was pruned from level 1's weights: retraining level 1 alone would not fit it, and the error says so
+    assert level.retrain_advice().endswith("and the later levels (2) and re-run the command to retrain them")
+    assert Run.open(copy).level(2).retrain_advice().endswith("level_02 and re-run the command to retrain the level")
+    assert level.has_weights("ema") and not level.has_weights("raw")
 
 
 def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):

@@ -146,6 +146,17 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
     run_study(study, out, progress=False, log=quiet)
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json") if p in stamps}
+    # a ticket whose weights are gone: its measures stand (stored), its CKA waits with the way to get it back
+    import shutil
+
+    level = Run.open(out / "runs" / "unified-seed1").level(1)
+    for path in (level.weights_path("raw"), level.weights_path("ema"), level.sparse_path, level.costs_path):
+        path.unlink()
+    shutil.rmtree(out / "cka")
+    result = run_study(study, out, progress=False, log=quiet)
+    assert [d for d in result["deferred"] if "weights" in d] == [
+        f"CKA of unified-seed0 and unified-seed1 at level 1: the ema weights of {level.label()} are gone; "
+        f"{level.retrain_advice()}"]
 
 
 def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys):
@@ -408,3 +419,32 @@ def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_r
         line["time"] = start + 10 * i + (7200 if i >= len(lines) // 2 else 0)
     level.log_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert sum(b - a for a, b in _training_stretches(level)) == 10 * (len(lines) - 2)
+
+
+def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, monkeypatch):
+    """A finished level left without its weights (dense files left out of git before its sparse export was
+    written) keeps what it measured; what it has not measured waits with the way to get it back, and every
+    other level and run is still trained and measured."""
+    monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))
+    text = TINY.replace("data_seeds = [0, 1]\ncka_search = \"unified\"", "data_seeds = [0]").replace(
+        '[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
+    study = write(tmp_path, text)
+    out = tmp_path / "out"
+    run_study(study, out, progress=False, log=quiet)
+    from ddpm_lottery.runs import Run
+
+    level = Run.open(out / "runs" / "unified-seed0").level(1)
+    for path in (level.weights_path("raw"), level.weights_path("ema"), level.sparse_path, level.costs_path):
+        path.unlink()
+    kept = next(level.dir.glob("eval/loss-*.json"))
+    for record in level.dir.glob("eval/domain-*.json"):
+        record.unlink()
+    control = Run.open(out / "runs" / "unified-seed0-reinit").level(1)
+    for record in control.dir.glob("eval/*.json"):  # another run's level, to be measured again meanwhile
+        record.unlink()
+    result = run_study(study, out, progress=False, log=quiet)
+    waiting = [d for d in result["deferred"] if "unified-seed0 level 1" in d]
+    assert len(waiting) == 1 and "ema weights are gone" in waiting[0] and "level_01 and re-run" in waiting[0]
+    assert kept.is_file() and not list(level.dir.glob("eval/domain-*.json"))
+    assert {p.name.split("-")[0] for p in control.dir.glob("eval/*.json")} == {"loss", "domain"}

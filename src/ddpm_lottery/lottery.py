@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import LotteryConfig, RunConfig, apply_overrides, check_config, config_hash, non_default, to_dict
+from .costs import stored_costs
 from .data import from_model_range
 from .diffusion import sample as run_sampler
 from .errors import UserError
@@ -262,6 +263,9 @@ class LevelTrainer:
             metrics = level_metrics(index, masks, self.mmap, self.total_params, summary, schedule, strategy,
                                     summary["wall_time_s"], {**extra, "level_samples": grid})
             write_json(level.metrics_path, metrics)
+            # the sparse export now, not when the level is first measured: a level whose dense files are left out
+            # of git (a committed study keeps pruned levels this way) keeps its weights only through it
+            stored_costs(level)
             level.checkpoints.remove_all()
             track_level(trainer.tracking, metrics, level, trainer.step)
             self.log(f"level {index}: done, sparsity {metrics['sparsity']:.4f}, final loss "

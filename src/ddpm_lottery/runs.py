@@ -356,8 +356,7 @@ class Level:
         weights, rebuilt exactly from that export; its raw weights are gone with the file."""
         self.require_finished()
         path = self.weights_path(which)
-        if not path.exists() and which == "ema" and self.sparse_path.is_file() \
-                and (self.costs() or {}).get("weights") == "ema":
+        if not path.exists() and self._ema_from_sparse(which):
             from .costs import load_sparse
 
             return load_sparse(self.sparse_path)
@@ -365,10 +364,26 @@ class Level:
             if self.sparse_path.is_file():  # its EMA weights are here: say so before suggesting a retrain
                 raise UserError(f"{self.label()} has no {path.name} (only its sparse export of the EMA weights is "
                                 f"here); use the EMA weights where the command offers them (--weights ema), or "
-                                f"delete {self.dir} and re-run the command to retrain the level")
+                                f"{self.retrain_advice()}")
             raise UserError(f"{self.label()} has no {path.name}; the {which} weights are needed here, so "
-                            f"delete {self.dir} and re-run the command to retrain the level")
+                            f"{self.retrain_advice()}")
         return load_tensors(path, "level weights", f"delete {self.dir} and re-run the command to recompute the level")
+
+    def _ema_from_sparse(self, which: str) -> bool:
+        return which == "ema" and self.sparse_path.is_file() and (self.costs() or {}).get("weights") == "ema"
+
+    def has_weights(self, which: str = "ema") -> bool:
+        """Can :meth:`state` give these weights (from their file, or the EMA ones from the sparse export)?"""
+        return self.weights_path(which).exists() or self._ema_from_sparse(which)
+
+    def retrain_advice(self) -> str:
+        """How to get a finished level's weights back: retrain it, and the levels pruned from it."""
+        later = [i for i in self.run.finished_levels() if i > self.index]
+        if not later:
+            return f"delete {self.dir} and re-run the command to retrain the level"
+        # the later levels were pruned from this one's weights: a retrained level alone would not fit them
+        return (f"delete {self.dir} and the later levels ({', '.join(map(str, later))}) and re-run the command to "
+                "retrain them")
 
     def network(self, which: str = "ema"):
         """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode).

@@ -761,8 +761,19 @@ class _Measuring:
             return
         try:
             with run.lock():
-                for index in levels:
-                    stored_costs(run.level(index))  # FLOPs, parameters, storage: seconds, read by the report
+                for index in list(levels):
+                    level = run.level(index)
+                    if level.has_weights(config.sampling.weights):
+                        stored_costs(level)  # FLOPs, parameters, storage: seconds, read by the report
+                        continue
+                    # a level whose weights are gone: what it has measured stands; the rest waits, and the study
+                    # goes on with every other level
+                    if any(not any(_record_matches(r, m, config) for r in level.evaluations()) for m in measures):
+                        waiting = (f"measures of {planned.name} level {index}: its {config.sampling.weights} "
+                                   f"weights are gone; {level.retrain_advice()}")
+                        if waiting not in self.deferred:  # the cheap pass and the costly one both find it
+                            self.deferred.append(waiting)
+                        levels.remove(index)
                 for measure in [m for m in self.ORDER if m in measures]:
                     for index in levels:
                         self.bar.task(f"{measure}: {planned.name} level {index}")
@@ -791,6 +802,12 @@ def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: 
                 continue
             if not all(Run.is_run(r) and level in Run.open(r).finished_levels() for r in (run_a, run_b)):
                 deferred.append(f"CKA of {run_a.name} and {run_b.name} at level {level}: a ticket is not finished")
+                continue
+            lost = [Run.open(r).level(level) for r in (run_a, run_b)
+                    if not Run.open(r).level(level).has_weights(study.cka.weights)]
+            if lost:
+                deferred.append(f"CKA of {run_a.name} and {run_b.name} at level {level}: the {study.cka.weights} "
+                                f"weights of {lost[0].label()} are gone; {lost[0].retrain_advice()}")
                 continue
             bar.task(f"CKA {run_a.name} vs {run_b.name}, level {level}")
             compare_with_baselines(run_a, run_b, level, study.cka, out=cka.dir, seed_init_b=study.settings.control_seed_init,
