@@ -481,10 +481,10 @@ def blocks(result: dict) -> list[tuple]:
                          f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
                          f"{row['gap']:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
                                                   else "(too few tickets: no interval)"),
-                         f"{row['pairs']} of {row.get('tickets_compared', 2 * row['pairs'])}",
+                         f"{row['pairs']} ({row.get('tickets_compared', 2 * row['pairs'])} tickets)",
                          f"**{row['verdict']}**"])
         out.append(("table", ["level", "sparsity", "CKA", "tickets up / down", "baseline up / down",
-                              "gap above baseline", "pairs of tickets", "verdict"], rows))
+                              "gap above baseline", "pairs", "verdict"], rows))
     out += quality_blocks(result)
     undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
                  for r in result["rows"] if r["measures"]
