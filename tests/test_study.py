@@ -90,6 +90,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
     assert all(r["pairs"] == 1 and r["tickets_compared"] == 2 and r["verdict"] == "not separable"
                for r in findings["cka"])  # one pair: no interval
+    assert {r["layers"] for r in findings["cka"]} == {"all", "blocks"}
     table = (out / "findings.md").read_text()
     assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
     # Figure 2's numbers: each search's mean over both seeds at each sparsity, the dense model's beside them
@@ -117,7 +118,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     assert "![Figure 2](figures/figure2_quality_vs_sparsity.png)" in report_md
     assert (out / "figures" / "figure2_quality_vs_sparsity.png").is_file()
     figure_one = report_md.split("![Figure 1](")[1].split(")")[0]
-    assert (out / figure_one).is_file() and figure_one.startswith("cka/unified-seed0-vs-seed1/")
+    assert (out / figure_one).is_file() and figure_one == "figures/figure1_cka_over_pairs.png"  # over the pairs
     assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in report_md
     # the Markdown report opens with the findings, as the HTML one does
     assert report_md.index("## Findings") < report_md.index("(a) The sparsest level") < report_md.index("## Levels")
@@ -389,17 +390,35 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
 def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_stored():
     from ddpm_lottery.findings import pairwise_interval, upstream_gaps
 
-    def summary(a, b, up, down):
-        return {"run_a": a, "run_b": b, "halves": {"above_weight_cka_rbf": {"upstream": up, "downstream": down}}}
+    def pair(a, b, up, down):  # one upstream and one downstream layer
+        return ({"run_a": a, "run_b": b}, [{"layer": "down_blocks.0.conv", "above_weight_cka_rbf": up},
+                                           {"layer": "up_blocks.0.conv", "above_weight_cka_rbf": down}])
 
-    summaries = [summary("results/s/runs/unified-seed0", "results/s/runs/unified-seed1", 0.3, 0.1),
-                 summary("/home/me/results/s/runs/unified-seed0", "/home/me/results/s/runs/unified-seed2", 0.2, 0.1),
-                 summary("results/s/runs/unified-seed1", "results/s/runs/unified-seed2", 0.25, float("nan"))]
-    gaps = upstream_gaps(summaries, "weight_cka_rbf")
+    pairs = [pair("results/s/runs/unified-seed0", "results/s/runs/unified-seed1", 0.3, 0.1),
+             pair("/home/me/results/s/runs/unified-seed0", "/home/me/results/s/runs/unified-seed2", 0.2, 0.1),
+             pair("results/s/runs/unified-seed1", "results/s/runs/unified-seed2", float("nan"), float("nan"))]
+    gaps = upstream_gaps(pairs, "weight_cka_rbf")
     assert [g[:2] for g in gaps] == [("unified-seed0", "unified-seed1"), ("unified-seed0", "unified-seed2")]
     assert gaps[0][2] == pytest.approx(0.2)
     # the nan pair is left out, so unified-seed0 is in every pair left: no interval, not a false one
     assert pairwise_interval(gaps, 0.95)[1] == float("-inf")
+
+
+def test_the_upstream_gap_over_the_blocks_leaves_the_stem_out():
+    """A random pair of time-embedding layers scores far below a random pair of convolutions, so the stem's few
+    layers can carry a half: the blocks-only gap is the same comparison without them."""
+    from ddpm_lottery.cka import half_means
+    from ddpm_lottery.findings import upstream_gaps
+
+    rows = [{"layer": name, "above_weight_cka_rbf": value} for name, value in (
+        ("time_embedding.linear_1", 0.6), ("conv_in", 0.3), ("down_blocks.0.a", 0.0), ("down_blocks.1.b", 0.02),
+        ("mid_block.c", 0.01), ("up_blocks.0.d", 0.01), ("up_blocks.1.e", 0.0), ("conv_out", float("nan")))]
+    assert half_means(rows, "above_weight_cka_rbf") == {"upstream": pytest.approx(0.3),
+                                                         "downstream": pytest.approx(0.01)}
+    blocks = half_means(rows, "above_weight_cka_rbf", blocks_only=True)
+    assert blocks == {"upstream": pytest.approx(0.01), "downstream": pytest.approx(0.02 / 3)}
+    summary = {"run_a": "a", "run_b": "b"}
+    assert upstream_gaps([(summary, rows)], "weight_cka_rbf", blocks_only=True)[0][2] == pytest.approx(0.01 - 0.02 / 3)
 
 
 def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_run, tmp_path):

@@ -174,6 +174,59 @@ def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool =
     return path
 
 
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a cka.csv, numbers as floats (nan where CKA is undefined)."""
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(handle)]
+
+
+def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[int, float], path: str | Path,
+                          title: str, kind: str = "weight_cka_rbf") -> Path:
+    """Figure 1 of a study: one panel per level, layer by layer, the tickets' CKA and its baseline (two random
+    initialisations under random masks of the same per-layer sparsity), each the mean over the ticket pairs with
+    their range as a band; the dotted line splits the layers into the upstream and downstream halves the findings
+    compare. ``tables[level]`` holds one cka.csv (rows) per pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .files import atomic_path
+
+    levels = sorted(tables)
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.4), dpi=110, squeeze=False, sharey=True)
+    for ax, level in zip(axes[0], levels):
+        pairs = tables[level]
+        index = [row["index"] for row in pairs[0]]
+        for key, style, label in ((kind, "-", "tickets"), (f"masked_{kind}", ":", "baseline")):
+            values = np.array([[row[key] for row in rows] for rows in pairs], dtype=float)
+            keep = ~np.isnan(values).any(axis=0)
+            xs = np.array(index)[keep]
+            line, = ax.plot(xs, values[:, keep].mean(0), style, lw=1.2, label=f"{label}, mean of {len(pairs)} pairs")
+            ax.fill_between(xs, values[:, keep].min(0), values[:, keep].max(0), color=line.get_color(), alpha=0.15)
+        defined = [row["index"] for row in pairs[0] if not math.isnan(row[kind])]
+        ax.axvline(defined[len(defined) // 2] - 0.5, color="k", ls=":", lw=0.8)
+        ax.set_title(f"level {level}: {100 * sparsities[level]:.2f} % sparse", fontsize=8)
+        ax.set_xlabel("layer (forward order: upstream → downstream)", fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(kind.replace("_", " "))
+    axes[0][0].legend(fontsize=6.5, loc="lower left")
+    fig.suptitle("\n".join(textwrap.wrap(title, 55 * len(levels))), fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
 def noisy_batch(run, config) -> dict[int, torch.Tensor]:
     """The shared input of activation CKA: ``config.batch`` training images of ``run`` noised at each timestep."""
     from .data import load_dataset, to_model_range
@@ -256,8 +309,7 @@ def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, con
     for kind in CKA_KINDS:
         for prefix in ("", "init_", "masked_", "above_"):
             key = f"{prefix}{kind}"
-            halves[key] = {"upstream": _half_mean(rows, key, first=True),
-                           "downstream": _half_mean(rows, key, first=False)}
+            halves[key] = half_means(rows, key)
     summary["halves"] = halves
     summary["caption"] += (f"; baselines: two fresh initialisations (--seed-init {seed_a} and {seed_b}), unmasked and "
                            "under random masks of each ticket's per-tensor sparsity")
@@ -310,16 +362,28 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     summary = {"run_a": str(a.root), "run_b": str(b.root), "level": level_a.index, "weights": weights,
                "threshold": threshold, "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
                "sparsity": [sparsity_a, sparsity_b], "seed_init": list(seeds),
-               "mean_weight_cka_rbf_first_half": _half_mean(rows, "weight_cka_rbf", first=True),
-               "mean_weight_cka_rbf_second_half": _half_mean(rows, "weight_cka_rbf", first=False)}
+               "mean_weight_cka_rbf_first_half": half_means(rows, "weight_cka_rbf")["upstream"],
+               "mean_weight_cka_rbf_second_half": half_means(rows, "weight_cka_rbf")["downstream"]}
     write_json(folder.summary, summary)
     log(f"wrote {folder.table} and {folder.figure}: weight CKA (RBF) upstream half "
         f"{summary['mean_weight_cka_rbf_first_half']:.3f}, downstream half {summary['mean_weight_cka_rbf_second_half']:.3f}")
     return {"rows": rows, "summary": summary, "out": folder.dir}
 
 
-def _half_mean(rows: list[dict], key: str, first: bool) -> float:
-    values = [r[key] for r in rows if not math.isnan(r[key])]
+# diffusers' UNet2DModel: the layers inside its down, mid and up blocks; the rest is its stem (the time
+# embedding, conv_in, conv_out), a few layers at the two ends
+BLOCK_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def half_means(rows: list[dict], key: str, blocks_only: bool = False) -> dict[str, float]:
+    """The mean of ``key`` over the upstream and the downstream half of the layers, in forward order, leaving out
+    the layers where it is undefined. ``blocks_only``: over the U-Net's blocks without its stem, whose few layers
+    (a random pair of time-embedding layers scores far lower than a random pair of convolutions) can carry a half."""
+    values = [r[key] for r in rows if not math.isnan(r[key])
+              and (not blocks_only or str(r["layer"]).startswith(BLOCK_PREFIXES))]
     half = len(values) // 2
-    part = values[:half] if first else values[half:]
-    return sum(part) / len(part) if part else float("nan")
+
+    def mean(part: list[float]) -> float:
+        return sum(part) / len(part) if part else float("nan")
+
+    return {"upstream": mean(values[:half]), "downstream": mean(values[half:])}

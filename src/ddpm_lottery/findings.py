@@ -374,40 +374,55 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def upstream_gaps(summaries: list[dict], kind: str) -> list[tuple[str, str, float]]:
-    """Per ticket pair: its CKA above baseline, upstream half − downstream half (nan pairs left out).
+def upstream_gaps(pairs: list[tuple[dict, list[dict]]], kind: str, blocks_only: bool = False
+                  ) -> list[tuple[str, str, float]]:
+    """Per ticket pair (its summary and cka.csv rows): its CKA above baseline, upstream half − downstream half
+    (nan pairs left out). A ticket is named by its run folder: the stored paths depend on where each process ran
+    from."""
+    from .cka import half_means
 
-    A ticket is named by its run folder: the stored paths depend on where each process ran from."""
-    gaps = [(Path(s["run_a"]).name, Path(s["run_b"]).name,
-             s["halves"][f"above_{kind}"]["upstream"] - s["halves"][f"above_{kind}"]["downstream"]) for s in summaries]
+    gaps = []
+    for summary, rows in pairs:
+        halves = half_means(rows, f"above_{kind}", blocks_only)
+        gaps.append((Path(summary["run_a"]).name, Path(summary["run_b"]).name,
+                     halves["upstream"] - halves["downstream"]))
     return [g for g in gaps if not math.isnan(g[2])]
 
 
 def cka_findings(collection: Collection) -> list[dict]:
-    """(d): per level and CKA kind, upstream minus downstream of the tickets' CKA above its baseline."""
-    from .cka import CKA_KINDS
+    """(d): per level, CKA kind and layer scope (every layer, or the U-Net's blocks without its stem), upstream
+    minus downstream of the tickets' CKA above its baseline."""
+    from .cka import CKA_KINDS, half_means, read_csv
 
-    by_level: dict[str, list[dict]] = {}
+    by_level: dict[str, list[tuple[dict, list[dict]]]] = {}
     for folder in collection.cka:
         summary = read_json(folder.summary, "CKA result")
         if "halves" in summary:
-            by_level.setdefault(folder.dir.name, []).append(summary)
+            try:
+                rows = read_csv(folder.table)
+            except (OSError, ValueError, KeyError) as exc:
+                raise UserError(f"CKA table {folder.table} is unreadable ({exc}); delete {folder.dir} and re-run the "
+                                "command that wrote it") from None
+            by_level.setdefault(folder.dir.name, []).append((summary, rows))
     out = []
-    for level, summaries in sorted(by_level.items()):
+    for level, pairs in sorted(by_level.items()):
         for kind in CKA_KINDS:
-            gaps = upstream_gaps(summaries, kind)
-            if not gaps:
-                continue
-            mean, low, high = pairwise_interval(gaps, collection.confidence)
-            verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
-                       else NOT_SEPARABLE)
-            raw = {h: float(np.mean([s["halves"][kind][h] for s in summaries])) for h in ("upstream", "downstream")}
-            base = {h: float(np.mean([s["halves"][f"masked_{kind}"][h] for s in summaries]))
-                    for h in ("upstream", "downstream")}
-            out.append({"level": int(level.split("_")[-1]), "kind": kind, "pairs": len(gaps),
-                        "tickets_compared": len({run for a, b, _ in gaps for run in (a, b)}),
-                        "sparsity": summaries[0]["sparsity"][0], "gap": mean, "interval": [low, high],
-                        "verdict": verdict, "tickets": raw, "baseline": base})
+            for blocks_only in (False, True):
+                gaps = upstream_gaps(pairs, kind, blocks_only)
+                if not gaps:
+                    continue
+                mean, low, high = pairwise_interval(gaps, collection.confidence)
+                verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
+                           else NOT_SEPARABLE)
+                raw = [half_means(rows, kind, blocks_only) for _, rows in pairs]
+                base = [half_means(rows, f"masked_{kind}", blocks_only) for _, rows in pairs]
+                out.append({"level": int(level.split("_")[-1]), "kind": kind,
+                            "layers": "blocks" if blocks_only else "all", "pairs": len(gaps),
+                            "tickets_compared": len({run for a, b, _ in gaps for run in (a, b)}),
+                            "sparsity": pairs[0][0]["sparsity"][0], "gap": mean, "interval": [low, high],
+                            "verdict": verdict,
+                            "tickets": {h: float(np.nanmean([r[h] for r in raw])) for h in ("upstream", "downstream")},
+                            "baseline": {h: float(np.nanmean([b[h] for b in base])) for h in ("upstream", "downstream")}})
     return out
 
 
@@ -472,18 +487,21 @@ def blocks(result: dict) -> list[tuple]:
         out.append(("p", "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
                          "layers (baseline: two random initialisations under random masks of the tickets' per-layer "
                          "sparsity; the paper's motivation predicts a positive gap; the interval is the jackknife "
-                         "over tickets, since pairs share them):"))
+                         "over tickets, since pairs share them). Layers: all of them, or the U-Net's blocks without "
+                         "its stem (time embedding, conv_in, conv_out), whose few layers have a far lower random "
+                         "baseline and can carry a half alone:"))
         rows = []
         for row in result["cka"]:
             low, high = row["interval"]
             rows.append([str(row["level"]), f"{100 * row['sparsity']:.2f} %", row["kind"],
+                         "blocks" if row.get("layers") == "blocks" else "all",
                          f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f}",
                          f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
                          f"{row['gap']:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
                                                   else "(too few tickets: no interval)"),
                          f"{row['pairs']} ({row.get('tickets_compared', 2 * row['pairs'])} tickets)",
                          f"**{row['verdict']}**"])
-        out.append(("table", ["level", "sparsity", "CKA", "tickets up / down", "baseline up / down",
+        out.append(("table", ["level", "sparsity", "CKA", "layers", "tickets up / down", "baseline up / down",
                               "gap above baseline", "pairs", "verdict"], rows))
     out += quality_blocks(result)
     undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"

@@ -246,6 +246,25 @@ def level_loss_curves(run: Run, out: Path) -> Path | None:
     return loss_curves(curves, f"training loss per level: {run.label()}", out)
 
 
+def figure_one_of_pairs(cka_dirs: list[str | Path], path: Path) -> Path | None:
+    """Figure 1 over a study's ticket pairs, one panel per level (None without CKA folders)."""
+    from .cka import figure_one_over_pairs, read_csv
+
+    tables: dict[int, list[list[dict]]] = {}
+    sparsities: dict[int, float] = {}
+    for cka_dir in cka_dirs:
+        cka = CkaFolder(Path(cka_dir))
+        summary = read_json(cka.summary, "CKA result", "run the study again to recompute it")
+        tables.setdefault(summary["level"], []).append(read_csv(cka.table))
+        sparsities[summary["level"]] = summary["sparsity"][0]
+    if not tables:
+        return None
+    counts = sorted({len(pairs) for pairs in tables.values()})
+    title = (f"Figure 1. Weight CKA (RBF) of two tickets, layer by layer, over {'/'.join(map(str, counts))} ticket "
+             "pairs, against its baseline of two random initialisations under random masks of the same sparsity")
+    return figure_one_over_pairs(tables, sparsities, path, title)
+
+
 def _relative(path: Path, report: Path) -> str:
     """``path`` as a link from the report's folder (absolute when it lies elsewhere on another drive)."""
     try:
@@ -255,10 +274,13 @@ def _relative(path: Path, report: Path) -> str:
 
 
 def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str | Path] = (),
-                 protocol: str | None = None, title: str = "ddpm-lottery report",
+                 cka_pairs: list[str | Path] = (), protocol: str | None = None, title: str = "ddpm-lottery report",
                  intro: str = "", commands: list[str] = (), figure_samples: int = 32, findings: dict | None = None,
                  log=print) -> Path:
     """Write OUT (HTML) and OUT with .md (the table); figures go to OUT's folder under figures/.
+
+    ``cka_dirs`` get a Figure 1 each (one pair of tickets); ``cka_pairs`` (a study's CKA folders, several pairs
+    per level) one Figure 1 of their means with baselines.
 
     The report renders what the runs store (levels, evaluations with their samples, costs, CKA);
     it samples no network and writes nothing into the runs.
@@ -332,6 +354,13 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
             sections.append((f"Efficiency frontier: {run.root.name}", embed_png(front.figure) + (
                 f"<p class=note>{html.escape(stored['how'])}. Written by <code>ddpm-lottery frontier</code>; the table "
                 f"is {html.escape(str(front.table))}:</p><pre>{html.escape(table)}</pre>")))
+    fig1 = figure_one_of_pairs(cka_pairs, figures / "figure1_cka_over_pairs.png")
+    if fig1:
+        sections.append(("Figure 1: similarity of two tickets (CKA), over the ticket pairs", embed_png(fig1) + (
+            "<p class=note>Each panel one level: per layer, the weight CKA (RBF) of two tickets of one model (one per "
+            "data seed) and its baseline, two fresh initialisations under random masks of the same per-layer "
+            "sparsity; lines are means over the pairs, bands their range. The dotted line splits the layers into "
+            "the upstream and downstream halves the findings' (d) compares.</p>")))
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
         summary = read_json(cka.summary, "CKA result", "run ddpm-lottery cka first")
@@ -362,6 +391,9 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     if fig2:
         parts.append(f"## Figure 2: quality against sparsity\n\n![Figure 2]({_relative(fig2, out)})\n")
     parts.append(f"## Levels\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
+    if fig1:
+        parts.append(f"## Figure 1: similarity of two tickets (CKA), over the ticket pairs\n\n"
+                     f"![Figure 1]({_relative(fig1, out)})\n")
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
         parts.append(f"## Figure 1: similarity of two tickets (CKA)\n\n![Figure 1]({_relative(cka.figure, out)})\n")

@@ -721,7 +721,7 @@ def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Pa
              f"{html.escape(study.settings.description)}</p>")
     shown = study.path.stem if study.path.parent == SHIPPED else study.path
     command = f"ddpm-lottery study {shown} --out {out}"
-    return build_report(runs, folder.report, cka_dirs=[c.dir for c in cka[-1:]],
+    return build_report(runs, folder.report, cka_pairs=[c.dir for c in cka],
                         title=f"ddpm-lottery study: {study.settings.name}", intro=intro, commands=[command],
                         findings=findings, log=log)
 
