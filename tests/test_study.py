@@ -260,8 +260,13 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     compute = result["compute"]
     assert compute["levels"] == len(levels) == 3 and compute["runs"] == 1 and compute["devices"] == ["cpu"]
     assert compute["seconds"]["training"] == pytest.approx(sum(l.metrics()["wall_time_s"] for l in levels))
+    # the findings' protocol under its measure; every other stored evaluation (other tests' protocols on this
+    # shared run) under "other"
+    records = [r for l in levels for r in l.evaluations() if r.get("wall_time_s") is not None]
     assert compute["seconds"]["loss"] == pytest.approx(
-        sum(r["wall_time_s"] for l in levels for r in l.evaluations() if r.get("measure") == "loss"))
+        sum(r["wall_time_s"] for r in records if r["key"] == result["protocols"]["loss"]))
+    assert compute["seconds"].get("other", 0.0) == pytest.approx(
+        sum(r["wall_time_s"] for r in records if r["key"] not in result["protocols"].values()))
     assert compute["seconds"]["loss"] > 0 and compute["total_s"] == pytest.approx(sum(compute["seconds"].values()))
     assert main(["findings", str(tiny_ticket_run)]) == 0
     out = capsys.readouterr().out
