@@ -139,14 +139,9 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool = False) -> Path:
     """The paper's Fig. 1: CKA against layer index, upstream (left) to downstream (right)."""
-    import matplotlib
+    from .figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .files import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(8, 3.8), dpi=110)
     index = [r["index"] for r in rows]
     conv = [r for r in rows if r.get("kind") == "conv"]
     ax.plot([r["index"] for r in conv], [r["weight_cka_rbf"] for r in conv], "o-", ms=3, lw=1.2,
@@ -167,11 +162,7 @@ def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool =
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def read_csv(path: str | Path) -> list[dict]:
@@ -192,16 +183,12 @@ def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[
     initialisations under random masks of the same per-layer sparsity), each the mean over the ticket pairs with
     their range as a band; the dotted line splits the layers into the upstream and downstream halves the findings
     compare. ``tables[level]`` holds one cka.csv (rows) per pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from .files import atomic_path
+    from .figures import pyplot, save_figure
 
     levels = sorted(tables)
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.4), dpi=110, squeeze=False, sharey=True)
+    fig, axes = pyplot().subplots(1, len(levels), figsize=(3.6 * len(levels), 3.4), dpi=110, squeeze=False, sharey=True)
     for ax, level in zip(axes[0], levels):
         pairs = tables[level]
         index = [row["index"] for row in pairs[0]]
@@ -220,11 +207,7 @@ def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[
     axes[0][0].legend(fontsize=6.5, loc="lower left")
     fig.suptitle("\n".join(textwrap.wrap(title, 55 * len(levels))), fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def noisy_batch(run, config) -> dict[int, torch.Tensor]:

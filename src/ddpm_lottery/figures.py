@@ -44,7 +44,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
 # Plots (matplotlib, Agg backend)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,11 +53,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -67,7 +67,7 @@ def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], 
 
     ``curves[label] = [(sparsity, fid, kid_mean, kid_std), ...]``; ``dense = (fid, kid)`` is drawn as a line.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     for label, points in curves.items():
         points = sorted(points)
@@ -85,7 +85,7 @@ def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], 
         ax.legend(fontsize=7)
     fig.suptitle(caption, fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _panel_values(panel: dict) -> list[float]:
@@ -121,7 +121,7 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
     ``panels[measure label] = {"curves": {label: [(sparsity, value, low, high), ...]},
     "dense": (value, low, high) or None}``; the dense model is a line with its interval as a band.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), dpi=110, squeeze=False)
     for ax, (label, panel) in zip(axes[0], panels.items()):
         for name, points in panel["curves"].items():
@@ -149,13 +149,13 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
 
     fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def denoising_process(rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str,
                       path: str | Path) -> Path:
     """Figure 3: x_t of several networks from one noise seed, at chosen timesteps (uint8 images)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(timesteps), figsize=(1.3 * len(timesteps), 1.45 * len(rows)), dpi=110,
                              squeeze=False)
     for r, (label, images) in enumerate(rows):
@@ -171,12 +171,12 @@ def denoising_process(rows: list[tuple[str, list[torch.Tensor]]], timesteps: lis
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle(caption, fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def labelled_grids(grids: list[tuple[str, torch.Tensor]], caption: str, path: str | Path, columns: int = 8) -> Path:
     """Figure 4: sample grids side by side, each titled (dense, tickets at chosen sparsities)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 2.9), dpi=110, squeeze=False)
     for ax, (label, images) in zip(axes[0], grids):
         canvas = grid_array(images, columns)
@@ -185,12 +185,12 @@ def labelled_grids(grids: list[tuple[str, torch.Tensor]], caption: str, path: st
         ax.axis("off")
     fig.suptitle(caption, fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -> Path:
     """Per-module sparsity of one level, upstream to downstream."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(per_module)), 3.6), dpi=110)
     ax.bar([m["index"] for m in per_module], [100 * m["sparsity"] for m in per_module], color="#4c72b0")
     ax.set_xticks([m["index"] for m in per_module])
@@ -202,12 +202,12 @@ def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_curves(curves: dict[str, list[tuple[int, float]]], title: str, path: str | Path) -> Path:
     """Training loss per level (steps on x; levels after 0 start at the rewind step)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.4), dpi=110)
     for label, points in curves.items():
         if points:
@@ -219,7 +219,7 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], title: str, path: st
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _KIND_STYLE = {"dense": ("o", "tab:blue"), "ticket": ("s", "tab:orange"), "channel": ("D", "tab:green"),
@@ -228,7 +228,7 @@ _KIND_STYLE = {"dense": ("o", "tab:blue"), "ticket": ("s", "tab:orange"), "chann
 
 def frontier_figure(points, measure: str, caption: str, path: str | Path) -> Path:
     """Quality against seconds per sample (left) and FLOPs per sample (right), the Pareto front drawn."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     panels = (("seconds_per_sample", "pareto_seconds", "measured seconds per sample (this machine)"),
               ("effective_flops_per_sample", "pareto_flops", "FLOPs per sample (effective)"))
@@ -253,4 +253,4 @@ def frontier_figure(points, measure: str, caption: str, path: str | Path) -> Pat
     fig.suptitle("Efficiency frontier", fontsize=11)
     fig.text(0.5, 0.005, caption, ha="center", fontsize=7, wrap=True)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    return _save(fig, path)
+    return save_figure(fig, path)
