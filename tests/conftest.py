@@ -21,6 +21,7 @@ class FakeFeatures(torch.nn.Module):
         super().__init__()
         self.path = Path("fake-inception.pt")
         self.digest = "fake0000"
+        self.device = torch.device("cpu")  # where InceptionFeatures runs; sets its batch size
         self.calls = 0
         self.projection = torch.randn(3 * 8 * 8, 2048, generator=torch.Generator().manual_seed(0))
 

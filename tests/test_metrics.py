@@ -204,6 +204,14 @@ def test_the_real_feature_network_gives_2048_pool3_features():
     with torch.no_grad():
         contiguous = net.net((x * (high - low) + low).clamp(low, high)).flatten(1)
     assert torch.allclose(a, contiguous, rtol=1e-4, atol=1e-5)
+    # the CPU's small batches change nothing but float rounding either
+    from ddpm_lottery.metrics import extract_features, feature_batch_size
+
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert feature_batch_size("cpu") < len(images) and feature_batch_size("cuda") > len(images)
+    small = extract_features(net, images, progress=False)
+    whole = extract_features(net, images, batch_size=len(images), progress=False)
+    assert torch.allclose(small, whole, rtol=1e-4, atol=1e-5) and not torch.equal(small[0], small[1])
 
 
 def test_frechet_reference_matches_the_direct_distance_on_both_sides():
@@ -220,3 +228,8 @@ def test_frechet_reference_matches_the_direct_distance_on_both_sides():
     low, high = percentile_interval(rounds)
     assert low < high and min(rounds) <= low and high <= max(rounds)
     assert rounds == frechet_bootstrap(FrechetReference(real), fake, rounds=30, seed=1)  # seeded
+    # each round is the distance of its resample, though the rounds share one projection of the whole set
+    from ddpm_lottery.metrics import bootstrap_indices
+
+    first = bootstrap_indices(len(fake), 30, seed=1)[0]
+    assert rounds[0] == pytest.approx(FrechetReference(real).distance(fake[first]), rel=1e-9)
