@@ -338,6 +338,28 @@ def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
     assert "seed)" not in lines[1] and "seeds)" not in lines[1] and lines[1].endswith("| 2 |")
 
 
+def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
+    from ddpm_lottery.findings import Difference, markdown, sparsest_against_dense
+
+    better, wide, worse = (Difference(-1.0, -2.0, -0.5, 3, "t"), Difference(5.0, -90.0, 100.0, 3, "t"),
+                           Difference(1.0, 0.5, 2.0, 3, "t"))
+    levels = [(4, 0.9375, {"loss": wide, "domain": wide}), (1, 0.5, {"loss": better, "domain": wide}),
+              (2, 0.75, {"loss": wide, "domain": wide}), (3, 0.875, {"loss": wide, "domain": worse})]
+    answer = sparsest_against_dense(levels)
+    # level 2 is not found worse, but only level 1 is found better; level 4 escapes the worse verdict of
+    # level 3, which it was pruned from, by its intervals' width alone
+    assert answer["sparsest_not_worse"]["level"] == 2 and answer["sparsest_better"] == {"level": 1, "sparsity": 0.5}
+    assert answer["measured"] and sparsest_against_dense(levels[1:2] + levels[3:])["sparsest_not_worse"]["level"] == 1
+    result = {"seeds": [0, 1, 2], "confidence": 0.95, "protocols": {"domain": "d", "loss": "l"},
+              "protocol_labels": {}, "sparsest_not_worse": [{"search": "varying", **answer}], "cka": [], "rows": []}
+    assert "varying: level 2, 75.00 % sparse" in markdown(result)
+    assert "undecided: no measure separates it from the dense model either way; the sparsest level better by " \
+           "some measure and worse by none is level 1, 50.00 %" in markdown(result)
+    decided = sparsest_against_dense(levels[1:2])
+    result["sparsest_not_worse"] = [{"search": "unified", **decided}]
+    assert "unified: level 1, 50.00 % sparse" in markdown(result) and "undecided" not in markdown(result)
+
+
 def test_the_cka_interval_counts_tickets_not_pairs():
     """Three data seeds give three pairs of three tickets; the pairs share tickets, so the interval is the
     jackknife over tickets. For a triangle of pairs its variance is 4/3 of the pairs' variance, twice the
