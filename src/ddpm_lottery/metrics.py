@@ -124,8 +124,8 @@ def feature_batch_size(device: str | torch.device) -> int:
     """Images per feature-network call on ``device``.
 
     On a CPU a small batch keeps the 299x299 activations of the first convolutions in cache: batch 4
-    runs 1.7x faster than batch 50 on 2 threads (24 against 14 images/s, ``benchmarks/evaluate.py``),
-    with the same features to float rounding.  A GPU wants large batches to fill it.
+    runs about 1.6x faster than batch 50 on 2 threads (20.5 against 13.2 images/s in
+    ``benchmarks/evaluate.py``), with the same features to float rounding.  A GPU wants large batches.
     """
     return 4 if torch.device(device).type == "cpu" else 100
 
