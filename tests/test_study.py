@@ -358,6 +358,8 @@ def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
     decided = sparsest_against_dense(levels[1:2])
     result["sparsest_not_worse"] = [{"search": "unified", **decided}]
     assert "unified: level 1, 50.00 % sparse" in markdown(result) and "undecided" not in markdown(result)
+    result["sparsest_not_worse"] = [{"search": "global", **sparsest_against_dense(levels[3:])}]
+    assert "global: none (its least sparse measured level is already worse" in markdown(result)
 
 
 def test_the_cka_interval_counts_tickets_not_pairs():

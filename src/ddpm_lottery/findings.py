@@ -487,7 +487,7 @@ def blocks(result: dict) -> list[tuple]:
         if not entry.get("measured", True):
             items.append(f"{entry['search']}: not measured yet (re-run the study to finish it)")
         elif best is None:
-            items.append(f"{entry['search']}: none (every measured pruned level is worse by some measure)")
+            items.append(f"{entry['search']}: none (its least sparse measured level is already worse by some measure)")
         else:
             mixed = len({e["seeds"] for e in best["measures"].values()}) > 1
             cells = "; ".join(f"{LABELS[m]} {_cell(best['measures'].get(m), mixed)}" for m in measures)
