@@ -67,7 +67,7 @@ def quiet(*_):
     pass
 
 
-def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
+def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
     study = write(tmp_path, TINY)
@@ -128,13 +128,18 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch):
     (out / "report.html").unlink()
     (out / "findings.md").unlink()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    capsys.readouterr()
     assert main(["study", str(study), "--out", str(out), "--report-only"]) == 0
     assert (out / "report.html").exists() and (out / "findings.md").read_text() == table
+    assert "findings and report of the complete study" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
     # everything is reused the second time
     plan = make_plan(load_study(study), out)
     assert plan.train_steps == 0 and plan.evaluations_done == plan.evaluations_total and plan.cka_done == 1
-    assert plan.sampled_images == 0
+    assert plan.sampled_images == 0 and plan.complete
+    assert main(["study", str(study), "--out", str(out), "--dry-run"]) == 0
+    assert "estimated wall time: none, every planned level, evaluation and CKA pair is stored" in \
+        capsys.readouterr().out
     # Inception added later draws no images: the domain measure's are stored, and the plan counts them so
     with_inception = write(tmp_path, TINY.replace('measures = ["loss", "domain"]',
                                                   'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'),
@@ -314,6 +319,10 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
                  "dense": close["dense"]}
     signed = {"curves": {"unified": [(0.5, -0.001, -0.002, 0.5)]}, "dense": None}  # not positive: stays linear
     assert not wants_log_scale(close) and wants_log_scale(collapsed) and not wants_log_scale(signed)
+    # a held-out loss whose worst ticket scores 15x the best (cpu-digits: 0.36 against 0.024) goes logarithmic
+    loss = {"curves": {"unified": [(0.5, 0.024, 0.023, 0.025)], "varying": [(0.9375, 0.36, -1.0, 1.7)]},
+            "dense": (0.024, 0.0239, 0.0241)}
+    assert wants_log_scale(loss)
     # two seeds' t interval reaching below zero neither keeps a collapsed panel linear nor sets its range
     wide = {"curves": {**collapsed["curves"], "global": [(0.9375, 20.0, -8.0, 500.0)]}, "dense": (4.0, -0.3, 8.2)}
     assert wants_log_scale(wide) and value_limits(wide, True) == (pytest.approx(2.0), pytest.approx(337.5))

@@ -356,6 +356,12 @@ class Plan:
     cka_total: int
     cka_done: int
 
+    @property
+    def complete(self) -> bool:
+        """Every planned level, evaluation and CKA pair is stored."""
+        return (self.levels_done == self.levels_total and self.evaluations_done == self.evaluations_total
+                and self.cka_done == self.cka_total)
+
 
 def _level_steps(run: PlannedRun, index: int) -> int:
     steps = run.config.train.steps
@@ -574,6 +580,9 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
             f"{costs.batch_size}, denoiser {1e3 * costs.call_per_image_s:.3g} ms per image and call"
             + (f", Inception {1 / costs.inception_per_image_s:.3g} images/s" if costs.inception_per_image_s else "")
             + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items()))
+        if plan.complete:
+            lines.append("estimated wall time: none, every planned level, evaluation and CKA pair is stored")
+            return "\n".join(lines)
         lines.append("estimated wall time: " + _hours(parts["total"]) + " (" + ", ".join(
             f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0) + ") "
             f"in one process on {costs.threads} thread{'s' * (costs.threads != 1)}; processes started side by side "
@@ -644,7 +653,9 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
 
         findings = write_findings(out, log=log)
         write_study_report(study, out, findings, log=log)
-        log(f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
+        log(f"study {study.settings.name!r}: findings and report of the complete study, in {out} (every planned "
+            "level, evaluation and CKA pair is stored)" if plan.complete else
+            f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
             f"`ddpm-lottery study {path} --out {out}` runs the rest)")
         return StudyResult(out, {"plan": plan, "costs": None, "deferred": [], "findings": findings})
     costs = measure_costs(study)
