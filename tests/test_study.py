@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ddpm_lottery.cli import main
@@ -505,3 +506,27 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
     assert len(waiting) == 1 and "ema weights are gone" in waiting[0] and "level_01 and re-run" in waiting[0]
     assert kept.is_file() and not list(level.dir.glob("eval/domain-*.json"))
     assert {p.name.split("-")[0] for p in control.dir.glob("eval/*.json")} == {"loss", "domain"}
+
+
+def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_way():
+    from ddpm_lottery.findings import NOT_SEPARABLE, _every_seed_agrees, paired_difference
+
+    rng = np.random.default_rng(0)
+
+    def record(value):  # a measurement with its bootstrap resamples, tight around the value
+        return {"value": value, "replicates": (value + rng.normal(0, 0.5, 50)).tolist()}
+
+    # three seeds, each clearly worse on its own, by amounts too unequal for a t interval with 2 df
+    worse = paired_difference([(record(226.0), record(42.0)), (record(213.0), record(44.0)),
+                               (record(99.0), record(45.0))], 0.95)
+    assert worse.verdict() == NOT_SEPARABLE and (worse.seeds_better, worse.seeds_worse) == (0, 3)
+    # seeds that disagree: one better, one worse, one within its noise
+    mixed = paired_difference([(record(30.0), record(40.0)), (record(50.0), record(40.0)),
+                               (record(40.1), record(40.0))], 0.95)
+    assert (mixed.seeds_better, mixed.seeds_worse) == (1, 1)
+    text = _every_seed_agrees({"inception": worse.as_dict(), "domain": mixed.as_dict()})
+    assert text == " (Inception FID worse on each of the 3 seeds alone)"
+    assert _every_seed_agrees({"domain": mixed.as_dict()}) == ""
+    # one seed: its bootstrap is the interval itself, so there is nothing more to say
+    single = paired_difference([(record(50.0), record(40.0))], 0.95)
+    assert single.verdict() == "worse" and _every_seed_agrees({"domain": single.as_dict()}) == ""

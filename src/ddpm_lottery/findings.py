@@ -149,6 +149,9 @@ class Difference:
     high: float
     seeds: int
     method: str
+    # over several seeds: how many seeds' own paired bootstraps over images find the first better, and worse
+    seeds_better: int = 0
+    seeds_worse: int = 0
 
     def verdict(self) -> str:
         if self.high < 0:
@@ -162,7 +165,8 @@ class Difference:
 
     def as_dict(self) -> dict:
         return {"difference": self.value, "interval": [self.low, self.high], "seeds": self.seeds,
-                "method": self.method, "verdict": self.verdict()}
+                "method": self.method, "verdict": self.verdict(), "seeds_better": self.seeds_better,
+                "seeds_worse": self.seeds_worse}
 
 
 def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Difference | None:
@@ -173,13 +177,26 @@ def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Diff
     values = [a["value"] - b["value"] for a, b in pairs]
     mean = float(np.mean(values))
     if len(pairs) >= 2:
-        return Difference(*t_interval(values, confidence), len(values), f"t over {len(values)} seeds")
+        # Each seed's own verdict, from the sampling noise alone: it cannot replace the t interval (it
+        # ignores the spread from seed to seed), but it says when every seed points the same way and only
+        # that spread keeps the interval open.
+        own = [_seed_bootstrap(a, b, confidence) for a, b in pairs]
+        return Difference(*t_interval(values, confidence), len(values), f"t over {len(values)} seeds",
+                          seeds_better=sum(1 for i in own if i and i[1] < 0),
+                          seeds_worse=sum(1 for i in own if i and i[0] > 0))
+    low, high = _seed_bootstrap(*pairs[0], confidence)
+    return Difference(mean, low, high, 1, f"paired bootstrap, {len(pairs[0][0]['replicates'])} resamples, one seed")
+
+
+def _seed_bootstrap(a: dict, b: dict, confidence: float) -> tuple[float, float] | None:
+    """The interval of one seed's a − b from the paired bootstrap over images (the two measurements
+    resample the same image indices), or None when the records carry no matching resamples."""
     from .evaluation import centred_interval
 
-    a, b = pairs[0]
+    if len(a.get("replicates") or []) != len(b.get("replicates") or []) or not a.get("replicates"):
+        return None
     replicates = (np.array(a["replicates"]) - np.array(b["replicates"])).tolist()
-    low, high = centred_interval(mean, replicates, confidence)
-    return Difference(mean, low, high, 1, f"paired bootstrap, {len(replicates)} resamples, one seed")
+    return centred_interval(a["value"] - b["value"], replicates, confidence)
 
 
 def seed_mean(records: list[dict | None], confidence: float) -> tuple[float, float, float] | None:
@@ -535,6 +552,7 @@ def blocks(result: dict) -> list[tuple]:
                               "gap above baseline", "pairs", "verdict"], rows))
     out += quality_blocks(result)
     undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
+                 + _every_seed_agrees(r["measures"])
                  for r in result["rows"] if r["measures"]
                  and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
     notes = result.get("notes", {})
@@ -551,6 +569,9 @@ def blocks(result: dict) -> list[tuple]:
                          f"(measured on {', '.join(compute['devices']) or '–'}); CKA comes on top.{wall}"))
     if undecided:
         text = (f"Not separable by any measure at this budget: {'; '.join(undecided)}."
+                + (" \"Alone\" is a seed's own paired bootstrap over images, which holds the sampling noise but "
+                   "not the spread from seed to seed that the intervals above include."
+                   if any(" alone" in item for item in undecided) else "")
                 + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
                    if larger else " More data seeds or a larger N can decide them."))
         out.append(("p", text))
@@ -572,6 +593,18 @@ def blocks(result: dict) -> list[tuple]:
                          "profile, `cka_search`); this study has none."
                     + (f" `ddpm-lottery study {larger}` compares them." if larger else "")))
     return out
+
+
+def _every_seed_agrees(measures: dict) -> str:
+    """For a comparison no interval over the seeds decides: the measures by which every seed, on its own
+    bootstrap over images, finds the same direction (so only the spread from seed to seed keeps it open)."""
+    agreed = []
+    for measure, entry in measures.items():
+        seeds = entry.get("seeds", 1)
+        for side in ("better", "worse"):
+            if seeds >= 2 and entry.get(f"seeds_{side}") == seeds:
+                agreed.append(f"{LABELS.get(measure, measure)} {side} on each of the {seeds} seeds alone")
+    return f" ({', '.join(agreed)})" if agreed else ""
 
 
 def quality_blocks(result: dict) -> list[tuple]:
