@@ -260,6 +260,10 @@ def test_dense_level_is_shared_only_between_identical_trainings(unified_run, tmp
     a = load_file(str(level_file(unified_run, 0, "raw")))
     b = load_file(str(level_file(run, 0, "raw")))
     assert all(torch.equal(a[n], b[n]) for n in a)
+    # the copy is a finished level like any other: its own costs and sparse export are beside it
+    copied = Run.open(run).level(0)
+    assert copied.costs()["dense_flops"] == Run.open(unified_run).level(0).costs()["dense_flops"]
+    assert copied.sparse_path.is_file()
     different = small_config("global", target_sparsity=0.5)
     different.train.lr = 0.01
     different.prune.dense_from = str(unified_run)

@@ -49,6 +49,8 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     for text in ("Findings", "(a) The sparsest level", "ticket against its controls", "held-out loss", "domain FD",
                  "Figure 2", "Figure 3", "Figure 4", "ddpm-lottery study quickstart", "ddpm-lottery study cpu-digits"):
         assert text in page, text
+    # a shipped study is named by its place in the package, not by this machine's install path
+    assert "shipped with ddpm-lottery as studies/quickstart.toml" in page and str(shipped) not in page
     table = (out / "findings.md").read_text()
     assert "unified − reinit control" in table and "unified − dense" in table and "(b) varying" in table
     weights = sorted(out.rglob("weights.safetensors"))

@@ -160,7 +160,12 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     for path in (level.weights_path("raw"), level.weights_path("ema"), level.sparse_path, level.costs_path):
         path.unlink()
     shutil.rmtree(out / "cka")
+    # a shared dense model's copy killed before its costs and sparse export were written gets them back
+    copied = Run.open(out / "runs" / "varying-seed1").level(0)
+    copied.costs_path.unlink()
+    copied.sparse_path.unlink()
     result = run_study(study, out, progress=False, log=quiet)
+    assert copied.costs()["dense_flops"] > 0 and copied.sparse_path.is_file()
     assert [d for d in result["deferred"] if "weights" in d] == [
         f"CKA of unified-seed0 and unified-seed1 at level 1: the ema weights of {level.label()} are gone; "
         f"{level.retrain_advice()}"]

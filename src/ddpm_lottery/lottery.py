@@ -492,6 +492,7 @@ class Lottery(LevelTrainer):
             metrics = origin.metrics()
             metrics["copied_from"] = str(source_path)
             write_json(staging / origin.metrics_path.name, metrics)  # last: marks the copy finished
+        stored_costs(target)  # its own costs and sparse export, as every finished level has
         self.log(f"level 0: reused from {source_path} (same dense training and theta_tau)")
 
     def masks_for_level(self, index: int, target: float | None) -> tuple[dict, list[dict]]:

@@ -728,9 +728,12 @@ def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Pa
     if not runs:
         return None
     cka = folder.cka_folders()
-    intro = (f"<p>Study <b>{html.escape(study.settings.name)}</b> ({html.escape(str(study.path))}). "
+    shipped = study.path.parent == SHIPPED
+    # a shipped study is named by where it lives in the package, not by this machine's install path
+    where = f"shipped with ddpm-lottery as studies/{study.path.name}" if shipped else str(study.path)
+    intro = (f"<p>Study <b>{html.escape(study.settings.name)}</b> ({html.escape(where)}). "
              f"{html.escape(study.settings.description)}</p>")
-    shown = study.path.stem if study.path.parent == SHIPPED else study.path
+    shown = study.path.stem if shipped else study.path
     command = f"ddpm-lottery study {shown} --out {out}"
     return build_report(runs, folder.report, cka_pairs=[c.dir for c in cka],
                         title=f"ddpm-lottery study: {study.settings.name}", intro=intro, commands=[command],
@@ -772,6 +775,11 @@ class _Measuring:
             return
         try:
             with run.lock():
+                for index in set(planned.levels) & set(run.finished_levels()) - set(levels):
+                    # a level measured elsewhere (a shared dense model) still gets its own costs and sparse
+                    # export, should the copy have been killed before writing them
+                    if run.level(index).has_weights(config.sampling.weights):
+                        stored_costs(run.level(index))
                 for index in list(levels):
                     level = run.level(index)
                     if level.has_weights(config.sampling.weights):
