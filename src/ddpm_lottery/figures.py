@@ -200,7 +200,9 @@ def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -
                        rotation=90, fontsize=6)
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # a long run label must not run off the figure
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
