@@ -35,7 +35,7 @@ from ddpm_lottery.pruning import PruneSettings, full_masks, module_map, prune_ro
 from ddpm_lottery.structure import (
     channel_groups, compact, full_channel_masks, install_kept_norms, parameter_masks, prune_channels,
 )
-from ddpm_lottery.training import resolve_device
+from ddpm_lottery.launch import resolve_device
 
 
 def networks_of(preset: str, sparsities: list[float]) -> tuple[dict, dict]:
