@@ -62,3 +62,32 @@ def test_the_study_figures_in_the_readme_are_the_committed_findings():
     shown = [line for line in README.splitlines() if re.match(r"\| \([abcd]\) |\| \d+ \| \d+\.\d\d % \| \w+_cka_", line)]
     assert len(shown) >= 10
     assert [line for line in shown if line not in rows] == []
+
+
+def test_every_command_in_the_readme_code_blocks_parses():
+    """Each `ddpm-lottery` command a reader would paste from a code block is accepted by today's CLI."""
+    import contextlib
+    import io
+
+    from ddpm_lottery.cli import build_parser
+
+    parser = build_parser()
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    text = "\n".join(block.replace("\\\n", " ") for block in blocks)  # continuation lines joined
+    common = next(line for line in text.splitlines() if line.startswith("COMMON="))
+    common_args = shlex.split(common.split("=", 1)[1].strip().strip('"'))
+    commands = []
+    for line in text.splitlines():
+        for part in re.split(r"&&|;|\|", line.split("  #")[0]):
+            words = shlex.split(part.strip(), comments=True)
+            if words[:1] == ["ddpm-lottery"]:
+                commands.append([w for word in words[1:] for w in (common_args if word == "$COMMON" else [word])])
+    assert len(commands) >= 20
+    for args in commands:
+        if ">" in args:
+            args = args[:args.index(">")]
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+            try:
+                parser.parse_args(args)
+            except SystemExit as exit:
+                assert exit.code == 0, f"ddpm-lottery {shlex.join(args)}: {err.getvalue().strip()}"
