@@ -535,3 +535,9 @@ def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_
     # one seed: its bootstrap is the interval itself, so there is nothing more to say
     single = paired_difference([(record(50.0), record(40.0))], 0.95)
     assert single.verdict() == "worse" and _every_seed_agrees({"domain": single.as_dict()}) == ""
+
+
+def test_the_run_nothing_options_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["study", "quickstart", "--dry-run", "--report-only"])
+    assert exit.value.code == 2 and "not allowed with argument --dry-run" in capsys.readouterr().err

@@ -373,13 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "then the findings table. Finished work is reused; a killed study resumes.")
     study.add_argument("file", help="study file (TOML or YAML with a [study] table), or the name of a shipped study: "
                                     "quickstart, cpu-digits")
-    study.add_argument("--show", action="store_true", help="print the study file (e.g. to copy a shipped one) and exit")
     study.add_argument("--out", metavar="DIR", help="study folder [default: runs/<study name>]")
-    study.add_argument("--dry-run", action="store_true",
-                       help="print the plan and its estimated cost on this device, and run nothing")
-    study.add_argument("--report-only", action="store_true",
-                       help="write the findings and the report of what is finished, and run nothing (e.g. while "
-                            "other processes run the study)")
+    only = study.add_mutually_exclusive_group()  # each of these runs nothing, and each does something else
+    only.add_argument("--show", action="store_true", help="print the study file (e.g. to copy a shipped one) and exit")
+    only.add_argument("--dry-run", action="store_true",
+                      help="print the plan and its estimated cost on this device, and run nothing")
+    only.add_argument("--report-only", action="store_true",
+                      help="write the findings and the report of what is finished, and run nothing (e.g. while "
+                           "other processes run the study)")
     study.add_argument("--data-dir", metavar="DIR", help="where the study's dataset files are (every run reads them)")
     study.add_argument("--device", help="cpu, cuda, cuda:N or auto [default: the study file's, else auto]")
     study.add_argument("--no-progress", action="store_true", help="no progress bar")
