@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -253,3 +254,13 @@ def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
     save_tensors(tmp_path / "s.safetensors", {"values.w": torch.ones(2), "mask.w": torch.ones(1, dtype=torch.uint8)})
     with pytest.raises(UserError, match="lacks the shape or mask of w; re-export"):
         load_sparse(tmp_path / "s.safetensors")
+
+
+def test_a_corrupt_cka_result_says_to_delete_its_folder(tmp_path):
+    from ddpm_lottery.runs import CkaFolder
+
+    folder = CkaFolder(tmp_path / "cka" / "level_01")
+    folder.dir.mkdir(parents=True)
+    folder.summary.write_text("garbage")
+    with pytest.raises(UserError, match=rf"corrupt \(not valid JSON\); delete {re.escape(str(folder.dir))} and re-run"):
+        folder.read_summary()

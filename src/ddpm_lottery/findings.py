@@ -436,7 +436,7 @@ def cka_findings(collection: Collection) -> list[dict]:
 
     by_level: dict[str, list[tuple[dict, list[dict]]]] = {}
     for folder in collection.cka:
-        summary = read_json(folder.summary, "CKA result")
+        summary = folder.read_summary()
         if "halves" in summary:
             try:
                 rows = read_csv(folder.table)

@@ -254,7 +254,7 @@ def figure_one_of_pairs(cka_dirs: list[str | Path], path: Path) -> Path | None:
     sparsities: dict[int, float] = {}
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
-        summary = read_json(cka.summary, "CKA result", "run the study again to recompute it")
+        summary = cka.read_summary()
         tables.setdefault(summary["level"], []).append(read_csv(cka.table))
         sparsities[summary["level"]] = summary["sparsity"][0]
     if not tables:
@@ -363,7 +363,7 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
             "the upstream and downstream halves the findings' (d) compares.</p>")))
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
-        summary = read_json(cka.summary, "CKA result", "run ddpm-lottery cka first")
+        summary = cka.read_summary()
         sections.append(("Figure 1: similarity of two tickets (CKA)", embed_png(cka.figure) + (
             f"<p class=note>{html.escape(summary['caption'])}. Mean weight CKA (RBF) over the upstream half of the "
             f"layers: {summary['mean_weight_cka_rbf_first_half']:.3f}; downstream half: "

@@ -194,6 +194,11 @@ class CkaFolder:
     def summary(self) -> Path:
         return self.dir / "cka.json"
 
+    def read_summary(self) -> dict:
+        """cka.json; missing or corrupt, the folder is recomputed whole (a study skips a pair whose folder exists)."""
+        return read_json(self.summary, "CKA result", f"delete {self.dir} and re-run the command that writes it "
+                                                     "(`ddpm-lottery study` or `ddpm-lottery cka`)")
+
     @property
     def figure(self) -> Path:
         return self.dir / "figure1.png"
