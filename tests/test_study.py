@@ -535,6 +535,9 @@ def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_
     # one seed: its bootstrap is the interval itself, so there is nothing more to say
     single = paired_difference([(record(50.0), record(40.0))], 0.95)
     assert single.verdict() == "worse" and _every_seed_agrees({"domain": single.as_dict()}) == ""
+    # records without matching resamples: no interval, so no verdict, rather than a crash
+    bare = paired_difference([({"value": 50.0}, {"value": 40.0, "replicates": [40.0]})], 0.95)
+    assert bare.value == 10.0 and bare.verdict() == NOT_SEPARABLE
 
 
 def test_the_run_nothing_options_exclude_each_other(capsys):

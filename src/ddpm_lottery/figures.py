@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -146,8 +147,6 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
         ax.set_ylabel(f"{label} ↓" + (" (log scale)" if logarithmic else ""))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5)
-    import textwrap
-
     fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -200,8 +199,6 @@ def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -
                        rotation=90, fontsize=6)
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
-    import textwrap
-
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # a long run label must not run off the figure
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

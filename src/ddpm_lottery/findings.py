@@ -184,8 +184,10 @@ def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Diff
         return Difference(*t_interval(values, confidence), len(values), f"t over {len(values)} seeds",
                           seeds_better=sum(1 for i in own if i and i[1] < 0),
                           seeds_worse=sum(1 for i in own if i and i[0] > 0))
-    low, high = _seed_bootstrap(*pairs[0], confidence)
-    return Difference(mean, low, high, 1, f"paired bootstrap, {len(pairs[0][0]['replicates'])} resamples, one seed")
+    interval = _seed_bootstrap(*pairs[0], confidence)
+    if interval is None:  # records without matching resamples: one seed then says nothing beyond its value
+        return Difference(mean, -math.inf, math.inf, 1, "one seed, no matching bootstrap resamples")
+    return Difference(mean, *interval, 1, f"paired bootstrap, {len(pairs[0][0]['replicates'])} resamples, one seed")
 
 
 def _seed_bootstrap(a: dict, b: dict, confidence: float) -> tuple[float, float] | None:

@@ -770,20 +770,20 @@ class _Measuring:
         if not Run.is_run(path):
             return
         run = Run.open(path)
-        levels = [i for i in planned.measured_levels if i in run.finished_levels()]
-        if not levels:
+        finished = [i for i in planned.levels if i in run.finished_levels()]
+        levels = [i for i in planned.measured_levels if i in finished]
+        if not finished:
             return
         try:
             with run.lock():
-                for index in set(planned.levels) & set(run.finished_levels()) - set(levels):
-                    # a level measured elsewhere (a shared dense model) still gets its own costs and sparse
-                    # export, should the copy have been killed before writing them
-                    if run.level(index).has_weights(config.sampling.weights):
-                        stored_costs(run.level(index))
-                for index in list(levels):
+                for index in finished:
                     level = run.level(index)
                     if level.has_weights(config.sampling.weights):
-                        stored_costs(level)  # FLOPs, parameters, storage: seconds, read by the report
+                        # FLOPs, parameters, storage: seconds, read by the report; a level measured elsewhere (a
+                        # shared dense model's copy) gets them too, should its copy have been killed before them
+                        stored_costs(level)
+                        continue
+                    if index not in levels:
                         continue
                     # a level whose weights are gone: what it has measured stands; the rest waits, and the study
                     # goes on with every other level
