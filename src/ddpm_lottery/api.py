@@ -26,6 +26,7 @@ from .errors import UserError
 from .figures import save_grid
 from .files import make_dirs, write_json
 from .runs import Run, SampleFolder
+from .kernels.install import install_kernels, kernel_record
 from .launch import resolve_device
 
 
@@ -223,14 +224,24 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return Run.open(run_dir).config
 
 
-def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema"):
+def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema", kernels: str = "dense",
+                 log=print):
     """The network of a run's level (default: the last finished) with its trained weights, on the CPU.
 
-    A channel ticket comes back compacted (EMA weights): the smaller network that computes the same."""
+    A channel ticket comes back compacted (EMA weights): the smaller network that computes the same.
+    ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
+    ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict."""
+    from .config import RuntimeConfig, check_config
+
     chosen = Run.open(run_dir).pick_level(level)
     if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():
         return chosen.compact_network()
-    return chosen.network(weights)
+    network = chosen.network(weights)
+    runtime = RuntimeConfig()
+    runtime.kernels = kernels
+    check_config(runtime)
+    install_kernels(network, runtime, log=log, what=chosen.label())
+    return network
 
 
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
@@ -256,6 +267,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     else:
         level = run.pick_level(config.sample.level)
     model = level.network(sampling.weights).to(device)
+    kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
         f"{'-unclipped' if unclipped(sampling) else ''}")
@@ -284,12 +296,12 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
             "clip_sample": not unclipped(sampling) if sampling.sampler != "dpm-solver++" else None,
             "num_samples": num_samples,
             "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
-            "images_per_s": num_samples / wall, "device": str(device)}
+            "images_per_s": num_samples / wall, "device": str(device), **kernel_record(model, kernels)}
     if hasattr(model, "accounting"):
         info["stages"] = model.accounting()
     write_json(folder.info, info)
     log(f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
-        f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s)")
+        f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s, {info['kernels']})")
     for row in info.get("stages", []):
         log(f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s, "
             f"{row['flops'] / 1e9:.3g} GFLOPs ({row['flops_per_image_call'] / 1e6:.3g} MFLOPs per image and call)")

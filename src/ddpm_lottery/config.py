@@ -254,6 +254,12 @@ class RuntimeConfig(Section):
                           "and evaluations to TensorBoard (RUN/tensorboard) or Weights & Biases (RUN/wandb; offline "
                           "unless WANDB_API_KEY or WANDB_MODE say otherwise); metrics.jsonl stays the record",
                           choices=("none", "tensorboard", "wandb"), hashed=False)
+    kernels: str = setting("auto", "how unstructured tickets compute: sparse (numba kernels over the surviving "
+                           "weights, CPU float32), dense (PyTorch's), or auto (whichever this machine timed faster "
+                           "per layer, once; dense on CUDA). Training takes auto as dense: its choice must not depend "
+                           "on a timing", choices=("auto", "sparse", "dense"), hashed=False)
+    kernel_cache: str | None = setting(None, "folder of this machine's per-layer kernel timings "
+                                       "[default: ~/.cache/ddpm-lottery/kernels]", hashed=False)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from .metrics import (
     extract_features, fid_kid, frechet_bootstrap, percentile_interval, reference_features, reference_images,
 )
 from .runs import Level, Run
+from .kernels.install import install_kernels, kernel_record
 from .launch import resolve_device
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
@@ -121,15 +122,18 @@ def centred_interval(value: float, replicates: list[float], confidence: float) -
 
 
 def generate(level: Level, config: EvalConfig, device: torch.device, progress: bool,
-             parts: Path | None = None) -> torch.Tensor:
+             parts: Path | None = None, log=print) -> tuple[torch.Tensor, dict]:
     """The level's N images (uint8), sampled with the protocol's sampler and seed.
 
     With ``parts``, every finished batch is kept in that folder, so a killed evaluation resumes at the batch it
     was drawing (DDPM 1,000 steps at N = 50,000 takes hours even on a GPU). Batches are the same whether drawn
     at once or in parts: each image has its own noise generator, and a batch holds the same images either way.
+    Also returns how they were drawn: the seconds, and the kernels that ran (``--kernels``).
     """
     sampling = config.sampling
     model = level.network(sampling.weights).to(device)
+    kernels = install_kernels(model, config.runtime, log=log, what=level.label())
+    started = time.perf_counter()
     total, batch, steps = config.eval.num_samples, sampling.sample_batch_size, sampling_steps(sampling)
     bar = tqdm(total=steps * -(-total // batch), disable=not progress, desc=f"{level.label()}: sampling", unit="call",
                leave=True)
@@ -152,7 +156,8 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
         bar.update((first // batch + 1) * steps - bar.n)  # a batch read back counts as drawn
         drawn.append(images)
     bar.close()
-    return torch.cat(drawn)
+    info = {"sampling_wall_time_s": time.perf_counter() - started, **kernel_record(model, kernels)}
+    return torch.cat(drawn), info
 
 
 def _stored_part(path: Path | None, count: int) -> torch.Tensor | None:
@@ -214,6 +219,7 @@ class Evaluator:
         self.device = resolve_device(config.runtime.device)
         self._extractor = extractor
         self._cache: dict[tuple, object] = {}
+        self.drawn: dict[str, dict] = {}  # level folder -> how its images were just drawn (seconds, kernels)
         self.sampling = sampling_protocol(config)
 
     # -- shared resources, loaded on first use ---------------------------------------------------
@@ -325,7 +331,8 @@ class Evaluator:
             except (OSError, ValueError, KeyError):
                 pass  # damaged: drawn again (seeded, so the same images) and replaced
         parts = path.with_name(f".{path.stem}.parts")
-        images = generate(level, self.config, self.device, self.progress, parts=parts)
+        images, self.drawn[str(level.dir)] = generate(level, self.config, self.device, self.progress, parts=parts,
+                                                      log=self.log)
         save_samples(path, images)
         shutil.rmtree(parts, ignore_errors=True)
         return images
@@ -345,6 +352,8 @@ class Evaluator:
         if measure == "loss":
             images, _ = self._heldout(level.run)
             model = level.network(self.config.sampling.weights).to(self.device)
+            extra.update(kernel_record(model, install_kernels(model, self.config.runtime, log=self.log,
+                                                               what=level.label())))
             per_image = denoising_loss_by_band(model, level.run.config.diffusion, to_model_range(images),
                                                bands=scoring.loss_bands, seed=self.config.sampling.sample_seed,
                                                device=self.device)
@@ -375,6 +384,8 @@ class Evaluator:
                 extra = {"fd": value}
             replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
         low, high = centred_interval(value, replicates, scoring.confidence)
+        if measure != "loss":  # the seconds and kernels of the images, when this measure drew them
+            extra.update(self.drawn.pop(str(level.dir), {}))
         record = {"key": key, "measure": measure, **level.record_fields(), "value": value, "interval": [low, high],
                   "confidence": scoring.confidence, "replicates": replicates, "protocol": spec, **extra,
                   "wall_time_s": time.perf_counter() - started, "device": str(self.device),

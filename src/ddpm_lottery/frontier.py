@@ -29,6 +29,7 @@ import torch
 from .config import EvalConfig, FrontierConfig, SamplingConfig, to_dict
 from .errors import UserError
 from .files import make_dirs, write_json, write_text
+from .kernels.install import install_kernels, kernel_record
 from .runs import Level, Run, level_name
 
 
@@ -51,6 +52,7 @@ class Point:
     pareto_seconds: bool = False
     pareto_flops: bool = False
     sparsity: float | None = None
+    kernels: str = ""  # which kernels the timed networks ran
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -173,18 +175,23 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         records[id(point)] = record
 
     # networks: time each once, count its FLOPs once
-    networks, flops, effective = {}, {}, {}
+    networks, flops, effective, kernel_reports = {}, {}, {}, {}
+
+    sparse_kernels = config.runtime.kernels != "dense" and device.type == "cpu"
 
     def network_key(level: Level) -> str:
-        # an unstructured ticket runs the dense architecture with dense kernels: it is timed as level 0
-        timed_as = level.index if level.compact_path.exists() else 0
+        # an unstructured ticket with dense kernels computes as the dense architecture: it is timed as level 0;
+        # with the sparse kernels (--kernels auto or sparse) it is timed as itself
+        timed_as = level.index if level.compact_path.exists() or sparse_kernels else 0
         return f"{level.run.root}::{timed_as}"
 
     for point, level in planned:
         for member in (level.levels if isinstance(level, StagedLevel) else [level]):
             key = network_key(member)
             if key not in networks:
-                networks[key] = stage_network(member.run.level(int(key.rsplit("::", 1)[1])), config.sampling.weights)
+                timed = member.run.level(int(key.rsplit("::", 1)[1]))
+                networks[key] = stage_network(timed, config.sampling.weights)
+                kernel_reports[key] = install_kernels(networks[key], config.runtime, log=log, what=timed.label())
                 flops[key] = layer_flops(networks[key])[0]
             if member.compact_path.exists() or member.index == 0:
                 effective[_level_key(member)] = flops[key]
@@ -211,8 +218,11 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         point.effective_flops_per_sample = sum(calls * effective[_level_key(m)] for m, calls in members)
         calls = sum(c for _, c in members)
         point.flop_ratio = dense_call_flops[point.run] * calls / point.effective_flops_per_sample
-        point.extra = {"calls": calls, "networks": [{"level": m.index, "calls": c, "seconds_per_call": seconds[network_key(m)]}
-                                                    for m, c in members]}
+        point.extra = {"calls": calls, "networks": [
+            {"level": m.index, "calls": c, "seconds_per_call": seconds[network_key(m)],
+             "kernels": kernel_record(networks[network_key(m)], kernel_reports[network_key(m)])["kernels"]}
+            for m, c in members]}
+        point.kernels = "; ".join(sorted({n["kernels"] for n in point.extra["networks"]}))
     points = [p for p, _ in planned]
     _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
     _mark_pareto(points, "effective_flops_per_sample", "pareto_flops")
@@ -222,7 +232,7 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     make_dirs(folder.dir)
     how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
            f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
-           f"{torch.get_num_threads()} threads" + ("" if load is None else
+           f"{torch.get_num_threads()} threads, --kernels {config.runtime.kernels}" + ("" if load is None else
                                                     f", machine load {load:.1f} on {os.cpu_count()} cores"))
     result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
               "timing_batch": batch, "machine_load": load, "settings": to_dict(config)}
@@ -295,13 +305,14 @@ def markdown(points: list[Point], reference: dict[str, Point], how: str, confide
     against = f"dense ddpm {baseline.steps}" if baseline else "dense ddpm"
     lines = [f"Quality against cost ({how}). Lower is better; × is the measured speed-up over the run's dense model "
              f"with DDPM ({against}); the FLOP ratio is the physical limit of a network's speed-up "
-             "per call over the dense model (effective FLOPs for unstructured tickets, which run dense kernels).", "",
+             "per call over the dense model (effective FLOPs for unstructured tickets: a layer's FLOPs times its density). "
+             "The kernels column says which ran.", "",
              "The two difference columns are this point's quality minus the dense model's (with the same sampler and "
              f"steps, and with DDPM), paired-bootstrap {confidence:.0%} intervals, and whether that is better, worse or "
              "not separable.", "",
              f"| point | quality [{confidence:.0%} interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | "
-             f"− dense, same sampler | − {against} | Pareto |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"− dense, same sampler | − {against} | Pareto | kernels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.run, p.seconds_per_sample)):
         ref = reference.get(p.run)
         speed = f"{ref.seconds_per_sample / p.seconds_per_sample:.1f}×" if ref else "–"
@@ -309,7 +320,7 @@ def markdown(points: list[Point], reference: dict[str, Point], how: str, confide
         lines.append(f"| {p.label} | {p.value:.4g} [{p.interval[0]:.4g}, {p.interval[1]:.4g}] | "
                      f"{p.seconds_per_sample:.4g} | {speed} | {p.effective_flops_per_sample / 1e9:.3g} | "
                      f"{p.flop_ratio:.2f}× | {_cell(p.extra.get('vs_dense_same_sampler'))} | "
-                     f"{_cell(p.extra.get('vs_dense_ddpm'))} | {front} |")
+                     f"{_cell(p.extra.get('vs_dense_ddpm'))} | {front} | {p.kernels or '–'} |")
     return "\n".join(lines) + "\n"
 
 

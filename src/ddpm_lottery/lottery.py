@@ -34,7 +34,7 @@ from .pruning import (
 from .launch import Processes, setup_processes
 from .runs import Level, Run
 from .tracking import Tracking
-from .training import MaskedTraining, StepHooks, Trainer, load_run_images
+from .training import StepHooks, Trainer, load_run_images
 
 
 def settings_of(config: LotteryConfig) -> PruneSettings:
@@ -573,7 +573,7 @@ class Lottery(LevelTrainer):
             shapes = {n: tuple(p.shape) for n, p in trainer.model.named_parameters()}
             masks = {**masks, **parameter_masks(self.groups, channels, shapes)}
             install_kept_norms(trainer.model, self.groups, channels)
-        trainer.hooks = MaskedTraining(trainer.model, masks)
+        trainer.use_masks(masks)
         if trainer.resume():
             self.log(f"level {index}: resuming at step {trainer.step}")
         else:
@@ -746,7 +746,7 @@ class RangeTuning(LevelTrainer):
                 shapes = {n: tuple(p.shape) for n, p in trainer.model.named_parameters()}
                 every.update(parameter_masks(self.groups, channels, shapes))
                 install_kept_norms(trainer.model, self.groups, channels)
-            trainer.hooks = MaskedTraining(trainer.model, every)
+            trainer.use_masks(every)
             if trainer.resume():
                 self.log(f"resuming at step {trainer.step}")
             else:

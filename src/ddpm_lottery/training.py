@@ -146,6 +146,8 @@ class Trainer:
         self.data = self.images.images.to(self.device)
         self.flip = self.images.flip if config.data.flip is None else config.data.flip
         self.step = 0
+        self.kernels = "dense"  # which kernels the forward and backward passes run (use_masks may change it)
+        self.kernels_before: tuple[str, int] | None = None  # what a resumed checkpoint's sessions ran, to its step
         self.wall_before = 0.0  # training seconds of earlier sessions of this level (from its checkpoint)
         self.session_started = time.perf_counter()
         accelerator = self.processes.accelerator
@@ -156,6 +158,18 @@ class Trainer:
         self.scaler = getattr(accelerator, "scaler", None)
         if tc.compile:
             self.wrapped = torch.compile(self.wrapped)
+
+    def use_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Train a ticket: pruned weights stay zero, with the kernels ``--kernels`` names (auto: dense).
+
+        The choice is recorded with the level (``training.kernels``): the sparse kernels round differently
+        in the last bits, and a level's numbers must say which produced them."""
+        from .kernels.install import install_kernels
+
+        self.hooks = MaskedTraining(self.model, masks)
+        report = install_kernels(self.model, self.config.runtime, log=self.log, training=True, masks=masks,
+                                 what=self.description)
+        self.kernels = "sparse" if report.sparse_layers and not report.unavailable else "dense"
 
     def _check_image_size(self) -> None:
         data_size = self.images.images.shape[-1]
@@ -228,7 +242,7 @@ class Trainer:
                  "learning_rate_next_step": learning_rate(self.config.train, self.step),
                  "data_position": {"epoch": epoch, "offset": offset},
                  "random_state": "derived: generators seeded by (seed_data, step)",
-                 "config_hash": config_hash(self.config), "time": time.time(),
+                 "config_hash": config_hash(self.config), "time": time.time(), "kernels": self.kernels_so_far(),
                  "wall_time_s": self.wall_time()}
         self.checkpoints.save(self.step, self.state_tensors(), state, keep=self.config.train.keep_checkpoints)
 
@@ -246,6 +260,7 @@ class Trainer:
                             "use a new --out folder")
         self.load_state_tensors(tensors, state)
         self.wall_before = float(state.get("wall_time_s", 0.0))
+        self.kernels_before = (str(state.get("kernels", "dense")), self.step)
         if self.processes.is_main:
             truncate_jsonl(self.level.log_path, self.step)
         return True
@@ -369,7 +384,16 @@ class Trainer:
         finally:
             bar.close()
         return {**self.log_summary(), "steps": until, "trained_steps": until - first_step,
-                "wall_time_s": self.wall_time()}
+                "wall_time_s": self.wall_time(), "kernels": self.kernels_so_far()}
+
+    def kernels_so_far(self) -> str:
+        """The kernels this level trained with; a resume that changed them says where."""
+        if self.kernels_before is None or self.kernels_before[0] == self.kernels:
+            return self.kernels
+        before, step = self.kernels_before
+        if before.endswith(f", then {self.kernels}"):
+            return before
+        return f"{before} to step {step}, then {self.kernels}"
 
     def wall_time(self) -> float:
         """Seconds this level has trained, over every session that worked on it."""

@@ -1,0 +1,224 @@
+"""Layers that run a ticket's surviving weights only, and the swap that installs them.
+
+:func:`use_kernels` replaces each ``Conv2d``/``Linear`` of a network by a :class:`SparseConv2d` or
+:class:`SparseLinear` that *shares its parameters*: the same ``weight`` and ``bias`` objects under
+the same names, so ``state_dict``, the optimizer, the EMA, checkpoints and exports see exactly the
+network they saw before.  Each forward gathers the surviving values from ``weight`` (a few thousand
+floats) and runs the sparse kernel; autograd carries their gradient back into ``weight`` at the
+surviving positions, and zeros elsewhere, which is what a masked dense network's gradient is.
+
+A layer decides per input signature (its input's shape) which kernel runs:
+
+- ``sparse``: the sparse kernel wherever it can run (float32 on the CPU, outside autocast);
+- ``dense``: PyTorch's own kernel;
+- ``auto``: whichever a :class:`~ddpm_lottery.kernels.tuning.KernelTuner` measured faster on this
+  machine for this shape, density and batch (timed once, cached on disk).
+
+Where the sparse kernel cannot run (a CUDA tensor, half precision, a grouped convolution), the
+layer runs dense, and the conversion's :class:`KernelReport` says which layers and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .planes import Geometry, Structure, conv_geometry, from_output, linear_geometry, structure, supported, to_planes
+
+KernelChoice = Literal["auto", "sparse", "dense"]
+KERNEL_CHOICES: tuple[str, ...] = ("auto", "sparse", "dense")
+
+
+class _SparseMixin:
+    """What the two sparse layer kinds share: the structure cache and the choice of kernel."""
+
+    choice: str
+    keep: torch.Tensor | None
+    tuner: object | None
+    layer_name: str
+
+    def _setup(self, choice: str, keep: torch.Tensor | None, tuner, name: str) -> None:
+        self.choice, self.keep, self.tuner, self.layer_name = choice, keep, tuner, name
+        self._structures: dict[tuple, Structure] = {}
+        self._decisions: dict[tuple, str] = {}
+        self.last_kernel = "dense"
+
+    def _mask(self) -> torch.Tensor:
+        return self.keep if self.keep is not None else self.weight.detach() != 0
+
+    def _sparse_runnable(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu"))
+
+    def _layout(self, x: torch.Tensor) -> tuple[Geometry, Structure]:
+        geometry = self._geometry(x)
+        # a convolution's (plane, offset) pairs depend on its input's width; a Linear's on nothing
+        key = tuple(x.shape[-2:]) if geometry.kind == "conv" else ()
+        if key not in self._structures:
+            self._structures[key] = _build_structure(self._mask(), geometry)
+        return geometry, self._structures[key]
+
+    def _kernel_for(self, x: torch.Tensor) -> str:
+        if self.choice == "dense" or not self._sparse_runnable(x):
+            return "dense"
+        if self.choice == "sparse":
+            return "sparse"
+        signature = tuple(x.shape)
+        if signature not in self._decisions:
+            self._decisions[signature] = self.tuner.choose(self, x) if self.tuner is not None else "dense"
+        return self._decisions[signature]
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        geometry, s = self._layout(x)
+        values = self.weight.reshape(-1)[s.flat_index]
+        bias = self.bias if self.bias is not None else x.new_zeros(self.weight.shape[0])
+        if geometry.kind == "conv":
+            return torch.ops.ddpm_lottery.sparse_conv2d(
+                x.contiguous(), values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order,
+                s.column_row, s.column_offset, geometry.conv_arguments())
+        out = torch.ops.ddpm_lottery.sparse_gather(
+            to_planes(x, geometry), values, bias, s.indptr, s.plane, s.offset, s.column_indptr,
+            s.column_order, s.column_row, s.column_offset,
+            [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols])
+        return from_output(out, geometry, x)
+
+    def forward_with(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
+        """The layer's output by the named kernel (the tuner times both through this)."""
+        return self._sparse(x) if kernel == "sparse" else self._dense(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_kernel = self._kernel_for(x)
+        return self.forward_with(x, self.last_kernel)
+
+    def density(self) -> float:
+        return float(self._mask().float().mean())
+
+    def refresh(self, keep: torch.Tensor | None = None) -> None:
+        """Forget the structures (the mask changed: a new level); ``keep`` replaces the mask if given."""
+        if keep is not None:
+            self.keep = keep
+        self._structures.clear()
+        self._decisions.clear()
+
+
+@torch.compiler.disable
+def _build_structure(keep: torch.Tensor, geometry: Geometry) -> Structure:
+    # data-dependent index building, once per layer and input size: torch.compile leaves it to eager mode
+    return structure(keep, geometry)
+
+
+class SparseConv2d(_SparseMixin, torch.nn.Conv2d):
+    def _geometry(self, x: torch.Tensor) -> Geometry:
+        return conv_geometry(self, x.shape[-2], x.shape[-1])
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.Conv2d.forward(self, x)
+
+
+class SparseLinear(_SparseMixin, torch.nn.Linear):
+    def _geometry(self, x: torch.Tensor) -> Geometry:
+        return linear_geometry(self.in_features, x.numel() // x.shape[-1])
+
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _swap(module: torch.nn.Module, cls: type) -> torch.nn.Module:
+    """A ``cls`` instance holding the very same parameters, buffers and hooks as ``module``."""
+    swapped = cls.__new__(cls)
+    swapped.__dict__.update({key: (value.copy() if isinstance(value, dict) else value)
+                             for key, value in module.__dict__.items()})
+    return swapped
+
+
+@dataclass
+class KernelReport:
+    """What :func:`use_kernels` installed: the sparse layers, and the layers left dense with the reason."""
+
+    choice: str
+    sparse_layers: list[str] = field(default_factory=list)
+    dense_layers: dict[str, str] = field(default_factory=dict)  # name -> why
+    unavailable: str | None = None  # why no sparse kernel can run at all (no numba, a CUDA device)
+    setup_seconds: float = 0.0  # the swap, and the JIT's compilation (or loading from its disk cache)
+    tuner: object | None = None
+
+    def summary(self) -> str:
+        """One line for logs and records: which kernel the layers run."""
+        if self.choice == "dense":
+            return "kernels: dense (PyTorch's)"
+        if self.unavailable:
+            return f"kernels: dense, because {self.unavailable}"
+        text = f"kernels: {self.choice}, {len(self.sparse_layers)} layers with the sparse kernel"
+        if self.dense_layers:
+            reasons = sorted(set(self.dense_layers.values()))
+            text += f", {len(self.dense_layers)} dense ({'; '.join(reasons)} not supported)"
+        return text
+
+
+def jit_unavailable() -> str | None:
+    """Why the JIT kernels cannot load here (numba missing or broken), or None."""
+    try:
+        from . import jit, ops  # noqa: F401  (registers the operators)
+
+        jit.warm_up()  # compiles on a machine's first use, then loads from numba's disk cache
+    except Exception as exc:  # a broken numba/llvmlite install raises more than ImportError
+        return f"the sparse kernels' JIT (numba) could not load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
+
+
+def sparse_layers(model: torch.nn.Module) -> list[tuple[str, _SparseMixin]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, _SparseMixin)]
+
+
+def use_kernels(model: torch.nn.Module, choice: str, *, masks: dict[str, torch.Tensor] | None = None,
+                tuner=None, device: torch.device | str | None = None) -> KernelReport:
+    """Install the sparse layers in ``model`` (in place) and say what was installed.
+
+    ``masks`` (weight name -> boolean keep mask) fixes each layer's surviving weights, as training needs
+    (a surviving weight may pass through zero); without them, the nonzero weights survive, which is exact
+    for inference.  Only layers whose weight has a mask, or some zero, are converted.
+    """
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, not {choice!r}")
+    report = KernelReport(choice)
+    if choice == "dense":
+        return report
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type != "cpu":
+        report.unavailable = f"the sparse kernels run on the CPU only (this is {device.type})"
+        return report
+    report.unavailable = jit_unavailable()
+    if report.unavailable:
+        return report
+    names = {id(module): name for name, module in model.named_modules()}
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)) or isinstance(child, _SparseMixin):
+                continue
+            name = names[id(child)]
+            keep = masks.get(f"{name}.weight") if masks is not None else None
+            if masks is not None and keep is None:
+                continue  # not a prunable tensor of this ticket
+            if keep is None and bool((child.weight != 0).all()):
+                continue  # a dense layer: nothing to skip
+            why = supported(child)
+            if why is not None:
+                report.dense_layers[name] = why
+                continue
+            swapped = _swap(child, SparseConv2d if isinstance(child, torch.nn.Conv2d) else SparseLinear)
+            swapped._setup(choice, None if keep is None else keep.to(torch.bool), tuner, name)
+            setattr(parent, child_name, swapped)
+            report.sparse_layers.append(name)
+    return report
+
+
+def kernels_used(model: torch.nn.Module) -> dict[str, int]:
+    """How many layers ran each kernel in the last forward pass."""
+    counts: dict[str, int] = {}
+    for _, layer in sparse_layers(model):
+        counts[layer.last_kernel] = counts.get(layer.last_kernel, 0) + 1
+    return counts

@@ -1,0 +1,276 @@
+"""The sparse kernels: equal to the masked dense network, forward and backward, for every layer kind."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from ddpm_lottery.config import ModelConfig, RuntimeConfig
+from ddpm_lottery.kernels.install import install_kernels, kernel_record
+from ddpm_lottery.kernels.layers import SparseConv2d, SparseLinear, kernels_used, sparse_layers, use_kernels
+from ddpm_lottery.kernels.tuning import KernelTuner
+from ddpm_lottery.networks import build_model
+
+pytest.importorskip("numba")
+
+LAYERS = {
+    "conv3x3": lambda: torch.nn.Conv2d(8, 12, 3, padding=1),
+    "conv3x3-stride2": lambda: torch.nn.Conv2d(8, 12, 3, stride=2, padding=1),
+    "conv3x3-stride2-unpadded": lambda: torch.nn.Conv2d(8, 12, 3, stride=2, padding=0),  # diffusers' padding=0
+    "conv1x1": lambda: torch.nn.Conv2d(8, 12, 1),
+    "conv3x3-unpadded": lambda: torch.nn.Conv2d(8, 12, 3),
+    "conv1x1-no-bias": lambda: torch.nn.Conv2d(8, 12, 1, bias=False),
+    "linear": lambda: torch.nn.Linear(20, 7),
+    "linear-no-bias": lambda: torch.nn.Linear(20, 7, bias=False),
+}
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _pruned(module: torch.nn.Module, sparsity: float, seed: int = 0) -> torch.Tensor:
+    keep = torch.rand(module.weight.shape, generator=torch.Generator().manual_seed(seed)) >= sparsity
+    with torch.no_grad():
+        module.weight.mul_(keep)
+    return keep
+
+
+def _prune_network(model: torch.nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+    masks = {}
+    for index, (name, module) in enumerate(model.named_modules()):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            masks[f"{name}.weight"] = _pruned(module, sparsity, seed=index)
+    return masks
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+@pytest.mark.parametrize("batch", [1, 5])
+def test_every_layer_kind_equals_the_masked_dense_layer_forward_and_backward(kind, batch):
+    torch.manual_seed(0)
+    layer = LAYERS[kind]()
+    keep = _pruned(layer, 0.8)
+    dense = copy.deepcopy(layer)
+    model = torch.nn.Sequential(layer)
+    report = use_kernels(model, "sparse", masks={"0.weight": keep})
+    assert report.sparse_layers == ["0"] and isinstance(model[0], (SparseConv2d, SparseLinear))
+    x = torch.randn(batch, 8, 10, 10) if isinstance(layer, torch.nn.Conv2d) else torch.randn(batch, 3, 20)
+    x_sparse, x_dense = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_sparse, out_dense = model(x_sparse), dense(x_dense)
+    assert model[0].last_kernel == "sparse"
+    assert out_sparse.shape == out_dense.shape
+    assert _relative(out_sparse, out_dense) < 1e-5
+    upstream = torch.randn_like(out_dense)
+    (out_sparse * upstream).sum().backward()
+    (out_dense * upstream).sum().backward()
+    assert _relative(x_sparse.grad, x_dense.grad) < 1e-5
+    # the weight gradient of a masked dense network, and exact zeros where the mask removed weights
+    assert _relative(model[0].weight.grad, dense.weight.grad * keep) < 1e-5
+    assert bool((model[0].weight.grad[~keep] == 0).all())
+    if dense.bias is not None:
+        assert _relative(model[0].bias.grad, dense.bias.grad) < 1e-5
+
+
+def test_the_swapped_layer_shares_its_parameters_and_state_dict():
+    model = build_model(ModelConfig(preset="tiny"), 1)
+    masks = _prune_network(model, 0.5)
+    before = {name: id(p) for name, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    report = use_kernels(model, "sparse", masks=masks)
+    assert len(report.sparse_layers) == len(masks)
+    assert {name: id(p) for name, p in model.named_parameters()} == before
+    assert list(model.state_dict()) == keys  # no new persistent state: checkpoints and exports are unchanged
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_a_pruned_unet_equals_its_dense_kernels(preset, batch):
+    model = build_model(ModelConfig(preset=preset), 1).eval()
+    masks = _prune_network(model, 0.875)
+    dense = copy.deepcopy(model)
+    use_kernels(model, "sparse", masks=masks)
+    size = model.config.sample_size
+    x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = dense(x, t).sample, model(x, t).sample
+    assert kernels_used(model) == {"sparse": len(masks)}
+    assert _relative(got, expected) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 64])
+def test_the_ddpm_cifar10_unet_equals_its_dense_kernels(batch):
+    model = build_model(ModelConfig(preset="ddpm-cifar10"), 3).eval()
+    masks = _prune_network(model, 0.9)
+    dense = copy.deepcopy(model)
+    use_kernels(model, "sparse", masks=masks)
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = dense(x, t).sample, model(x, t).sample
+    assert kernels_used(model) == {"sparse": len(masks)}
+    assert _relative(got, expected) < 1e-5
+
+
+def test_the_training_gradient_of_a_pruned_unet_equals_the_masked_dense_one():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny"), 1)
+    masks = _prune_network(model, 0.75)
+    dense = copy.deepcopy(model)
+    use_kernels(model, "sparse", masks=masks)
+    x, t = torch.randn(6, 1, 28, 28), torch.randint(0, 1000, (6,))
+    model(x, t).sample.square().mean().backward()
+    dense(x, t).sample.square().mean().backward()
+    params = dict(model.named_parameters())
+    largest = max(float(p.grad.abs().max()) for p in dense.parameters())
+    for name, p in dense.named_parameters():
+        expected = p.grad * masks[name] if name in masks else p.grad
+        # each tensor at its own scale; a bias that a GroupNorm cancels has a true gradient of zero, and both
+        # networks give round-off there (1e-13): its scale is floored at 1e-4 of the largest gradient
+        scale = max(float(expected.abs().max()), 1e-4 * largest)
+        assert float((params[name].grad - expected).abs().max()) <= 1e-5 * scale, name
+
+
+def test_a_surviving_weight_at_zero_still_learns_when_the_mask_fixes_the_structure():
+    layer = torch.nn.Conv2d(2, 2, 3, padding=1)
+    keep = torch.ones_like(layer.weight, dtype=torch.bool)
+    with torch.no_grad():
+        layer.weight[0, 0, 1, 1] = 0.0  # survives the mask, but is zero now
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse", masks={"0.weight": keep})
+    model(torch.randn(1, 2, 5, 5)).sum().backward()
+    assert float(model[0].weight.grad[0, 0, 1, 1]) != 0.0
+
+
+def test_without_masks_only_layers_with_zeros_are_swapped_and_dense_choice_swaps_nothing():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3), torch.nn.Conv2d(2, 2, 3))
+    _pruned(model[1], 0.5)
+    assert use_kernels(copy.deepcopy(model), "dense").sparse_layers == []
+    assert use_kernels(model, "sparse").sparse_layers == ["1"]
+    assert type(model[0]) is torch.nn.Conv2d
+
+
+def test_unsupported_layers_stay_dense_and_say_why():
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Conv2d(4, 4, 3, dilation=2))
+    for layer in model:
+        _pruned(layer, 0.5)
+    lines = []
+    runtime = RuntimeConfig()
+    runtime.kernels = "sparse"
+    report = install_kernels(model, runtime, log=lines.append)
+    assert report.sparse_layers == [] and set(report.dense_layers) == {"0", "1"}
+    assert "grouped" in report.dense_layers["0"] and "dilated" in report.dense_layers["1"]
+    assert len(lines) == 1 and "run dense" in lines[0]
+    assert type(model[0]) is torch.nn.Conv2d
+
+
+def test_sparse_on_a_dense_network_says_so_in_one_line():
+    lines = []
+    runtime = RuntimeConfig()
+    runtime.kernels = "sparse"
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3))
+    report = install_kernels(model, runtime, log=lines.append, what="level 0 of RUN")
+    assert report.sparse_layers == []
+    assert lines == ["--kernels sparse: level 0 of RUN has no pruned weights; running PyTorch's dense kernels"]
+
+
+def test_a_broken_jit_falls_back_to_dense_in_one_line(monkeypatch):
+    from ddpm_lottery.kernels import jit
+
+    def broken():
+        raise RuntimeError("LLVM ERROR: simulated")
+
+    monkeypatch.setattr(jit, "warm_up", broken)
+    lines = []
+    runtime = RuntimeConfig()
+    runtime.kernels = "auto"
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3))
+    _pruned(model[0], 0.5)
+    report = install_kernels(model, runtime, log=lines.append)
+    assert report.sparse_layers == [] and type(model[0]) is torch.nn.Conv2d
+    assert len(lines) == 1 and "could not load" in lines[0] and "simulated" in lines[0]
+
+
+def test_half_precision_and_autocast_run_the_dense_kernel():
+    layer = torch.nn.Conv2d(2, 3, 3, padding=1)
+    _pruned(layer, 0.5)
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(1, 2, 4, 4))
+    assert model[0].last_kernel == "dense"
+    model(torch.randn(1, 2, 4, 4))
+    assert model[0].last_kernel == "sparse"
+
+
+def test_auto_times_each_layer_once_and_reads_the_choice_back_from_disk(tmp_path):
+    layer = torch.nn.Conv2d(8, 8, 3, padding=1)
+    _pruned(layer, 0.9)
+    model = torch.nn.Sequential(layer)
+    tuner = KernelTuner(tmp_path, repeats=2)
+    use_kernels(model, "auto", tuner=tuner)
+    x = torch.randn(2, 8, 6, 6)
+    expected = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1)
+    with torch.no_grad():
+        assert _relative(model(x), expected) < 1e-5
+        model(x)
+    assert tuner.tuned == 1 and tuner.tuning_seconds > 0
+    stored = json.loads(tuner.path.read_text())
+    (entry,) = stored["layers"].values()
+    assert entry["kernel"] in ("dense", "sparse") and entry["kernel"] == model[0].last_kernel
+    assert entry["dense_ms"] > 0 and entry["sparse_ms"] > 0
+    again = KernelTuner(tmp_path)
+    model2 = torch.nn.Sequential(copy.deepcopy(layer))
+    use_kernels(model2, "auto", tuner=again)
+    with torch.no_grad():
+        model2(x)
+    assert again.tuned == 0 and model2[0].last_kernel == entry["kernel"]
+
+
+def test_a_corrupt_timing_file_is_timed_again_not_fatal(tmp_path):
+    tuner = KernelTuner(tmp_path)
+    tuner.path.parent.mkdir(parents=True, exist_ok=True)
+    tuner.path.write_text("{not json")
+    lines = []
+    assert KernelTuner(tmp_path, log=lines.append).entries == {}
+    assert len(lines) == 1 and "unreadable" in lines[0]
+
+
+def test_a_record_says_which_kernels_ran():
+    model = build_model(ModelConfig(preset="tiny"), 1).eval()
+    masks = _prune_network(model, 0.5)
+    runtime = RuntimeConfig()
+    runtime.kernels = "sparse"
+    report = install_kernels(model, runtime, masks=masks)
+    with torch.no_grad():
+        model(torch.randn(1, 1, 28, 28), torch.tensor([10]))
+    record = kernel_record(model, report)
+    assert record["kernels"] == f"sparse kernels in {len(masks)} of {len(masks)} pruned layers (--kernels sparse)"
+    assert record["kernel_layers"] == {"sparse": len(masks)}
+    assert len(sparse_layers(model)) == len(masks)
+
+
+def test_training_takes_auto_as_dense():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3))
+    keep = _pruned(model[0], 0.5)
+    runtime = RuntimeConfig()
+    runtime.kernels = "auto"
+    report = install_kernels(model, runtime, training=True, masks={"0.weight": keep})
+    assert report.choice == "dense" and report.sparse_layers == []
+
+
+def test_torch_compile_traces_around_the_sparse_operator():
+    layer = torch.nn.Conv2d(4, 4, 3, padding=1)
+    _pruned(layer, 0.7)
+    model = torch.nn.Sequential(layer, torch.nn.SiLU())
+    use_kernels(model, "sparse")
+    x = torch.randn(2, 4, 6, 6)
+    expected = torch.nn.functional.silu(torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=1))
+    with torch.no_grad():
+        assert _relative(torch.compile(copy.deepcopy(model), backend="eager")(x), expected) < 1e-5
+        model(x)  # the layer's index arrays now exist: what is left to trace is the operator itself
+        compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: no graph break at the op
+        assert _relative(compiled(x), expected) < 1e-5
