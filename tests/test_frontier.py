@@ -25,14 +25,33 @@ def test_sampler_points_are_checked():
             parse_sampler(bad)
 
 
-def _config(**frontier):
+def _config(kernels="dense", **frontier):
     config = FrontierConfig(measures=("inception",), num_samples=40, bootstrap_rounds=40, reference_samples=40,
-                            kid_subset_size=20, timing_batch=4, timing_repeats=1)
+                            kid_subset_size=20, timing_batch=4, timing_repeats=1, kernels=kernels)
     config.frontier.dense_samplers = ("ddpm:8", "ddim:4")
     config.frontier.ticket_samplers = ("ddim:4",)
     for key, value in frontier.items():
         setattr(config.frontier, key, value)
     return config
+
+
+def test_with_the_sparse_kernels_each_unstructured_ticket_is_timed_as_itself(tiny_ticket_run, fake_extractor,
+                                                                             tmp_path):
+    import shutil
+
+    ticket_run = tmp_path / "ticket"
+    shutil.copytree(tiny_ticket_run, ticket_run)
+    result = frontier([ticket_run], _config(kernels="sparse"), tmp_path / "out", progress=False,
+                      log=lambda *_: None, extractor=fake_extractor)
+    tickets = [p for p in result["points"] if p["kind"] == "ticket"]
+    dense = next(p for p in result["points"] if p["kind"] == "dense" and p["sampler"] == "ddim")
+    assert len(tickets) == 2 and "--kernels sparse" in result["how"]
+    assert dense["kernels"] == "dense kernels"
+    for ticket in tickets:
+        assert ticket["kernels"].startswith("sparse kernels in ")
+        assert ticket["seconds_per_sample"] != dense["seconds_per_sample"]  # its own network was timed
+    table = (tmp_path / "out" / "frontier.md").read_text()
+    assert "| kernels |" in table and "sparse kernels in " in table
 
 
 def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_channel_run, fake_extractor, tmp_path):

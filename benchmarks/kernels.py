@@ -1,0 +1,280 @@
+"""The sparse kernels against PyTorch's dense ones: per layer, per denoiser call, per training step.
+
+    python benchmarks/kernels.py [--sections layers,networks,training,setup] [--presets tiny,small,ddpm-cifar10]
+                                 [--densities 0.5,0.25,0.125,0.0625,0.03] [--batches 1,64] [--repeats 5]
+
+Every ratio is dense time / sparse time of the same inputs, timed interleaved in this one process
+(alternating which goes first, after two warm-up calls each; the best of ``--repeats`` counts), at
+``torch.get_num_threads()`` threads.  Beside each ratio stand its limits:
+
+* FLOP ratio: the dense layer's (or network's) FLOPs over the sparse kernel's, i.e. 1 / density: what a
+  kernel as efficient as the dense one would reach;
+* Amdahl bound (networks): the speed-up if every convolution and Linear ran at its FLOP ratio and the
+  rest of the call (normalisation, activations, attention, copies) stayed as it is, from a
+  ``torch.profiler`` profile of the dense call.
+
+The `tiny` rows at 50 / 75 / 87.5 / 93.75 % use the reproduction study's own tickets
+(``results/cpu-digits/runs/unified-seed0``, levels 1-4) when that folder is there; every other row uses
+random masks with the same sparsity in every layer.  Nothing here is asserted by a test: run it on an idle
+machine (no tests, no study beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import interleaved_minimum
+from ddpm_lottery.config import ModelConfig
+from ddpm_lottery.kernels.layers import kernels_used, use_kernels
+from ddpm_lottery.networks import build_model
+
+STUDY_RUN = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
+LAYERS = [  # (what, module, input shape without the batch)
+    ("conv 3x3 16 ch 28x28", lambda: torch.nn.Conv2d(16, 16, 3, padding=1), (16, 28, 28)),
+    ("conv 3x3 32 ch 14x14", lambda: torch.nn.Conv2d(32, 32, 3, padding=1), (32, 14, 14)),
+    ("conv 3x3 64 ch 28x28", lambda: torch.nn.Conv2d(64, 64, 3, padding=1), (64, 28, 28)),
+    ("conv 3x3 128 ch 32x32", lambda: torch.nn.Conv2d(128, 128, 3, padding=1), (128, 32, 32)),
+    ("conv 3x3 256 ch 16x16", lambda: torch.nn.Conv2d(256, 256, 3, padding=1), (256, 16, 16)),
+    ("conv 3x3 stride 2 128 ch 32x32", lambda: torch.nn.Conv2d(128, 128, 3, stride=2, padding=1), (128, 32, 32)),
+    ("conv 1x1 256->128 16x16", lambda: torch.nn.Conv2d(256, 128, 1), (128 * 2, 16, 16)),
+    ("linear 512->512 (time embedding)", lambda: torch.nn.Linear(512, 512), (512,)),
+    ("linear 256->256 (attention, 8x8 tokens)", lambda: torch.nn.Linear(256, 256), (64, 256)),
+]
+
+
+def random_masks(model: torch.nn.Module, density: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            keep = torch.rand(module.weight.shape, generator=generator) < density
+            with torch.no_grad():
+                module.weight.mul_(keep)
+            masks[f"{name}.weight"] = keep
+    return masks
+
+
+def layer_flops(module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> float:
+    """Dense multiply-adds x 2 of one call."""
+    if isinstance(module, torch.nn.Conv2d):
+        return 2.0 * out.numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    return 2.0 * out.numel() * module.in_features
+
+
+def bench_layers(densities, batches, repeats) -> list[str]:
+    rows = ["| layer | batch | density | dense ms | sparse ms | × | FLOP ratio (limit) | dense GFLOP/s | "
+            "sparse GFLOP/s (useful) |", "|---|---|---|---|---|---|---|---|---|"]
+    print(*rows, sep="\n", flush=True)
+    for what, make, shape in LAYERS:
+        for batch in batches:
+            for density in densities:
+                torch.manual_seed(0)
+                dense = make()
+                x = torch.randn(batch, *shape)
+                keep = random_masks(torch.nn.Sequential(dense), density)["0.weight"]
+                sparse = torch.nn.Sequential(copy.deepcopy(dense))
+                use_kernels(sparse, "sparse", masks={"0.weight": keep})
+                with torch.no_grad():
+                    out = dense(x)
+                    t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats)
+                flops = layer_flops(dense, x, out)
+                real_density = float(keep.float().mean())
+                rows.append(f"| {what} | {batch} | {real_density:.2%} | {t_dense * 1e3:.2f} | {t_sparse * 1e3:.2f} | "
+                            f"{t_dense / t_sparse:.2f}× | {1 / real_density:.1f}× | {flops / t_dense / 1e9:.0f} | "
+                            f"{flops * real_density / t_sparse / 1e9:.1f} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
+def network_input(model: torch.nn.Module, batch: int):
+    size = model.config.sample_size
+    generator = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, model.config.in_channels, size, size, generator=generator),
+            torch.randint(0, 1000, (batch,), generator=generator))
+
+
+def prunable_share(model: torch.nn.Module, batch: int) -> float:
+    """The share of a dense denoiser call spent in convolutions and Linear layers (torch.profiler, self CPU)."""
+    from torch.profiler import profile
+
+    x, t = network_input(model, batch)
+    with torch.no_grad():
+        model(x, t)
+        with profile() as prof:
+            model(x, t)
+    total = layers = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        if event.key in ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::thnn_conv2d",
+                         "aten::_slow_conv2d_forward", "aten::addmm", "aten::mm", "aten::linear"):
+            layers += event.self_cpu_time_total
+    return layers / total
+
+
+def study_ticket(level: int):
+    """A level of the reproduction study's unified seed-0 search (EMA weights), or None if absent."""
+    if not (STUDY_RUN / f"level_{level:02d}").is_dir():
+        return None
+    from ddpm_lottery.runs import Run
+
+    return Run.open(STUDY_RUN).level(level).network("ema")
+
+
+def networks_for(preset: str, densities):
+    """(label, dense model, sparse-able copy, masks) per density, the study's tickets for tiny."""
+    channels = 3 if preset == "ddpm-cifar10" else 1
+    base = build_model(ModelConfig(preset=preset), channels).eval()
+    study_levels = {0.5: 1, 0.25: 2, 0.125: 3, 0.0625: 4}
+    for density in densities:
+        ticket = study_ticket(study_levels[density]) if preset == "tiny" and density in study_levels else None
+        if ticket is not None:
+            masks = {f"{n}.weight": m.weight != 0 for n, m in ticket.named_modules()
+                     if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+            label = f"study ticket, level {study_levels[density]}"
+            yield label, ticket, masks
+        else:
+            model = copy.deepcopy(base)
+            yield "random masks", model, random_masks(model, density)
+
+
+def bench_networks(presets, densities, batches, repeats) -> list[str]:
+    rows = [f"| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
+            f"Amdahl bound | layers sparse under auto |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(*rows, sep="\n", flush=True)
+    for preset in presets:
+        for batch in batches:
+            share = prunable_share(build_model(ModelConfig(preset=preset), 3 if preset == "ddpm-cifar10" else 1).eval(),
+                                   batch)
+            for label, dense, masks in networks_for(preset, densities):
+                from ddpm_lottery.kernels.tuning import KernelTuner
+
+                kept = sum(int(m.sum()) for m in masks.values())
+                total = sum(m.numel() for m in masks.values())
+                density = kept / total
+                sparse = copy.deepcopy(dense)
+                use_kernels(sparse, "sparse", masks=masks)
+                auto = copy.deepcopy(dense)
+                with tempfile.TemporaryDirectory() as cache:
+                    use_kernels(auto, "auto", tuner=KernelTuner(cache, repeats=3))
+                    x, t = network_input(dense, batch)
+                    with torch.no_grad():
+                        auto(x, t)  # the tuning call
+                        t_dense, t_sparse = interleaved_minimum(lambda: dense(x, t), lambda: sparse(x, t), repeats)
+                        _, t_auto = interleaved_minimum(lambda: dense(x, t), lambda: auto(x, t), max(2, repeats // 2))
+                used = kernels_used(auto)
+                amdahl = 1 / ((1 - share) + share * density)
+                rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.1f} | "
+                            f"{t_sparse * 1e3:.1f} | {t_dense / t_sparse:.2f}× | {t_auto * 1e3:.1f} | "
+                            f"{t_dense / t_auto:.2f}× | {1 / density:.1f}× | {amdahl:.2f}× "
+                            f"(layers {share:.0%} of the call) | {used.get('sparse', 0)} of {sum(used.values())} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
+def bench_training(presets, densities, batch, repeats) -> list[str]:
+    rows = ["| network | masks | batch | sparsity | dense step ms | sparse step ms | × | FLOP ratio |",
+            "|---|---|---|---|---|---|---|---|"]
+    print(*rows, sep="\n", flush=True)
+    for preset in presets:
+        for label, dense, masks in networks_for(preset, densities):
+            dense.train()
+            sparse = copy.deepcopy(dense)
+            use_kernels(sparse, "sparse", masks=masks)
+            kept = sum(int(m.sum()) for m in masks.values())
+            density = kept / sum(m.numel() for m in masks.values())
+            x, t = network_input(dense, batch)
+            steps = {}
+            for name, model in (("dense", dense), ("sparse", sparse)):
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
+
+                def step(model=model, optimizer=optimizer):
+                    optimizer.zero_grad(set_to_none=True)
+                    model(x, t).sample.square().mean().backward()
+                    optimizer.step()
+                steps[name] = step
+            t_dense, t_sparse = interleaved_minimum(steps["dense"], steps["sparse"], repeats)
+            rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.0f} | "
+                        f"{t_sparse * 1e3:.0f} | {t_dense / t_sparse:.2f}× | {1 / density:.1f}× |")
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bench_setup() -> list[str]:
+    """The one-off costs, apart from every steady-state figure: the JIT (cold: compiled into an empty cache;
+    warm: loaded from numba's disk cache) and the timing of a network's layers for --kernels auto."""
+    import subprocess
+    import sys
+
+    rows = ["| one-off cost | seconds |", "|---|---|"]
+    print(*rows, sep="\n", flush=True)
+    code = "import time; s=time.perf_counter(); from ddpm_lottery.kernels import jit; jit.warm_up(); print(time.perf_counter()-s)"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        cold = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+        warm = float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    rows += [f"| JIT, cold (compiled into an empty cache) | {cold:.1f} |",
+             f"| JIT, warm (loaded from the disk cache) | {warm:.2f} |"]
+    from ddpm_lottery.kernels.tuning import KernelTuner
+
+    for preset, batch in (("tiny", 64), ("ddpm-cifar10", 8)):
+        model = build_model(ModelConfig(preset=preset), 3 if preset == "ddpm-cifar10" else 1).eval()
+        random_masks(model, 0.125)
+        with tempfile.TemporaryDirectory() as cache:
+            tuner = KernelTuner(cache, repeats=3)
+            use_kernels(model, "auto", tuner=tuner)
+            x, t = network_input(model, batch)
+            with torch.no_grad():
+                model(x, t)
+        rows.append(f"| --kernels auto: timing every layer of {preset} at batch {batch} once ({tuner.tuned} "
+                    f"layer signatures) | {tuner.tuning_seconds:.1f} |")
+    print(*rows[2:], sep="\n", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="layers,networks,training,setup")
+    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10")
+    parser.add_argument("--densities", default="0.5,0.25,0.125,0.0625,0.03",
+                        help="surviving fractions (0.125 = 87.5 %% sparse)")
+    parser.add_argument("--layer-densities", default="0.125,0.05,0.03")
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = args.sections.split(",")
+    presets = args.presets.split(",")
+    densities = [float(d) for d in args.densities.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"# sparse kernels against dense: {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{os.cpu_count()} cores; best of {args.repeats} interleaved calls\n", flush=True)
+    started = time.perf_counter()
+    if "setup" in sections:
+        print("## One-off costs\n")
+        bench_setup()
+    if "layers" in sections:
+        print("\n## Per layer\n")
+        bench_layers([float(d) for d in args.layer_densities.split(",")], batches, args.repeats)
+    if "networks" in sections:
+        print("\n## Per denoiser call\n")
+        bench_networks(presets, densities, batches, args.repeats)
+    if "training" in sections:
+        print(f"\n## Per training step (forward, backward, Adam; batch {args.train_batch})\n")
+        bench_training(presets, densities, args.train_batch, max(3, args.repeats // 2))
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
