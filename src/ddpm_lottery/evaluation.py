@@ -352,11 +352,11 @@ class Evaluator:
         if measure == "loss":
             images, _ = self._heldout(level.run)
             model = level.network(self.config.sampling.weights).to(self.device)
-            extra.update(kernel_record(model, install_kernels(model, self.config.runtime, log=self.log,
-                                                               what=level.label())))
+            kernels = install_kernels(model, self.config.runtime, log=self.log, what=level.label())
             per_image = denoising_loss_by_band(model, level.run.config.diffusion, to_model_range(images),
                                                bands=scoring.loss_bands, seed=self.config.sampling.sample_seed,
                                                device=self.device)
+            extra.update(kernel_record(model, kernels))
             with atomic_path(level.evaluation_array_path(key)) as tmp:
                 with open(tmp, "wb") as handle:
                     np.savez_compressed(handle, losses=per_image.numpy())
@@ -364,7 +364,7 @@ class Evaluator:
             value = float(totals.mean())
             replicates = [float(totals[index].mean()) for index in
                           bootstrap_indices(len(totals), scoring.bootstrap_rounds, BOOTSTRAP_SEED)]
-            extra = {"bands": per_image.mean(0).tolist(), "per_image_file": level.evaluation_array_path(key).name}
+            extra.update({"bands": per_image.mean(0).tolist(), "per_image_file": level.evaluation_array_path(key).name})
         else:
             images = self.samples(level)
             if measure == "inception":
