@@ -391,3 +391,61 @@ def test_a_tickets_measured_quality_does_not_depend_on_the_kernels(tiny_ticket_r
         assert sparse["kernels"].startswith("sparse kernels in ") and dense["kernels"] == "dense kernels"
     # the loss is a deterministic function of the weights: equal to the kernels' rounding
     assert records["sparse"]["loss"]["value"] == pytest.approx(records["dense"]["loss"]["value"], rel=1e-5)
+
+
+def test_an_exported_ticket_runs_with_the_sparse_kernels_in_plain_diffusers(tiny_ticket_run, tmp_path):
+    from diffusers import DDPMPipeline
+
+    import ddpm_lottery
+
+    ddpm_lottery.export(tiny_ticket_run, tmp_path / "pipeline", level=2, log=lambda *_: None)
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "pipeline")
+    plain = copy.deepcopy(pipeline.unet)
+    report = ddpm_lottery.sparse_kernels(pipeline.unet, "sparse", log=lambda *_: None)
+    assert report.sparse_layers
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([999, 10])
+    with torch.no_grad():
+        assert _relative(pipeline.unet(x, t).sample, plain(x, t).sample) < 1e-5
+    assert kernels_used(pipeline.unet) == {"sparse": len(report.sparse_layers)}
+
+
+def test_load_network_with_kernels_keeps_the_unet_call(tiny_ticket_run):
+    import ddpm_lottery
+
+    plain = ddpm_lottery.load_network(tiny_ticket_run, level=2)
+    fast = ddpm_lottery.load_network(tiny_ticket_run, level=2, kernels="sparse", log=lambda *_: None)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([5, 500, 900])
+    with torch.no_grad():
+        assert _relative(fast(x, t).sample, plain(x, t).sample) < 1e-5
+    assert kernels_used(fast).get("sparse", 0) > 0 and kernels_used(plain) == {}
+    with pytest.raises(Exception, match="kernels"):
+        ddpm_lottery.load_network(tiny_ticket_run, level=2, kernels="fast")
+
+
+def test_auto_checks_the_whole_network_once_and_falls_back_to_dense_when_it_is_not_faster(tmp_path, monkeypatch):
+    from ddpm_lottery.kernels.install import _check_network_once
+
+    model = build_model(ModelConfig(preset="tiny"), 1).eval()
+    _prune_network(model, 0.9)
+    tuner = KernelTuner(tmp_path, repeats=1)
+    monkeypatch.setattr(KernelTuner, "choose", lambda self, layer, x: "sparse")  # every layer picks sparse alone
+    report = use_kernels(model, "auto", tuner=tuner)
+    _check_network_once(model, tuner)
+    verdicts = []
+    original = KernelTuner.verify_network
+
+    def verify(self, module, args, kwargs):
+        verdicts.append(original(self, module, args, kwargs))  # times the network and stores its verdict
+        return "dense"  # as if all-dense had been faster
+    monkeypatch.setattr(KernelTuner, "verify_network", verify)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    with torch.no_grad():
+        model(x, t)  # the first call: the layers choose, then the network is checked
+        model(x, t)
+    assert len(verdicts) == 1 and verdicts[0] in ("auto", "dense")
+    assert kernels_used(model) == {"dense": len(report.sparse_layers)}
+    key = next(k for k in tuner.entries if k.startswith("network "))
+    assert tuner.entries[key]["kernel"] == verdicts[0] and tuner.entries[key]["dense_ms"] > 0
+    with torch.no_grad():
+        model(torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3]))  # a new input shape is checked anew
+    assert len(verdicts) == 2

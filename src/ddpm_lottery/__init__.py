@@ -17,7 +17,9 @@ from .report import build_report  # noqa: E402
 from .study import load_study, run_study  # noqa: E402
 from .findings import write_findings  # noqa: E402
 from .frontier import frontier  # noqa: E402
+from .kernels.install import sparse_kernels  # noqa: E402
 
 __all__ = ["EvaluationResult", "LevelResult", "RunResult", "StudyResult", "DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
            "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "export", "find_ticket", "frontier",
-           "load_network", "load_pipeline", "load_run_config", "load_study", "run_study", "sample", "train", "write_findings", "__version__"]
+           "load_network", "load_pipeline", "load_run_config", "load_study", "run_study", "sample", "sparse_kernels", "train", "write_findings",
+           "__version__"]

@@ -27,6 +27,8 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     report = use_kernels(model, choice, masks=masks, tuner=tuner)
     report.setup_seconds = time.perf_counter() - started
     report.tuner = tuner
+    if tuner is not None and report.sparse_layers:
+        _check_network_once(model, tuner)
     if choice == "dense":
         return report
     if report.unavailable:
@@ -39,6 +41,34 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
         log(f"--kernels {asked}: {len(report.dense_layers)} layer(s) run dense: "
             f"{'; '.join(f'{name} ({why})' for name, why in list(report.dense_layers.items())[:3])}")
     return report
+
+
+def _check_network_once(model: torch.nn.Module, tuner) -> None:
+    """After the first call at an input shape has chosen each layer's kernel, time the whole network once."""
+    from .layers import sparse_layers
+
+    decided: dict[tuple, str] = {}
+    layers = [layer for _, layer in sparse_layers(model)]
+
+    def shapes_of(args) -> tuple:
+        return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+
+    def before(module, args, kwargs):
+        choice = decided.get(shapes_of(args), "auto")
+        for layer in layers:
+            layer.network_choice = choice
+        return None
+
+    def after(module, args, kwargs, output):
+        shapes = shapes_of(args)
+        if shapes in decided or torch.is_grad_enabled():
+            return None
+        decided[shapes] = "auto"  # first: the check's own calls come back through these hooks
+        decided[shapes] = tuner.verify_network(module, args, kwargs)
+        return None
+
+    model.register_forward_pre_hook(before, with_kwargs=True)
+    model.register_forward_hook(after, with_kwargs=True)
 
 
 def kernel_record(model: torch.nn.Module, report: KernelReport) -> dict:
@@ -55,3 +85,23 @@ def kernel_record(model: torch.nn.Module, report: KernelReport) -> dict:
     tuning = report.tuner.tuning_seconds if report.tuner is not None else 0.0
     return {"kernels": text, "kernel_choice": report.choice, "kernel_layers": used,
             "kernel_setup_s": round(report.setup_seconds, 3), "kernel_tuning_s": round(tuning, 3)}
+
+
+def sparse_kernels(module: torch.nn.Module, kernels: str = "auto", *, cache_dir: str | None = None,
+                   log=print) -> KernelReport:
+    """Run any network's pruned ``Conv2d``/``Linear`` layers with the sparse kernels, in place.
+
+    For a model from outside a run, e.g. an exported ticket loaded in plain diffusers::
+
+        pipeline = DDPMPipeline.from_pretrained("exported/ticket")
+        ddpm_lottery.sparse_kernels(pipeline.unet)        # layers with zeros: the faster kernel, timed once
+        images = pipeline(batch_size=4).images
+
+    The layers' surviving weights are their nonzero ones; the state dict is unchanged.
+    """
+    from ..config import RuntimeConfig, check_config
+
+    runtime = RuntimeConfig()
+    runtime.kernels, runtime.kernel_cache = kernels, cache_dir
+    check_config(runtime)
+    return install_kernels(module, runtime, log=log, what="the network")

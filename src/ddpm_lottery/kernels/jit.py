@@ -241,6 +241,14 @@ def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows
             target[r * out_cols:(r + 1) * out_cols] = acc[r * pitch:r * pitch + out_cols]
 
 
+@njit(fastmath=True, cache=True, nogil=True)
+def fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
+    """:func:`fill_all` in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
+    numba would turn each row's copy into a parallel region of its own."""
+    for n in range(x.shape[0]):
+        _fill(x[n], planes[n], stride, pad_rows, pad_cols, pitch, phase_rows)
+
+
 @njit(**_JIT)
 def fill_all(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
     """Every image's planes at once (N, P, S), in parallel over the images."""
@@ -268,8 +276,9 @@ def conv_forward(x, stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, p
             for o in range(rows):
                 _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
     else:
-        planes = np.empty((batch, planes_per_image, plane_size), np.float32)
-        fill_all(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes)
+        # laid out serially: a parallel region costs more than a few images' copy (one region, not two)
+        planes = np.zeros((batch, planes_per_image, plane_size), np.float32)
+        fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes)
         for job in prange(batch * rows):
             n = job // rows
             o = job - n * rows

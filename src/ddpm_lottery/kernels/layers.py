@@ -45,6 +45,9 @@ class _SparseMixin:
         self._structures: dict[tuple, Structure] = {}
         self._decisions: dict[tuple, str] = {}
         self.last_kernel = "dense"
+        self._cached_values: tuple | None = None
+        self._zeros: torch.Tensor | None = None
+        self.network_choice = "auto"  # "dense" when the whole network ran faster without the sparse kernels
 
     def _mask(self) -> torch.Tensor:
         return self.keep if self.keep is not None else self.weight.detach() != 0
@@ -62,7 +65,7 @@ class _SparseMixin:
         return geometry, self._structures[key]
 
     def _kernel_for(self, x: torch.Tensor) -> str:
-        if self.choice == "dense" or not self._sparse_runnable(x):
+        if self.choice == "dense" or self.network_choice == "dense" or not self._sparse_runnable(x):
             return "dense"
         if self.choice == "sparse":
             return "sparse"
@@ -72,18 +75,30 @@ class _SparseMixin:
         return self._decisions[signature]
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        from . import ops  # loaded (with numba) by use_kernels before any layer is swapped
+
         geometry, s = self._layout(x)
-        values = self.weight.reshape(-1)[s.flat_index]
-        bias = self.bias if self.bias is not None else x.new_zeros(self.weight.shape[0])
+        values, bias = self._values(s, x)
         if geometry.kind == "conv":
-            return torch.ops.ddpm_lottery.sparse_conv2d(
-                x.contiguous(), values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order,
-                s.column_row, s.column_offset, geometry.conv_arguments())
-        out = torch.ops.ddpm_lottery.sparse_gather(
-            to_planes(x, geometry), values, bias, s.indptr, s.plane, s.offset, s.column_indptr,
-            s.column_order, s.column_row, s.column_offset,
-            [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols])
+            return ops.conv2d(x.contiguous(), values, bias, s, geometry.conv_arguments())
+        out = ops.planes_gather(to_planes(x, geometry), values, bias, s,
+                                [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols])
         return from_output(out, geometry, x)
+
+    def _values(self, s: Structure, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The surviving weights (CSR order) and the bias; without autograd, kept while the weight is unchanged."""
+        bias = self.bias if self.bias is not None else self._zero_bias(x)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return self.weight.reshape(-1)[s.flat_index], bias
+        key = (id(s), self.weight._version)  # _version counts in-place changes: optimizer steps, loads
+        if self._cached_values is None or self._cached_values[0] != key:
+            self._cached_values = (key, self.weight.detach().reshape(-1)[s.flat_index])
+        return self._cached_values[1], bias
+
+    def _zero_bias(self, x: torch.Tensor) -> torch.Tensor:
+        if self._zeros is None or self._zeros.device != x.device:
+            self._zeros = x.new_zeros(self.weight.shape[0])
+        return self._zeros
 
     def forward_with(self, x: torch.Tensor, kernel: str) -> torch.Tensor:
         """The layer's output by the named kernel (the tuner times both through this)."""
@@ -92,6 +107,10 @@ class _SparseMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.last_kernel = self._kernel_for(x)
         return self.forward_with(x, self.last_kernel)
+
+    def signature_keys(self) -> list[str]:
+        """What the tuner decided this layer by (for the network-level check's key)."""
+        return [f"{self.layer_name} {signature} {kernel}" for signature, kernel in sorted(self._decisions.items())]
 
     def density(self) -> float:
         return float(self._mask().float().mean())
@@ -102,6 +121,7 @@ class _SparseMixin:
             self.keep = keep
         self._structures.clear()
         self._decisions.clear()
+        self._cached_values = None
 
 
 @torch.compiler.disable

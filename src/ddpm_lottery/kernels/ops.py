@@ -1,9 +1,17 @@
-"""The kernels as PyTorch operators: ``ddpm_lottery::sparse_gather`` with its gradient.
+"""The kernels as PyTorch operations, with their gradients.
 
-Registered with ``torch.library.custom_op``, so autograd differentiates through it (the input
-gradient by the transposed kernel, :func:`~ddpm_lottery.kernels.jit.scatter`; the weight gradient
-at the surviving positions only, :func:`~ddpm_lottery.kernels.jit.dots`) and ``torch.compile``
-traces the network around it as one opaque call instead of breaking its graph.
+Two doors to the same code:
+
+- in eager mode, :class:`torch.autograd.Function` subclasses call the kernels directly: a
+  ``torch.library`` operator costs about 130 us of dispatch a call (measured), more than a whole
+  sparse layer at batch 1;
+- under ``torch.compile``, the same computations registered as ``ddpm_lottery::sparse_conv2d`` and
+  ``ddpm_lottery::sparse_gather`` operators (with fake shapes and the same backward), so the
+  compiler traces the network around them as opaque calls instead of breaking its graph.
+
+The input gradient is the transposed kernel (:func:`~ddpm_lottery.kernels.jit.conv_input_grad`,
+:func:`~ddpm_lottery.kernels.jit.scatter`); the weight gradient is computed at the surviving positions
+only (:func:`~ddpm_lottery.kernels.jit.dots`).
 """
 
 from __future__ import annotations
@@ -22,8 +30,131 @@ def _numpy(tensor: torch.Tensor):
 def _threads() -> int:
     """Give numba's pool the threads torch was given (--threads, OMP_NUM_THREADS); how many that is."""
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
     return threads
+
+
+# ----------------------------------------------------------------------------------------------
+# The computations on plain tensors
+
+
+INDEX = ("indptr", "plane", "offset", "column_indptr", "column_order", "column_row", "column_offset")
+
+
+def index_arrays(*tensors: torch.Tensor) -> dict:
+    """The index tensors (in :data:`INDEX` order) as the numpy arrays the computations take."""
+    return dict(zip(INDEX, (_numpy(t) for t in tensors)))
+
+
+def conv_forward(x, values, bias, index, geometry) -> torch.Tensor:
+    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
+    out = np.empty((x.shape[0], len(index["indptr"]) - 1, out_rows, out_cols), np.float32)
+    threads = _threads()
+    jit.conv_forward(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image,
+                     index["indptr"], index["plane"], index["offset"], _numpy(values), _numpy(bias), out_rows,
+                     out_cols, threads, out.reshape(out.shape[0], out.shape[1], -1))
+    return torch.from_numpy(out)
+
+
+def _output_gradient(grad_out: torch.Tensor, pitch: int, out_rows: int, out_cols: int) -> torch.Tensor:
+    """(N, O, rows, cols) -> (N, O, rows * pitch): the accumulator's layout, zeros in the junk columns."""
+    grads = grad_out.contiguous()
+    if pitch != out_cols:
+        grads = torch.nn.functional.pad(grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols),
+                                        (0, pitch - out_cols))
+    return grads.reshape(grads.shape[0], grads.shape[1], out_rows * pitch)
+
+
+def conv_input_grad(grad_out, values, index, geometry, input_shape) -> torch.Tensor:
+    stride, pad_rows, pad_cols, pitch, _, plane_size, _, out_rows, out_cols = geometry
+    grads = _output_gradient(grad_out, pitch, out_rows, out_cols)
+    grad_x = torch.empty(list(input_shape), dtype=torch.float32)
+    _threads()
+    jit.conv_input_grad(_numpy(grads), index["column_indptr"], index["column_row"], index["column_offset"],
+                        _numpy(values)[index["column_order"]], stride, pad_rows, pad_cols, pitch, plane_size,
+                        grad_x.numpy())
+    return grad_x
+
+
+def conv_weight_grad(x, grad_out, index, geometry) -> torch.Tensor:
+    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
+    grads = _output_gradient(grad_out, pitch, out_rows, out_cols)
+    planes = np.empty((x.shape[0], planes_per_image, plane_size), np.float32)
+    _threads()
+    jit.fill_all(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, planes)
+    grad_values = np.empty(len(index["plane"]), np.float32)
+    jit.dots(planes, _numpy(grads), index["indptr"], index["plane"], index["offset"], grad_values)
+    return torch.from_numpy(grad_values)
+
+
+def gather(planes, values, bias, index, shape) -> torch.Tensor:
+    length, pitch, out_rows, out_cols = shape
+    out = np.empty((planes.shape[0], len(index["indptr"]) - 1, out_rows * out_cols), np.float32)
+    _threads()
+    jit.gather(_numpy(planes), index["indptr"], index["plane"], index["offset"], _numpy(values), _numpy(bias),
+               length, pitch, out_rows, out_cols, out)
+    return torch.from_numpy(out)
+
+
+def scatter(grads, values, index, plane_size) -> torch.Tensor:
+    out = np.empty((grads.shape[0], len(index["column_indptr"]) - 1, plane_size), np.float32)
+    _threads()
+    jit.scatter(_numpy(grads), index["column_indptr"], index["column_row"], index["column_offset"],
+                _numpy(values)[index["column_order"]], plane_size, out)
+    return torch.from_numpy(out)
+
+
+def dots(planes, grads, index) -> torch.Tensor:
+    out = np.empty(len(index["plane"]), np.float32)
+    _threads()
+    jit.dots(_numpy(planes), _numpy(grads), index["indptr"], index["plane"], index["offset"], out)
+    return torch.from_numpy(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The same as torch.library operators (what torch.compile sees)
+
+
+@torch.library.custom_op("ddpm_lottery::sparse_conv2d", mutates_args=())
+def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, indptr: torch.Tensor,
+                  plane: torch.Tensor, offset: torch.Tensor, column_indptr: torch.Tensor, column_order: torch.Tensor,
+                  column_row: torch.Tensor, column_offset: torch.Tensor, geometry: list[int]) -> torch.Tensor:
+    """The sparse convolution of x (N, C, H, W), padding fused; ``geometry`` =
+    [stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols]."""
+    index = index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
+    return conv_forward(x, values, bias, index, geometry)
+
+
+@sparse_conv2d.register_fake
+def _(x, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry):
+    return x.new_empty(x.shape[0], indptr.shape[0] - 1, geometry[7], geometry[8])
+
+
+@torch.library.custom_op("ddpm_lottery::sparse_conv2d_input_grad", mutates_args=())
+def sparse_conv2d_input_grad(grad_out: torch.Tensor, values: torch.Tensor, column_indptr: torch.Tensor,
+                             column_order: torch.Tensor, column_row: torch.Tensor, column_offset: torch.Tensor,
+                             geometry: list[int], input_shape: list[int]) -> torch.Tensor:
+    index = {"column_indptr": _numpy(column_indptr), "column_order": _numpy(column_order),
+             "column_row": _numpy(column_row), "column_offset": _numpy(column_offset)}
+    return conv_input_grad(grad_out, values, index, geometry, input_shape)
+
+
+@sparse_conv2d_input_grad.register_fake
+def _(grad_out, values, column_indptr, column_order, column_row, column_offset, geometry, input_shape):
+    return grad_out.new_empty(input_shape)
+
+
+@torch.library.custom_op("ddpm_lottery::sparse_conv2d_weight_grad", mutates_args=())
+def sparse_conv2d_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor,
+                              offset: torch.Tensor, geometry: list[int]) -> torch.Tensor:
+    index = {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)}
+    return conv_weight_grad(x, grad_out, index, geometry)
+
+
+@sparse_conv2d_weight_grad.register_fake
+def _(x, grad_out, indptr, plane, offset, geometry):
+    return x.new_empty(plane.shape[0])
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_gather", mutates_args=())
@@ -33,12 +164,8 @@ def sparse_gather(planes: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
                   shape: list[int]) -> torch.Tensor:
     """(N, O, out_rows * out_cols) = the sparse layer applied to (N, P, S) planes; ``shape`` = [length, pitch,
     out_rows, out_cols].  The column_* arrays (CSC order) serve the backward pass only."""
-    length, pitch, out_rows, out_cols = shape
-    out = torch.empty(planes.shape[0], indptr.numel() - 1, out_rows * out_cols, dtype=torch.float32)
-    _threads()
-    jit.gather(_numpy(planes), _numpy(indptr), _numpy(plane), _numpy(offset), _numpy(values), _numpy(bias),
-               length, pitch, out_rows, out_cols, out.numpy())
-    return out
+    return gather(planes, values, bias, index_arrays(indptr, plane, offset, column_indptr, column_order, column_row,
+                                                     column_offset), shape)
 
 
 @sparse_gather.register_fake
@@ -50,12 +177,9 @@ def _(planes, values, bias, indptr, plane, offset, column_indptr, column_order, 
 def sparse_scatter(grads: torch.Tensor, values: torch.Tensor, column_indptr: torch.Tensor,
                    column_order: torch.Tensor, column_row: torch.Tensor, column_offset: torch.Tensor,
                    plane_size: int) -> torch.Tensor:
-    """The planes' gradient: the transposed sparse kernel applied to the (N, O, length) output gradient."""
-    out = torch.empty(grads.shape[0], column_indptr.numel() - 1, plane_size, dtype=torch.float32)
-    _threads()
-    jit.scatter(_numpy(grads), _numpy(column_indptr), _numpy(column_row), _numpy(column_offset),
-                _numpy(values[column_order]), plane_size, out.numpy())
-    return out
+    index = {"column_indptr": _numpy(column_indptr), "column_order": _numpy(column_order),
+             "column_row": _numpy(column_row), "column_offset": _numpy(column_offset)}
+    return scatter(grads, values, index, plane_size)
 
 
 @sparse_scatter.register_fake
@@ -66,11 +190,7 @@ def _(grads, values, column_indptr, column_order, column_row, column_offset, pla
 @torch.library.custom_op("ddpm_lottery::sparse_dots", mutates_args=())
 def sparse_dots(planes: torch.Tensor, grads: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor,
                 offset: torch.Tensor) -> torch.Tensor:
-    """The gradient of the surviving weights (CSR order), and of no other."""
-    out = torch.empty(plane.numel(), dtype=torch.float32)
-    _threads()
-    jit.dots(_numpy(planes), _numpy(grads), _numpy(indptr), _numpy(plane), _numpy(offset), out.numpy())
-    return out
+    return dots(planes, grads, {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)})
 
 
 @sparse_dots.register_fake
@@ -78,83 +198,113 @@ def _(planes, grads, indptr, plane, offset):
     return planes.new_empty(plane.shape[0])
 
 
-@torch.library.custom_op("ddpm_lottery::sparse_conv2d", mutates_args=())
-def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, indptr: torch.Tensor,
-                  plane: torch.Tensor, offset: torch.Tensor, column_indptr: torch.Tensor, column_order: torch.Tensor,
-                  column_row: torch.Tensor, column_offset: torch.Tensor, geometry: list[int]) -> torch.Tensor:
-    """The sparse convolution of x (N, C, H, W), padding fused; ``geometry`` =
-    [stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols]."""
-    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
-    out = torch.empty(x.shape[0], indptr.numel() - 1, out_rows, out_cols, dtype=torch.float32)
-    threads = _threads()
-    jit.conv_forward(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image,
-                     _numpy(indptr), _numpy(plane), _numpy(offset), _numpy(values), _numpy(bias), out_rows, out_cols,
-                     threads, out.numpy().reshape(out.shape[0], out.shape[1], -1))
-    return out
+# ----------------------------------------------------------------------------------------------
+# Gradients, written once for both doors
 
 
-@sparse_conv2d.register_fake
-def _(x, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry):
-    return x.new_empty(x.shape[0], indptr.shape[0] - 1, geometry[7], geometry[8])
-
-
-def _conv_setup_context(ctx, inputs, output):
+def _conv_save(ctx, inputs) -> None:
     x, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry = inputs
     ctx.save_for_backward(x, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
     ctx.geometry = geometry
 
 
-def _conv_backward(ctx, grad_out):
+def _conv_grads(ctx, grad_out, index: dict | None):
+    """The three gradients; ``index`` (numpy arrays) for the eager door, None for the operators."""
     x, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
-    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = ctx.geometry
-    batch, rows = grad_out.shape[:2]
-    grads = grad_out.contiguous()
-    if pitch != out_cols:  # the accumulator's layout: zeros in the junk columns
-        grads = torch.nn.functional.pad(grads, (0, pitch - out_cols))
-    grads = grads.reshape(batch, rows, out_rows * pitch)
-    _threads()
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.empty(x.shape, dtype=torch.float32)
-        jit.conv_input_grad(grads.numpy(), _numpy(column_indptr), _numpy(column_row), _numpy(column_offset),
-                            _numpy(values[column_order]), stride, pad_rows, pad_cols, pitch, plane_size,
-                            grad_x.numpy())
+        grad_x = (conv_input_grad(grad_out, values, index, ctx.geometry, list(x.shape)) if index is not None else
+                  sparse_conv2d_input_grad(grad_out, values, column_indptr, column_order, column_row, column_offset,
+                                           ctx.geometry, list(x.shape)))
     if ctx.needs_input_grad[1]:
-        planes = np.empty((batch, planes_per_image, plane_size), np.float32)
-        jit.fill_all(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, planes)
-        grad_values = torch.empty(plane.numel(), dtype=torch.float32)
-        jit.dots(planes, grads.numpy(), _numpy(indptr), _numpy(plane), _numpy(offset), grad_values.numpy())
+        grad_values = (conv_weight_grad(x, grad_out, index, ctx.geometry) if index is not None else
+                       sparse_conv2d_weight_grad(x, grad_out, indptr, plane, offset, ctx.geometry))
     if ctx.needs_input_grad[2]:
         grad_bias = grad_out.sum((0, 2, 3))
     return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
-sparse_conv2d.register_autograd(_conv_backward, setup_context=_conv_setup_context)
-
-
-def _setup_context(ctx, inputs, output):
+def _gather_save(ctx, inputs) -> None:
     planes, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, shape = inputs
     ctx.save_for_backward(planes, values, indptr, plane, offset, column_indptr, column_order, column_row,
                           column_offset)
     ctx.shape = shape
 
 
-def _backward(ctx, grad_out):
+def _gather_grads(ctx, grad_out, index: dict | None):
     planes, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
     length, pitch, out_rows, out_cols = ctx.shape
     grads = grad_out.contiguous()
-    if pitch != out_cols:  # back to the accumulator's layout: zeros in the junk columns
-        grads = torch.nn.functional.pad(grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols),
-                                        (0, pitch - out_cols)).reshape(grads.shape[0], grads.shape[1], length)
+    if pitch != out_cols:
+        grads = _output_gradient(grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), pitch,
+                                 out_rows, out_cols)
     grad_planes = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_planes = sparse_scatter(grads, values, column_indptr, column_order, column_row, column_offset,
-                                     planes.shape[2])
+        grad_planes = (scatter(grads, values, index, planes.shape[2]) if index is not None else
+                       sparse_scatter(grads, values, column_indptr, column_order, column_row, column_offset,
+                                      planes.shape[2]))
     if ctx.needs_input_grad[1]:
-        grad_values = sparse_dots(planes, grads, indptr, plane, offset)
+        grad_values = (dots(planes, grads, index) if index is not None else
+                       sparse_dots(planes, grads, indptr, plane, offset))
     if ctx.needs_input_grad[2]:
         grad_bias = grad_out.sum((0, 2))
     return grad_planes, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
-sparse_gather.register_autograd(_backward, setup_context=_setup_context)
+sparse_conv2d.register_autograd(lambda ctx, grad_out: _conv_grads(ctx, grad_out, None),
+                                setup_context=lambda ctx, inputs, output: _conv_save(ctx, inputs))
+sparse_gather.register_autograd(lambda ctx, grad_out: _gather_grads(ctx, grad_out, None),
+                                setup_context=lambda ctx, inputs, output: _gather_save(ctx, inputs))
+
+
+class _EagerConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, structure, geometry):
+        s = structure
+        _conv_save(ctx, (x, values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order, s.column_row,
+                         s.column_offset, geometry))
+        ctx.index = s.arrays
+        return conv_forward(x, values, bias, s.arrays, geometry)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_values, grad_bias = _conv_grads(ctx, grad_out, ctx.index)[:3]
+        return grad_x, grad_values, grad_bias, None, None
+
+
+class _EagerGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, planes, values, bias, structure, shape):
+        s = structure
+        _gather_save(ctx, (planes, values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order,
+                           s.column_row, s.column_offset, shape))
+        ctx.index = s.arrays
+        return gather(planes, values, bias, s.arrays, shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_planes, grad_values, grad_bias = _gather_grads(ctx, grad_out, ctx.index)[:3]
+        return grad_planes, grad_values, grad_bias, None, None
+
+
+def _operator_arguments(structure) -> tuple:
+    s = structure
+    return s.indptr, s.plane, s.offset, s.column_indptr, s.column_order, s.column_row, s.column_offset
+
+
+def conv2d(x, values, bias, structure, geometry: list[int]) -> torch.Tensor:
+    """The sparse convolution of a layer's surviving ``values``, by the door that fits the caller."""
+    if torch.compiler.is_compiling():
+        return sparse_conv2d(x, values, bias, *_operator_arguments(structure), geometry)
+    if not torch.is_grad_enabled() or not (x.requires_grad or values.requires_grad or bias.requires_grad):
+        return conv_forward(x, values, bias, structure.arrays, geometry)  # inference: no graph to record
+    return _EagerConv.apply(x, values, bias, structure, geometry)
+
+
+def planes_gather(planes, values, bias, structure, shape: list[int]) -> torch.Tensor:
+    """The sparse gather over laid-out planes (the Linear layers), by the door that fits the caller."""
+    if torch.compiler.is_compiling():
+        return sparse_gather(planes, values, bias, *_operator_arguments(structure), shape)
+    if not torch.is_grad_enabled() or not (planes.requires_grad or values.requires_grad or bias.requires_grad):
+        return gather(planes, values, bias, structure.arrays, shape)
+    return _EagerGather.apply(planes, values, bias, structure, shape)

@@ -141,6 +141,11 @@ class Structure:
     def nonzeros(self) -> int:
         return int(self.flat_index.numel())
 
+    def __post_init__(self) -> None:
+        # the kernels take numpy arrays: views made once, not at every call (each costs microseconds)
+        self.arrays = {name: getattr(self, name).numpy() for name in
+                       ("indptr", "plane", "offset", "column_indptr", "column_order", "column_row", "column_offset")}
+
 
 def structure(keep: torch.Tensor, geometry: Geometry) -> Structure:
     """The kernels' index arrays for a boolean mask of a Conv2d (O, C, kh, kw) or Linear (O, C) weight."""

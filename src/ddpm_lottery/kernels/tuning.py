@@ -113,5 +113,41 @@ class KernelTuner:
             self._save()
         return entry["kernel"]
 
+    @torch.no_grad()
+    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> str:
+        """The whole network's check after its layers' choices: "auto" if they make it faster, else "dense".
+
+        Each layer is timed alone; a whole call also pays what one kernel leaves to the next (caches, the
+        thread pools' hand-over), so the network is timed too, interleaved with all-dense, and runs all-dense
+        unless the choices win.  The answer is stored like a layer's."""
+        from .layers import sparse_layers
+
+        layers = sparse_layers(model)
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        if not layers:
+            return "dense"
+        choices = "|".join(sorted(key for _, layer in layers for key in layer.signature_keys()))
+        key = (f"network {type(model).__name__} input {shapes} threads {torch.get_num_threads()} layers "
+               f"{hashlib.sha256(choices.encode()).hexdigest()[:12]}")
+        entry = self.entries.get(key)
+        if entry is None or entry.get("kernel") not in ("dense", "auto"):
+            started = time.perf_counter()
+            times: dict[str, list[float]] = {"dense": [], "auto": []}
+            for round_index in range(self.repeats + 1):
+                for mode in ("dense", "auto"):
+                    for _, layer in layers:
+                        layer.network_choice = mode
+                    begun = time.perf_counter()
+                    model(*args, **kwargs)
+                    if round_index:  # the first round warms both up
+                        times[mode].append(time.perf_counter() - begun)
+            dense, auto = statistics.median(times["dense"]), statistics.median(times["auto"])
+            entry = self.entries[key] = {"kernel": "auto" if auto < dense else "dense", "dense_ms": dense * 1e3,
+                                         "sparse_ms": auto * 1e3, "speedup": dense / auto,
+                                         "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+            self.tuning_seconds += time.perf_counter() - started
+            self._save()
+        return entry["kernel"]
+
     def table(self) -> list[dict]:
         return [{"layer": key, **entry} for key, entry in sorted(self.entries.items())]
