@@ -180,7 +180,7 @@ def test_sparse_on_a_dense_network_says_so_in_one_line():
 def test_a_broken_jit_falls_back_to_dense_in_one_line(monkeypatch):
     from ddpm_lottery.kernels import jit
 
-    def broken():
+    def broken(training=False):
         raise RuntimeError("LLVM ERROR: simulated")
 
     monkeypatch.setattr(jit, "warm_up", broken)

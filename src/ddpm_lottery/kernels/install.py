@@ -24,7 +24,7 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
 
         tuner = KernelTuner(runtime.kernel_cache, log=log)
     started = time.perf_counter()
-    report = use_kernels(model, choice, masks=masks, tuner=tuner)
+    report = use_kernels(model, choice, masks=masks, tuner=tuner, training=training)
     report.setup_seconds = time.perf_counter() - started
     report.tuner = tuner
     if tuner is not None and report.sparse_layers:

@@ -37,6 +37,64 @@ from numba import njit, prange
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 
+@njit(inline="always", fastmath=True, nogil=True)
+def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, target):
+    """One output channel of one image from its planes (the gather of the module docstring)."""
+    acc = np.full(length, bias[o], np.float32)
+    k = indptr[o]
+    end = indptr[o + 1]
+    while k + 4 <= end:
+        x0 = planes[plane[k], offset[k]:offset[k] + length]
+        x1 = planes[plane[k + 1], offset[k + 1]:offset[k + 1] + length]
+        x2 = planes[plane[k + 2], offset[k + 2]:offset[k + 2] + length]
+        x3 = planes[plane[k + 3], offset[k + 3]:offset[k + 3] + length]
+        w0 = values[k]
+        w1 = values[k + 1]
+        w2 = values[k + 2]
+        w3 = values[k + 3]
+        for i in range(length):
+            acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
+        k += 4
+    while k < end:
+        xs = planes[plane[k], offset[k]:offset[k] + length]
+        w = values[k]
+        for i in range(length):
+            acc[i] += w * xs[i]
+        k += 1
+    if pitch == out_cols:
+        target[:] = acc[:out_rows * out_cols]
+    else:
+        for r in range(out_rows):
+            target[r * out_cols:(r + 1) * out_cols] = acc[r * pitch:r * pitch + out_cols]
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _scatter_run(acc, grads, row, offset, values, k, end, length):
+    """acc[offset[j]:offset[j] + length] += values[j] * grads[row[j]] for the entries j in [k, end) of one
+    plane (sorted by offset: four entries of equal offset share a pass)."""
+    while k < end:
+        start = offset[k]
+        window = acc[start:start + length]
+        if k + 4 <= end and offset[k + 3] == start:
+            g0 = grads[row[k]]
+            g1 = grads[row[k + 1]]
+            g2 = grads[row[k + 2]]
+            g3 = grads[row[k + 3]]
+            w0 = values[k]
+            w1 = values[k + 1]
+            w2 = values[k + 2]
+            w3 = values[k + 3]
+            for i in range(length):
+                window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
+            k += 4
+        else:
+            gs = grads[row[k]]
+            w = values[k]
+            for i in range(length):
+                window[i] += w * gs[i]
+            k += 1
+
+
 @njit(**_JIT)
 def gather(planes, indptr, plane, offset, values, bias, length, pitch, out_rows, out_cols, out):
     """out[n, o] = bias[o] + sum_k values[k] * planes[n, plane[k], offset[k]:offset[k] + length].
@@ -49,33 +107,7 @@ def gather(planes, indptr, plane, offset, values, bias, length, pitch, out_rows,
     for job in prange(batch * rows):
         n = job // rows
         o = job - n * rows
-        acc = np.full(length, bias[o], np.float32)
-        k = indptr[o]
-        end = indptr[o + 1]
-        while k + 4 <= end:
-            x0 = planes[n, plane[k], offset[k]:offset[k] + length]
-            x1 = planes[n, plane[k + 1], offset[k + 1]:offset[k + 1] + length]
-            x2 = planes[n, plane[k + 2], offset[k + 2]:offset[k + 2] + length]
-            x3 = planes[n, plane[k + 3], offset[k + 3]:offset[k + 3] + length]
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            for i in range(length):
-                acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
-            k += 4
-        while k < end:
-            xs = planes[n, plane[k], offset[k]:offset[k] + length]
-            w = values[k]
-            for i in range(length):
-                acc[i] += w * xs[i]
-            k += 1
-        target = out[n, o]
-        if pitch == out_cols:
-            target[:] = acc[:out_rows * out_cols]
-        else:
-            for r in range(out_rows):
-                target[r * out_cols:(r + 1) * out_cols] = acc[r * pitch:r * pitch + out_cols]
+        _row(planes[n], indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
 
 
 @njit(**_JIT)
@@ -92,29 +124,7 @@ def scatter(grads, indptr, row, offset, values, plane_size, out):
         n = job // columns
         c = job - n * columns
         acc = np.zeros(plane_size, np.float32)
-        k = indptr[c]
-        end = indptr[c + 1]
-        while k < end:
-            start = offset[k]
-            window = acc[start:start + length]
-            if k + 4 <= end and offset[k + 3] == start:
-                g0 = grads[n, row[k]]
-                g1 = grads[n, row[k + 1]]
-                g2 = grads[n, row[k + 2]]
-                g3 = grads[n, row[k + 3]]
-                w0 = values[k]
-                w1 = values[k + 1]
-                w2 = values[k + 2]
-                w3 = values[k + 3]
-                for i in range(length):
-                    window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
-                k += 4
-            else:
-                gs = grads[n, row[k]]
-                w = values[k]
-                for i in range(length):
-                    window[i] += w * gs[i]
-                k += 1
+        _scatter_run(acc, grads[n], row, offset, values, indptr[c], indptr[c + 1], length)
         out[n, c, :] = acc
 
 
@@ -210,37 +220,6 @@ def _unfill(planes, image, stride, pad_rows, pad_cols, pitch):
                     image[c, r, j] = planes[p, base + padded_col // stride]
 
 
-@njit(inline="always", fastmath=True, nogil=True)
-def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, target):
-    """One output channel of one image from its planes (the gather of the module docstring)."""
-    acc = np.full(length, bias[o], np.float32)
-    k = indptr[o]
-    end = indptr[o + 1]
-    while k + 4 <= end:
-        x0 = planes[plane[k], offset[k]:offset[k] + length]
-        x1 = planes[plane[k + 1], offset[k + 1]:offset[k + 1] + length]
-        x2 = planes[plane[k + 2], offset[k + 2]:offset[k + 2] + length]
-        x3 = planes[plane[k + 3], offset[k + 3]:offset[k + 3] + length]
-        w0 = values[k]
-        w1 = values[k + 1]
-        w2 = values[k + 2]
-        w3 = values[k + 3]
-        for i in range(length):
-            acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
-        k += 4
-    while k < end:
-        xs = planes[plane[k], offset[k]:offset[k] + length]
-        w = values[k]
-        for i in range(length):
-            acc[i] += w * xs[i]
-        k += 1
-    if pitch == out_cols:
-        target[:] = acc[:out_rows * out_cols]
-    else:
-        for r in range(out_rows):
-            target[r * out_cols:(r + 1) * out_cols] = acc[r * pitch:r * pitch + out_cols]
-
-
 @njit(fastmath=True, cache=True, nogil=True)
 def fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
     """:func:`fill_all` in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
@@ -298,43 +277,25 @@ def conv_input_grad(grads, column_indptr, column_row, column_offset, column_valu
         acc = np.zeros((phases, plane_size), np.float32)
         for phase in range(phases):
             p = c * phases + phase
-            k = column_indptr[p]
-            end = column_indptr[p + 1]
-            while k < end:
-                start = column_offset[k]
-                window = acc[phase, start:start + length]
-                if k + 4 <= end and column_offset[k + 3] == start:
-                    g0 = grads[n, column_row[k]]
-                    g1 = grads[n, column_row[k + 1]]
-                    g2 = grads[n, column_row[k + 2]]
-                    g3 = grads[n, column_row[k + 3]]
-                    w0 = column_values[k]
-                    w1 = column_values[k + 1]
-                    w2 = column_values[k + 2]
-                    w3 = column_values[k + 3]
-                    for i in range(length):
-                        window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
-                    k += 4
-                else:
-                    gs = grads[n, column_row[k]]
-                    w = column_values[k]
-                    for i in range(length):
-                        window[i] += w * gs[i]
-                    k += 1
+            _scatter_run(acc[phase], grads[n], column_row, column_offset, column_values, column_indptr[p],
+                         column_indptr[p + 1], length)
         _unfill(acc, grad_x[n, c:c + 1], stride, pad_rows, pad_cols, pitch)
 
 
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel once, on a problem of one weight."""
+def warm_up(training: bool = False) -> None:
+    """Compile (or load from the on-disk cache) the forward kernels, and with ``training`` the gradients'
+    too, once, on a problem of one weight.  Loading is not free (seconds), so inference loads only its own."""
     planes = np.ones((1, 1, 4), np.float32)
     index = np.zeros(1, np.int64)
     indptr = np.array([0, 1], np.int64)
     values = np.ones(1, np.float32)
     out = np.empty((1, 1, 2), np.float32)
     gather(planes, indptr, index, index, values, np.zeros(1, np.float32), 2, 2, 1, 2, out)
-    scatter(out, indptr, index, index, values, 4, np.empty((1, 1, 4), np.float32))
-    dots(planes, out, indptr, index, index, np.empty(1, np.float32))
     image = np.ones((1, 1, 1, 2), np.float32)
     conv_forward(image, 1, 0, 0, 2, 1, 2, 1, indptr, index, index, values, np.zeros(1, np.float32), 1, 2, 1,
                  np.empty((1, 1, 2), np.float32))
-    conv_input_grad(out, indptr, index, index, values, 1, 0, 0, 2, 2, np.empty((1, 1, 1, 2), np.float32))
+    if training:
+        scatter(out, indptr, index, index, values, 4, np.empty((1, 1, 4), np.float32))
+        dots(planes, out, indptr, index, index, np.empty(1, np.float32))
+        fill_all(image, 1, 0, 0, 2, 1, np.empty((1, 1, 2), np.float32))
+        conv_input_grad(out, indptr, index, index, values, 1, 0, 0, 2, 2, np.empty((1, 1, 1, 2), np.float32))

@@ -179,12 +179,12 @@ class KernelReport:
         return text
 
 
-def jit_unavailable() -> str | None:
+def jit_unavailable(training: bool = False) -> str | None:
     """Why the JIT kernels cannot load here (numba missing or broken), or None."""
     try:
         from . import jit, ops  # noqa: F401  (registers the operators)
 
-        jit.warm_up()  # compiles on a machine's first use, then loads from numba's disk cache
+        jit.warm_up(training)  # compiles on a machine's first use, then loads from numba's disk cache
     except Exception as exc:  # a broken numba/llvmlite install raises more than ImportError
         return f"the sparse kernels' JIT (numba) could not load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return None
@@ -195,7 +195,7 @@ def sparse_layers(model: torch.nn.Module) -> list[tuple[str, _SparseMixin]]:
 
 
 def use_kernels(model: torch.nn.Module, choice: str, *, masks: dict[str, torch.Tensor] | None = None,
-                tuner=None, device: torch.device | str | None = None) -> KernelReport:
+                tuner=None, device: torch.device | str | None = None, training: bool = False) -> KernelReport:
     """Install the sparse layers in ``model`` (in place) and say what was installed.
 
     ``masks`` (weight name -> boolean keep mask) fixes each layer's surviving weights, as training needs
@@ -211,7 +211,7 @@ def use_kernels(model: torch.nn.Module, choice: str, *, masks: dict[str, torch.T
     if device.type != "cpu":
         report.unavailable = f"the sparse kernels run on the CPU only (this is {device.type})"
         return report
-    report.unavailable = jit_unavailable()
+    report.unavailable = jit_unavailable(training)
     if report.unavailable:
         return report
     names = {id(module): name for name, module in model.named_modules()}
