@@ -28,7 +28,7 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     report.setup_seconds = time.perf_counter() - started
     report.tuner = tuner
     if tuner is not None and report.sparse_layers:
-        _check_network_once(model, tuner)
+        _check_network_once(model, tuner, report)
     if choice == "dense":
         return report
     if report.unavailable:
@@ -43,20 +43,16 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     return report
 
 
-def _check_network_once(model: torch.nn.Module, tuner) -> None:
-    """After the first call at an input shape has chosen each layer's kernel, time the whole network once."""
-    from .layers import sparse_layers
-
+def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport) -> None:
+    """After the first call at an input shape has chosen each layer's kernel, time the whole network once
+    against the plain one; where the plain one wins, it is what runs at that shape (its own modules back)."""
     decided: dict[tuple, str] = {}
-    layers = [layer for _, layer in sparse_layers(model)]
 
     def shapes_of(args) -> tuple:
         return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
 
     def before(module, args, kwargs):
-        choice = decided.get(shapes_of(args), "auto")
-        for layer in layers:
-            layer.network_choice = choice
+        report.run_plain(decided.get(shapes_of(args)) == "dense")
         return None
 
     def after(module, args, kwargs, output):
@@ -64,7 +60,8 @@ def _check_network_once(model: torch.nn.Module, tuner) -> None:
         if shapes in decided or torch.is_grad_enabled():
             return None
         decided[shapes] = "auto"  # first: the check's own calls come back through these hooks
-        decided[shapes] = tuner.verify_network(module, args, kwargs)
+        decided[shapes] = tuner.verify_network(module, args, kwargs, report)
+        report.run_plain(decided[shapes] == "dense")
         return None
 
     model.register_forward_pre_hook(before, with_kwargs=True)

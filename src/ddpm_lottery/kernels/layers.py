@@ -47,7 +47,6 @@ class _SparseMixin:
         self.last_kernel = "dense"
         self._cached_values: tuple | None = None
         self._zeros: torch.Tensor | None = None
-        self.network_choice = "auto"  # "dense" when the whole network ran faster without the sparse kernels
 
     def _mask(self) -> torch.Tensor:
         return self.keep if self.keep is not None else self.weight.detach() != 0
@@ -65,7 +64,7 @@ class _SparseMixin:
         return geometry, self._structures[key]
 
     def _kernel_for(self, x: torch.Tensor) -> str:
-        if self.choice == "dense" or self.network_choice == "dense" or not self._sparse_runnable(x):
+        if self.choice == "dense" or not self._sparse_runnable(x):
             return "dense"
         if self.choice == "sparse":
             return "sparse"
@@ -165,6 +164,12 @@ class KernelReport:
     unavailable: str | None = None  # why no sparse kernel can run at all (no numba, a CUDA device)
     setup_seconds: float = 0.0  # the swap, and the JIT's compilation (or loading from its disk cache)
     tuner: object | None = None
+    swaps: list = field(default_factory=list)  # (parent, attribute, plain layer, sparse layer), to switch back
+
+    def run_plain(self, plain: bool) -> None:
+        """Put the plain layers back (``True``: the very network it was, no overhead) or the sparse ones."""
+        for parent, attribute, original, swapped in self.swaps:
+            setattr(parent, attribute, original if plain else swapped)
 
     def summary(self) -> str:
         """One line for logs and records: which kernel the layers run."""
@@ -233,6 +238,7 @@ def use_kernels(model: torch.nn.Module, choice: str, *, masks: dict[str, torch.T
             swapped._setup(choice, None if keep is None else keep.to(torch.bool), tuner, name)
             setattr(parent, child_name, swapped)
             report.sparse_layers.append(name)
+            report.swaps.append((parent, child_name, child, swapped))
     return report
 
 

@@ -115,12 +115,12 @@ class KernelTuner:
         return entry["kernel"]
 
     @torch.no_grad()
-    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> str:
+    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict, report) -> str:
         """The whole network's check after its layers' choices: "auto" if they make it faster, else "dense".
 
         Each layer is timed alone; a whole call also pays what one kernel leaves to the next (caches, the
-        thread pools' hand-over), so the network is timed too, interleaved with all-dense, and runs all-dense
-        unless the choices win.  The answer is stored like a layer's."""
+        thread pools' hand-over), so the network is timed too, interleaved with the plain network (its own
+        modules, put back by ``report``), and runs plain unless the choices win.  Stored like a layer's."""
         from .layers import sparse_layers
 
         layers = sparse_layers(model)
@@ -134,12 +134,12 @@ class KernelTuner:
         if entry is None or entry.get("kernel") not in ("dense", "auto"):
             started = time.perf_counter()
             times: dict[str, list[float]] = {"dense": [], "auto": []}
+            call = model.forward  # past the hooks: this is the check itself
             for round_index in range(self.repeats + 1):
                 for mode in ("dense", "auto"):
-                    for _, layer in layers:
-                        layer.network_choice = mode
+                    report.run_plain(mode == "dense")
                     begun = time.perf_counter()
-                    model(*args, **kwargs)
+                    call(*args, **kwargs)
                     if round_index:  # the first round warms both up
                         times[mode].append(time.perf_counter() - begun)
             # the best of each: the least disturbed call.  The layers' choices must win by a margin, since the
