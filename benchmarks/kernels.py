@@ -146,8 +146,8 @@ def networks_for(preset: str, densities):
 
 
 def bench_networks(presets, densities, batches, repeats) -> list[str]:
-    rows = [f"| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
-            f"Amdahl bound | layers sparse under auto |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
+            "Amdahl bound | layers sparse under auto |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print(*rows, sep="\n", flush=True)
     for preset in presets:
         for batch in batches:

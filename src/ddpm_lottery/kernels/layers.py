@@ -199,7 +199,7 @@ def sparse_layers(model: torch.nn.Module) -> list[tuple[str, _SparseMixin]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, _SparseMixin)]
 
 
-def use_kernels(model: torch.nn.Module, choice: str, *, masks: dict[str, torch.Tensor] | None = None,
+def use_kernels(model: torch.nn.Module, choice: KernelChoice, *, masks: dict[str, torch.Tensor] | None = None,
                 tuner=None, device: torch.device | str | None = None, training: bool = False) -> KernelReport:
     """Install the sparse layers in ``model`` (in place) and say what was installed.
 

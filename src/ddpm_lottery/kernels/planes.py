@@ -53,8 +53,7 @@ class Geometry:
 
 def conv_geometry(conv: torch.nn.Conv2d, height: int, width: int) -> Geometry:
     kh, kw = conv.kernel_size
-    (sh, sw), (ph, pw) = conv.stride, conv.padding
-    stride = sh
+    (stride, _), (ph, pw) = conv.stride, conv.padding  # equal strides: supported() refuses others
     rows_padded, cols_padded = height + 2 * ph, width + 2 * pw
     out_rows = (rows_padded - kh) // stride + 1
     out_cols = (cols_padded - kw) // stride + 1
