@@ -1,6 +1,6 @@
 """The sparse kernels against PyTorch's dense ones: per layer, per denoiser call, per training step.
 
-    python benchmarks/kernels.py [--sections layers,networks,training,setup] [--presets tiny,small,ddpm-cifar10]
+    python benchmarks/kernels.py [--sections layers,networks,compiled,training,setup] [--presets tiny,small,ddpm-cifar10]
                                  [--densities 0.5,0.25,0.125,0.0625,0.03] [--batches 1,64] [--repeats 5]
 
 Every ratio is dense time / sparse time of the same inputs, timed interleaved in this one process
@@ -180,6 +180,61 @@ def bench_networks(presets, densities, batches, repeats) -> list[str]:
     return rows
 
 
+def interleaved_minima(calls: dict, repeats: int) -> dict:
+    """Best time of each callable, interleaved (the order rotating each round) after two warm-up rounds."""
+    for _ in range(2):
+        for call in calls.values():
+            call()
+    times: dict = {name: [] for name in calls}
+    names = list(calls)
+    for index in range(repeats):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            begun = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - begun)
+    return {name: min(values) for name, values in times.items()}
+
+
+def bench_compiled(presets, densities, batches, repeats) -> list[str]:
+    """The rest of the call: the same networks eager and through --compile-sampling (torch.compile), every
+    ratio to the dense network run eagerly.  The compile, paid once per shape, is reported apart."""
+    rows = ["| network | masks | batch | sparsity | dense ms | dense compiled | sparse | sparse compiled | "
+            "auto compiled | sparse compiled / dense compiled | compile s (dense, sparse) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    print(*rows, sep="\n", flush=True)
+    for preset in presets:
+        for batch in batches:
+            for label, dense, masks in networks_for(preset, densities):
+                density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+                x, t = network_input(dense, batch)
+                models, reports = {}, {}
+                with tempfile.TemporaryDirectory() as cache:
+                    for name, kernels, compiled in (("dense", "dense", False), ("dense compiled", "dense", True),
+                                                    ("sparse", "sparse", False), ("sparse compiled", "sparse", True),
+                                                    ("auto compiled", "auto", True)):
+                        model = copy.deepcopy(dense)
+                        runtime = RuntimeConfig()
+                        runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache, compiled
+                        reports[name] = install_kernels(model, runtime, log=lambda *_: None,
+                                                        masks=None if kernels == "auto" else masks)
+                        with torch.no_grad():
+                            model(x, t)  # each shape's first call: eager (structures, auto's timing)
+                            model(x, t)  # the compiled call: pays the compile
+                        models[name] = model
+                    with torch.no_grad():
+                        best = interleaved_minima({name: (lambda m=m: m(x, t)) for name, m in models.items()},
+                                                  repeats)
+                base = best["dense"]
+                cells = " | ".join(f"{best[name] * 1e3:.1f} ({base / best[name]:.2f}×)"
+                                   for name in ("dense compiled", "sparse", "sparse compiled", "auto compiled"))
+                rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {base * 1e3:.1f} | {cells} | "
+                            f"{best['dense compiled'] / best['sparse compiled']:.2f}× | "
+                            f"{reports['dense compiled'].compile_seconds:.0f}, "
+                            f"{reports['sparse compiled'].compile_seconds:.0f} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
 def bench_training(presets, densities, batch, repeats) -> list[str]:
     rows = ["| network | masks | batch | sparsity | dense step ms | sparse step ms | × | FLOP ratio |",
             "|---|---|---|---|---|---|---|---|"]
@@ -245,7 +300,7 @@ def bench_setup() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="layers,networks,training,setup")
+    parser.add_argument("--sections", default="layers,networks,compiled,training,setup")
     parser.add_argument("--presets", default="tiny,small,ddpm-cifar10")
     parser.add_argument("--densities", default="0.5,0.25,0.125,0.0625,0.03",
                         help="surviving fractions (0.125 = 87.5 %% sparse)")
@@ -273,6 +328,9 @@ def main() -> None:
     if "networks" in sections:
         print("\n## Per denoiser call\n")
         bench_networks(presets, densities, batches, args.repeats)
+    if "compiled" in sections:
+        print("\n## The rest of the call: eager against --compile-sampling (ratios to dense eager)\n")
+        bench_compiled(presets, densities, batches, args.repeats)
     if "training" in sections:
         print(f"\n## Per training step (forward, backward, Adam; batch {args.train_batch})\n")
         bench_training(presets, densities, args.train_batch, max(3, args.repeats // 2))

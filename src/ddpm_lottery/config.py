@@ -260,6 +260,15 @@ class RuntimeConfig(Section):
                            "on a timing", choices=("auto", "sparse", "dense"), hashed=False)
     kernel_cache: str | None = setting(None, "folder of this machine's per-layer kernel timings "
                                        "[default: ~/.cache/ddpm-lottery/kernels]", hashed=False)
+    sparse_training_from: float = setting(0.8, "training with --kernels sparse: levels at least this sparse train "
+                                          "with the sparse kernels, less sparse ones with the dense kernels, which "
+                                          "win there (a rule of the mask alone, so every machine trains alike)",
+                                          minimum=0, maximum=1, hashed=False)
+    compile_sampling: bool = setting(False, "sampling, evaluation and the frontier: run the denoiser through "
+                                     "torch.compile, which fuses the norms, activations and adds between the "
+                                     "convolutions (the sparse kernels stay inside the graph); each input shape "
+                                     "pays a one-off compile, and the images change in their last bits",
+                                     hashed=False)
 
 
 @dataclass
@@ -378,6 +387,8 @@ class StudySettings(Section):
                                      "(unified or global)")
     cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]",
                                           minimum=1)
+    control_levels: tuple[int, ...] = setting((), "the levels of each search that its controls mirror, e.g. the "
+                                              "two sparsest [default: every pruned level]", minimum=1)
     inception_seeds: tuple[int, ...] = setting((), "the data seeds whose levels the Inception measure runs on, "
                                                "the costliest measure [default: every data seed]", minimum=0)
     decided_by: str = setting("", "a larger shipped study that can decide what this one leaves not separable "

@@ -76,8 +76,9 @@ def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: in
                    device: torch.device | str = "cpu") -> dict[str, float]:
     """Median seconds of one denoiser call at ``batch`` images, per network.
 
-    The networks are timed interleaved (one call of each in turn, ``repeats`` rounds, after one
-    warm-up round), so a machine that slows down mid-measurement slows every network alike and the
+    The networks are timed interleaved (one call of each in turn, ``repeats`` rounds, after two
+    warm-up rounds: with ``--compile-sampling`` the first call at a shape runs eagerly and the second
+    compiles), so a machine that slows down mid-measurement slows every network alike and the
     ratios between them stay fair.  Timesteps cycle through the range; no gradients.
     """
     import statistics
@@ -94,7 +95,7 @@ def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: in
             inputs[key] = torch.randn(batch, config.in_channels, size, size, generator=generator).to(device)
     times: dict[str, list[float]] = {name: [] for name in networks}
     with torch.no_grad():
-        for round_index in range(repeats + 1):
+        for round_index in range(repeats + 2):
             t = torch.full((batch,), 999 - (round_index * 337) % 1000, dtype=torch.long, device=device)
             for name, net in networks.items():
                 config = net.config
@@ -104,7 +105,7 @@ def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: in
                 net(x, t)
                 if x.is_cuda:
                     torch.cuda.synchronize(x.device)
-                if round_index:  # the first round warms caches and allocators up
+                if round_index >= 2:  # caches, allocators and any compile are warm
                     times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 

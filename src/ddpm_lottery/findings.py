@@ -41,10 +41,29 @@ class Collection:
     searches: dict[str, dict[int, Run]]
     strategies: dict[str, tuple[str, str]]  # search -> (strategy, order)
     controls: dict[tuple[str, str], dict[int, Run]]  # (search, control) -> seed -> run
-    dense: dict[int, Run]  # seed -> the run whose level 0 is the dense model
+    dense: dict[int, Run]  # seed -> the run whose level 0 is the first search's dense model
     cka: list = field(default_factory=list)  # CkaFolders holding a summary with baselines
     confidence: float = 0.95
     notes: dict = field(default_factory=dict)  # the study's description, cka_search, decided_by
+    # search -> seed -> the run that trained that search's dense model (a width study has one per width)
+    dense_of: dict[str, dict[int, Run]] = field(default_factory=dict)
+
+    def dense_for(self, search: str) -> dict[int, Run]:
+        return self.dense_of.get(search) or self.dense
+
+    def same_network(self, first: str, second: str) -> bool:
+        """Whether two searches prune the same dense model (levels of different networks are not paired)."""
+        a, b = self.dense_for(first), self.dense_for(second)
+        return all(a[s].root == b[s].root for s in a.keys() & b.keys())
+
+
+def _dense_run(folder: StudyFolder, run: Run) -> Run:
+    """The run whose level 0 ``run`` starts from: the one it copied its dense model from, else itself."""
+    if 0 not in run.finished_levels():
+        return run
+    copied = run.level(0).metrics().get("copied_from")
+    source = folder.run_path(Path(copied).name) if copied else None
+    return Run.open(source) if source is not None and Run.is_run(source) else run
 
 
 def collect(path: str | Path) -> Collection:
@@ -54,7 +73,7 @@ def collect(path: str | Path) -> Collection:
     if folder.is_study():
         stored = read_json(folder.record, "study record")
         declaration = stored["declaration"]
-        searches, strategies, controls, dense = {}, {}, {}, {}
+        searches, strategies, controls, dense, dense_of = {}, {}, {}, {}, {}
         first = next(iter(declaration["searches"]))
         for seed in declaration["data_seeds"]:
             for search, values in declaration["searches"].items():
@@ -65,6 +84,7 @@ def collect(path: str | Path) -> Collection:
                     strategies[search] = (run.config.prune.strategy, run.config.prune.order)
                     if search == first:
                         dense[seed] = run
+                    dense_of.setdefault(search, {})[seed] = _dense_run(folder, run)
                 for control, sources in declaration["controls"].items():
                     branch = folder.run_path(f"{search}-seed{seed}-{control}")
                     if search in sources and Run.is_run(branch):
@@ -77,7 +97,8 @@ def collect(path: str | Path) -> Collection:
             "b": any(STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES)
             and any(not STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES),
             "c": bool(declaration["controls"]), "d": bool(stored.get("notes", {}).get("cka_search"))}}
-        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(), notes=notes)
+        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(), notes=notes,
+                          dense_of=dense_of)
     run = Run.open(path)
     name = run.root.name
     controls = {}
@@ -275,7 +296,6 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
 def findings(collection: Collection) -> dict:
     protocols = chosen_protocols(collection)
     rows: list[dict] = []
-    dense = collection.dense
     summary_a = []
     # (a) against the dense model
     for search, by_seed in collection.searches.items():
@@ -283,7 +303,7 @@ def findings(collection: Collection) -> dict:
         for index in _pruned_levels(by_seed):
             seeds = {s: r for s, r in by_seed.items() if index in r.finished_levels()}
             sparsity = _sparsity(next(iter(seeds.values())), index)
-            differences = compare_levels(collection, protocols, seeds, index, dense, 0)
+            differences = compare_levels(collection, protocols, seeds, index, collection.dense_for(search), 0)
             rows.append(_row("a", f"{search} − dense", sparsity, differences))
             levels.append((index, sparsity, differences))
         summary_a.append({"search": search, **sparsest_against_dense(levels)})
@@ -295,7 +315,7 @@ def findings(collection: Collection) -> dict:
     for first in varying:
         others = plain + [s for s in varying if s != first and collection.strategies[first][1] == "forward"
                           and collection.strategies[s][1] == "reverse"]
-        for second in others:
+        for second in (s for s in others if collection.same_network(first, s)):
             question = "d" if second in varying else "b"
             for index in _pruned_levels(collection.searches[first]):
                 a, b = collection.searches[first], collection.searches[second]

@@ -10,7 +10,8 @@ A study file is a config file (TOML or YAML) with three more tables::
     [frontier]                   with study.frontier_search: the efficiency frontier's samplers and sweep
 
 Per data seed ``s`` it makes these runs under ``OUT/runs/``: ``NAME-seed{s}`` for every search (the
-first search trains the dense model, the others start from its level 0 and theta_tau) and
+first search trains the dense model, the others start from its level 0 and theta_tau; a search whose settings
+outside ``[prune]`` differ, e.g. a wider ``[model]``, trains its own, which later searches like it share) and
 ``NAME-seed{s}-{control}`` for every control.  It then measures every finished level with every measure
 of ``[eval]``, compares the tickets of ``cka_search`` pairwise across seeds with CKA and its baselines,
 draws the efficiency frontier of ``frontier_search`` (first data seed) when asked, and writes ``OUT/findings.json``, ``OUT/findings.md`` and ``OUT/report.html``.
@@ -95,17 +96,31 @@ class Study:
         config.train.seed_data = seed
         return config
 
+    def dense_sources(self) -> dict[str, str]:
+        """Search -> the search whose run trains its dense model: the first search declared with the same
+        settings outside ``[prune]`` (so a width study's searches of one width share one dense model, and
+        each width trains its own)."""
+        owners: dict[str, str] = {}
+        sources = {}
+        for search in self.searches:
+            trained = to_dict(self.search_config(search, 0))
+            trained.pop("prune")
+            key = repr(sorted((section, sorted(values.items())) for section, values in trained.items()))
+            sources[search] = owners.setdefault(key, search)
+        return sources
+
     def runs(self, out: Path) -> list[PlannedRun]:
         """Every run, in the order they are made: seed by seed, each search then its controls."""
         planned = []
-        first = next(iter(self.searches))
+        dense_owner = self.dense_sources()
+        control_levels = list(self.settings.control_levels)
         for seed in self.settings.data_seeds:
             for search in self.searches:
                 config = self.search_config(search, seed)
                 name = f"{search}-seed{seed}"
                 source = None
-                if search != first:
-                    source = f"{first}-seed{seed}"
+                if dense_owner[search] != search:
+                    source = f"{dense_owner[search]}-seed{seed}"
                     config.prune.dense_from = str(StudyFolder(out).run_path(source))
                 levels = planned_levels(config)
                 planned.append(PlannedRun(name, search, seed, config, None, source, levels))
@@ -119,8 +134,9 @@ class Study:
                         branch.prune.reinit = True
                     else:
                         branch.prune.strategy = "random"
-                    planned.append(PlannedRun(f"{name}-{control}", search, seed, branch, control, name,
-                                              [i for i in levels if i > 0]))
+                    mirrored = [i for i in levels if i > 0 and (not control_levels or i in control_levels)]
+                    branch.prune.levels = tuple(mirrored) if control_levels else ()
+                    planned.append(PlannedRun(f"{name}-{control}", search, seed, branch, control, name, mirrored))
         return planned
 
     def measures_for(self, seed: int) -> list[str]:
@@ -355,6 +371,9 @@ class Plan:
     loss_calls: int  # denoiser calls of the held-out loss left
     cka_total: int
     cka_done: int
+    # the work left per network (the search that trains it -> train_steps, sampled_images, loss_calls): a
+    # width study's wider network costs more per step, so the estimate times each network apart
+    network_work: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -394,7 +413,10 @@ def make_plan(study: Study, out: Path) -> Plan:
     sampled = inception = loss_calls = 0
     resamples = {m: 0 for m in measures}
     heldout = config.heldout_images
+    owners = study.dense_sources()
+    work: dict[str, dict[str, int]] = {}
     for planned in runs:
+        before = (train_steps, sampled, loss_calls)
         path = StudyFolder(out).run_path(planned.name)
         run = Run.open(path) if Run.is_run(path) else None
         finished = set(run.finished_levels()) if run else set()
@@ -422,11 +444,14 @@ def make_plan(study: Study, out: Path) -> Plan:
             # the images one measure drew serve the next (a study measures Inception after the cheap ones)
             stored_samples = index in finished and run.level(index).samples_path(samples_name).is_file()
             sampled += config.num_samples if needs_samples and not stored_samples else 0
+        left = work.setdefault(owners[planned.search], {"train_steps": 0, "sampled_images": 0, "loss_calls": 0})
+        for key, now, then in zip(left, (train_steps, sampled, loss_calls), before):
+            left[key] += now - then
     cka_total = len(study.cka_pairs()) * len(cka_levels(study, runs))
     cka_done = sum(1 for a, b in study.cka_pairs() for level in cka_levels(study, runs)
                    if cka_folder(out, study, a, b, level).summary.exists())
     return Plan(runs, train_steps, levels_total, levels_done, evaluations_total, evaluations_done, sampled,
-                inception, resamples, loss_calls, cka_total, cka_done)
+                inception, resamples, loss_calls, cka_total, cka_done, work)
 
 
 def cka_levels(study: Study, runs: list[PlannedRun]) -> list[int]:
@@ -451,14 +476,26 @@ class DeviceCosts:
     call_per_image_s: float  # one denoiser call on one image, at the sampling batch size
     inception_per_image_s: float | None
     frechet_s: dict  # measure -> seconds of one Fréchet distance at the study's N
+    # the search that trains each further network -> (training step s, denoiser s per image and call)
+    networks: dict = field(default_factory=dict)
+
+    def per_network(self, plan: Plan) -> list[tuple[dict, float, float]]:
+        """(work left, step s, call s) for each network the plan trains; the first network's costs where
+        one was not timed apart."""
+        work = plan.network_work or {"": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images,
+                                          "loss_calls": plan.loss_calls}}
+        return [(left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
+                for owner, left in work.items()]
 
     def estimate(self, plan: Plan, config: EvalConfig) -> dict[str, float]:
         from .diffusion import sampling_steps
 
-        parts = {"training": plan.train_steps * self.train_step_s,
-                 "sampling": plan.sampled_images * sampling_steps(config.sampling) * self.call_per_image_s,
+        networks = self.per_network(plan)
+        steps = sampling_steps(config.sampling)
+        parts = {"training": sum(left["train_steps"] * step for left, step, _ in networks),
+                 "sampling": sum(left["sampled_images"] * steps * call for left, _, call in networks),
                  "Inception features": plan.inception_images * (self.inception_per_image_s or 0.0),
-                 "held-out loss": plan.loss_calls * self.call_per_image_s,
+                 "held-out loss": sum(left["loss_calls"] * call for left, _, call in networks),
                  "intervals": sum(count * self.frechet_s.get(m, 0.0) for m, count in plan.resamples.items())}
         parts["total"] = sum(parts.values())
         return parts
@@ -487,14 +524,42 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     The training step is timed at ``min(batch, probe_batch)`` and scaled linearly to the batch, so a
     dry run of a paper-scale study on a CPU takes seconds, not the minutes of one real step.
     """
-    from .diffusion import noise_scheduler
     from .metrics import FrechetReference
-    from .networks import build_model
     from .launch import resolve_device
 
-    first = study.search_config(next(iter(study.searches)), study.settings.data_seeds[0])
+    owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
+    first = study.search_config(owners[0], study.settings.data_seeds[0])
     device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto"
                             else first.runtime.device)
+    channels, side = _data_shape(first)
+    step_s, call_s = _network_costs(study, first, device, probe_batch)
+    networks = {owner: _network_costs(study, study.search_config(owner, study.settings.data_seeds[0]), device,
+                                      probe_batch) for owner in owners[1:]}
+    inception_s = None
+    measures = study.evaluation.measures
+    frechet = {}
+    if "inception" in measures:
+        from .metrics import InceptionFeatures
+
+        extractor = InceptionFeatures(study.evaluation.feature_network, device=device)
+        images = torch.zeros(16, channels, side, side, dtype=torch.uint8)
+        inception_s = _timed(lambda: extractor(images), 1) / len(images)
+    generator = torch.Generator().manual_seed(0)
+    n = study.evaluation.num_samples
+    for measure, dim in (("inception", 2048), ("domain", 64)):
+        if measure in measures:
+            reference = FrechetReference(torch.randn(min(n, 4096), dim, generator=generator, dtype=torch.float64))
+            fake = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+            frechet[measure] = _timed(lambda: reference.distance(fake), 1)
+    return DeviceCosts(str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s,
+                       frechet, networks)
+
+
+def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int) -> tuple[float, float]:
+    """One network's training step (s) and denoiser call (s per image) on ``device``."""
+    from .diffusion import noise_scheduler
+    from .networks import build_model
+
     channels, side = _data_shape(first)
     model = build_model(first.model, channels, image_size=side).to(device)
     scheduler = noise_scheduler(first.diffusion)
@@ -522,24 +587,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     ts = torch.full((sample_batch,), 500, device=device, dtype=torch.long)
     with torch.no_grad():
         call_s = _timed(lambda: model(xs, ts), 2) / sample_batch
-    inception_s = None
-    measures = study.evaluation.measures
-    frechet = {}
-    if "inception" in measures:
-        from .metrics import InceptionFeatures
-
-        extractor = InceptionFeatures(study.evaluation.feature_network, device=device)
-        images = torch.zeros(16, channels, side, side, dtype=torch.uint8)
-        inception_s = _timed(lambda: extractor(images), 1) / len(images)
-    generator = torch.Generator().manual_seed(0)
-    n = study.evaluation.num_samples
-    for measure, dim in (("inception", 2048), ("domain", 64)):
-        if measure in measures:
-            reference = FrechetReference(torch.randn(min(n, 4096), dim, generator=generator, dtype=torch.float64))
-            fake = torch.randn(n, dim, generator=generator, dtype=torch.float64)
-            frechet[measure] = _timed(lambda: reference.distance(fake), 1)
-    return DeviceCosts(str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s,
-                       frechet)
+    return step_s, call_s
 
 
 def _hours(seconds: float) -> str:
@@ -579,7 +627,9 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
             f"measured on {costs.device} ({costs.threads} threads): training step {costs.train_step_s:.3g} s at batch "
             f"{costs.batch_size}, denoiser {1e3 * costs.call_per_image_s:.3g} ms per image and call"
             + (f", Inception {1 / costs.inception_per_image_s:.3g} images/s" if costs.inception_per_image_s else "")
-            + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items()))
+            + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items())
+            + "".join(f"; {owner}'s network: training step {step:.3g} s, denoiser {1e3 * call:.3g} ms"
+                      for owner, (step, call) in costs.networks.items()))
         if plan.complete:
             lines.append("estimated wall time: none, every planned level, evaluation and CKA pair is stored")
             return "\n".join(lines)

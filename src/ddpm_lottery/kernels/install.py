@@ -1,4 +1,11 @@
-"""One call for every command: install the kernels a ``--kernels`` setting asks for, and say so."""
+"""One call for every command: install the kernels a ``--kernels`` setting asks for, and say so.
+
+With ``--compile-sampling`` the denoiser's calls also go through ``torch.compile`` (inductor): the
+group norms, activations, adds and copies between the convolutions fuse into a few loops, and the
+sparse kernels sit inside the graph as the custom operators of :mod:`.ops`.  Each input shape's
+first call runs eagerly, because that call builds the layers' index structures and (``auto``) times
+their kernels, which is data-dependent Python that a graph cannot hold; the calls after it run
+compiled."""
 
 from __future__ import annotations
 
@@ -27,8 +34,9 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     report = use_kernels(model, choice, masks=masks, tuner=tuner, training=training)
     report.setup_seconds = time.perf_counter() - started
     report.tuner = tuner
+    compiled = _compile_calls(model, report) if runtime.compile_sampling and not training else None
     if tuner is not None and report.sparse_layers:
-        _check_network_once(model, tuner, report)
+        _check_network_once(model, tuner, report, compiled)
     if choice == "dense":
         return report
     if report.unavailable:
@@ -43,24 +51,66 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     return report
 
 
-def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport) -> None:
+def _shapes_of(args) -> tuple:
+    return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
+
+
+class _CompiledCalls:
+    """The network's forward: eager at each input shape's first call (and whenever autograd records),
+    ``torch.compile``d after it.  ``dynamic=False``: a sampler meets one or two batch sizes, and a graph
+    specialised to each keeps the custom operators' shapes plain integers."""
+
+    def __init__(self, eager, report: KernelReport):
+        self.eager, self.report = eager, report
+        self.graph = torch.compile(eager, dynamic=False)
+        self.seen: set[tuple] = set()
+        self.timed: set[tuple] = set()
+
+    def __call__(self, *args, **kwargs):
+        shapes = _shapes_of(args)
+        if torch.is_grad_enabled() or shapes not in self.seen:
+            self.seen.add(shapes)
+            return self.eager(*args, **kwargs)
+        return self.run_graph(*args, **kwargs)
+
+    def run_graph(self, *args, **kwargs):
+        key = (_shapes_of(args), self.report.plain)
+        if key in self.timed:
+            return self.graph(*args, **kwargs)
+        started = time.perf_counter()  # this shape's first compiled call: it pays the compile
+        output = self.graph(*args, **kwargs)
+        self.report.compile_seconds += time.perf_counter() - started
+        self.timed.add(key)
+        return output
+
+
+def _compile_calls(model: torch.nn.Module, report: KernelReport) -> _CompiledCalls:
+    # an instance attribute: ``model(x)`` still runs its hooks (eagerly), then this forward
+    calls = _CompiledCalls(model.forward, report)
+    model.forward = calls
+    report.compiled = True
+    return calls
+
+
+def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport,
+                        compiled: _CompiledCalls | None = None) -> None:
     """After the first call at an input shape has chosen each layer's kernel, time the whole network once
-    against the plain one; where the plain one wins, it is what runs at that shape (its own modules back)."""
+    against the plain one; where the plain one wins, it is what runs at that shape (its own modules back).
+    With ``compiled``, both are timed compiled, since that is how the later calls run."""
     decided: dict[tuple, str] = {}
 
-    def shapes_of(args) -> tuple:
-        return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
-
     def before(module, args, kwargs):
-        report.run_plain(decided.get(shapes_of(args)) == "dense")
+        report.run_plain(decided.get(_shapes_of(args)) == "dense")
         return None
 
     def after(module, args, kwargs, output):
-        shapes = shapes_of(args)
+        shapes = _shapes_of(args)
         if shapes in decided or torch.is_grad_enabled():
             return None
         decided[shapes] = "auto"  # first: the check's own calls come back through these hooks
-        decided[shapes] = tuner.verify_network(module, args, kwargs, report)
+        decided[shapes] = tuner.verify_network(module, args, kwargs, report,
+                                               call=compiled.run_graph if compiled else None,
+                                               compiled=compiled is not None)
         report.run_plain(decided[shapes] == "dense")
         return None
 
@@ -80,12 +130,15 @@ def kernel_record(model: torch.nn.Module, report: KernelReport) -> dict:
     else:
         text = f"sparse kernels in {used['sparse']} of {pruned} pruned layers (--kernels {report.choice})"
     tuning = report.tuner.tuning_seconds if report.tuner is not None else 0.0
+    if report.compiled:
+        text += ", through torch.compile"
     return {"kernels": text, "kernel_choice": report.choice, "kernel_layers": used,
-            "kernel_setup_s": round(report.setup_seconds, 3), "kernel_tuning_s": round(tuning, 3)}
+            "kernel_setup_s": round(report.setup_seconds, 3), "kernel_tuning_s": round(tuning, 3),
+            "compiled": report.compiled, "compile_s": round(report.compile_seconds, 3)}
 
 
 def sparse_kernels(module: torch.nn.Module, kernels: str = "auto", *, cache_dir: str | None = None,
-                   log=print) -> KernelReport:
+                   compiled: bool = False, log=print) -> KernelReport:
     """Run any network's pruned ``Conv2d``/``Linear`` layers with the sparse kernels, in place.
 
     For a model from outside a run, e.g. an exported ticket loaded in plain diffusers::
@@ -94,11 +147,12 @@ def sparse_kernels(module: torch.nn.Module, kernels: str = "auto", *, cache_dir:
         ddpm_lottery.sparse_kernels(pipeline.unet)        # layers with zeros: the faster kernel, timed once
         images = pipeline(batch_size=4).images
 
-    The layers' surviving weights are their nonzero ones; the state dict is unchanged.
+    The layers' surviving weights are their nonzero ones; the state dict is unchanged.  ``compiled=True``
+    also runs the module's inference calls through ``torch.compile`` (``--compile-sampling``).
     """
     from ..config import RuntimeConfig, check_config
 
     runtime = RuntimeConfig()
-    runtime.kernels, runtime.kernel_cache = kernels, cache_dir
+    runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache_dir, compiled
     check_config(runtime)
     return install_kernels(module, runtime, log=log, what="the network")

@@ -87,7 +87,9 @@ class _SparseMixin:
     def _values(self, s: Structure, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The surviving weights (CSR order) and the bias; without autograd, kept while the weight is unchanged."""
         bias = self.bias if self.bias is not None else self._zero_bias(x)
-        if torch.is_grad_enabled() and self.weight.requires_grad:
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
+            # in a compiled graph the gather is one fused copy of a few thousand floats; the cache below
+            # (keyed by the weight's version counter) is eager Python that would break the graph
             return self.weight.reshape(-1)[s.flat_index], bias
         key = (id(s), self.weight._version)  # _version counts in-place changes: optimizer steps, loads
         if self._cached_values is None or self._cached_values[0] != key:
@@ -165,9 +167,13 @@ class KernelReport:
     setup_seconds: float = 0.0  # the swap, and the JIT's compilation (or loading from its disk cache)
     tuner: object | None = None
     swaps: list = field(default_factory=list)  # (parent, attribute, plain layer, sparse layer), to switch back
+    plain: bool = False  # the plain layers are in place (run_plain(True))
+    compiled: bool = False  # calls after each input shape's first go through torch.compile
+    compile_seconds: float = 0.0  # the first compiled call of each shape and layer set, which pays the compile
 
     def run_plain(self, plain: bool) -> None:
         """Put the plain layers back (``True``: the very network it was, no overhead) or the sparse ones."""
+        self.plain = plain
         for parent, attribute, original, swapped in self.swaps:
             setattr(parent, attribute, original if plain else swapped)
 

@@ -115,12 +115,17 @@ class KernelTuner:
         return entry["kernel"]
 
     @torch.no_grad()
-    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict, report) -> str:
+    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict, report, call=None,
+                       compiled: bool = False) -> str:
         """The whole network's check after its layers' choices: "auto" if they make it faster, else "dense".
 
         Each layer is timed alone; a whole call also pays what one kernel leaves to the next (caches, the
         thread pools' hand-over), so the network is timed too, interleaved with the plain network (its own
-        modules, put back by ``report``), and runs plain unless the choices win.  Stored like a layer's."""
+        modules, put back by ``report``), and runs plain unless the choices win.  Stored like a layer's.
+
+        ``call``: what runs the network (default: its forward past the hooks); ``compiled``: it is a
+        ``torch.compile`` of it, so both sides are timed compiled (the warm-up round pays the compiles), and
+        the verdict is stored apart from the eager one."""
         from .layers import sparse_layers
 
         layers = sparse_layers(model)
@@ -128,13 +133,13 @@ class KernelTuner:
         if not layers:
             return "dense"
         choices = "|".join(sorted(key for _, layer in layers for key in layer.signature_keys()))
-        key = (f"network {type(model).__name__} input {shapes} threads {torch.get_num_threads()} layers "
-               f"{hashlib.sha256(choices.encode()).hexdigest()[:12]}")
+        key = (f"network {type(model).__name__}{' compiled' if compiled else ''} input {shapes} threads "
+               f"{torch.get_num_threads()} layers {hashlib.sha256(choices.encode()).hexdigest()[:12]}")
         entry = self.entries.get(key)
         if entry is None or entry.get("kernel") not in ("dense", "auto"):
             started = time.perf_counter()
             times: dict[str, list[float]] = {"dense": [], "auto": []}
-            call = model.forward  # past the hooks: this is the check itself
+            call = call or model.forward  # past the hooks: this is the check itself
             for round_index in range(self.repeats + 1):
                 for mode in ("dense", "auto"):
                     report.run_plain(mode == "dense")
