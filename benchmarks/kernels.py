@@ -128,10 +128,19 @@ def study_ticket(level: int):
     return Run.open(STUDY_RUN).level(level).network("ema")
 
 
+def network(spec: str) -> torch.nn.Module:
+    """A preset's network; ``PRESET@C1:C2:C3`` overrides its channels per level (e.g. ``tiny@32:64:64``, the
+    width study's 2x network)."""
+    preset, _, widths = spec.partition("@")
+    config = ModelConfig(preset=preset)
+    if widths:
+        config.block_out_channels = tuple(int(c) for c in widths.split(":"))
+    return build_model(config, 3 if preset == "ddpm-cifar10" else 1).eval()
+
+
 def networks_for(preset: str, densities):
     """(label, dense model, sparse-able copy, masks) per density, the study's tickets for tiny."""
-    channels = 3 if preset == "ddpm-cifar10" else 1
-    base = build_model(ModelConfig(preset=preset), channels).eval()
+    base = network(preset)
     study_levels = {0.5: 1, 0.25: 2, 0.125: 3, 0.0625: 4}
     for density in densities:
         ticket = study_ticket(study_levels[density]) if preset == "tiny" and density in study_levels else None
@@ -151,7 +160,7 @@ def bench_networks(presets, densities, batches, repeats) -> list[str]:
     print(*rows, sep="\n", flush=True)
     for preset in presets:
         for batch in batches:
-            share = prunable_share(build_model(ModelConfig(preset=preset), 3 if preset == "ddpm-cifar10" else 1).eval(),
+            share = prunable_share(network(preset),
                                    batch)
             for label, dense, masks in networks_for(preset, densities):
                 kept = sum(int(m.sum()) for m in masks.values())
@@ -284,7 +293,7 @@ def bench_setup() -> list[str]:
     from ddpm_lottery.kernels.tuning import KernelTuner
 
     for preset, batch in (("tiny", 64), ("ddpm-cifar10", 8)):
-        model = build_model(ModelConfig(preset=preset), 3 if preset == "ddpm-cifar10" else 1).eval()
+        model = network(preset)
         random_masks(model, 0.125)
         with tempfile.TemporaryDirectory() as cache:
             tuner = KernelTuner(cache, repeats=3)
@@ -301,7 +310,8 @@ def bench_setup() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="layers,networks,compiled,training,setup")
-    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10")
+    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10",
+                        help="presets, each optionally with its channels per level: tiny@32:64:64")
     parser.add_argument("--densities", default="0.5,0.25,0.125,0.0625,0.03",
                         help="surviving fractions (0.125 = 87.5 %% sparse)")
     parser.add_argument("--layer-densities", default="0.125,0.05,0.03")
