@@ -6,11 +6,11 @@ import time
 
 import torch
 
-from ddpm_lottery.config import LotteryConfig
-from ddpm_lottery.data import ImageSet
-from ddpm_lottery.networks import PRESETS
-from ddpm_lottery.runs import Run
-from ddpm_lottery.training import Trainer
+from ddpm_lottery.config.settings import LotteryConfig
+from ddpm_lottery.data.datasets import ImageSet
+from ddpm_lottery.models.networks import PRESETS
+from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.training.trainer import Trainer
 
 # batch sizes that fit a 2-core CPU's time budget
 BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}

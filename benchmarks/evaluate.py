@@ -20,11 +20,11 @@ import time
 
 import torch
 
-from ddpm_lottery.config import DiffusionConfig, ModelConfig
-from ddpm_lottery.data import load_dataset
-from ddpm_lottery.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
-from ddpm_lottery.metrics import InceptionFeatures, extract_features, feature_batch_size, reference_features
-from ddpm_lottery.networks import build_model
+from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
+from ddpm_lottery.data.datasets import load_dataset
+from ddpm_lottery.models.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
+from ddpm_lottery.measures.inception import InceptionFeatures, extract_features, feature_batch_size, reference_features
+from ddpm_lottery.models.networks import build_model
 
 from common import seconds
 
@@ -65,7 +65,7 @@ def main() -> None:
     # against ours (two symmetric eigendecompositions; the n x n form below N = 2048)
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from ddpm_lottery.metrics import _PassThrough, fid_kid
+    from ddpm_lottery.measures.inception import _PassThrough, fid_kid
 
     for count in (2048, 128):
         g = torch.Generator().manual_seed(0)
@@ -99,10 +99,10 @@ def main() -> None:
 
 def measures_per_level(study_name: str, level_n: int | None) -> None:
     """Each measure of one level at the study's protocol: sampling once, then each measure's own cost."""
-    from ddpm_lottery.evaluation import Evaluator
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
-    from ddpm_lottery.study import load_study
+    from ddpm_lottery.measures.evaluate import Evaluator
+    from ddpm_lottery.lottery.loop import find_ticket
+    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.study.runner import load_study
 
     study = load_study(study_name)
     config = study.evaluation

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from common import interleaved_minimum
-from ddpm_lottery.config import ModelConfig, RuntimeConfig
+from ddpm_lottery.config.settings import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
 from ddpm_lottery.kernels.layers import kernels_used, use_kernels
-from ddpm_lottery.networks import build_model
+from ddpm_lottery.models.networks import build_model
 
 STUDY_RUN = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
 LAYERS = [  # (what, module, input shape without the batch)
@@ -123,7 +123,7 @@ def study_ticket(level: int):
     """A level of the reproduction study's unified seed-0 search (EMA weights), or None if absent."""
     if not (STUDY_RUN / f"level_{level:02d}").is_dir():
         return None
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     return Run.open(STUDY_RUN).level(level).network("ema")
 

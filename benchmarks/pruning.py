@@ -21,10 +21,10 @@ import tempfile
 import torch
 
 from common import interleaved_minimum, random_data_trainer, seconds
-from ddpm_lottery.lottery import apply_masks
-from ddpm_lottery.pruning import PruneSettings, full_masks, module_map, prune_round
-from ddpm_lottery.training import MaskedTraining
-from ddpm_lottery.training import StepHooks
+from ddpm_lottery.lottery.loop import apply_masks
+from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.training.trainer import MaskedTraining
+from ddpm_lottery.training.trainer import StepHooks
 
 def best_of(fn, repeats: int) -> float:
     return min(seconds(fn) for _ in range(repeats))

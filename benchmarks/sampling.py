@@ -27,15 +27,15 @@ import copy
 
 import torch
 
-from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.costs import layer_flops, ticket_flops, time_denoisers
-from ddpm_lottery.lottery import apply_masks
-from ddpm_lottery.networks import PRESETS, build_model
-from ddpm_lottery.pruning import PruneSettings, full_masks, module_map, prune_round
-from ddpm_lottery.structure import (
+from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.pruning.costs import layer_flops, ticket_flops, time_denoisers
+from ddpm_lottery.lottery.loop import apply_masks
+from ddpm_lottery.models.networks import PRESETS, build_model
+from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.pruning.channels.groups import (
     channel_groups, compact, full_channel_masks, install_kept_norms, parameter_masks, prune_channels,
 )
-from ddpm_lottery.launch import resolve_device
+from ddpm_lottery.utils.launch import resolve_device
 
 
 def networks_of(preset: str, sparsities: list[float]) -> tuple[dict, dict]:

@@ -21,7 +21,7 @@ import tempfile
 import torch
 
 from common import BATCH, interleaved_minimum, random_data_trainer, seconds
-from ddpm_lottery.diffusion import training_loss
+from ddpm_lottery.models.diffusion import training_loss
 
 
 def bench(preset: str, repeats: int, workdir: str) -> dict:

@@ -27,7 +27,7 @@ SMOKE_ENV = {"torch.compile": {"TORCHDYNAMO_DISABLE": "1"}}
 
 
 def checks(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
-    cli = [sys.executable, "-m", "ddpm_lottery.cli"]
+    cli = [sys.executable, "-m", "ddpm_lottery.cli.main"]
     if smoke:
         net = ["--preset", "tiny", "--block-out-channels", "8,8,8", "--batch-size", "4"]
         steps, fid_n, sample_n = "4", "40", "4"
@@ -69,7 +69,7 @@ def checks(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
                              "images = p(batch_size=2, num_inference_steps=2, output_type='np').images; "
                              "assert images.shape[0] == 2", str(out / "pipeline")]),
         ("torchrun, one process", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                                   "-m", "ddpm_lottery.cli", "train", *train, "--out", str(out / "torchrun")]),
+                                   "-m", "ddpm_lottery.cli.main", "train", *train, "--out", str(out / "torchrun")]),
     ]
 
 

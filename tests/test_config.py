@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ddpm_lottery.config import (
+from ddpm_lottery.config.settings import (
     FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, RunConfig,
     SampleConfig, SamplingConfig, add_arguments, apply_overrides, check_config, check_unambiguous, command_line,
     config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
 )
-from ddpm_lottery.errors import UserError
+from ddpm_lottery.utils.errors import UserError
 
 
 def parse(argv, cls=RunConfig, config_file=None):

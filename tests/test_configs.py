@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.config import EvalConfig, LotteryConfig, add_arguments, config_from_args
-from ddpm_lottery.lottery import find_ticket
+from ddpm_lottery.config.settings import EvalConfig, LotteryConfig, add_arguments, config_from_args
+from ddpm_lottery.api import find_ticket
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

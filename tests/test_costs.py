@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.costs import export_sparse, layer_flops, load_sparse, parameter_counts, ticket_flops
-from ddpm_lottery.networks import build_model
-from ddpm_lottery.pruning import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.pruning.costs import export_sparse, layer_flops, load_sparse, parameter_counts, ticket_flops
+from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
 
 
 def test_ddpm_cifar10_counts_about_6_1_gmacs():

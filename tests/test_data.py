@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_lottery import data
-from ddpm_lottery.data import (DATASETS, ImageSet, data_fingerprint, download_dataset, from_model_range,
+from ddpm_lottery.data import datasets as data
+from ddpm_lottery.data.datasets import (DATASETS, ImageSet, data_fingerprint, download_dataset, from_model_range,
                                image_digest, load_dataset, prepare_images, to_model_range)
-from ddpm_lottery.errors import UserError
+from ddpm_lottery.utils.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ddpm_lottery.config import DiffusionConfig, ModelConfig
-from ddpm_lottery.diffusion import SAMPLERS, noise_scheduler, sample, sampling_scheduler, training_loss
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.networks import build_model
+from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
+from ddpm_lottery.models.diffusion import SAMPLERS, noise_scheduler, sample, sampling_scheduler, training_loss
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.models.networks import build_model
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def test_bad_sampler_settings(sampler, steps, match):
 
 
 def test_denoising_loss_by_band_is_fixed_by_its_seed():
-    from ddpm_lottery.config import DiffusionConfig, ModelConfig
-    from ddpm_lottery.diffusion import denoising_loss_by_band
-    from ddpm_lottery.networks import build_model
+    from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
+    from ddpm_lottery.models.diffusion import denoising_loss_by_band
+    from ddpm_lottery.models.networks import build_model
 
     model = build_model(ModelConfig(preset="tiny", block_out_channels=(8, 8, 8)), 1, seed=0)
     clean = torch.rand(6, 1, 28, 28) * 2 - 1

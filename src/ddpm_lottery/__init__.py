@@ -1,25 +1,38 @@
-"""ddpm-lottery: find, measure and use winning lottery tickets in diffusion models."""
+"""ddpm-lottery: find, measure and use winning lottery tickets in diffusion models.
+
+The public API is importable from here; its names load on first use (PEP 562), so ``import
+ddpm_lottery`` and ``ddpm-lottery --help`` stay cheap and load neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .api import (  # noqa: E402
-    EvaluationResult, LevelResult, RunResult, StudyResult, export, load_network, load_pipeline, load_run_config, sample,
-    train,
-)
-from .config import (  # noqa: E402
-    DataConfig, DiffusionConfig, EvalConfig, LotteryConfig, ModelConfig, PruneConfig, RunConfig, SampleConfig,
-    TrainConfig,
-)
-from .lottery import find_ticket  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
-from .cka import compare_runs  # noqa: E402
-from .report import build_report  # noqa: E402
-from .study import load_study, run_study  # noqa: E402
-from .findings import write_findings  # noqa: E402
-from .frontier import frontier  # noqa: E402
-from .kernels.install import sparse_kernels  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["EvaluationResult", "LevelResult", "RunResult", "StudyResult", "evaluate", "export",
+                     "find_ticket", "load_network", "load_pipeline", "load_run_config", "run_study", "sample",
+                     "train", "tune_range"], "ddpm_lottery.api"),
+    **dict.fromkeys(["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig",
+                     "RunConfig", "SampleConfig", "TrainConfig"], "ddpm_lottery.config.settings"),
+    "compare_runs": "ddpm_lottery.measures.cka",
+    "build_report": "ddpm_lottery.reporting.report",
+    "load_study": "ddpm_lottery.study.runner",
+    "write_findings": "ddpm_lottery.findings.questions",
+    "frontier": "ddpm_lottery.frontier.sweep",
+    "sparse_kernels": "ddpm_lottery.kernels.install",
+}
 
-__all__ = ["EvaluationResult", "LevelResult", "RunResult", "StudyResult", "DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig", "RunConfig",
-           "SampleConfig", "TrainConfig", "build_report", "compare_runs", "evaluate", "export", "find_ticket", "frontier",
-           "load_network", "load_pipeline", "load_run_config", "load_study", "run_study", "sample", "sparse_kernels", "train", "write_findings",
-           "__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ddpm_lottery' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -19,15 +19,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import RunConfig, SampleConfig, config_hash, to_dict
-from .data import from_model_range
-from .diffusion import sample as run_sampler, unclipped
-from .errors import UserError
-from .figures import save_grid
-from .files import make_dirs, write_json
-from .runs import Run, SampleFolder
-from .kernels.install import install_kernels, kernel_record
-from .launch import resolve_device
+from ddpm_lottery.config.settings import EvalConfig, LotteryConfig, RunConfig, SampleConfig, TuneConfig, config_hash, to_dict
+from ddpm_lottery.lottery.loop import run_range_tuning, search_ticket
+from ddpm_lottery.measures.evaluate import evaluate_levels
+from ddpm_lottery.study.runner import execute_study
+from ddpm_lottery.data.datasets import from_model_range
+from ddpm_lottery.models.diffusion import sample as run_sampler, unclipped
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.figures import save_grid
+from ddpm_lottery.utils.files import make_dirs, write_json
+from ddpm_lottery.runs.folders import Run, SampleFolder
+from ddpm_lottery.kernels.install import install_kernels, kernel_record
+from ddpm_lottery.utils.launch import resolve_device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ class LevelResult:
         """A ``DDPMPipeline`` of the level's network and the run's noise schedule, in memory."""
         from diffusers import DDPMPipeline
 
-        from .diffusion import noise_scheduler
+        from ddpm_lottery.models.diffusion import noise_scheduler
 
         return DDPMPipeline(unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion))
 
@@ -170,7 +173,7 @@ class StudyResult(dict):
 
     @property
     def report(self) -> Path:
-        from .runs import StudyFolder
+        from ddpm_lottery.runs.folders import StudyFolder
 
         return StudyFolder(self.path).report
 
@@ -182,7 +185,7 @@ def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
 def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, log=print) -> RunResult:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
-    from .lottery import LevelTrainer
+    from ddpm_lottery.lottery.loop import LevelTrainer
 
     run_dir = Path(out) if out is not None else default_run_dir(config)
     job = LevelTrainer(config, run_dir, progress=progress, log=log)
@@ -208,7 +211,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = Fa
                 f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
                 f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
                 f"{trainer.device}")
-        from .pruning import full_masks
+        from ddpm_lottery.pruning.masks import full_masks
 
         job.train_level(trainer, 0, full_masks(trainer.model, job.mmap.tensor_names), [], "dense", {})
         job.write_summary()
@@ -232,7 +235,7 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
     ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
     ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict.
     ``compiled=True``: its inference calls go through ``torch.compile`` (see ``--compile-sampling``)."""
-    from .config import RuntimeConfig, check_config
+    from ddpm_lottery.config.settings import RuntimeConfig, check_config
 
     chosen = Run.open(run_dir).pick_level(level)
     if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():
@@ -248,8 +251,8 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
            *, progress: bool = True, log=print) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
-    from .config import check_config
-    from .diffusion import sampling_steps
+    from ddpm_lottery.config.settings import check_config
+    from ddpm_lottery.models.diffusion import sampling_steps
 
     # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
     config = check_config(config or SampleConfig())
@@ -260,7 +263,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     run = Run.open(run_dir)
     diffusion = run.config.diffusion
     if sampling.schedule:
-        from .stages import StagedLevel
+        from ddpm_lottery.lottery.stages import StagedLevel
 
         if config.sample.level is not None:
             raise UserError("--schedule says which level denoises which timesteps; drop --level")
@@ -289,7 +292,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     uint8 = from_model_range(images)
     save_grid(uint8, folder.grid)
     if config.sample.npz:
-        from .evaluation import save_samples
+        from ddpm_lottery.measures.evaluate import save_samples
 
         save_samples(folder.npz, uint8)
     info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
@@ -312,14 +315,43 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
 def export(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
            log=print) -> Path:
     """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.pipelines`)."""
-    from .pipelines import export_level
+    from ddpm_lottery.lottery.export import export_level
 
     return export_level(run_dir, out, level, weights, log=log)
 
 
+def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True,
+                log=print) -> RunResult:
+    """Run a ticket search, or a control branch when --reinit / --strategy random is given."""
+    return RunResult(search_ticket(config, out, progress=progress, log=log))
+
+
+def tune_range(run_dir: str | Path, config: TuneConfig, out: str | Path | None = None, *, progress: bool = True,
+               log=print) -> RunResult:
+    """``ddpm-lottery tune-range``: fine-tune a level on a timestep range, into a run of its own."""
+    return RunResult(run_range_tuning(run_dir, config, out, progress=progress, log=log))
+
+
+def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int] | None = None, *,
+             progress: bool = True, log=print, extractor=None, force: bool = False) -> EvaluationResult:
+    """Measure the given levels (default: the last finished one) with every configured measure.
+
+    A measure already stored with the same protocol is read back, not recomputed, unless ``force``."""
+    records = evaluate_levels(run, config, levels, progress=progress, log=log, extractor=extractor, force=force)
+    return EvaluationResult(Run.open(run).root, records)
+
+
+def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, report_only: bool = False,
+              progress: bool = True, data_dir: str | None = None, device: str | None = None,
+              log=print) -> StudyResult:
+    """Plan, and unless ``dry_run`` run, the study in ``path``: its runs, findings and report."""
+    return StudyResult(*execute_study(path, out, dry_run=dry_run, report_only=report_only, progress=progress,
+                                      data_dir=data_dir, device=device, log=log))
+
+
 def load_pipeline(folder: str | Path):
     """A ``DDPMPipeline`` from an export folder (channel tickets come back compacted)."""
-    from .pipelines import load_pipeline as load
+    from ddpm_lottery.lottery.export import load_pipeline as load
 
     return load(folder)
 

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from . import jit
+from ddpm_lottery.kernels import jit
 
 
 def _numpy(tensor: torch.Tensor):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..files import write_json
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import write_json
 
 DEFAULT_CACHE = Path("~/.cache/ddpm-lottery/kernels")
 NETWORK_MARGIN = 0.95  # a network keeps its layers' sparse choices only if they make it 5 % faster or more
@@ -126,7 +126,7 @@ class KernelTuner:
         ``call``: what runs the network (default: its forward past the hooks); ``compiled``: it is a
         ``torch.compile`` of it, so both sides are timed compiled (the warm-up round pays the compiles), and
         the verdict is stored apart from the eager one."""
-        from .layers import sparse_layers
+        from ddpm_lottery.kernels.layers import sparse_layers
 
         layers = sparse_layers(model)
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]

@@ -1,0 +1,133 @@
+"""Tickets out of the tool: a level as a diffusers pipeline folder, with its mask and a card.
+
+``export_level`` writes a standard ``DDPMPipeline`` folder (``model_index.json``, ``unet/``,
+``scheduler/``) that ``DDPMPipeline.from_pretrained(DIR)`` loads and samples with: the level's
+network with its (EMA by default) weights, pruned weights exactly zero, and the run's forward
+process as a ``DDPMScheduler``.  Beside it go ``mask.safetensors`` and ``README.md`` (sparsity,
+strategy, measured quality with its protocol, FLOPs, the commands that made it).
+
+A channel ticket's compacted network has per-layer widths that no ``UNet2DModel`` config can
+describe, and its norms normalise over surviving channels, which the full-width diffusers network
+cannot do.  It exports as ``unet_compact/`` (layer shapes + safetensors) with the scheduler, and
+:func:`load_pipeline` rebuilds the ``DDPMPipeline`` around it; ``DDPMPipeline.from_pretrained``
+is refused by the absence of ``model_index.json`` rather than loading a different network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import copy_file, make_dirs, read_json, staged_folder, write_json, write_text
+
+CARD_NAME = "README.md"
+COMPACT_DIR = "unet_compact"
+PIPELINE_NOTE = "ddpm_lottery_pipeline.json"
+
+
+def export_level(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
+                 log=print) -> Path:
+    """Write level ``level`` (default: the last finished) of a run as a pipeline folder at ``out``."""
+    from diffusers import DDPMPipeline
+
+    from ddpm_lottery.models.diffusion import noise_scheduler
+    from ddpm_lottery.runs.folders import Run
+
+    run = Run.open(run_dir)
+    chosen = run.pick_level(level)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / PIPELINE_NOTE).exists():
+        raise UserError(f"{out} exists and is not a ddpm-lottery export; give an empty or new --out folder")
+    scheduler = noise_scheduler(run.config.diffusion)
+    compacted = chosen.compact_path.exists() and chosen.channels_path.exists() and weights == "ema"
+    if chosen.channels_path.exists() and not compacted:
+        raise UserError(f"{chosen.label()} is a channel ticket: it exports compacted, with its EMA weights "
+                        "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)")
+    with staged_folder(out) as staging:
+        if compacted:
+            from ddpm_lottery.pruning.channels.groups import load_compact
+
+            small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
+            make_dirs(staging / COMPACT_DIR)
+            copy_file(chosen.compact_spec_path, staging / COMPACT_DIR / chosen.compact_spec_path.name)
+            copy_file(chosen.compact_path, staging / COMPACT_DIR / chosen.compact_path.name)
+            scheduler.save_pretrained(staging / "scheduler")
+            parameters = sum(p.numel() for p in small.parameters())
+        else:
+            unet = chosen.network(weights)
+            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
+            parameters = sum(p.numel() for p in unet.parameters())
+        if chosen.mask_path.exists():
+            copy_file(chosen.mask_path, staging / chosen.mask_path.name)
+        write_json(staging / PIPELINE_NOTE, {"run": str(run.root), "level": chosen.index, "weights": weights,
+                                             "compacted": compacted, "parameters": parameters,
+                                             "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name]
+                                             if compacted else None,
+                                             "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else
+                                             "ddpm_lottery.load_pipeline(DIR)"})
+        write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters))
+    log(f"wrote {out}: level {chosen.index} of {run.root} ({weights} weights"
+        + (", compacted" if compacted else "") + "); load it with "
+        + ("ddpm_lottery.load_pipeline(DIR)" if compacted else "DDPMPipeline.from_pretrained(DIR)"))
+    return out
+
+
+def card(run, level, weights: str, compacted: bool, parameters: int) -> str:
+    """A short model card: what the ticket is, how good, how costly, how it was made."""
+    metrics = level.metrics()
+    lines = [f"# {run.root.name}, level {level.index}", "",
+             f"A {'dense DDPM' if level.index == 0 else 'lottery ticket'} exported by ddpm-lottery from `{run.root}`.",
+             "", "| | |", "|---|---|",
+             f"| strategy | {metrics.get('strategy', 'dense')} |",
+             f"| weight sparsity (prunable weights) | {metrics['sparsity']:.4f} |"]
+    if "channel_sparsity" in metrics:
+        lines.append(f"| channel sparsity | {metrics['channel_sparsity']:.4f} |")
+    lines += [f"| parameters in this export | {parameters:,} |", f"| weights | {weights} |"]
+    costs = level.costs()
+    if costs:
+        flops = costs.get("compact", {}).get("flops", costs["effective_flops"])
+        lines.append(f"| FLOPs per denoiser call | {flops / 1e9:.4f} G ({'executed' if 'compact' in costs else 'effective'}; "
+                     f"dense {costs['dense_flops'] / 1e9:.4f} G) |")
+    lines += ["", "## Measured quality", ""]
+    records = [r for r in level.evaluations() if "measure" in r]
+    if records:
+        for r in records:
+            lines.append(f"- {r['measure']}: {r['value']:.4g} [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] "
+                         f"({r['confidence']:.0%} interval; {r['label']})")
+    else:
+        lines.append("- not evaluated (`ddpm-lottery evaluate RUN --level k`)")
+    lines += ["", "## Loading", "", "```python"]
+    if compacted:
+        lines += ["import ddpm_lottery", "pipeline = ddpm_lottery.load_pipeline(DIR)   # a DDPMPipeline with the compacted UNet"]
+    else:
+        lines += ["from diffusers import DDPMPipeline", "pipeline = DDPMPipeline.from_pretrained(DIR)"]
+    lines += ["images = pipeline(batch_size=4, num_inference_steps=1000).images", "```", ""]
+    commands = run.commands().strip()
+    if commands:
+        lines += ["## Commands that made it", "", "```", commands, "```", ""]
+    lines += ["The run's full settings are in its `config.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def load_pipeline(folder: str | Path):
+    """A ``DDPMPipeline`` from an export folder (standard or compacted)."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    folder = Path(folder)
+    note = folder / PIPELINE_NOTE
+    if not note.exists():
+        if (folder / "model_index.json").exists():
+            return DDPMPipeline.from_pretrained(folder)
+        raise UserError(f"{folder} is not a pipeline folder (no model_index.json or {PIPELINE_NOTE}); "
+                        "write one with `ddpm-lottery export RUN --out DIR`")
+    info = read_json(note, "export description")
+    if not info.get("compacted"):
+        return DDPMPipeline.from_pretrained(folder)
+    from ddpm_lottery.pruning.channels.groups import load_compact
+
+    spec, weights = info["compact_files"]
+    unet = load_compact(folder / COMPACT_DIR / spec, folder / COMPACT_DIR / weights)
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"))
+
+
+__all__ = ["export_level", "load_pipeline", "card"]
