@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from ddpm_lottery.config.settings import LotteryConfig
-from ddpm_lottery.data.datasets import ImageSet
+from ddpm_lottery.config import LotteryConfig
+from ddpm_lottery.data.images import ImageSet
 from ddpm_lottery.models.networks import PRESETS
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import Trainer
 
 # batch sizes that fit a 2-core CPU's time budget

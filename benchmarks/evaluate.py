@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
-from ddpm_lottery.data.datasets import load_dataset
+from ddpm_lottery.config import DiffusionConfig, ModelConfig
+from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.models.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
 from ddpm_lottery.measures.inception import InceptionFeatures, extract_features, feature_batch_size, reference_features
 from ddpm_lottery.models.networks import build_model
@@ -100,9 +100,9 @@ def main() -> None:
 def measures_per_level(study_name: str, level_n: int | None) -> None:
     """Each measure of one level at the study's protocol: sampling once, then each measure's own cost."""
     from ddpm_lottery.measures.evaluate import Evaluator
-    from ddpm_lottery.lottery.loop import find_ticket
-    from ddpm_lottery.runs.folders import Run
-    from ddpm_lottery.study.runner import load_study
+    from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.runs.run import Run
+    from ddpm_lottery.study.spec import load_study
 
     study = load_study(study_name)
     config = study.evaluation

@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from common import interleaved_minimum
-from ddpm_lottery.config.settings import ModelConfig, RuntimeConfig
+from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
 from ddpm_lottery.kernels.layers import kernels_used, use_kernels
 from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.lottery.networks import level_network
 
 STUDY_RUN = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
 LAYERS = [  # (what, module, input shape without the batch)
@@ -123,9 +124,9 @@ def study_ticket(level: int):
     """A level of the reproduction study's unified seed-0 search (EMA weights), or None if absent."""
     if not (STUDY_RUN / f"level_{level:02d}").is_dir():
         return None
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
-    return Run.open(STUDY_RUN).level(level).network("ema")
+    return level_network(Run.open(STUDY_RUN).level(level), "ema")
 
 
 def network(spec: str) -> torch.nn.Module:

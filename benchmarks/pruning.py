@@ -21,8 +21,10 @@ import tempfile
 import torch
 
 from common import interleaved_minimum, random_data_trainer, seconds
-from ddpm_lottery.lottery.loop import apply_masks
-from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.lottery.levels import apply_masks
+from ddpm_lottery.pruning.masks import full_masks
+from ddpm_lottery.pruning.modules import module_map
+from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
 from ddpm_lottery.training.trainer import MaskedTraining
 from ddpm_lottery.training.trainer import StepHooks
 

@@ -27,14 +27,17 @@ import copy
 
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.pruning.costs import layer_flops, ticket_flops, time_denoisers
-from ddpm_lottery.lottery.loop import apply_masks
+from ddpm_lottery.lottery.levels import apply_masks
 from ddpm_lottery.models.networks import PRESETS, build_model
-from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
-from ddpm_lottery.pruning.channels.groups import (
-    channel_groups, compact, full_channel_masks, install_kept_norms, parameter_masks, prune_channels,
-)
+from ddpm_lottery.pruning.masks import full_masks
+from ddpm_lottery.pruning.modules import module_map
+from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
+from ddpm_lottery.pruning.channels.compact import compact
+from ddpm_lottery.pruning.channels.groups import channel_groups
+from ddpm_lottery.pruning.channels.masks import full_channel_masks, install_kept_norms, parameter_masks
+from ddpm_lottery.pruning.channels.rounds import prune_channels
 from ddpm_lottery.utils.launch import resolve_device
 
 

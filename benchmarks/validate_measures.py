@@ -17,10 +17,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ddpm_lottery.data.datasets import data_fingerprint, load_dataset
+from ddpm_lottery.data.images import data_fingerprint
+from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.measures.domain import domain_net, domain_validation
 from ddpm_lottery.measures.evaluate import loss_validation
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 

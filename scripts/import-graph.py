@@ -44,11 +44,14 @@ def graph(root: Path):
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
         function_nodes = set()
+        # imports under `if TYPE_CHECKING:` never run: annotations only, not dependencies
+        typing_only = {id(child) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and ast.unparse(node.test).endswith("TYPE_CHECKING") for child in ast.walk(node)}
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 function_nodes.update(id(child) for child in ast.walk(node) if child is not node)
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in typing_only:
                 continue
             targets = resolve(name, is_package, node)
             hits = {t for t in targets if t in files and t != name}

@@ -54,9 +54,9 @@ def tiny_ticket_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def second_ticket_run(tiny_ticket_run, tmp_path_factory):
     """The same model's second ticket: same initial weights, data seed 1."""
-    from ddpm_lottery.config.settings import LotteryConfig, from_dict
+    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import read_json
+    from ddpm_lottery.utils.files import read_json
 
     config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
     config.train.seed_data = 1

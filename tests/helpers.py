@@ -1,6 +1,6 @@
 """Settings shared by the tests: a tiny ticket search that trains in seconds."""
 
-from ddpm_lottery.config.settings import LotteryConfig, RunConfig
+from ddpm_lottery.config import LotteryConfig, RunConfig
 
 
 def tiny_training(config, steps: int, **train):

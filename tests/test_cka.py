@@ -95,9 +95,9 @@ def test_tickets_kept_as_sparse_exports_compare_by_default(tiny_ticket_run, seco
     import shutil
 
     from ddpm_lottery.measures.cka import compare_with_baselines
-    from ddpm_lottery.config.settings import CkaConfig
-    from ddpm_lottery.pruning.costs import level_costs
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.config import CkaConfig
+    from ddpm_lottery.lottery.costs import level_costs
+    from ddpm_lottery.runs.run import Run
 
     copies = []
     for source in (tiny_ticket_run, second_ticket_run):

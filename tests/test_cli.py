@@ -38,8 +38,8 @@ def trained(tmp_path_factory):
 
 
 def test_train_writes_a_readable_run_folder(trained):
-    from ddpm_lottery import load_network
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.api import load_network
+    from ddpm_lottery.runs.run import Run
 
     config = json.loads((trained / "config.json").read_text())
     assert config["kind"] == "train" and len(config["hash"]) == 12 and config["layout"] == 2
@@ -101,7 +101,7 @@ def kill_after_checkpoint(monkeypatch, step):
 
 
 def final_weights(run):
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     return Run.open(run).level(0).weights_path("raw").read_bytes()
 
@@ -119,7 +119,7 @@ def test_interrupted_run_needs_resume_and_resumes(trained, tmp_path, capsys, mon
 
 
 def test_corrupt_checkpoint_falls_back_to_the_one_before(trained, tmp_path, capsys, monkeypatch):
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     run = tmp_path / "r"
     kill_after_checkpoint(monkeypatch, 4)  # the last checkpoint is written, the run never finished
@@ -136,7 +136,7 @@ def test_corrupt_checkpoint_falls_back_to_the_one_before(trained, tmp_path, caps
 def test_corrupt_weights_for_sampling(trained, tmp_path, capsys):
     import shutil
 
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)

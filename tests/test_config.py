@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ddpm_lottery.config.settings import (
-    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, LotteryConfig, RunConfig,
-    SampleConfig, SamplingConfig, add_arguments, apply_overrides, check_config, check_unambiguous, command_line,
-    config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
+from ddpm_lottery.config import (
+    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, RunConfig,
+    SampleConfig, SamplingConfig, TuneConfig, add_arguments, apply_overrides, check_config, check_unambiguous,
+    command_line, config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
 )
+from ddpm_lottery.config.composites import _sections
 from ddpm_lottery.utils.errors import UserError
 
 
@@ -151,9 +152,23 @@ def test_a_setting_of_another_command_is_named_in_the_error(tmp_path):
         parse([], cls=LotteryConfig, config_file=path)
 
 
-def test_composite_configs_are_unambiguous():
-    for cls in (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig):
-        check_unambiguous(cls)
+# Every config that becomes a command's flags.  This was checked at import of the config module;
+# as a test, a clash still fails the run at once instead of surfacing as an argparse conflict in one command.
+COMMAND_CONFIGS = (RunConfig, LotteryConfig, SampleConfig, EvalConfig, CkaConfig, TuneConfig, FrontierConfig)
+
+
+@pytest.mark.parametrize("cls", COMMAND_CONFIGS, ids=lambda cls: cls.__name__)
+def test_composite_configs_are_unambiguous(cls):
+    check_unambiguous(cls)
+
+
+@pytest.mark.parametrize("cls", COMMAND_CONFIGS, ids=lambda cls: cls.__name__)
+def test_composite_sections_are_the_file_sections_of_their_name(cls):
+    # A config file names a composite's sections by their field names; SECTION_CLASSES must agree.
+    for name, section in _sections(cls()):
+        if name:
+            assert SECTION_CLASSES.get(name) is type(section), (
+                f"{cls.__name__}.{name} holds a {type(section).__name__}, not the class SECTION_CLASSES gives [{name}]")
 
 
 @dataclass

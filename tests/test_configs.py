@@ -1,4 +1,5 @@
-"""The paper-scale recipes in configs/: each loads, and runs a few steps on tiny files of its format."""
+"""The paper-scale recipes, shipped studies in study/shipped/: each loads, by name too, and runs a few steps on tiny
+files of its format."""
 
 import argparse
 import gzip
@@ -9,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.config.settings import EvalConfig, LotteryConfig, add_arguments, config_from_args
+from ddpm_lottery.config import EvalConfig, LotteryConfig, add_arguments, config_from_args
 from ddpm_lottery.api import find_ticket
+from ddpm_lottery.study.spec import SHIPPED, resolve_study
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = SHIPPED
 
 
 def load(cls, path, argv=()):
@@ -47,7 +49,9 @@ def write_cifar(root: Path, hundred: bool, count: int = 16) -> None:
 
 def test_every_recipe_loads_with_the_paper_settings():
     names = sorted(p.name for p in CONFIGS.glob("*.toml"))
-    assert names == ["cpu-fashion-mnist.toml", "ddpm-cifar10.toml", "ddpm-cifar100.toml", "ddpm-mnist.toml"]
+    recipes = ["cpu-fashion-mnist.toml", "ddpm-cifar10.toml", "ddpm-cifar100.toml", "ddpm-mnist.toml"]
+    assert set(recipes) <= set(names)
+    assert [resolve_study(Path(r).stem) for r in recipes] == [CONFIGS / r for r in recipes]  # `study ddpm-cifar10`
     cifar = load(LotteryConfig, CONFIGS / "ddpm-cifar10.toml")
     assert (cifar.model.preset, cifar.train.lr, cifar.train.batch_size, cifar.train.ema_decay) == \
         ("ddpm-cifar10", 2e-4, 128, 0.9999)

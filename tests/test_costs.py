@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig
-from ddpm_lottery.pruning.costs import export_sparse, layer_flops, load_sparse, parameter_counts, ticket_flops
+from ddpm_lottery.config import ModelConfig
+from ddpm_lottery.pruning.costs import layer_flops, parameter_counts, ticket_flops
+from ddpm_lottery.runs.sparse_export import export_sparse, load_sparse
 from ddpm_lottery.models.networks import build_model
-from ddpm_lottery.pruning.masks import PruneSettings, full_masks, module_map, prune_round
+from ddpm_lottery.pruning.masks import full_masks
+from ddpm_lottery.pruning.modules import module_map
+from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
 
 
 def test_ddpm_cifar10_counts_about_6_1_gmacs():

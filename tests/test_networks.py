@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import PRESETS, build_model, count_parameters, unet_kwargs
 

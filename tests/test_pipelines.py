@@ -7,18 +7,19 @@ import pytest
 import torch
 
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.lottery.networks import level_masks, level_network
 
 
 def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_path):
     from diffusers import DDPMPipeline
 
-    from ddpm_lottery import export
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.api import export
+    from ddpm_lottery.runs.run import Run
 
     out = export(tiny_ticket_run, tmp_path / "pipe", level=2, log=lambda *_: None)
     pipeline = DDPMPipeline.from_pretrained(out)
     level = Run.open(tiny_ticket_run).level(2)
-    state, masks = pipeline.unet.state_dict(), level.masks()
+    state, masks = pipeline.unet.state_dict(), level_masks(level)
     for name, mask in masks.items():
         assert bool((state[name][~mask] == 0).all()), name
         assert torch.equal(state[name], level.state("ema")[name])
@@ -31,16 +32,17 @@ def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_pat
 
 
 def test_a_channel_ticket_exports_compacted(tiny_channel_run, tmp_path):
-    from ddpm_lottery import export, load_network, load_pipeline
-    from ddpm_lottery.runs.folders import Run
-    from ddpm_lottery.pruning.channels.groups import compaction_error
+    from ddpm_lottery import load_pipeline
+    from ddpm_lottery.api import export, load_network
+    from ddpm_lottery.runs.run import Run
+    from ddpm_lottery.pruning.channels.compact import compaction_error
 
     out = export(tiny_channel_run, tmp_path / "pipe", level=2, log=lambda *_: None)
     assert not (out / "model_index.json").exists()  # diffusers cannot describe per-layer widths: no silent mismatch
     assert json.loads((out / "ddpm_lottery_pipeline.json").read_text())["compacted"]
     pipeline = load_pipeline(out)
     level = Run.open(tiny_channel_run).level(2)
-    assert compaction_error(level.network(), pipeline.unet) < 1e-5
+    assert compaction_error(level_network(level), pipeline.unet) < 1e-5
     small = load_network(tiny_channel_run, level=2)
     assert sum(p.numel() for p in small.parameters()) == sum(p.numel() for p in pipeline.unet.parameters())
     images = pipeline(batch_size=1, num_inference_steps=2, output_type="np").images
@@ -50,7 +52,7 @@ def test_a_channel_ticket_exports_compacted(tiny_channel_run, tmp_path):
 
 
 def test_export_refuses_a_foreign_folder(tiny_ticket_run, tmp_path):
-    from ddpm_lottery import export
+    from ddpm_lottery.api import export
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
@@ -84,7 +86,7 @@ def test_a_full_disk_during_export_keeps_the_old_export(tiny_ticket_run, tmp_pat
 def test_the_readme_round_trip_runs(tiny_ticket_run, tmp_path):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "diffusers.md").read_text()
     section = readme[readme.index("### Into diffusers"):]
     code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
     code = (code.replace('"runs/api-ticket"', repr(str(tiny_ticket_run)))
@@ -100,8 +102,8 @@ def test_a_training_run_is_a_pipeline_folder(tmp_path):
     from diffusers import DDPMPipeline
     from helpers import tiny_run_config
 
-    from ddpm_lottery import train
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.api import train
+    from ddpm_lottery.runs.run import Run
 
     run = train(tiny_run_config(steps=4), tmp_path / "run", progress=False, log=lambda *_: None)
     pipeline = DDPMPipeline.from_pretrained(run)
@@ -113,8 +115,8 @@ def test_a_training_run_is_a_pipeline_folder(tmp_path):
 
 def test_api_result_objects_hold_levels_and_load_networks_and_pipelines(tiny_ticket_run, tmp_path):
     """What find_ticket returns: a path that also knows its levels, and loads any level's network or pipeline."""
-    from ddpm_lottery import RunResult
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.api import RunResult
+    from ddpm_lottery.runs.run import Run
 
     assert isinstance(tiny_ticket_run, RunResult) and (tiny_ticket_run / "config.json").exists()
     run = Run.open(tiny_ticket_run)

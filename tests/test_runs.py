@@ -10,10 +10,12 @@ import sys
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import RunConfig
+from ddpm_lottery.config import RunConfig
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
-from ddpm_lottery.runs.folders import Checkpoints, Run
+from ddpm_lottery.runs.checkpoints import Checkpoints
+from ddpm_lottery.runs.run import Run
+from ddpm_lottery.lottery.networks import level_network
 
 FINGERPRINT = {"dataset": "embedded", "split": "train", "count": 10, "digest": "aaaa"}
 
@@ -227,7 +229,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
     and asking for the raw weights (which only pruning the next level needs) is one clear error."""
     import shutil
 
-    from ddpm_lottery.pruning.costs import level_costs
+    from ddpm_lottery.lottery.costs import level_costs
 
     copy = tmp_path / "run"
     shutil.copytree(tiny_ticket_run, copy)
@@ -239,7 +241,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
     rebuilt = level.state("ema")
     assert set(rebuilt) == set(ema)
     assert all(torch.equal(rebuilt[k], ema[k]) for k in ema)
-    level.network("ema")  # loads into the run's network
+    level_network(level, "ema")  # loads into the run's network
     with pytest.raises(UserError, match="no weights.safetensors .only its sparse export.*--weights ema.*retrain"):
         level.state("raw")
     # level 2 was pruned from level 1's weights: retraining level 1 alone would not fit it, and the error says so
@@ -249,7 +251,7 @@ def test_a_level_kept_as_its_sparse_export_still_gives_its_ema_weights(tiny_tick
 
 
 def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
-    from ddpm_lottery.pruning.costs import load_sparse
+    from ddpm_lottery.runs.sparse_export import load_sparse
 
     save_tensors(tmp_path / "s.safetensors", {"values.w": torch.ones(2), "mask.w": torch.ones(1, dtype=torch.uint8)})
     with pytest.raises(UserError, match="lacks the shape or mask of w; re-export"):
@@ -257,7 +259,7 @@ def test_a_sparse_export_without_its_shapes_is_one_line(tmp_path):
 
 
 def test_a_corrupt_cka_result_says_to_delete_its_folder(tmp_path):
-    from ddpm_lottery.runs.folders import CkaFolder
+    from ddpm_lottery.runs.outputs import CkaFolder
 
     folder = CkaFolder(tmp_path / "cka" / "level_01")
     folder.dir.mkdir(parents=True)

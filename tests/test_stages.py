@@ -7,6 +7,7 @@ import torch
 
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
+from ddpm_lottery.lottery.networks import level_masks, level_network
 
 
 def test_a_schedule_covers_the_reverse_process_once():
@@ -44,9 +45,9 @@ class _Constant(torch.nn.Module):
 
 
 def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
-    config = Run.open(tiny_ticket_run).level(0).network().config
+    config = level_network(Run.open(tiny_ticket_run).level(0)).config
     staged = StagedDenoiser(parse_schedule("1000:600=a,600:0=b"), [_Constant(1.0, config), _Constant(2.0, config)])
     x = torch.zeros(4, 1, 28, 28)
     out = staged(x, torch.tensor([999, 600, 599, 0])).sample
@@ -60,11 +61,11 @@ def test_each_timestep_goes_to_its_range_even_in_a_mixed_batch(tiny_ticket_run):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm-solver++"])
 def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sampler):
     from ddpm_lottery.models.diffusion import sample, sampling_scheduler
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     run = Run.open(tiny_ticket_run)
     staged = StagedLevel(run, "1000:400=level_02,400:0=level_02").network()
-    alone = run.level(2).network()
+    alone = level_network(run.level(2))
     kwargs = dict(sampler=sampler, num_steps=10, num_samples=3, seed=5)
     assert torch.equal(sample(staged, run.config.diffusion, **kwargs), sample(alone, run.config.diffusion, **kwargs))
     timesteps = sampling_scheduler(run.config.diffusion, sampler, 10).timesteps.tolist()
@@ -73,7 +74,7 @@ def test_a_schedule_of_one_level_samples_exactly_that_level(tiny_ticket_run, sam
 
 def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
     from ddpm_lottery.models.diffusion import sample
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     run = Run.open(tiny_ticket_run)
     captured = {}
@@ -87,7 +88,7 @@ def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
 
 
 def test_ddim_20_calls_per_range():
-    from ddpm_lottery.config.settings import DiffusionConfig
+    from ddpm_lottery.config import DiffusionConfig
     from ddpm_lottery.models.diffusion import sampling_scheduler
 
     timesteps = sampling_scheduler(DiffusionConfig(), "ddim", 20).timesteps.tolist()
@@ -96,7 +97,7 @@ def test_ddim_20_calls_per_range():
 
 def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_extractor, tmp_path):
     from ddpm_lottery import api
-    from ddpm_lottery.config.settings import EvalConfig, SampleConfig
+    from ddpm_lottery.config import EvalConfig, SampleConfig
     from ddpm_lottery.api import evaluate
 
     sample_config = SampleConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=4, sampling_steps=4)
@@ -124,9 +125,9 @@ def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_e
 
 @pytest.mark.parametrize("start", ["trained", "rewound"])
 def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(tiny_ticket_run, tmp_path, start):
-    from ddpm_lottery.config.settings import TuneConfig
+    from ddpm_lottery.config import TuneConfig
     from ddpm_lottery.api import tune_range
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     config = TuneConfig(level=2, start=start, timestep_range=(0, 500), steps=4)
     out = tune_range(tiny_ticket_run, config, tmp_path / "tuned", progress=False, log=lambda *_: None)
@@ -135,8 +136,8 @@ def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(ti
     level = tuned.level(0)
     assert level.metrics()["tuned"] == {"source": str(source.root), "source_level": 2, "start": start,
                                         "timesteps": [0, 500]}
-    masks, state = level.masks(), level.state("raw")
-    assert all(torch.equal(masks[n], m) for n, m in source.level(2).masks().items())
+    masks, state = level_masks(level), level.state("raw")
+    assert all(torch.equal(masks[n], m) for n, m in level_masks(source.level(2)).items())
     assert all(bool((state[n][~m] == 0).all()) for n, m in masks.items())  # pruned weights stayed exactly zero
     assert not torch.equal(state["conv_in.weight"], source.level(2).state("raw")["conv_in.weight"])
     staged = StagedLevel(source, f"1000:500=level_00,500:0={out}/level_00")
@@ -146,8 +147,8 @@ def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(ti
 def test_range_training_draws_only_its_timesteps(tmp_path):
     from helpers import tiny_run_config
 
-    from ddpm_lottery.data.datasets import ImageSet
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.data.images import ImageSet
+    from ddpm_lottery.runs.run import Run
     from ddpm_lottery.training.trainer import Trainer
 
     config = tiny_run_config(steps=2)
@@ -159,7 +160,7 @@ def test_range_training_draws_only_its_timesteps(tmp_path):
 
 
 def test_bad_range_tuning_is_refused(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config.settings import TuneConfig
+    from ddpm_lottery.config import TuneConfig
     from ddpm_lottery.api import tune_range
 
     with pytest.raises(UserError, match="give --timestep-range"):

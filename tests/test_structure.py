@@ -6,16 +6,19 @@ import json
 import pytest
 import torch
 
-from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.lottery.loop import apply_masks
+from ddpm_lottery.lottery.levels import apply_masks
 from ddpm_lottery.models.networks import build_model
-from ddpm_lottery.pruning.masks import PruneSettings
-from ddpm_lottery.pruning.channels.groups import (
-    KeptChannelGroupNorm, channel_groups, channel_sparsity, check_channel_masks, compact, compaction_error,
-    example_inputs, full_channel_masks, install_kept_norms, load_compact, parameter_masks, prune_channels,
-    random_channel_masks, save_compact,
+from ddpm_lottery.pruning.strategies import PruneSettings
+from ddpm_lottery.pruning.channels.compact import compact, compaction_error, load_compact, save_compact
+from ddpm_lottery.pruning.channels.groups import channel_groups, example_inputs
+from ddpm_lottery.pruning.channels.masks import (
+    channel_sparsity, check_channel_masks, full_channel_masks, install_kept_norms, parameter_masks,
 )
+from ddpm_lottery.pruning.channels.norms import KeptChannelGroupNorm
+from ddpm_lottery.pruning.channels.rounds import prune_channels, random_channel_masks
+from ddpm_lottery.lottery.networks import level_channel_masks, level_compact_network, level_network, run_channel_groups
 
 
 def _model(preset="tiny", groups=None, channels=1, size=28, seed=0):
@@ -213,7 +216,7 @@ def test_bad_channel_settings_are_one_line_errors():
 
 
 def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_run):
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     run = Run.open(tiny_channel_run)
     assert run.finished_levels() == [0, 1, 2]
@@ -223,17 +226,17 @@ def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_ru
         metrics = level.metrics()
         assert metrics["channel_sparsity"] == pytest.approx([0.5, 0.75][index - 1])
         assert metrics["compact"]["max_abs_difference"] < 1e-5
-        channels = level.channel_masks()
+        channels = level_channel_masks(level)
         if previous is not None:
             assert all(not bool((channels[n] & ~previous[n]).any()) for n in channels)
         previous = channels
         state = level.state("ema")
-        model = level.network()
-        groups = run.channel_groups(model)
+        model = level_network(level)
+        groups = run_channel_groups(run, model)
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         for name, mask in parameter_masks(groups, channels, shapes).items():
             assert bool((state[name][~mask] == 0).all()), name  # weights, biases and norm scales of removed channels
-        small = level.compact_network()
+        small = level_compact_network(level)
         assert compaction_error(model, small) < 1e-5
     schedule = json.loads((run.level(2).schedule_path).read_text())
     assert schedule["structure"] == "channel"
@@ -241,8 +244,8 @@ def test_channel_search_makes_nested_exactly_zero_compact_levels(tiny_channel_ru
 
 def test_channel_controls_mirror_the_channel_counts(tiny_channel_run, tmp_path):
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.config.settings import LotteryConfig
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.config import LotteryConfig
+    from ddpm_lottery.runs.run import Run
 
     config = LotteryConfig()
     config.prune.strategy = "random"
@@ -251,7 +254,7 @@ def test_channel_controls_mirror_the_channel_counts(tiny_channel_run, tmp_path):
     out = find_ticket(config, tmp_path / "random", progress=False, log=lambda *_: None)
     source, control = Run.open(tiny_channel_run), Run.open(out)
     for index in (1, 2):
-        a, b = source.level(index).channel_masks(), control.level(index).channel_masks()
+        a, b = level_channel_masks(source.level(index)), level_channel_masks(control.level(index))
         assert {n: int(m.sum()) for n, m in a.items()} == {n: int(m.sum()) for n, m in b.items()}
         assert control.level(index).metrics()["compact"]["max_abs_difference"] < 1e-5
 
@@ -273,8 +276,10 @@ def test_unreachable_channel_target_is_refused_before_training(tmp_path):
 
 
 def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
-    from ddpm_lottery.pruning.masks import full_masks, module_map
-    from ddpm_lottery.pruning.channels.groups import emptied_channels, norm_shapes
+    from ddpm_lottery.pruning.masks import full_masks
+    from ddpm_lottery.pruning.modules import module_map
+    from ddpm_lottery.pruning.channels.norms import norm_shapes
+    from ddpm_lottery.pruning.channels.unstructured import emptied_channels
 
     model = _model(groups=4)
     groups = channel_groups(model)
@@ -304,8 +309,9 @@ def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
 
 
 def test_refill_keeps_the_fullest_channels_at_each_groups_density():
-    from ddpm_lottery.pruning.masks import full_masks, module_map
-    from ddpm_lottery.pruning.channels.groups import refill_channels
+    from ddpm_lottery.pruning.masks import full_masks
+    from ddpm_lottery.pruning.modules import module_map
+    from ddpm_lottery.pruning.channels.unstructured import refill_channels
 
     model = _model(groups=4)
     groups = channel_groups(model, scope="inner")
@@ -322,9 +328,9 @@ def test_refill_keeps_the_fullest_channels_at_each_groups_density():
 
 
 def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_ticket_run, tiny_channel_run, tmp_path):
-    from ddpm_lottery.config.settings import LotteryConfig
+    from ddpm_lottery.config import LotteryConfig
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     config = LotteryConfig()
     config.prune.refill = True
@@ -346,23 +352,24 @@ def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket
     import shutil
 
     from ddpm_lottery.cli.main import main
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     copy_of = tmp_path / "unstructured"
     shutil.copytree(tiny_ticket_run, copy_of)
     assert main(["compact", str(copy_of), "--level", "2"]) == 0
     assert "channels the weight mask emptied" in capsys.readouterr().out
     level = Run.open(copy_of).level(2)
-    assert compaction_error(level.network(), level.compact_network()) < 1e-5
+    assert compaction_error(level_network(level), level_compact_network(level)) < 1e-5
     assert main(["compact", str(tiny_channel_run), "--level", "2"]) == 0
     out = capsys.readouterr().out
     assert "channel ticket" in out and "outputs differ by at most" in out
 
 
 def test_a_channel_search_can_start_from_a_weight_search_dense_model(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config.settings import LotteryConfig, from_dict
+    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run, read_json
+    from ddpm_lottery.runs.run import Run
+    from ddpm_lottery.utils.files import read_json
 
     config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
     config.prune.structure, config.prune.strategy = "channel", "unified"
@@ -390,7 +397,7 @@ def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypat
     from helpers import kill_search_at, tiny_lottery_config
 
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     config = tiny_lottery_config("unified", steps=8, structure="channel", sparsity_schedule=(0.5, 0.75))
     config.model.norm_num_groups = 2
@@ -401,8 +408,8 @@ def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypat
     assert any("resuming at step 4" in m for m in messages)
     a, b = Run.open(reference), Run.open(tmp_path / "killed")
     for index in (1, 2):
-        ca, cb = a.level(index).channel_masks(), b.level(index).channel_masks()
+        ca, cb = level_channel_masks(a.level(index)), level_channel_masks(b.level(index))
         assert all(torch.equal(ca[n], cb[n]) for n in ca)
         wa, wb = a.level(index).state("raw"), b.level(index).state("raw")
         assert all(torch.equal(wa[n], wb[n]) for n in wa), index
-        assert compaction_error(a.level(index).compact_network(), b.level(index).compact_network()) == 0.0
+        assert compaction_error(level_compact_network(a.level(index)), level_compact_network(b.level(index))) == 0.0

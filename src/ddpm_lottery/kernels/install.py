@@ -13,7 +13,9 @@ import time
 
 import torch
 
-from ddpm_lottery.kernels.layers import KernelReport, use_kernels
+from ddpm_lottery.config import RuntimeConfig, check_config
+from ddpm_lottery.kernels.layers import KernelReport, kernels_used, sparse_layers, use_kernels
+from ddpm_lottery.kernels.tuning import KernelTuner
 
 
 def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: bool = False,
@@ -27,8 +29,6 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
     choice = "dense" if training and asked == "auto" else asked
     tuner = None
     if choice == "auto":
-        from ddpm_lottery.kernels.tuning import KernelTuner
-
         tuner = KernelTuner(runtime.kernel_cache, log=log)
     started = time.perf_counter()
     report = use_kernels(model, choice, masks=masks, tuner=tuner, training=training)
@@ -121,8 +121,6 @@ def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport,
 def kernel_record(model: torch.nn.Module, report: KernelReport) -> dict:
     """What a record says of the kernels after the network ran: the choice, what each layer ran, and the
     one-off seconds (the JIT and the timing of layers) that the command's wall time includes."""
-    from ddpm_lottery.kernels.layers import kernels_used, sparse_layers
-
     used = kernels_used(model)
     pruned = len(sparse_layers(model))
     if not used.get("sparse"):
@@ -150,8 +148,6 @@ def sparse_kernels(module: torch.nn.Module, kernels: str = "auto", *, cache_dir:
     The layers' surviving weights are their nonzero ones; the state dict is unchanged.  ``compiled=True``
     also runs the module's inference calls through ``torch.compile`` (``--compile-sampling``).
     """
-    from ddpm_lottery.config.settings import RuntimeConfig, check_config
-
     runtime = RuntimeConfig()
     runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache_dir, compiled
     check_config(runtime)

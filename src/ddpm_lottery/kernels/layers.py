@@ -26,7 +26,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ddpm_lottery.kernels.planes import Geometry, Structure, conv_geometry, from_output, linear_geometry, structure, supported, to_planes
+from ddpm_lottery.kernels.planes import (
+    Geometry,
+    Structure,
+    conv_geometry,
+    from_output,
+    linear_geometry,
+    structure,
+    supported,
+    to_planes,
+)
 
 KernelChoice = Literal["auto", "sparse", "dense"]
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "sparse", "dense")
@@ -74,7 +83,8 @@ class _SparseMixin:
         return self._decisions[signature]
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
-        from ddpm_lottery.kernels import ops  # loaded (with numba) by use_kernels before any layer is swapped
+        # deferred: numba loads with the first sparse layer (use_kernels loads it before any layer is swapped)
+        from ddpm_lottery.kernels import ops
 
         geometry, s = self._layout(x)
         values, bias = self._values(s, x)
@@ -193,7 +203,8 @@ class KernelReport:
 def jit_unavailable(training: bool = False) -> str | None:
     """Why the JIT kernels cannot load here (numba missing or broken), or None."""
     try:
-        from ddpm_lottery.kernels import jit, ops  # noqa: F401  (registers the operators)
+        # deferred: numba loads only when the kernels are asked for; importing ops registers the operators
+        from ddpm_lottery.kernels import jit, ops  # noqa: F401
 
         jit.warm_up(training)  # compiles on a machine's first use, then loads from numba's disk cache
     except Exception as exc:  # a broken numba/llvmlite install raises more than ImportError

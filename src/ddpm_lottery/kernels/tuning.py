@@ -18,10 +18,12 @@ import os
 import platform
 import statistics
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
+from ddpm_lottery.kernels.layers import sparse_layers
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import write_json
 
@@ -38,8 +40,6 @@ def machine_key() -> str:
     except OSError:
         pass
     try:
-        from importlib.metadata import version
-
         numba_version = version("numba")
     except Exception:  # numba missing: the tuner is never asked, but the key must still be computable
         numba_version = "none"
@@ -126,8 +126,6 @@ class KernelTuner:
         ``call``: what runs the network (default: its forward past the hooks); ``compiled``: it is a
         ``torch.compile`` of it, so both sides are timed compiled (the warm-up round pays the compiles), and
         the verdict is stored apart from the eager one."""
-        from ddpm_lottery.kernels.layers import sparse_layers
-
         layers = sparse_layers(model)
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
         if not layers:

@@ -15,8 +15,16 @@ is refused by the absence of ``model_index.json`` rather than loading a differen
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import diffusers
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.models.diffusion import noise_scheduler
+from ddpm_lottery.pruning.channels.compact import load_compact
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import copy_file, make_dirs, read_json, staged_folder, write_json, write_text
 
@@ -28,11 +36,6 @@ PIPELINE_NOTE = "ddpm_lottery_pipeline.json"
 def export_level(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
                  log=print) -> Path:
     """Write level ``level`` (default: the last finished) of a run as a pipeline folder at ``out``."""
-    from diffusers import DDPMPipeline
-
-    from ddpm_lottery.models.diffusion import noise_scheduler
-    from ddpm_lottery.runs.folders import Run
-
     run = Run.open(run_dir)
     chosen = run.pick_level(level)
     out = Path(out)
@@ -45,8 +48,6 @@ def export_level(run_dir: str | Path, out: str | Path, level: int | None = None,
                         "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)")
     with staged_folder(out) as staging:
         if compacted:
-            from ddpm_lottery.pruning.channels.groups import load_compact
-
             small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
             make_dirs(staging / COMPACT_DIR)
             copy_file(chosen.compact_spec_path, staging / COMPACT_DIR / chosen.compact_spec_path.name)
@@ -54,7 +55,7 @@ def export_level(run_dir: str | Path, out: str | Path, level: int | None = None,
             scheduler.save_pretrained(staging / "scheduler")
             parameters = sum(p.numel() for p in small.parameters())
         else:
-            unet = chosen.network(weights)
+            unet = level_network(chosen, weights)
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
             parameters = sum(p.numel() for p in unet.parameters())
         if chosen.mask_path.exists():
@@ -111,8 +112,6 @@ def card(run, level, weights: str, compacted: bool, parameters: int) -> str:
 
 def load_pipeline(folder: str | Path):
     """A ``DDPMPipeline`` from an export folder (standard or compacted)."""
-    from diffusers import DDPMPipeline, DDPMScheduler
-
     folder = Path(folder)
     note = folder / PIPELINE_NOTE
     if not note.exists():
@@ -123,7 +122,6 @@ def load_pipeline(folder: str | Path):
     info = read_json(note, "export description")
     if not info.get("compacted"):
         return DDPMPipeline.from_pretrained(folder)
-    from ddpm_lottery.pruning.channels.groups import load_compact
 
     spec, weights = info["compact_files"]
     unet = load_compact(folder / COMPACT_DIR / spec, folder / COMPACT_DIR / weights)
@@ -131,3 +129,26 @@ def load_pipeline(folder: str | Path):
 
 
 __all__ = ["export_level", "load_pipeline", "card"]
+
+
+def write_pipeline_view(run) -> Path:
+    """model_index.json, unet/ and scheduler/ beside a run's levels: diffusers loads the run's dense EMA model.
+
+    The weights are a link to level 0's EMA file (a copy where links are not possible), so the view
+    costs no space and cannot disagree with the level.
+    """
+    level = run.level(0).require_finished()
+    unet_dir = make_dirs(run.root / "unet")
+    write_json(unet_dir / "config.json", {"_class_name": "UNet2DModel", **run.network_config()})
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    if weights.is_symlink() or weights.exists():
+        weights.unlink()
+    try:
+        os.symlink(os.path.relpath(level.weights_path("ema"), unet_dir), weights)
+    except OSError:  # a file system without links
+        copy_file(level.weights_path("ema"), weights)
+    noise_scheduler(run.config.diffusion).save_config(run.root / "scheduler")
+    write_json(run.root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
+                                               "unet": ["diffusers", "UNet2DModel"],
+                                               "scheduler": ["diffusers", "DDPMScheduler"]})
+    return run.root

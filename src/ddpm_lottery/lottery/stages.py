@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.models.unets.unet_2d import UNet2DOutput
 
+from ddpm_lottery.lottery.networks import level_compact_network, level_network
+from ddpm_lottery.pruning.costs import layer_flops
+from ddpm_lottery.runs.level import Level
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.runs.folders import Level, Run
 
 _PART = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*=\s*(\S+)\s*$")
 _LEVEL = re.compile(r"^(?:level_)?(\d+)$")
@@ -114,8 +118,8 @@ def resolve_level(run: Run, reference: str) -> Level:
 def stage_network(level: Level, weights: str = "ema", compact: bool = True) -> torch.nn.Module:
     """A level's network for sampling: the compacted one for channel tickets (same outputs, fewer FLOPs)."""
     if compact and weights == "ema" and level.compact_path.exists():
-        return level.compact_network()
-    return level.network(weights)
+        return level_compact_network(level)
+    return level_network(level, weights)
 
 
 @dataclass
@@ -157,8 +161,6 @@ class StagedDenoiser(torch.nn.Module):
         return out
 
     def forward(self, sample: torch.Tensor, timestep):
-        from diffusers.models.unets.unet_2d import UNet2DOutput
-
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(len(sample))
@@ -174,8 +176,6 @@ class StagedDenoiser(torch.nn.Module):
 
     def accounting(self) -> list[dict]:
         """Per range: denoiser calls, images through them, measured seconds, FLOPs per image and call."""
-        from ddpm_lottery.pruning.costs import layer_flops
-
         per_call = {}
         for index, net in enumerate(self.networks):
             per_call[index] = per_call.get(index) or layer_flops(net)[0]

@@ -17,9 +17,21 @@ import math
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ddpm_lottery.config import CkaConfig
+from ddpm_lottery.data.images import to_model_range
+from ddpm_lottery.data.loaders import load_dataset
+from ddpm_lottery.lottery.levels import apply_masks
+from ddpm_lottery.lottery.networks import level_masks, level_network, run_network
+from ddpm_lottery.models.diffusion import noise_scheduler
+from ddpm_lottery.pruning.strategies import random_masks
+from ddpm_lottery.runs.outputs import CkaFolder
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.figures import pyplot, save_figure
+from ddpm_lottery.utils.files import atomic_path, write_json
 
 
 def linear_gram(x: torch.Tensor) -> torch.Tensor:
@@ -125,8 +137,6 @@ def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: di
 
 
 def write_csv(rows: list[dict], path: str | Path) -> Path:
-    from ddpm_lottery.utils.files import atomic_path
-
     path = Path(path)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_path(path) as tmp:
@@ -139,8 +149,6 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
 
 def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool = False) -> Path:
     """The paper's Fig. 1: CKA against layer index, upstream (left) to downstream (right)."""
-    from ddpm_lottery.utils.figures import pyplot, save_figure
-
     fig, ax = pyplot().subplots(figsize=(8, 3.8), dpi=110)
     index = [r["index"] for r in rows]
     conv = [r for r in rows if r.get("kind") == "conv"]
@@ -183,10 +191,6 @@ def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[
     initialisations under random masks of the same per-layer sparsity), each the mean over the ticket pairs with
     their range as a band; the dotted line splits the layers into the upstream and downstream halves the findings
     compare. ``tables[level]`` holds one cka.csv (rows) per pair."""
-    import numpy as np
-
-    from ddpm_lottery.utils.figures import pyplot, save_figure
-
     levels = sorted(tables)
     fig, axes = pyplot().subplots(1, len(levels), figsize=(3.6 * len(levels), 3.4), dpi=110, squeeze=False, sharey=True)
     for ax, level in zip(axes[0], levels):
@@ -212,9 +216,6 @@ def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[
 
 def noisy_batch(run, config) -> dict[int, torch.Tensor]:
     """The shared input of activation CKA: ``config.batch`` training images of ``run`` noised at each timestep."""
-    from ddpm_lottery.data.datasets import load_dataset, to_model_range
-    from ddpm_lottery.models.diffusion import noise_scheduler
-
     network = run.network_config()
     run_config = run.config
     images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
@@ -254,12 +255,6 @@ def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, con
     ``above_*`` is the tickets' CKA minus the ``masked`` baseline: what training and pruning made
     similar beyond shape and sparsity.  Writes cka.csv (every column), cka.json and figure1.png.
     """
-    from ddpm_lottery.config.settings import CkaConfig
-    from ddpm_lottery.utils.files import write_json
-    from ddpm_lottery.lottery.loop import apply_masks
-    from ddpm_lottery.pruning.masks import random_masks
-    from ddpm_lottery.runs.folders import CkaFolder, Run
-
     config = config or CkaConfig()
     folder = CkaFolder(Path(out))
     result = compare_runs(run_a, run_b, level, config, out=out, log=log)
@@ -268,13 +263,13 @@ def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, con
     seed_a = a.config.train.seed_init
     seed_b = seed_init_b if seed_init_b != seed_a else seed_a + 1
     network = a.network_config()
-    init_a, init_b = a.build_network(seed=seed_a), a.build_network(seed=seed_b)
+    init_a, init_b = run_network(a, seed=seed_a), run_network(a, seed=seed_b)
     order = a.layer_order()
     noisy = noisy_batch(a, config)
     state_a, state_b = init_a.state_dict(), init_b.state_dict()
     baselines = {"init": cka_rows(state_a, state_b, init_a, init_b, noisy, order, config.threshold)}
-    masked_a = apply_masks(state_a, random_masks(level_a.masks(), seed=1000 + seed_a))
-    masked_b = apply_masks(state_b, random_masks(level_b.masks(), seed=2000 + seed_b))
+    masked_a = apply_masks(state_a, random_masks(level_masks(level_a), seed=1000 + seed_a))
+    masked_b = apply_masks(state_b, random_masks(level_masks(level_b), seed=2000 + seed_b))
     init_a.load_state_dict(masked_a)
     init_b.load_state_dict(masked_b)
     baselines["masked"] = cka_rows(masked_a, masked_b, init_a, init_b, noisy, order, config.threshold)
@@ -304,10 +299,6 @@ def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, con
 def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None, config=None, *,
                  out: str | Path | None = None, log=print) -> dict:
     """Weight and activation CKA between one level of two runs; writes cka.csv, cka.json and figure1.png."""
-    from ddpm_lottery.config.settings import CkaConfig
-    from ddpm_lottery.utils.files import write_json
-    from ddpm_lottery.runs.folders import CkaFolder, Run
-
     config = config or CkaConfig()
     timesteps, batch, weights = config.timesteps, config.batch, config.weights
     threshold, seed = config.threshold, config.seed
@@ -318,7 +309,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
         raise UserError(f"--batch must be at least 3 for CKA, got {batch}")
     level_a = a.pick_level(level)
     level_b = b.level(level_a.index).require_finished()
-    masks_a, masks_b = level_a.masks(), level_b.masks()
+    masks_a, masks_b = level_masks(level_a), level_masks(level_b)
     sparsity_a, sparsity_b = level_a.metrics()["sparsity"], level_b.metrics()["sparsity"]
     if abs(sparsity_a - sparsity_b) > 1e-3:
         log(f"warning: the two tickets differ in sparsity ({sparsity_a:.2%} vs {sparsity_b:.2%}); CKA then also "
@@ -333,7 +324,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     rows = weight_cka(wa, wb, order, threshold)
 
     noisy = noisy_batch(a, config)
-    activation_rows = activation_cka(level_a.network(weights), level_b.network(weights), noisy, order, threshold)
+    activation_rows = activation_cka(level_network(level_a, weights), level_network(level_b, weights), noisy, order, threshold)
     for row, extra in zip(rows, activation_rows):
         row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
     folder = CkaFolder(Path(out)) if out else a.cka_folder(b, level_a.index)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ddpm_lottery.measures.inception import FrechetReference
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import load_tensors, save_tensors
 
@@ -143,8 +144,6 @@ def domain_validation(net: DomainNet, train_images: torch.Tensor, held_out_image
     (the floor at this N), the held-out images blurred, and uniform noise; plus held-out accuracy.
 
     A measure fit to rank models must order these real < blurred < noise, with real near its floor."""
-    from ddpm_lottery.measures.inception import FrechetReference
-
     reference = FrechetReference(domain_features(net, train_images))
     count = len(held_out_images)
     generator = torch.Generator().manual_seed(seed)

@@ -38,17 +38,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpm_lottery.config.settings import EvalConfig, check_config, interval_floor, to_dict
-from ddpm_lottery.data.datasets import from_model_range, image_digest, load_dataset, to_model_range
-from ddpm_lottery.models.diffusion import denoising_loss_by_band, sample as run_sampler, sampling_steps, unclipped
+from ddpm_lottery.config import EvalConfig, check_config, interval_floor, to_dict
+from ddpm_lottery.data.images import data_fingerprint, from_model_range, image_digest, to_model_range
+from ddpm_lottery.data.loaders import load_dataset
+from ddpm_lottery.kernels.install import install_kernels, kernel_record
+from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.lottery.stages import StagedLevel, normal_schedule_text
+from ddpm_lottery.measures.domain import box_blur, domain_features, domain_net, uniform_noise
+from ddpm_lottery.measures.inception import (
+    FEATURE_DIM,
+    FrechetReference,
+    InceptionFeatures,
+    biased_note,
+    bootstrap_indices,
+    cache_root,
+    check_sample_counts,
+    extract_features,
+    fid_kid,
+    frechet_bootstrap,
+    percentile_interval,
+    reference_features,
+    reference_images,
+)
+from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps, unclipped
+from ddpm_lottery.models.diffusion import sample as run_sampler
+from ddpm_lottery.models.networks import input_size
+from ddpm_lottery.runs.level import Level
+from ddpm_lottery.runs.run import Run
+from ddpm_lottery.training.tracking import Tracking
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import atomic_path, write_json
-from ddpm_lottery.measures.inception import (
-    FEATURE_DIM, FrechetReference, InceptionFeatures, biased_note, bootstrap_indices, check_sample_counts,
-    extract_features, fid_kid, frechet_bootstrap, percentile_interval, reference_features, reference_images,
-)
-from ddpm_lottery.runs.folders import Level, Run
-from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.utils.launch import resolve_device
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
@@ -68,7 +87,6 @@ def sampling_protocol(config: EvalConfig) -> dict:
     if unclipped(sampling):  # only then, as for schedules below
         spec["clip_sample"] = False
     if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
-        from ddpm_lottery.lottery.stages import normal_schedule_text
 
         spec["schedule"] = normal_schedule_text(sampling.schedule)
     return spec
@@ -131,7 +149,7 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
     Also returns how they were drawn: the seconds, and the kernels that ran (``--kernels``).
     """
     sampling = config.sampling
-    model = level.network(sampling.weights).to(device)
+    model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     started = time.perf_counter()
     total, batch, steps = config.eval.num_samples, sampling.sample_batch_size, sampling_steps(sampling)
@@ -269,10 +287,6 @@ class Evaluator:
         return features, frechet, spec
 
     def _domain(self, run: Run):
-        from ddpm_lottery.data.datasets import data_fingerprint
-        from ddpm_lottery.measures.domain import domain_features, domain_net
-        from ddpm_lottery.measures.inception import cache_root
-
         data = run.config.data
         train = self._images(run, "train")
 
@@ -351,7 +365,7 @@ class Evaluator:
         extra: dict = {}
         if measure == "loss":
             images, _ = self._heldout(level.run)
-            model = level.network(self.config.sampling.weights).to(self.device)
+            model = level_network(level, self.config.sampling.weights).to(self.device)
             kernels = install_kernels(model, self.config.runtime, log=self.log, what=level.label())
             per_image = denoising_loss_by_band(model, level.run.config.diffusion, to_model_range(images),
                                                bands=scoring.loss_bands, seed=self.config.sampling.sample_seed,
@@ -376,8 +390,6 @@ class Evaluator:
                 value = scores["fid"]
                 extra = {**scores, "biased_warning": biased_note(len(images))}
             else:
-                from ddpm_lottery.measures.domain import domain_features
-
                 net, _, frechet, _ = self._domain(level.run)
                 features = domain_features(net, images)
                 value = frechet.distance(features)
@@ -410,8 +422,6 @@ def evaluate_levels(run: str | Path, config: EvalConfig | None = None, levels: l
     config = config or EvalConfig()
     run = Run.open(run)
     if config.sampling.schedule:
-        from ddpm_lottery.lottery.stages import StagedLevel
-
         chosen = [StagedLevel(run, config.sampling.schedule)]
     else:
         chosen = [run.last_level()] if levels is None else [run.level(i).require_finished() for i in levels]
@@ -423,8 +433,6 @@ def evaluate_levels(run: str | Path, config: EvalConfig | None = None, levels: l
 
 def track_evaluations(kind: str, run: Run, records: list[dict]) -> None:
     """Evaluation results in the run's tracker, one series per measure and protocol, stepped by level."""
-    from ddpm_lottery.training.tracking import Tracking
-
     tracking = Tracking(kind, run.root, "evaluation")
     for record in records:
         if record.get("schedule"):
@@ -443,12 +451,8 @@ def loss_validation(level: Level, count: int = 200, bands: int = 5, seed: int = 
 
     A measure fit to rank models must order these real < blurred < noise, and a model that does not
     overfit scores held-out and training images alike."""
-    from ddpm_lottery.measures.domain import box_blur, uniform_noise
-    from ddpm_lottery.measures.inception import reference_images
-    from ddpm_lottery.models.networks import input_size
-
     data = level.run.config.data
-    model, diffusion = level.network("ema"), level.run.config.diffusion
+    model, diffusion = level_network(level, "ema"), level.run.config.diffusion
 
     def images(split: str) -> torch.Tensor:
         return reference_images(load_dataset(data.dataset, data.data_dir, split=split, image_size=input_size(

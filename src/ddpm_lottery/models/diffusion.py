@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from ddpm_lottery.config.settings import DiffusionConfig
+from ddpm_lottery.config import DiffusionConfig
 from ddpm_lottery.utils.errors import UserError
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
-from ddpm_lottery.config.settings import ModelConfig
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import hash_file
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Ho et al. 2020, official run_cifar.py; identical to google/ddpm-cifar10-32: 35,746,307 parameters.
@@ -151,9 +152,7 @@ def source_digest(source: NetworkSource) -> str:
     digest = hashlib.sha256()
     for path in source.files:
         digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        hash_file(digest, path)
     return digest.hexdigest()[:16]
 
 
@@ -180,8 +179,6 @@ def adopt_source(config):
 
 
 def _adopt_scheduler(diffusion, scheduler: dict[str, Any], name: str) -> None:
-    from dataclasses import fields
-
     if scheduler.get("trained_betas") is not None:
         raise UserError(f"--pretrained {name}: its scheduler uses trained_betas, which this tool cannot reproduce; "
                         "give a pipeline with a named beta_schedule")

@@ -15,15 +15,15 @@ mask plus the surviving values of each pruned tensor, and the other tensors dens
 
 from __future__ import annotations
 
-from pathlib import Path
+import statistics
+import time
 
-import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.pruning.masks import Masks, ModuleMap
-from ddpm_lottery.utils.files import load_tensors, save_tensors
+from ddpm_lottery.pruning.masks import Masks
+from ddpm_lottery.pruning.modules import ModuleMap, PruneModule, module_map
 
 
 def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
@@ -37,7 +37,6 @@ def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     model.eval()
     # The math SDPA path runs the attention products as bmm, which the counter sees; the fused CPU/GPU
     # kernels are not counted by FlopCounterMode.
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x, t)
@@ -81,9 +80,6 @@ def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: in
     compiles), so a machine that slows down mid-measurement slows every network alike and the
     ratios between them stay fair.  Timesteps cycle through the range; no gradients.
     """
-    import statistics
-    import time
-
     inputs = {}
     for name, net in networks.items():
         net.eval().to(device)
@@ -119,48 +115,6 @@ def sampler_flops(per_call: float, steps: int) -> float:
 # Storage
 
 
-def export_sparse(weights: dict[str, torch.Tensor], masks: Masks, path: str | Path) -> int:
-    """Write mask bits + surviving values (+ dense other tensors); returns the file's size in bytes."""
-    tensors: dict[str, torch.Tensor] = {}
-    metadata = {"format": "ddpm-lottery sparse export v1: mask.<name> = numpy.packbits of the flattened mask, "
-                          "values.<name> = surviving values in row-major order, dense.<name> = other tensors"}
-    for name, value in weights.items():
-        if name in masks:
-            mask = masks[name].reshape(-1)
-            tensors[f"mask.{name}"] = torch.from_numpy(np.packbits(mask.numpy().astype(np.uint8)))
-            tensors[f"values.{name}"] = value.reshape(-1)[mask].contiguous()
-            metadata[f"shape:{name}"] = ",".join(map(str, value.shape))
-        else:
-            tensors[f"dense.{name}"] = value
-    save_tensors(path, tensors, metadata)
-    return Path(path).stat().st_size
-
-
-def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
-    """Rebuild the dense state dict from a sparse export."""
-    from safetensors import safe_open
-
-    tensors = load_tensors(path, "sparse export")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    state = {k[len("dense."):]: v for k, v in tensors.items() if k.startswith("dense.")}
-    for key, values in tensors.items():
-        if not key.startswith("values."):
-            continue
-        name = key[len("values."):]
-        if f"shape:{name}" not in metadata or f"mask.{name}" not in tensors:
-            raise UserError(f"sparse export {path} lacks the shape or mask of {name}; re-export it")
-        shape = [int(s) for s in metadata[f"shape:{name}"].split(",")]
-        count = int(np.prod(shape))
-        mask = torch.from_numpy(np.unpackbits(tensors[f"mask.{name}"].numpy())[:count].astype(bool))
-        if int(mask.sum()) != values.numel():
-            raise UserError(f"sparse export {path} is inconsistent for {name}; re-export it")
-        dense = torch.zeros(count, dtype=values.dtype)
-        dense[mask] = values
-        state[name] = dense.view(shape)
-    return state
-
-
 def parameter_counts(weights: dict[str, torch.Tensor], masks: Masks) -> dict:
     total = sum(v.numel() for v in weights.values())
     pruned = sum(int((~m).sum()) for m in masks.values())
@@ -168,48 +122,8 @@ def parameter_counts(weights: dict[str, torch.Tensor], masks: Masks) -> dict:
             "prunable_parameters": sum(m.numel() for m in masks.values())}
 
 
-def level_costs(level, sampling_steps: dict[str, int] | None = None, weights: str = "ema") -> dict:
-    """FLOPs, parameters and storage of one level; stores them beside it (costs.json, sparse.safetensors).
-
-    The sparse export holds the weights sampling and FID use (EMA by default).
-    """
-    from ddpm_lottery.utils.files import write_json
-
-    model = level.network(weights)
-    state = level.state(weights)
-    masks = level.masks()
-    mmap = _map_for_masks(model, masks)
-    flops = ticket_flops(model, masks, mmap)
-    dense_bytes = level.weights_path(weights).stat().st_size
-    sparse_bytes = export_sparse(state, masks, level.sparse_path)
-    steps = sampling_steps or {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
-    result = {
-        "level": level.index, "weights": weights, **flops, **parameter_counts(state, masks),
-        "per_sample_flops": {f"{name} {k} steps": {"dense": sampler_flops(flops["dense_flops"], k),
-                                                   "effective": sampler_flops(flops["effective_flops"], k)}
-                             for name, k in steps.items()},
-        "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes, "storage_ratio": sparse_bytes / dense_bytes,
-    }
-    if level.compact_path.exists():
-        # a channel ticket also runs as a smaller network: these FLOPs are executed, not theoretical
-        small = level.compact_network()
-        executed, _ = layer_flops(small)
-        result["compact"] = {"flops": executed, "macs": executed / 2,
-                             "parameters": sum(p.numel() for p in small.parameters()),
-                             "bytes": level.compact_path.stat().st_size, "flop_ratio": flops["dense_flops"] / executed}
-    write_json(level.costs_path, result)
-    return result
-
-
-def stored_costs(level) -> dict:
-    """The level's costs, computed once and read back afterwards."""
-    return level.costs() or level_costs(level)
-
-
-def _map_for_masks(model, masks: Masks) -> ModuleMap:
+def masked_module_map(model, masks: Masks) -> ModuleMap:
     """The block map restricted to the masked tensors (include/exclude patterns of the run)."""
-    from ddpm_lottery.pruning.masks import ModuleMap, PruneModule, module_map
-
     full = module_map(model)
     modules = []
     for m in full.modules:

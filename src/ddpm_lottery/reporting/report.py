@@ -13,9 +13,24 @@ import json
 import os
 from pathlib import Path
 
+from ddpm_lottery.findings.render import LABELS, MEASURE_ORDER
+from ddpm_lottery.findings.render import html as findings_html
+from ddpm_lottery.findings.render import markdown as findings_markdown
+from ddpm_lottery.measures.cka import figure_one_over_pairs, read_csv
+from ddpm_lottery.measures.evaluate import load_samples, protocol_label, sampling_key
+from ddpm_lottery.runs.level import Level
+from ddpm_lottery.runs.outputs import CkaFolder
+from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.figures import (
+    denoising_process,
+    fid_vs_sparsity,
+    labelled_grids,
+    loss_curves,
+    module_sparsity_bars,
+    quality_vs_sparsity,
+)
 from ddpm_lottery.utils.files import atomic_path, make_dirs, read_json, write_text
-from ddpm_lottery.runs.folders import CkaFolder, Level, Run
 
 
 def embed_png(path: str | Path, alt: str = "") -> str:
@@ -156,8 +171,6 @@ def html_table(rows: list[dict]) -> str:
 
 
 def figure_two(rows: list[dict], protocol_text: str, out: Path) -> Path | None:
-    from ddpm_lottery.utils.figures import fid_vs_sparsity
-
     curves: dict[str, list] = {}
     dense = None
     for r in rows:
@@ -180,9 +193,6 @@ def _count_text(counts: list[int]) -> str:
 
 def study_figure_two(findings: dict, out: Path) -> Path | None:
     """Every measure against sparsity: each search and control the mean over seeds, with its interval."""
-    from ddpm_lottery.utils.figures import quality_vs_sparsity
-    from ddpm_lottery.findings.questions import LABELS, MEASURE_ORDER
-
     panels = {LABELS[m]: findings["curves"][m] for m in MEASURE_ORDER if m in findings.get("curves", {})}
     if not any(panel["curves"] or panel["dense"] for panel in panels.values()):
         return None
@@ -202,8 +212,6 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
 
 def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
     """The denoising process from one noise seed, as each level stored it when it finished."""
-    from ddpm_lottery.utils.figures import denoising_process
-
     rows, timesteps, how = [], None, None
     for level, name in levels:
         stored = level.denoising()
@@ -219,9 +227,6 @@ def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
 
 def figure_four(levels: list[tuple[Level, str]], protocol: str | None, out: Path, num_samples: int = 32) -> Path | None:
     """Samples of each level: the first images of the shown evaluation (same seeds, so the same noise)."""
-    from ddpm_lottery.measures.evaluate import load_samples, sampling_key
-    from ddpm_lottery.utils.figures import labelled_grids
-
     grids = []
     for level, label in levels:
         record = next((r for r in level.evaluations() if r["key"] == protocol), None)
@@ -236,8 +241,6 @@ def figure_four(levels: list[tuple[Level, str]], protocol: str | None, out: Path
 
 
 def level_loss_curves(run: Run, out: Path) -> Path | None:
-    from ddpm_lottery.utils.figures import loss_curves
-
     curves = {f"level {i}": [(r["step"], r["loss"]) for r in run.level(i).training_log() if "loss" in r]
               for i in run.finished_levels()}
     curves = {k: v for k, v in curves.items() if v}
@@ -248,8 +251,6 @@ def level_loss_curves(run: Run, out: Path) -> Path | None:
 
 def figure_one_of_pairs(cka_dirs: list[str | Path], path: Path) -> Path | None:
     """Figure 1 over a study's ticket pairs, one panel per level (None without CKA folders)."""
-    from ddpm_lottery.measures.cka import figure_one_over_pairs, read_csv
-
     tables: dict[int, list[list[dict]]] = {}
     sparsities: dict[int, float] = {}
     for cka_dir in cka_dirs:
@@ -285,9 +286,6 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     The report renders what the runs store (levels, evaluations with their samples, costs, CKA);
     it samples no network and writes nothing into the runs.
     """
-    from ddpm_lottery.measures.evaluate import protocol_label
-    from ddpm_lottery.utils.figures import module_sparsity_bars
-
     runs = [Run.open(r) for r in runs]
     if not runs:
         raise UserError("give at least one run folder to report on")
@@ -306,8 +304,6 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     if intro:
         sections.append(("What this is", intro))
     if findings is not None:
-        from ddpm_lottery.findings.questions import html as findings_html
-
         sections.append(("Findings", findings_html(findings)))
         seeds_fig2 = study_figure_two(findings, figures / "figure2_quality_vs_sparsity.png")
         if seeds_fig2:
@@ -385,8 +381,6 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
     # the Markdown twin carries every table of the HTML report (findings first, frontiers last), figures linked
     parts = [f"# {title}\n"]
     if findings is not None:
-        from ddpm_lottery.findings.questions import markdown as findings_markdown
-
         parts.append("## Findings\n\n" + findings_markdown(findings))
     if fig2:
         parts.append(f"## Figure 2: quality against sparsity\n\n![Figure 2]({_relative(fig2, out)})\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm_lottery.runs.folders import Run
+from ddpm_lottery.runs.run import Run
 
 
 def sparsity_table(run: str | Path, level: int | None = None) -> str:
@@ -17,14 +17,4 @@ def sparsity_table(run: str | Path, level: int | None = None) -> str:
              f"{'j':>3}  {'module':<34} {'weights':>10} {'kept':>10} {'sparsity':>9}"]
     for row in m["per_module"]:
         lines.append(f"{row['index']:>3}  {row['name']:<34} {row['size']:>10,} {row['kept']:>10,} {row['sparsity']:>9.2%}")
-    return "\n".join(lines)
-
-
-def levels_table(run: str | Path) -> str:
-    run = Run.open(run)
-    lines = [f"{'level':>5} {'sparsity':>9} {'all params':>10} {'surviving':>11} {'final loss':>10} {'wall s':>8}"]
-    for index in run.finished_levels():
-        m = run.level(index).metrics()
-        lines.append(f"{index:>5} {m['sparsity']:>9.2%} {m['sparsity_all_parameters']:>10.2%} "
-                     f"{m['surviving_parameters']:>11,} {m['training']['final_loss']:>10.4f} {m['wall_time_s']:>8.1f}")
     return "\n".join(lines)

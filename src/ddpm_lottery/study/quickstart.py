@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddpm_lottery.findings.questions import markdown
-from ddpm_lottery.runs.folders import StudyFolder
-from ddpm_lottery.study.runner import execute_study
+from ddpm_lottery.findings.render import markdown
+from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.study.execute import execute_study
 
 
 def quickstart(out: str | Path = "runs/quickstart", *, progress: bool = True, log=print) -> Path:

@@ -31,10 +31,12 @@ class Tracking:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             if self.kind == "tensorboard":
+                # deferred: the trackers need their optional extras (tensorboard, wandb)
                 from accelerate.tracking import TensorBoardTracker
 
                 self.tracker = TensorBoardTracker(name, str(folder))
             else:
+                # deferred: the trackers need their optional extras (tensorboard, wandb)
                 from accelerate.tracking import WandBTracker
 
                 # without credentials W&B writes an offline run beside the others (`wandb sync` uploads it)

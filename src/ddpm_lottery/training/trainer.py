@@ -23,6 +23,7 @@ after ``optimizer.step``, each free to use fused ``torch._foreach_*`` kernels.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 
@@ -30,15 +31,18 @@ import torch
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from ddpm_lottery.config.settings import RunConfig, check_config, config_hash
-from ddpm_lottery.data.datasets import ImageSet, load_dataset, to_model_range
+from ddpm_lottery.config import RunConfig, check_config, config_hash
+from ddpm_lottery.data.images import ImageSet, to_model_range
+from ddpm_lottery.data.loaders import load_dataset
+from ddpm_lottery.kernels.install import install_kernels
 from ddpm_lottery.models.diffusion import noise_scheduler, training_loss
+from ddpm_lottery.models.networks import build_model, input_size
+from ddpm_lottery.runs.checkpoints import Checkpoints
+from ddpm_lottery.runs.level import Level
+from ddpm_lottery.training.tracking import Tracking
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import append_jsonl, make_dirs, read_jsonl, truncate_jsonl
 from ddpm_lottery.utils.launch import Processes, setup_processes
-from ddpm_lottery.models.networks import build_model, input_size
-from ddpm_lottery.runs.folders import Checkpoints, Level
-from ddpm_lottery.training.tracking import Tracking
 
 # ----------------------------------------------------------------------------------------------
 # Deterministic per-step randomness
@@ -164,10 +168,6 @@ class Trainer:
 
         The choice is recorded with the level (``training.kernels``): the sparse kernels round differently
         in the last bits, and a level's numbers must say which produced them."""
-        import copy
-
-        from ddpm_lottery.kernels.install import install_kernels
-
         self.hooks = MaskedTraining(self.model, masks)
         runtime = self.config.runtime
         kept = sum(int(mask.sum()) for mask in masks.values())

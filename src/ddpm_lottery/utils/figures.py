@@ -46,6 +46,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int | None = None
 
 
 def pyplot():
+    # deferred: matplotlib loads only when a figure is drawn, and with the Agg backend set first
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -120,8 +121,6 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
 def _os_error(exc: SafetensorError) -> OSError:
     """safetensors reports a failed write (a full disk, say) as its own error, with the OS error number in the
     text ("I/O error: No space left on device (os error 28)"); give it back as the OSError it was."""
-    import re
-
     found = re.search(r"os error (\d+)", str(exc))
     number = int(found.group(1)) if found else errno.EIO
     return OSError(number, os.strerror(number) if found else str(exc))
@@ -152,12 +151,17 @@ def load_tensors(path: str | Path, what: str = "weights file",
                         f"{fix}") from None
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
+def hash_file(digest, path: str | Path):
+    """Feed a file to a ``hashlib`` object in 1 MiB chunks (a weights file never sits in memory whole)."""
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()[:length]
+    return digest
+
+
+def file_digest(path: str | Path, length: int | None = 16, algorithm: str = "sha256") -> str:
+    """The file's hex digest, cut to ``length`` characters (None: whole)."""
+    return hash_file(hashlib.new(algorithm), path).hexdigest()[:length]
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ class Processes:
 
 def setup_processes(device_name: str, mixed_precision: str = "no") -> Processes:
     """This process's ``Accelerator``, joined to the process group its launcher describes."""
+    # deferred: accelerate takes about a second to import, and only commands that compute start processes
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -95,6 +96,7 @@ def _accelerate_launch_arguments(command: list[str]):
                 if not rest or rest[0] != "launch":
                     return None
                 rest = rest[1:]
+            # deferred: accelerate's launcher parser is needed only under `accelerate launch`
             from accelerate.commands.launch import launch_command_parser
 
             try:
@@ -107,7 +109,8 @@ def _accelerate_launch_arguments(command: list[str]):
 
 def _parent_command() -> list[str]:
     try:
-        import psutil  # a dependency of Accelerate
+        # deferred: psutil (a dependency of Accelerate) is needed only to read the parent command
+        import psutil
 
         return psutil.Process(os.getppid()).cmdline()
     except Exception:  # the parent may be gone or unreadable: then there is nothing to compare
@@ -130,6 +133,7 @@ def requested_processes(parent_command: list[str] | None = None) -> int | None:
         return int(arguments.num_processes)
     config_file = arguments.config_file
     if config_file is None:
+        # deferred: accelerate's config files matter only under `accelerate launch`
         from accelerate.commands.config.config_args import default_config_file
 
         config_file = default_config_file if os.path.isfile(default_config_file) else None

@@ -1,0 +1,185 @@
+"""What a plan costs on this device, and the plan described with its estimated wall time.
+
+Seconds per unit of work are measured here with the study's own networks (a training step, a denoiser
+call, the feature network and one resampled distance), each network that the plan trains timed apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddpm_lottery.config import EvalConfig, LotteryConfig
+from ddpm_lottery.measures.inception import FrechetReference, InceptionFeatures
+from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
+from ddpm_lottery.models.networks import PRESETS, build_model, input_size
+from ddpm_lottery.study.plan import Plan
+from ddpm_lottery.study.spec import Study
+from ddpm_lottery.utils.launch import resolve_device
+
+
+@dataclass
+class DeviceCosts:
+    """Seconds per unit of work, measured on this device with the study's own network."""
+
+    device: str
+    threads: int
+    train_step_s: float
+    batch_size: int
+    call_per_image_s: float  # one denoiser call on one image, at the sampling batch size
+    inception_per_image_s: float | None
+    frechet_s: dict  # measure -> seconds of one Fréchet distance at the study's N
+    # the search that trains each further network -> (training step s, denoiser s per image and call)
+    networks: dict = field(default_factory=dict)
+
+    def per_network(self, plan: Plan) -> list[tuple[dict, float, float]]:
+        """(work left, step s, call s) for each network the plan trains; the first network's costs where
+        one was not timed apart."""
+        work = plan.network_work or {"": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images,
+                                          "loss_calls": plan.loss_calls}}
+        return [(left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
+                for owner, left in work.items()]
+
+    def estimate(self, plan: Plan, config: EvalConfig) -> dict[str, float]:
+        networks = self.per_network(plan)
+        steps = sampling_steps(config.sampling)
+        parts = {"training": sum(left["train_steps"] * step for left, step, _ in networks),
+                 "sampling": sum(left["sampled_images"] * steps * call for left, _, call in networks),
+                 "Inception features": plan.inception_images * (self.inception_per_image_s or 0.0),
+                 "held-out loss": sum(left["loss_calls"] * call for left, _, call in networks),
+                 "intervals": sum(count * self.frechet_s.get(m, 0.0) for m, count in plan.resamples.items())}
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+def _data_shape(config: LotteryConfig) -> tuple[int, int]:
+    """(channels, side) the network sees, without reading the data (a dry run may precede the download)."""
+    channels = config.data.channels or PRESETS[config.model.preset].get("in_channels") or (
+        3 if config.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1)
+    return channels, input_size(config)
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
+    """Time a training step, a denoiser call, the feature network and one resampled distance here.
+
+    The training step is timed at ``min(batch, probe_batch)`` and scaled linearly to the batch, so a
+    dry run of a paper-scale study on a CPU takes seconds, not the minutes of one real step.
+    """
+    owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
+    first = study.search_config(owners[0], study.settings.data_seeds[0])
+    device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto"
+                            else first.runtime.device)
+    channels, side = _data_shape(first)
+    step_s, call_s = _network_costs(study, first, device, probe_batch)
+    networks = {owner: _network_costs(study, study.search_config(owner, study.settings.data_seeds[0]), device,
+                                      probe_batch) for owner in owners[1:]}
+    inception_s = None
+    measures = study.evaluation.measures
+    frechet = {}
+    if "inception" in measures:
+        extractor = InceptionFeatures(study.evaluation.feature_network, device=device)
+        images = torch.zeros(16, channels, side, side, dtype=torch.uint8)
+        inception_s = _timed(lambda: extractor(images), 1) / len(images)
+    generator = torch.Generator().manual_seed(0)
+    n = study.evaluation.num_samples
+    for measure, dim in (("inception", 2048), ("domain", 64)):
+        if measure in measures:
+            reference = FrechetReference(torch.randn(min(n, 4096), dim, generator=generator, dtype=torch.float64))
+            fake = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+            frechet[measure] = _timed(lambda: reference.distance(fake), 1)
+    return DeviceCosts(str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s,
+                       frechet, networks)
+
+
+def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int) -> tuple[float, float]:
+    """One network's training step (s) and denoiser call (s per image) on ``device``."""
+    channels, side = _data_shape(first)
+    model = build_model(first.model, channels, image_size=side).to(device)
+    scheduler = noise_scheduler(first.diffusion)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    batch = min(first.train.batch_size, probe_batch)
+    x = torch.randn(batch, channels, side, side, device=device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
+
+    def step():
+        loss = (model(x, t).sample - x).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step_s = _timed(step, 2) * first.train.batch_size / batch
+    if step_s < 3 and batch < first.train.batch_size:
+        # small networks run small batches inefficiently: time the real batch when it is cheap to
+        x = torch.randn(first.train.batch_size, channels, side, side, device=device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x),), device=device)
+        step_s = _timed(step, 2)
+    sample_batch = min(study.evaluation.sample_batch_size, study.evaluation.num_samples, 64)
+    xs = torch.randn(sample_batch, channels, side, side, device=device)
+    ts = torch.full((sample_batch,), 500, device=device, dtype=torch.long)
+    with torch.no_grad():
+        call_s = _timed(lambda: model(xs, ts), 2) / sample_batch
+    return step_s, call_s
+
+
+def _hours(seconds: float) -> str:
+    if seconds >= 48 * 3600:
+        return f"{seconds / 3600:,.0f} h ({seconds / 86400:,.1f} days)"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min"
+
+
+def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None) -> str:
+    config = study.evaluation
+    searches = sum(1 for r in plan.runs if r.control is None)
+    lines = [f"study {study.settings.name!r} ({study.path}) into {out}",
+             f"runs: {len(plan.runs)} ({searches} searches, {len(plan.runs) - searches} controls) over data seeds "
+             f"{', '.join(map(str, study.settings.data_seeds))}",
+             f"levels: {plan.levels_total} planned, {plan.levels_done} finished; training steps to go: "
+             f"{plan.train_steps:,}",
+             f"evaluations: {plan.evaluations_total} planned ({', '.join(config.measures)} per level"
+             + (f"; inception on data seeds {', '.join(map(str, study.settings.inception_seeds))} only"
+                if study.settings.inception_seeds and "inception" in config.measures else "") + "), "
+             f"{plan.evaluations_done} stored; images to sample: {plan.sampled_images:,} "
+             f"({config.sampler} {sampling_steps(config.sampling)} steps, N={config.num_samples} per level)"
+             + (f"; Inception images: {plan.inception_images:,}" if "inception" in config.measures else ""),
+             f"CKA: {plan.cka_total} ticket pairs × levels planned, {plan.cka_done} stored"]
+    for run in plan.runs:
+        kind = f"control {run.control} of {run.source}" if run.control else (
+            f"{run.config.prune.strategy}" + (f" --order {run.config.prune.order}"
+                                              if run.config.prune.strategy == "varying" else "")
+            + (f", dense model from {run.source}" if run.source else ", trains the dense model"))
+        lines.append(f"  {run.name:<28} {kind}; levels {','.join(map(str, run.levels))}")
+    if costs is not None:
+        parts = costs.estimate(plan, config)
+        lines.append(
+            f"measured on {costs.device} ({costs.threads} threads): training step {costs.train_step_s:.3g} s at batch "
+            f"{costs.batch_size}, denoiser {1e3 * costs.call_per_image_s:.3g} ms per image and call"
+            + (f", Inception {1 / costs.inception_per_image_s:.3g} images/s" if costs.inception_per_image_s else "")
+            + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items())
+            + "".join(f"; {owner}'s network: training step {step:.3g} s, denoiser {1e3 * call:.3g} ms"
+                      for owner, (step, call) in costs.networks.items()))
+        if plan.complete:
+            lines.append("estimated wall time: none, every planned level, evaluation and CKA pair is stored")
+            return "\n".join(lines)
+        lines.append("estimated wall time: " + _hours(parts["total"]) + " (" + ", ".join(
+            f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0) + ") "
+            f"in one process on {costs.threads} thread{'s' * (costs.threads != 1)}; processes started side by side "
+            "on other cores share it")
+    return "\n".join(lines)
+
+
+__all__ = ["DeviceCosts", "describe_plan", "measure_costs"]

@@ -1,0 +1,48 @@
+"""The study folder: OUT is made for one study, and holds no other.
+
+``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
+is refused in that folder, while the notes beside the numbers (description, decided_by) follow the file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.study.spec import SESSION_SETTINGS, Study
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import make_dirs, read_json, write_json
+
+
+def open_study_folder(study: Study, out: Path) -> None:
+    """Create OUT for ``study``, or check that OUT holds this very study."""
+    folder = StudyFolder(out)
+    record = folder.record
+    declaration = study.declaration()
+    if record.exists():
+        stored = read_json(record, "study record", f"delete {record} if the folder holds no study")
+        before = dict(stored.get("declaration", {}))
+        before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
+        if before != declaration:
+            now = declaration
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise UserError(f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
+                            f"{', '.join(changed)}; give another --out folder")
+        if stored.get("notes") != _notes(study):
+            write_json(record, {**stored, "notes": _notes(study)})
+        return
+    if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
+        raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
+    make_dirs(out)
+    write_json(record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path),
+                        "created": time.time()})
+
+
+def _notes(study: Study) -> dict:
+    """What the findings say beside the numbers (settings that do not change any result)."""
+    return {"description": study.settings.description, "decided_by": study.settings.decided_by,
+            "cka_search": study.settings.cka_search}
+
+
+__all__ = ["open_study_folder"]
