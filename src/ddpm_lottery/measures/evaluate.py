@@ -22,12 +22,13 @@ evaluated alike are resampled *identically*: image i of both comes from the same
 difference of their resamples is a paired bootstrap of their difference (:mod:`.findings` uses
 this).  The interval is the resamples' percentile interval re-centred on the value: resampling with
 replacement duplicates images, which inflates a Fréchet distance, and the shift removes that bias.
+
+One concept (evaluating a level: its samples, the three measures and their stored records), so one module a
+little past 400 lines.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from ddpm_lottery.data.images import data_fingerprint, from_model_range, image_d
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.lottery.networks import level_network
-from ddpm_lottery.lottery.stages import StagedLevel, normal_schedule_text
+from ddpm_lottery.lottery.stages import StagedLevel
 from ddpm_lottery.measures.domain import box_blur, domain_features, domain_net, uniform_noise
 from ddpm_lottery.measures.inception import (
     FEATURE_DIM,
@@ -56,11 +57,10 @@ from ddpm_lottery.measures.inception import (
     extract_features,
     fid_kid,
     frechet_bootstrap,
-    percentile_interval,
     reference_features,
     reference_images,
 )
-from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps, unclipped
+from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.networks import input_size
 from ddpm_lottery.runs.level import Level
@@ -69,70 +69,10 @@ from ddpm_lottery.training.tracking import Tracking
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import atomic_path, write_json
 from ddpm_lottery.utils.launch import resolve_device
+from ddpm_lottery.measures.protocol import centred_interval, measure_key, protocol_label, sampling_key, sampling_protocol
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
 BOOTSTRAP_SEED = 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Protocols and keys
-
-
-def sampling_protocol(config: EvalConfig) -> dict:
-    """Everything that decides the generated images (and nothing that does not, such as the device)."""
-    sampling = config.sampling
-    spec = {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
-            "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": config.eval.num_samples,
-            "seed": sampling.sample_seed, "weights": sampling.weights}
-    if unclipped(sampling):  # only then, as for schedules below
-        spec["clip_sample"] = False
-    if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
-
-        spec["schedule"] = normal_schedule_text(sampling.schedule)
-    return spec
-
-
-def _digest(spec: dict, length: int = 10) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:length]
-
-
-def sampling_key(spec: dict) -> str:
-    """A readable name of a sampling protocol and a digest of all of it."""
-    return (f"samples-{spec['sampler']}-{spec['steps']}steps-n{spec['num_samples']}-seed{spec['seed']}-"
-            f"{spec['weights']}-{_digest(spec, 6)}")
-
-
-def measure_key(measure: str, spec: dict) -> str:
-    """A readable name of one measure's protocol and a digest of all of it."""
-    sampled = spec.get("sampling")
-    middle = sampling_key(sampled).removeprefix("samples-") if sampled else (
-        f"{spec['heldout']['split']}-n{spec['heldout']['count']}-{spec['bands']}bands-seed{spec['seed']}-"
-        f"{spec['weights']}")
-    return f"{measure}-{middle}-{_digest(spec)}"
-
-
-def protocol_label(record: dict) -> str:
-    """How a figure was measured, in one phrase."""
-    spec = record["protocol"]
-    bootstrap = f"{spec['bootstrap_rounds']} bootstrap resamples"
-    if record["measure"] == "loss":
-        held = spec["heldout"]
-        return (f"held-out loss on {held['count']} {held['dataset']} {held['split']} images, {spec['bands']} timestep "
-                f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}")
-    sampled, ref = spec["sampling"], spec["reference"]
-    eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
-    eta += ", x0 unclipped" if sampled.get("clip_sample") is False else ""
-    eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
-    return (f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
-            f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
-            f"{bootstrap}")
-
-
-def centred_interval(value: float, replicates: list[float], confidence: float) -> tuple[float, float]:
-    """The resamples' percentile interval shifted so the resamples' mean sits on ``value``."""
-    low, high = percentile_interval(replicates, confidence)
-    shift = value - float(np.mean(replicates))
-    return low + shift, high + shift
 
 
 # ----------------------------------------------------------------------------------------------

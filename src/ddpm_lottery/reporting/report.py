@@ -3,6 +3,8 @@
 It renders what run folders store (through the run model): level metrics, evaluations and the
 samples they generated, costs, CKA results, and the configs and commands behind them.  It samples
 no network and writes nothing into a run.
+
+One concept (the report page and the figures only it draws), so one module at about 400 lines.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The training loop: Adam with warm-up, grad clipping, EMA, exact resume, data parallelism.
 
+One concept (the step, and its exact resume, which every part of the state takes part in), so one
+module past 400 lines.
+
 Determinism by construction: everything random in step ``s`` (which images, their flips,
 the timesteps, the noise, dropout) is drawn from generators seeded by ``(seed_data, s)``, and
 the learning rate is a pure function of ``s``.  So the state to resume (or to rewind, for
