@@ -327,7 +327,7 @@ def test_figure_two_says_how_many_seeds_each_point_averages(counts, expected, mo
     from ddpm_lottery.reporting.report import study_figure_two
 
     captured = {}
-    monkeypatch.setattr("ddpm_lottery.utils.figures.quality_vs_sparsity",
+    monkeypatch.setattr("ddpm_lottery.reporting.report.quality_vs_sparsity",
                         lambda panels, caption, out: captured.setdefault("caption", caption))
     findings = {"confidence": 0.95, "seeds": [0, 1, 2], "curves": {"loss": {
         "curves": {"unified": [(0.5, 1.0, 0.9, 1.1)]}, "dense": None, "seeds_per_point": counts}}}
