@@ -36,3 +36,10 @@ def log_command(run) -> None:
     from ddpm_lottery.runs.run import Run
 
     Run.open(run).log_command(sys.argv[1:])
+
+
+def add_level_flags(parser: argparse.ArgumentParser) -> None:
+    """RUN, and which of its levels: --level N (default: the last finished) or --all-levels."""
+    parser.add_argument("run", metavar="RUN")
+    parser.add_argument("--level", type=int, default=None, help="[default: the last finished]")
+    parser.add_argument("--all-levels", action="store_true")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm_lottery.cli.common import add_level_flags
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -14,9 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                     "a channel ticket loses its removed channels; an unstructured ticket loses exactly the channels "
                     "no surviving weight reads (and whose norm groups are all dead). Writes compact.safetensors "
                     "and compact.json beside the level; the frontier and stage schedules then run it.")
-    parser.add_argument("run", metavar="RUN")
-    parser.add_argument("--level", type=int, default=None, help="[default: the last finished]")
-    parser.add_argument("--all-levels", action="store_true")
+    add_level_flags(parser)
     parser.set_defaults(func=run)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm_lottery.cli.common import add_level_flags
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("flops", help="FLOPs, parameters and storage of run levels, dense vs ticket")
-    parser.add_argument("run", metavar="RUN")
-    parser.add_argument("--level", type=int, default=None, help="[default: the last finished]")
-    parser.add_argument("--all-levels", action="store_true")
+    add_level_flags(parser)
     parser.add_argument("--per-module", action="store_true", help="print the per-module table")
     parser.set_defaults(func=run)
 

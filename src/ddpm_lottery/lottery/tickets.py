@@ -21,7 +21,11 @@ from dataclasses import replace
 import torch
 
 from ddpm_lottery.lottery.networks import level_channel_masks, level_masks
-from ddpm_lottery.pruning.channels.compact import compact, compaction_error, save_compact
+from ddpm_lottery.pruning.channels.compact import (
+    compact,
+    compaction_error,
+    save_compact,
+)
 from ddpm_lottery.pruning.channels.groups import channel_groups, save_groups
 from ddpm_lottery.pruning.channels.masks import (
     channel_sparsity,
@@ -39,9 +43,20 @@ from ddpm_lottery.pruning.channels.rounds import (
     simulate_channel_sparsity,
 )
 from ddpm_lottery.pruning.channels.unstructured import refill_channels
-from ddpm_lottery.pruning.masks import count_kept, count_total, load_masks
+from ddpm_lottery.pruning.masks import (
+    count_kept,
+    count_total,
+    load_masks,
+    masks_of_shapes,
+)
 from ddpm_lottery.pruning.modules import ModuleMap
-from ddpm_lottery.pruning.strategies import PruneSettings, plan_units, prune_round, random_masks, simulate_sparsity
+from ddpm_lottery.pruning.strategies import (
+    PruneSettings,
+    plan_units,
+    prune_round,
+    random_masks,
+    simulate_sparsity,
+)
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
@@ -78,8 +93,7 @@ class WeightTickets:
             return  # the ratios are scaled to reach each level's target
         reached = simulate_sparsity(pc.strategy, self.mmap, settings, pc.max_rounds)
         # per-unit rounding is topped up in the last round: allow one weight per unit of slack
-        every = {n: torch.ones(shape, dtype=torch.bool) for n, shape in self.mmap.shapes.items()}
-        slack = len(plan_units(pc.strategy, self.mmap, every, settings)) / prunable
+        slack = len(plan_units(pc.strategy, self.mmap, masks_of_shapes(self.mmap.shapes), settings)) / prunable
         if reached + slack < pc.target_sparsity:
             rounds = next((r for r in range(pc.max_rounds, 400)
                            if simulate_sparsity(pc.strategy, self.mmap, settings, r) >= pc.target_sparsity), None)

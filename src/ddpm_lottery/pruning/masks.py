@@ -19,8 +19,14 @@ Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor of the paramete
 
 
 def full_masks(model: torch.nn.Module, names: list[str]) -> Masks:
+    """Every weight of the named parameters kept (a dense level's masks)."""
     params = dict(model.named_parameters())
-    return {n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in names}
+    return masks_of_shapes({n: params[n].shape for n in names})
+
+
+def masks_of_shapes(shapes: dict[str, tuple[int, ...]]) -> Masks:
+    """Every weight kept, for tensors known by their shapes only (a module map's)."""
+    return {n: torch.ones(tuple(shape), dtype=torch.bool) for n, shape in shapes.items()}
 
 
 def count_kept(masks: Masks) -> int:
