@@ -10,7 +10,7 @@ command only), and the command's own section wins.
 The :class:`Section` base lives here with the declarations and :data:`SECTION_CLASSES`, not with
 the field engine: a section's error for a setting it lacks names the section that declares it, so
 the base, the declarations and their table cannot sit in separate modules without an import
-cycle.  That keeps this module slightly above 400 lines: it is the declarations themselves.
+cycle.  One concept (the declarations themselves), so one module slightly above 400 lines.
 """
 
 from __future__ import annotations
