@@ -78,7 +78,7 @@ def test_levels_are_resampled_alike_so_differences_pair(tiny_ticket_run, fake_ex
 
 
 def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket_run, tmp_path, monkeypatch):
-    from ddpm_lottery.api import evaluate as evaluation
+    import ddpm_lottery.measures.evaluate as evaluation
     from ddpm_lottery.data.images import from_model_range
     from ddpm_lottery.models.diffusion import sample
 
