@@ -30,7 +30,7 @@ def interleaved_minimum(first, second, repeats: int) -> tuple[float, float]:
     times: tuple[list, list] = ([], [])
     for index in range(repeats):
         order = [(first, times[0]), (second, times[1])]
-        for fn, bucket in (order if index % 2 == 0 else order[::-1]):
+        for fn, bucket in order if index % 2 == 0 else order[::-1]:
             bucket.append(seconds(fn))
     return min(times[0]), min(times[1])
 
@@ -45,4 +45,6 @@ def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer
     config.train.batch_size = BATCH[preset]
     config.train.steps = 10**6
     config.runtime.device = "cpu"
-    return Trainer(config, Run(workdir, {}).level(0), images=ImageSet(data, None, "random", "benchmark", False), progress=False)
+    return Trainer(
+        config, Run(workdir, {}).level(0), images=ImageSet(data, None, "random", "benchmark", False), progress=False
+    )

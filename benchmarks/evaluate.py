@@ -19,14 +19,13 @@ import tempfile
 import time
 
 import torch
+from common import seconds
 
 from ddpm_lottery.config import DiffusionConfig, ModelConfig
 from ddpm_lottery.data.loaders import load_dataset
-from ddpm_lottery.models.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
 from ddpm_lottery.measures.inception import InceptionFeatures, extract_features, feature_batch_size, reference_features
+from ddpm_lottery.models.diffusion import DEFAULT_SAMPLING_STEPS, SAMPLERS, sample
 from ddpm_lottery.models.networks import build_model
-
-from common import seconds
 
 
 def main() -> None:
@@ -81,8 +80,10 @@ def main() -> None:
         ours = fid_kid(real, fake, kid_subset_size=min(100, count), kid_subsets=1)["fid"]
         ours_s = time.perf_counter() - start
         print(f"{f'FID of N={count} 2048-d features: torchmetrics':<46}{theirs_s:>10.2f} s  (FID {theirs:.4f})")
-        print(f"{f'FID of N={count} 2048-d features: ddpm-lottery':<46}{ours_s:>10.2f} s  (FID {ours:.4f}, "
-              f"{theirs_s / ours_s:.2g}x torchmetrics' speed)")
+        print(
+            f"{f'FID of N={count} 2048-d features: ddpm-lottery':<46}{ours_s:>10.2f} s  (FID {ours:.4f}, "
+            f"{theirs_s / ours_s:.2g}x torchmetrics' speed)"
+        )
 
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
@@ -92,15 +93,17 @@ def main() -> None:
         reference_features(images[: args.images], "bench", extractor, cache_dir=cache, progress=False)
         cached = time.perf_counter() - start
     print(f"{f'reference of {args.images} images: computed':<46}{computed:>10.2f} s")
-    print(f"{f'reference of {args.images} images: from the cache':<46}{cached:>10.3f} s  "
-          f"(saves {computed - cached:.1f} s; {computed / max(cached, 1e-9):.0f}x)")
+    print(
+        f"{f'reference of {args.images} images: from the cache':<46}{cached:>10.3f} s  "
+        f"(saves {computed - cached:.1f} s; {computed / max(cached, 1e-9):.0f}x)"
+    )
     measures_per_level(args.study, args.level_n)
 
 
 def measures_per_level(study_name: str, level_n: int | None) -> None:
     """Each measure of one level at the study's protocol: sampling once, then each measure's own cost."""
-    from ddpm_lottery.measures.evaluate import Evaluator
     from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.measures.evaluate import Evaluator
     from ddpm_lottery.runs.run import Run
     from ddpm_lottery.study.spec import load_study
 
@@ -124,8 +127,10 @@ def measures_per_level(study_name: str, level_n: int | None) -> None:
             evaluator.spec(measure, run)
         sampling = seconds(lambda: evaluator.samples(level))
         n = config.num_samples
-        print(f"\nper level, {study_name}'s protocol ({config.sampler} {config.sampling_steps} steps, N={n}, "
-              f"{config.bootstrap_rounds} bootstrap rounds), {torch.get_num_threads()} threads:")
+        print(
+            f"\nper level, {study_name}'s protocol ({config.sampler} {config.sampling_steps} steps, N={n}, "
+            f"{config.bootstrap_rounds} bootstrap rounds), {torch.get_num_threads()} threads:"
+        )
         print(f"{'part':<34}{'images/s':>10}{'s per level':>14}")
         print(f"{'sampling (shared by image measures)':<34}{n / sampling:>10.1f}{sampling:>14.1f}")
         total = sampling
@@ -133,8 +138,10 @@ def measures_per_level(study_name: str, level_n: int | None) -> None:
             took = seconds(lambda: evaluator.measure(level, measure, force=True))
             images = config.heldout_images if measure == "loss" else n
             total += took
-            print(f"{measure + (' (held-out images)' if measure == 'loss' else ''):<34}{images / took:>10.1f}"
-                  f"{took:>14.1f}")
+            print(
+                f"{measure + (' (held-out images)' if measure == 'loss' else ''):<34}{images / took:>10.1f}"
+                f"{took:>14.1f}"
+            )
         print(f"{'all measures of one level':<34}{'':>10}{total:>14.1f}")
 
 

@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import interleaved_minimum
+
 from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
 from ddpm_lottery.kernels.layers import kernels_used, use_kernels
-from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.models.networks import build_model
 
 STUDY_RUN = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
 LAYERS = [  # (what, module, input shape without the batch)
@@ -71,8 +71,11 @@ def layer_flops(module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> 
 
 
 def bench_layers(densities, batches, repeats) -> list[str]:
-    rows = ["| layer | batch | density | dense ms | sparse ms | × | FLOP ratio (limit) | dense GFLOP/s | "
-            "sparse GFLOP/s (useful) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| layer | batch | density | dense ms | sparse ms | × | FLOP ratio (limit) | dense GFLOP/s | "
+        "sparse GFLOP/s (useful) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     print(*rows, sep="\n", flush=True)
     for what, make, shape in LAYERS:
         for batch in batches:
@@ -88,9 +91,11 @@ def bench_layers(densities, batches, repeats) -> list[str]:
                     t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats)
                 flops = layer_flops(dense, x, out)
                 real_density = float(keep.float().mean())
-                rows.append(f"| {what} | {batch} | {real_density:.2%} | {t_dense * 1e3:.2f} | {t_sparse * 1e3:.2f} | "
-                            f"{t_dense / t_sparse:.2f}× | {1 / real_density:.1f}× | {flops / t_dense / 1e9:.0f} | "
-                            f"{flops * real_density / t_sparse / 1e9:.1f} |")
+                rows.append(
+                    f"| {what} | {batch} | {real_density:.2%} | {t_dense * 1e3:.2f} | {t_sparse * 1e3:.2f} | "
+                    f"{t_dense / t_sparse:.2f}× | {1 / real_density:.1f}× | {flops / t_dense / 1e9:.0f} | "
+                    f"{flops * real_density / t_sparse / 1e9:.1f} |"
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -98,8 +103,10 @@ def bench_layers(densities, batches, repeats) -> list[str]:
 def network_input(model: torch.nn.Module, batch: int):
     size = model.config.sample_size
     generator = torch.Generator().manual_seed(0)
-    return (torch.randn(batch, model.config.in_channels, size, size, generator=generator),
-            torch.randint(0, 1000, (batch,), generator=generator))
+    return (
+        torch.randn(batch, model.config.in_channels, size, size, generator=generator),
+        torch.randint(0, 1000, (batch,), generator=generator),
+    )
 
 
 def prunable_share(model: torch.nn.Module, batch: int) -> float:
@@ -114,8 +121,15 @@ def prunable_share(model: torch.nn.Module, batch: int) -> float:
     total = layers = 0.0
     for event in prof.key_averages():
         total += event.self_cpu_time_total
-        if event.key in ("aten::mkldnn_convolution", "aten::convolution_overrideable", "aten::thnn_conv2d",
-                         "aten::_slow_conv2d_forward", "aten::addmm", "aten::mm", "aten::linear"):
+        if event.key in (
+            "aten::mkldnn_convolution",
+            "aten::convolution_overrideable",
+            "aten::thnn_conv2d",
+            "aten::_slow_conv2d_forward",
+            "aten::addmm",
+            "aten::mm",
+            "aten::linear",
+        ):
             layers += event.self_cpu_time_total
     return layers / total
 
@@ -146,8 +160,11 @@ def networks_for(preset: str, densities):
     for density in densities:
         ticket = study_ticket(study_levels[density]) if preset == "tiny" and density in study_levels else None
         if ticket is not None:
-            masks = {f"{n}.weight": m.weight != 0 for n, m in ticket.named_modules()
-                     if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+            masks = {
+                f"{n}.weight": m.weight != 0
+                for n, m in ticket.named_modules()
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+            }
             label = f"study ticket, level {study_levels[density]}"
             yield label, ticket, masks
         else:
@@ -156,13 +173,15 @@ def networks_for(preset: str, densities):
 
 
 def bench_networks(presets, densities, batches, repeats) -> list[str]:
-    rows = ["| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
-            "Amdahl bound | layers sparse under auto |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
+        "Amdahl bound | layers sparse under auto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print(*rows, sep="\n", flush=True)
     for preset in presets:
         for batch in batches:
-            share = prunable_share(network(preset),
-                                   batch)
+            share = prunable_share(network(preset), batch)
             for label, dense, masks in networks_for(preset, densities):
                 kept = sum(int(m.sum()) for m in masks.values())
                 total = sum(m.numel() for m in masks.values())
@@ -182,10 +201,12 @@ def bench_networks(presets, densities, batches, repeats) -> list[str]:
                         _, t_auto = interleaved_minimum(lambda: dense(x, t), lambda: auto(x, t), max(2, repeats // 2))
                 used = kernels_used(auto)
                 amdahl = 1 / ((1 - share) + share * density)
-                rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.1f} | "
-                            f"{t_sparse * 1e3:.1f} | {t_dense / t_sparse:.2f}× | {t_auto * 1e3:.1f} | "
-                            f"{t_dense / t_auto:.2f}× | {1 / density:.1f}× | {amdahl:.2f}× "
-                            f"(layers {share:.0%} of the call) | {used.get('sparse', 0)} of {sum(used.values())} |")
+                rows.append(
+                    f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.1f} | "
+                    f"{t_sparse * 1e3:.1f} | {t_dense / t_sparse:.2f}× | {t_auto * 1e3:.1f} | "
+                    f"{t_dense / t_auto:.2f}× | {1 / density:.1f}× | {amdahl:.2f}× "
+                    f"(layers {share:.0%} of the call) | {used.get('sparse', 0)} of {sum(used.values())} |"
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -198,7 +219,7 @@ def interleaved_minima(calls: dict, repeats: int) -> dict:
     times: dict = {name: [] for name in calls}
     names = list(calls)
     for index in range(repeats):
-        for name in names[index % len(names):] + names[:index % len(names)]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:
             begun = time.perf_counter()
             calls[name]()
             times[name].append(time.perf_counter() - begun)
@@ -208,9 +229,11 @@ def interleaved_minima(calls: dict, repeats: int) -> dict:
 def bench_compiled(presets, densities, batches, repeats) -> list[str]:
     """The rest of the call: the same networks eager and through --compile-sampling (torch.compile), every
     ratio to the dense network run eagerly.  The compile, paid once per shape, is reported apart."""
-    rows = ["| network | masks | batch | sparsity | dense ms | dense compiled | sparse | sparse compiled | "
-            "auto compiled | sparse compiled / dense compiled | compile s (dense, sparse) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| network | masks | batch | sparsity | dense ms | dense compiled | sparse | sparse compiled | "
+        "auto compiled | sparse compiled / dense compiled | compile s (dense, sparse) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print(*rows, sep="\n", flush=True)
     for preset in presets:
         for batch in batches:
@@ -219,35 +242,45 @@ def bench_compiled(presets, densities, batches, repeats) -> list[str]:
                 x, t = network_input(dense, batch)
                 models, reports = {}, {}
                 with tempfile.TemporaryDirectory() as cache:
-                    for name, kernels, compiled in (("dense", "dense", False), ("dense compiled", "dense", True),
-                                                    ("sparse", "sparse", False), ("sparse compiled", "sparse", True),
-                                                    ("auto compiled", "auto", True)):
+                    for name, kernels, compiled in (
+                        ("dense", "dense", False),
+                        ("dense compiled", "dense", True),
+                        ("sparse", "sparse", False),
+                        ("sparse compiled", "sparse", True),
+                        ("auto compiled", "auto", True),
+                    ):
                         model = copy.deepcopy(dense)
                         runtime = RuntimeConfig()
                         runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache, compiled
-                        reports[name] = install_kernels(model, runtime, log=lambda *_: None,
-                                                        masks=None if kernels == "auto" else masks)
+                        reports[name] = install_kernels(
+                            model, runtime, log=lambda *_: None, masks=None if kernels == "auto" else masks
+                        )
                         with torch.no_grad():
                             model(x, t)  # each shape's first call: eager (structures, auto's timing)
                             model(x, t)  # the compiled call: pays the compile
                         models[name] = model
                     with torch.no_grad():
-                        best = interleaved_minima({name: (lambda m=m: m(x, t)) for name, m in models.items()},
-                                                  repeats)
+                        best = interleaved_minima({name: (lambda m=m: m(x, t)) for name, m in models.items()}, repeats)
                 base = best["dense"]
-                cells = " | ".join(f"{best[name] * 1e3:.1f} ({base / best[name]:.2f}×)"
-                                   for name in ("dense compiled", "sparse", "sparse compiled", "auto compiled"))
-                rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {base * 1e3:.1f} | {cells} | "
-                            f"{best['dense compiled'] / best['sparse compiled']:.2f}× | "
-                            f"{reports['dense compiled'].compile_seconds:.0f}, "
-                            f"{reports['sparse compiled'].compile_seconds:.0f} |")
+                cells = " | ".join(
+                    f"{best[name] * 1e3:.1f} ({base / best[name]:.2f}×)"
+                    for name in ("dense compiled", "sparse", "sparse compiled", "auto compiled")
+                )
+                rows.append(
+                    f"| {preset} | {label} | {batch} | {1 - density:.2%} | {base * 1e3:.1f} | {cells} | "
+                    f"{best['dense compiled'] / best['sparse compiled']:.2f}× | "
+                    f"{reports['dense compiled'].compile_seconds:.0f}, "
+                    f"{reports['sparse compiled'].compile_seconds:.0f} |"
+                )
                 print(rows[-1], flush=True)
     return rows
 
 
 def bench_training(presets, densities, batch, repeats) -> list[str]:
-    rows = ["| network | masks | batch | sparsity | dense step ms | sparse step ms | × | FLOP ratio |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| network | masks | batch | sparsity | dense step ms | sparse step ms | × | FLOP ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     print(*rows, sep="\n", flush=True)
     for preset in presets:
         for label, dense, masks in networks_for(preset, densities):
@@ -265,10 +298,13 @@ def bench_training(presets, densities, batch, repeats) -> list[str]:
                     optimizer.zero_grad(set_to_none=True)
                     model(x, t).sample.square().mean().backward()
                     optimizer.step()
+
                 steps[name] = step
             t_dense, t_sparse = interleaved_minimum(steps["dense"], steps["sparse"], repeats)
-            rows.append(f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.0f} | "
-                        f"{t_sparse * 1e3:.0f} | {t_dense / t_sparse:.2f}× | {1 / density:.1f}× |")
+            rows.append(
+                f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.0f} | "
+                f"{t_sparse * 1e3:.0f} | {t_dense / t_sparse:.2f}× | {1 / density:.1f}× |"
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -281,16 +317,20 @@ def bench_setup() -> list[str]:
 
     rows = ["| one-off cost | seconds |", "|---|---|"]
     print(*rows, sep="\n", flush=True)
-    code = ("import sys, time; s=time.perf_counter(); from ddpm_lottery.kernels import jit; "
-            "jit.warm_up(sys.argv[1] == 'training'); print(time.perf_counter()-s)")
+    code = (
+        "import sys, time; s=time.perf_counter(); from ddpm_lottery.kernels import jit; "
+        "jit.warm_up(sys.argv[1] == 'training'); print(time.perf_counter()-s)"
+    )
     for what in ("inference", "training"):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": cache}
             run = [sys.executable, "-c", code, what]
             cold = float(subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout)
             warm = float(subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout)
-        rows += [f"| JIT for {what}, cold (compiled into an empty cache) | {cold:.1f} |",
-                 f"| JIT for {what}, warm (loaded from the disk cache; includes importing numba) | {warm:.2f} |"]
+        rows += [
+            f"| JIT for {what}, cold (compiled into an empty cache) | {cold:.1f} |",
+            f"| JIT for {what}, warm (loaded from the disk cache; includes importing numba) | {warm:.2f} |",
+        ]
     from ddpm_lottery.kernels.tuning import KernelTuner
 
     for preset, batch in (("tiny", 64), ("ddpm-cifar10", 8)):
@@ -302,8 +342,10 @@ def bench_setup() -> list[str]:
             x, t = network_input(model, batch)
             with torch.no_grad():
                 model(x, t)
-        rows.append(f"| --kernels auto: timing every layer of {preset} at batch {batch} once ({tuner.tuned} "
-                    f"layer signatures) | {tuner.tuning_seconds:.1f} |")
+        rows.append(
+            f"| --kernels auto: timing every layer of {preset} at batch {batch} once ({tuner.tuned} "
+            f"layer signatures) | {tuner.tuning_seconds:.1f} |"
+        )
     print(*rows[2:], sep="\n", flush=True)
     return rows
 
@@ -311,10 +353,14 @@ def bench_setup() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="layers,networks,compiled,training,setup")
-    parser.add_argument("--presets", default="tiny,small,ddpm-cifar10",
-                        help="presets, each optionally with its channels per level: tiny@32:64:64")
-    parser.add_argument("--densities", default="0.5,0.25,0.125,0.0625,0.03",
-                        help="surviving fractions (0.125 = 87.5 %% sparse)")
+    parser.add_argument(
+        "--presets",
+        default="tiny,small,ddpm-cifar10",
+        help="presets, each optionally with its channels per level: tiny@32:64:64",
+    )
+    parser.add_argument(
+        "--densities", default="0.5,0.25,0.125,0.0625,0.03", help="surviving fractions (0.125 = 87.5 %% sparse)"
+    )
     parser.add_argument("--layer-densities", default="0.125,0.05,0.03")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--train-batch", type=int, default=16)
@@ -327,8 +373,11 @@ def main() -> None:
     presets = args.presets.split(",")
     densities = [float(d) for d in args.densities.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"# sparse kernels against dense: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{os.cpu_count()} cores; best of {args.repeats} interleaved calls\n", flush=True)
+    print(
+        f"# sparse kernels against dense: {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{os.cpu_count()} cores; best of {args.repeats} interleaved calls\n",
+        flush=True,
+    )
     started = time.perf_counter()
     if "setup" in sections:
         print("## One-off costs\n")

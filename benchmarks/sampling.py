@@ -28,16 +28,16 @@ import copy
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.pruning.costs import layer_flops, ticket_flops, time_denoisers
 from ddpm_lottery.lottery.levels import apply_masks
 from ddpm_lottery.models.networks import PRESETS, build_model
-from ddpm_lottery.pruning.masks import full_masks
-from ddpm_lottery.pruning.modules import module_map
-from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
 from ddpm_lottery.pruning.channels.compact import compact
 from ddpm_lottery.pruning.channels.groups import channel_groups
 from ddpm_lottery.pruning.channels.masks import full_channel_masks, install_kept_norms, parameter_masks
 from ddpm_lottery.pruning.channels.rounds import prune_channels
+from ddpm_lottery.pruning.costs import layer_flops, ticket_flops, time_denoisers
+from ddpm_lottery.pruning.masks import full_masks
+from ddpm_lottery.pruning.modules import module_map
+from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
 from ddpm_lottery.utils.launch import resolve_device
 
 
@@ -47,8 +47,9 @@ def networks_of(preset: str, sparsities: list[float]) -> tuple[dict, dict]:
     dense = build_model(ModelConfig(preset=preset), channels).eval()
     nets, flops = {"dense": dense}, {"dense": layer_flops(dense)[0]}
     mmap = module_map(dense)
-    masks, _ = prune_round("global", mmap, full_masks(dense, mmap.tensor_names), dense.state_dict(),
-                           PruneSettings(prune_ratio=0.9))
+    masks, _ = prune_round(
+        "global", mmap, full_masks(dense, mmap.tensor_names), dense.state_dict(), PruneSettings(prune_ratio=0.9)
+    )
     unstructured = copy.deepcopy(dense)
     unstructured.load_state_dict(apply_masks(dense.state_dict(), masks))
     nets["unstructured 90 %"] = unstructured
@@ -56,8 +57,14 @@ def networks_of(preset: str, sparsities: list[float]) -> tuple[dict, dict]:
     groups = channel_groups(dense)  # residual streams included: the most speed
     shapes = {n: tuple(p.shape) for n, p in dense.named_parameters()}
     for target in sparsities:
-        chosen, _ = prune_channels("unified", groups, full_channel_masks(groups), dense.state_dict(),
-                                   PruneSettings(prune_ratio=0.5), target=target)
+        chosen, _ = prune_channels(
+            "unified",
+            groups,
+            full_channel_masks(groups),
+            dense.state_dict(),
+            PruneSettings(prune_ratio=0.5),
+            target=target,
+        )
         masked = copy.deepcopy(dense)
         masked.load_state_dict(apply_masks(dense.state_dict(), parameter_masks(groups, chosen, shapes)))
         install_kept_norms(masked, groups, chosen)
@@ -90,17 +97,23 @@ def main() -> None:
             rows[f"schedule dense 1000:600, {sparsest} 600:0"] = (schedule_s, schedule_f, 50)
             dense_s, dense_f = times["dense"], flops["dense"]
             print(f"\n{preset}, batch {batch} ({device}; median of {args.repeats} interleaved calls)")
-            print(f"{'network':<44}{'parameters':>12}{'s/call':>10}{'s/sample DDIM50':>17}{'s/sample DPM20':>16}"
-                  f"{'speed-up':>10}{'FLOP ratio':>12}")
+            print(
+                f"{'network':<44}{'parameters':>12}{'s/call':>10}{'s/sample DDIM50':>17}{'s/sample DPM20':>16}"
+                f"{'speed-up':>10}{'FLOP ratio':>12}"
+            )
             for name, (per_call, per_call_flops, _) in rows.items():
                 per_sample = 50 * per_call / batch
                 dpm = f"{20 * per_call / batch:>16.4g}" if not name.startswith("schedule") else f"{'–':>16}"
                 params = f"{sum(p.numel() for p in nets[name].parameters()):>12,}" if name in nets else f"{'–':>12}"
-                print(f"{name:<44}{params}{per_call:>10.4g}{per_sample:>17.4g}{dpm}{dense_s / per_call:>9.2f}×"
-                      f"{dense_f / per_call_flops:>11.2f}×")
-            print(f"{'dense DDPM 1000 (reference)':<44}{dense_s:>10.4g}{1000 * dense_s / batch:>17.4g}"
-                  f"  ← {sparsest} with DPM-Solver++ 20 is "
-                  f"{(1000 * dense_s) / (20 * times[sparsest]):.0f}× faster per sample")
+                print(
+                    f"{name:<44}{params}{per_call:>10.4g}{per_sample:>17.4g}{dpm}{dense_s / per_call:>9.2f}×"
+                    f"{dense_f / per_call_flops:>11.2f}×"
+                )
+            print(
+                f"{'dense DDPM 1000 (reference)':<44}{dense_s:>10.4g}{1000 * dense_s / batch:>17.4g}"
+                f"  ← {sparsest} with DPM-Solver++ 20 is "
+                f"{(1000 * dense_s) / (20 * times[sparsest]):.0f}× faster per sample"
+            )
 
 
 if __name__ == "__main__":

@@ -38,15 +38,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--torch", action="store_true", help='also time python -c "import torch"')
     args = parser.parse_args()
-    rows = {"python -c pass": [sys.executable, "-c", "pass"],
-            "ddpm-lottery --help": [*cli(), "--help"],
-            "ddpm-lottery train --help": [*cli(), "train", "--help"]}
+    rows = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "ddpm-lottery --help": [*cli(), "--help"],
+        "ddpm-lottery train --help": [*cli(), "train", "--help"],
+    }
     if args.torch:
         rows['python -c "import torch"'] = [sys.executable, "-c", "import torch"]
     times: dict[str, list[float]] = {name: [] for name in rows}
     for index in range(args.repeats + 1):
         order = list(rows.items())
-        for name, command in (order if index % 2 == 0 else order[::-1]):
+        for name, command in order if index % 2 == 0 else order[::-1]:
             seconds = wall_seconds(command)
             if index:  # round 0 warms the file cache
                 times[name].append(seconds)

@@ -19,8 +19,8 @@ import argparse
 import tempfile
 
 import torch
-
 from common import BATCH, interleaved_minimum, random_data_trainer, seconds
+
 from ddpm_lottery.models.diffusion import training_loss
 
 
@@ -52,8 +52,15 @@ def bench(preset: str, repeats: int, workdir: str) -> dict:
 
     call_s = min(seconds(call) for _ in range(repeats))
     params = sum(p.numel() for p in trainer.parameters)
-    return {"preset": preset, "params": params, "batch": BATCH[preset], "bare_s": bare_s, "loop_s": loop_s,
-            "overhead": loop_s / bare_s - 1, "images_per_s_call": BATCH[preset] / call_s}
+    return {
+        "preset": preset,
+        "params": params,
+        "batch": BATCH[preset],
+        "bare_s": bare_s,
+        "loop_s": loop_s,
+        "overhead": loop_s / bare_s - 1,
+        "images_per_s_call": BATCH[preset] / call_s,
+    }
 
 
 def main() -> None:
@@ -62,13 +69,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    print(f"{'preset':<14}{'params':>12}{'batch':>7}{'bare step s':>13}{'loop step s':>13}{'overhead':>10}"
-          f"{'img/s per call':>16}")
+    print(
+        f"{'preset':<14}{'params':>12}{'batch':>7}{'bare step s':>13}{'loop step s':>13}{'overhead':>10}"
+        f"{'img/s per call':>16}"
+    )
     for preset in args.presets.split(","):
         with tempfile.TemporaryDirectory() as workdir:
             r = bench(preset, args.repeats, workdir)
-        print(f"{r['preset']:<14}{r['params']:>12,}{r['batch']:>7}{r['bare_s']:>13.3f}{r['loop_s']:>13.3f}"
-              f"{r['overhead']:>+10.1%}{r['images_per_s_call']:>16.1f}", flush=True)
+        print(
+            f"{r['preset']:<14}{r['params']:>12,}{r['batch']:>7}{r['bare_s']:>13.3f}{r['loop_s']:>13.3f}"
+            f"{r['overhead']:>+10.1%}{r['images_per_s_call']:>16.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

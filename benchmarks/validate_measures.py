@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default=str(ROOT / "results" / "cpu-digits" / "runs" / "unified-seed0"),
-                        help="a run whose dense level 0 the held-out loss is validated on")
+    parser.add_argument(
+        "--run",
+        default=str(ROOT / "results" / "cpu-digits" / "runs" / "unified-seed0"),
+        help="a run whose dense level 0 the held-out loss is validated on",
+    )
     parser.add_argument("--loss-n", type=int, default=200, help="images per row of the loss table")
     args = parser.parse_args()
 
@@ -37,11 +40,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         net, _ = domain_net(train, data_fingerprint(train, "train"), cache_dir=Path(cache), log=lambda *_: None)
         domain = domain_validation(net, train.images, held_out.images, held_out.labels)
-    print(f"domain FD, N = {domain['n']} against {domain['reference']} training digits "
-          f"(classifier held-out accuracy {domain['accuracy']:.1%}); lower is better")
+    print(
+        f"domain FD, N = {domain['n']} against {domain['reference']} training digits "
+        f"(classifier held-out accuracy {domain['accuracy']:.1%}); lower is better"
+    )
     print(f"{'images':<34}{'domain FD':>12}")
-    for key, label in (("real", "held-out digits"), ("floor", f"{domain['n']} training digits (floor)"),
-                       ("blurred", "held-out digits, 5x5 box blur"), ("noise", "uniform noise")):
+    for key, label in (
+        ("real", "held-out digits"),
+        ("floor", f"{domain['n']} training digits (floor)"),
+        ("blurred", "held-out digits, 5x5 box blur"),
+        ("noise", "uniform noise"),
+    ):
         print(f"{label:<34}{domain[key]:>12.3g}")
 
     run = Path(args.run)
@@ -49,11 +58,17 @@ def main() -> None:
         print(f"\n(no finished level 0 in {run}: the held-out loss table needs a trained dense model)")
         return
     loss = loss_validation(Run.open(run).level(0), count=args.loss_n, bands=5)
-    print(f"\nheld-out denoising loss of {run} level 0 (EMA), N = {loss['n']}, {loss['bands']} timestep bands, "
-          "fixed noise; lower is better")
+    print(
+        f"\nheld-out denoising loss of {run} level 0 (EMA), N = {loss['n']}, {loss['bands']} timestep bands, "
+        "fixed noise; lower is better"
+    )
     print(f"{'images':<34}{'loss':>12}")
-    for key, label in (("real", "held-out digits"), ("training", "training digits"),
-                       ("blurred", "held-out digits, 5x5 box blur"), ("noise", "uniform noise")):
+    for key, label in (
+        ("real", "held-out digits"),
+        ("training", "training digits"),
+        ("blurred", "held-out digits, 5x5 box blur"),
+        ("noise", "uniform noise"),
+    ):
         print(f"{label:<34}{loss[key]:>12.4f}")
 
 

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # At smoke size on a CPU, inductor would spend minutes compiling: the check runs the --compile wiring with
 # dynamo switched off (the record says so); on a GPU it compiles for real.
 SMOKE_ENV = {"torch.compile": {"TORCHDYNAMO_DISABLE": "1"}}
@@ -39,37 +38,187 @@ def checks(device: str, smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
     ticket = out / "ticket"
     return [
         ("train bf16", [*cli, "train", *train, "--mixed-precision", "bf16", "--out", str(out / "bf16")]),
-        ("train fp16", [*cli, "train", *train, "--mixed-precision", "fp16", "--out", str(out / "fp16")]
-         if device != "cpu" else [*cli, "train", *train, "--out", str(out / "fp16")]),  # fp16 autocast is CUDA's
+        (
+            "train fp16",
+            [*cli, "train", *train, "--mixed-precision", "fp16", "--out", str(out / "fp16")]
+            if device != "cpu"
+            else [*cli, "train", *train, "--out", str(out / "fp16")],
+        ),  # fp16 autocast is CUDA's
         ("torch.compile", [*cli, "train", *train, "--compile", "--out", str(out / "compiled")]),
-        ("find-ticket, two levels", [*cli, "find-ticket", *train, "--prune-ratio", "0.5", "--target-sparsity", "0.5",
-                                     "--level-samples", "4", "--level-sampling-steps", "2", "--out", str(ticket)]),
-        ("channel ticket and compaction", [*cli, "find-ticket", *train, "--structure", "channel", "--prune-ratio",
-                                           "0.5", "--target-sparsity", "0.5", "--level-samples", "4",
-                                           "--level-sampling-steps", "2", "--out", str(out / "channels")]),
+        (
+            "find-ticket, two levels",
+            [
+                *cli,
+                "find-ticket",
+                *train,
+                "--prune-ratio",
+                "0.5",
+                "--target-sparsity",
+                "0.5",
+                "--level-samples",
+                "4",
+                "--level-sampling-steps",
+                "2",
+                "--out",
+                str(ticket),
+            ],
+        ),
+        (
+            "channel ticket and compaction",
+            [
+                *cli,
+                "find-ticket",
+                *train,
+                "--structure",
+                "channel",
+                "--prune-ratio",
+                "0.5",
+                "--target-sparsity",
+                "0.5",
+                "--level-samples",
+                "4",
+                "--level-sampling-steps",
+                "2",
+                "--out",
+                str(out / "channels"),
+            ],
+        ),
         ("compact", [*cli, "compact", str(out / "channels"), "--all-levels"]),
-        ("sampler ddpm", [*cli, "sample", str(ticket), "--sampler", "ddpm", "--sampling-steps", "10",
-                          "--num-samples", sample_n, *common]),
-        ("sampler ddim", [*cli, "sample", str(ticket), "--sampler", "ddim", "--sampling-steps", "10",
-                          "--num-samples", sample_n, *common]),
-        ("sampler dpm-solver++", [*cli, "sample", str(ticket), "--sampler", "dpm-solver++", "--sampling-steps", "10",
-                                  "--num-samples", sample_n, *common]),
-        ("stage schedule", [*cli, "sample", str(ticket), "--schedule", "1000:500=level_00,500:0=level_01",
-                            "--sampler", "ddim", "--sampling-steps", "10", "--num-samples", sample_n, *common]),
-        ("--kernels auto", [*cli, "sample", str(ticket), "--level", "1", "--kernels", "auto", "--sampler", "ddim",
-                            "--sampling-steps", "10", "--num-samples", sample_n, *common]),
-        ("Inception FID", [*cli, "evaluate", str(ticket), "--measures", "inception", "--num-samples", fid_n,
-                           "--reference-samples", fid_n, "--kid-subset-size", str(min(int(fid_n), 1000) // 2),
-                           "--bootstrap-rounds", "40", "--sampler", "ddim", "--sampling-steps", "5",
-                           "--cache-dir", str(out / "fid-cache"), *common]),
+        (
+            "sampler ddpm",
+            [
+                *cli,
+                "sample",
+                str(ticket),
+                "--sampler",
+                "ddpm",
+                "--sampling-steps",
+                "10",
+                "--num-samples",
+                sample_n,
+                *common,
+            ],
+        ),
+        (
+            "sampler ddim",
+            [
+                *cli,
+                "sample",
+                str(ticket),
+                "--sampler",
+                "ddim",
+                "--sampling-steps",
+                "10",
+                "--num-samples",
+                sample_n,
+                *common,
+            ],
+        ),
+        (
+            "sampler dpm-solver++",
+            [
+                *cli,
+                "sample",
+                str(ticket),
+                "--sampler",
+                "dpm-solver++",
+                "--sampling-steps",
+                "10",
+                "--num-samples",
+                sample_n,
+                *common,
+            ],
+        ),
+        (
+            "stage schedule",
+            [
+                *cli,
+                "sample",
+                str(ticket),
+                "--schedule",
+                "1000:500=level_00,500:0=level_01",
+                "--sampler",
+                "ddim",
+                "--sampling-steps",
+                "10",
+                "--num-samples",
+                sample_n,
+                *common,
+            ],
+        ),
+        (
+            "--kernels auto",
+            [
+                *cli,
+                "sample",
+                str(ticket),
+                "--level",
+                "1",
+                "--kernels",
+                "auto",
+                "--sampler",
+                "ddim",
+                "--sampling-steps",
+                "10",
+                "--num-samples",
+                sample_n,
+                *common,
+            ],
+        ),
+        (
+            "Inception FID",
+            [
+                *cli,
+                "evaluate",
+                str(ticket),
+                "--measures",
+                "inception",
+                "--num-samples",
+                fid_n,
+                "--reference-samples",
+                fid_n,
+                "--kid-subset-size",
+                str(min(int(fid_n), 1000) // 2),
+                "--bootstrap-rounds",
+                "40",
+                "--sampler",
+                "ddim",
+                "--sampling-steps",
+                "5",
+                "--cache-dir",
+                str(out / "fid-cache"),
+                *common,
+            ],
+        ),
         ("export", [*cli, "export", str(ticket), "--out", str(out / "pipeline")]),
-        ("from_pretrained", [sys.executable, "-c",
-                             "import sys, torch; from diffusers import DDPMPipeline; "
-                             f"p = DDPMPipeline.from_pretrained(sys.argv[1]).to({device!r}); "
-                             "images = p(batch_size=2, num_inference_steps=2, output_type='np').images; "
-                             "assert images.shape[0] == 2", str(out / "pipeline")]),
-        ("torchrun, one process", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                                   "-m", "ddpm_lottery.cli.main", "train", *train, "--out", str(out / "torchrun")]),
+        (
+            "from_pretrained",
+            [
+                sys.executable,
+                "-c",
+                "import sys, torch; from diffusers import DDPMPipeline; "
+                f"p = DDPMPipeline.from_pretrained(sys.argv[1]).to({device!r}); "
+                "images = p(batch_size=2, num_inference_steps=2, output_type='np').images; "
+                "assert images.shape[0] == 2",
+                str(out / "pipeline"),
+            ],
+        ),
+        (
+            "torchrun, one process",
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "1",
+                "-m",
+                "ddpm_lottery.cli.main",
+                "train",
+                *train,
+                "--out",
+                str(out / "torchrun"),
+            ],
+        ),
     ]
 
 
@@ -89,27 +238,43 @@ def main() -> int:
         begun = time.perf_counter()
         extra = SMOKE_ENV.get(name, {}) if args.smoke else {}
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
-                                  env={**os.environ, "PYTHONWARNINGS": "ignore", **extra})
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=args.timeout,
+                env={**os.environ, "PYTHONWARNINGS": "ignore", **extra},
+            )
             passed, tail = done.returncode == 0, (done.stdout + done.stderr)[-1500:]
         except subprocess.TimeoutExpired:
             passed, tail = False, f"timed out after {args.timeout:.0f} s"
-        result = {"check": name, "passed": passed, "seconds": round(time.perf_counter() - begun, 2),
-                  "command": " ".join(command[1:] if command[0] == sys.executable else command)}
+        result = {
+            "check": name,
+            "passed": passed,
+            "seconds": round(time.perf_counter() - begun, 2),
+            "command": " ".join(command[1:] if command[0] == sys.executable else command),
+        }
         if extra:
             result["environment"] = extra
         if not passed:
             result["output_tail"] = tail
         results.append(result)
         print(f"{'pass' if passed else 'FAIL'}  {result['seconds']:7.1f} s  {name}", flush=True)
-    record = {"device": args.device, "smoke": args.smoke, "seconds": round(time.perf_counter() - started, 1),
-              "passed": sum(r["passed"] for r in results), "failed": sum(not r["passed"] for r in results),
-              "checks": results}
+    record = {
+        "device": args.device,
+        "smoke": args.smoke,
+        "seconds": round(time.perf_counter() - started, 1),
+        "passed": sum(r["passed"] for r in results),
+        "failed": sum(not r["passed"] for r in results),
+        "checks": results,
+    }
     temporary = out / ".cuda-check.json.tmp"
     temporary.write_text(json.dumps(record, indent=2) + "\n")
     temporary.replace(out / "cuda-check.json")
-    print(f"{record['passed']} passed, {record['failed']} failed in {record['seconds']:.0f} s; "
-          f"wrote {out / 'cuda-check.json'}")
+    print(
+        f"{record['passed']} passed, {record['failed']} failed in {record['seconds']:.0f} s; "
+        f"wrote {out / 'cuda-check.json'}"
+    )
     return 0 if record["failed"] == 0 else 1
 
 

@@ -45,8 +45,12 @@ def graph(root: Path):
         is_package = path.name == "__init__.py"
         function_nodes = set()
         # imports under `if TYPE_CHECKING:` never run: annotations only, not dependencies
-        typing_only = {id(child) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and ast.unparse(node.test).endswith("TYPE_CHECKING") for child in ast.walk(node)}
+        typing_only = {
+            id(child)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+            for child in ast.walk(node)
+        }
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 function_nodes.update(id(child) for child in ast.walk(node) if child is not node)
@@ -113,9 +117,11 @@ def main() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in files.items()}
     largest = max(sizes, key=sizes.get)
     found = cycles(edges)
-    print(f"modules: {len(files)}; edges: {sum(map(len, edges.values()))}; "
-          f"function-local imports: {len(local)}; cycles: {len(found)}; "
-          f"largest module: {largest} ({sizes[largest]} lines)")
+    print(
+        f"modules: {len(files)}; edges: {sum(map(len, edges.values()))}; "
+        f"function-local imports: {len(local)}; cycles: {len(found)}; "
+        f"largest module: {largest} ({sizes[largest]} lines)"
+    )
     for component in found:
         print("cycle: " + ", ".join(component))
     if args.edges:

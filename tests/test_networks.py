@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import PRESETS, build_model, count_parameters, unet_kwargs
+from ddpm_lottery.utils.errors import UserError
 
 
 def test_ddpm_cifar10_is_exactly_the_paper_network():
@@ -13,8 +13,9 @@ def test_ddpm_cifar10_is_exactly_the_paper_network():
     assert model.config.dropout == 0.1 and model.config.in_channels == 3
 
 
-@pytest.mark.parametrize("preset,low,high", [("tiny", 0.2e6, 0.4e6), ("small", 1.2e6, 2.0e6),
-                                              ("ddpm-mnist", 3e6, 12e6)])
+@pytest.mark.parametrize(
+    "preset,low,high", [("tiny", 0.2e6, 0.4e6), ("small", 1.2e6, 2.0e6), ("ddpm-mnist", 3e6, 12e6)]
+)
 def test_preset_sizes(preset, low, high):
     model = build_model(ModelConfig(preset=preset), 1)
     assert low < count_parameters(model) < high
@@ -33,7 +34,7 @@ def test_seed_gives_identical_weights_and_different_seeds_differ():
     a = build_model(ModelConfig(preset="tiny"), 1, seed=3)
     b = build_model(ModelConfig(preset="tiny"), 1, seed=3)
     c = build_model(ModelConfig(preset="tiny"), 1, seed=4)
-    for (pa, pb, pc) in zip(a.parameters(), b.parameters(), c.parameters()):
+    for pa, pb, _pc in zip(a.parameters(), b.parameters(), c.parameters()):
         assert torch.equal(pa, pb)
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
 
@@ -52,13 +53,16 @@ def test_field_overrides():
     assert kwargs["in_channels"] == 3 == kwargs["out_channels"]
 
 
-@pytest.mark.parametrize("config,channels,match", [
-    (ModelConfig(preset="nope"), 1, "unknown preset"),
-    (ModelConfig(preset="ddpm-cifar10"), 1, "3-channel"),
-    (ModelConfig(preset="tiny", block_out_channels=(12, 32, 32)), 1, "divisible by norm_num_groups"),
-    (ModelConfig(preset="tiny", block_out_channels=(16, 32)), 1, "levels"),
-    (ModelConfig(preset="tiny", sample_size=30), 1, "not divisible by 4"),
-])
+@pytest.mark.parametrize(
+    "config,channels,match",
+    [
+        (ModelConfig(preset="nope"), 1, "unknown preset"),
+        (ModelConfig(preset="ddpm-cifar10"), 1, "3-channel"),
+        (ModelConfig(preset="tiny", block_out_channels=(12, 32, 32)), 1, "divisible by norm_num_groups"),
+        (ModelConfig(preset="tiny", block_out_channels=(16, 32)), 1, "levels"),
+        (ModelConfig(preset="tiny", sample_size=30), 1, "not divisible by 4"),
+    ],
+)
 def test_bad_networks(config, channels, match):
     with pytest.raises(UserError, match=match):
         unet_kwargs(config, channels)

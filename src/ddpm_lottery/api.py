@@ -8,6 +8,9 @@
 ``train``, ``find_ticket`` and ``tune_range`` return a :class:`RunResult`, ``evaluate`` an
 :class:`EvaluationResult`, ``run_study`` a :class:`StudyResult`.  A RunResult is also the run
 folder's path (``os.PathLike``): it goes wherever a path goes.
+
+One concept past 400 lines: the public facade, one thin function per command and the result
+classes they return; the work itself lives in the layers below.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class LevelResult:
 
     run_path: Path
     index: int
-    sparsity: float                 # of the prunable weights
+    sparsity: float  # of the prunable weights
     channel_sparsity: float | None  # channel tickets
     final_loss: float
     wall_time_s: float
@@ -71,7 +74,9 @@ class LevelResult:
 
     def pipeline(self, weights: str = "ema"):
         """A ``DDPMPipeline`` of the level's network and the run's noise schedule, in memory."""
-        return DDPMPipeline(unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion))
+        return DDPMPipeline(
+            unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion)
+        )
 
 
 class RunResult(os.PathLike):
@@ -120,8 +125,17 @@ class RunResult(os.PathLike):
         for index in run.finished_levels():
             level = run.level(index)
             metrics = level.metrics()
-            out.append(LevelResult(self.path, index, metrics["sparsity"], metrics.get("channel_sparsity"),
-                                   metrics["training"]["final_loss"], metrics["wall_time_s"], level.dir))
+            out.append(
+                LevelResult(
+                    self.path,
+                    index,
+                    metrics["sparsity"],
+                    metrics.get("channel_sparsity"),
+                    metrics["training"]["final_loss"],
+                    metrics["wall_time_s"],
+                    level.dir,
+                )
+            )
         return out
 
     @property
@@ -192,8 +206,9 @@ def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
     return Path("runs") / f"{kind}-{config_hash(config)}"
 
 
-def train(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
-          progress: bool = True, log=print) -> RunResult:
+def train(
+    config: RunConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, log=print
+) -> RunResult:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
     return RunResult(train_dense(config, out, resume=resume, progress=progress, log=log))
 
@@ -203,8 +218,14 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return Run.open(run_dir).config
 
 
-def load_network(run_dir: str | Path, level: int | None = None, weights: str = "ema", kernels: str = "dense",
-                 compiled: bool = False, log=print):
+def load_network(
+    run_dir: str | Path,
+    level: int | None = None,
+    weights: str = "ema",
+    kernels: str = "dense",
+    compiled: bool = False,
+    log=print,
+):
     """The network of a run's level (default: the last finished) with its trained weights, on the CPU.
 
     A channel ticket comes back compacted (EMA weights): the smaller network that computes the same.
@@ -222,8 +243,14 @@ def load_network(run_dir: str | Path, level: int | None = None, weights: str = "
     return network
 
 
-def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | Path | None = None,
-           *, progress: bool = True, log=print) -> Path:
+def sample(
+    run_dir: str | Path,
+    config: SampleConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    log=print,
+) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
     # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
     config = check_config(config or SampleConfig())
@@ -241,9 +268,14 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         level = run.pick_level(config.sample.level)
     model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
-    folder = SampleFolder(Path(out)) if out is not None else level.samples_folder(
-        f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
-        f"{'-unclipped' if unclipped(sampling) else ''}")
+    folder = (
+        SampleFolder(Path(out))
+        if out is not None
+        else level.samples_folder(
+            f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
+            f"{'-unclipped' if unclipped(sampling) else ''}"
+        )
+    )
     make_dirs(folder.dir)
     bar = tqdm(total=1, disable=not progress, desc=f"sample {sampling.sampler}", unit="call", leave=True)
 
@@ -252,53 +284,91 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, out: str | P
         bar.update(done - bar.n)
 
     started = time.perf_counter()
-    images = run_sampler(model, diffusion, sampler=sampling.sampler, num_steps=steps, num_samples=num_samples,
-                         seed=sampling.sample_seed, batch_size=sampling.sample_batch_size, eta=sampling.eta,
-                         clip_sample=sampling.clip_sample,
-                         device=device, on_step=on_step)
+    images = run_sampler(
+        model,
+        diffusion,
+        sampler=sampling.sampler,
+        num_steps=steps,
+        num_samples=num_samples,
+        seed=sampling.sample_seed,
+        batch_size=sampling.sample_batch_size,
+        eta=sampling.eta,
+        clip_sample=sampling.clip_sample,
+        device=device,
+        on_step=on_step,
+    )
     bar.close()
     wall = time.perf_counter() - started
     uint8 = from_model_range(images)
     save_grid(uint8, folder.grid)
     if config.sample.npz:
         save_samples(folder.npz, uint8)
-    info = {"run": str(run_dir), **level.record_fields(), "config": to_dict(config), "sampler": sampling.sampler,
-            "steps": steps, "eta": sampling.eta if sampling.sampler == "ddim" else None,
-            "clip_sample": not unclipped(sampling) if sampling.sampler != "dpm-solver++" else None,
-            "num_samples": num_samples,
-            "seed": sampling.sample_seed, "weights": sampling.weights, "wall_time_s": wall,
-            "images_per_s": num_samples / wall, "device": str(device), **kernel_record(model, kernels)}
+    info = {
+        "run": str(run_dir),
+        **level.record_fields(),
+        "config": to_dict(config),
+        "sampler": sampling.sampler,
+        "steps": steps,
+        "eta": sampling.eta if sampling.sampler == "ddim" else None,
+        "clip_sample": not unclipped(sampling) if sampling.sampler != "dpm-solver++" else None,
+        "num_samples": num_samples,
+        "seed": sampling.sample_seed,
+        "weights": sampling.weights,
+        "wall_time_s": wall,
+        "images_per_s": num_samples / wall,
+        "device": str(device),
+        **kernel_record(model, kernels),
+    }
     if hasattr(model, "accounting"):
         info["stages"] = model.accounting()
     write_json(folder.info, info)
-    log(f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
-        f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s, {info['kernels']})")
+    log(
+        f"wrote {folder.grid} ({num_samples} samples, {sampling.sampler} {steps} steps, "
+        f"seed {sampling.sample_seed}, {sampling.weights} weights, {wall:.1f} s, {info['kernels']})"
+    )
     for row in info.get("stages", []):
-        log(f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s, "
-            f"{row['flops'] / 1e9:.3g} GFLOPs ({row['flops_per_image_call'] / 1e6:.3g} MFLOPs per image and call)")
+        log(
+            f"  {row['range']}: {row['calls']} denoiser calls, {row['seconds']:.2f} s, "
+            f"{row['flops'] / 1e9:.3g} GFLOPs ({row['flops_per_image_call'] / 1e6:.3g} MFLOPs per image and call)"
+        )
     return folder.dir
 
 
-def export(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
-           log=print) -> Path:
-    """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.pipelines`)."""
-    return export_level(run_dir, out, level, weights, log=log)
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    level: int | None = None,
+    weights: str = "ema",
+    log=print,
+    force: bool = False,
+) -> Path:
+    """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.lottery.export`);
+    ``force`` replaces an export of another level already at ``out``."""
+    return export_level(run_dir, out, level, weights, log=log, force=force)
 
 
-def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True,
-                log=print) -> RunResult:
+def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> RunResult:
     """Run a ticket search, or a control branch when --reinit / --strategy random is given."""
     return RunResult(search_ticket(config, out, progress=progress, log=log))
 
 
-def tune_range(run_dir: str | Path, config: TuneConfig, out: str | Path | None = None, *, progress: bool = True,
-               log=print) -> RunResult:
+def tune_range(
+    run_dir: str | Path, config: TuneConfig, out: str | Path | None = None, *, progress: bool = True, log=print
+) -> RunResult:
     """``ddpm-lottery tune-range``: fine-tune a level on a timestep range, into a run of its own."""
     return RunResult(run_range_tuning(run_dir, config, out, progress=progress, log=log))
 
 
-def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int] | None = None, *,
-             progress: bool = True, log=print, extractor=None, force: bool = False) -> EvaluationResult:
+def evaluate(
+    run: str | Path,
+    config: EvalConfig | None = None,
+    levels: list[int] | None = None,
+    *,
+    progress: bool = True,
+    log=print,
+    extractor=None,
+    force: bool = False,
+) -> EvaluationResult:
     """Measure the given levels (default: the last finished one) with every configured measure.
 
     A measure already stored with the same protocol is read back, not recomputed, unless ``force``."""
@@ -306,12 +376,30 @@ def evaluate(run: str | Path, config: EvalConfig | None = None, levels: list[int
     return EvaluationResult(Run.open(run).root, records)
 
 
-def run_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False, report_only: bool = False,
-              progress: bool = True, data_dir: str | None = None, device: str | None = None,
-              log=print) -> StudyResult:
+def run_study(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    report_only: bool = False,
+    progress: bool = True,
+    data_dir: str | None = None,
+    device: str | None = None,
+    log=print,
+) -> StudyResult:
     """Plan, and unless ``dry_run`` run, the study in ``path``: its runs, findings and report."""
-    return StudyResult(*execute_study(path, out, dry_run=dry_run, report_only=report_only, progress=progress,
-                                      data_dir=data_dir, device=device, log=log))
+    return StudyResult(
+        *execute_study(
+            path,
+            out,
+            dry_run=dry_run,
+            report_only=report_only,
+            progress=progress,
+            data_dir=data_dir,
+            device=device,
+            log=log,
+        )
+    )
 
 
 def load_pipeline(folder: str | Path):
@@ -319,5 +407,17 @@ def load_pipeline(folder: str | Path):
     return load(folder)
 
 
-__all__ = ["RunConfig", "SampleConfig", "train", "sample", "load_network", "load_run_config", "export",
-           "load_pipeline", "RunResult", "LevelResult", "EvaluationResult", "StudyResult"]
+__all__ = [
+    "EvaluationResult",
+    "LevelResult",
+    "RunConfig",
+    "RunResult",
+    "SampleConfig",
+    "StudyResult",
+    "export",
+    "load_network",
+    "load_pipeline",
+    "load_run_config",
+    "sample",
+    "train",
+]

@@ -10,10 +10,12 @@ from ddpm_lottery.config import EvalConfig, add_arguments, config_from_args
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "evaluate", help="FID and KID of run levels on the standard Inception features",
+        "evaluate",
+        help="FID and KID of run levels on the standard Inception features",
         description="Generate N images per level and compare their Inception-v3 pool3 features with the training "
-                    "set's (cached). Each result is stored beside its level, keyed by its whole protocol, with "
-                    "the images it generated.")
+        "set's (cached). Each result is stored beside its level, keyed by its whole protocol, with "
+        "the images it generated.",
+    )
     parser.add_argument("run", metavar="RUN")
     add_config_flag(parser)
     parser.add_argument("--level", type=int, default=None, help="level to evaluate [default: the last finished]")
@@ -29,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
     # deferred: torch loads only when the command runs
     from ddpm_lottery.measures.evaluate import evaluate_levels
 
-    evaluate_levels(args.run, config, levels_arg(args.run, args.level, args.all_levels),
-                    progress=not args.no_progress, force=args.force)
+    evaluate_levels(
+        args.run,
+        config,
+        levels_arg(args.run, args.level, args.all_levels),
+        progress=not args.no_progress,
+        force=args.force,
+    )
     log_command(args.run)
     return 0

@@ -11,11 +11,13 @@ from ddpm_lottery.config import FrontierConfig, add_arguments, config_from_args
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "frontier", help="quality against measured seconds and FLOPs per sample: samplers, tickets, stage schedules",
+        "frontier",
+        help="quality against measured seconds and FLOPs per sample: samplers, tickets, stage schedules",
         description="Place each run's dense model under several samplers, its tickets (unstructured: same seconds, "
-                    "fewer FLOPs; channel tickets compacted: both real) and stage schedules on one quality-against-"
-                    "cost plot, with the Pareto front. Quality is the first of --measures (stored evaluations are "
-                    "reused); seconds are timed here, every network interleaved.")
+        "fewer FLOPs; channel tickets compacted: both real) and stage schedules on one quality-against-"
+        "cost plot, with the Pareto front. Quality is the first of --measures (stored evaluations are "
+        "reused); seconds are timed here, every network interleaved.",
+    )
     parser.add_argument("runs", metavar="RUN", nargs="+")
     add_config_flag(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder [default: the first RUN/frontier]")

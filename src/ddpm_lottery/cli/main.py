@@ -18,19 +18,52 @@ import sys
 
 from ddpm_lottery import __version__
 from ddpm_lottery.cli import (
-    cka, compact, evaluate, export, find_ticket, findings, flops, frontier, modules, presets, quickstart, report,
-    sample, sparsity, study, train, tune_range,
+    cka,
+    compact,
+    evaluate,
+    export,
+    find_ticket,
+    findings,
+    flops,
+    frontier,
+    modules,
+    presets,
+    quickstart,
+    report,
+    sample,
+    sparsity,
+    study,
+    train,
+    tune_range,
 )
 from ddpm_lottery.utils.errors import UserError
 
 # The command modules, in the order `ddpm-lottery --help` lists them.
-COMMANDS = (train, sample, find_ticket, modules, sparsity, evaluate, flops, tune_range, export, compact, frontier, cka,
-            report, study, findings, presets, quickstart)
+COMMANDS = (
+    train,
+    sample,
+    find_ticket,
+    modules,
+    sparsity,
+    evaluate,
+    flops,
+    tune_range,
+    export,
+    compact,
+    frontier,
+    cka,
+    report,
+    study,
+    findings,
+    presets,
+    quickstart,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ddpm-lottery", description="Find, measure and use winning lottery tickets in diffusion models.")
+        prog="ddpm-lottery", description="Find, measure and use winning lottery tickets in diffusion models."
+    )
     parser.add_argument("--version", action="version", version=f"ddpm-lottery {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:

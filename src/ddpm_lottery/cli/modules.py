@@ -29,9 +29,11 @@ def run(args: argparse.Namespace) -> int:
     include = tuple(p for p in (args.include or "").split(",") if p)
     exclude = tuple(p for p in (args.exclude or "").split(",") if p)
     mmap = module_map(model, args.granularity, include, exclude)
-    print(f"{args.preset}: {len(mmap.modules)} modules ({args.granularity} granularity), "
-          f"{sum(m.size for m in mmap.modules):,} prunable weights in {len(mmap.tensor_names)} tensors, "
-          "forward-execution order")
+    print(
+        f"{args.preset}: {len(mmap.modules)} modules ({args.granularity} granularity), "
+        f"{sum(m.size for m in mmap.modules):,} prunable weights in {len(mmap.tensor_names)} tensors, "
+        "forward-execution order"
+    )
     print(f"{'j':>3}  {'module':<34} {'tensors':>7} {'weights':>11}")
     for module in mmap.modules:
         print(f"{module.index:>3}  {module.name:<34} {len(module.tensors):>7} {module.size:>11,}")

@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
         shape = f"{size}x{size}x{channels or 'any'}"
         macs = layer_flops(model)[0] / 2e9
         print(f"{name:<14} {count_parameters(model):>12,} {macs:>11.3f}  {shape:<10} {PRESET_PURPOSE[name]}")
-    print("(1-channel input where the preset follows the data; MACs of one denoiser call on one image, counted by "
-          "torch.utils.flop_counter with attention products)")
+    print(
+        "(1-channel input where the preset follows the data; MACs of one denoiser call on one image, counted by "
+        "torch.utils.flop_counter with attention products)"
+    )
     return 0

@@ -9,8 +9,11 @@ from ddpm_lottery.config import SampleConfig, add_arguments, config_from_args
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("sample", help="generate images from a run",
-                                 description="Write a PNG grid (and .npz on request) of samples from a run.")
+    parser = commands.add_parser(
+        "sample",
+        help="generate images from a run",
+        description="Write a PNG grid (and .npz on request) of samples from a run.",
+    )
     parser.add_argument("run", metavar="RUN", help="a training run folder")
     add_config_flag(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder [default: RUN/samples/<sampler>-<steps>...]")

@@ -9,8 +9,11 @@ from ddpm_lottery.config import RunConfig, add_arguments, config_from_args
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("train", help="train a DDPM into a run folder",
-                                 description="Train a DDPM. A killed run continues with --resume.")
+    parser = commands.add_parser(
+        "train",
+        help="train a DDPM into a run folder",
+        description="Train a DDPM. A killed run continues with --resume.",
+    )
     add_config_flag(parser)
     parser.add_argument("--out", metavar="RUN", help="run folder [default: runs/train-<config hash>]")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its latest checkpoint")

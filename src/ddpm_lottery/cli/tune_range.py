@@ -10,10 +10,12 @@ from ddpm_lottery.config import TuneConfig, add_arguments, config_from_args
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
-        "tune-range", help="fine-tune a level on one range of timesteps (the late network of a stage schedule)",
+        "tune-range",
+        help="fine-tune a level on one range of timesteps (the late network of a stage schedule)",
         description="Train a finished level further on the timesteps of --timestep-range only, keeping its masks, "
-                    "from its trained weights or its rewound theta_tau * m. Writes RUN/ranges/<...>/, whose level_00 "
-                    "a --schedule names by path, e.g. 600:0=RUN/ranges/<...>/level_00.")
+        "from its trained weights or its rewound theta_tau * m. Writes RUN/ranges/<...>/, whose level_00 "
+        "a --schedule names by path, e.g. 600:0=RUN/ranges/<...>/level_00.",
+    )
     parser.add_argument("run", metavar="RUN")
     add_config_flag(parser)
     parser.add_argument("--out", metavar="DIR", help="output run folder [default: RUN/ranges/level_NN-tLOW-HIGH-...]")

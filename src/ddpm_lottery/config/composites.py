@@ -16,8 +16,18 @@ from typing import Any
 
 from ddpm_lottery.config.fields import _flag
 from ddpm_lottery.config.sections import (
-    SECTION_CLASSES, DataConfig, DiffusionConfig, EvalSettings, FrontierSettings, ModelConfig, PruneConfig,
-    RuntimeConfig, SampleSettings, SamplingConfig, TrainConfig, TuneSettings,
+    SECTION_CLASSES,
+    DataConfig,
+    DiffusionConfig,
+    EvalSettings,
+    FrontierSettings,
+    ModelConfig,
+    PruneConfig,
+    RuntimeConfig,
+    SampleSettings,
+    SamplingConfig,
+    TrainConfig,
+    TuneSettings,
 )
 
 
@@ -127,8 +137,9 @@ class FrontierConfig(Composite):
 
 def _sections(config) -> list[tuple[str, Any]]:
     """(name, section) pairs of a composite config, or [("", config)] for a single section."""
-    subs = [(f.name, getattr(config, f.name)) for f in fields(config)
-            if dataclasses.is_dataclass(getattr(config, f.name))]
+    subs = [
+        (f.name, getattr(config, f.name)) for f in fields(config) if dataclasses.is_dataclass(getattr(config, f.name))
+    ]
     return subs if subs else [("", config)]
 
 
@@ -172,14 +183,20 @@ def check_unambiguous(config_cls) -> None:
         for f in fields(section):
             here = f"{section_name}.{f.name}" if section_name else f.name
             if f.name in field_owner:
-                raise TypeError(f"{config_cls.__name__}: {here} and {field_owner[f.name]} share the name {f.name!r}, "
-                                "so its flag and flat key are ambiguous; rename one")
+                raise TypeError(
+                    f"{config_cls.__name__}: {here} and {field_owner[f.name]} share the name {f.name!r}, "
+                    "so its flag and flat key are ambiguous; rename one"
+                )
             if f.name in section_names:
-                raise TypeError(f"{config_cls.__name__}: {here} is named like the section {f.name!r}, so "
-                                f"config.{f.name} would name both; rename one")
+                raise TypeError(
+                    f"{config_cls.__name__}: {here} is named like the section {f.name!r}, so "
+                    f"config.{f.name} would name both; rename one"
+                )
             field_owner[f.name] = here
             for flag in (_flag(f), *f.metadata.get("aliases", ())):
                 if flag in flag_owner:
-                    raise TypeError(f"{config_cls.__name__}: {here} and {flag_owner[flag]} both answer to {flag}; "
-                                    "rename or drop one alias")
+                    raise TypeError(
+                        f"{config_cls.__name__}: {here} and {flag_owner[flag]} both answer to {flag}; "
+                        "rename or drop one alias"
+                    )
                 flag_owner[flag] = here

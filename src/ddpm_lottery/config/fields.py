@@ -25,9 +25,19 @@ from typing import Any
 from ddpm_lottery.utils.errors import UserError
 
 
-def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | None = None,
-            aliases: tuple[str, ...] = (), minimum: float | None = None, maximum: float | None = None,
-            above: float | None = None, below: float | None = None, derived: bool = False):
+def setting(
+    default: Any,
+    help: str,
+    *,
+    hashed: bool = True,
+    choices: tuple | None = None,
+    aliases: tuple[str, ...] = (),
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    derived: bool = False,
+):
     """Declare one setting: its default, its help text, whether it changes results, what it accepts.
 
     A ``derived`` setting is filled in by the tool from other settings (a digest of a file they
@@ -39,9 +49,20 @@ def setting(default: Any, help: str, *, hashed: bool = True, choices: tuple | No
     """
     if (minimum is not None and above is not None) or (maximum is not None and below is not None):
         raise TypeError("a setting takes one lower bound (minimum or above) and one upper bound (maximum or below)")
-    return field(default=default, metadata={"help": help, "hashed": hashed, "choices": choices,
-                                            "aliases": aliases, "minimum": minimum, "maximum": maximum,
-                                            "above": above, "below": below, "derived": derived})
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "hashed": hashed,
+            "choices": choices,
+            "aliases": aliases,
+            "minimum": minimum,
+            "maximum": maximum,
+            "above": above,
+            "below": below,
+            "derived": derived,
+        },
+    )
 
 
 # The source name apply_overrides gets for flags: its messages then name only the flag.
@@ -55,8 +76,9 @@ CLI_SOURCE = "the command line"
 def _base_type(annotation) -> tuple[type, bool]:
     """Resolve `int | None` etc. to (int, optional)."""
     if isinstance(annotation, str):
-        annotation = eval(annotation, {"tuple": tuple, "int": int, "float": float, "str": str, "bool": bool,
-                                       "None": None})  # noqa: S307 - our own annotations only
+        annotation = eval(
+            annotation, {"tuple": tuple, "int": int, "float": float, "str": str, "bool": bool, "None": None}
+        )  # eval of our own annotations only
     args = typing.get_args(annotation)
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         non_none = [a for a in args if a is not type(None)]
@@ -91,10 +113,20 @@ def _kind(f: dataclasses.Field) -> str:
 def _bounds(f: dataclasses.Field) -> tuple[tuple[Any, bool] | None, tuple[Any, bool] | None]:
     """((lower, inclusive) or None, (upper, inclusive) or None)."""
     meta = f.metadata
-    low = (meta["minimum"], True) if meta.get("minimum") is not None else \
-        (meta["above"], False) if meta.get("above") is not None else None
-    high = (meta["maximum"], True) if meta.get("maximum") is not None else \
-        (meta["below"], False) if meta.get("below") is not None else None
+    low = (
+        (meta["minimum"], True)
+        if meta.get("minimum") is not None
+        else (meta["above"], False)
+        if meta.get("above") is not None
+        else None
+    )
+    high = (
+        (meta["maximum"], True)
+        if meta.get("maximum") is not None
+        else (meta["below"], False)
+        if meta.get("below") is not None
+        else None
+    )
     return low, high
 
 
@@ -207,3 +239,13 @@ def _coerce(f: dataclasses.Field, raw: Any, key: str, source: str) -> Any:
     except (TypeError, ValueError):
         raise UserError(f"{_flag(f)} expects {_kind(f)}, got {raw!r}{where}; give {_kind(f)}") from None
 
+
+def checked_value(section: type, name: str, raw: Any, source: str) -> Any:
+    """One setting's value from outside the settings (a pretrained model's config.json, say),
+    coerced and bounded exactly as its flag is; a bad one is refused naming ``source``."""
+    (f,) = [f for f in dataclasses.fields(section) if f.name == name]
+    value = _coerce(f, raw, name, source)
+    problem = _problem(f, value)
+    if problem:
+        raise _value_error(f, problem, name, source)
+    return value

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser, config) -> None:
                 accepted = f"; {'each ' if _is_tuple(f) else ''}{_requirement(f, lead=False)}"
             help_text = f"{help_text} [default: {default}{accepted}]"
             if base is bool:
-                group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                   help=help_text)
+                group.add_argument(
+                    *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                )
             else:
                 group.add_argument(*flags, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
@@ -51,11 +52,13 @@ def config_from_args(cls, args: argparse.Namespace, config_file: str | None = No
         values = load_config_file(config_file)
         own = set(_own_sections(config))
         # Skipped, not refused: see SECTION_CLASSES.  Typos in section names still reach _resolve.
-        values = {k: v for k, v in values.items()
-                  if not ("." in k and k.split(".", 1)[0] in FILE_SECTIONS and k.split(".", 1)[0] not in own)}
+        values = {
+            k: v
+            for k, v in values.items()
+            if not ("." in k and k.split(".", 1)[0] in FILE_SECTIONS and k.split(".", 1)[0] not in own)
+        }
         apply_overrides(config, values, source=str(config_file))
-    given = {name: getattr(args, name) for name in field_index(config)
-             if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in field_index(config) if getattr(args, name, None) is not None}
     apply_overrides(config, given, source=CLI_SOURCE)
     return check_config(config)
 

@@ -35,9 +35,12 @@ def hashed_keys(config) -> list[str]:
     :func:`non_default` leaves out settings at their default, so comparing two configs through it
     misses a default that changed between versions; comparing every hashed key does not.
     """
-    return [f"{section_name}.{f.name}" if section_name else f.name
-            for section_name, section in _sections(config) for f in fields(section)
-            if f.metadata.get("hashed", True)]
+    return [
+        f"{section_name}.{f.name}" if section_name else f.name
+        for section_name, section in _sections(config)
+        for f in fields(section)
+        if f.metadata.get("hashed", True)
+    ]
 
 
 def config_hash(config) -> str:

@@ -58,8 +58,9 @@ def _resolve(config, key: str, source: str) -> tuple[str, dataclasses.Field]:
             if section in SHARED_SECTIONS.get(owner, ()):
                 return index[name]
             places = " or ".join(f"[{s}]" for s in (owner, *SHARED_SECTIONS.get(owner, ())) if s in sections)
-            raise UserError(f"setting {key} in {source}: {name} belongs to [{owner}], not [{section}]; "
-                            f"move it to {places}")
+            raise UserError(
+                f"setting {key} in {source}: {name} belongs to [{owner}], not [{section}]; move it to {places}"
+            )
         raise _unknown(key, name, source, config)
     own = ", ".join(f"[{s}]" for s in _own_sections(config))
     if section in SECTION_CLASSES:

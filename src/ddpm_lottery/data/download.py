@@ -28,17 +28,37 @@ DEFAULT_MIRRORS: dict[str, str] = {
     "cifar100": "https://www.cs.toronto.edu/~kriz/",
 }
 
-_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_IDX_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 #: MD5 of every file a download fetches, per dataset (official values of the archives).
 CHECKSUMS: dict[str, dict[str, str]] = {
-    "mnist": dict(zip(_IDX_FILES, (
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcc2bd9a49c",
-        "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"))),
-    "fashion-mnist": dict(zip(_IDX_FILES, (
-        "8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
-        "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"))),
+    "mnist": dict(
+        zip(
+            _IDX_FILES,
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcc2bd9a49c",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        )
+    ),
+    "fashion-mnist": dict(
+        zip(
+            _IDX_FILES,
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+        )
+    ),
     "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     "cifar100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
 }
@@ -62,16 +82,16 @@ def download_dataset(name: str, root, mirror: str | None = None) -> pathlib.Path
     """
     name = _canonical_name(name)
     if name not in CHECKSUMS:
-        raise UserError(f"{name} cannot be downloaded (downloadable: {', '.join(CHECKSUMS)}); "
-                        f"drop --download")
+        raise UserError(f"{name} cannot be downloaded (downloadable: {', '.join(CHECKSUMS)}); drop --download")
     if root is None:
         root = default_download_root(name)
     folder = Path(root).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the download folder {folder}: {exc.strerror or exc}; "
-                        f"choose a writable --data-dir") from None
+        raise UserError(
+            f"cannot create the download folder {folder}: {exc.strerror or exc}; choose a writable --data-dir"
+        ) from None
     base = mirror if mirror else DEFAULT_MIRRORS[name]
     if not base.endswith("/"):
         base += "/"
@@ -83,7 +103,6 @@ def download_dataset(name: str, root, mirror: str | None = None) -> pathlib.Path
             log.warning("%s exists but its checksum is wrong; downloading it again", target)
         _fetch(base + filename, target, expected)
     return folder
-
 
 
 def _md5(path: Path) -> str:
@@ -107,14 +126,17 @@ def _fetch(url: str, target: Path, expected_md5: str) -> None:
                     out.write(chunk)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = exc if isinstance(exc, urllib.error.HTTPError) else (getattr(exc, "reason", None) or exc)
-            raise UserError(f"could not download {url}: {reason}; check the network or --mirror, or fetch "
-                            f"{target.name} by hand and pass its folder with --data-dir") from None
+            raise UserError(
+                f"could not download {url}: {reason}; check the network or --mirror, or fetch "
+                f"{target.name} by hand and pass its folder with --data-dir"
+            ) from None
         got = digest.hexdigest()
         if got != expected_md5:
-            raise UserError(f"checksum mismatch for {target.name} from {url}: got {got}, expected "
-                            f"{expected_md5}; the download is corrupt, retry or fetch it by hand")
+            raise UserError(
+                f"checksum mismatch for {target.name} from {url}: got {got}, expected "
+                f"{expected_md5}; the download is corrupt, retry or fetch it by hand"
+            )
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
-

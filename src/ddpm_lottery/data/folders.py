@@ -43,16 +43,21 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
     if not folder.is_dir():
         raise UserError(f"image folder {folder} does not exist; pass --data-dir with a folder of PNG/JPEG images")
     flat = sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
-    class_dirs = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                        key=lambda p: p.name)
+    class_dirs = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
     per_class = [(d.name, _images_under(d)) for d in class_dirs]
     per_class = [(c, files) for c, files in per_class if files]
     if flat and per_class:
-        raise UserError(f"{folder} holds images both at its top level and in subfolders ({per_class[0][0]}/ ...); "
-                        f"put all images in class subfolders, or all at the top level")
+        raise UserError(
+            f"{folder} holds images both at its top level and in subfolders ({per_class[0][0]}/ ...); "
+            f"put all images in class subfolders, or all at the top level"
+        )
     if not flat and not per_class:
-        raise UserError(f"no PNG or JPEG images in {folder} (looked for .png/.jpg/.jpeg, flat or in class "
-                        f"subfolders); point --data-dir at a folder of images")
+        raise UserError(
+            f"no PNG or JPEG images in {folder} (looked for .png/.jpg/.jpeg, flat or in class "
+            f"subfolders); point --data-dir at a folder of images"
+        )
     if flat:
         paths, label_list, classes = flat, None, None
     else:
@@ -62,13 +67,21 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
 
     def unreadable(path, exc):
         if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            return UserError(f"image {path} is too large: its header claims more than {Image.MAX_IMAGE_PIXELS:,} "
-                             f"pixels, so it is not a training image of the kind expected (or is a decompression "
-                             f"bomb); remove the file or scale it down")
+            return UserError(
+                f"image {path} is too large: its header claims more than {Image.MAX_IMAGE_PIXELS:,} "
+                f"pixels, so it is not a training image of the kind expected (or is a decompression "
+                f"bomb); remove the file or scale it down"
+            )
         return UserError(f"cannot read image {path} ({type(exc).__name__}: {exc}); remove or replace the file")
 
-    unreadable_errors = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                         Image.DecompressionBombWarning)
+    unreadable_errors = (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    )
 
     # Pass 1: headers only (cheap): modes for the default channel count, sizes when image_size is None.
     modes, sizes = [], []
@@ -89,8 +102,10 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
         first = sizes[0]
         for path, size in zip(paths, sizes):
             if size != first:
-                raise UserError(f"images in {folder} differ in size ({paths[0].name} is {first[0]}×{first[1]}, "
-                                f"{path.name} is {size[0]}×{size[1]}); pass --image-size to resize them all")
+                raise UserError(
+                    f"images in {folder} differ in size ({paths[0].name} is {first[0]}×{first[1]}, "
+                    f"{path.name} is {size[0]}×{size[1]}); pass --image-size to resize them all"
+                )
         image_size = min(first)
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
@@ -112,5 +127,4 @@ def _load_imagefolder(root, image_size: int | None, channels: int | None) -> Ima
         out[i] = array.reshape(image_size, image_size, channels)
     images = torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
     labels = torch.tensor(label_list, dtype=torch.int64) if label_list is not None else None
-    return ImageSet(images=images, labels=labels, name="imagefolder", source=str(folder), flip=False,
-                    classes=classes)
+    return ImageSet(images=images, labels=labels, name="imagefolder", source=str(folder), flip=False, classes=classes)

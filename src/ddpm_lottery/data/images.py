@@ -27,9 +27,15 @@ from ddpm_lottery.utils.errors import UserError
 
 DATASETS: tuple[str, ...] = ("embedded", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
-_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-            "cifar-10": "cifar10", "cifar-100": "cifar100", "image-folder": "imagefolder",
-            "image_folder": "imagefolder", "folder": "imagefolder"}
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "image-folder": "imagefolder",
+    "image_folder": "imagefolder",
+    "folder": "imagefolder",
+}
 
 
 @dataclass
@@ -47,9 +53,9 @@ class ImageSet:
         return int(self.images.shape[0])
 
 
-
-def prepare_images(images: torch.Tensor, image_size: int | None, channels: int | None, *,
-                   resize: bool = False, name: str | None = None) -> torch.Tensor:
+def prepare_images(
+    images: torch.Tensor, image_size: int | None, channels: int | None, *, resize: bool = False, name: str | None = None
+) -> torch.Tensor:
     """Fit uint8 images ``(N, C, H, W)`` to ``channels`` and a square side ``image_size``.
 
     ``None`` keeps the images' own value.  Channels: 1 -> 3 repeats gray, 3 -> 1 takes
@@ -83,15 +89,20 @@ def prepare_images(images: torch.Tensor, image_size: int | None, channels: int |
     what = f"{name} images" if name else "images"
     native = max(height, width)
     if dh < 0 or dw < 0:
-        raise UserError(f"{what} are {height}×{width} but the model expects {image_size}; use "
-                        f"--image-size {native} or a preset whose sample size is ≥ {native}")
+        raise UserError(
+            f"{what} are {height}×{width} but the model expects {image_size}; use "
+            f"--image-size {native} or a preset whose sample size is ≥ {native}"
+        )
     if dh % 2 or dw % 2:
-        raise UserError(f"{what} are {height}×{width} but the model expects {image_size}, and zero-padding "
-                        f"needs the same margin on both sides; use --image-size {native} or {image_size + 1} "
-                        f"(a size ≥ {native} that differs from it by an even number)")
-    out = torch.zeros((images.shape[0], images.shape[1], image_size, image_size),
-                      dtype=torch.uint8, device=images.device)
-    out[:, :, dh // 2: dh // 2 + height, dw // 2: dw // 2 + width] = images
+        raise UserError(
+            f"{what} are {height}×{width} but the model expects {image_size}, and zero-padding "
+            f"needs the same margin on both sides; use --image-size {native} or {image_size + 1} "
+            f"(a size ≥ {native} that differs from it by an even number)"
+        )
+    out = torch.zeros(
+        (images.shape[0], images.shape[1], image_size, image_size), dtype=torch.uint8, device=images.device
+    )
+    out[:, :, dh // 2 : dh // 2 + height, dw // 2 : dw // 2 + width] = images
     return out
 
 
@@ -117,9 +128,14 @@ def data_fingerprint(images: ImageSet, split: str) -> dict:
     (it names a path, which may move without the data changing).
     """
     split_name = None if images.name == "imagefolder" else _canonical_split(split)  # a folder has no splits
-    return {"dataset": images.name, "split": split_name, "count": len(images),
-            "shape": [int(v) for v in images.images.shape[1:]], "digest": image_digest(images.images),
-            "source": images.source}
+    return {
+        "dataset": images.name,
+        "split": split_name,
+        "count": len(images),
+        "shape": [int(v) for v in images.images.shape[1:]],
+        "digest": image_digest(images.images),
+        "source": images.source,
+    }
 
 
 def to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -130,7 +146,6 @@ def to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:
 def from_model_range(x: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`to_model_range`: clamp to [-1, 1], scale, round, uint8."""
     return ((x.detach().to(torch.float32).clamp(-1.0, 1.0) + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-
 
 
 def _canonical_name(name: str) -> str:
@@ -165,10 +180,10 @@ def _resize_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
     height, width = int(images.shape[2]), int(images.shape[3])
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    images = images[:, :, top: top + side, left: left + side]
+    images = images[:, :, top : top + side, left : left + side]
     if side == size:
         return images.contiguous()
-    resized = torch.nn.functional.interpolate(images.to(torch.float32), size=(size, size), mode="bicubic",
-                                              align_corners=False, antialias=True)
+    resized = torch.nn.functional.interpolate(
+        images.to(torch.float32), size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )
     return resized.round_().clamp_(0, 255).to(torch.uint8)
-

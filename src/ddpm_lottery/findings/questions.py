@@ -15,6 +15,7 @@ Every comparison is a :class:`~ddpm_lottery.measures.stats.Difference` with an i
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -40,12 +41,23 @@ def _pruned_levels(by_seed: dict[int, Run]) -> list[int]:
 
 
 def _row(question, comparison, sparsity, differences: dict[str, Difference | None], extra=None) -> dict:
-    return {"question": question, "comparison": comparison, "sparsity": sparsity,
-            "measures": {m: d.as_dict() for m, d in differences.items() if d is not None}, **(extra or {})}
+    return {
+        "question": question,
+        "comparison": comparison,
+        "sparsity": sparsity,
+        "measures": {m: d.as_dict() for m, d in differences.items() if d is not None},
+        **(extra or {}),
+    }
 
 
-def compare_levels(collection: Collection, protocols: dict[str, str], first: dict[int, Run], first_level,
-                   second: dict[int, Run], second_level) -> dict[str, Difference | None]:
+def compare_levels(
+    collection: Collection,
+    protocols: dict[str, str],
+    first: dict[int, Run],
+    first_level,
+    second: dict[int, Run],
+    second_level,
+) -> dict[str, Difference | None]:
     out = {}
     for measure, key in protocols.items():
         pairs = []
@@ -78,11 +90,17 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
             best = (index, sparsity, differences)
             if "better" in verdicts:
                 better = (index, sparsity)
-    return {"measured": measured,
-            "sparsest_not_worse": None if best is None else {
-                "level": best[0], "sparsity": best[1],
-                "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None}},
-            "sparsest_better": None if better is None else {"level": better[0], "sparsity": better[1]}}
+    return {
+        "measured": measured,
+        "sparsest_not_worse": None
+        if best is None
+        else {
+            "level": best[0],
+            "sparsity": best[1],
+            "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None},
+        },
+        "sparsest_better": None if better is None else {"level": better[0], "sparsity": better[1]},
+    }
 
 
 def findings(collection: Collection) -> dict:
@@ -103,20 +121,29 @@ def findings(collection: Collection) -> dict:
     varying = [s for s, (strategy, _) in collection.strategies.items() if STRATEGIES[strategy].imposes_profile]
     plain = [s for s, (strategy, _) in collection.strategies.items() if not STRATEGIES[strategy].imposes_profile]
     for first in varying:
-        others = plain + [s for s in varying if s != first and collection.strategies[first][1] == "forward"
-                          and collection.strategies[s][1] == "reverse"]
+        others = plain + [
+            s
+            for s in varying
+            if s != first and collection.strategies[first][1] == "forward" and collection.strategies[s][1] == "reverse"
+        ]
         for second in (s for s in others if collection.same_network(first, s)):
             question = "d" if second in varying else "b"
             for index in _pruned_levels(collection.searches[first]):
                 a, b = collection.searches[first], collection.searches[second]
-                common = {s: r for s, r in a.items() if s in b and index in r.finished_levels()
-                          and index in b[s].finished_levels()
-                          and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3}
+                common = {
+                    s: r
+                    for s, r in a.items()
+                    if s in b
+                    and index in r.finished_levels()
+                    and index in b[s].finished_levels()
+                    and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3
+                }
                 if not common:
                     continue
                 differences = compare_levels(collection, protocols, common, index, b, index)
-                rows.append(_row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index),
-                                 differences))
+                rows.append(
+                    _row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index), differences)
+                )
     # (c) tickets against their controls
     for (search, control), by_seed in collection.controls.items():
         for index in _pruned_levels(by_seed):
@@ -124,8 +151,9 @@ def findings(collection: Collection) -> dict:
             if not tickets:
                 continue
             differences = compare_levels(collection, protocols, tickets, index, by_seed, index)
-            rows.append(_row("c", f"{search} − {control} control", _sparsity(next(iter(by_seed.values())), index),
-                             differences))
+            rows.append(
+                _row("c", f"{search} − {control} control", _sparsity(next(iter(by_seed.values())), index), differences)
+            )
     cka = cka_findings(collection)
     labels = {}
     for measure, key in protocols.items():
@@ -136,10 +164,19 @@ def findings(collection: Collection) -> dict:
                     if record:
                         labels[measure] = record["label"]
     seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
-    return {"root": str(collection.root), "confidence": collection.confidence, "protocols": protocols,
-            "notes": collection.notes, "compute": compute_spent(collection, protocols),
-            "protocol_labels": labels, "seeds": seeds, "rows": rows, "sparsest_not_worse": summary_a, "cka": cka,
-            "curves": quality_curves(collection, protocols)}
+    return {
+        "root": str(collection.root),
+        "confidence": collection.confidence,
+        "protocols": protocols,
+        "notes": collection.notes,
+        "compute": compute_spent(collection, protocols),
+        "protocol_labels": labels,
+        "seeds": seeds,
+        "rows": rows,
+        "sparsest_not_worse": summary_a,
+        "cka": cka,
+        "curves": quality_curves(collection, protocols),
+    }
 
 
 def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[str, dict]:
@@ -160,8 +197,13 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
                 stats = seed_mean(records, collection.confidence)
                 if stats is not None:
                     count = sum(r is not None for r in records)
-                    points.append((_sparsity(next(r for r in by_seed.values() if index in r.finished_levels()),
-                                             index), *stats, count))
+                    points.append(
+                        (
+                            _sparsity(next(r for r in by_seed.values() if index in r.finished_levels()), index),
+                            *stats,
+                            count,
+                        )
+                    )
                     seeds_used.add(count)
             if points:
                 curves[name] = points
@@ -170,8 +212,12 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
         dense_seeds = sum(r is not None for r in records)
         if dense is not None:
             seeds_used.add(dense_seeds)
-        out[measure] = {"curves": curves, "dense": dense, "dense_seeds": dense_seeds,
-                        "seeds_per_point": sorted(seeds_used)}
+        out[measure] = {
+            "curves": curves,
+            "dense": dense,
+            "dense_seeds": dense_seeds,
+            "seeds_per_point": sorted(seeds_used),
+        }
     return out
 
 
@@ -207,14 +253,20 @@ def compute_spent(collection: Collection, protocols: dict[str, str]) -> dict:
                         busy.append((float(record["time"]) - float(record["wall_time_s"]), float(record["time"])))
     if "other" in seconds:  # last, after the findings' own measures
         seconds["other"] = seconds.pop("other")
-    return {"seconds": seconds, "total_s": sum(seconds.values()), "wall_s": _union_length(busy), "levels": levels,
-            "runs": len(runs), "devices": sorted(str(d) for d in devices)}
+    return {
+        "seconds": seconds,
+        "total_s": sum(seconds.values()),
+        "wall_s": _union_length(busy),
+        "levels": levels,
+        "runs": len(runs),
+        "devices": sorted(str(d) for d in devices),
+    }
 
 
 def _training_stretches(level, gap_s: float = 600.0) -> list[tuple[float, float]]:
     """The stretches a level's training ran, from its log's timestamps (a resumed level has several)."""
     times = sorted(float(line["time"]) for line in level.training_log() if "time" in line)
-    return [(a, b) for a, b in zip(times, times[1:]) if b - a <= gap_s]
+    return [(a, b) for a, b in itertools.pairwise(times) if b - a <= gap_s]
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:
@@ -226,16 +278,18 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def upstream_gaps(pairs: list[tuple[dict, list[dict]]], kind: str, blocks_only: bool = False
-                  ) -> list[tuple[str, str, float]]:
+def upstream_gaps(
+    pairs: list[tuple[dict, list[dict]]], kind: str, blocks_only: bool = False
+) -> list[tuple[str, str, float]]:
     """Per ticket pair (its summary and cka.csv rows): its CKA above baseline, upstream half − downstream half
     (nan pairs left out). A ticket is named by its run folder: the stored paths depend on where each process ran
     from."""
     gaps = []
     for summary, rows in pairs:
         halves = half_means(rows, f"above_{kind}", blocks_only)
-        gaps.append((Path(summary["run_a"]).name, Path(summary["run_b"]).name,
-                     halves["upstream"] - halves["downstream"]))
+        gaps.append(
+            (Path(summary["run_a"]).name, Path(summary["run_b"]).name, halves["upstream"] - halves["downstream"])
+        )
     return [g for g in gaps if not math.isnan(g[2])]
 
 
@@ -249,8 +303,10 @@ def cka_findings(collection: Collection) -> list[dict]:
             try:
                 rows = read_csv(folder.table)
             except (OSError, ValueError, KeyError) as exc:
-                raise UserError(f"CKA table {folder.table} is unreadable ({exc}); delete {folder.dir} and re-run the "
-                                "command that wrote it") from None
+                raise UserError(
+                    f"CKA table {folder.table} is unreadable ({exc}); delete {folder.dir} and re-run the "
+                    "command that wrote it"
+                ) from None
             by_level.setdefault(folder.dir.name, []).append((summary, rows))
     out = []
     for level, pairs in sorted(by_level.items()):
@@ -260,19 +316,35 @@ def cka_findings(collection: Collection) -> list[dict]:
                 if not gaps:
                     continue
                 mean, low, high = pairwise_interval(gaps, collection.confidence)
-                verdict = ("upstream more similar" if low > 0 else "downstream more similar" if high < 0
-                           else NOT_SEPARABLE)
+                verdict = (
+                    "upstream more similar" if low > 0 else "downstream more similar" if high < 0 else NOT_SEPARABLE
+                )
                 raw = [half_means(rows, kind, blocks_only) for _, rows in pairs]
                 base = [half_means(rows, f"masked_{kind}", blocks_only) for _, rows in pairs]
-                out.append({"level": int(level.split("_")[-1]), "kind": kind,
-                            "layers": "blocks" if blocks_only else "all", "pairs": len(gaps),
-                            "tickets_compared": len({run for a, b, _ in gaps for run in (a, b)}),
-                            "sparsity": pairs[0][0]["sparsity"][0], "gap": mean, "interval": [low, high],
-                            "verdict": verdict,
-                            "tickets": {h: float(np.nanmean([r[h] for r in raw])) for h in ("upstream", "downstream")},
-                            "baseline": {h: float(np.nanmean([b[h] for b in base])) for h in ("upstream", "downstream")}})
+                out.append(
+                    {
+                        "level": int(level.split("_")[-1]),
+                        "kind": kind,
+                        "layers": "blocks" if blocks_only else "all",
+                        "pairs": len(gaps),
+                        "tickets_compared": len({run for a, b, _ in gaps for run in (a, b)}),
+                        "sparsity": pairs[0][0]["sparsity"][0],
+                        "gap": mean,
+                        "interval": [low, high],
+                        "verdict": verdict,
+                        "tickets": {h: float(np.nanmean([r[h] for r in raw])) for h in ("upstream", "downstream")},
+                        "baseline": {h: float(np.nanmean([b[h] for b in base])) for h in ("upstream", "downstream")},
+                    }
+                )
     return out
 
 
-__all__ = ["cka_findings", "compare_levels", "compute_spent", "findings", "quality_curves", "sparsest_against_dense",
-           "upstream_gaps"]
+__all__ = [
+    "cka_findings",
+    "compare_levels",
+    "compute_spent",
+    "findings",
+    "quality_curves",
+    "sparsest_against_dense",
+    "upstream_gaps",
+]

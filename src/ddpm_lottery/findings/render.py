@@ -36,8 +36,12 @@ def _cell(entry: dict | None, with_seeds: bool = False) -> str:
     return f"{entry['difference']:+.3g} [{low:+.3g}, {high:+.3g}] **{entry['verdict']}**{seeds}"
 
 
-QUESTIONS = {"a": "(a) ticket against the dense model", "b": "(b) varying against unified/global",
-             "c": "(c) ticket against its controls", "d": "(d) varying forward against --order reverse"}
+QUESTIONS = {
+    "a": "(a) ticket against the dense model",
+    "b": "(b) varying against unified/global",
+    "c": "(c) ticket against its controls",
+    "d": "(d) varying forward against --order reverse",
+}
 
 
 def blocks(result: dict) -> list[tuple]:
@@ -45,13 +49,17 @@ def blocks(result: dict) -> list[tuple]:
     measures = [m for m in MEASURE_ORDER if m in result["protocols"]]
     confidence = f"{result['confidence']:.0%}"
     seeds = result.get("seeds", [])
-    out: list[tuple] = [("p", f"Data seeds: {', '.join(map(str, seeds)) or 'none'}. Differences are first − second "
-                         f"(lower is better for every measure) with {confidence} intervals: a Student-t interval over "
-                         "the data seeds' paired differences, or with one seed the paired bootstrap over images. A "
-                         "verdict is **better** or **worse** when the interval excludes 0, else **not separable** "
-                         "with this N and these seeds.")]
-    out.append(("list", [f"{LABELS[m]}: {result['protocol_labels'].get(m, result['protocols'][m])}"
-                         for m in measures]))
+    out: list[tuple] = [
+        (
+            "p",
+            f"Data seeds: {', '.join(map(str, seeds)) or 'none'}. Differences are first − second "
+            f"(lower is better for every measure) with {confidence} intervals: a Student-t interval over "
+            "the data seeds' paired differences, or with one seed the paired bootstrap over images. A "
+            "verdict is **better** or **worse** when the interval excludes 0, else **not separable** "
+            "with this N and these seeds.",
+        )
+    ]
+    out.append(("list", [f"{LABELS[m]}: {result['protocol_labels'].get(m, result['protocols'][m])}" for m in measures]))
     items = []
     for entry in result["sparsest_not_worse"]:
         best = entry["sparsest_not_worse"]
@@ -65,12 +73,19 @@ def blocks(result: dict) -> list[tuple]:
             item = f"{entry['search']}: level {best['level']}, {100 * best['sparsity']:.2f} % sparse ({cells})"
             if not any(e["verdict"] == "better" for e in best["measures"].values()):
                 better = entry.get("sparsest_better")
-                item += (" — undecided: no measure separates it from the dense model either way; the sparsest level "
-                         "better by some measure and worse by none is " + (
-                             f"level {better['level']}, {100 * better['sparsity']:.2f} %" if better else "none"))
+                item += (
+                    " — undecided: no measure separates it from the dense model either way; the sparsest level "
+                    "better by some measure and worse by none is "
+                    + (f"level {better['level']}, {100 * better['sparsity']:.2f} %" if better else "none")
+                )
             items.append(item)
-    out.append(("p", "**(a) The sparsest level not worse than the dense model** by every measure, below the first "
-                     "level some measure finds worse (each level is pruned from the one before):"))
+    out.append(
+        (
+            "p",
+            "**(a) The sparsest level not worse than the dense model** by every measure, below the first "
+            "level some measure finds worse (each level is pruned from the one before):",
+        )
+    )
     out.append(("list", items))
     header = ["question", "comparison", "sparsity", *(LABELS[m] for m in measures), "seeds"]
     rows = []
@@ -80,72 +95,132 @@ def blocks(result: dict) -> list[tuple]:
         counts = sorted({e["seeds"] for e in row["measures"].values()})
         # a study part-way can have more seeds of one measure than of another: then each cell says its own
         mixed = len(counts) > 1
-        rows.append([QUESTIONS[row["question"]], row["comparison"], f"{100 * row['sparsity']:.2f} %",
-                     *(_cell(row["measures"].get(m), mixed) for m in measures),
-                     f"{counts[0]}–{counts[-1]}" if mixed else str(counts[0])])
+        rows.append(
+            [
+                QUESTIONS[row["question"]],
+                row["comparison"],
+                f"{100 * row['sparsity']:.2f} %",
+                *(_cell(row["measures"].get(m), mixed) for m in measures),
+                f"{counts[0]}–{counts[-1]}" if mixed else str(counts[0]),
+            ]
+        )
     out.append(("table", header, rows))
     if result["cka"]:
-        out.append(("p", "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
-                         "layers (baseline: two random initialisations under random masks of the tickets' per-layer "
-                         "sparsity; the paper's motivation predicts a positive gap; the interval is the jackknife "
-                         "over tickets, since pairs share them). Layers: all of them, or the U-Net's blocks without "
-                         "its stem (time embedding, conv_in, conv_out), whose few layers have a far lower random "
-                         "baseline and can carry a half alone:"))
+        out.append(
+            (
+                "p",
+                "**(d) CKA of two tickets above its baseline**, upstream half − downstream half of the "
+                "layers (baseline: two random initialisations under random masks of the tickets' per-layer "
+                "sparsity; the paper's motivation predicts a positive gap; the interval is the jackknife "
+                "over tickets, since pairs share them). Layers: all of them, or the U-Net's blocks without "
+                "its stem (time embedding, conv_in, conv_out), whose few layers have a far lower random "
+                "baseline and can carry a half alone:",
+            )
+        )
         rows = []
         for row in result["cka"]:
             low, high = row["interval"]
-            rows.append([str(row["level"]), f"{100 * row['sparsity']:.2f} %", row["kind"],
-                         "blocks" if row.get("layers") == "blocks" else "all",
-                         f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f}",
-                         f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
-                         f"{row['gap']:+.3f} " + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low)
-                                                  else "(too few tickets: no interval)"),
-                         f"{row['pairs']} ({row.get('tickets_compared', 2 * row['pairs'])} tickets)",
-                         f"**{row['verdict']}**"])
-        out.append(("table", ["level", "sparsity", "CKA", "layers", "tickets up / down", "baseline up / down",
-                              "gap above baseline", "pairs", "verdict"], rows))
+            rows.append(
+                [
+                    str(row["level"]),
+                    f"{100 * row['sparsity']:.2f} %",
+                    row["kind"],
+                    "blocks" if row.get("layers") == "blocks" else "all",
+                    f"{row['tickets']['upstream']:.3f} / {row['tickets']['downstream']:.3f}",
+                    f"{row['baseline']['upstream']:.3f} / {row['baseline']['downstream']:.3f}",
+                    f"{row['gap']:+.3f} "
+                    + (f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) else "(too few tickets: no interval)"),
+                    f"{row['pairs']} ({row.get('tickets_compared', 2 * row['pairs'])} tickets)",
+                    f"**{row['verdict']}**",
+                ]
+            )
+        out.append(
+            (
+                "table",
+                [
+                    "level",
+                    "sparsity",
+                    "CKA",
+                    "layers",
+                    "tickets up / down",
+                    "baseline up / down",
+                    "gap above baseline",
+                    "pairs",
+                    "verdict",
+                ],
+                rows,
+            )
+        )
     out += quality_blocks(result)
-    undecided = [f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
-                 + _every_seed_agrees(r["measures"])
-                 for r in result["rows"] if r["measures"]
-                 and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())]
+    undecided = [
+        f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
+        + _every_seed_agrees(r["measures"])
+        for r in result["rows"]
+        if r["measures"] and all(e["verdict"] == NOT_SEPARABLE for e in r["measures"].values())
+    ]
     notes = result.get("notes", {})
     larger = notes.get("decided_by")
     compute = result.get("compute")
     if compute and compute["levels"]:
         named = {**LABELS, "other": "other evaluations (other samplers or N, e.g. a frontier's)"}
         parts = ", ".join(f"{named.get(k, k)} {_hours(v)}" for k, v in compute["seconds"].items() if v)
-        wall = (f" All of it ran in {_hours(compute['wall_s'])} of wall time (the union of the stretches any part "
-                f"was running, in however many processes)." if compute.get("wall_s") else "")
-        out.append(("p", f"Compute spent on these results: {_hours(compute['total_s'])} in all ({parts}), "
-                         f"summed from the records of {compute['levels']} trained levels in {compute['runs']} "
-                         f"run{'s' * (compute['runs'] != 1)} "
-                         f"(measured on {', '.join(compute['devices']) or '–'}); CKA comes on top.{wall}"))
+        wall = (
+            f" All of it ran in {_hours(compute['wall_s'])} of wall time (the union of the stretches any part "
+            f"was running, in however many processes)."
+            if compute.get("wall_s")
+            else ""
+        )
+        out.append(
+            (
+                "p",
+                f"Compute spent on these results: {_hours(compute['total_s'])} in all ({parts}), "
+                f"summed from the records of {compute['levels']} trained levels in {compute['runs']} "
+                f"run{'s' * (compute['runs'] != 1)} "
+                f"(measured on {', '.join(compute['devices']) or '–'}); CKA comes on top.{wall}",
+            )
+        )
     if undecided:
-        text = (f"Not separable by any measure at this budget: {'; '.join(undecided)}."
-                + (" \"Alone\" is a seed's own paired bootstrap over images, which holds the sampling noise but "
-                   "not the spread from seed to seed that the intervals above include."
-                   if any(" alone" in item for item in undecided) else "")
-                + (f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
-                   if larger else " More data seeds or a larger N can decide them."))
+        text = (
+            f"Not separable by any measure at this budget: {'; '.join(undecided)}."
+            + (
+                ' "Alone" is a seed\'s own paired bootstrap over images, which holds the sampling noise but '
+                "not the spread from seed to seed that the intervals above include."
+                if any(" alone" in item for item in undecided)
+                else ""
+            )
+            + (
+                f" `ddpm-lottery study {larger}` is sized to decide them (more seeds, longer training)."
+                if larger
+                else " More data seeds or a larger N can decide them."
+            )
+        )
         out.append(("p", text))
     asked = {r["question"] for r in result["rows"] if r["measures"]}
     declares = notes.get("declares", {})
     for question in ("b", "c"):
         if question not in asked:
             if declares.get(question):
-                out.append(("p", f"{QUESTIONS[question]}: declared, not measured yet (re-run the study to finish "
-                                 "it)."))
+                out.append(("p", f"{QUESTIONS[question]}: declared, not measured yet (re-run the study to finish it)."))
                 continue
             what = {"b": "varying search beside a unified or global one", "c": "controls"}[question]
-            out.append(("p", f"{QUESTIONS[question]}: not asked, this study has no {what}."
-                        + (f" `ddpm-lottery study {larger}` answers it." if larger else "")))
+            out.append(
+                (
+                    "p",
+                    f"{QUESTIONS[question]}: not asked, this study has no {what}."
+                    + (f" `ddpm-lottery study {larger}` answers it." if larger else ""),
+                )
+            )
     if not result["cka"] and declares.get("d"):
         out.append(("p", "(d) CKA of ticket pairs: declared, not computed yet (re-run the study to finish it)."))
     elif not result["cka"]:
-        out.append(("p", "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
-                         "profile, `cka_search`); this study has none."
-                    + (f" `ddpm-lottery study {larger}` compares them." if larger else "")))
+        out.append(
+            (
+                "p",
+                "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
+                "profile, `cka_search`); this study has none."
+                + (f" `ddpm-lottery study {larger}` compares them." if larger else ""),
+            )
+        )
     return out
 
 
@@ -180,10 +255,15 @@ def quality_blocks(result: dict) -> list[tuple]:
         for name, points in sorted(panel["curves"].items()):
             at = {p[0]: p[1:] for p in points}
             rows.append([name, ""] + [cell(at[s]) if s in at else "–" for s in sparsities])
-        out.append(("p", f"**Quality by sparsity: {LABELS[measure]}** (Figure 2's numbers; lower is better): "
-                         f"mean over the data seeds with its {result['confidence']:.0%} interval and, in parentheses, "
-                         "how many seeds it averages (a t interval over them; with one seed, the bootstrap over "
-                         "images)."))
+        out.append(
+            (
+                "p",
+                f"**Quality by sparsity: {LABELS[measure]}** (Figure 2's numbers; lower is better): "
+                f"mean over the data seeds with its {result['confidence']:.0%} interval and, in parentheses, "
+                "how many seeds it averages (a t interval over them; with one seed, the bootstrap over "
+                "images).",
+            )
+        )
         out.append(("table", ["search", "0 % (dense)", *(f"{100 * s:.2f} %" for s in sparsities)], rows))
     return out
 
@@ -214,9 +294,13 @@ def html(result: dict) -> str:
             parts.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in block[1]) + "</ul>")
         else:
             _, header, rows = block
-            parts.append("<table><tr>" + "".join(f"<th class=l>{inline(h)}</th>" for h in header) + "</tr>"
-                         + "".join("<tr>" + "".join(f"<td class=l>{inline(c)}</td>" for c in row) + "</tr>"
-                                   for row in rows) + "</table>")
+            parts.append(
+                "<table><tr>"
+                + "".join(f"<th class=l>{inline(h)}</th>" for h in header)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td class=l>{inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+                + "</table>"
+            )
     return "\n".join(parts)
 
 
@@ -234,12 +318,23 @@ def write_findings(path: str | Path, *, log=print) -> dict:
 def print_findings(path: str | Path, log=print) -> int:
     path = Path(path)
     if not StudyFolder(path).is_study() and not Run.is_run(path):
-        raise UserError(f"{path} is neither a study folder (study.json) nor a run folder; give the --out of "
-                        "`ddpm-lottery study` or a run")
+        raise UserError(
+            f"{path} is neither a study folder (study.json) nor a run folder; give the --out of "
+            "`ddpm-lottery study` or a run"
+        )
     result = findings(collect(path))
     log(markdown(result))
     return 0
 
 
-__all__ = ["LABELS", "MEASURE_ORDER", "QUESTIONS", "blocks", "html", "markdown", "print_findings", "quality_blocks",
-           "write_findings"]
+__all__ = [
+    "LABELS",
+    "MEASURE_ORDER",
+    "QUESTIONS",
+    "blocks",
+    "html",
+    "markdown",
+    "print_findings",
+    "quality_blocks",
+    "write_findings",
+]

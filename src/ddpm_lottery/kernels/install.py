@@ -18,8 +18,15 @@ from ddpm_lottery.kernels.layers import KernelReport, kernels_used, sparse_layer
 from ddpm_lottery.kernels.tuning import KernelTuner
 
 
-def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: bool = False,
-                    masks: dict[str, torch.Tensor] | None = None, what: str = "the network") -> KernelReport:
+def install_kernels(
+    model: torch.nn.Module,
+    runtime,
+    *,
+    log=print,
+    training: bool = False,
+    masks: dict[str, torch.Tensor] | None = None,
+    what: str = "the network",
+) -> KernelReport:
     """Apply ``runtime.kernels`` (and ``runtime.kernel_cache``) to ``model`` in place.
 
     ``training``: ``auto`` means dense, because a training run's kernel must not depend on a timing.
@@ -46,8 +53,10 @@ def install_kernels(model: torch.nn.Module, runtime, *, log=print, training: boo
         if asked == "sparse":
             log(f"--kernels sparse: {what} has no pruned weights; running PyTorch's dense kernels")
     elif report.dense_layers:
-        log(f"--kernels {asked}: {len(report.dense_layers)} layer(s) run dense: "
-            f"{'; '.join(f'{name} ({why})' for name, why in list(report.dense_layers.items())[:3])}")
+        log(
+            f"--kernels {asked}: {len(report.dense_layers)} layer(s) run dense: "
+            f"{'; '.join(f'{name} ({why})' for name, why in list(report.dense_layers.items())[:3])}"
+        )
     return report
 
 
@@ -92,8 +101,9 @@ def _compile_calls(model: torch.nn.Module, report: KernelReport) -> _CompiledCal
     return calls
 
 
-def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport,
-                        compiled: _CompiledCalls | None = None) -> None:
+def _check_network_once(
+    model: torch.nn.Module, tuner, report: KernelReport, compiled: _CompiledCalls | None = None
+) -> None:
     """After the first call at an input shape has chosen each layer's kernel, time the whole network once
     against the plain one; where the plain one wins, it is what runs at that shape (its own modules back).
     With ``compiled``, both are timed compiled, since that is how the later calls run."""
@@ -108,9 +118,9 @@ def _check_network_once(model: torch.nn.Module, tuner, report: KernelReport,
         if shapes in decided or torch.is_grad_enabled():
             return None
         decided[shapes] = "auto"  # first: the check's own calls come back through these hooks
-        decided[shapes] = tuner.verify_network(module, args, kwargs, report,
-                                               call=compiled.run_graph if compiled else None,
-                                               compiled=compiled is not None)
+        decided[shapes] = tuner.verify_network(
+            module, args, kwargs, report, call=compiled.run_graph if compiled else None, compiled=compiled is not None
+        )
         report.run_plain(decided[shapes] == "dense")
         return None
 
@@ -124,19 +134,28 @@ def kernel_record(model: torch.nn.Module, report: KernelReport) -> dict:
     used = kernels_used(model)
     pruned = len(sparse_layers(model))
     if not used.get("sparse"):
-        text = "dense kernels" if report.choice == "dense" or not pruned else f"dense kernels (--kernels {report.choice})"
+        text = (
+            "dense kernels" if report.choice == "dense" or not pruned else f"dense kernels (--kernels {report.choice})"
+        )
     else:
         text = f"sparse kernels in {used['sparse']} of {pruned} pruned layers (--kernels {report.choice})"
     tuning = report.tuner.tuning_seconds if report.tuner is not None else 0.0
     if report.compiled:
         text += ", through torch.compile"
-    return {"kernels": text, "kernel_choice": report.choice, "kernel_layers": used,
-            "kernel_setup_s": round(report.setup_seconds, 3), "kernel_tuning_s": round(tuning, 3),
-            "compiled": report.compiled, "compile_s": round(report.compile_seconds, 3)}
+    return {
+        "kernels": text,
+        "kernel_choice": report.choice,
+        "kernel_layers": used,
+        "kernel_setup_s": round(report.setup_seconds, 3),
+        "kernel_tuning_s": round(tuning, 3),
+        "compiled": report.compiled,
+        "compile_s": round(report.compile_seconds, 3),
+    }
 
 
-def sparse_kernels(module: torch.nn.Module, kernels: str = "auto", *, cache_dir: str | None = None,
-                   compiled: bool = False, log=print) -> KernelReport:
+def sparse_kernels(
+    module: torch.nn.Module, kernels: str = "auto", *, cache_dir: str | None = None, compiled: bool = False, log=print
+) -> KernelReport:
     """Run any network's pruned ``Conv2d``/``Linear`` layers with the sparse kernels, in place.
 
     For a model from outside a run, e.g. an exported ticket loaded in plain diffusers::

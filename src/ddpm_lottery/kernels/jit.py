@@ -44,10 +44,10 @@ def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows
     k = indptr[o]
     end = indptr[o + 1]
     while k + 4 <= end:
-        x0 = planes[plane[k], offset[k]:offset[k] + length]
-        x1 = planes[plane[k + 1], offset[k + 1]:offset[k + 1] + length]
-        x2 = planes[plane[k + 2], offset[k + 2]:offset[k + 2] + length]
-        x3 = planes[plane[k + 3], offset[k + 3]:offset[k + 3] + length]
+        x0 = planes[plane[k], offset[k] : offset[k] + length]
+        x1 = planes[plane[k + 1], offset[k + 1] : offset[k + 1] + length]
+        x2 = planes[plane[k + 2], offset[k + 2] : offset[k + 2] + length]
+        x3 = planes[plane[k + 3], offset[k + 3] : offset[k + 3] + length]
         w0 = values[k]
         w1 = values[k + 1]
         w2 = values[k + 2]
@@ -56,16 +56,16 @@ def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows
             acc[i] += (w0 * x0[i] + w1 * x1[i]) + (w2 * x2[i] + w3 * x3[i])
         k += 4
     while k < end:
-        xs = planes[plane[k], offset[k]:offset[k] + length]
+        xs = planes[plane[k], offset[k] : offset[k] + length]
         w = values[k]
         for i in range(length):
             acc[i] += w * xs[i]
         k += 1
     if pitch == out_cols:
-        target[:] = acc[:out_rows * out_cols]
+        target[:] = acc[: out_rows * out_cols]
     else:
         for r in range(out_rows):
-            target[r * out_cols:(r + 1) * out_cols] = acc[r * pitch:r * pitch + out_cols]
+            target[r * out_cols : (r + 1) * out_cols] = acc[r * pitch : r * pitch + out_cols]
 
 
 @njit(inline="always", fastmath=True, nogil=True)
@@ -74,7 +74,7 @@ def _scatter_run(acc, grads, row, offset, values, k, end, length):
     plane (sorted by offset: four entries of equal offset share a pass)."""
     while k < end:
         start = offset[k]
-        window = acc[start:start + length]
+        window = acc[start : start + length]
         if k + 4 <= end and offset[k + 3] == start:
             g0 = grads[row[k]]
             g1 = grads[row[k + 1]]
@@ -145,10 +145,10 @@ def dots(planes, grads, indptr, plane, offset, out):
             k = indptr[o]
             end = indptr[o + 1]
             while k + 4 <= end:
-                x0 = planes[n, plane[k], offset[k]:offset[k] + length]
-                x1 = planes[n, plane[k + 1], offset[k + 1]:offset[k + 1] + length]
-                x2 = planes[n, plane[k + 2], offset[k + 2]:offset[k + 2] + length]
-                x3 = planes[n, plane[k + 3], offset[k + 3]:offset[k + 3] + length]
+                x0 = planes[n, plane[k], offset[k] : offset[k] + length]
+                x1 = planes[n, plane[k + 1], offset[k + 1] : offset[k + 1] + length]
+                x2 = planes[n, plane[k + 2], offset[k + 2] : offset[k + 2] + length]
+                x3 = planes[n, plane[k + 3], offset[k + 3] : offset[k + 3] + length]
                 s0 = np.float32(0.0)
                 s1 = np.float32(0.0)
                 s2 = np.float32(0.0)
@@ -165,7 +165,7 @@ def dots(planes, grads, indptr, plane, offset, out):
                 out[k + 3] += s3
                 k += 4
             while k < end:
-                xs = planes[n, plane[k], offset[k]:offset[k] + length]
+                xs = planes[n, plane[k], offset[k] : offset[k] + length]
                 s = np.float32(0.0)
                 for i in range(length):
                     s += gs[i] * xs[i]
@@ -190,7 +190,7 @@ def _fill(image, planes, stride, pad_rows, pad_cols, pitch, phase_rows):
             padded_row = r + pad_rows
             if stride == 1:
                 start = padded_row * pitch + pad_cols
-                planes[c, start:start + width] = image[c, r]
+                planes[c, start : start + width] = image[c, r]
             else:
                 row_phase = padded_row % stride
                 base = (padded_row // stride) * pitch
@@ -210,7 +210,7 @@ def _unfill(planes, image, stride, pad_rows, pad_cols, pitch):
             padded_row = r + pad_rows
             if stride == 1:
                 start = padded_row * pitch + pad_cols
-                image[c, r, :] = planes[c, start:start + width]
+                image[c, r, :] = planes[c, start : start + width]
             else:
                 row_phase = padded_row % stride
                 base = (padded_row // stride) * pitch
@@ -237,8 +237,25 @@ def fill_all(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
 
 
 @njit(**_JIT)
-def conv_forward(x, stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, indptr, plane,
-                 offset, values, bias, out_rows, out_cols, threads, out):
+def conv_forward(
+    x,
+    stride,
+    pad_rows,
+    pad_cols,
+    pitch,
+    phase_rows,
+    plane_size,
+    planes_per_image,
+    indptr,
+    plane,
+    offset,
+    values,
+    bias,
+    out_rows,
+    out_cols,
+    threads,
+    out,
+):
     """out (N, O, out_rows * out_cols) = the sparse convolution of x (N, C, H, W).
 
     With at least two images a thread, a thread owns whole images: it lays one out in its scratch
@@ -265,8 +282,19 @@ def conv_forward(x, stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, p
 
 
 @njit(**_JIT)
-def conv_input_grad(grads, column_indptr, column_row, column_offset, column_values, stride, pad_rows, pad_cols,
-                    pitch, plane_size, grad_x):
+def conv_input_grad(
+    grads,
+    column_indptr,
+    column_row,
+    column_offset,
+    column_values,
+    stride,
+    pad_rows,
+    pad_cols,
+    pitch,
+    plane_size,
+    grad_x,
+):
     """grad_x (N, C, H, W) by the transposed sparse kernel; one job per (image, input channel)."""
     batch, channels = grad_x.shape[0], grad_x.shape[1]
     phases = stride * stride
@@ -277,9 +305,17 @@ def conv_input_grad(grads, column_indptr, column_row, column_offset, column_valu
         acc = np.zeros((phases, plane_size), np.float32)
         for phase in range(phases):
             p = c * phases + phase
-            _scatter_run(acc[phase], grads[n], column_row, column_offset, column_values, column_indptr[p],
-                         column_indptr[p + 1], length)
-        _unfill(acc, grad_x[n, c:c + 1], stride, pad_rows, pad_cols, pitch)
+            _scatter_run(
+                acc[phase],
+                grads[n],
+                column_row,
+                column_offset,
+                column_values,
+                column_indptr[p],
+                column_indptr[p + 1],
+                length,
+            )
+        _unfill(acc, grad_x[n, c : c + 1], stride, pad_rows, pad_cols, pitch)
 
 
 def warm_up(training: bool = False) -> None:
@@ -292,8 +328,25 @@ def warm_up(training: bool = False) -> None:
     out = np.empty((1, 1, 2), np.float32)
     gather(planes, indptr, index, index, values, np.zeros(1, np.float32), 2, 2, 1, 2, out)
     image = np.ones((1, 1, 1, 2), np.float32)
-    conv_forward(image, 1, 0, 0, 2, 1, 2, 1, indptr, index, index, values, np.zeros(1, np.float32), 1, 2, 1,
-                 np.empty((1, 1, 2), np.float32))
+    conv_forward(
+        image,
+        1,
+        0,
+        0,
+        2,
+        1,
+        2,
+        1,
+        indptr,
+        index,
+        index,
+        values,
+        np.zeros(1, np.float32),
+        1,
+        2,
+        1,
+        np.empty((1, 1, 2), np.float32),
+    )
     if training:
         scatter(out, indptr, index, index, values, 4, np.empty((1, 1, 4), np.float32))
         dots(planes, out, indptr, index, index, np.empty(1, np.float32))

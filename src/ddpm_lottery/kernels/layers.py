@@ -61,8 +61,12 @@ class _SparseMixin:
         return self.keep if self.keep is not None else self.weight.detach() != 0
 
     def _sparse_runnable(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu"))
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def _layout(self, x: torch.Tensor) -> tuple[Geometry, Structure]:
         geometry = self._geometry(x)
@@ -90,8 +94,13 @@ class _SparseMixin:
         values, bias = self._values(s, x)
         if geometry.kind == "conv":
             return ops.conv2d(x.contiguous(), values, bias, s, geometry.conv_arguments())
-        out = ops.planes_gather(to_planes(x, geometry), values, bias, s,
-                                [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols])
+        out = ops.planes_gather(
+            to_planes(x, geometry),
+            values,
+            bias,
+            s,
+            [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols],
+        )
         return from_output(out, geometry, x)
 
     def _values(self, s: Structure, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,7 +162,6 @@ class SparseLinear(_SparseMixin, torch.nn.Linear):
     def _geometry(self, x: torch.Tensor) -> Geometry:
         return linear_geometry(self.in_features, x.numel() // x.shape[-1])
 
-
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
@@ -161,8 +169,9 @@ class SparseLinear(_SparseMixin, torch.nn.Linear):
 def _swap(module: torch.nn.Module, cls: type) -> torch.nn.Module:
     """A ``cls`` instance holding the very same parameters, buffers and hooks as ``module``."""
     swapped = cls.__new__(cls)
-    swapped.__dict__.update({key: (value.copy() if isinstance(value, dict) else value)
-                             for key, value in module.__dict__.items()})
+    swapped.__dict__.update(
+        {key: (value.copy() if isinstance(value, dict) else value) for key, value in module.__dict__.items()}
+    )
     return swapped
 
 
@@ -216,8 +225,15 @@ def sparse_layers(model: torch.nn.Module) -> list[tuple[str, _SparseMixin]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, _SparseMixin)]
 
 
-def use_kernels(model: torch.nn.Module, choice: KernelChoice, *, masks: dict[str, torch.Tensor] | None = None,
-                tuner=None, device: torch.device | str | None = None, training: bool = False) -> KernelReport:
+def use_kernels(
+    model: torch.nn.Module,
+    choice: KernelChoice,
+    *,
+    masks: dict[str, torch.Tensor] | None = None,
+    tuner=None,
+    device: torch.device | str | None = None,
+    training: bool = False,
+) -> KernelReport:
     """Install the sparse layers in ``model`` (in place) and say what was installed.
 
     ``masks`` (weight name -> boolean keep mask) fixes each layer's surviving weights, as training needs

@@ -12,6 +12,9 @@ Two doors to the same code:
 The input gradient is the transposed kernel (:func:`~ddpm_lottery.kernels.jit.conv_input_grad`,
 :func:`~ddpm_lottery.kernels.jit.scatter`); the weight gradient is computed at the surviving positions
 only (:func:`~ddpm_lottery.kernels.jit.dots`).
+
+One concept past 400 lines: each operation's forward, backward and operator registration sit
+together, so the eager and the compiled door cannot drift apart.
 """
 
 from __future__ import annotations
@@ -51,9 +54,25 @@ def conv_forward(x, values, bias, index, geometry) -> torch.Tensor:
     stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
     out = np.empty((x.shape[0], len(index["indptr"]) - 1, out_rows, out_cols), np.float32)
     threads = _threads()
-    jit.conv_forward(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image,
-                     index["indptr"], index["plane"], index["offset"], _numpy(values), _numpy(bias), out_rows,
-                     out_cols, threads, out.reshape(out.shape[0], out.shape[1], -1))
+    jit.conv_forward(
+        _numpy(x),
+        stride,
+        pad_rows,
+        pad_cols,
+        pitch,
+        phase_rows,
+        plane_size,
+        planes_per_image,
+        index["indptr"],
+        index["plane"],
+        index["offset"],
+        _numpy(values),
+        _numpy(bias),
+        out_rows,
+        out_cols,
+        threads,
+        out.reshape(out.shape[0], out.shape[1], -1),
+    )
     return torch.from_numpy(out)
 
 
@@ -61,8 +80,9 @@ def _output_gradient(grad_out: torch.Tensor, pitch: int, out_rows: int, out_cols
     """(N, O, rows, cols) -> (N, O, rows * pitch): the accumulator's layout, zeros in the junk columns."""
     grads = grad_out.contiguous()
     if pitch != out_cols:
-        grads = torch.nn.functional.pad(grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols),
-                                        (0, pitch - out_cols))
+        grads = torch.nn.functional.pad(
+            grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), (0, pitch - out_cols)
+        )
     return grads.reshape(grads.shape[0], grads.shape[1], out_rows * pitch)
 
 
@@ -71,9 +91,19 @@ def conv_input_grad(grad_out, values, index, geometry, input_shape) -> torch.Ten
     grads = _output_gradient(grad_out, pitch, out_rows, out_cols)
     grad_x = torch.empty(list(input_shape), dtype=torch.float32)
     _threads()
-    jit.conv_input_grad(_numpy(grads), index["column_indptr"], index["column_row"], index["column_offset"],
-                        _numpy(values)[index["column_order"]], stride, pad_rows, pad_cols, pitch, plane_size,
-                        grad_x.numpy())
+    jit.conv_input_grad(
+        _numpy(grads),
+        index["column_indptr"],
+        index["column_row"],
+        index["column_offset"],
+        _numpy(values)[index["column_order"]],
+        stride,
+        pad_rows,
+        pad_cols,
+        pitch,
+        plane_size,
+        grad_x.numpy(),
+    )
     return grad_x
 
 
@@ -92,16 +122,34 @@ def gather(planes, values, bias, index, shape) -> torch.Tensor:
     length, pitch, out_rows, out_cols = shape
     out = np.empty((planes.shape[0], len(index["indptr"]) - 1, out_rows * out_cols), np.float32)
     _threads()
-    jit.gather(_numpy(planes), index["indptr"], index["plane"], index["offset"], _numpy(values), _numpy(bias),
-               length, pitch, out_rows, out_cols, out)
+    jit.gather(
+        _numpy(planes),
+        index["indptr"],
+        index["plane"],
+        index["offset"],
+        _numpy(values),
+        _numpy(bias),
+        length,
+        pitch,
+        out_rows,
+        out_cols,
+        out,
+    )
     return torch.from_numpy(out)
 
 
 def scatter(grads, values, index, plane_size) -> torch.Tensor:
     out = np.empty((grads.shape[0], len(index["column_indptr"]) - 1, plane_size), np.float32)
     _threads()
-    jit.scatter(_numpy(grads), index["column_indptr"], index["column_row"], index["column_offset"],
-                _numpy(values)[index["column_order"]], plane_size, out)
+    jit.scatter(
+        _numpy(grads),
+        index["column_indptr"],
+        index["column_row"],
+        index["column_offset"],
+        _numpy(values)[index["column_order"]],
+        plane_size,
+        out,
+    )
     return torch.from_numpy(out)
 
 
@@ -117,9 +165,19 @@ def dots(planes, grads, index) -> torch.Tensor:
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_conv2d", mutates_args=())
-def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, indptr: torch.Tensor,
-                  plane: torch.Tensor, offset: torch.Tensor, column_indptr: torch.Tensor, column_order: torch.Tensor,
-                  column_row: torch.Tensor, column_offset: torch.Tensor, geometry: list[int]) -> torch.Tensor:
+def sparse_conv2d(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    indptr: torch.Tensor,
+    plane: torch.Tensor,
+    offset: torch.Tensor,
+    column_indptr: torch.Tensor,
+    column_order: torch.Tensor,
+    column_row: torch.Tensor,
+    column_offset: torch.Tensor,
+    geometry: list[int],
+) -> torch.Tensor:
     """The sparse convolution of x (N, C, H, W), padding fused; ``geometry`` =
     [stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols]."""
     index = index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
@@ -132,11 +190,22 @@ def _(x, values, bias, indptr, plane, offset, column_indptr, column_order, colum
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_conv2d_input_grad", mutates_args=())
-def sparse_conv2d_input_grad(grad_out: torch.Tensor, values: torch.Tensor, column_indptr: torch.Tensor,
-                             column_order: torch.Tensor, column_row: torch.Tensor, column_offset: torch.Tensor,
-                             geometry: list[int], input_shape: list[int]) -> torch.Tensor:
-    index = {"column_indptr": _numpy(column_indptr), "column_order": _numpy(column_order),
-             "column_row": _numpy(column_row), "column_offset": _numpy(column_offset)}
+def sparse_conv2d_input_grad(
+    grad_out: torch.Tensor,
+    values: torch.Tensor,
+    column_indptr: torch.Tensor,
+    column_order: torch.Tensor,
+    column_row: torch.Tensor,
+    column_offset: torch.Tensor,
+    geometry: list[int],
+    input_shape: list[int],
+) -> torch.Tensor:
+    index = {
+        "column_indptr": _numpy(column_indptr),
+        "column_order": _numpy(column_order),
+        "column_row": _numpy(column_row),
+        "column_offset": _numpy(column_offset),
+    }
     return conv_input_grad(grad_out, values, index, geometry, input_shape)
 
 
@@ -146,8 +215,14 @@ def _(grad_out, values, column_indptr, column_order, column_row, column_offset, 
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_conv2d_weight_grad", mutates_args=())
-def sparse_conv2d_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor,
-                              offset: torch.Tensor, geometry: list[int]) -> torch.Tensor:
+def sparse_conv2d_weight_grad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    indptr: torch.Tensor,
+    plane: torch.Tensor,
+    offset: torch.Tensor,
+    geometry: list[int],
+) -> torch.Tensor:
     index = {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)}
     return conv_weight_grad(x, grad_out, index, geometry)
 
@@ -158,14 +233,28 @@ def _(x, grad_out, indptr, plane, offset, geometry):
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_gather", mutates_args=())
-def sparse_gather(planes: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, indptr: torch.Tensor,
-                  plane: torch.Tensor, offset: torch.Tensor, column_indptr: torch.Tensor,
-                  column_order: torch.Tensor, column_row: torch.Tensor, column_offset: torch.Tensor,
-                  shape: list[int]) -> torch.Tensor:
+def sparse_gather(
+    planes: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    indptr: torch.Tensor,
+    plane: torch.Tensor,
+    offset: torch.Tensor,
+    column_indptr: torch.Tensor,
+    column_order: torch.Tensor,
+    column_row: torch.Tensor,
+    column_offset: torch.Tensor,
+    shape: list[int],
+) -> torch.Tensor:
     """(N, O, out_rows * out_cols) = the sparse layer applied to (N, P, S) planes; ``shape`` = [length, pitch,
     out_rows, out_cols].  The column_* arrays (CSC order) serve the backward pass only."""
-    return gather(planes, values, bias, index_arrays(indptr, plane, offset, column_indptr, column_order, column_row,
-                                                     column_offset), shape)
+    return gather(
+        planes,
+        values,
+        bias,
+        index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset),
+        shape,
+    )
 
 
 @sparse_gather.register_fake
@@ -174,11 +263,21 @@ def _(planes, values, bias, indptr, plane, offset, column_indptr, column_order, 
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_scatter", mutates_args=())
-def sparse_scatter(grads: torch.Tensor, values: torch.Tensor, column_indptr: torch.Tensor,
-                   column_order: torch.Tensor, column_row: torch.Tensor, column_offset: torch.Tensor,
-                   plane_size: int) -> torch.Tensor:
-    index = {"column_indptr": _numpy(column_indptr), "column_order": _numpy(column_order),
-             "column_row": _numpy(column_row), "column_offset": _numpy(column_offset)}
+def sparse_scatter(
+    grads: torch.Tensor,
+    values: torch.Tensor,
+    column_indptr: torch.Tensor,
+    column_order: torch.Tensor,
+    column_row: torch.Tensor,
+    column_offset: torch.Tensor,
+    plane_size: int,
+) -> torch.Tensor:
+    index = {
+        "column_indptr": _numpy(column_indptr),
+        "column_order": _numpy(column_order),
+        "column_row": _numpy(column_row),
+        "column_offset": _numpy(column_offset),
+    }
     return scatter(grads, values, index, plane_size)
 
 
@@ -188,8 +287,9 @@ def _(grads, values, column_indptr, column_order, column_row, column_offset, pla
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_dots", mutates_args=())
-def sparse_dots(planes: torch.Tensor, grads: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor,
-                offset: torch.Tensor) -> torch.Tensor:
+def sparse_dots(
+    planes: torch.Tensor, grads: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
     return dots(planes, grads, {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)})
 
 
@@ -203,7 +303,7 @@ def _(planes, grads, indptr, plane, offset):
 
 
 def _conv_save(ctx, inputs) -> None:
-    x, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry = inputs
+    x, values, _bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry = inputs
     ctx.save_for_backward(x, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
     ctx.geometry = geometry
 
@@ -213,56 +313,84 @@ def _conv_grads(ctx, grad_out, index: dict | None):
     x, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = (conv_input_grad(grad_out, values, index, ctx.geometry, list(x.shape)) if index is not None else
-                  sparse_conv2d_input_grad(grad_out, values, column_indptr, column_order, column_row, column_offset,
-                                           ctx.geometry, list(x.shape)))
+        grad_x = (
+            conv_input_grad(grad_out, values, index, ctx.geometry, list(x.shape))
+            if index is not None
+            else sparse_conv2d_input_grad(
+                grad_out, values, column_indptr, column_order, column_row, column_offset, ctx.geometry, list(x.shape)
+            )
+        )
     if ctx.needs_input_grad[1]:
-        grad_values = (conv_weight_grad(x, grad_out, index, ctx.geometry) if index is not None else
-                       sparse_conv2d_weight_grad(x, grad_out, indptr, plane, offset, ctx.geometry))
+        grad_values = (
+            conv_weight_grad(x, grad_out, index, ctx.geometry)
+            if index is not None
+            else sparse_conv2d_weight_grad(x, grad_out, indptr, plane, offset, ctx.geometry)
+        )
     if ctx.needs_input_grad[2]:
         grad_bias = grad_out.sum((0, 2, 3))
     return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
 def _gather_save(ctx, inputs) -> None:
-    planes, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, shape = inputs
-    ctx.save_for_backward(planes, values, indptr, plane, offset, column_indptr, column_order, column_row,
-                          column_offset)
+    planes, values, _bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, shape = inputs
+    ctx.save_for_backward(planes, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
     ctx.shape = shape
 
 
 def _gather_grads(ctx, grad_out, index: dict | None):
     planes, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
-    length, pitch, out_rows, out_cols = ctx.shape
+    _length, pitch, out_rows, out_cols = ctx.shape
     grads = grad_out.contiguous()
     if pitch != out_cols:
-        grads = _output_gradient(grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), pitch,
-                                 out_rows, out_cols)
+        grads = _output_gradient(
+            grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), pitch, out_rows, out_cols
+        )
     grad_planes = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_planes = (scatter(grads, values, index, planes.shape[2]) if index is not None else
-                       sparse_scatter(grads, values, column_indptr, column_order, column_row, column_offset,
-                                      planes.shape[2]))
+        grad_planes = (
+            scatter(grads, values, index, planes.shape[2])
+            if index is not None
+            else sparse_scatter(grads, values, column_indptr, column_order, column_row, column_offset, planes.shape[2])
+        )
     if ctx.needs_input_grad[1]:
-        grad_values = (dots(planes, grads, index) if index is not None else
-                       sparse_dots(planes, grads, indptr, plane, offset))
+        grad_values = (
+            dots(planes, grads, index) if index is not None else sparse_dots(planes, grads, indptr, plane, offset)
+        )
     if ctx.needs_input_grad[2]:
         grad_bias = grad_out.sum((0, 2))
     return grad_planes, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
-sparse_conv2d.register_autograd(lambda ctx, grad_out: _conv_grads(ctx, grad_out, None),
-                                setup_context=lambda ctx, inputs, output: _conv_save(ctx, inputs))
-sparse_gather.register_autograd(lambda ctx, grad_out: _gather_grads(ctx, grad_out, None),
-                                setup_context=lambda ctx, inputs, output: _gather_save(ctx, inputs))
+sparse_conv2d.register_autograd(
+    lambda ctx, grad_out: _conv_grads(ctx, grad_out, None),
+    setup_context=lambda ctx, inputs, output: _conv_save(ctx, inputs),
+)
+sparse_gather.register_autograd(
+    lambda ctx, grad_out: _gather_grads(ctx, grad_out, None),
+    setup_context=lambda ctx, inputs, output: _gather_save(ctx, inputs),
+)
 
 
 class _EagerConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, structure, geometry):
         s = structure
-        _conv_save(ctx, (x, values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order, s.column_row,
-                         s.column_offset, geometry))
+        _conv_save(
+            ctx,
+            (
+                x,
+                values,
+                bias,
+                s.indptr,
+                s.plane,
+                s.offset,
+                s.column_indptr,
+                s.column_order,
+                s.column_row,
+                s.column_offset,
+                geometry,
+            ),
+        )
         ctx.index = s.arrays
         return conv_forward(x, values, bias, s.arrays, geometry)
 
@@ -276,8 +404,22 @@ class _EagerGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, planes, values, bias, structure, shape):
         s = structure
-        _gather_save(ctx, (planes, values, bias, s.indptr, s.plane, s.offset, s.column_indptr, s.column_order,
-                           s.column_row, s.column_offset, shape))
+        _gather_save(
+            ctx,
+            (
+                planes,
+                values,
+                bias,
+                s.indptr,
+                s.plane,
+                s.offset,
+                s.column_indptr,
+                s.column_order,
+                s.column_row,
+                s.column_offset,
+                shape,
+            ),
+        )
         ctx.index = s.arrays
         return gather(planes, values, bias, s.arrays, shape)
 

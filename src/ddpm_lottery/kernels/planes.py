@@ -42,8 +42,17 @@ class Geometry:
 
     def conv_arguments(self) -> list[int]:
         """What :func:`~ddpm_lottery.kernels.ops.sparse_conv2d` takes as its ``geometry``."""
-        return [self.stride, self.padding[0], self.padding[1], self.pitch, self.padded_hw[0] // self.stride,
-                self.plane_size, self.planes, self.out_rows, self.out_cols]
+        return [
+            self.stride,
+            self.padding[0],
+            self.padding[1],
+            self.pitch,
+            self.padded_hw[0] // self.stride,
+            self.plane_size,
+            self.planes,
+            self.out_rows,
+            self.out_cols,
+        ]
 
     @property
     def length(self) -> int:
@@ -66,8 +75,18 @@ def conv_geometry(conv: torch.nn.Conv2d, height: int, width: int) -> Geometry:
     spare = pitch if kw > 1 else 0
     if kh == kw == 1 and ph == pw == 0 and stride == 1:
         spare = 0  # a plain 1x1 convolution reads the input as it is
-    return Geometry("conv", conv.in_channels * phases, phase_rows * pitch + spare, pitch, out_rows, out_cols,
-                    stride, (ph, pw), (height, width), (rows_padded, cols_padded))
+    return Geometry(
+        "conv",
+        conv.in_channels * phases,
+        phase_rows * pitch + spare,
+        pitch,
+        out_rows,
+        out_cols,
+        stride,
+        (ph, pw),
+        (height, width),
+        (rows_padded, cols_padded),
+    )
 
 
 def linear_geometry(in_features: int, batch: int) -> Geometry:
@@ -103,7 +122,7 @@ def to_planes(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
             return x.contiguous().reshape(batch, channels, -1)
         spare_rows = -(-(geometry.plane_size - rows * cols) // cols)
         padded = F.pad(x, (pw, pw, ph, ph + spare_rows))
-        return padded.reshape(batch, channels, -1)[:, :, :geometry.plane_size]
+        return padded.reshape(batch, channels, -1)[:, :, : geometry.plane_size]
     s = geometry.stride
     padded = F.pad(x, (pw, cols - width - pw, ph, rows - height - ph))
     # (N, C, rows/s, s, cols/s, s) -> (N, C, s, s, rows/s, cols/s): phase (a, b) holds x[a::s, b::s]
@@ -142,8 +161,10 @@ class Structure:
 
     def __post_init__(self) -> None:
         # the kernels take numpy arrays: views made once, not at every call (each costs microseconds)
-        self.arrays = {name: getattr(self, name).numpy() for name in
-                       ("indptr", "plane", "offset", "column_indptr", "column_order", "column_row", "column_offset")}
+        self.arrays = {
+            name: getattr(self, name).numpy()
+            for name in ("indptr", "plane", "offset", "column_indptr", "column_order", "column_row", "column_offset")
+        }
 
 
 def structure(keep: torch.Tensor, geometry: Geometry) -> Structure:
@@ -164,9 +185,18 @@ def structure(keep: torch.Tensor, geometry: Geometry) -> Structure:
         offset = (tap_row // s) * geometry.pitch + tap_col // s
     indptr = torch.zeros(rows + 1, dtype=torch.int64)
     indptr[1:] = torch.bincount(row, minlength=rows).cumsum(0)
-    order = torch.argsort((plane * (offset.max().item() + 1 if offset.numel() else 1) + offset) * rows + row,
-                          stable=True)
+    order = torch.argsort(
+        (plane * (offset.max().item() + 1 if offset.numel() else 1) + offset) * rows + row, stable=True
+    )
     column_indptr = torch.zeros(geometry.planes + 1, dtype=torch.int64)
     column_indptr[1:] = torch.bincount(plane, minlength=geometry.planes).cumsum(0)
-    return Structure(flat_index.contiguous(), indptr, plane.contiguous(), offset.contiguous(), column_indptr,
-                     order.contiguous(), row[order].contiguous(), offset[order].contiguous())
+    return Structure(
+        flat_index.contiguous(),
+        indptr,
+        plane.contiguous(),
+        offset.contiguous(),
+        column_indptr,
+        order.contiguous(),
+        row[order].contiguous(),
+        offset[order].contiguous(),
+    )

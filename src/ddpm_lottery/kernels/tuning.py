@@ -49,8 +49,10 @@ def machine_key() -> str:
 def layer_key(layer, x: torch.Tensor) -> str:
     threads = torch.get_num_threads()
     if isinstance(layer, torch.nn.Conv2d):
-        shape = (f"Conv2d {layer.in_channels}->{layer.out_channels} {layer.kernel_size[0]}x{layer.kernel_size[1]} "
-                 f"stride {layer.stride[0]} pad {layer.padding[0]} input {x.shape[-2]}x{x.shape[-1]} batch {x.shape[0]}")
+        shape = (
+            f"Conv2d {layer.in_channels}->{layer.out_channels} {layer.kernel_size[0]}x{layer.kernel_size[1]} "
+            f"stride {layer.stride[0]} pad {layer.padding[0]} input {x.shape[-2]}x{x.shape[-1]} batch {x.shape[0]}"
+        )
     else:
         shape = f"Linear {layer.in_features}->{layer.out_features} rows {x.numel() // x.shape[-1]}"
     return f"{shape} density {layer.density():.3f} threads {threads}"
@@ -78,7 +80,11 @@ class KernelTuner:
             if self.log:
                 self.log(f"the kernel timings in {self.path} are unreadable; timing the layers again")
             return {}
-        if not isinstance(data, dict) or data.get("machine") != self.machine or not isinstance(data.get("layers"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("machine") != self.machine
+            or not isinstance(data.get("layers"), dict)
+        ):
             return {}
         return data["layers"]
 
@@ -100,8 +106,13 @@ class KernelTuner:
                 layer.forward_with(x, kernel)
                 times[kernel].append(time.perf_counter() - started)
         dense, sparse = statistics.median(times["dense"]), statistics.median(times["sparse"])
-        return {"kernel": "sparse" if sparse < dense else "dense", "dense_ms": dense * 1e3, "sparse_ms": sparse * 1e3,
-                "speedup": dense / sparse, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return {
+            "kernel": "sparse" if sparse < dense else "dense",
+            "dense_ms": dense * 1e3,
+            "sparse_ms": sparse * 1e3,
+            "speedup": dense / sparse,
+            "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
 
     def choose(self, layer, x: torch.Tensor) -> str:
         key = layer_key(layer, x)
@@ -115,8 +126,9 @@ class KernelTuner:
         return entry["kernel"]
 
     @torch.no_grad()
-    def verify_network(self, model: torch.nn.Module, args: tuple, kwargs: dict, report, call=None,
-                       compiled: bool = False) -> str:
+    def verify_network(
+        self, model: torch.nn.Module, args: tuple, kwargs: dict, report, call=None, compiled: bool = False
+    ) -> str:
         """The whole network's check after its layers' choices: "auto" if they make it faster, else "dense".
 
         Each layer is timed alone; a whole call also pays what one kernel leaves to the next (caches, the
@@ -131,8 +143,10 @@ class KernelTuner:
         if not layers:
             return "dense"
         choices = "|".join(sorted(key for _, layer in layers for key in layer.signature_keys()))
-        key = (f"network {type(model).__name__}{' compiled' if compiled else ''} input {shapes} threads "
-               f"{torch.get_num_threads()} layers {hashlib.sha256(choices.encode()).hexdigest()[:12]}")
+        key = (
+            f"network {type(model).__name__}{' compiled' if compiled else ''} input {shapes} threads "
+            f"{torch.get_num_threads()} layers {hashlib.sha256(choices.encode()).hexdigest()[:12]}"
+        )
         entry = self.entries.get(key)
         if entry is None or entry.get("kernel") not in ("dense", "auto"):
             started = time.perf_counter()
@@ -148,10 +162,13 @@ class KernelTuner:
             # the best of each: the least disturbed call.  The layers' choices must win by a margin, since the
             # timing's noise (a few per cent on an idle machine) must not turn into a slower network
             dense, auto = min(times["dense"]), min(times["auto"])
-            entry = self.entries[key] = {"kernel": "auto" if auto < NETWORK_MARGIN * dense else "dense",
-                                         "dense_ms": dense * 1e3,
-                                         "sparse_ms": auto * 1e3, "speedup": dense / auto,
-                                         "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+            entry = self.entries[key] = {
+                "kernel": "auto" if auto < NETWORK_MARGIN * dense else "dense",
+                "dense_ms": dense * 1e3,
+                "sparse_ms": auto * 1e3,
+                "speedup": dense / auto,
+                "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
             self.tuning_seconds += time.perf_counter() - started
             self._save()
         return entry["kernel"]

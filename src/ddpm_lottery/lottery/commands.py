@@ -17,8 +17,9 @@ from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 
 
-def train_dense(config: RunConfig, out: str | Path | None = None, *, resume: bool = False,
-                progress: bool = True, log=print) -> Path:
+def train_dense(
+    config: RunConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, log=print
+) -> Path:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
     run_dir = Path(out) if out is not None else Path("runs") / f"train-{config_hash(config)}"
     job = LevelTrainer(config, run_dir, progress=progress, log=log)
@@ -30,20 +31,27 @@ def train_dense(config: RunConfig, out: str | Path | None = None, *, resume: boo
             log(f"{run_dir} is already finished (run {run.hash}); nothing to do")
             return run_dir
         if existed and level.checkpoints.exists() and not resume:
-            raise UserError(f"{run_dir} holds an unfinished run; pass --resume to continue it, "
-                            "or choose a new --out folder")
+            raise UserError(
+                f"{run_dir} holds an unfinished run; pass --resume to continue it, or choose a new --out folder"
+            )
         trainer = job.trainer_for(level, None, "train")
         if resume and trainer.resume():
             log(f"resuming {run_dir} at step {trainer.step}")
         if job.processes.is_main:
             params = sum(p.numel() for p in trainer.parameters)
-            network = (f"pretrained {config.model.pretrained}" if config.model.pretrained else
-                       f"config {config.model.unet_config}" if config.model.unet_config else
-                       f"preset {config.model.preset}")
-            log(f"training {network} ({params:,} parameters) on {trainer.images.name} "
+            network = (
+                f"pretrained {config.model.pretrained}"
+                if config.model.pretrained
+                else f"config {config.model.unet_config}"
+                if config.model.unet_config
+                else f"preset {config.model.preset}"
+            )
+            log(
+                f"training {network} ({params:,} parameters) on {trainer.images.name} "
                 f"({len(trainer.images.images):,} images from {trainer.images.source}) for {config.train.steps} "
                 f"steps, batch {config.train.batch_size}, {trainer.processes.world_size} process(es) on "
-                f"{trainer.device}")
+                f"{trainer.device}"
+            )
         job.train_level(trainer, 0, full_masks(trainer.model, job.mmap.tensor_names), [], "dense", {})
         job.write_summary()
         if job.processes.is_main:
@@ -53,8 +61,7 @@ def train_dense(config: RunConfig, out: str | Path | None = None, *, resume: boo
     return run_dir
 
 
-def search_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True,
-                  log=print) -> Path:
+def search_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> Path:
     """Run a ticket search, or a control branch when --reinit / --strategy random is given; returns
     its run folder."""
     validate(config)
@@ -63,16 +70,19 @@ def search_ticket(config: LotteryConfig, out: str | Path | None = None, *, progr
         source = Run.open(config.prune.control_of)
         branch = control_config(config, source)
         if kind == "reinit" and branch.train.seed_init == source.config.train.seed_init:
-            raise UserError("--reinit needs new initial weights: pass a --seed-init different from the ticket "
-                            f"run's ({source.config.train.seed_init})")
+            raise UserError(
+                "--reinit needs new initial weights: pass a --seed-init different from the ticket "
+                f"run's ({source.config.train.seed_init})"
+            )
         out = Path(out) if out else source.branch_path(kind, config_hash(branch))
         return ControlBranch(branch, source, out, progress=progress, log=log).run_search()
     out = Path(out) if out else Path("runs") / f"lottery-{config_hash(config)}"
     return Lottery(config, out, progress=progress, log=log).run_search()
 
 
-def run_range_tuning(run_dir: str | Path, config, out: str | Path | None = None, *, progress: bool = True,
-                     log=print) -> Path:
+def run_range_tuning(
+    run_dir: str | Path, config, out: str | Path | None = None, *, progress: bool = True, log=print
+) -> Path:
     """``ddpm-lottery tune-range``: the source run's config with the given training settings changed;
     returns the range run's folder."""
     source = Run.open(run_dir)

@@ -30,13 +30,22 @@ class Control:
     description: str
 
 
-CONTROLS: dict[str, Control] = {c.name: c for c in (
-    Control("reinit", "the masks of --control-of with freshly drawn initial weights (--seed-init)"),
-    Control("random", "random masks with the per-tensor sparsities of --control-of's levels, rewound to its "
-                      "theta_tau (--seed-init seeds the masks)"),
-    Control("refill", "channel tickets refilled from --control-of's unstructured masks (the channels holding the "
-                      "most surviving weights), rewound to its theta_tau"),
-)}
+CONTROLS: dict[str, Control] = {
+    c.name: c
+    for c in (
+        Control("reinit", "the masks of --control-of with freshly drawn initial weights (--seed-init)"),
+        Control(
+            "random",
+            "random masks with the per-tensor sparsities of --control-of's levels, rewound to its "
+            "theta_tau (--seed-init seeds the masks)",
+        ),
+        Control(
+            "refill",
+            "channel tickets refilled from --control-of's unstructured masks (the channels holding the "
+            "most surviving weights), rewound to its theta_tau",
+        ),
+    )
+}
 
 
 def control_kind(config: LotteryConfig) -> str | None:
@@ -49,8 +58,15 @@ def control_kind(config: LotteryConfig) -> str | None:
     return None
 
 
-_CONTROL_FIELDS = {"prune.reinit", "prune.refill", "prune.strategy", "prune.levels", "prune.control_of",
-                   "prune.channel_scope", "train.seed_init"}
+_CONTROL_FIELDS = {
+    "prune.reinit",
+    "prune.refill",
+    "prune.strategy",
+    "prune.levels",
+    "prune.control_of",
+    "prune.channel_scope",
+    "train.seed_init",
+}
 
 
 def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
@@ -61,14 +77,17 @@ def control_config(config: LotteryConfig, source: Run) -> LotteryConfig:
     source_values = non_default(source_config)
     for key, value in non_default(config).items():
         if key not in _CONTROL_FIELDS and source_values.get(key) != value:
-            raise UserError(f"a control takes its settings from {source.root}; drop "
-                            f"--{key.split('.')[-1].replace('_', '-')}")
+            raise UserError(
+                f"a control takes its settings from {source.root}; drop --{key.split('.')[-1].replace('_', '-')}"
+            )
     branch = copy.deepcopy(source_config)
     branch.prune.reinit = config.prune.reinit
     if config.prune.refill:
         if source_config.prune.structure != "weight":
-            raise UserError(f"--refill starts from unstructured tickets, and {source.root} is a "
-                            f"{source_config.prune.structure} search")
+            raise UserError(
+                f"--refill starts from unstructured tickets, and {source.root} is a "
+                f"{source_config.prune.structure} search"
+            )
         branch.prune.refill, branch.prune.structure = True, "channel"
         branch.prune.channel_scope = config.prune.channel_scope
     branch.prune.strategy = "random" if config.prune.strategy == "random" else source_config.prune.strategy
@@ -95,21 +114,28 @@ class ControlBranch(Lottery):
         levels = list(self.config.prune.levels) or available
         for index in levels:
             if index not in available:
-                raise UserError(f"{self.source.root} has no finished level {index} (finished: "
-                                f"{', '.join(map(str, available)) or 'none'}); pick from those")
+                raise UserError(
+                    f"{self.source.root} has no finished level {index} (finished: "
+                    f"{', '.join(map(str, available)) or 'none'}); pick from those"
+                )
         run = self.open_run()
         try:
             for index in levels:
                 level = run.level(index)
                 if level.finished:
                     continue
-                masks, channels = self.tickets.control_masks(self.control, self.source.level(index),
-                                                             self.config.train.seed_init)
+                masks, channels = self.tickets.control_masks(
+                    self.control, self.source.level(index), self.config.train.seed_init
+                )
                 if self.control == "reinit":
                     # freshly drawn with this config's --seed-init
-                    start = build_model(self.config.model, self.images.images.shape[1],
-                                        seed=self.config.train.seed_init, image_size=self.images.images.shape[-1],
-                                        initial="random").state_dict()
+                    start = build_model(
+                        self.config.model,
+                        self.images.images.shape[1],
+                        seed=self.config.train.seed_init,
+                        image_size=self.images.images.shape[-1],
+                        initial="random",
+                    ).state_dict()
                 else:
                     start = load_tensors(self.source.rewind_path, "rewind weights (theta_tau)")
                 if self.processes.is_main:

@@ -26,19 +26,32 @@ def level_costs(level, sampling_steps: dict[str, int] | None = None, weights: st
     sparse_bytes = export_sparse(state, masks, level.sparse_path)
     steps = sampling_steps or {"ddpm": 1000, "ddim": 50, "dpm-solver++": 20}
     result = {
-        "level": level.index, "weights": weights, **flops, **parameter_counts(state, masks),
-        "per_sample_flops": {f"{name} {k} steps": {"dense": sampler_flops(flops["dense_flops"], k),
-                                                   "effective": sampler_flops(flops["effective_flops"], k)}
-                             for name, k in steps.items()},
-        "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes, "storage_ratio": sparse_bytes / dense_bytes,
+        "level": level.index,
+        "weights": weights,
+        **flops,
+        **parameter_counts(state, masks),
+        "per_sample_flops": {
+            f"{name} {k} steps": {
+                "dense": sampler_flops(flops["dense_flops"], k),
+                "effective": sampler_flops(flops["effective_flops"], k),
+            }
+            for name, k in steps.items()
+        },
+        "dense_bytes": dense_bytes,
+        "sparse_bytes": sparse_bytes,
+        "storage_ratio": sparse_bytes / dense_bytes,
     }
     if level.compact_path.exists():
         # a channel ticket also runs as a smaller network: these FLOPs are executed, not theoretical
         small = level_compact_network(level)
         executed, _ = layer_flops(small)
-        result["compact"] = {"flops": executed, "macs": executed / 2,
-                             "parameters": sum(p.numel() for p in small.parameters()),
-                             "bytes": level.compact_path.stat().st_size, "flop_ratio": flops["dense_flops"] / executed}
+        result["compact"] = {
+            "flops": executed,
+            "macs": executed / 2,
+            "parameters": sum(p.numel() for p in small.parameters()),
+            "bytes": level.compact_path.stat().st_size,
+            "flop_ratio": flops["dense_flops"] / executed,
+        }
     write_json(level.costs_path, result)
     return result
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import diffusers
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.lottery.networks import level_masks, level_network
 from ddpm_lottery.models.diffusion import noise_scheduler
 from ddpm_lottery.pruning.channels.compact import load_compact
 from ddpm_lottery.runs.run import Run
@@ -33,19 +33,69 @@ COMPACT_DIR = "unet_compact"
 PIPELINE_NOTE = "ddpm_lottery_pipeline.json"
 
 
-def export_level(run_dir: str | Path, out: str | Path, level: int | None = None, weights: str = "ema",
-                 log=print) -> Path:
-    """Write level ``level`` (default: the last finished) of a run as a pipeline folder at ``out``."""
+def _check_destination(out: Path, run: Run, chosen, weights: str, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; give a new or empty folder for the pipeline")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    note = out / PIPELINE_NOTE
+    if not note.exists():
+        raise UserError(f"{out} exists and is not a ddpm-lottery export; give an empty or new --out folder")
+    earlier = read_json(note, "export description", f"delete {out} or give another --out folder")
+    same = (
+        isinstance(earlier, dict)
+        and earlier.get("run") == str(run.root)
+        and earlier.get("level") == chosen.index
+        and earlier.get("weights") == weights
+    )
+    if not same and not force:
+        what = (
+            f"level {earlier.get('level')} of {earlier.get('run')} ({earlier.get('weights')} weights)"
+            if isinstance(earlier, dict)
+            else "another export"
+        )
+        raise UserError(
+            f"{out} already holds an export of {what}; give another --out folder, or pass --force to replace it"
+        )
+
+
+def _check_masks(chosen, unet) -> None:
+    """The level's mask file must load and fit its network, tensor by tensor, before it is copied out."""
+    masks = level_masks(chosen)
+    shapes = {name: list(p.shape) for name, p in unet.named_parameters()}
+    wrong = [n for n, m in masks.items() if shapes.get(n) != list(m.shape)]
+    if wrong:
+        raise UserError(
+            f"mask file {chosen.mask_path} does not fit the level's network ({wrong[0]}"
+            + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else "")
+            + f"); delete {chosen.dir} and re-run the command to recompute the level"
+        )
+
+
+def export_level(
+    run_dir: str | Path,
+    out: str | Path,
+    level: int | None = None,
+    weights: str = "ema",
+    log=print,
+    force: bool = False,
+) -> Path:
+    """Write level ``level`` (default: the last finished) of a run as a pipeline folder at ``out``.
+
+    An earlier export at ``out`` of the same level and weights is written again; one of anything
+    else is finished work, replaced only with ``force``.
+    """
     run = Run.open(run_dir)
     chosen = run.pick_level(level)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / PIPELINE_NOTE).exists():
-        raise UserError(f"{out} exists and is not a ddpm-lottery export; give an empty or new --out folder")
+    _check_destination(out, run, chosen, weights, force)
     scheduler = noise_scheduler(run.config.diffusion)
     compacted = chosen.compact_path.exists() and chosen.channels_path.exists() and weights == "ema"
     if chosen.channels_path.exists() and not compacted:
-        raise UserError(f"{chosen.label()} is a channel ticket: it exports compacted, with its EMA weights "
-                        "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)")
+        raise UserError(
+            f"{chosen.label()} is a channel ticket: it exports compacted, with its EMA weights "
+            "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)"
+        )
     with staged_folder(out) as staging:
         if compacted:
             small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
@@ -56,50 +106,74 @@ def export_level(run_dir: str | Path, out: str | Path, level: int | None = None,
             parameters = sum(p.numel() for p in small.parameters())
         else:
             unet = level_network(chosen, weights)
+            if chosen.mask_path.exists():
+                _check_masks(chosen, unet)
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
             parameters = sum(p.numel() for p in unet.parameters())
         if chosen.mask_path.exists():
+            level_masks(chosen)  # a corrupt or truncated mask file is refused, never copied
             copy_file(chosen.mask_path, staging / chosen.mask_path.name)
-        write_json(staging / PIPELINE_NOTE, {"run": str(run.root), "level": chosen.index, "weights": weights,
-                                             "compacted": compacted, "parameters": parameters,
-                                             "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name]
-                                             if compacted else None,
-                                             "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else
-                                             "ddpm_lottery.load_pipeline(DIR)"})
+        write_json(
+            staging / PIPELINE_NOTE,
+            {
+                "run": str(run.root),
+                "level": chosen.index,
+                "weights": weights,
+                "compacted": compacted,
+                "parameters": parameters,
+                "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name] if compacted else None,
+                "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else "ddpm_lottery.load_pipeline(DIR)",
+            },
+        )
         write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters))
-    log(f"wrote {out}: level {chosen.index} of {run.root} ({weights} weights"
-        + (", compacted" if compacted else "") + "); load it with "
-        + ("ddpm_lottery.load_pipeline(DIR)" if compacted else "DDPMPipeline.from_pretrained(DIR)"))
+    log(
+        f"wrote {out}: level {chosen.index} of {run.root} ({weights} weights"
+        + (", compacted" if compacted else "")
+        + "); load it with "
+        + ("ddpm_lottery.load_pipeline(DIR)" if compacted else "DDPMPipeline.from_pretrained(DIR)")
+    )
     return out
 
 
 def card(run, level, weights: str, compacted: bool, parameters: int) -> str:
     """A short model card: what the ticket is, how good, how costly, how it was made."""
     metrics = level.metrics()
-    lines = [f"# {run.root.name}, level {level.index}", "",
-             f"A {'dense DDPM' if level.index == 0 else 'lottery ticket'} exported by ddpm-lottery from `{run.root}`.",
-             "", "| | |", "|---|---|",
-             f"| strategy | {metrics.get('strategy', 'dense')} |",
-             f"| weight sparsity (prunable weights) | {metrics['sparsity']:.4f} |"]
+    lines = [
+        f"# {run.root.name}, level {level.index}",
+        "",
+        f"A {'dense DDPM' if level.index == 0 else 'lottery ticket'} exported by ddpm-lottery from `{run.root}`.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| strategy | {metrics.get('strategy', 'dense')} |",
+        f"| weight sparsity (prunable weights) | {metrics['sparsity']:.4f} |",
+    ]
     if "channel_sparsity" in metrics:
         lines.append(f"| channel sparsity | {metrics['channel_sparsity']:.4f} |")
     lines += [f"| parameters in this export | {parameters:,} |", f"| weights | {weights} |"]
     costs = level.costs()
     if costs:
         flops = costs.get("compact", {}).get("flops", costs["effective_flops"])
-        lines.append(f"| FLOPs per denoiser call | {flops / 1e9:.4f} G ({'executed' if 'compact' in costs else 'effective'}; "
-                     f"dense {costs['dense_flops'] / 1e9:.4f} G) |")
+        lines.append(
+            f"| FLOPs per denoiser call | {flops / 1e9:.4f} G ({'executed' if 'compact' in costs else 'effective'}; "
+            f"dense {costs['dense_flops'] / 1e9:.4f} G) |"
+        )
     lines += ["", "## Measured quality", ""]
     records = [r for r in level.evaluations() if "measure" in r]
     if records:
         for r in records:
-            lines.append(f"- {r['measure']}: {r['value']:.4g} [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] "
-                         f"({r['confidence']:.0%} interval; {r['label']})")
+            lines.append(
+                f"- {r['measure']}: {r['value']:.4g} [{r['interval'][0]:.4g}, {r['interval'][1]:.4g}] "
+                f"({r['confidence']:.0%} interval; {r['label']})"
+            )
     else:
         lines.append("- not evaluated (`ddpm-lottery evaluate RUN --level k`)")
     lines += ["", "## Loading", "", "```python"]
     if compacted:
-        lines += ["import ddpm_lottery", "pipeline = ddpm_lottery.load_pipeline(DIR)   # a DDPMPipeline with the compacted UNet"]
+        lines += [
+            "import ddpm_lottery",
+            "pipeline = ddpm_lottery.load_pipeline(DIR)   # a DDPMPipeline with the compacted UNet",
+        ]
     else:
         lines += ["from diffusers import DDPMPipeline", "pipeline = DDPMPipeline.from_pretrained(DIR)"]
     lines += ["images = pipeline(batch_size=4, num_inference_steps=1000).images", "```", ""]
@@ -117,8 +191,10 @@ def load_pipeline(folder: str | Path):
     if not note.exists():
         if (folder / "model_index.json").exists():
             return DDPMPipeline.from_pretrained(folder)
-        raise UserError(f"{folder} is not a pipeline folder (no model_index.json or {PIPELINE_NOTE}); "
-                        "write one with `ddpm-lottery export RUN --out DIR`")
+        raise UserError(
+            f"{folder} is not a pipeline folder (no model_index.json or {PIPELINE_NOTE}); "
+            "write one with `ddpm-lottery export RUN --out DIR`"
+        )
     info = read_json(note, "export description")
     if not info.get("compacted"):
         return DDPMPipeline.from_pretrained(folder)
@@ -128,7 +204,7 @@ def load_pipeline(folder: str | Path):
     return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"))
 
 
-__all__ = ["export_level", "load_pipeline", "card"]
+__all__ = ["card", "export_level", "load_pipeline"]
 
 
 def write_pipeline_view(run) -> Path:
@@ -148,7 +224,13 @@ def write_pipeline_view(run) -> Path:
     except OSError:  # a file system without links
         copy_file(level.weights_path("ema"), weights)
     noise_scheduler(run.config.diffusion).save_config(run.root / "scheduler")
-    write_json(run.root / "model_index.json", {"_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
-                                               "unet": ["diffusers", "UNet2DModel"],
-                                               "scheduler": ["diffusers", "DDPMScheduler"]})
+    write_json(
+        run.root / "model_index.json",
+        {
+            "_class_name": "DDPMPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "unet": ["diffusers", "UNet2DModel"],
+            "scheduler": ["diffusers", "DDPMScheduler"],
+        },
+    )
     return run.root

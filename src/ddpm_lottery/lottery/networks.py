@@ -40,9 +40,12 @@ def run_channel_groups(run: Run, model=None):
     if run.channel_groups_path.exists():
         return load_groups(run.channel_groups_path)
     prune = getattr(run.config, "prune", None)
-    return channel_groups(model if model is not None else run_network(run),
-                          prune.include if prune else (), prune.exclude if prune else (),
-                          prune.channel_scope if prune else "all")
+    return channel_groups(
+        model if model is not None else run_network(run),
+        prune.include if prune else (),
+        prune.exclude if prune else (),
+        prune.channel_scope if prune else "all",
+    )
 
 
 def level_masks(level: Level):
@@ -66,8 +69,10 @@ def level_network(level: Level, which: str = "ema") -> UNet2DModel:
     model = run_network(level.run)
     state = level.state(which)
     if set(dict(model.named_parameters())) - set(state):
-        raise UserError(f"the weights of {level.label()} do not match its network; delete {level.dir} and re-run "
-                        "the command to recompute the level")
+        raise UserError(
+            f"the weights of {level.label()} do not match its network; delete {level.dir} and re-run "
+            "the command to recompute the level"
+        )
     model.load_state_dict(state, strict=False)
     if level.channels_path.exists():
         groups = run_channel_groups(level.run, model)
@@ -78,8 +83,10 @@ def level_network(level: Level, which: str = "ema") -> UNet2DModel:
 def level_compact_network(level: Level):
     """The compacted network of a channel ticket (EMA weights), rebuilt without its masks."""
     if not level.compact_path.exists():
-        raise UserError(f"{level.label()} has no compacted network (only channel tickets have one; "
-                        "`ddpm-lottery compact` writes it)")
+        raise UserError(
+            f"{level.label()} has no compacted network (only channel tickets have one; "
+            "`ddpm-lottery compact` writes it)"
+        )
     return load_compact(level.compact_spec_path, level.compact_path)
 
 
@@ -103,8 +110,15 @@ def compact_level(level) -> dict:
     if level.costs_path.exists():
         level.costs_path.unlink()  # recomputed with the compacted network's FLOPs when next asked
     removed = {g.name: int((~channels[g.name]).sum()) for g in groups if not bool(channels[g.name].all())}
-    return {"level": level.index, "how": how, "removed_channels": removed,
-            "channels_removed": sum(removed.values()), "channels_total": sum(g.channels for g in groups),
-            "parameters": sum(p.numel() for p in masked.parameters()),
-            "compact_parameters": sum(p.numel() for p in small.parameters()),
-            "flops": layer_flops(masked)[0], "compact_flops": layer_flops(small)[0], "max_abs_difference": error}
+    return {
+        "level": level.index,
+        "how": how,
+        "removed_channels": removed,
+        "channels_removed": sum(removed.values()),
+        "channels_total": sum(g.channels for g in groups),
+        "parameters": sum(p.numel() for p in masked.parameters()),
+        "compact_parameters": sum(p.numel() for p in small.parameters()),
+        "flops": layer_flops(masked)[0],
+        "compact_flops": layer_flops(small)[0],
+        "max_abs_difference": error,
+    }

@@ -28,13 +28,16 @@ class RangeTuning(LevelTrainer):
         self.source, self.source_level, self.start = source, source.level(level).require_finished(), start
         total = config.diffusion.num_train_timesteps
         if config.train.timestep_range[1] > total:
-            raise UserError(f"--timestep-range ends at {config.train.timestep_range[1]}, beyond the {total} timesteps "
-                            "of the diffusion process")
+            raise UserError(
+                f"--timestep-range ends at {config.train.timestep_range[1]}, beyond the {total} timesteps "
+                "of the diffusion process"
+            )
         super().__init__(config, out, **kwargs)
 
     def run_tuning(self) -> Path:
-        run = self.open_run({"source": str(self.source.root), "source_level": self.source_level.index,
-                             "start": self.start})
+        run = self.open_run(
+            {"source": str(self.source.root), "source_level": self.source_level.index, "start": self.start}
+        )
         try:
             level = run.level(0)
             if level.finished:
@@ -53,14 +56,31 @@ class RangeTuning(LevelTrainer):
             if trainer.resume():
                 self.log(f"resuming at step {trainer.step}")
             else:
-                start = (self.source_level.state("raw") if self.start == "trained" else
-                         load_tensors(self.source.rewind_path, "rewind weights (theta_tau)"))
+                start = (
+                    self.source_level.state("raw")
+                    if self.start == "trained"
+                    else load_tensors(self.source.rewind_path, "rewind weights (theta_tau)")
+                )
                 trainer.load_weights(apply_masks(start, every))
-            self.log(f"fine-tuning {self.source_level.label()} on timesteps {low}..{high - 1} from its "
-                     f"{self.start} weights for {self.config.train.steps} steps")
-            self.train_level(trainer, 0, masks, [], "range", {
-                "tuned": {"source": str(self.source.root), "source_level": self.source_level.index,
-                          "start": self.start, "timesteps": [low, high]}})
+            self.log(
+                f"fine-tuning {self.source_level.label()} on timesteps {low}..{high - 1} from its "
+                f"{self.start} weights for {self.config.train.steps} steps"
+            )
+            self.train_level(
+                trainer,
+                0,
+                masks,
+                [],
+                "range",
+                {
+                    "tuned": {
+                        "source": str(self.source.root),
+                        "source_level": self.source_level.index,
+                        "start": self.start,
+                        "timesteps": [low, high],
+                    }
+                },
+            )
             self.write_summary()
         finally:
             self.close_run()

@@ -11,6 +11,7 @@ its last level.  The folder layout is the run model's (:mod:`runs`).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from ddpm_lottery.config import LotteryConfig, check_config, non_default
@@ -28,8 +29,13 @@ from ddpm_lottery.utils.files import copy_file, load_tensors, read_json, save_te
 
 def settings_of(config: LotteryConfig) -> PruneSettings:
     pc = config.prune
-    return PruneSettings(prune_ratio=pc.prune_ratio, ratio_increment=pc.ratio_increment, order=pc.order,
-                         max_round_ratio=pc.max_round_ratio, min_module_density=pc.min_module_density)
+    return PruneSettings(
+        prune_ratio=pc.prune_ratio,
+        ratio_increment=pc.ratio_increment,
+        order=pc.order,
+        max_round_ratio=pc.max_round_ratio,
+        min_module_density=pc.min_module_density,
+    )
 
 
 def validate(config: LotteryConfig) -> None:
@@ -37,28 +43,34 @@ def validate(config: LotteryConfig) -> None:
     check_config(config)  # a config built in code has not been through the declarations' checks yet
     pc = config.prune
     if pc.strategy == "random" and not pc.control_of:
-        raise UserError("--strategy random is a control: give --control-of RUN, the ticket run whose "
-                        "per-tensor sparsities it copies")
+        raise UserError(
+            "--strategy random is a control: give --control-of RUN, the ticket run whose "
+            "per-tensor sparsities it copies"
+        )
     if pc.reinit and not pc.control_of:
         raise UserError("--reinit is a control: give --control-of RUN, the ticket run whose masks it re-uses")
     if pc.reinit and pc.strategy == "random":
         raise UserError("choose one control: --reinit or --strategy random, not both")
     if pc.refill and (pc.reinit or pc.strategy == "random" or not pc.control_of):
-        raise UserError("--refill turns the unstructured levels of --control-of RUN into channel tickets; give "
-                        "--control-of and no other control")
+        raise UserError(
+            "--refill turns the unstructured levels of --control-of RUN into channel tickets; give "
+            "--control-of and no other control"
+        )
     if pc.strategy not in STRATEGIES and pc.strategy != "random":
         raise UserError(f"unknown strategy {pc.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     schedule = list(pc.sparsity_schedule)
     if schedule:
-        if any(not 0 < s < 1 for s in schedule) or any(b <= a for a, b in zip(schedule, schedule[1:])):
-            raise UserError(f"--sparsity-schedule must rise strictly within (0, 1), got "
-                            f"{','.join(map(str, schedule))}; e.g. 0.5,0.75,0.875")
+        if any(not 0 < s < 1 for s in schedule) or any(b <= a for a, b in itertools.pairwise(schedule)):
+            raise UserError(
+                f"--sparsity-schedule must rise strictly within (0, 1), got "
+                f"{','.join(map(str, schedule))}; e.g. 0.5,0.75,0.875"
+            )
         if pc.one_shot:
             raise UserError("--sparsity-schedule sets every round's sparsity; it cannot be combined with --one-shot")
 
 
 def rewind_step(config: LotteryConfig) -> int:
-    return int(round(config.prune.rewind_fraction * config.train.steps))
+    return round(config.prune.rewind_fraction * config.train.steps)
 
 
 def level_targets(config: LotteryConfig) -> tuple[list[float | None], float]:
@@ -112,14 +124,18 @@ class Lottery(LevelTrainer):
             # a channel level lands on the first achievable sparsity at or above its target
             sparsity = metrics.get("channel_target", metrics["sparsity"])
             if pc.sparsity_schedule and index <= len(targets) and abs(sparsity - targets[index - 1]) > 1e-6:
-                raise UserError(f"{run.root} level {index} is at sparsity {sparsity:.6f}, but --sparsity-schedule "
-                                f"puts level {index} at {targets[index - 1]}; a schedule may only be extended; use "
-                                "another --out folder")
+                raise UserError(
+                    f"{run.root} level {index} is at sparsity {sparsity:.6f}, but --sparsity-schedule "
+                    f"puts level {index} at {targets[index - 1]}; a schedule may only be extended; use "
+                    "another --out folder"
+                )
         if pc.one_shot:
             stored = run.stored["config"]["prune"]
             if stored.get("target_sparsity") != pc.target_sparsity and 1 in run.finished_levels():
-                raise UserError(f"{run.root} is a one-shot search to {stored.get('target_sparsity')}; a one-shot "
-                                "search cannot be extended, use another --out folder")
+                raise UserError(
+                    f"{run.root} is a one-shot search to {stored.get('target_sparsity')}; a one-shot "
+                    "search cannot be extended, use another --out folder"
+                )
 
     # -- levels ---------------------------------------------------------------------------------
 
@@ -153,8 +169,10 @@ class Lottery(LevelTrainer):
         level = self.run.level(0)
         if level.finished:
             if not self.run.rewind_path.exists():
-                raise UserError(f"{self.run.root} has a finished level 0 but no theta_tau "
-                                f"({self.run.rewind_path}); delete {level.dir} and re-run to recompute it")
+                raise UserError(
+                    f"{self.run.root} has a finished level 0 but no theta_tau "
+                    f"({self.run.rewind_path}); delete {level.dir} and re-run to recompute it"
+                )
             return
         if self.config.prune.dense_from:
             self._copy_level_zero(Path(self.config.prune.dense_from))
@@ -170,8 +188,10 @@ class Lottery(LevelTrainer):
             self.log("level 0: theta_tau was lost by an earlier kill; retraining level 0 from step 0")
         if self.tau == 0 and not self.run.rewind_path.exists() and self.processes.is_main:
             save_tensors(self.run.rewind_path, trainer.weights(), {"step": "0"})
-        self.log(f"level 0: dense training, {self.config.train.steps} steps, theta_tau at step {self.tau}"
-                 + (f" (resuming at step {trainer.step})" if resumed else ""))
+        self.log(
+            f"level 0: dense training, {self.config.train.steps} steps, theta_tau at step {self.tau}"
+            + (f" (resuming at step {trainer.step})" if resumed else "")
+        )
         masks = full_masks(trainer.model, self.mmap.tensor_names)
         self.train_level(trainer, 0, masks, [], "dense", {"rewind_step": self.tau})
 
@@ -180,17 +200,23 @@ class Lottery(LevelTrainer):
         source = Run.open(source_path)
         trained_only = source.kind == "train"  # a training run: its level 0 is the dense model, it kept no theta_tau
         if not source.level(0).finished or not (source.rewind_path.exists() or trained_only):
-            raise UserError(f"--dense-from {source_path} has no finished level 0 with theta_tau; run it first or "
-                            "drop --dense-from")
+            raise UserError(
+                f"--dense-from {source_path} has no finished level 0 with theta_tau; run it first or drop --dense-from"
+            )
         if trained_only and self.tau != 0:
-            raise UserError(f"--dense-from {source_path} is a training run, which keeps no theta_tau at step "
-                            f"{self.tau}; give --rewind-fraction 0 (rewinding to theta_0, rebuilt from --seed-init) or "
-                            "start from a ticket run")
+            raise UserError(
+                f"--dense-from {source_path} is a training run, which keeps no theta_tau at step "
+                f"{self.tau}; give --rewind-fraction 0 (rewinding to theta_0, rebuilt from --seed-init) or "
+                "start from a ticket run"
+            )
         other = source.config
         mine = self.config
-        differences = [key for key in sorted(set(non_default(other)) | set(non_default(mine)))
-                       if key.split(".")[0] in ("data", "model", "diffusion", "train")
-                       and non_default(other).get(key) != non_default(mine).get(key)]
+        differences = [
+            key
+            for key in sorted(set(non_default(other)) | set(non_default(mine)))
+            if key.split(".")[0] in ("data", "model", "diffusion", "train")
+            and non_default(other).get(key) != non_default(mine).get(key)
+        ]
         if trained_only:
             pass  # theta_0 is rebuilt below from the same --seed-init (compared with the training settings above)
         elif not isinstance(other, LotteryConfig) or rewind_step(other) != rewind_step(mine):
@@ -200,8 +226,10 @@ class Lottery(LevelTrainer):
         if source.data_fingerprint.get("digest") != self.fingerprint.get("digest"):
             differences.append("the training data")
         if differences:
-            raise UserError(f"--dense-from {source_path} differs in {', '.join(differences[:4])}; its level 0 is not "
-                            "this run's, drop --dense-from")
+            raise UserError(
+                f"--dense-from {source_path} differs in {', '.join(differences[:4])}; its level 0 is not "
+                "this run's, drop --dense-from"
+            )
         if not self.processes.is_main:
             return
         target, origin = self.run.level(0), source.level(0)
@@ -211,8 +239,12 @@ class Lottery(LevelTrainer):
             for path in [p for p in files if p.exists()] + [origin.weights_path(w) for w in ("raw", "ema")]:
                 copy_file(path, staging / path.name)
             if trained_only:  # theta_0: the initial weights of the training run's --seed-init
-                theta = build_model(mine.model, self.images.images.shape[1], seed=mine.train.seed_init,
-                                    image_size=self.images.images.shape[-1]).state_dict()
+                theta = build_model(
+                    mine.model,
+                    self.images.images.shape[1],
+                    seed=mine.train.seed_init,
+                    image_size=self.images.images.shape[-1],
+                ).state_dict()
             else:
                 theta = load_tensors(source.rewind_path, "rewind weights")
             save_tensors(self.run.rewind_path, theta, {"step": str(self.tau)})
@@ -227,12 +259,15 @@ class Lottery(LevelTrainer):
         level = self.run.level(index)
         if level.mask_path.exists() and level.schedule_path.exists():
             try:
-                return (load_masks(level.mask_path, self.mmap.shapes),
-                        read_json(level.schedule_path, "pruning schedule")["schedule"])
+                return (
+                    load_masks(level.mask_path, self.mmap.shapes),
+                    read_json(level.schedule_path, "pruning schedule")["schedule"],
+                )
             except (UserError, KeyError, TypeError):
                 self.log(f"level {index}: its stored masks are damaged; recomputing them (they are deterministic)")
-        masks, schedule, channels, record = self.tickets.prune(index, self.run.level(index - 1), self.config.prune,
-                                                               self.settings, target)
+        masks, schedule, channels, record = self.tickets.prune(
+            index, self.run.level(index - 1), self.config.prune, self.settings, target
+        )
         if self.processes.is_main:
             store_channels(level, channels)
             save_masks(level.mask_path, masks)
@@ -247,8 +282,11 @@ class Lottery(LevelTrainer):
         if self.config.prune.level_start == "fine-tune":
             start = self.run.level(index - 1).state("raw")  # prune-then-fine-tune: no rewinding
         else:
-            start = load_tensors(self.run.rewind_path, "rewind weights (theta_tau)",
-                                 f"delete {self.run.level(0).dir} and re-run to recompute level 0 and theta_tau")
+            start = load_tensors(
+                self.run.rewind_path,
+                "rewind weights (theta_tau)",
+                f"delete {self.run.level(0).dir} and re-run to recompute level 0 and theta_tau",
+            )
         self.train_masked(index, masks, schedule, start, self.config.prune.strategy, {})
 
     def masked_trainer(self, index: int, masks, start_weights) -> Trainer:
@@ -256,8 +294,9 @@ class Lottery(LevelTrainer):
         sparse = 1 - count_kept(masks) / count_total(masks)
         # level k is the network after pruning round k: the bar names both, and how many rounds at most
         rounds = len(level_targets(self.config)[0]) if isinstance(self.config, LotteryConfig) else index
-        trainer = self.trainer_for(self.run.level(index), None,
-                                   f"level {index} · round {index}/{rounds} ({sparse:.1%} sparse)")
+        trainer = self.trainer_for(
+            self.run.level(index), None, f"level {index} · round {index}/{rounds} ({sparse:.1%} sparse)"
+        )
         masks = self.tickets.training_masks(trainer.model, self.run.level(index), masks)
         trainer.use_masks(masks)
         if trainer.resume():
@@ -272,6 +311,8 @@ class Lottery(LevelTrainer):
         trainer = self.masked_trainer(index, masks, start_weights)
         channels, figures = self.tickets.level_note(self.run.level(index))
         extra = {**extra, **figures}
-        self.log(f"level {index}: {channels}sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
-                 f"training steps {trainer.step}..{self.config.train.steps}")
+        self.log(
+            f"level {index}: {channels}sparsity {1 - count_kept(masks) / count_total(masks):.4f}, "
+            f"training steps {trainer.step}..{self.config.train.steps}"
+        )
         self.train_level(trainer, index, masks, schedule, strategy, extra)

@@ -17,6 +17,7 @@ as the held-out loss uses, is split by range), and it counts calls and seconds p
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from dataclasses import dataclass
@@ -60,23 +61,34 @@ def parse_schedule(text: str, num_train_timesteps: int = 1000) -> list[Stage]:
         if not match:
             raise UserError(f"--schedule range {part.strip()!r} is not HIGH:LOW=LEVEL (e.g. 600:0=level_04)")
         high, low, level = int(match.group(1)), int(match.group(2)), match.group(3)
-        if high <= low:
-            raise UserError(f"--schedule range {part.strip()!r} is empty: write the higher timestep first "
-                            f"({max(high, low)}:{min(high, low)})")
+        if high == low:
+            raise UserError(
+                f"--schedule range {part.strip()!r} is empty: it starts and ends at timestep {high}; "
+                "give each range a width, e.g. 600:0=level_04"
+            )
+        if high < low:
+            raise UserError(
+                f"--schedule range {part.strip()!r} runs upwards: write the higher timestep first ({high}:{low} → {low}:{high})"
+            )
         stages.append(Stage(high, low, level))
     stages.sort(key=lambda s: -s.high)
     if stages[0].high != num_train_timesteps:
-        raise UserError(f"--schedule starts at {stages[0].high}, but the reverse process starts at timestep "
-                        f"{num_train_timesteps}: the first range must be {num_train_timesteps}:...")
+        raise UserError(
+            f"--schedule starts at {stages[0].high}, but the reverse process starts at timestep "
+            f"{num_train_timesteps}: the first range must be {num_train_timesteps}:..."
+        )
     if stages[-1].low != 0:
         raise UserError(f"--schedule ends at {stages[-1].low}; the last range must reach 0 (e.g. {stages[-1].high}:0)")
-    for upper, lower in zip(stages, stages[1:]):
+    for upper, lower in itertools.pairwise(stages):
         if upper.low > lower.high:
-            raise UserError(f"--schedule has a gap: no level covers timesteps {lower.high}..{upper.low - 1} "
-                            f"(between {upper.text} and {lower.text})")
+            raise UserError(
+                f"--schedule has a gap: no level covers timesteps {lower.high}..{upper.low - 1} "
+                f"(between {upper.text} and {lower.text})"
+            )
         if upper.low < lower.high:
-            raise UserError(f"--schedule ranges {upper.text} and {lower.text} overlap on timesteps "
-                            f"{upper.low}..{lower.high - 1}")
+            raise UserError(
+                f"--schedule ranges {upper.text} and {lower.text} overlap on timesteps {upper.low}..{lower.high - 1}"
+            )
     return stages
 
 
@@ -88,9 +100,11 @@ def normal_schedule_text(text: str) -> str:
 
 def schedule_slug(stages: list[Stage]) -> str:
     """A folder name for a schedule (its evaluations live in RUN/schedules/<slug>)."""
+
     def short(level: str) -> str:
         match = _LEVEL.match(level)
         return f"L{int(match.group(1))}" if match else re.sub(r"[^A-Za-z0-9]+", "-", level).strip("-")[-40:]
+
     return "_".join(f"{s.high}-{s.low}-{short(s.level)}" for s in stages)
 
 
@@ -100,18 +114,36 @@ def resolve_level(run: Run, reference: str) -> Level:
     if match:
         index = int(match.group(1))
         if index not in run.finished_levels():
-            raise UserError(f"--schedule names level {index}, which {run.root} has not finished (finished: "
-                            f"{', '.join(map(str, run.finished_levels())) or 'none'})")
+            raise UserError(
+                f"--schedule names level {index}, which {run.root} has not finished (finished: "
+                f"{', '.join(map(str, run.finished_levels())) or 'none'})"
+            )
         return run.level(index)
     path = Path(reference)
     match = _LEVEL.match(path.name)
     if not match or not Run.is_run(path.parent):
-        raise UserError(f"--schedule level {reference!r} is neither level_NN of the run nor a level folder of "
-                        "another run (RUN/level_NN)")
+        raise UserError(
+            f"--schedule level {reference!r} is neither level_NN of the run nor a level folder of "
+            "another run (RUN/level_NN)"
+        )
     other = Run.open(path.parent)
     if other.config.diffusion != run.config.diffusion:
-        raise UserError(f"--schedule level {reference} comes from a run with another diffusion process; "
-                        "only networks of the same forward process can share a reverse process")
+        raise UserError(
+            f"--schedule level {reference} comes from a run with another diffusion process; "
+            "only networks of the same forward process can share a reverse process"
+        )
+    mine, theirs = run.network_config(), other.network_config()
+    differences = [
+        f"{key}={theirs.get(key)!r} there, {mine.get(key)!r} here"
+        for key in sorted(set(mine) | set(theirs))
+        if not key.startswith("_") and mine.get(key) != theirs.get(key)
+    ]
+    if differences:
+        raise UserError(
+            f"--schedule level {reference} comes from a run of another network ({'; '.join(differences[:3])}"
+            + (f"; {len(differences) - 3} more" if len(differences) > 3 else "")
+            + "); a schedule's levels must share one architecture, so name levels of runs with the same model settings"
+        )
     return resolve_level(other, match.group(1))
 
 
@@ -136,8 +168,10 @@ class StagedDenoiser(torch.nn.Module):
         super().__init__()
         shapes = {(n.config.in_channels, n.config.out_channels, str(n.config.sample_size)) for n in networks}
         if len(shapes) != 1:
-            raise UserError("--schedule mixes networks of different image shapes or channels; every level must "
-                            "come from runs of the same data")
+            raise UserError(
+                "--schedule mixes networks of different image shapes or channels; every level must "
+                "come from runs of the same data"
+            )
         self.stages = stages
         self.networks = torch.nn.ModuleList(networks)
         self.config = networks[0].config
@@ -179,9 +213,17 @@ class StagedDenoiser(torch.nn.Module):
         per_call = {}
         for index, net in enumerate(self.networks):
             per_call[index] = per_call.get(index) or layer_flops(net)[0]
-        return [{"range": s.text, "calls": st.calls, "images": st.images, "seconds": st.seconds,
-                 "flops_per_image_call": per_call[i], "flops": per_call[i] * st.images}
-                for i, (s, st) in enumerate(zip(self.stages, self.stats))]
+        return [
+            {
+                "range": s.text,
+                "calls": st.calls,
+                "images": st.images,
+                "seconds": st.seconds,
+                "flops_per_image_call": per_call[i],
+                "flops": per_call[i] * st.images,
+            }
+            for i, (s, st) in enumerate(zip(self.stages, self.stats))
+        ]
 
 
 class StagedLevel(Level):
@@ -206,7 +248,7 @@ class StagedLevel(Level):
     def finished(self) -> bool:
         return True
 
-    def require_finished(self) -> "StagedLevel":
+    def require_finished(self) -> StagedLevel:
         return self
 
     def label(self) -> str:
@@ -224,5 +266,13 @@ def calls_per_stage(stages: list[Stage], timesteps: list[int]) -> list[int]:
     return [sum(1 for t in timesteps if s.covers(int(t))) for s in stages]
 
 
-__all__ = ["Stage", "parse_schedule", "StagedDenoiser", "StagedLevel", "stage_network", "calls_per_stage",
-           "schedule_slug", "resolve_level"]
+__all__ = [
+    "Stage",
+    "StagedDenoiser",
+    "StagedLevel",
+    "calls_per_stage",
+    "parse_schedule",
+    "resolve_level",
+    "schedule_slug",
+    "stage_network",
+]

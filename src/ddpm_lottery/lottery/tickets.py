@@ -87,32 +87,51 @@ class WeightTickets:
         floor_total = sum(max(len(m.tensors), math.ceil(pc.min_module_density * m.size)) for m in self.mmap.modules)
         prunable = sum(m.size for m in self.mmap.modules)
         if final > 1 - floor_total / prunable:
-            raise UserError(f"target sparsity {final} is beyond what the floor allows "
-                            f"({1 - floor_total / prunable:.4f}); lower the target or --min-module-density")
+            raise UserError(
+                f"target sparsity {final} is beyond what the floor allows "
+                f"({1 - floor_total / prunable:.4f}); lower the target or --min-module-density"
+            )
         if pc.one_shot or pc.sparsity_schedule:
             return  # the ratios are scaled to reach each level's target
         reached = simulate_sparsity(pc.strategy, self.mmap, settings, pc.max_rounds)
         # per-unit rounding is topped up in the last round: allow one weight per unit of slack
         slack = len(plan_units(pc.strategy, self.mmap, masks_of_shapes(self.mmap.shapes), settings)) / prunable
         if reached + slack < pc.target_sparsity:
-            rounds = next((r for r in range(pc.max_rounds, 400)
-                           if simulate_sparsity(pc.strategy, self.mmap, settings, r) >= pc.target_sparsity), None)
+            rounds = next(
+                (
+                    r
+                    for r in range(pc.max_rounds, 400)
+                    if simulate_sparsity(pc.strategy, self.mmap, settings, r) >= pc.target_sparsity
+                ),
+                None,
+            )
             hint = f"raise --max-rounds to {rounds}" if rounds else "raise --prune-ratio"
-            raise UserError(f"target sparsity {pc.target_sparsity} cannot be reached: {pc.max_rounds} rounds of "
-                            f"{pc.strategy} with p={pc.prune_ratio} reach {reached:.4f}; {hint}")
+            raise UserError(
+                f"target sparsity {pc.target_sparsity} cannot be reached: {pc.max_rounds} rounds of "
+                f"{pc.strategy} with p={pc.prune_ratio} reach {reached:.4f}; {hint}"
+            )
 
-    def prune(self, index: int, previous: Level, prune, settings: PruneSettings,
-              target: float | None) -> tuple[dict, list[dict], dict | None, dict]:
+    def prune(
+        self, index: int, previous: Level, prune, settings: PruneSettings, target: float | None
+    ) -> tuple[dict, list[dict], dict | None, dict]:
         """Prune the previous level into level ``index``: (weight masks, per-unit schedule, kept channels or
         None, the level's schedule.json record)."""
         prev_masks = load_masks(previous.mask_path, self.mmap.shapes)
         scaled = settings
         if target is not None and (prune.one_shot or prune.sparsity_schedule):
             scaled = scaled_settings(prune.strategy, self.mmap, prev_masks, settings, target)
-        masks, schedule = prune_round(prune.strategy, self.mmap, prev_masks, previous.state(prune.magnitudes),
-                                      scaled, target)
-        record = {"level": index, "strategy": prune.strategy, "order": prune.order, "magnitudes": prune.magnitudes,
-                  "target": target, "ratios_scaled_to_target": scaled != settings, "schedule": schedule}
+        masks, schedule = prune_round(
+            prune.strategy, self.mmap, prev_masks, previous.state(prune.magnitudes), scaled, target
+        )
+        record = {
+            "level": index,
+            "strategy": prune.strategy,
+            "order": prune.order,
+            "magnitudes": prune.magnitudes,
+            "target": target,
+            "ratios_scaled_to_target": scaled != settings,
+            "schedule": schedule,
+        }
         return masks, schedule, None, record
 
     def training_masks(self, model: torch.nn.Module, level: Level, masks: dict, channels: dict | None = None) -> dict:
@@ -162,27 +181,43 @@ class ChannelTickets(WeightTickets):
     def check_reachable(self, prune, settings: PruneSettings, final: float) -> None:
         ceiling = max_channel_sparsity(self.groups, settings)
         if final > ceiling:
-            raise UserError(f"channel sparsity {final} is beyond what this network allows ({ceiling:.4f}: every "
-                            "channel group keeps at least one channel per norm group or head); lower the target")
+            raise UserError(
+                f"channel sparsity {final} is beyond what this network allows ({ceiling:.4f}: every "
+                "channel group keeps at least one channel per norm group or head); lower the target"
+            )
         pc = prune
         if pc.one_shot or pc.sparsity_schedule:
             return
         reached = simulate_channel_sparsity(pc.strategy, self.groups, settings, pc.max_rounds)
         if reached < final:
-            raise UserError(f"channel sparsity {final} cannot be reached: {pc.max_rounds} rounds of {pc.strategy} "
-                            f"with p={pc.prune_ratio} reach {reached:.4f} (channels move a norm group's worth at a "
-                            "time); raise --prune-ratio or --max-rounds, or give --sparsity-schedule")
+            raise UserError(
+                f"channel sparsity {final} cannot be reached: {pc.max_rounds} rounds of {pc.strategy} "
+                f"with p={pc.prune_ratio} reach {reached:.4f} (channels move a norm group's worth at a "
+                "time); raise --prune-ratio or --max-rounds, or give --sparsity-schedule"
+            )
 
-    def prune(self, index: int, previous: Level, prune, settings: PruneSettings,
-              target: float | None) -> tuple[dict, list[dict], dict | None, dict]:
-        before = (load_channel_masks(previous.channels_path, self.groups) if previous.channels_path.exists()
-                  or previous.index > 0 else full_channel_masks(self.groups))
-        channels, schedule = prune_channels(prune.strategy, self.groups, before, previous.state(prune.magnitudes),
-                                            settings, target)
+    def prune(
+        self, index: int, previous: Level, prune, settings: PruneSettings, target: float | None
+    ) -> tuple[dict, list[dict], dict | None, dict]:
+        before = (
+            load_channel_masks(previous.channels_path, self.groups)
+            if previous.channels_path.exists() or previous.index > 0
+            else full_channel_masks(self.groups)
+        )
+        channels, schedule = prune_channels(
+            prune.strategy, self.groups, before, previous.state(prune.magnitudes), settings, target
+        )
         masks = weight_masks(self.groups, channels, self.mmap.shapes)
-        record = {"level": index, "strategy": prune.strategy, "order": prune.order, "structure": "channel",
-                  "magnitudes": prune.magnitudes, "target": target,
-                  "criterion": "mean |w| of each channel's rows in its producers", "schedule": schedule}
+        record = {
+            "level": index,
+            "strategy": prune.strategy,
+            "order": prune.order,
+            "structure": "channel",
+            "magnitudes": prune.magnitudes,
+            "target": target,
+            "criterion": "mean |w| of each channel's rows in its producers",
+            "schedule": schedule,
+        }
         return masks, schedule, channels, record
 
     def training_masks(self, model: torch.nn.Module, level: Level, masks: dict, channels: dict | None = None) -> dict:
@@ -194,7 +229,9 @@ class ChannelTickets(WeightTickets):
 
     def level_note(self, level: Level) -> tuple[str, dict]:
         sparsity = channel_sparsity(self.groups, level_channel_masks(level))
-        stored = read_json(level.schedule_path, "pruning schedule").get("target") if level.schedule_path.exists() else None
+        stored = (
+            read_json(level.schedule_path, "pruning schedule").get("target") if level.schedule_path.exists() else None
+        )
         # the level's target (it lands on the first achievable sparsity at or above it), else what it reached
         return f"channel sparsity {sparsity:.4f}, ", {"channel_target": stored if stored is not None else sparsity}
 
@@ -209,12 +246,19 @@ class ChannelTickets(WeightTickets):
         error = compaction_error(masked, small)
         save_compact(level.compact_spec_path, level.compact_path, small, "ema")
         compact_params = sum(p.numel() for p in small.parameters())
-        return {"structure": "channel", "channel_sparsity": channel_sparsity(self.groups, masks),
-                "channels_kept": {g.name: int(masks[g.name].sum()) for g in self.groups},
-                "channels_total": sum(g.channels for g in self.groups),
-                "compact": {"parameters": compact_params, "parameter_ratio": compact_params / total_params,
-                            "max_abs_difference": error, "probe": "2 images of N(0, 1) noise, timesteps 1 and 999",
-                            "weights": "ema"}}
+        return {
+            "structure": "channel",
+            "channel_sparsity": channel_sparsity(self.groups, masks),
+            "channels_kept": {g.name: int(masks[g.name].sum()) for g in self.groups},
+            "channels_total": sum(g.channels for g in self.groups),
+            "compact": {
+                "parameters": compact_params,
+                "parameter_ratio": compact_params / total_params,
+                "max_abs_difference": error,
+                "probe": "2 images of N(0, 1) noise, timesteps 1 and 999",
+                "weights": "ema",
+            },
+        }
 
     def control_masks(self, control: str, source: Level, seed: int) -> tuple[dict, dict | None]:
         if control == "refill":  # channel tickets refilled from an unstructured ticket's masks
@@ -237,8 +281,12 @@ def scaled_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettin
     needed = math.ceil(target * total) - (total - count_kept(masks))
 
     def planned(scale: float, cap: float) -> int:
-        trial = replace(settings, prune_ratio=settings.prune_ratio * scale,
-                        ratio_increment=settings.ratio_increment * scale, max_round_ratio=cap)
+        trial = replace(
+            settings,
+            prune_ratio=settings.prune_ratio * scale,
+            ratio_increment=settings.ratio_increment * scale,
+            max_round_ratio=cap,
+        )
         return sum(u.planned() for u in plan_units(strategy, mmap, masks, trial))
 
     ceiling = 2.0 / max(settings.prune_ratio, 1e-6)
@@ -252,8 +300,12 @@ def scaled_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettin
             high = mid
         else:
             low = mid
-    return replace(settings, prune_ratio=settings.prune_ratio * high,
-                   ratio_increment=settings.ratio_increment * high, max_round_ratio=cap)
+    return replace(
+        settings,
+        prune_ratio=settings.prune_ratio * high,
+        ratio_increment=settings.ratio_increment * high,
+        max_round_ratio=cap,
+    )
 
 
 def tickets_for(model: torch.nn.Module, mmap: ModuleMap, prune) -> WeightTickets:

@@ -8,6 +8,9 @@
 
 HSIC(K, L) = tr(K H L H) / (n - 1)^2 with H = I - 11^T / n, and
 CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)), so CKA(X, X) = 1.
+
+One concept past 400 lines: both forms share the kernels, the HSIC and the per-layer table they
+write, and splitting them would put one formula in two homes.
 """
 
 from __future__ import annotations
@@ -81,26 +84,44 @@ def _units(weight: torch.Tensor) -> torch.Tensor:
 def check_same_architecture(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[str]) -> None:
     for name in names:
         if name not in a or name not in b or a[name].shape != b[name].shape:
-            raise UserError("the two tickets have different architectures (tensor "
-                            f"{name} differs); compare tickets of the same preset and overrides")
+            raise UserError(
+                "the two tickets have different architectures (tensor "
+                f"{name} differs); compare tickets of the same preset and overrides"
+            )
 
 
-def weight_cka(weights_a: dict[str, torch.Tensor], weights_b: dict[str, torch.Tensor], layer_order: list[str],
-               threshold: float = 1.0) -> list[dict]:
+def weight_cka(
+    weights_a: dict[str, torch.Tensor],
+    weights_b: dict[str, torch.Tensor],
+    layer_order: list[str],
+    threshold: float = 1.0,
+) -> list[dict]:
     """Per layer (forward order): RBF and linear CKA between the two tickets' sparsified weights."""
     check_same_architecture(weights_a, weights_b, layer_order)
     rows = []
     for index, name in enumerate(layer_order):
         x, y = _units(weights_a[name]), _units(weights_b[name])
-        rows.append({"index": index, "layer": name.rsplit(".weight", 1)[0],
-                     "kind": "conv" if weights_a[name].dim() == 4 else "linear", "out_units": x.shape[0],
-                     "weight_cka_rbf": rbf_cka(x, y, threshold), "weight_cka_linear": linear_cka(x, y)})
+        rows.append(
+            {
+                "index": index,
+                "layer": name.rsplit(".weight", 1)[0],
+                "kind": "conv" if weights_a[name].dim() == 4 else "linear",
+                "out_units": x.shape[0],
+                "weight_cka_rbf": rbf_cka(x, y, threshold),
+                "weight_cka_linear": linear_cka(x, y),
+            }
+        )
     return rows
 
 
 @torch.no_grad()
-def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: dict[int, torch.Tensor],
-                   layer_order: list[str], threshold: float = 1.0) -> list[dict]:
+def activation_cka(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    noisy: dict[int, torch.Tensor],
+    layer_order: list[str],
+    threshold: float = 1.0,
+) -> list[dict]:
     """Per layer: linear and RBF CKA of the two networks' outputs on the same x_t, per timestep and averaged."""
     results = {name: {} for name in layer_order}
     for timestep, x_t in noisy.items():
@@ -109,9 +130,11 @@ def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: di
             handles = []
             modules = dict(model.named_modules())
             for layer_name in (n.rsplit(".weight", 1)[0] for n in layer_order):
+
                 def hook(_module, _inputs, output, key=layer_name, tag=tag):
                     flat = output.detach().flatten(1).double().cpu()
                     grams[(key, tag)] = (linear_gram(flat), rbf_gram(flat, threshold))
+
                 handles.append(modules[layer_name].register_forward_hook(hook))
             try:
                 model.eval()
@@ -126,9 +149,12 @@ def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: di
     rows = []
     for index, name in enumerate(layer_order):
         per_t = results[name]
-        row = {"index": index, "layer": name.rsplit(".weight", 1)[0],
-               "activation_cka_linear": sum(v[0] for v in per_t.values()) / len(per_t),
-               "activation_cka_rbf": sum(v[1] for v in per_t.values()) / len(per_t)}
+        row = {
+            "index": index,
+            "layer": name.rsplit(".weight", 1)[0],
+            "activation_cka_linear": sum(v[0] for v in per_t.values()) / len(per_t),
+            "activation_cka_rbf": sum(v[1] for v in per_t.values()) / len(per_t),
+        }
         for timestep, (lin, rbf) in per_t.items():
             row[f"activation_cka_linear_t{timestep}"] = lin
             row[f"activation_cka_rbf_t{timestep}"] = rbf
@@ -139,11 +165,10 @@ def activation_cka(model_a: torch.nn.Module, model_b: torch.nn.Module, noisy: di
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     return path
 
 
@@ -152,17 +177,37 @@ def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool =
     fig, ax = pyplot().subplots(figsize=(8, 3.8), dpi=110)
     index = [r["index"] for r in rows]
     conv = [r for r in rows if r.get("kind") == "conv"]
-    ax.plot([r["index"] for r in conv], [r["weight_cka_rbf"] for r in conv], "o-", ms=3, lw=1.2,
-            label="weight CKA, RBF (paper's Fig. 1; Conv2d layers)")
-    ax.plot(index, [r["weight_cka_linear"] for r in rows], "s", ms=2.5, alpha=0.6, label="weight CKA, linear (all layers)")
+    ax.plot(
+        [r["index"] for r in conv],
+        [r["weight_cka_rbf"] for r in conv],
+        "o-",
+        ms=3,
+        lw=1.2,
+        label="weight CKA, RBF (paper's Fig. 1; Conv2d layers)",
+    )
+    ax.plot(
+        index, [r["weight_cka_linear"] for r in rows], "s", ms=2.5, alpha=0.6, label="weight CKA, linear (all layers)"
+    )
     if "activation_cka_linear" in rows[0]:
         ax.plot(index, [r["activation_cka_linear"] for r in rows], "-", lw=1, label="activation CKA, linear")
         ax.plot(index, [r["activation_cka_rbf"] for r in rows], "--", lw=1, label="activation CKA, RBF")
     if baselines:
-        ax.plot([r["index"] for r in conv], [r["masked_weight_cka_rbf"] for r in conv], ":", color="gray", lw=1.2,
-                label="baseline: weight CKA, RBF, of two random initialisations under random masks")
-        ax.plot(index, [r["masked_activation_cka_linear"] for r in rows], "-.", color="silver", lw=1,
-                label="baseline: activation CKA, linear, of the same")
+        ax.plot(
+            [r["index"] for r in conv],
+            [r["masked_weight_cka_rbf"] for r in conv],
+            ":",
+            color="gray",
+            lw=1.2,
+            label="baseline: weight CKA, RBF, of two random initialisations under random masks",
+        )
+        ax.plot(
+            index,
+            [r["masked_activation_cka_linear"] for r in rows],
+            "-.",
+            color="silver",
+            lw=1,
+            label="baseline: activation CKA, linear, of the same",
+        )
     ax.set_xlabel("layer index in forward-execution order (upstream → downstream)")
     ax.set_ylabel("CKA between the two tickets")
     ax.set_ylim(-0.05, 1.05)
@@ -175,6 +220,7 @@ def figure_one(rows: list[dict], path: str | Path, title: str, baselines: bool =
 
 def read_csv(path: str | Path) -> list[dict]:
     """The rows of a cka.csv, numbers as floats (nan where CKA is undefined)."""
+
     def value(text: str):
         try:
             return float(text)
@@ -185,8 +231,13 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(handle)]
 
 
-def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[int, float], path: str | Path,
-                          title: str, kind: str = "weight_cka_rbf") -> Path:
+def figure_one_over_pairs(
+    tables: dict[int, list[list[dict]]],
+    sparsities: dict[int, float],
+    path: str | Path,
+    title: str,
+    kind: str = "weight_cka_rbf",
+) -> Path:
     """Figure 1 of a study: one panel per level, layer by layer, the tickets' CKA and its baseline (two random
     initialisations under random masks of the same per-layer sparsity), each the mean over the ticket pairs with
     their range as a band; the dotted line splits the layers into the upstream and downstream halves the findings
@@ -200,7 +251,7 @@ def figure_one_over_pairs(tables: dict[int, list[list[dict]]], sparsities: dict[
             values = np.array([[row[key] for row in rows] for rows in pairs], dtype=float)
             keep = ~np.isnan(values).any(axis=0)
             xs = np.array(index)[keep]
-            line, = ax.plot(xs, values[:, keep].mean(0), style, lw=1.2, label=f"{label}, mean of {len(pairs)} pairs")
+            (line,) = ax.plot(xs, values[:, keep].mean(0), style, lw=1.2, label=f"{label}, mean of {len(pairs)} pairs")
             ax.fill_between(xs, values[:, keep].min(0), values[:, keep].max(0), color=line.get_color(), alpha=0.15)
         defined = [row["index"] for row in pairs[0] if not math.isnan(row[kind])]
         ax.axvline(defined[len(defined) // 2] - 0.5, color="k", ls=":", lw=0.8)
@@ -218,10 +269,15 @@ def noisy_batch(run, config) -> dict[int, torch.Tensor]:
     """The shared input of activation CKA: ``config.batch`` training images of ``run`` noised at each timestep."""
     network = run.network_config()
     run_config = run.config
-    images = load_dataset(run_config.data.dataset, run_config.data.data_dir, split=run_config.data.split,
-                          image_size=network["sample_size"], channels=network["in_channels"]).images
+    images = load_dataset(
+        run_config.data.dataset,
+        run_config.data.data_dir,
+        split=run_config.data.split,
+        image_size=network["sample_size"],
+        channels=network["in_channels"],
+    ).images
     generator = torch.Generator().manual_seed(config.seed)
-    chosen = images[torch.randperm(len(images), generator=generator)[:config.batch]]
+    chosen = images[torch.randperm(len(images), generator=generator)[: config.batch]]
     clean = to_model_range(chosen)
     scheduler = noise_scheduler(run_config.diffusion)
     noisy = {}
@@ -244,8 +300,9 @@ def cka_rows(weights_a, weights_b, model_a, model_b, noisy, order, threshold) ->
 CKA_KINDS = ("weight_cka_rbf", "weight_cka_linear", "activation_cka_linear", "activation_cka_rbf")
 
 
-def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, config=None, *, out: str | Path,
-                           seed_init_b: int = 1, log=print) -> dict:
+def compare_with_baselines(
+    run_a: str | Path, run_b: str | Path, level: int, config=None, *, out: str | Path, seed_init_b: int = 1, log=print
+) -> dict:
     """CKA of two tickets beside what their shapes and sparsities alone give, layer by layer.
 
     Weight CKA between output units is driven by each layer's shape: two *independent*
@@ -289,15 +346,24 @@ def compare_with_baselines(run_a: str | Path, run_b: str | Path, level: int, con
             key = f"{prefix}{kind}"
             halves[key] = half_means(rows, key)
     summary["halves"] = halves
-    summary["caption"] += (f"; baselines: two fresh initialisations (--seed-init {seed_a} and {seed_b}), unmasked and "
-                           "under random masks of each ticket's per-tensor sparsity")
+    summary["caption"] += (
+        f"; baselines: two fresh initialisations (--seed-init {seed_a} and {seed_b}), unmasked and "
+        "under random masks of each ticket's per-tensor sparsity"
+    )
     figure_one(rows, folder.figure, summary["caption"], baselines=True)
     write_json(folder.summary, summary)
     return {"rows": rows, "summary": summary, "out": folder.dir}
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None, config=None, *,
-                 out: str | Path | None = None, log=print) -> dict:
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    level: int | None = None,
+    config=None,
+    *,
+    out: str | Path | None = None,
+    log=print,
+) -> dict:
     """Weight and activation CKA between one level of two runs; writes cka.csv, cka.json and figure1.png."""
     config = config or CkaConfig()
     timesteps, batch, weights = config.timesteps, config.batch, config.weights
@@ -312,35 +378,55 @@ def compare_runs(run_a: str | Path, run_b: str | Path, level: int | None = None,
     masks_a, masks_b = level_masks(level_a), level_masks(level_b)
     sparsity_a, sparsity_b = level_a.metrics()["sparsity"], level_b.metrics()["sparsity"]
     if abs(sparsity_a - sparsity_b) > 1e-3:
-        log(f"warning: the two tickets differ in sparsity ({sparsity_a:.2%} vs {sparsity_b:.2%}); CKA then also "
-            "reflects that difference")
+        log(
+            f"warning: the two tickets differ in sparsity ({sparsity_a:.2%} vs {sparsity_b:.2%}); CKA then also "
+            "reflects that difference"
+        )
     seeds = (a.config.train.seed_init, b.config.train.seed_init)
     if seeds[0] != seeds[1]:
-        log(f"warning: the two runs start from different initial weights (--seed-init {seeds[0]} vs {seeds[1]}); "
-            "the paper compares two tickets of one model")
+        log(
+            f"warning: the two runs start from different initial weights (--seed-init {seeds[0]} vs {seeds[1]}); "
+            "the paper compares two tickets of one model"
+        )
     order = a.layer_order()  # one layer per tensor, in forward order
     wa = {n: w * masks_a[n] if n in masks_a else w for n, w in level_a.state(weights).items()}
     wb = {n: w * masks_b[n] if n in masks_b else w for n, w in level_b.state(weights).items()}
     rows = weight_cka(wa, wb, order, threshold)
 
     noisy = noisy_batch(a, config)
-    activation_rows = activation_cka(level_network(level_a, weights), level_network(level_b, weights), noisy, order, threshold)
+    activation_rows = activation_cka(
+        level_network(level_a, weights), level_network(level_b, weights), noisy, order, threshold
+    )
     for row, extra in zip(rows, activation_rows):
         row.update({k: v for k, v in extra.items() if k not in ("index", "layer")})
     folder = CkaFolder(Path(out)) if out else a.cka_folder(b, level_a.index)
     write_csv(rows, folder.table)
-    caption = (f"{a.root.name} vs {b.root.name}, level {level_a.index}; weight CKA on {weights} weights ⊙ mask (RBF "
-               f"bandwidth {threshold} × median distance); activation CKA on {batch} training images noised at t = "
-               f"{', '.join(map(str, timesteps))} (seed {seed})")
+    caption = (
+        f"{a.root.name} vs {b.root.name}, level {level_a.index}; weight CKA on {weights} weights ⊙ mask (RBF "
+        f"bandwidth {threshold} × median distance); activation CKA on {batch} training images noised at t = "
+        f"{', '.join(map(str, timesteps))} (seed {seed})"
+    )
     figure_one(rows, folder.figure, caption)
-    summary = {"run_a": str(a.root), "run_b": str(b.root), "level": level_a.index, "weights": weights,
-               "threshold": threshold, "batch": batch, "timesteps": list(timesteps), "seed": seed, "caption": caption,
-               "sparsity": [sparsity_a, sparsity_b], "seed_init": list(seeds),
-               "mean_weight_cka_rbf_first_half": half_means(rows, "weight_cka_rbf")["upstream"],
-               "mean_weight_cka_rbf_second_half": half_means(rows, "weight_cka_rbf")["downstream"]}
+    summary = {
+        "run_a": str(a.root),
+        "run_b": str(b.root),
+        "level": level_a.index,
+        "weights": weights,
+        "threshold": threshold,
+        "batch": batch,
+        "timesteps": list(timesteps),
+        "seed": seed,
+        "caption": caption,
+        "sparsity": [sparsity_a, sparsity_b],
+        "seed_init": list(seeds),
+        "mean_weight_cka_rbf_first_half": half_means(rows, "weight_cka_rbf")["upstream"],
+        "mean_weight_cka_rbf_second_half": half_means(rows, "weight_cka_rbf")["downstream"],
+    }
     write_json(folder.summary, summary)
-    log(f"wrote {folder.table} and {folder.figure}: weight CKA (RBF) upstream half "
-        f"{summary['mean_weight_cka_rbf_first_half']:.3f}, downstream half {summary['mean_weight_cka_rbf_second_half']:.3f}")
+    log(
+        f"wrote {folder.table} and {folder.figure}: weight CKA (RBF) upstream half "
+        f"{summary['mean_weight_cka_rbf_first_half']:.3f}, downstream half {summary['mean_weight_cka_rbf_second_half']:.3f}"
+    )
     return {"rows": rows, "summary": summary, "out": folder.dir}
 
 
@@ -353,8 +439,11 @@ def half_means(rows: list[dict], key: str, blocks_only: bool = False) -> dict[st
     """The mean of ``key`` over the upstream and the downstream half of the layers, in forward order, leaving out
     the layers where it is undefined. ``blocks_only``: over the U-Net's blocks without its stem, whose few layers
     (a random pair of time-embedding layers scores far lower than a random pair of convolutions) can carry a half."""
-    values = [r[key] for r in rows if not math.isnan(r[key])
-              and (not blocks_only or str(r["layer"]).startswith(BLOCK_PREFIXES))]
+    values = [
+        r[key]
+        for r in rows
+        if not math.isnan(r[key]) and (not blocks_only or str(r["layer"]).startswith(BLOCK_PREFIXES))
+    ]
     half = len(values) // 2
 
     def mean(part: list[float]) -> float:

@@ -36,10 +36,20 @@ class DomainNet(torch.nn.Module):
     def __init__(self, channels: int, classes: int):
         super().__init__()
         self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, 32, 3, padding=1), torch.nn.GroupNorm(8, 32), torch.nn.SiLU(),
-            torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.GroupNorm(8, 64), torch.nn.SiLU(),
-            torch.nn.Conv2d(64, 64, 3, stride=2, padding=1), torch.nn.GroupNorm(8, 64), torch.nn.SiLU(),
-            torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(256, FEATURES), torch.nn.SiLU())
+            torch.nn.Conv2d(channels, 32, 3, padding=1),
+            torch.nn.GroupNorm(8, 32),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            torch.nn.GroupNorm(8, 64),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            torch.nn.GroupNorm(8, 64),
+            torch.nn.SiLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(256, FEATURES),
+            torch.nn.SiLU(),
+        )
         self.head = torch.nn.Linear(FEATURES, classes)
 
     @staticmethod
@@ -54,13 +64,23 @@ class DomainNet(torch.nn.Module):
 
 
 def _key(fingerprint: dict, channels: int, classes: int, seed: int, steps: int) -> str:
-    payload = json.dumps({"data": fingerprint.get("digest"), "channels": channels, "classes": classes,
-                          "seed": seed, "steps": steps, "architecture": ARCHITECTURE}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "data": fingerprint.get("digest"),
+            "channels": channels,
+            "classes": classes,
+            "seed": seed,
+            "steps": steps,
+            "architecture": ARCHITECTURE,
+        },
+        sort_keys=True,
+    )
     return f"domain-{fingerprint.get('dataset')}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
-def train_domain_net(images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch: int = 64,
-                     seed: int = 0) -> tuple[DomainNet, dict]:
+def train_domain_net(
+    images: torch.Tensor, labels: torch.Tensor, *, steps: int = 400, batch: int = 64, seed: int = 0
+) -> tuple[DomainNet, dict]:
     """Adam on cross-entropy with light shift augmentation; deterministic for a seed on one device."""
     classes = int(labels.max()) + 1
     with torch.random.fork_rng(devices=[]):
@@ -70,7 +90,7 @@ def train_domain_net(images: torch.Tensor, labels: torch.Tensor, *, steps: int =
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     net.train()
-    for step in range(steps):
+    for _step in range(steps):
         index = torch.randint(0, len(images), (batch,), generator=generator)
         x = images[index]
         shift = torch.randint(-2, 3, (2,), generator=generator)
@@ -80,22 +100,31 @@ def train_domain_net(images: torch.Tensor, labels: torch.Tensor, *, steps: int =
         loss.backward()
         optimizer.step()
     net.eval()
-    return net, {"steps": steps, "batch": batch, "seed": seed, "final_loss": float(loss.detach()),
-                 "train_seconds": time.perf_counter() - started, "architecture": ARCHITECTURE}
+    return net, {
+        "steps": steps,
+        "batch": batch,
+        "seed": seed,
+        "final_loss": float(loss.detach()),
+        "train_seconds": time.perf_counter() - started,
+        "architecture": ARCHITECTURE,
+    }
 
 
 def accuracy(net: DomainNet, images: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
-        predictions = torch.cat([net(images[i:i + 512]).argmax(1) for i in range(0, len(images), 512)])
+        predictions = torch.cat([net(images[i : i + 512]).argmax(1) for i in range(0, len(images), 512)])
     return float((predictions == labels).float().mean())
 
 
-def domain_net(train_images, fingerprint: dict, *, cache_dir: Path, seed: int = 0, steps: int = 400,
-               log=print) -> tuple[DomainNet, dict]:
+def domain_net(
+    train_images, fingerprint: dict, *, cache_dir: Path, seed: int = 0, steps: int = 400, log=print
+) -> tuple[DomainNet, dict]:
     """The domain network of a training set: from the cache, or trained now and cached."""
     if train_images.labels is None:
-        raise UserError(f"the domain measure needs class labels, and {train_images.name} from {train_images.source} "
-                        "has none; use image folders with one subfolder per class, or skip this measure")
+        raise UserError(
+            f"the domain measure needs class labels, and {train_images.name} from {train_images.source} "
+            "has none; use image folders with one subfolder per class, or skip this measure"
+        )
     images, labels = train_images.images, train_images.labels.long()
     classes = int(labels.max()) + 1
     key = _key(fingerprint, images.shape[1], classes, seed, steps)
@@ -111,14 +140,16 @@ def domain_net(train_images, fingerprint: dict, *, cache_dir: Path, seed: int = 
             pass  # a damaged cache entry is retrained and replaced
     net, info = train_domain_net(images, labels, steps=steps, seed=seed)
     save_tensors(path, net.state_dict(), {"key": key, "architecture": ARCHITECTURE})
-    log(f"domain network: trained on {len(images):,} {train_images.name} images in {info['train_seconds']:.0f} s "
-        f"(final loss {info['final_loss']:.3f}), cached as {path.name}")
+    log(
+        f"domain network: trained on {len(images):,} {train_images.name} images in {info['train_seconds']:.0f} s "
+        f"(final loss {info['final_loss']:.3f}), cached as {path.name}"
+    )
     return net, {"key": key, "cached": False, **info}
 
 
 @torch.no_grad()
 def domain_features(net: DomainNet, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    return torch.cat([net.features(images[i:i + batch]) for i in range(0, len(images), batch)]).double()
+    return torch.cat([net.features(images[i : i + batch]) for i in range(0, len(images), batch)]).double()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,7 +159,7 @@ def domain_features(net: DomainNet, images: torch.Tensor, batch: int = 512) -> t
 def box_blur(images: torch.Tensor, size: int = 5) -> torch.Tensor:
     """uint8 images blurred with a ``size`` x ``size`` box: recognisably degraded, not destroyed."""
     channels = images.shape[1]
-    kernel = torch.ones(channels, 1, size, size) / size ** 2
+    kernel = torch.ones(channels, 1, size, size) / size**2
     blurred = F.conv2d(images.float(), kernel, padding=size // 2, groups=channels)
     return blurred.round().clamp(0, 255).to(torch.uint8)
 
@@ -138,8 +169,13 @@ def uniform_noise(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, like.shape, generator=generator, dtype=torch.uint8)
 
 
-def domain_validation(net: DomainNet, train_images: torch.Tensor, held_out_images: torch.Tensor,
-                      held_out_labels: torch.Tensor | None = None, seed: int = 0) -> dict[str, float]:
+def domain_validation(
+    net: DomainNet,
+    train_images: torch.Tensor,
+    held_out_images: torch.Tensor,
+    held_out_labels: torch.Tensor | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
     """The domain FD (against every training image) of: held-out real images, as many training images
     (the floor at this N), the held-out images blurred, and uniform noise; plus held-out accuracy.
 
@@ -148,11 +184,14 @@ def domain_validation(net: DomainNet, train_images: torch.Tensor, held_out_image
     count = len(held_out_images)
     generator = torch.Generator().manual_seed(seed)
     same_count = train_images[torch.randperm(len(train_images), generator=generator)[:count]]
-    result = {"n": count, "reference": len(train_images),
-              "real": reference.distance(domain_features(net, held_out_images)),
-              "floor": reference.distance(domain_features(net, same_count)),
-              "blurred": reference.distance(domain_features(net, box_blur(held_out_images))),
-              "noise": reference.distance(domain_features(net, uniform_noise(held_out_images, seed)))}
+    result = {
+        "n": count,
+        "reference": len(train_images),
+        "real": reference.distance(domain_features(net, held_out_images)),
+        "floor": reference.distance(domain_features(net, same_count)),
+        "blurred": reference.distance(domain_features(net, box_blur(held_out_images))),
+        "noise": reference.distance(domain_features(net, uniform_noise(held_out_images, seed))),
+    }
     if held_out_labels is not None:
         result["accuracy"] = accuracy(net, held_out_images, held_out_labels.long())
     return result

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -60,6 +60,13 @@ from ddpm_lottery.measures.inception import (
     reference_features,
     reference_images,
 )
+from ddpm_lottery.measures.protocol import (
+    centred_interval,
+    measure_key,
+    protocol_label,
+    sampling_key,
+    sampling_protocol,
+)
 from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.networks import input_size
@@ -69,7 +76,6 @@ from ddpm_lottery.training.tracking import Tracking
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import atomic_path, write_json
 from ddpm_lottery.utils.launch import resolve_device
-from ddpm_lottery.measures.protocol import centred_interval, measure_key, protocol_label, sampling_key, sampling_protocol
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
 BOOTSTRAP_SEED = 0
@@ -79,8 +85,9 @@ BOOTSTRAP_SEED = 0
 # Images
 
 
-def generate(level: Level, config: EvalConfig, device: torch.device, progress: bool,
-             parts: Path | None = None, log=print) -> tuple[torch.Tensor, dict]:
+def generate(
+    level: Level, config: EvalConfig, device: torch.device, progress: bool, parts: Path | None = None, log=print
+) -> tuple[torch.Tensor, dict]:
     """The level's N images (uint8), sampled with the protocol's sampler and seed.
 
     With ``parts``, every finished batch is kept in that folder, so a killed evaluation resumes at the batch it
@@ -93,8 +100,13 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     started = time.perf_counter()
     total, batch, steps = config.eval.num_samples, sampling.sample_batch_size, sampling_steps(sampling)
-    bar = tqdm(total=steps * -(-total // batch), disable=not progress, desc=f"{level.label()}: sampling", unit="call",
-               leave=True)
+    bar = tqdm(
+        total=steps * -(-total // batch),
+        disable=not progress,
+        desc=f"{level.label()}: sampling",
+        unit="call",
+        leave=True,
+    )
     drawn = []
     for first in range(0, total, batch):
         count = min(batch, total - first)
@@ -102,11 +114,20 @@ def generate(level: Level, config: EvalConfig, device: torch.device, progress: b
         images = _stored_part(part, count)
         if images is None:
             before = bar.n
-            floats = run_sampler(model, level.run.config.diffusion, sampler=sampling.sampler, num_steps=steps,
-                                 num_samples=count, seed=sampling.sample_seed, batch_size=count, eta=sampling.eta,
-                                 clip_sample=sampling.clip_sample,
-                                 device=device, first_index=first,
-                                 on_step=lambda done, _total: bar.update(before + done - bar.n))
+            floats = run_sampler(
+                model,
+                level.run.config.diffusion,
+                sampler=sampling.sampler,
+                num_steps=steps,
+                num_samples=count,
+                seed=sampling.sample_seed,
+                batch_size=count,
+                eta=sampling.eta,
+                clip_sample=sampling.clip_sample,
+                device=device,
+                first_index=first,
+                on_step=lambda done, _total: bar.update(before + done - bar.n),
+            )
             images = from_model_range(floats)
             if part is not None:
                 with atomic_path(part) as tmp, open(tmp, "wb") as handle:
@@ -131,9 +152,8 @@ def _stored_part(path: Path | None, count: int) -> torch.Tensor | None:
 
 def save_samples(path: Path, images: torch.Tensor) -> None:
     """uint8 (N, H, W, C) under ``arr_0``, the key common evaluator scripts read."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, arr_0=images.permute(0, 2, 3, 1).numpy())
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, arr_0=images.permute(0, 2, 3, 1).numpy())
 
 
 def load_samples(path: Path) -> torch.Tensor:
@@ -153,11 +173,14 @@ class Measure:
     uses_samples: bool
 
 
-MEASURES: dict[str, Measure] = {m.name: m for m in (
-    Measure("inception", "FID", "Fréchet distance on Inception-v3 pool3 features (KID beside it)", True),
-    Measure("domain", "domain FD", "Fréchet distance on the features of a classifier of the training images", True),
-    Measure("loss", "held-out loss", "denoising MSE on held-out images with fixed noise, per timestep band", False),
-)}
+MEASURES: dict[str, Measure] = {
+    m.name: m
+    for m in (
+        Measure("inception", "FID", "Fréchet distance on Inception-v3 pool3 features (KID beside it)", True),
+        Measure("domain", "domain FD", "Fréchet distance on the features of a classifier of the training images", True),
+        Measure("loss", "held-out loss", "denoising MSE on held-out images with fixed noise, per timestep band", False),
+    )
+}
 
 
 class Evaluator:
@@ -166,8 +189,9 @@ class Evaluator:
     One evaluator serves every run of a study whose runs share a dataset and network shape.
     """
 
-    def __init__(self, config: EvalConfig, *, progress: bool = True, log=print,
-                 extractor: InceptionFeatures | None = None):
+    def __init__(
+        self, config: EvalConfig, *, progress: bool = True, log=print, extractor: InceptionFeatures | None = None
+    ):
         self.config = check_config(config)
         scoring = config.eval
         sampling_steps(config.sampling)
@@ -195,19 +219,33 @@ class Evaluator:
 
     def _images(self, run: Run, split: str):
         data, network = run.config.data, run.network_config()
-        return self._once(("images", data.dataset, data.data_dir, split, network["sample_size"],
-                           network["in_channels"]),
-                          lambda: load_dataset(data.dataset, data.data_dir, split=split,
-                                               image_size=network["sample_size"], channels=network["in_channels"]))
+        return self._once(
+            ("images", data.dataset, data.data_dir, split, network["sample_size"], network["in_channels"]),
+            lambda: load_dataset(
+                data.dataset,
+                data.data_dir,
+                split=split,
+                image_size=network["sample_size"],
+                channels=network["in_channels"],
+            ),
+        )
 
     def _reference(self, run: Run) -> tuple[torch.Tensor, dict]:
         scoring = self.config.eval
         images = self._images(run, scoring.reference_split).images
-        chosen = self._once(("reference", id(images), scoring.reference_samples),
-                            lambda: reference_images(images, scoring.reference_samples))
+        chosen = self._once(
+            ("reference", id(images), scoring.reference_samples),
+            lambda: reference_images(images, scoring.reference_samples),
+        )
         network = run.network_config()
-        spec = {"dataset": run.config.data.dataset, "split": scoring.reference_split, "count": len(chosen),
-                "size": network["sample_size"], "channels": network["in_channels"], "images": image_digest(chosen)}
+        spec = {
+            "dataset": run.config.data.dataset,
+            "split": scoring.reference_split,
+            "count": len(chosen),
+            "size": network["sample_size"],
+            "channels": network["in_channels"],
+            "images": image_digest(chosen),
+        }
         return chosen, spec
 
     def _inception_reference(self, run: Run) -> tuple[torch.Tensor, FrechetReference, dict]:
@@ -215,12 +253,17 @@ class Evaluator:
 
         def make():
             started = time.perf_counter()
-            key = (f"{spec['dataset']}-{spec['split']}-{spec['size']}px-{spec['channels']}ch-n{spec['count']}-"
-                   f"{spec['images']}-inception{self.extractor.digest}")
-            features, cached = reference_features(chosen, key, self.extractor, cache_dir=self.config.eval.cache_dir,
-                                                  progress=self.progress)
-            self.log(f"Inception reference: {len(chosen)} {spec['dataset']} {spec['split']} images, "
-                     f"{'cached' if cached else 'computed'} in {time.perf_counter() - started:.1f} s")
+            key = (
+                f"{spec['dataset']}-{spec['split']}-{spec['size']}px-{spec['channels']}ch-n{spec['count']}-"
+                f"{spec['images']}-inception{self.extractor.digest}"
+            )
+            features, cached = reference_features(
+                chosen, key, self.extractor, cache_dir=self.config.eval.cache_dir, progress=self.progress
+            )
+            self.log(
+                f"Inception reference: {len(chosen)} {spec['dataset']} {spec['split']} images, "
+                f"{'cached' if cached else 'computed'} in {time.perf_counter() - started:.1f} s"
+            )
             return features, FrechetReference(features)
 
         features, frechet = self._once(("inception-reference", spec["images"], self.extractor.digest), make)
@@ -236,8 +279,9 @@ class Evaluator:
 
         net, info = self._once(("domain-net", data.dataset, data.data_dir, id(train)), make)
         chosen, spec = self._reference(run)
-        frechet = self._once(("domain-reference", spec["images"], info["key"]),
-                             lambda: FrechetReference(domain_features(net, chosen)))
+        frechet = self._once(
+            ("domain-reference", spec["images"], info["key"]), lambda: FrechetReference(domain_features(net, chosen))
+        )
         return net, info["key"], frechet, spec
 
     def _heldout(self, run: Run) -> tuple[torch.Tensor, dict]:
@@ -245,14 +289,22 @@ class Evaluator:
         try:
             images = self._images(run, scoring.heldout_split).images
         except UserError as exc:
-            raise UserError(f"the loss measure needs held-out images ({exc}); set --heldout-split to a split "
-                            "the dataset has, or drop loss from --measures") from None
+            raise UserError(
+                f"the loss measure needs held-out images ({exc}); set --heldout-split to a split "
+                "the dataset has, or drop loss from --measures"
+            ) from None
         chosen = reference_images(images, scoring.heldout_images, seed=1)
         if len(chosen) < interval_floor(scoring.confidence):
-            raise UserError(f"the {scoring.heldout_split} split has {len(chosen)} images, too few for a "
-                            f"{scoring.confidence:.0%} interval of the held-out loss; use another --heldout-split")
-        return chosen, {"dataset": run.config.data.dataset, "split": scoring.heldout_split, "count": len(chosen),
-                        "images": image_digest(chosen)}
+            raise UserError(
+                f"the {scoring.heldout_split} split has {len(chosen)} images, too few for a "
+                f"{scoring.confidence:.0%} interval of the held-out loss; use another --heldout-split"
+            )
+        return chosen, {
+            "dataset": run.config.data.dataset,
+            "split": scoring.heldout_split,
+            "count": len(chosen),
+            "images": image_digest(chosen),
+        }
 
     # -- specs -----------------------------------------------------------------------------------
 
@@ -262,15 +314,25 @@ class Evaluator:
         common = {"measure": measure, "bootstrap_rounds": scoring.bootstrap_rounds, "bootstrap_seed": BOOTSTRAP_SEED}
         if measure == "inception":
             _, _, reference = self._inception_reference(run)
-            return {**common, "sampling": self.sampling, "reference": reference,
-                    "feature_network": self.extractor.digest, "kid_subset_size": scoring.kid_subset_size,
-                    "kid_subsets": scoring.kid_subsets}
+            return {
+                **common,
+                "sampling": self.sampling,
+                "reference": reference,
+                "feature_network": self.extractor.digest,
+                "kid_subset_size": scoring.kid_subset_size,
+                "kid_subsets": scoring.kid_subsets,
+            }
         if measure == "domain":
             _, key, _, reference = self._domain(run)
             return {**common, "sampling": self.sampling, "reference": reference, "feature_network": key}
         _, heldout = self._heldout(run)
-        return {**common, "heldout": heldout, "bands": scoring.loss_bands, "seed": self.config.sampling.sample_seed,
-                "weights": self.config.sampling.weights}
+        return {
+            **common,
+            "heldout": heldout,
+            "bands": scoring.loss_bands,
+            "seed": self.config.sampling.sample_seed,
+            "weights": self.config.sampling.weights,
+        }
 
     # -- measuring -------------------------------------------------------------------------------
 
@@ -285,8 +347,9 @@ class Evaluator:
             except (OSError, ValueError, KeyError):
                 pass  # damaged: drawn again (seeded, so the same images) and replaced
         parts = path.with_name(f".{path.stem}.parts")
-        images, self.drawn[str(level.dir)] = generate(level, self.config, self.device, self.progress, parts=parts,
-                                                      log=self.log)
+        images, self.drawn[str(level.dir)] = generate(
+            level, self.config, self.device, self.progress, parts=parts, log=self.log
+        )
         save_samples(path, images)
         shutil.rmtree(parts, ignore_errors=True)
         return images
@@ -307,26 +370,34 @@ class Evaluator:
             images, _ = self._heldout(level.run)
             model = level_network(level, self.config.sampling.weights).to(self.device)
             kernels = install_kernels(model, self.config.runtime, log=self.log, what=level.label())
-            per_image = denoising_loss_by_band(model, level.run.config.diffusion, to_model_range(images),
-                                               bands=scoring.loss_bands, seed=self.config.sampling.sample_seed,
-                                               device=self.device)
+            per_image = denoising_loss_by_band(
+                model,
+                level.run.config.diffusion,
+                to_model_range(images),
+                bands=scoring.loss_bands,
+                seed=self.config.sampling.sample_seed,
+                device=self.device,
+            )
             extra.update(kernel_record(model, kernels))
-            with atomic_path(level.evaluation_array_path(key)) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.savez_compressed(handle, losses=per_image.numpy())
+            with atomic_path(level.evaluation_array_path(key)) as tmp, open(tmp, "wb") as handle:
+                np.savez_compressed(handle, losses=per_image.numpy())
             totals = per_image.mean(1)
             value = float(totals.mean())
-            replicates = [float(totals[index].mean()) for index in
-                          bootstrap_indices(len(totals), scoring.bootstrap_rounds, BOOTSTRAP_SEED)]
+            replicates = [
+                float(totals[index].mean())
+                for index in bootstrap_indices(len(totals), scoring.bootstrap_rounds, BOOTSTRAP_SEED)
+            ]
             extra.update({"bands": per_image.mean(0).tolist(), "per_image_file": level.evaluation_array_path(key).name})
         else:
             images = self.samples(level)
             if measure == "inception":
                 reference, frechet, _ = self._inception_reference(level.run)
-                features = extract_features(self.extractor, images, progress=self.progress,
-                                            description=f"{level.label()}: inception")
-                scores = fid_kid(reference, features, kid_subset_size=scoring.kid_subset_size,
-                                 kid_subsets=scoring.kid_subsets)
+                features = extract_features(
+                    self.extractor, images, progress=self.progress, description=f"{level.label()}: inception"
+                )
+                scores = fid_kid(
+                    reference, features, kid_subset_size=scoring.kid_subset_size, kid_subsets=scoring.kid_subsets
+                )
                 value = scores["fid"]
                 extra = {**scores, "biased_warning": biased_note(len(images))}
             else:
@@ -338,10 +409,21 @@ class Evaluator:
         low, high = centred_interval(value, replicates, scoring.confidence)
         if measure != "loss":  # the seconds and kernels of the images, when this measure drew them
             extra.update(self.drawn.pop(str(level.dir), {}))
-        record = {"key": key, "measure": measure, **level.record_fields(), "value": value, "interval": [low, high],
-                  "confidence": scoring.confidence, "replicates": replicates, "protocol": spec, **extra,
-                  "wall_time_s": time.perf_counter() - started, "device": str(self.device),
-                  "config": to_dict(self.config), "time": time.time()}
+        record = {
+            "key": key,
+            "measure": measure,
+            **level.record_fields(),
+            "value": value,
+            "interval": [low, high],
+            "confidence": scoring.confidence,
+            "replicates": replicates,
+            "protocol": spec,
+            **extra,
+            "wall_time_s": time.perf_counter() - started,
+            "device": str(self.device),
+            "config": to_dict(self.config),
+            "time": time.time(),
+        }
         record["label"] = protocol_label(record)
         write_json(path, record)
         self.log(describe(record, level.run.root))
@@ -351,9 +433,16 @@ class Evaluator:
         return [self.measure(level, m, force=force) for m in (measures or self.config.eval.measures)]
 
 
-def evaluate_levels(run: str | Path, config: EvalConfig | None = None, levels: list[int] | None = None, *,
-                    progress: bool = True, log=print, extractor: InceptionFeatures | None = None,
-                    force: bool = False) -> list[dict]:
+def evaluate_levels(
+    run: str | Path,
+    config: EvalConfig | None = None,
+    levels: list[int] | None = None,
+    *,
+    progress: bool = True,
+    log=print,
+    extractor: InceptionFeatures | None = None,
+    force: bool = False,
+) -> list[dict]:
     """Measure the given levels (default: the last finished one) with every configured measure.
 
     Returns the records, level by level.  A measure already stored with the same protocol is read
@@ -395,23 +484,38 @@ def loss_validation(level: Level, count: int = 200, bands: int = 5, seed: int = 
     model, diffusion = level_network(level, "ema"), level.run.config.diffusion
 
     def images(split: str) -> torch.Tensor:
-        return reference_images(load_dataset(data.dataset, data.data_dir, split=split, image_size=input_size(
-            level.run.config), channels=data.channels, mirror=data.mirror).images, count, seed=1)
+        return reference_images(
+            load_dataset(
+                data.dataset,
+                data.data_dir,
+                split=split,
+                image_size=input_size(level.run.config),
+                channels=data.channels,
+                mirror=data.mirror,
+            ).images,
+            count,
+            seed=1,
+        )
 
     def loss(batch: torch.Tensor) -> float:
         return float(denoising_loss_by_band(model, diffusion, to_model_range(batch), bands=bands, seed=seed).mean())
 
     held_out = images("test")
-    return {"n": len(held_out), "bands": bands, "real": loss(held_out), "training": loss(images("train")),
-            "blurred": loss(box_blur(held_out)), "noise": loss(uniform_noise(held_out, seed))}
+    return {
+        "n": len(held_out),
+        "bands": bands,
+        "real": loss(held_out),
+        "training": loss(images("train")),
+        "blurred": loss(box_blur(held_out)),
+        "noise": loss(uniform_noise(held_out, seed)),
+    }
 
 
 def describe(record: dict, run: Path | str = "") -> str:
     measure = MEASURES[record["measure"]]
     low, high = record["interval"]
     where = f"schedule {record['schedule']}" if record.get("schedule") else f"level {record['level']}"
-    text = (f"{run} {where}: {measure.label} {record['value']:.4g} "
-            f"[{low:.4g}, {high:.4g}]")
+    text = f"{run} {where}: {measure.label} {record['value']:.4g} [{low:.4g}, {high:.4g}]"
     if record["measure"] == "inception":
         if record.get("biased_warning"):
             text += " (strongly biased: N < 2048, read KID)"
@@ -419,5 +523,16 @@ def describe(record: dict, run: Path | str = "") -> str:
     return f"{text} ({record['confidence']:.0%} interval; {record['label']}; {record['wall_time_s']:.0f} s)"
 
 
-__all__ = ["evaluate", "Evaluator", "MEASURES", "describe", "sampling_protocol", "sampling_key", "measure_key",
-           "protocol_label", "load_samples", "centred_interval", "BOOTSTRAP_SEED", "FEATURE_DIM"]
+__all__ = [
+    "BOOTSTRAP_SEED",
+    "FEATURE_DIM",
+    "MEASURES",
+    "Evaluator",
+    "centred_interval",
+    "describe",
+    "load_samples",
+    "measure_key",
+    "protocol_label",
+    "sampling_key",
+    "sampling_protocol",
+]

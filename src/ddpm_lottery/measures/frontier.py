@@ -72,8 +72,9 @@ class Point:
 def parse_sampler(text: str) -> tuple[str, int]:
     name, _, steps = text.partition(":")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-        raise UserError(f"sampler point {text!r} is not SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)} "
-                        "(e.g. ddim:20)")
+        raise UserError(
+            f"sampler point {text!r} is not SAMPLER:STEPS with SAMPLER one of {', '.join(SAMPLERS)} (e.g. ddim:20)"
+        )
     return name, int(steps)
 
 
@@ -88,6 +89,7 @@ def _eval_config(config: FrontierConfig, sampler: str, steps: int, schedule: str
 def _schedule_kind(staged) -> str:
     """A stored schedule outside the sweep: a "schedule control" when its first (noisiest) range runs a sparser
     network than its last, the reverse of the assignment the sweep tests; else a "schedule"."""
+
     def sparsity(level) -> float:
         metrics = level.metrics()
         return metrics.get("channel_sparsity", metrics.get("sparsity", 0.0))
@@ -115,14 +117,23 @@ def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
     return out
 
 
-def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: str | Path | None = None, *,
-             progress: bool = True, log=print, extractor=None) -> dict:
+def frontier(
+    runs: list[str | Path],
+    config: FrontierConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    log=print,
+    extractor=None,
+) -> dict:
     """Measure every point (reusing stored evaluations), time every network, write the table and figure."""
     config = check_config(config or FrontierConfig())
     measure = config.eval.measures[0]
     if measure == "loss":
-        raise UserError("the frontier compares samplers, and the held-out loss does not sample: give --measures "
-                        "inception or --measures domain")
+        raise UserError(
+            "the frontier compares samplers, and the held-out loss does not sample: give --measures "
+            "inception or --measures domain"
+        )
     if not runs:
         raise UserError("give at least one run folder")
     dense_points = [parse_sampler(s) for s in config.frontier.dense_samplers]
@@ -138,8 +149,12 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         if 0 not in finished:
             raise UserError(f"{run.root} has no finished dense level 0 to compare against")
         for sampler, steps in dense_points:
-            planned.append((Point(f"dense {sampler} {steps}", "dense", str(run.root), sampler, steps, level=0,
-                                  sparsity=0.0), run.level(0)))
+            planned.append(
+                (
+                    Point(f"dense {sampler} {steps}", "dense", str(run.root), sampler, steps, level=0, sparsity=0.0),
+                    run.level(0),
+                )
+            )
         wanted = list(config.frontier.levels) or [i for i in finished if i > 0]
         for index in wanted:
             if index not in finished:
@@ -150,16 +165,39 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
             sparsity = metrics.get("channel_sparsity", metrics["sparsity"])
             what = "channels" if kind == "channel" else "weights"
             for sampler, steps in ticket_points:
-                planned.append((Point(f"level {index} ({sparsity:.1%} {what}) {sampler} {steps}", kind, str(run.root),
-                                      sampler, steps, level=index, sparsity=sparsity), level))
+                planned.append(
+                    (
+                        Point(
+                            f"level {index} ({sparsity:.1%} {what}) {sampler} {steps}",
+                            kind,
+                            str(run.root),
+                            sampler,
+                            steps,
+                            level=index,
+                            sparsity=sparsity,
+                        ),
+                        level,
+                    )
+                )
         schedules = _sweep(run, config)
         stored = sorted({r.get("schedule") for d in run.schedules_dir.glob("*/eval") for r in _records(d)} - {None})
         schedules += [(s, _schedule_kind(StagedLevel(run, s))) for s in stored if s not in {x for x, _ in schedules}]
         for schedule, kind in schedules:
             staged = StagedLevel(run, schedule)
             for sampler, steps in ticket_points:
-                planned.append((Point(f"{kind} {staged.schedule} {sampler} {steps}", kind, str(run.root), sampler, steps,
-                                      schedule=staged.schedule), staged))
+                planned.append(
+                    (
+                        Point(
+                            f"{kind} {staged.schedule} {sampler} {steps}",
+                            kind,
+                            str(run.root),
+                            sampler,
+                            steps,
+                            schedule=staged.schedule,
+                        ),
+                        staged,
+                    )
+                )
 
     # quality
     evaluators: dict[tuple, Evaluator] = {}
@@ -167,8 +205,12 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     for point, level in planned:
         key = (point.sampler, point.steps, point.schedule)
         if key not in evaluators:
-            evaluators[key] = Evaluator(_eval_config(config, point.sampler, point.steps, point.schedule),
-                                        progress=progress, log=log, extractor=extractor)
+            evaluators[key] = Evaluator(
+                _eval_config(config, point.sampler, point.steps, point.schedule),
+                progress=progress,
+                log=log,
+                extractor=extractor,
+            )
             if extractor is None and measure == "inception":
                 extractor = evaluators[key].extractor()  # one Inception network for every point
         record = evaluators[key].measure(level, measure)
@@ -186,8 +228,8 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         timed_as = level.index if level.compact_path.exists() or sparse_kernels else 0
         return f"{level.run.root}::{timed_as}"
 
-    for point, level in planned:
-        for member in (level.levels if isinstance(level, StagedLevel) else [level]):
+    for _point, level in planned:
+        for member in level.levels if isinstance(level, StagedLevel) else [level]:
             key = network_key(member)
             if key not in networks:
                 timed = member.run.level(int(key.rsplit("::", 1)[1]))
@@ -198,8 +240,10 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
                 effective[_level_key(member)] = flops[key]
             else:  # what a sparse kernel would execute: each layer's FLOPs times its density
                 effective[_level_key(member)] = stored_costs(member)["effective_flops"]
-    log(f"timing {len(networks)} networks at batch {config.frontier.timing_batch}, {config.frontier.timing_repeats} "
-        f"interleaved calls each, on {device}")
+    log(
+        f"timing {len(networks)} networks at batch {config.frontier.timing_batch}, {config.frontier.timing_repeats} "
+        f"interleaved calls each, on {device}"
+    )
     seconds = time_denoisers(networks, config.frontier.timing_batch, config.frontier.timing_repeats, device)
     batch = config.frontier.timing_batch
     # other work on the machine slows every network alike (the calls are interleaved), so the ratios hold;
@@ -219,10 +263,18 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
         point.effective_flops_per_sample = sum(calls * effective[_level_key(m)] for m, calls in members)
         calls = sum(c for _, c in members)
         point.flop_ratio = dense_call_flops[point.run] * calls / point.effective_flops_per_sample
-        point.extra = {"calls": calls, "networks": [
-            {"level": m.index, "calls": c, "seconds_per_call": seconds[network_key(m)],
-             "kernels": kernel_record(networks[network_key(m)], kernel_reports[network_key(m)])["kernels"]}
-            for m, c in members]}
+        point.extra = {
+            "calls": calls,
+            "networks": [
+                {
+                    "level": m.index,
+                    "calls": c,
+                    "seconds_per_call": seconds[network_key(m)],
+                    "kernels": kernel_record(networks[network_key(m)], kernel_reports[network_key(m)])["kernels"],
+                }
+                for m, c in members
+            ],
+        }
         point.kernels = "; ".join(sorted({n["kernels"] for n in point.extra["networks"]}))
     points = [p for p, _ in planned]
     _mark_pareto(points, "seconds_per_sample", "pareto_seconds")
@@ -231,12 +283,21 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     reference = {p.run: p for p in points if p.kind == "dense" and p.sampler == "ddpm"}
     _compare_to_dense(points, records, reference, config.eval.confidence)
     make_dirs(folder.dir)
-    how = (f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
-           f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
-           f"{torch.get_num_threads()} threads, --kernels {config.runtime.kernels}" + ("" if load is None else
-                                                    f", machine load {load:.1f} on {os.cpu_count()} cores"))
-    result = {"measure": measure, "how": how, "points": [p.as_dict() for p in points], "device": str(device),
-              "timing_batch": batch, "machine_load": load, "settings": to_dict(config)}
+    how = (
+        f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
+        f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
+        f"{torch.get_num_threads()} threads, --kernels {config.runtime.kernels}"
+        + ("" if load is None else f", machine load {load:.1f} on {os.cpu_count()} cores")
+    )
+    result = {
+        "measure": measure,
+        "how": how,
+        "points": [p.as_dict() for p in points],
+        "device": str(device),
+        "timing_batch": batch,
+        "machine_load": load,
+        "settings": to_dict(config),
+    }
     write_json(folder.record, result)
     table = markdown(points, reference, how, config.eval.confidence)
     write_text(folder.table, table)
@@ -246,16 +307,19 @@ def frontier(runs: list[str | Path], config: FrontierConfig | None = None, out: 
     return result
 
 
-def _compare_to_dense(points: list[Point], records: dict[int, dict], reference: dict[str, Point],
-                      confidence: float) -> None:
+def _compare_to_dense(
+    points: list[Point], records: dict[int, dict], reference: dict[str, Point], confidence: float
+) -> None:
     """Each point's quality minus the dense model's, with the paired-bootstrap interval and a verdict:
     against the dense model with the same sampler and steps (what pruning costs), and against dense DDPM
     (what pruning and fewer steps together cost).  Image i of every point comes from the same noise and the
     resamples are the same, so the pairs are paired."""
     dense = {(p.run, p.sampler, p.steps): p for p in points if p.kind == "dense"}
     for p in points:
-        for name, other in (("vs_dense_same_sampler", dense.get((p.run, p.sampler, p.steps))),
-                            ("vs_dense_ddpm", reference.get(p.run))):
+        for name, other in (
+            ("vs_dense_same_sampler", dense.get((p.run, p.sampler, p.steps))),
+            ("vs_dense_ddpm", reference.get(p.run)),
+        ):
             if other is None or other is p or id(other) not in records or id(p) not in records:
                 continue
             first, second = records[id(p)], records[id(other)]
@@ -288,33 +352,44 @@ def _records(folder: Path) -> list[dict]:
 
 def _mark_pareto(points: list[Point], cost: str, flag: str) -> None:
     for p in points:
-        dominated = any(getattr(q, cost) <= getattr(p, cost) and q.value <= p.value
-                        and (getattr(q, cost) < getattr(p, cost) or q.value < p.value) for q in points if q is not p)
+        dominated = any(
+            getattr(q, cost) <= getattr(p, cost)
+            and q.value <= p.value
+            and (getattr(q, cost) < getattr(p, cost) or q.value < p.value)
+            for q in points
+            if q is not p
+        )
         setattr(p, flag, not dominated)
 
 
 def markdown(points: list[Point], reference: dict[str, Point], how: str, confidence: float = 0.95) -> str:
     baseline = next(iter(reference.values()), None)
     against = f"dense ddpm {baseline.steps}" if baseline else "dense ddpm"
-    lines = [f"Quality against cost ({how}). Lower is better; × is the measured speed-up over the run's dense model "
-             f"with DDPM ({against}); the FLOP ratio is the physical limit of a network's speed-up "
-             "per call over the dense model (effective FLOPs for unstructured tickets: a layer's FLOPs times its density). "
-             "The kernels column says which ran.", "",
-             "The two difference columns are this point's quality minus the dense model's (with the same sampler and "
-             f"steps, and with DDPM), paired-bootstrap {confidence:.0%} intervals, and whether that is better, worse or "
-             "not separable.", "",
-             f"| point | quality [{confidence:.0%} interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | "
-             f"− dense, same sampler | − {against} | Pareto | kernels |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Quality against cost ({how}). Lower is better; × is the measured speed-up over the run's dense model "
+        f"with DDPM ({against}); the FLOP ratio is the physical limit of a network's speed-up "
+        "per call over the dense model (effective FLOPs for unstructured tickets: a layer's FLOPs times its density). "
+        "The kernels column says which ran.",
+        "",
+        "The two difference columns are this point's quality minus the dense model's (with the same sampler and "
+        f"steps, and with DDPM), paired-bootstrap {confidence:.0%} intervals, and whether that is better, worse or "
+        "not separable.",
+        "",
+        f"| point | quality [{confidence:.0%} interval] | s / sample | × vs {against} | GFLOPs / sample | FLOP ratio | "
+        f"− dense, same sampler | − {against} | Pareto | kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for p in sorted(points, key=lambda p: (p.run, p.seconds_per_sample)):
         ref = reference.get(p.run)
         speed = f"{ref.seconds_per_sample / p.seconds_per_sample:.1f}×" if ref else "–"
         front = " ".join(x for x, on in (("time", p.pareto_seconds), ("FLOPs", p.pareto_flops)) if on) or ""
-        lines.append(f"| {p.label} | {p.value:.4g} [{p.interval[0]:.4g}, {p.interval[1]:.4g}] | "
-                     f"{p.seconds_per_sample:.4g} | {speed} | {p.effective_flops_per_sample / 1e9:.3g} | "
-                     f"{p.flop_ratio:.2f}× | {_cell(p.extra.get('vs_dense_same_sampler'))} | "
-                     f"{_cell(p.extra.get('vs_dense_ddpm'))} | {front} | {p.kernels or '–'} |")
+        lines.append(
+            f"| {p.label} | {p.value:.4g} [{p.interval[0]:.4g}, {p.interval[1]:.4g}] | "
+            f"{p.seconds_per_sample:.4g} | {speed} | {p.effective_flops_per_sample / 1e9:.3g} | "
+            f"{p.flop_ratio:.2f}× | {_cell(p.extra.get('vs_dense_same_sampler'))} | "
+            f"{_cell(p.extra.get('vs_dense_ddpm'))} | {front} | {p.kernels or '–'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["frontier", "Point", "parse_sampler", "markdown"]
+__all__ = ["Point", "frontier", "markdown", "parse_sampler"]

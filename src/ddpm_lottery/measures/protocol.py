@@ -16,13 +16,17 @@ from ddpm_lottery.models.diffusion import sampling_steps, unclipped
 def sampling_protocol(config: EvalConfig) -> dict:
     """Everything that decides the generated images (and nothing that does not, such as the device)."""
     sampling = config.sampling
-    spec = {"sampler": sampling.sampler, "steps": sampling_steps(sampling),
-            "eta": sampling.eta if sampling.sampler == "ddim" else None, "num_samples": config.eval.num_samples,
-            "seed": sampling.sample_seed, "weights": sampling.weights}
+    spec = {
+        "sampler": sampling.sampler,
+        "steps": sampling_steps(sampling),
+        "eta": sampling.eta if sampling.sampler == "ddim" else None,
+        "num_samples": config.eval.num_samples,
+        "seed": sampling.sample_seed,
+        "weights": sampling.weights,
+    }
     if unclipped(sampling):  # only then, as for schedules below
         spec["clip_sample"] = False
     if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
-
         spec["schedule"] = normal_schedule_text(sampling.schedule)
     return spec
 
@@ -33,16 +37,23 @@ def _digest(spec: dict, length: int = 10) -> str:
 
 def sampling_key(spec: dict) -> str:
     """A readable name of a sampling protocol and a digest of all of it."""
-    return (f"samples-{spec['sampler']}-{spec['steps']}steps-n{spec['num_samples']}-seed{spec['seed']}-"
-            f"{spec['weights']}-{_digest(spec, 6)}")
+    return (
+        f"samples-{spec['sampler']}-{spec['steps']}steps-n{spec['num_samples']}-seed{spec['seed']}-"
+        f"{spec['weights']}-{_digest(spec, 6)}"
+    )
 
 
 def measure_key(measure: str, spec: dict) -> str:
     """A readable name of one measure's protocol and a digest of all of it."""
     sampled = spec.get("sampling")
-    middle = sampling_key(sampled).removeprefix("samples-") if sampled else (
-        f"{spec['heldout']['split']}-n{spec['heldout']['count']}-{spec['bands']}bands-seed{spec['seed']}-"
-        f"{spec['weights']}")
+    middle = (
+        sampling_key(sampled).removeprefix("samples-")
+        if sampled
+        else (
+            f"{spec['heldout']['split']}-n{spec['heldout']['count']}-{spec['bands']}bands-seed{spec['seed']}-"
+            f"{spec['weights']}"
+        )
+    )
     return f"{measure}-{middle}-{_digest(spec)}"
 
 
@@ -52,15 +63,19 @@ def protocol_label(record: dict) -> str:
     bootstrap = f"{spec['bootstrap_rounds']} bootstrap resamples"
     if record["measure"] == "loss":
         held = spec["heldout"]
-        return (f"held-out loss on {held['count']} {held['dataset']} {held['split']} images, {spec['bands']} timestep "
-                f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}")
+        return (
+            f"held-out loss on {held['count']} {held['dataset']} {held['split']} images, {spec['bands']} timestep "
+            f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}"
+        )
     sampled, ref = spec["sampling"], spec["reference"]
     eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
     eta += ", x0 unclipped" if sampled.get("clip_sample") is False else ""
     eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
-    return (f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
-            f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
-            f"{bootstrap}")
+    return (
+        f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
+        f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
+        f"{bootstrap}"
+    )
 
 
 def centred_interval(value: float, replicates: list[float], confidence: float) -> tuple[float, float]:
@@ -68,5 +83,3 @@ def centred_interval(value: float, replicates: list[float], confidence: float) -
     low, high = percentile_interval(replicates, confidence)
     shift = value - float(np.mean(replicates))
     return low + shift, high + shift
-
-

@@ -73,9 +73,15 @@ class Difference:
         return f"{self.value:+.{digits}g} [{self.low:+.{digits}g}, {self.high:+.{digits}g}]"
 
     def as_dict(self) -> dict:
-        return {"difference": self.value, "interval": [self.low, self.high], "seeds": self.seeds,
-                "method": self.method, "verdict": self.verdict(), "seeds_better": self.seeds_better,
-                "seeds_worse": self.seeds_worse}
+        return {
+            "difference": self.value,
+            "interval": [self.low, self.high],
+            "seeds": self.seeds,
+            "method": self.method,
+            "verdict": self.verdict(),
+            "seeds_better": self.seeds_better,
+            "seeds_worse": self.seeds_worse,
+        }
 
 
 def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Difference | None:
@@ -90,9 +96,13 @@ def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Diff
         # ignores the spread from seed to seed), but it says when every seed points the same way and only
         # that spread keeps the interval open.
         own = [_seed_bootstrap(a, b, confidence) for a, b in pairs]
-        return Difference(*t_interval(values, confidence), len(values), f"t over {len(values)} seeds",
-                          seeds_better=sum(1 for i in own if i and i[1] < 0),
-                          seeds_worse=sum(1 for i in own if i and i[0] > 0))
+        return Difference(
+            *t_interval(values, confidence),
+            len(values),
+            f"t over {len(values)} seeds",
+            seeds_better=sum(1 for i in own if i and i[1] < 0),
+            seeds_worse=sum(1 for i in own if i and i[0] > 0),
+        )
     interval = _seed_bootstrap(*pairs[0], confidence)
     if interval is None:  # records without matching resamples: one seed then says nothing beyond its value
         return Difference(mean, -math.inf, math.inf, 1, "one seed, no matching bootstrap resamples")

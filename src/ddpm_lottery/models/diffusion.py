@@ -34,14 +34,19 @@ def unclipped(sampling) -> bool:
 def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
     """The forward process q(x_t | x_0) used for training (and DDPM ancestral sampling)."""
     return DDPMScheduler(
-        num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
-        beta_end=config.beta_end, beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type, variance_type="fixed_large", clip_sample=True,
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+        variance_type="fixed_large",
+        clip_sample=True,
     )
 
 
-def training_loss(model: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor,
-                  noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def training_loss(
+    model: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """Simple DDPM loss: MSE between the network's prediction and its target."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = model(noisy, timesteps).sample
@@ -73,7 +78,8 @@ def sampling_scheduler(config: DiffusionConfig, sampler: str, num_steps: int, cl
         scheduler = DDIMScheduler.from_config(base, clip_sample=clip_sample, set_alpha_to_one=True)
     else:
         scheduler = DPMSolverMultistepScheduler.from_config(
-            base, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True)
+            base, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True
+        )
     scheduler.set_timesteps(num_steps)
     return scheduler
 
@@ -84,11 +90,22 @@ def per_image_generators(seed: int, first: int, count: int) -> list[torch.Genera
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "ddim",
-           num_steps: int | None = None, num_samples: int = 64, seed: int = 0, batch_size: int = 256,
-           eta: float = 0.0, clip_sample: bool = True, device: torch.device | str = "cpu", first_index: int = 0,
-           on_step: Callable[[int, int], None] | None = None,
-           on_intermediate: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+def sample(
+    model: torch.nn.Module,
+    config: DiffusionConfig,
+    *,
+    sampler: str = "ddim",
+    num_steps: int | None = None,
+    num_samples: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
+    eta: float = 0.0,
+    clip_sample: bool = True,
+    device: torch.device | str = "cpu",
+    first_index: int = 0,
+    on_step: Callable[[int, int], None] | None = None,
+    on_intermediate: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """Generate ``num_samples`` images as float tensors in [-1, 1] (on the CPU).
 
     Image i's noise comes from its own generator, so ``first_index`` = k gives images k, k+1, ... of the
@@ -132,9 +149,17 @@ def sample(model: torch.nn.Module, config: DiffusionConfig, *, sampler: str = "d
 
 
 @torch.no_grad()
-def denoising_loss_by_band(model: torch.nn.Module, config: DiffusionConfig, clean: torch.Tensor, *, bands: int = 10,
-                           draws: int = 1, seed: int = 0, batch_size: int = 256,
-                           device: torch.device | str = "cpu") -> torch.Tensor:
+def denoising_loss_by_band(
+    model: torch.nn.Module,
+    config: DiffusionConfig,
+    clean: torch.Tensor,
+    *,
+    bands: int = 10,
+    draws: int = 1,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Per-image MSE of the network's prediction, averaged within each of ``bands`` equal timestep bands.
 
     Returns a (images, bands) tensor.  The timesteps (``draws`` per band, spread evenly inside it) and
@@ -148,22 +173,23 @@ def denoising_loss_by_band(model: torch.nn.Module, config: DiffusionConfig, clea
         raise UserError(f"the number of timestep bands must be between 1 and {total}, got {bands}")
     edges = torch.linspace(0, total, bands + 1)
     offsets = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
-    timesteps = torch.stack([(edges[b] + offsets * (edges[b + 1] - edges[b])).long().clamp(max=total - 1)
-                             for b in range(bands)]).reshape(-1)  # (bands * draws,)
+    timesteps = torch.stack(
+        [(edges[b] + offsets * (edges[b + 1] - edges[b])).long().clamp(max=total - 1) for b in range(bands)]
+    ).reshape(-1)  # (bands * draws,)
     model.eval()
     losses = torch.zeros(len(clean), bands, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     noise_all = torch.randn((len(clean), len(timesteps), *clean.shape[1:]), generator=generator)
     for start in range(0, len(clean), max(1, batch_size // len(timesteps))):
-        chunk = clean[start:start + max(1, batch_size // len(timesteps))]
+        chunk = clean[start : start + max(1, batch_size // len(timesteps))]
         n = len(chunk)
         x0 = chunk.repeat_interleave(len(timesteps), 0).to(device)
         t = timesteps.repeat(n).to(device)
-        noise = noise_all[start:start + n].reshape(-1, *clean.shape[1:]).to(device)
+        noise = noise_all[start : start + n].reshape(-1, *clean.shape[1:]).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
         prediction = model(noisy, t).sample
         kind = scheduler.config.prediction_type
         target = noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
         per_input = (prediction.float() - target.float()).square().flatten(1).mean(1).double().cpu()
-        losses[start:start + n] = per_input.view(n, bands, draws).mean(2)
+        losses[start : start + n] = per_input.view(n, bands, draws).mean(2)
     return losses

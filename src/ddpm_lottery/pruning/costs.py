@@ -60,19 +60,34 @@ def ticket_flops(model: torch.nn.Module, masks: Masks, mmap: ModuleMap) -> dict:
         dense = sum(per_layer[t.rsplit(".weight", 1)[0]] for t in module.tensors)
         effective = sum(per_layer[t.rsplit(".weight", 1)[0]] * density.get(t, 1.0) for t in module.tensors)
         saved += dense - effective
-        modules.append({"index": module.index, "name": module.name, "dense_flops": dense,
-                        "effective_flops": effective, "reduction": 1 - effective / dense if dense else 0.0})
+        modules.append(
+            {
+                "index": module.index,
+                "name": module.name,
+                "dense_flops": dense,
+                "effective_flops": effective,
+                "reduction": 1 - effective / dense if dense else 0.0,
+            }
+        )
     prunable_layers = sum(per_layer[t.rsplit(".weight", 1)[0]] for t in mmap.tensor_names)
     effective_total = total - saved
-    return {"dense_flops": total, "effective_flops": effective_total, "reduction": saved / total,
-            "dense_macs": total / 2, "effective_macs": effective_total / 2,
-            "prunable_layer_flops": prunable_layers, "untouchable_flops": total - prunable_layers,
-            "per_module": modules, "counter": "torch.utils.flop_counter.FlopCounterMode, 1 image, 2 FLOPs per MAC, attention via the math "
-                       "SDPA path"}
+    return {
+        "dense_flops": total,
+        "effective_flops": effective_total,
+        "reduction": saved / total,
+        "dense_macs": total / 2,
+        "effective_macs": effective_total / 2,
+        "prunable_layer_flops": prunable_layers,
+        "untouchable_flops": total - prunable_layers,
+        "per_module": modules,
+        "counter": "torch.utils.flop_counter.FlopCounterMode, 1 image, 2 FLOPs per MAC, attention via the math "
+        "SDPA path",
+    }
 
 
-def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: int = 5,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
+def time_denoisers(
+    networks: dict[str, torch.nn.Module], batch: int, repeats: int = 5, device: torch.device | str = "cpu"
+) -> dict[str, float]:
     """Median seconds of one denoiser call at ``batch`` images, per network.
 
     The networks are timed interleaved (one call of each in turn, ``repeats`` rounds, after two
@@ -81,7 +96,7 @@ def time_denoisers(networks: dict[str, torch.nn.Module], batch: int, repeats: in
     ratios between them stay fair.  Timesteps cycle through the range; no gradients.
     """
     inputs = {}
-    for name, net in networks.items():
+    for net in networks.values():
         net.eval().to(device)
         config = net.config
         size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
@@ -118,8 +133,11 @@ def sampler_flops(per_call: float, steps: int) -> float:
 def parameter_counts(weights: dict[str, torch.Tensor], masks: Masks) -> dict:
     total = sum(v.numel() for v in weights.values())
     pruned = sum(int((~m).sum()) for m in masks.values())
-    return {"dense_parameters": total, "surviving_parameters": total - pruned,
-            "prunable_parameters": sum(m.numel() for m in masks.values())}
+    return {
+        "dense_parameters": total,
+        "surviving_parameters": total - pruned,
+        "prunable_parameters": sum(m.numel() for m in masks.values()),
+    }
 
 
 def masked_module_map(model, masks: Masks) -> ModuleMap:

@@ -45,13 +45,18 @@ def sparsity(masks: Masks) -> float:
 def save_masks(path: str | Path, masks: Masks) -> None:
     """Bit-packed: one uint8 tensor per mask plus its shape in the metadata."""
     packed = {n: torch.from_numpy(np.packbits(m.cpu().numpy().reshape(-1).astype(np.uint8))) for n, m in masks.items()}
-    metadata = {"format": "ddpm-lottery bit-packed masks v1 (numpy.packbits, big bit order)",
-                **{f"shape:{n}": ",".join(map(str, m.shape)) for n, m in masks.items()}}
+    metadata = {
+        "format": "ddpm-lottery bit-packed masks v1 (numpy.packbits, big bit order)",
+        **{f"shape:{n}": ",".join(map(str, m.shape)) for n, m in masks.items()},
+    }
     save_tensors(path, packed, metadata)
 
 
-def load_masks(path: str | Path, expected_shapes: dict[str, list[int]] | None = None,
-               fix: str = "re-run the command that writes it") -> Masks:
+def load_masks(
+    path: str | Path,
+    expected_shapes: dict[str, list[int]] | None = None,
+    fix: str = "re-run the command that writes it",
+) -> Masks:
     path = Path(path)
     packed = load_tensors(path, "mask file", fix)
     with safe_open(str(path), framework="pt") as handle:
@@ -65,8 +70,11 @@ def load_masks(path: str | Path, expected_shapes: dict[str, list[int]] | None = 
         count = math.prod(shape)
         flat = np.unpackbits(bits.numpy())[:count].astype(bool)
         masks[name] = torch.from_numpy(flat.reshape(shape).copy())
-    if expected_shapes is not None:
-        if set(masks) != set(expected_shapes) or any(list(masks[n].shape) != list(s) for n, s in expected_shapes.items()):
-            raise UserError(f"mask file {path} does not match the network (different tensors or shapes); "
-                            "use a mask from a run of the same preset and patterns")
+    if expected_shapes is not None and (
+        set(masks) != set(expected_shapes) or any(list(masks[n].shape) != list(s) for n, s in expected_shapes.items())
+    ):
+        raise UserError(
+            f"mask file {path} does not match the network (different tensors or shapes); "
+            "use a mask from a run of the same preset and patterns"
+        )
     return masks

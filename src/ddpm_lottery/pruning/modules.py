@@ -20,21 +20,29 @@ from ddpm_lottery.utils.errors import UserError
 
 _BLOCK_PATTERN = re.compile(
     r"^((?:down_blocks|up_blocks)\.\d+\.(?:resnets|attentions|downsamplers|upsamplers)\.\d+"
-    r"|mid_block\.(?:resnets|attentions)\.\d+)")
+    r"|mid_block\.(?:resnets|attentions)\.\d+)"
+)
 
 
 def prunable_names(model: torch.nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[str]:
     """Names of the prunable weights (registration order), filtered by the patterns."""
-    names = [f"{module_name}.weight" for module_name, module in model.named_modules()
-             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+    names = [
+        f"{module_name}.weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     for pattern in include:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise UserError(f"--include pattern {pattern!r} matches no prunable weight; "
-                            "`ddpm-lottery modules --granularity layer` lists their names")
+            raise UserError(
+                f"--include pattern {pattern!r} matches no prunable weight; "
+                "`ddpm-lottery modules --granularity layer` lists their names"
+            )
     for pattern in exclude:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise UserError(f"--exclude pattern {pattern!r} matches no prunable weight; "
-                            "`ddpm-lottery modules --granularity layer` lists their names")
+            raise UserError(
+                f"--exclude pattern {pattern!r} matches no prunable weight; "
+                "`ddpm-lottery modules --granularity layer` lists their names"
+            )
     if include:
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
     names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
@@ -46,15 +54,20 @@ def prunable_names(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
 def execution_order(model: torch.nn.Module) -> list[str]:
     """Names of the Conv2d/Linear layers in the order a forward pass first runs them."""
     order: list[str] = []
-    handles = [module.register_forward_pre_hook(lambda _module, _inputs, name=name: order.append(name))
-               for name, module in model.named_modules() if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [
+        module.register_forward_pre_hook(lambda _module, _inputs, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     config = model.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            model(torch.zeros(1, config.in_channels, size, size, device=device),
-                  torch.zeros(1, dtype=torch.long, device=device))
+            model(
+                torch.zeros(1, config.in_channels, size, size, device=device),
+                torch.zeros(1, dtype=torch.long, device=device),
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -92,14 +105,20 @@ class ModuleMap:
         return [t for m in self.modules for t in m.tensors]
 
     def to_json(self) -> dict:
-        return {"granularity": self.granularity, "order": "forward execution (traced)",
-                "modules": [{"index": m.index, "name": m.name, "tensors": m.tensors, "sizes": m.sizes,
-                             "size": m.size} for m in self.modules],
-                "shapes": self.shapes}
+        return {
+            "granularity": self.granularity,
+            "order": "forward execution (traced)",
+            "modules": [
+                {"index": m.index, "name": m.name, "tensors": m.tensors, "sizes": m.sizes, "size": m.size}
+                for m in self.modules
+            ],
+            "shapes": self.shapes,
+        }
 
 
-def module_map(model: torch.nn.Module, granularity: str = "block", include: tuple[str, ...] = (),
-               exclude: tuple[str, ...] = ()) -> ModuleMap:
+def module_map(
+    model: torch.nn.Module, granularity: str = "block", include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+) -> ModuleMap:
     if granularity not in ("block", "layer"):
         raise UserError(f"granularity must be block or layer, got {granularity!r}")
     prunable = set(prunable_names(model, include, exclude))
@@ -111,7 +130,8 @@ def module_map(model: torch.nn.Module, granularity: str = "block", include: tupl
             continue
         key = block_of(layer) if granularity == "block" else layer
         groups.setdefault(key, []).append(name)
-    modules = [PruneModule(i, key, names, [params[n].numel() for n in names])
-               for i, (key, names) in enumerate(groups.items())]
+    modules = [
+        PruneModule(i, key, names, [params[n].numel() for n in names]) for i, (key, names) in enumerate(groups.items())
+    ]
     shapes = {n: list(params[n].shape) for m in modules for n in m.tensors}
     return ModuleMap(granularity, modules, shapes)

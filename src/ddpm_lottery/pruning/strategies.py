@@ -63,7 +63,7 @@ def prune_unit(masks: Masks, magnitudes: dict[str, torch.Tensor], names: list[st
     offset = 0
     for n in names:
         size = masks[n].numel()
-        masks[n] &= ~chosen[offset:offset + size].view(masks[n].shape)
+        masks[n] &= ~chosen[offset : offset + size].view(masks[n].shape)
         offset += size
 
 
@@ -95,7 +95,7 @@ class Unit:
         return max(0, self.survivors - self.floor)
 
     def planned(self) -> int:
-        return min(self.removable, int(round(self.ratio * self.survivors)))
+        return min(self.removable, round(self.ratio * self.survivors))
 
 
 def _floor(size: int, density: float, tensors: int) -> int:
@@ -104,14 +104,29 @@ def _floor(size: int, density: float, tensors: int) -> int:
 
 
 def _plan_unified(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
-    return [Unit(n, [n], kept[n], min(settings.prune_ratio, settings.max_round_ratio),
-                 _floor(masks[n].numel(), settings.min_module_density, 1)) for n in mmap.tensor_names]
+    return [
+        Unit(
+            n,
+            [n],
+            kept[n],
+            min(settings.prune_ratio, settings.max_round_ratio),
+            _floor(masks[n].numel(), settings.min_module_density, 1),
+        )
+        for n in mmap.tensor_names
+    ]
 
 
 def _plan_global(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
     names = mmap.tensor_names
-    return [Unit("global", names, sum(kept[n] for n in names), min(settings.prune_ratio, settings.max_round_ratio),
-                 sum(_floor(masks[n].numel(), settings.min_module_density, 1) for n in names))]
+    return [
+        Unit(
+            "global",
+            names,
+            sum(kept[n] for n in names),
+            min(settings.prune_ratio, settings.max_round_ratio),
+            sum(_floor(masks[n].numel(), settings.min_module_density, 1) for n in names),
+        )
+    ]
 
 
 def _plan_varying(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings: PruneSettings) -> list[Unit]:
@@ -119,8 +134,15 @@ def _plan_varying(mmap: ModuleMap, masks: Masks, kept: dict[str, int], settings:
     units = []
     for j, module in enumerate(modules):
         ratio = min(settings.prune_ratio + j * settings.ratio_increment, settings.max_round_ratio)
-        units.append(Unit(module.name, module.tensors, sum(kept[n] for n in module.tensors), ratio,
-                          _floor(module.size, settings.min_module_density, len(module.tensors))))
+        units.append(
+            Unit(
+                module.name,
+                module.tensors,
+                sum(kept[n] for n in module.tensors),
+                ratio,
+                _floor(module.size, settings.min_module_density, len(module.tensors)),
+            )
+        )
     return units
 
 
@@ -139,13 +161,26 @@ class Strategy:
     imposes_profile: bool = False  # does the strategy itself set an upstream/downstream sparsity profile?
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("unified", "every prunable tensor loses the same fraction p of its surviving weights per round",
-             _plan_unified),
-    Strategy("global", "one magnitude threshold over all prunable weights removes p of the survivors", _plan_global),
-    Strategy("varying", "Algorithm 1: module j (forward order) loses p + j*q of its survivors, capped, with a floor",
-             _plan_varying, reads=("ratio_increment", "order", "granularity"), imposes_profile=True),
-)}
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy(
+            "unified",
+            "every prunable tensor loses the same fraction p of its surviving weights per round",
+            _plan_unified,
+        ),
+        Strategy(
+            "global", "one magnitude threshold over all prunable weights removes p of the survivors", _plan_global
+        ),
+        Strategy(
+            "varying",
+            "Algorithm 1: module j (forward order) loses p + j*q of its survivors, capped, with a floor",
+            _plan_varying,
+            reads=("ratio_increment", "order", "granularity"),
+            imposes_profile=True,
+        ),
+    )
+}
 
 
 def plan_units(strategy: str, mmap: ModuleMap, masks: Masks, settings: PruneSettings) -> list[Unit]:
@@ -177,7 +212,7 @@ def allocate(units: list[Unit], budget: int | None) -> list[int]:
                     shortfall -= 1
         return planned
     exact = [p * budget / total for p in planned]
-    counts = [int(math.floor(e)) for e in exact]
+    counts = [math.floor(e) for e in exact]
     remainder = budget - sum(counts)
     by_fraction = sorted(range(len(units)), key=lambda i: exact[i] - counts[i], reverse=True)
     for i in by_fraction[:remainder]:
@@ -185,8 +220,14 @@ def allocate(units: list[Unit], budget: int | None) -> list[int]:
     return counts
 
 
-def prune_round(strategy: str, mmap: ModuleMap, masks: Masks, magnitudes: dict[str, torch.Tensor],
-                settings: PruneSettings, target_sparsity: float | None = None) -> tuple[Masks, list[dict]]:
+def prune_round(
+    strategy: str,
+    mmap: ModuleMap,
+    masks: Masks,
+    magnitudes: dict[str, torch.Tensor],
+    settings: PruneSettings,
+    target_sparsity: float | None = None,
+) -> tuple[Masks, list[dict]]:
     """One pruning round; returns the new masks (the old ones are untouched) and the schedule applied."""
     new = {n: m.clone() for n, m in masks.items()}
     units = plan_units(strategy, mmap, new, settings)
@@ -198,9 +239,16 @@ def prune_round(strategy: str, mmap: ModuleMap, masks: Masks, magnitudes: dict[s
     applied = []
     for unit, count in zip(units, counts):
         prune_unit(new, magnitudes, unit.tensors, count)
-        applied.append({"unit": unit.name, "survivors_before": unit.survivors, "ratio_planned": unit.ratio,
-                        "removed": count, "ratio_applied": count / unit.survivors if unit.survivors else 0.0,
-                        "floor": unit.floor})
+        applied.append(
+            {
+                "unit": unit.name,
+                "survivors_before": unit.survivors,
+                "ratio_planned": unit.ratio,
+                "removed": count,
+                "ratio_applied": count / unit.survivors if unit.survivors else 0.0,
+                "floor": unit.floor,
+            }
+        )
     return new, applied
 
 

@@ -85,8 +85,10 @@ def choose_protocol(runs: list[Run], wanted: str | None = None, measure: str = "
     if wanted:
         matching = [k for k in coverage if wanted in k]
         if not matching:
-            raise UserError(f"no stored evaluation matches --protocol {wanted!r} (stored: "
-                            f"{', '.join(sorted(coverage)) or 'none'}); run ddpm-lottery evaluate first")
+            raise UserError(
+                f"no stored evaluation matches --protocol {wanted!r} (stored: "
+                f"{', '.join(sorted(coverage)) or 'none'}); run ddpm-lottery evaluate first"
+            )
         coverage = {k: coverage[k] for k in matching}
     if not coverage:
         return None
@@ -101,20 +103,31 @@ def collect_rows(runs: list[Run], protocol: str | None) -> list[dict]:
             level = run.level(index)
             metrics = level.metrics()
             evaluation = next((r for r in level.evaluations() if r["key"] == protocol), None)
-            rows.append({"run": str(run.root), "label": run.label(), "level": index,
-                         "sparsity": metrics.get("sparsity", 0.0), "costs": level.costs(), "evaluation": evaluation,
-                         "train_wall_s": None if "copied_from" in metrics else metrics.get("wall_time_s"),
-                         "copied": "copied_from" in metrics,
-                         "final_loss": (metrics.get("training") or {}).get("final_loss")})
+            rows.append(
+                {
+                    "run": str(run.root),
+                    "label": run.label(),
+                    "level": index,
+                    "sparsity": metrics.get("sparsity", 0.0),
+                    "costs": level.costs(),
+                    "evaluation": evaluation,
+                    "train_wall_s": None if "copied_from" in metrics else metrics.get("wall_time_s"),
+                    "copied": "copied_from" in metrics,
+                    "final_loss": (metrics.get("training") or {}).get("final_loss"),
+                }
+            )
     return rows
 
 
 def _cost_cells(costs: dict | None) -> tuple[str, str, str, str]:
     if costs is None:
         return "not measured", "–", "–", "–"
-    return (f"{costs['effective_flops'] / 1e6:.1f} M", f"−{100 * costs['reduction']:.1f} %",
-            f"{costs['surviving_parameters']:,} / {costs['dense_parameters']:,}",
-            f"{_fmt_bytes(costs['sparse_bytes'])} / {_fmt_bytes(costs['dense_bytes'])}")
+    return (
+        f"{costs['effective_flops'] / 1e6:.1f} M",
+        f"−{100 * costs['reduction']:.1f} %",
+        f"{costs['surviving_parameters']:,} / {costs['dense_parameters']:,}",
+        f"{_fmt_bytes(costs['sparse_bytes'])} / {_fmt_bytes(costs['dense_bytes'])}",
+    )
 
 
 def _wall_cell(row: dict) -> str:
@@ -131,8 +144,10 @@ def _fid_cell(evaluation: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | "
-            "FID [bootstrap interval] | KID ×10³ ± std | train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| run | level | sparsity | FLOPs/call (reduction) | parameters | storage (sparse/dense) | "
+        "FID [bootstrap interval] | KID ×10³ ± std | train time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
         e = r["evaluation"]
@@ -140,18 +155,24 @@ def markdown_table(rows: list[dict]) -> str:
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = _wall_cell(r)
-        lines.append(f"| {r['label']} | {r['level']} | {100 * r['sparsity']:.1f} % | {flops} ({reduction}) | {params} | "
-                     f"{storage} | {fid} | {kid} | {wall} |")
+        lines.append(
+            f"| {r['label']} | {r['level']} | {100 * r['sparsity']:.1f} % | {flops} ({reduction}) | {params} | "
+            f"{storage} | {fid} | {kid} | {wall} |"
+        )
     if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows):
-        lines.append("\n† FID at N < 2048 (the feature dimension) is strongly biased upwards: compare only at equal N "
-                     "and read KID, which is unbiased.")
+        lines.append(
+            "\n† FID at N < 2048 (the feature dimension) is strongly biased upwards: compare only at equal N "
+            "and read KID, which is unbiased."
+        )
     return "\n".join(lines)
 
 
 def html_table(rows: list[dict]) -> str:
-    head = ("<tr><th class=l>run</th><th>level</th><th>sparsity</th><th>FLOPs per call</th><th>FLOPs reduction</th>"
-            "<th>parameters (surviving / dense)</th><th>storage (sparse / dense)</th><th>FID [bootstrap interval]</th>"
-            "<th>KID ×10³ ± std</th><th>train time</th></tr>")
+    head = (
+        "<tr><th class=l>run</th><th>level</th><th>sparsity</th><th>FLOPs per call</th><th>FLOPs reduction</th>"
+        "<th>parameters (surviving / dense)</th><th>storage (sparse / dense)</th><th>FID [bootstrap interval]</th>"
+        "<th>KID ×10³ ± std</th><th>train time</th></tr>"
+    )
     body = []
     for r in rows:
         e = r["evaluation"]
@@ -159,12 +180,17 @@ def html_table(rows: list[dict]) -> str:
         kid = "–" if e is None else f"{1000 * e['kid_mean']:.2f} ± {1000 * e['kid_std']:.2f}"
         flops, reduction, params, storage = _cost_cells(r["costs"])
         wall = _wall_cell(r)
-        body.append(f"<tr><td class=l>{html.escape(r['label'])}</td><td>{r['level']}</td>"
-                    f"<td>{100 * r['sparsity']:.1f} %</td><td>{flops}</td><td>{reduction}</td><td>{params}</td>"
-                    f"<td>{storage}</td><td>{fid}</td><td>{kid}</td><td>{wall}</td></tr>")
-    note = ("<p class=note><span class=warn>†</span> FID at N &lt; 2048 (the feature dimension) is strongly biased "
-            "upwards: compare only at equal N and read KID beside it.</p>"
-            if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows) else "")
+        body.append(
+            f"<tr><td class=l>{html.escape(r['label'])}</td><td>{r['level']}</td>"
+            f"<td>{100 * r['sparsity']:.1f} %</td><td>{flops}</td><td>{reduction}</td><td>{params}</td>"
+            f"<td>{storage}</td><td>{fid}</td><td>{kid}</td><td>{wall}</td></tr>"
+        )
+    note = (
+        "<p class=note><span class=warn>†</span> FID at N &lt; 2048 (the feature dimension) is strongly biased "
+        "upwards: compare only at equal N and read KID beside it.</p>"
+        if any(r["evaluation"] and r["evaluation"].get("biased_warning") for r in rows)
+        else ""
+    )
     return f"<table>{head}{''.join(body)}</table>{note}"
 
 
@@ -198,17 +224,23 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
     panels = {LABELS[m]: findings["curves"][m] for m in MEASURE_ORDER if m in findings.get("curves", {})}
     if not any(panel["curves"] or panel["dense"] for panel in panels.values()):
         return None
-    counts = sorted({n for m in MEASURE_ORDER for n in findings.get("curves", {}).get(m, {}).get("seeds_per_point", [])})
+    counts = sorted(
+        {n for m in MEASURE_ORDER for n in findings.get("curves", {}).get(m, {}).get("seeds_per_point", [])}
+    )
     level = f"{findings['confidence']:.0%}"
     if counts == [1]:
         over = f"one data seed per point, with {level} bootstrap intervals over the images"
     elif counts and counts[0] > 1:
         over = f"mean over {_count_text(counts)} data seeds per point, with {level} t intervals over the seeds"
     else:  # a study part-way: some points have one seed measured, others several
-        over = (f"mean over the data seeds measured so far ({_count_text(counts)} per point): {level} t intervals over "
-                "the seeds, or with one seed the bootstrap interval over the images")
-    caption = (f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band; an interval "
-               "reaching beyond a panel is cut at its edge")
+        over = (
+            f"mean over the data seeds measured so far ({_count_text(counts)} per point): {level} t intervals over "
+            "the seeds, or with one seed the bootstrap interval over the images"
+        )
+    caption = (
+        f"Figure 2. Quality against sparsity: {over}; the dense model is the dotted line and band; an interval "
+        "reaching beyond a panel is cut at its edge"
+    )
     return quality_vs_sparsity(panels, caption, out)
 
 
@@ -243,8 +275,10 @@ def figure_four(levels: list[tuple[Level, str]], protocol: str | None, out: Path
 
 
 def level_loss_curves(run: Run, out: Path) -> Path | None:
-    curves = {f"level {i}": [(r["step"], r["loss"]) for r in run.level(i).training_log() if "loss" in r]
-              for i in run.finished_levels()}
+    curves = {
+        f"level {i}": [(r["step"], r["loss"]) for r in run.level(i).training_log() if "loss" in r]
+        for i in run.finished_levels()
+    }
     curves = {k: v for k, v in curves.items() if v}
     if not curves:
         return None
@@ -263,8 +297,10 @@ def figure_one_of_pairs(cka_dirs: list[str | Path], path: Path) -> Path | None:
     if not tables:
         return None
     counts = sorted({len(pairs) for pairs in tables.values()})
-    title = (f"Figure 1. Weight CKA (RBF) of two tickets, layer by layer, over {'/'.join(map(str, counts))} ticket "
-             "pairs, against its baseline of two random initialisations under random masks of the same sparsity")
+    title = (
+        f"Figure 1. Weight CKA (RBF) of two tickets, layer by layer, over {'/'.join(map(str, counts))} ticket "
+        "pairs, against its baseline of two random initialisations under random masks of the same sparsity"
+    )
     return figure_one_over_pairs(tables, sparsities, path, title)
 
 
@@ -276,10 +312,20 @@ def _relative(path: Path, report: Path) -> str:
         return str(path)
 
 
-def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str | Path] = (),
-                 cka_pairs: list[str | Path] = (), protocol: str | None = None, title: str = "ddpm-lottery report",
-                 intro: str = "", commands: list[str] = (), figure_samples: int = 32, findings: dict | None = None,
-                 log=print) -> Path:
+def build_report(
+    runs: list[str | Path],
+    out: str | Path,
+    *,
+    cka_dirs: list[str | Path] = (),
+    cka_pairs: list[str | Path] = (),
+    protocol: str | None = None,
+    title: str = "ddpm-lottery report",
+    intro: str = "",
+    commands: list[str] = (),
+    figure_samples: int = 32,
+    findings: dict | None = None,
+    log=print,
+) -> Path:
     """Write OUT (HTML) and OUT with .md (the table); figures go to OUT's folder under figures/.
 
     ``cka_dirs`` get a Figure 1 each (one pair of tickets); ``cka_pairs`` (a study's CKA folders, several pairs
@@ -309,38 +355,64 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         sections.append(("Findings", findings_html(findings)))
         seeds_fig2 = study_figure_two(findings, figures / "figure2_quality_vs_sparsity.png")
         if seeds_fig2:
-            sections.append(("Figure 2: quality against sparsity, mean over seeds with intervals",
-                             embed_png(seeds_fig2)))
+            sections.append(
+                ("Figure 2: quality against sparsity, mean over seeds with intervals", embed_png(seeds_fig2))
+            )
     missing_costs = [r for r in rows if r["costs"] is None]
-    sections.append(("Levels: sparsity, cost and quality", html_table(rows) + (
-        f"<p class=note>Quality measured alike for every row: {html.escape(protocol_text)}. Rows without a figure were "
-        "not evaluated with this protocol. FLOPs per denoiser call are counted by torch.utils.flop_counter on one "
-        "image: the multiply-adds of every Conv2d/Linear plus the attention products; norms, activations and "
-        "additions count as zero. A ticket's are effective FLOPs (each Conv2d/Linear scaled by its density). Dense "
-        "PyTorch kernels do not run faster on zeros. Storage: float32 safetensors of the weights versus a sparse "
-        "export (1-bit masks + surviving values).</p>")
-        + ("<p class=note>Costs not measured for some levels: run <code>ddpm-lottery flops RUN --all-levels</code>."
-           "</p>" if missing_costs else "")))
-    fig2 = seeds_fig2 if findings is not None else figure_two(rows, protocol_text,
-                                                             figures / "figure2_fid_vs_sparsity.png")
+    sections.append(
+        (
+            "Levels: sparsity, cost and quality",
+            html_table(rows)
+            + (
+                f"<p class=note>Quality measured alike for every row: {html.escape(protocol_text)}. Rows without a figure were "
+                "not evaluated with this protocol. FLOPs per denoiser call are counted by torch.utils.flop_counter on one "
+                "image: the multiply-adds of every Conv2d/Linear plus the attention products; norms, activations and "
+                "additions count as zero. A ticket's are effective FLOPs (each Conv2d/Linear scaled by its density). Dense "
+                "PyTorch kernels do not run faster on zeros. Storage: float32 safetensors of the weights versus a sparse "
+                "export (1-bit masks + surviving values).</p>"
+            )
+            + (
+                "<p class=note>Costs not measured for some levels: run <code>ddpm-lottery flops RUN --all-levels</code>."
+                "</p>"
+                if missing_costs
+                else ""
+            ),
+        )
+    )
+    fig2 = (
+        seeds_fig2 if findings is not None else figure_two(rows, protocol_text, figures / "figure2_fid_vs_sparsity.png")
+    )
     if fig2 and findings is None:
         sections.append(("Figure 2: quality against sparsity", embed_png(fig2)))
     ticket_runs = [r for r in runs if r.kind != "train"]
     if ticket_runs:
         first = ticket_runs[0]
-        fig3 = figure_three([(first.level(0), "dense"), (first.last_level(), "ticket")], figures / "figure3_denoising.png")
+        fig3 = figure_three(
+            [(first.level(0), "dense"), (first.last_level(), "ticket")], figures / "figure3_denoising.png"
+        )
         if fig3:
             sections.append(("Figure 3: the denoising process, dense and ticket", embed_png(fig3)))
         picks = [(first.level(0), "dense")] + [
-            (run.last_level(), f"{run.label().split(' [')[0]}\n{100 * run.last_level().metrics()['sparsity']:.1f}% sparse")
-            for run in ticket_runs]
+            (
+                run.last_level(),
+                f"{run.label().split(' [')[0]}\n{100 * run.last_level().metrics()['sparsity']:.1f}% sparse",
+            )
+            for run in ticket_runs
+        ]
         sampled = chosen or choose_protocol(runs, measure="domain")  # any measure of generated images
         fig4 = figure_four(picks[:5], sampled, figures / "figure4_samples.png", figure_samples)
         if fig4:
             sections.append(("Figure 4: samples of the dense model and tickets", embed_png(fig4)))
-        bars = [embed_png(module_sparsity_bars(run.last_level().metrics()["per_module"],
-                                               f"per-module sparsity, level {run.last_level().index}: {run.label()}",
-                                               figures / f"sparsity_{run.root.name}.png")) for run in ticket_runs]
+        bars = [
+            embed_png(
+                module_sparsity_bars(
+                    run.last_level().metrics()["per_module"],
+                    f"per-module sparsity, level {run.last_level().index}: {run.label()}",
+                    figures / f"sparsity_{run.root.name}.png",
+                )
+            )
+            for run in ticket_runs
+        ]
         sections.append(("Per-module sparsity (upstream → downstream)", "\n".join(bars)))
         curves = [level_loss_curves(run, figures / f"loss_{run.root.name}.png") for run in ticket_runs]
         sections.append(("Training loss per level", "\n".join(embed_png(c) for c in curves if c)))
@@ -349,34 +421,57 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         if front.record.exists() and front.figure.exists():
             stored = read_json(front.record, "frontier")
             table = front.table.read_text(encoding="utf-8") if front.table.exists() else ""
-            sections.append((f"Efficiency frontier: {run.root.name}", embed_png(front.figure) + (
-                f"<p class=note>{html.escape(stored['how'])}. Written by <code>ddpm-lottery frontier</code>; the table "
-                f"is {html.escape(str(front.table))}:</p><pre>{html.escape(table)}</pre>")))
+            sections.append(
+                (
+                    f"Efficiency frontier: {run.root.name}",
+                    embed_png(front.figure)
+                    + (
+                        f"<p class=note>{html.escape(stored['how'])}. Written by <code>ddpm-lottery frontier</code>; the table "
+                        f"is {html.escape(str(front.table))}:</p><pre>{html.escape(table)}</pre>"
+                    ),
+                )
+            )
     fig1 = figure_one_of_pairs(cka_pairs, figures / "figure1_cka_over_pairs.png")
     if fig1:
-        sections.append(("Figure 1: similarity of two tickets (CKA), over the ticket pairs", embed_png(fig1) + (
-            "<p class=note>Each panel one level: per layer, the weight CKA (RBF) of two tickets of one model (one per "
-            "data seed) and its baseline, two fresh initialisations under random masks of the same per-layer "
-            "sparsity; lines are means over the pairs, bands their range. The dotted line splits the layers into "
-            "the upstream and downstream halves the findings' (d) compares.</p>")))
+        sections.append(
+            (
+                "Figure 1: similarity of two tickets (CKA), over the ticket pairs",
+                embed_png(fig1)
+                + (
+                    "<p class=note>Each panel one level: per layer, the weight CKA (RBF) of two tickets of one model (one per "
+                    "data seed) and its baseline, two fresh initialisations under random masks of the same per-layer "
+                    "sparsity; lines are means over the pairs, bands their range. The dotted line splits the layers into "
+                    "the upstream and downstream halves the findings' (d) compares.</p>"
+                ),
+            )
+        )
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
         summary = cka.read_summary()
-        sections.append(("Figure 1: similarity of two tickets (CKA)", embed_png(cka.figure) + (
-            f"<p class=note>{html.escape(summary['caption'])}. Mean weight CKA (RBF) over the upstream half of the "
-            f"layers: {summary['mean_weight_cka_rbf_first_half']:.3f}; downstream half: "
-            f"{summary['mean_weight_cka_rbf_second_half']:.3f}. The paper reports higher similarity upstream.</p>")))
+        sections.append(
+            (
+                "Figure 1: similarity of two tickets (CKA)",
+                embed_png(cka.figure)
+                + (
+                    f"<p class=note>{html.escape(summary['caption'])}. Mean weight CKA (RBF) over the upstream half of the "
+                    f"layers: {summary['mean_weight_cka_rbf_first_half']:.3f}; downstream half: "
+                    f"{summary['mean_weight_cka_rbf_second_half']:.3f}. The paper reports higher similarity upstream.</p>"
+                ),
+            )
+        )
     provenance = []
     if commands:
         provenance.append("<p>Commands:</p><pre>" + html.escape("\n".join(commands)) + "</pre>")
     for run in runs:
         stored = run.stored
         logged = run.commands()
-        provenance.append(f"<details><summary>{html.escape(str(run.root))}: run {stored['hash']}</summary>"
-                          f"<p>non-default settings</p><pre>{html.escape(json.dumps(stored['non_default'], indent=1))}</pre>"
-                          f"<p>training data</p><pre>{html.escape(json.dumps(stored.get('data', {}), indent=1))}</pre>"
-                          + (f"<p>commands run in this folder</p><pre>{html.escape(logged)}</pre>" if logged else "")
-                          + f"<p>full config</p><pre>{html.escape(json.dumps(stored['config'], indent=1))}</pre></details>")
+        provenance.append(
+            f"<details><summary>{html.escape(str(run.root))}: run {stored['hash']}</summary>"
+            f"<p>non-default settings</p><pre>{html.escape(json.dumps(stored['non_default'], indent=1))}</pre>"
+            f"<p>training data</p><pre>{html.escape(json.dumps(stored.get('data', {}), indent=1))}</pre>"
+            + (f"<p>commands run in this folder</p><pre>{html.escape(logged)}</pre>" if logged else "")
+            + f"<p>full config</p><pre>{html.escape(json.dumps(stored['config'], indent=1))}</pre></details>"
+        )
     sections.append(("How this was made", "\n".join(provenance)))
     report = write_html(out, title, sections)
     markdown = out.with_suffix(".md")
@@ -388,16 +483,20 @@ def build_report(runs: list[str | Path], out: str | Path, *, cka_dirs: list[str 
         parts.append(f"## Figure 2: quality against sparsity\n\n![Figure 2]({_relative(fig2, out)})\n")
     parts.append(f"## Levels\n\nQuality: {protocol_text}\n\n{markdown_table(rows)}\n")
     if fig1:
-        parts.append(f"## Figure 1: similarity of two tickets (CKA), over the ticket pairs\n\n"
-                     f"![Figure 1]({_relative(fig1, out)})\n")
+        parts.append(
+            f"## Figure 1: similarity of two tickets (CKA), over the ticket pairs\n\n"
+            f"![Figure 1]({_relative(fig1, out)})\n"
+        )
     for cka_dir in cka_dirs:
         cka = CkaFolder(Path(cka_dir))
         parts.append(f"## Figure 1: similarity of two tickets (CKA)\n\n![Figure 1]({_relative(cka.figure, out)})\n")
     for run in runs:
         front = run.frontier_folder()
         if front.table.exists() and front.figure.exists():
-            parts.append(f"## Efficiency frontier: {run.root.name}\n\n![frontier]({_relative(front.figure, out)})\n\n"
-                         + front.table.read_text(encoding="utf-8"))
+            parts.append(
+                f"## Efficiency frontier: {run.root.name}\n\n![frontier]({_relative(front.figure, out)})\n\n"
+                + front.table.read_text(encoding="utf-8")
+            )
     write_text(markdown, "\n".join(parts))
     log(f"wrote {report} and {markdown}")
     return report

@@ -63,12 +63,15 @@ class Checkpoints:
         """``latest.json`` must name a checkpoint of this folder; anything else is refused."""
         if not self.pointer.exists():
             return
-        data = read_json(self.pointer, "checkpoint pointer", f"delete {self.pointer} to resume from the newest "
-                                                              "valid checkpoint")
+        data = read_json(
+            self.pointer, "checkpoint pointer", f"delete {self.pointer} to resume from the newest valid checkpoint"
+        )
         name = data.get("checkpoint") if isinstance(data, dict) else None
         if not isinstance(name, str) or not CHECKPOINT_PATTERN.match(name):
-            raise UserError(f"checkpoint pointer {self.pointer} does not name a checkpoint of this folder "
-                            f"({json.dumps(data)[:60]}); delete it to resume from the newest valid checkpoint")
+            raise UserError(
+                f"checkpoint pointer {self.pointer} does not name a checkpoint of this folder "
+                f"({json.dumps(data)[:60]}); delete it to resume from the newest valid checkpoint"
+            )
 
     def clean(self) -> None:
         """Remove what a killed writer left: temporaries, tensors without their state, states without tensors."""

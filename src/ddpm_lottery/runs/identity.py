@@ -27,6 +27,9 @@ def data_identity(fingerprint: dict) -> str:
 
 def run_hash(config, fingerprint: dict | None) -> str:
     """The run's identity: its result-affecting settings and the digest of its training images."""
-    payload = json.dumps({"settings": non_default(config), "data": data_identity(fingerprint or {})},
-                         sort_keys=True, separators=(",", ":"))
+    payload = json.dumps(
+        {"settings": non_default(config), "data": data_identity(fingerprint or {})},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

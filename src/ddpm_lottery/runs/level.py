@@ -12,12 +12,12 @@ import torch
 from ddpm_lottery.runs.checkpoints import Checkpoints
 from ddpm_lottery.runs.layout import level_name
 from ddpm_lottery.runs.outputs import SampleFolder
+from ddpm_lottery.runs.records import EvaluationRecord, LevelCosts, LevelMetrics, read_record
 from ddpm_lottery.runs.sparse_export import load_sparse
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import (
     atomic_path,
     load_tensors,
-    read_json,
     read_jsonl,
 )
 
@@ -81,10 +81,8 @@ class Level:
 
     def save_denoising(self, snapshots: torch.Tensor, timesteps: list[int], how: str) -> None:
         """x_t of one image at a few steps of its denoising (uint8), for the report's Figure 3."""
-        with atomic_path(self.denoising_path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, snapshots=snapshots.numpy(), timesteps=np.array(timesteps),
-                                    how=np.array(how))
+        with atomic_path(self.denoising_path) as tmp, open(tmp, "wb") as handle:
+            np.savez_compressed(handle, snapshots=snapshots.numpy(), timesteps=np.array(timesteps), how=np.array(how))
 
     def denoising(self) -> tuple[torch.Tensor, list[int], str] | None:
         if not self.denoising_path.exists():
@@ -122,16 +120,22 @@ class Level:
         """What names this level in a measurement record."""
         return {"level": self.index}
 
-    def require_finished(self) -> "Level":
+    def require_finished(self) -> Level:
         if not self.finished:
             done = self.run.finished_levels()
-            raise UserError(f"{self.run.root} has no finished level {self.index} (finished: "
-                            f"{', '.join(map(str, done)) or 'none'}); pick one of those or let the run finish it")
+            raise UserError(
+                f"{self.run.root} has no finished level {self.index} (finished: "
+                f"{', '.join(map(str, done)) or 'none'}); pick one of those or let the run finish it"
+            )
         return self
 
     def metrics(self) -> dict:
-        return read_json(self.metrics_path, "level metrics", f"delete {self.dir} and re-run the command to recompute "
-                                                             "the level")
+        return read_record(
+            self.metrics_path,
+            LevelMetrics,
+            "level metrics",
+            f"delete {self.dir} and re-run the command to recompute the level",
+        )
 
     def training_log(self) -> list[dict]:
         return read_jsonl(self.log_path)
@@ -146,11 +150,14 @@ class Level:
             return load_sparse(self.sparse_path)
         if not path.exists() and self.metrics_path.is_file():
             if self.sparse_path.is_file():  # its EMA weights are here: say so before suggesting a retrain
-                raise UserError(f"{self.label()} has no {path.name} (only its sparse export of the EMA weights is "
-                                f"here); use the EMA weights where the command offers them (--weights ema), or "
-                                f"{self.retrain_advice()}")
-            raise UserError(f"{self.label()} has no {path.name}; the {which} weights are needed here, so "
-                            f"{self.retrain_advice()}")
+                raise UserError(
+                    f"{self.label()} has no {path.name} (only its sparse export of the EMA weights is "
+                    f"here); use the EMA weights where the command offers them (--weights ema), or "
+                    f"{self.retrain_advice()}"
+                )
+            raise UserError(
+                f"{self.label()} has no {path.name}; the {which} weights are needed here, so {self.retrain_advice()}"
+            )
         return load_tensors(path, "level weights", f"delete {self.dir} and re-run the command to recompute the level")
 
     def _ema_from_sparse(self, which: str) -> bool:
@@ -166,8 +173,10 @@ class Level:
         if not later:
             return f"delete {self.dir} and re-run the command to retrain the level"
         # the later levels were pruned from this one's weights: a retrained level alone would not fit them
-        return (f"delete {self.dir} and the later levels ({', '.join(map(str, later))}) and re-run the command to "
-                "retrain them")
+        return (
+            f"delete {self.dir} and the later levels ({', '.join(map(str, later))}) and re-run the command to "
+            "retrain them"
+        )
 
     # -- measurements stored beside the level ---------------------------------------------------
 
@@ -187,10 +196,13 @@ class Level:
             return []
         records = []
         for path in sorted(self.eval_dir.glob("*.json")):
-            record = read_json(path, "evaluation", f"delete {path} and evaluate again")
+            record = read_record(path, EvaluationRecord, "evaluation", f"delete {path} and evaluate again")
             record.setdefault("key", path.stem)
             records.append(record)
         return records
 
     def costs(self) -> dict | None:
-        return read_json(self.costs_path, "costs") if self.costs_path.exists() else None
+        if not self.costs_path.exists():
+            return None
+        fix = f"run `ddpm-lottery flops {self.run.root} --level {self.index}` to recount it"
+        return read_record(self.costs_path, LevelCosts, "costs", fix)

@@ -46,8 +46,11 @@ class CkaFolder:
 
     def read_summary(self) -> dict:
         """cka.json; missing or corrupt, the folder is recomputed whole (a study skips a pair whose folder exists)."""
-        return read_json(self.summary, "CKA result", f"delete {self.dir} and re-run the command that writes it "
-                                                     "(`ddpm-lottery study` or `ddpm-lottery cka`)")
+        return read_json(
+            self.summary,
+            "CKA result",
+            f"delete {self.dir} and re-run the command that writes it (`ddpm-lottery study` or `ddpm-lottery cka`)",
+        )
 
     @property
     def figure(self) -> Path:
@@ -76,10 +79,10 @@ class FrontierFolder:
 class StudyFolder:
     """A study's folder: its record, its runs, the CKA of its ticket pairs and its findings::
 
-        OUT/study.json           the study's declaration (a folder holds one study)
-        OUT/runs/<run>/          every run of the study, laid out as above
-        OUT/cka/<search>-seed<a>-vs-seed<b>/level_XX/   cka.csv, cka.json, figure1.png
-        OUT/findings.json, findings.md, report.html
+    OUT/study.json           the study's declaration (a folder holds one study)
+    OUT/runs/<run>/          every run of the study, laid out as above
+    OUT/cka/<search>-seed<a>-vs-seed<b>/level_XX/   cka.csv, cka.json, figure1.png
+    OUT/findings.json, findings.md, report.html
     """
 
     def __init__(self, root: str | Path):

@@ -45,25 +45,32 @@ class Run:
         return (Path(path) / "config.json").is_file()
 
     @classmethod
-    def open(cls, path: str | Path) -> "Run":
+    def open(cls, path: str | Path) -> Run:
         path = Path(path)
         config_path = path / "config.json"
         if not config_path.is_file():
-            raise UserError(f"{path} is not a run folder (no config.json); pass the --out folder of train or "
-                            "find-ticket")
-        stored = read_json(config_path, "run config", "the run folder is damaged; re-run its command into a new "
-                                                      "--out folder")
+            raise UserError(
+                f"{path} is not a run folder (no config.json); pass the --out folder of train or find-ticket"
+            )
+        stored = read_json(
+            config_path, "run config", "the run folder is damaged; re-run its command into a new --out folder"
+        )
         if isinstance(stored, dict) and stored.get("layout") == LAYOUT_VERSION and stored.get("kind") not in KINDS:
-            raise UserError(f"{path} is a {stored.get('kind')!r} run, which this version of ddpm-lottery does not know "
-                            f"({', '.join(KINDS)}); open it with the version that wrote it")
+            raise UserError(
+                f"{path} is a {stored.get('kind')!r} run, which this version of ddpm-lottery does not know "
+                f"({', '.join(KINDS)}); open it with the version that wrote it"
+            )
         if not isinstance(stored, dict) or stored.get("layout") != LAYOUT_VERSION or stored.get("kind") not in KINDS:
-            raise UserError(f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
-                            f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder")
+            raise UserError(
+                f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
+                f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder"
+            )
         return cls(path, stored)
 
     @classmethod
-    def prepare(cls, path: str | Path, config, kind: str, fingerprint: dict, *, extra: dict | None = None,
-                log=print) -> "Run":
+    def prepare(
+        cls, path: str | Path, config, kind: str, fingerprint: dict, *, extra: dict | None = None, log=print
+    ) -> Run:
         """Create a run folder, or reopen one that holds this very run.
 
         Reopening compares every result-affecting setting with the stored config (so a changed
@@ -85,8 +92,16 @@ class Run:
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise UserError(f"{path} exists and is not a ddpm-lottery run folder; choose an empty or new --out folder")
         make_dirs(path)
-        stored = {"layout": LAYOUT_VERSION, "kind": kind, "hash": digest, "config_hash": config_hash(config),
-                  "data": fingerprint, "non_default": non_default(config), "config": to_dict(config), **(extra or {})}
+        stored = {
+            "layout": LAYOUT_VERSION,
+            "kind": kind,
+            "hash": digest,
+            "config_hash": config_hash(config),
+            "data": fingerprint,
+            "non_default": non_default(config),
+            "config": to_dict(config),
+            **(extra or {}),
+        }
         write_json(path / "config.json", stored)
         return cls(path, stored)
 
@@ -106,15 +121,18 @@ class Run:
             if stored_value != value:
                 differences.append(f"{key}={json.dumps(stored_value)} there, {json.dumps(value)} here")
         if differences:
-            raise UserError(f"{self.root} holds another run ({'; '.join(differences[:3])}"
-                            f"{' …' if len(differences) > 3 else ''}); use another --out folder or delete that one")
+            raise UserError(
+                f"{self.root} holds another run ({'; '.join(differences[:3])}"
+                f"{' …' if len(differences) > 3 else ''}); use another --out folder or delete that one"
+            )
         stored_data = self.stored.get("data", {})
         if data_identity(stored_data) != data_identity(fingerprint):
             raise UserError(
                 f"the training data of {self.root} changed: it was {stored_data.get('count')} {stored_data.get('dataset')} "
                 f"images from {stored_data.get('source')} (digest {data_identity(stored_data)}), now "
                 f"{fingerprint.get('count')} images from {fingerprint.get('source')} (digest "
-                f"{data_identity(fingerprint)}); use another --out folder or restore the data")
+                f"{data_identity(fingerprint)}); use another --out folder or restore the data"
+            )
 
     # -- identity and config --------------------------------------------------------------------
 
@@ -188,10 +206,10 @@ class Run:
     def branch_path(self, kind: str, digest: str) -> Path:
         return self.branches_dir / f"{kind}-{digest}"
 
-    def branches(self) -> list["Run"]:
+    def branches(self) -> list[Run]:
         return [Run.open(p) for p in sorted(self.branches_dir.glob("*")) if Run.is_run(p)]
 
-    def cka_folder(self, other: "Run", level: int) -> CkaFolder:
+    def cka_folder(self, other: Run, level: int) -> CkaFolder:
         return CkaFolder(self.root / "cka" / f"{other.root.name}-{level_name(level).replace('_', '')}")
 
     def lock(self) -> FolderLock:
@@ -205,8 +223,9 @@ class Run:
             Checkpoints(level / "checkpoints").clean()
 
     def network_config(self) -> dict:
-        return read_json(self.network_path, "network config", "the run folder is damaged; re-run its command into "
-                                                              "a new --out folder")
+        return read_json(
+            self.network_path, "network config", "the run folder is damaged; re-run its command into a new --out folder"
+        )
 
     @property
     def schedules_dir(self) -> Path:
@@ -220,7 +239,7 @@ class Run:
         """A level fine-tuned on timesteps low..high-1: a run of its own."""
         return self.root / "ranges" / f"{level_name(level)}-t{low}-{high}-{start}-{digest}"
 
-    def frontier_folder(self, root: Path | None = None) -> "FrontierFolder":
+    def frontier_folder(self, root: Path | None = None) -> FrontierFolder:
         return FrontierFolder(root or self.root / "frontier")
 
     @property
@@ -244,8 +263,9 @@ class Run:
         return sorted(p for p in self.root.glob("level_*") if p.is_dir() and LEVEL_PATTERN.match(p.name))
 
     def finished_levels(self) -> list[int]:
-        return sorted(int(LEVEL_PATTERN.match(p.name).group(1)) for p in self.all_level_dirs()
-                      if (p / "metrics.json").is_file())
+        return sorted(
+            int(LEVEL_PATTERN.match(p.name).group(1)) for p in self.all_level_dirs() if (p / "metrics.json").is_file()
+        )
 
     def last_level(self) -> Level:
         levels = self.finished_levels()
@@ -276,8 +296,9 @@ class Run:
         return self.commands_log_path.read_text(encoding="utf-8") if self.commands_log_path.exists() else ""
 
     def write_summary(self, rows: list[dict]) -> None:
-        write_json(self.summary_path, {"hash": self.hash, "non_default": self.stored.get("non_default", {}),
-                                       "levels": rows})
+        write_json(
+            self.summary_path, {"hash": self.hash, "non_default": self.stored.get("non_default", {}), "levels": rows}
+        )
 
 
-__all__ = ["Run", "Level", "Checkpoints", "SampleFolder", "CkaFolder", "run_hash", "level_name", "LAYOUT_VERSION"]
+__all__ = ["LAYOUT_VERSION", "Checkpoints", "CkaFolder", "Level", "Run", "SampleFolder", "level_name", "run_hash"]

@@ -23,8 +23,10 @@ Masks = dict[str, torch.Tensor]
 def export_sparse(weights: dict[str, torch.Tensor], masks: Masks, path: str | Path) -> int:
     """Write mask bits + surviving values (+ dense other tensors); returns the file's size in bytes."""
     tensors: dict[str, torch.Tensor] = {}
-    metadata = {"format": "ddpm-lottery sparse export v1: mask.<name> = numpy.packbits of the flattened mask, "
-                          "values.<name> = surviving values in row-major order, dense.<name> = other tensors"}
+    metadata = {
+        "format": "ddpm-lottery sparse export v1: mask.<name> = numpy.packbits of the flattened mask, "
+        "values.<name> = surviving values in row-major order, dense.<name> = other tensors"
+    }
     for name, value in weights.items():
         if name in masks:
             mask = masks[name].reshape(-1)
@@ -42,11 +44,11 @@ def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
     tensors = load_tensors(path, "sparse export")
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    state = {k[len("dense."):]: v for k, v in tensors.items() if k.startswith("dense.")}
+    state = {k[len("dense.") :]: v for k, v in tensors.items() if k.startswith("dense.")}
     for key, values in tensors.items():
         if not key.startswith("values."):
             continue
-        name = key[len("values."):]
+        name = key[len("values.") :]
         if f"shape:{name}" not in metadata or f"mask.{name}" not in tensors:
             raise UserError(f"sparse export {path} lacks the shape or mask of {name}; re-export it")
         shape = [int(s) for s in metadata[f"shape:{name}"].split(",")]

@@ -38,27 +38,35 @@ class DeviceCosts:
     def per_network(self, plan: Plan) -> list[tuple[dict, float, float]]:
         """(work left, step s, call s) for each network the plan trains; the first network's costs where
         one was not timed apart."""
-        work = plan.network_work or {"": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images,
-                                          "loss_calls": plan.loss_calls}}
-        return [(left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
-                for owner, left in work.items()]
+        work = plan.network_work or {
+            "": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images, "loss_calls": plan.loss_calls}
+        }
+        return [
+            (left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
+            for owner, left in work.items()
+        ]
 
     def estimate(self, plan: Plan, config: EvalConfig) -> dict[str, float]:
         networks = self.per_network(plan)
         steps = sampling_steps(config.sampling)
-        parts = {"training": sum(left["train_steps"] * step for left, step, _ in networks),
-                 "sampling": sum(left["sampled_images"] * steps * call for left, _, call in networks),
-                 "Inception features": plan.inception_images * (self.inception_per_image_s or 0.0),
-                 "held-out loss": sum(left["loss_calls"] * call for left, _, call in networks),
-                 "intervals": sum(count * self.frechet_s.get(m, 0.0) for m, count in plan.resamples.items())}
+        parts = {
+            "training": sum(left["train_steps"] * step for left, step, _ in networks),
+            "sampling": sum(left["sampled_images"] * steps * call for left, _, call in networks),
+            "Inception features": plan.inception_images * (self.inception_per_image_s or 0.0),
+            "held-out loss": sum(left["loss_calls"] * call for left, _, call in networks),
+            "intervals": sum(count * self.frechet_s.get(m, 0.0) for m, count in plan.resamples.items()),
+        }
         parts["total"] = sum(parts.values())
         return parts
 
 
 def _data_shape(config: LotteryConfig) -> tuple[int, int]:
     """(channels, side) the network sees, without reading the data (a dry run may precede the download)."""
-    channels = config.data.channels or PRESETS[config.model.preset].get("in_channels") or (
-        3 if config.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1)
+    channels = (
+        config.data.channels
+        or PRESETS[config.model.preset].get("in_channels")
+        or (3 if config.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1)
+    )
     return channels, input_size(config)
 
 
@@ -78,12 +86,13 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     """
     owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
     first = study.search_config(owners[0], study.settings.data_seeds[0])
-    device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto"
-                            else first.runtime.device)
+    device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto" else first.runtime.device)
     channels, side = _data_shape(first)
     step_s, call_s = _network_costs(study, first, device, probe_batch)
-    networks = {owner: _network_costs(study, study.search_config(owner, study.settings.data_seeds[0]), device,
-                                      probe_batch) for owner in owners[1:]}
+    networks = {
+        owner: _network_costs(study, study.search_config(owner, study.settings.data_seeds[0]), device, probe_batch)
+        for owner in owners[1:]
+    }
     inception_s = None
     measures = study.evaluation.measures
     frechet = {}
@@ -98,8 +107,9 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
             reference = FrechetReference(torch.randn(min(n, 4096), dim, generator=generator, dtype=torch.float64))
             fake = torch.randn(n, dim, generator=generator, dtype=torch.float64)
             frechet[measure] = _timed(lambda: reference.distance(fake), 1)
-    return DeviceCosts(str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s,
-                       frechet, networks)
+    return DeviceCosts(
+        str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s, frechet, networks
+    )
 
 
 def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int) -> tuple[float, float]:
@@ -145,23 +155,33 @@ def _hours(seconds: float) -> str:
 def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None) -> str:
     config = study.evaluation
     searches = sum(1 for r in plan.runs if r.control is None)
-    lines = [f"study {study.settings.name!r} ({study.path}) into {out}",
-             f"runs: {len(plan.runs)} ({searches} searches, {len(plan.runs) - searches} controls) over data seeds "
-             f"{', '.join(map(str, study.settings.data_seeds))}",
-             f"levels: {plan.levels_total} planned, {plan.levels_done} finished; training steps to go: "
-             f"{plan.train_steps:,}",
-             f"evaluations: {plan.evaluations_total} planned ({', '.join(config.measures)} per level"
-             + (f"; inception on data seeds {', '.join(map(str, study.settings.inception_seeds))} only"
-                if study.settings.inception_seeds and "inception" in config.measures else "") + "), "
-             f"{plan.evaluations_done} stored; images to sample: {plan.sampled_images:,} "
-             f"({config.sampler} {sampling_steps(config.sampling)} steps, N={config.num_samples} per level)"
-             + (f"; Inception images: {plan.inception_images:,}" if "inception" in config.measures else ""),
-             f"CKA: {plan.cka_total} ticket pairs × levels planned, {plan.cka_done} stored"]
+    lines = [
+        f"study {study.settings.name!r} ({study.path}) into {out}",
+        f"runs: {len(plan.runs)} ({searches} searches, {len(plan.runs) - searches} controls) over data seeds "
+        f"{', '.join(map(str, study.settings.data_seeds))}",
+        f"levels: {plan.levels_total} planned, {plan.levels_done} finished; training steps to go: {plan.train_steps:,}",
+        f"evaluations: {plan.evaluations_total} planned ({', '.join(config.measures)} per level"
+        + (
+            f"; inception on data seeds {', '.join(map(str, study.settings.inception_seeds))} only"
+            if study.settings.inception_seeds and "inception" in config.measures
+            else ""
+        )
+        + "), "
+        f"{plan.evaluations_done} stored; images to sample: {plan.sampled_images:,} "
+        f"({config.sampler} {sampling_steps(config.sampling)} steps, N={config.num_samples} per level)"
+        + (f"; Inception images: {plan.inception_images:,}" if "inception" in config.measures else ""),
+        f"CKA: {plan.cka_total} ticket pairs × levels planned, {plan.cka_done} stored",
+    ]
     for run in plan.runs:
-        kind = f"control {run.control} of {run.source}" if run.control else (
-            f"{run.config.prune.strategy}" + (f" --order {run.config.prune.order}"
-                                              if run.config.prune.strategy == "varying" else "")
-            + (f", dense model from {run.source}" if run.source else ", trains the dense model"))
+        kind = (
+            f"control {run.control} of {run.source}"
+            if run.control
+            else (
+                f"{run.config.prune.strategy}"
+                + (f" --order {run.config.prune.order}" if run.config.prune.strategy == "varying" else "")
+                + (f", dense model from {run.source}" if run.source else ", trains the dense model")
+            )
+        )
         lines.append(f"  {run.name:<28} {kind}; levels {','.join(map(str, run.levels))}")
     if costs is not None:
         parts = costs.estimate(plan, config)
@@ -170,15 +190,23 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
             f"{costs.batch_size}, denoiser {1e3 * costs.call_per_image_s:.3g} ms per image and call"
             + (f", Inception {1 / costs.inception_per_image_s:.3g} images/s" if costs.inception_per_image_s else "")
             + "".join(f", one {m} resample {s:.3g} s" for m, s in costs.frechet_s.items())
-            + "".join(f"; {owner}'s network: training step {step:.3g} s, denoiser {1e3 * call:.3g} ms"
-                      for owner, (step, call) in costs.networks.items()))
+            + "".join(
+                f"; {owner}'s network: training step {step:.3g} s, denoiser {1e3 * call:.3g} ms"
+                for owner, (step, call) in costs.networks.items()
+            )
+        )
         if plan.complete:
             lines.append("estimated wall time: none, every planned level, evaluation and CKA pair is stored")
             return "\n".join(lines)
-        lines.append("estimated wall time: " + _hours(parts["total"]) + " (" + ", ".join(
-            f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0) + ") "
+        lines.append(
+            "estimated wall time: "
+            + _hours(parts["total"])
+            + " ("
+            + ", ".join(f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0)
+            + ") "
             f"in one process on {costs.threads} thread{'s' * (costs.threads != 1)}; processes started side by side "
-            "on other cores share it")
+            "on other cores share it"
+        )
     return "\n".join(lines)
 
 

@@ -39,8 +39,13 @@ class _Progress:
     """The study's one progress display: a bar over the estimated seconds of the work left."""
 
     def __init__(self, total_s: float, enabled: bool, log):
-        self.bar = tqdm(total=max(1, round(total_s)), disable=not enabled, unit="s", unit_scale=False,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed} elapsed, ~{remaining} left]")
+        self.bar = tqdm(
+            total=max(1, round(total_s)),
+            disable=not enabled,
+            unit="s",
+            unit_scale=False,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed} elapsed, ~{remaining} left]",
+        )
         self.enabled = enabled
         self._log = log
 
@@ -62,9 +67,17 @@ class _Progress:
         self.bar.close()
 
 
-def execute_study(path: str | Path, out: str | Path | None = None, *, dry_run: bool = False,
-                  report_only: bool = False, progress: bool = True, data_dir: str | None = None,
-                  device: str | None = None, log=print) -> tuple[Path, dict]:
+def execute_study(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    report_only: bool = False,
+    progress: bool = True,
+    data_dir: str | None = None,
+    device: str | None = None,
+    log=print,
+) -> tuple[Path, dict]:
     """Plan, and unless ``dry_run`` run, the study in ``path``; returns its folder and what was done
     (``plan``, ``costs``, ``deferred`` parts and ``findings``).
 
@@ -90,10 +103,13 @@ def execute_study(path: str | Path, out: str | Path | None = None, *, dry_run: b
     if report_only:
         findings = render.write_findings(out, log=log)
         report.write_study_report(study, out, findings, log=log)
-        log(f"study {study.settings.name!r}: findings and report of the complete study, in {out} (every planned "
-            "level, evaluation and CKA pair is stored)" if plan.complete else
-            f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
-            f"`ddpm-lottery study {path} --out {out}` runs the rest)")
+        log(
+            f"study {study.settings.name!r}: findings and report of the complete study, in {out} (every planned "
+            "level, evaluation and CKA pair is stored)"
+            if plan.complete
+            else f"study {study.settings.name!r}: findings and report of what is finished, in {out} (nothing was run; "
+            f"`ddpm-lottery study {path} --out {out}` runs the rest)"
+        )
         return out, {"plan": plan, "costs": None, "deferred": [], "findings": findings}
     costs = estimate.measure_costs(study)
     log(estimate.describe_plan(study, plan, out, costs))
@@ -124,10 +140,15 @@ def execute_study(path: str | Path, out: str | Path | None = None, *, dry_run: b
     report.write_study_report(study, out, findings, log=log)
     elapsed = time.perf_counter() - started
     if deferred:
-        log(f"{len(deferred)} parts wait for other processes or runs (re-run this command to finish them): "
-            + "; ".join(deferred[:4]) + (" ..." if len(deferred) > 4 else ""))
-    log(f"study {study.settings.name!r}: this session {elapsed / 60:.1f} min; findings in "
-        f"{StudyFolder(out).findings_md}")
+        log(
+            f"{len(deferred)} parts wait for other processes or runs (re-run this command to finish them): "
+            + "; ".join(deferred[:4])
+            + (" ..." if len(deferred) > 4 else "")
+        )
+    log(
+        f"study {study.settings.name!r}: this session {elapsed / 60:.1f} min; findings in "
+        f"{StudyFolder(out).findings_md}"
+    )
     return out, {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
 
 
@@ -163,9 +184,11 @@ class _Measuring:
         config = study.evaluation
         self.study, self.out, self.bar, self.costs, self.deferred = study, out, bar, costs, deferred
         self.evaluator = Evaluator(config, progress=False, log=bar.log)
-        self.per_level = {"loss": config.heldout_images * config.loss_bands * costs.call_per_image_s,
-                          "domain": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
-                          "inception": config.num_samples * (costs.inception_per_image_s or 0)}
+        self.per_level = {
+            "loss": config.heldout_images * config.loss_bands * costs.call_per_image_s,
+            "domain": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
+            "inception": config.num_samples * (costs.inception_per_image_s or 0),
+        }
 
     def run(self, planned: PlannedRun, measures: list[str]) -> None:
         """``measures`` of every finished level of one run (under its lock: one process measures a run)."""
@@ -192,8 +215,10 @@ class _Measuring:
                     # a level whose weights are gone: what it has measured stands; the rest waits, and the study
                     # goes on with every other level
                     if any(not any(_record_matches(r, m, config) for r in level.evaluations()) for m in measures):
-                        waiting = (f"measures of {planned.name} level {index}: its {config.sampling.weights} "
-                                   f"weights are gone; {level.retrain_advice()}")
+                        waiting = (
+                            f"measures of {planned.name} level {index}: its {config.sampling.weights} "
+                            f"weights are gone; {level.retrain_advice()}"
+                        )
                         if waiting not in self.deferred:  # the cheap pass and the costly one both find it
                             self.deferred.append(waiting)
                         levels.remove(index)
@@ -203,8 +228,9 @@ class _Measuring:
                         stored = any(_record_matches(r, measure, config) for r in run.level(index).evaluations())
                         self.evaluator.measure(run.level(index), measure)
                         if not stored:
-                            self.bar.advance(self.per_level[measure]
-                                             + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0))
+                            self.bar.advance(
+                                self.per_level[measure] + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0)
+                            )
         except FolderBusy as exc:
             self.deferred.append(f"{', '.join(measures)} of {planned.name}: {exc}")
 
@@ -224,20 +250,29 @@ def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: 
             if not all(Run.is_run(r) and level in Run.open(r).finished_levels() for r in (run_a, run_b)):
                 deferred.append(f"CKA of {run_a.name} and {run_b.name} at level {level}: a ticket is not finished")
                 continue
-            lost = [Run.open(r).level(level) for r in (run_a, run_b)
-                    if not Run.open(r).level(level).has_weights(study.cka.weights)]
+            lost = [
+                Run.open(r).level(level)
+                for r in (run_a, run_b)
+                if not Run.open(r).level(level).has_weights(study.cka.weights)
+            ]
             if lost:
-                deferred.append(f"CKA of {run_a.name} and {run_b.name} at level {level}: the {study.cka.weights} "
-                                f"weights of {lost[0].label()} are gone; {lost[0].retrain_advice()}")
+                deferred.append(
+                    f"CKA of {run_a.name} and {run_b.name} at level {level}: the {study.cka.weights} "
+                    f"weights of {lost[0].label()} are gone; {lost[0].retrain_advice()}"
+                )
                 continue
             bar.task(f"CKA {run_a.name} vs {run_b.name}, level {level}")
-            compare_with_baselines(run_a, run_b, level, study.cka, out=cka.dir,
-                                   seed_init_b=study.settings.control_seed_init, log=bar.log)
+            compare_with_baselines(
+                run_a, run_b, level, study.cka, out=cka.dir, seed_init_b=study.settings.control_seed_init, log=bar.log
+            )
 
 
 def _is_frontier_run(study: Study, planned: PlannedRun) -> bool:
-    return (planned.search == study.settings.frontier_search and planned.control is None
-            and planned.seed == study.settings.data_seeds[0])
+    return (
+        planned.search == study.settings.frontier_search
+        and planned.control is None
+        and planned.seed == study.settings.data_seeds[0]
+    )
 
 
 def _draw_frontier(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: list[str]) -> None:

@@ -27,22 +27,28 @@ def open_study_folder(study: Study, out: Path) -> None:
         if before != declaration:
             now = declaration
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise UserError(f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
-                            f"{', '.join(changed)}; give another --out folder")
+            raise UserError(
+                f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
+                f"{', '.join(changed)}; give another --out folder"
+            )
         if stored.get("notes") != _notes(study):
             write_json(record, {**stored, "notes": _notes(study)})
         return
     if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
         raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
     make_dirs(out)
-    write_json(record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path),
-                        "created": time.time()})
+    write_json(
+        record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path), "created": time.time()}
+    )
 
 
 def _notes(study: Study) -> dict:
     """What the findings say beside the numbers (settings that do not change any result)."""
-    return {"description": study.settings.description, "decided_by": study.settings.decided_by,
-            "cka_search": study.settings.cka_search}
+    return {
+        "description": study.settings.description,
+        "decided_by": study.settings.decided_by,
+        "cka_search": study.settings.cka_search,
+    }
 
 
 __all__ = ["open_study_folder"]

@@ -38,15 +38,18 @@ class Plan:
     @property
     def complete(self) -> bool:
         """Every planned level, evaluation and CKA pair is stored."""
-        return (self.levels_done == self.levels_total and self.evaluations_done == self.evaluations_total
-                and self.cka_done == self.cka_total)
+        return (
+            self.levels_done == self.levels_total
+            and self.evaluations_done == self.evaluations_total
+            and self.cka_done == self.cka_total
+        )
 
 
 def _level_steps(run: PlannedRun, index: int) -> int:
     steps = run.config.train.steps
     if index == 0:
         return steps if run.source is None and run.control is None else 0
-    return steps - int(round(run.config.prune.rewind_fraction * steps))
+    return steps - round(run.config.prune.rewind_fraction * steps)
 
 
 def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
@@ -56,8 +59,10 @@ def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
         return False
     if measure == "loss":
         return (spec.get("bands"), spec.get("heldout", {}).get("split")) == (config.loss_bands, config.heldout_split)
-    return (spec.get("sampling") == sampling_protocol(config)
-            and spec.get("reference", {}).get("split") == config.reference_split)
+    return (
+        spec.get("sampling") == sampling_protocol(config)
+        and spec.get("reference", {}).get("split") == config.reference_split
+    )
 
 
 def make_plan(study: Study, out: Path) -> Plan:
@@ -104,10 +109,27 @@ def make_plan(study: Study, out: Path) -> Plan:
         for key, now, then in zip(left, (train_steps, sampled, loss_calls), before):
             left[key] += now - then
     cka_total = len(study.cka_pairs()) * len(cka_levels(study, runs))
-    cka_done = sum(1 for a, b in study.cka_pairs() for level in cka_levels(study, runs)
-                   if cka_folder(out, study, a, b, level).summary.exists())
-    return Plan(runs, train_steps, levels_total, levels_done, evaluations_total, evaluations_done, sampled,
-                inception, resamples, loss_calls, cka_total, cka_done, work)
+    cka_done = sum(
+        1
+        for a, b in study.cka_pairs()
+        for level in cka_levels(study, runs)
+        if cka_folder(out, study, a, b, level).summary.exists()
+    )
+    return Plan(
+        runs,
+        train_steps,
+        levels_total,
+        levels_done,
+        evaluations_total,
+        evaluations_done,
+        sampled,
+        inception,
+        resamples,
+        loss_calls,
+        cka_total,
+        cka_done,
+        work,
+    )
 
 
 def cka_levels(study: Study, runs: list[PlannedRun]) -> list[int]:

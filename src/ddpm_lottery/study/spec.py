@@ -27,8 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddpm_lottery.config import (
-    SECTION_CLASSES, STUDY_TABLES, CkaConfig, EvalConfig, FrontierConfig, LotteryConfig, StudySettings,
-    apply_overrides, check_config, read_config_file, to_dict,
+    SECTION_CLASSES,
+    STUDY_TABLES,
+    CkaConfig,
+    EvalConfig,
+    FrontierConfig,
+    LotteryConfig,
+    StudySettings,
+    apply_overrides,
+    check_config,
+    read_config_file,
+    to_dict,
 )
 from ddpm_lottery.lottery.controls import CONTROLS
 from ddpm_lottery.measures.inception import check_sample_counts
@@ -78,9 +87,14 @@ class Study:
     def declaration(self) -> dict:
         """What makes the study's runs: another study in the same folder is refused on any change here."""
         runs = {k: v for k, v in self.run_values.items() if k not in SESSION_SETTINGS}
-        return {"name": self.settings.name, "runs": runs, "searches": self.searches,
-                "controls": self.controls, "data_seeds": list(self.settings.data_seeds),
-                "control_seed_init": self.settings.control_seed_init}
+        return {
+            "name": self.settings.name,
+            "runs": runs,
+            "searches": self.searches,
+            "controls": self.controls,
+            "data_seeds": list(self.settings.data_seeds),
+            "control_seed_init": self.settings.control_seed_init,
+        }
 
     # -- runs --------------------------------------------------------------------------------------
 
@@ -145,6 +159,10 @@ class Study:
         return list(itertools.combinations(self.settings.data_seeds, 2))
 
 
+#: Replicates beyond this are a typo (a range written out), not a design: planning them alone would take minutes.
+MAX_DATA_SEEDS = 1000
+
+
 def planned_levels(config: LotteryConfig) -> list[int]:
     """The levels a search will have: 0 and one per round (rounds estimated for a target without schedule)."""
     prune = config.prune
@@ -178,8 +196,9 @@ def resolve_study(name_or_path: str | Path) -> Path:
     shipped = SHIPPED / f"{name_or_path}.toml"
     if shipped.is_file() and path.suffix == "":
         return shipped
-    raise UserError(f"study file {path} does not exist; give a path, or the name of a shipped study: "
-                    f"{', '.join(shipped_studies())}")
+    raise UserError(
+        f"study file {path} does not exist; give a path, or the name of a shipped study: {', '.join(shipped_studies())}"
+    )
 
 
 def load_study(path: str | Path) -> Study:
@@ -188,18 +207,26 @@ def load_study(path: str | Path) -> Study:
     raw = read_config_file(path)
     unknown = [key for key in raw if key not in STUDY_FILE_TABLES]
     if unknown:
-        raise UserError(f"{path}: unknown table [{unknown[0]}]; a study file holds "
-                        f"{', '.join(f'[{t}]' for t in STUDY_FILE_TABLES)}")
+        raise UserError(
+            f"{path}: unknown table [{unknown[0]}]; a study file holds {', '.join(f'[{t}]' for t in STUDY_FILE_TABLES)}"
+        )
     for key, value in raw.items():
         if not isinstance(value, dict):
             raise UserError(f"{path}: {key} must be a table ([{key}] with settings under it)")
     if "study" not in raw:
-        raise UserError(f"{path} has no [study] table: it is a config file, not a study (give it to find-ticket "
-                        "--config), or add [study] with a name and data_seeds")
+        raise UserError(
+            f"{path} has no [study] table: it is a config file, not a study (give it to find-ticket "
+            "--config), or add [study] with a name and data_seeds"
+        )
     settings = StudySettings()
     apply_overrides(settings, raw["study"], source=str(path))
     check_config(settings)
     seeds = list(settings.data_seeds)
+    if len(seeds) > MAX_DATA_SEEDS:
+        raise UserError(
+            f"{path}: study.data_seeds lists {len(seeds):,} seeds, each a replicate of every search and control; "
+            f"list at most {MAX_DATA_SEEDS:,} (split a larger design into several studies)"
+        )
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"{path}: study.data_seeds must list distinct seeds, got {seeds}")
 
@@ -209,8 +236,9 @@ def load_study(path: str | Path) -> Study:
 
     searches_raw = raw.get("searches") or {}
     if not searches_raw:
-        raise UserError(f"{path} declares no search: add a [searches.NAME] table with a strategy "
-                        f"({', '.join(STRATEGIES)})")
+        raise UserError(
+            f"{path} declares no search: add a [searches.NAME] table with a strategy ({', '.join(STRATEGIES)})"
+        )
     searches: dict[str, dict] = {}
     for name, table in searches_raw.items():
         where = f"searches.{name}"
@@ -221,12 +249,16 @@ def load_study(path: str | Path) -> Study:
         values = _flatten(table)
         strategy = values.get("strategy", values.get("prune.strategy", probe.prune.strategy))
         if strategy not in STRATEGIES:
-            raise UserError(f"{path}: {where}.strategy is {strategy!r}, which is not a search strategy; choose one "
-                            f"of {', '.join(STRATEGIES)} (controls go in [controls])")
+            raise UserError(
+                f"{path}: {where}.strategy is {strategy!r}, which is not a search strategy; choose one "
+                f"of {', '.join(STRATEGIES)} (controls go in [controls])"
+            )
         for key in values:
             if key.split(".")[-1] in ("control_of", "reinit", "dense_from", "seed_data"):
-                raise UserError(f"{path}: {where}.{key} is set by the study itself (controls in [controls], seeds "
-                                "in study.data_seeds); remove it")
+                raise UserError(
+                    f"{path}: {where}.{key} is set by the study itself (controls in [controls], seeds "
+                    "in study.data_seeds); remove it"
+                )
         config = copy.deepcopy(probe)
         apply_overrides(config, values, source=f"{path} [{where}]")
         check_config(config)
@@ -238,32 +270,47 @@ def load_study(path: str | Path) -> Study:
             raise UserError(f"{path}: controls.{control} is not a control; choose from {', '.join(CONTROLS)}")
         sources = [sources] if isinstance(sources, str) else sources
         if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-            raise UserError(f"{path}: controls.{control} must list search names, e.g. {control} = [\"unified\"]")
+            raise UserError(f'{path}: controls.{control} must list search names, e.g. {control} = ["unified"]')
         for source in sources:
             if source not in searches:
-                raise UserError(f"{path}: controls.{control} names search {source!r}, which the study does not "
-                                f"declare; declared: {', '.join(searches)}")
+                raise UserError(
+                    f"{path}: controls.{control} names search {source!r}, which the study does not "
+                    f"declare; declared: {', '.join(searches)}"
+                )
         controls[control] = list(sources)
     outside = [s for s in settings.inception_seeds if s not in seeds]
     if outside:
         raise UserError(f"{path}: study.inception_seeds lists {outside[0]}, which is not in study.data_seeds {seeds}")
     if settings.cka_search:
         if settings.cka_search not in searches:
-            raise UserError(f"{path}: study.cka_search names {settings.cka_search!r}, which the study does not "
-                            f"declare; declared: {', '.join(searches)}")
+            raise UserError(
+                f"{path}: study.cka_search names {settings.cka_search!r}, which the study does not "
+                f"declare; declared: {', '.join(searches)}"
+            )
         strategy = LotteryConfig()
         apply_overrides(strategy, {**run_values, **searches[settings.cka_search]}, source=str(path))
         if STRATEGIES[strategy.prune.strategy].imposes_profile:
-            raise UserError(f"{path}: study.cka_search {settings.cka_search!r} uses {strategy.prune.strategy}, which "
-                            "imposes the upstream/downstream profile CKA is meant to motivate; pair tickets of a "
-                            "search that imposes none (unified or global)")
+            raise UserError(
+                f"{path}: study.cka_search {settings.cka_search!r} uses {strategy.prune.strategy}, which "
+                "imposes the upstream/downstream profile CKA is meant to motivate; pair tickets of a "
+                "search that imposes none (unified or global)"
+            )
         if len(seeds) < 2:
-            raise UserError(f"{path}: study.cka_search compares tickets of two data seeds; list at least two in "
-                            "study.data_seeds")
+            raise UserError(
+                f"{path}: study.cka_search compares tickets of two data seeds; list at least two in study.data_seeds"
+            )
 
     evaluation = EvalConfig()
-    apply_overrides(evaluation, {f"{s}.{k}": v for s in EVAL_SECTIONS for k, v in raw.get(s, {}).items()
-                                 if not (s == "runtime" and k not in ("device",))}, source=str(path))
+    apply_overrides(
+        evaluation,
+        {
+            f"{s}.{k}": v
+            for s in EVAL_SECTIONS
+            for k, v in raw.get(s, {}).items()
+            if not (s == "runtime" and k not in ("device",))
+        },
+        source=str(path),
+    )
     check_config(evaluation)
     if "inception" in evaluation.measures:
         # evaluation comes after every ticket is trained: refuse now rather than hours later
@@ -271,24 +318,37 @@ def load_study(path: str | Path) -> Study:
     cka = CkaConfig()
     apply_overrides(cka, raw.get("cka", {}), source=str(path))
     check_config(cka)
-    return Study(path, settings, run_values, searches, controls, evaluation, cka,
-                 _frontier_config(path, settings, searches, evaluation, raw.get("frontier")))
+    return Study(
+        path,
+        settings,
+        run_values,
+        searches,
+        controls,
+        evaluation,
+        cka,
+        _frontier_config(path, settings, searches, evaluation, raw.get("frontier")),
+    )
 
 
-def _frontier_config(path: Path, settings: StudySettings, searches: dict, evaluation: EvalConfig,
-                     table: dict | None) -> FrontierConfig | None:
+def _frontier_config(
+    path: Path, settings: StudySettings, searches: dict, evaluation: EvalConfig, table: dict | None
+) -> FrontierConfig | None:
     """The frontier a study draws: its [frontier] table, measured with the study's own protocol."""
     if not settings.frontier_search:
         if table:
             raise UserError(f"{path}: a [frontier] table needs study.frontier_search (the search it is drawn for)")
         return None
     if settings.frontier_search not in searches:
-        raise UserError(f"{path}: study.frontier_search names {settings.frontier_search!r}, which the study does not "
-                        f"declare; declared: {', '.join(searches)}")
+        raise UserError(
+            f"{path}: study.frontier_search names {settings.frontier_search!r}, which the study does not "
+            f"declare; declared: {', '.join(searches)}"
+        )
     sampled = [m for m in evaluation.measures if m != "loss"]
     if not sampled:
-        raise UserError(f"{path}: the frontier compares samplers, so [eval].measures needs domain or inception "
-                        "(the held-out loss does not sample)")
+        raise UserError(
+            f"{path}: the frontier compares samplers, so [eval].measures needs domain or inception "
+            "(the held-out loss does not sample)"
+        )
     config = FrontierConfig()
     apply_overrides(config, {f"frontier.{k}": v for k, v in (table or {}).items()}, source=f"{path} [frontier]")
     for section in ("eval", "sampling", "runtime"):

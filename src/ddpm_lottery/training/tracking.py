@@ -21,14 +21,23 @@ TRACKER_FOLDERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
 class Tracking:
     """One tracker run; every method does nothing for ``--log-to none``."""
 
-    def __init__(self, kind: str, run_dir: str | Path, name: str, config: dict | None = None,
-                 is_main: bool = True):
+    def __init__(self, kind: str, run_dir: str | Path, name: str, config: dict | None = None, is_main: bool = True):
         self.kind = kind if is_main else "none"
         self.tracker = None
         if self.kind == "none":
             return
         folder = Path(run_dir) / TRACKER_FOLDERS[self.kind]
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(
+                f"--log-to {self.kind} writes into {folder}, which is a file; move it away, or drop --log-to"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"--log-to {self.kind} cannot create {folder} ({exc.strerror or exc}); "
+                "give --out a writable folder, or drop --log-to"
+            ) from None
         try:
             if self.kind == "tensorboard":
                 # deferred: the trackers need their optional extras (tensorboard, wandb)
@@ -41,13 +50,18 @@ class Tracking:
 
                 # without credentials W&B writes an offline run beside the others (`wandb sync` uploads it)
                 mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-                self.tracker = WandBTracker(Path(run_dir).name, name=name, dir=str(folder), mode=mode,
-                                            reinit=True)
+                self.tracker = WandBTracker(Path(run_dir).name, name=name, dir=str(folder), mode=mode, reinit=True)
             self.tracker.start()
+        except OSError as exc:  # a read-only or full file system under the folder
+            raise UserError(
+                f"--log-to {self.kind} cannot write into {folder} ({exc.strerror or exc}); "
+                "give --out a writable folder, or drop --log-to"
+            ) from None
         except ImportError:
             package = "tensorboard" if self.kind == "tensorboard" else "wandb"
-            raise UserError(f"--log-to {self.kind} needs the {package} package; pip install {package}, or drop "
-                            "--log-to") from None
+            raise UserError(
+                f"--log-to {self.kind} needs the {package} package; pip install {package}, or drop --log-to"
+            ) from None
         if config:
             self.tracker.store_init_configuration(_flat(config))
 

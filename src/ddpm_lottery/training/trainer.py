@@ -35,6 +35,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ddpm_lottery.config import RunConfig, check_config, config_hash
+from ddpm_lottery.config.sections import SEED_MODULUS
 from ddpm_lottery.data.images import ImageSet, to_model_range
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.kernels.install import install_kernels
@@ -53,8 +54,8 @@ from ddpm_lottery.utils.launch import Processes, setup_processes
 
 def step_seed(seed: int, step: int, stream: int = 0) -> int:
     """A distinct 63-bit seed per (seed, step, stream), stable across runs and machines."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB)
-    return mixed % (2**63 - 1)
+    mixed = seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB
+    return mixed % SEED_MODULUS
 
 
 class DataOrder:
@@ -78,7 +79,7 @@ class DataOrder:
         position, parts, needed = step * self.batch_size, [], self.batch_size
         while needed:
             epoch, offset = divmod(position, self.num_images)
-            chunk = self._permutation(epoch)[offset:offset + needed]
+            chunk = self._permutation(epoch)[offset : offset + needed]
             parts.append(chunk)
             needed -= len(chunk)
             position += len(chunk)
@@ -105,7 +106,7 @@ class StepHooks:
     def after_optimizer_step(self, parameters: list[torch.nn.Parameter]) -> None:
         """Called after Adam's update, before the EMA."""
 
-    def after_step(self, trainer: "Trainer", step: int) -> None:
+    def after_step(self, trainer: Trainer, step: int) -> None:
         """Called after step ``step`` (0-based) is complete; ``trainer.step == step + 1``."""
 
 
@@ -119,9 +120,19 @@ class TrainingDiverged(UserError):
 class Trainer:
     """Trains one network in one work folder, resumably."""
 
-    def __init__(self, config: RunConfig, level: Level, *, images: ImageSet | None = None,
-                 processes: Processes | None = None, hooks: StepHooks | None = None,
-                 progress: bool = True, description: str = "train", log=print, tracking: Tracking | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        level: Level,
+        *,
+        images: ImageSet | None = None,
+        processes: Processes | None = None,
+        hooks: StepHooks | None = None,
+        progress: bool = True,
+        description: str = "train",
+        log=print,
+        tracking: Tracking | None = None,
+    ):
         self.config = config
         self.level = level
         self.log = log
@@ -134,19 +145,21 @@ class Trainer:
         tc = config.train
         check_config(config)  # configs built in code reach here without the declarations' checks
         if tc.batch_size % (self.processes.world_size * tc.grad_accumulation):
-            raise UserError(f"--batch-size {tc.batch_size} does not split into {self.processes.world_size} "
-                            f"process(es) x {tc.grad_accumulation} micro-batch(es); choose a multiple of "
-                            f"{self.processes.world_size * tc.grad_accumulation}")
+            raise UserError(
+                f"--batch-size {tc.batch_size} does not split into {self.processes.world_size} "
+                f"process(es) x {tc.grad_accumulation} micro-batch(es); choose a multiple of "
+                f"{self.processes.world_size * tc.grad_accumulation}"
+            )
 
         self.images = images if images is not None else load_run_images(config)
         channels = self.images.images.shape[1]
-        self.model = build_model(config.model, channels, seed=tc.seed_init,
-                                 image_size=self.images.images.shape[-1]).to(self.device)
+        self.model = build_model(config.model, channels, seed=tc.seed_init, image_size=self.images.images.shape[-1]).to(
+            self.device
+        )
         self._check_image_size()
         self.parameters = [p for p in self.model.parameters()]
         self.names = [n for n, _ in self.model.named_parameters()]
-        self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr, weight_decay=tc.weight_decay,
-                                          foreach=True)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
         self.ema = EMAModel(self.parameters, decay=tc.ema_decay, foreach=True)
         self.scheduler = noise_scheduler(config.diffusion)
         self.order = DataOrder(len(self.images.images), tc.batch_size, tc.seed_data)
@@ -178,20 +191,23 @@ class Trainer:
         if runtime.kernels == "sparse" and 0 < sparsity < runtime.sparse_training_from:
             # the sparse backward pass loses to the dense one at moderate sparsity (measured on 2-core CPUs:
             # about 0.7x at 50 %, 1.0x at 75 %, 1.15-1.45x at 87.5 %); the rule reads the mask, not a timing
-            self.log(f"{self.description}: {sparsity:.1%} sparse, below --sparse-training-from "
-                     f"{runtime.sparse_training_from:g}: training with the dense kernels")
+            self.log(
+                f"{self.description}: {sparsity:.1%} sparse, below --sparse-training-from "
+                f"{runtime.sparse_training_from:g}: training with the dense kernels"
+            )
             runtime = copy.copy(runtime)
             runtime.kernels = "dense"
-        report = install_kernels(self.model, runtime, log=self.log, training=True, masks=masks,
-                                 what=self.description)
+        report = install_kernels(self.model, runtime, log=self.log, training=True, masks=masks, what=self.description)
         self.kernels = "sparse" if report.sparse_layers and not report.unavailable else "dense"
 
     def _check_image_size(self) -> None:
         data_size = self.images.images.shape[-1]
         model_size = self.model.config.sample_size
         if data_size != model_size:
-            raise UserError(f"the images are {data_size}x{data_size} but the network expects {model_size}; "
-                            f"pass --image-size {model_size} or --sample-size {data_size}")
+            raise UserError(
+                f"the images are {data_size}x{data_size} but the network expects {model_size}; "
+                f"pass --image-size {model_size} or --sample-size {data_size}"
+            )
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -199,8 +215,10 @@ class Trainer:
         """Start from given weights (rewinding): fresh Adam moments, EMA reset to these weights."""
         missing = set(self.names) - set(weights)
         if missing:
-            raise UserError(f"the weights do not match the network (missing {sorted(missing)[:3]}...); "
-                            "they come from another preset")
+            raise UserError(
+                f"the weights do not match the network (missing {sorted(missing)[:3]}...); "
+                "they come from another preset"
+            )
         with torch.no_grad():
             for name, param in zip(self.names, self.parameters):
                 param.copy_(weights[name].to(param.device, param.dtype))
@@ -230,14 +248,20 @@ class Trainer:
                     shadow.copy_(tensors[f"ema.{name}"])
             self.optimizer.state.clear()
             for name, param in zip(self.names, self.parameters):
-                entries = {key.rsplit(".", 1)[1]: value for key, value in tensors.items()
-                           if key.startswith(f"adam.{name}.") and key.count(".") == name.count(".") + 2}
+                entries = {
+                    key.rsplit(".", 1)[1]: value
+                    for key, value in tensors.items()
+                    if key.startswith(f"adam.{name}.") and key.count(".") == name.count(".") + 2
+                }
                 if entries:
-                    self.optimizer.state[param] = {k: v.to(self.device) if k != "step" else v
-                                                   for k, v in entries.items()}
+                    self.optimizer.state[param] = {
+                        k: v.to(self.device) if k != "step" else v for k, v in entries.items()
+                    }
         except (KeyError, RuntimeError) as exc:
-            raise UserError(f"the checkpoint does not match this network ({str(exc).splitlines()[0]}); "
-                            "it belongs to another configuration") from None
+            raise UserError(
+                f"the checkpoint does not match this network ({str(exc).splitlines()[0]}); "
+                "it belongs to another configuration"
+            ) from None
         self.ema.optimization_step = int(state["ema_optimization_step"])
         self.step = int(state["step"])
 
@@ -253,12 +277,16 @@ class Trainer:
         epoch, offset = divmod(self.step * self.config.train.batch_size, len(self.images.images))
         # Everything else a resume needs is a function of the step: the learning rate, the data order
         # and position, and every random draw (generators seeded by (seed_data, step)).
-        state = {"ema_optimization_step": int(self.ema.optimization_step),
-                 "learning_rate_next_step": learning_rate(self.config.train, self.step),
-                 "data_position": {"epoch": epoch, "offset": offset},
-                 "random_state": "derived: generators seeded by (seed_data, step)",
-                 "config_hash": config_hash(self.config), "time": time.time(), "kernels": self.kernels_so_far(),
-                 "wall_time_s": self.wall_time()}
+        state = {
+            "ema_optimization_step": int(self.ema.optimization_step),
+            "learning_rate_next_step": learning_rate(self.config.train, self.step),
+            "data_position": {"epoch": epoch, "offset": offset},
+            "random_state": "derived: generators seeded by (seed_data, step)",
+            "config_hash": config_hash(self.config),
+            "time": time.time(),
+            "kernels": self.kernels_so_far(),
+            "wall_time_s": self.wall_time(),
+        }
         self.checkpoints.save(self.step, self.state_tensors(), state, keep=self.config.train.keep_checkpoints)
 
     def resume(self) -> bool:
@@ -271,8 +299,10 @@ class Trainer:
             return False
         state, tensors = found
         if state.get("config_hash") != config_hash(self.config):
-            raise UserError(f"the checkpoints in {self.checkpoints.folder} were written by another configuration; "
-                            "use a new --out folder")
+            raise UserError(
+                f"the checkpoints in {self.checkpoints.folder} were written by another configuration; "
+                "use a new --out folder"
+            )
         self.load_state_tensors(tensors, state)
         self.wall_before = float(state.get("wall_time_s", 0.0))
         self.kernels_before = (str(state.get("kernels", "dense")), self.step)
@@ -311,7 +341,7 @@ class Trainer:
         for index, part in enumerate(zip(clean.chunk(micro), noise.chunk(micro), timesteps.chunk(micro))):
             # DDP all-reduces on the last micro-batch only: one all-reduce per step, as without accumulation
             syncing = index == micro - 1 or self.processes.world_size == 1
-            with (contextlib.nullcontext() if syncing else self.processes.accelerator.no_sync(self.wrapped)):
+            with contextlib.nullcontext() if syncing else self.processes.accelerator.no_sync(self.wrapped):
                 with self._autocast():
                     loss = training_loss(self.wrapped, self.scheduler, *part)
                 self._backward(loss / micro if micro > 1 else loss)
@@ -359,8 +389,15 @@ class Trainer:
         window_start = time.perf_counter()
         self.session_started = time.perf_counter()
         first_step = self.step
-        bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc=self.description,
-                   unit="step", dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=until,
+            initial=self.step,
+            disable=not self.progress,
+            desc=self.description,
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
+        )
         try:
             while self.step < until:
                 step = self.step
@@ -375,15 +412,23 @@ class Trainer:
                         raise TrainingDiverged(
                             f"training diverged: the loss became {mean_loss} between steps {self.step - window} "
                             f"and {self.step}; the last good checkpoint (step {last_good}) is kept; lower --lr "
-                            "or keep --grad-clip on, in a new --out folder")
+                            "or keep --grad-clip on, in a new --out folder"
+                        )
                     elapsed = time.perf_counter() - window_start
                     images_per_s = window * tc.batch_size / max(elapsed, 1e-9)
-                    record = {"step": self.step, "loss": mean_loss, "lr": learning_rate(tc, step),
-                              "images_per_s": images_per_s, "time": time.time()}
+                    record = {
+                        "step": self.step,
+                        "loss": mean_loss,
+                        "lr": learning_rate(tc, step),
+                        "images_per_s": images_per_s,
+                        "time": time.time(),
+                    }
                     if self.processes.is_main:
                         append_jsonl(metrics_path, record)
-                        self.tracking.scalars({"train/loss": mean_loss, "train/lr": record["lr"],
-                                               "train/images_per_s": images_per_s}, self.step)
+                        self.tracking.scalars(
+                            {"train/loss": mean_loss, "train/lr": record["lr"], "train/images_per_s": images_per_s},
+                            self.step,
+                        )
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
                     loss_sum.zero_()
                     window = 0
@@ -398,8 +443,13 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
-        return {**self.log_summary(), "steps": until, "trained_steps": until - first_step,
-                "wall_time_s": self.wall_time(), "kernels": self.kernels_so_far()}
+        return {
+            **self.log_summary(),
+            "steps": until,
+            "trained_steps": until - first_step,
+            "wall_time_s": self.wall_time(),
+            "kernels": self.kernels_so_far(),
+        }
 
     def kernels_so_far(self) -> str:
         """The kernels this level trained with; a resume that changed them says where."""
@@ -418,10 +468,11 @@ class Trainer:
         """First and final logged loss of this level, read from its log (which outlives any process)."""
         records = [r for r in read_jsonl(self.level.log_path) if "loss" in r]
         if not records:
-            raise UserError(f"{self.level.log_path} holds no logged loss; delete {self.level.dir} and re-run the "
-                            "command to recompute the level")
-        return {"final_loss": records[-1]["loss"], "loss_first": records[0]["loss"],
-                "logged_steps": len(records)}
+            raise UserError(
+                f"{self.level.log_path} holds no logged loss; delete {self.level.dir} and re-run the "
+                "command to recompute the level"
+            )
+        return {"final_loss": records[-1]["loss"], "loss_first": records[0]["loss"], "logged_steps": len(records)}
 
     def _reduce_mean(self, value: torch.Tensor) -> float:
         if self.processes.world_size > 1:
@@ -432,9 +483,15 @@ class Trainer:
 def load_run_images(config: RunConfig) -> ImageSet:
     """The training images at the size the network takes (padded if smaller)."""
     dc = config.data
-    return load_dataset(dc.dataset, dc.data_dir, split=dc.split, download=dc.download,
-                        image_size=input_size(config), channels=dc.channels, mirror=dc.mirror)
-
+    return load_dataset(
+        dc.dataset,
+        dc.data_dir,
+        split=dc.split,
+        download=dc.download,
+        image_size=input_size(config),
+        channels=dc.channels,
+        mirror=dc.mirror,
+    )
 
 
 class MaskedTraining(StepHooks):
@@ -450,8 +507,10 @@ class MaskedTraining(StepHooks):
         params = dict(model.named_parameters())
         unknown = set(masks) - set(params)
         if unknown:
-            raise UserError(f"the mask names tensors the network does not have ({sorted(unknown)[:2]}); "
-                            "it belongs to another preset")
+            raise UserError(
+                f"the mask names tensors the network does not have ({sorted(unknown)[:2]}); "
+                "it belongs to another preset"
+            )
         self.params = [params[n] for n in masks]
         device = self.params[0].device if self.params else torch.device("cpu")
         # float multipliers: torch._foreach_mul_ with float lists is the fastest fused path measured

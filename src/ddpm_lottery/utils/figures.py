@@ -18,13 +18,14 @@ def grid_array(images: torch.Tensor, columns: int | None = None, padding: int = 
     count, channels, height, width = images.shape
     columns = columns or max(1, math.ceil(math.sqrt(count)))
     rows = math.ceil(count / columns)
-    canvas = np.full((rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
-                     128, dtype=np.uint8)
+    canvas = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels), 128, dtype=np.uint8
+    )
     array = images.permute(0, 2, 3, 1).cpu().numpy()
     for index in range(count):
         row, col = divmod(index, columns)
         top, left = padding + row * (height + padding), padding + col * (width + padding)
-        canvas[top:top + height, left:left + width] = array[index]
+        canvas[top : top + height, left : left + width] = array[index]
     return canvas
 
 
@@ -63,8 +64,12 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def fid_vs_sparsity(curves: dict[str, list[tuple[float, float, float, float]]], dense: tuple[float, float] | None,
-                    caption: str, path: str | Path) -> Path:
+def fid_vs_sparsity(
+    curves: dict[str, list[tuple[float, float, float, float]]],
+    dense: tuple[float, float] | None,
+    caption: str,
+    path: str | Path,
+) -> Path:
     """Figure 2: FID (left) and KID (right) against sparsity, one curve per run.
 
     ``curves[label] = [(sparsity, fid, kid_mean, kid_std), ...]``; ``dense = (fid, kid)`` is drawn as a line.
@@ -132,8 +137,9 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
             xs = [100 * p[0] for p in points]
             ys = [p[1] for p in points]
             errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-            ax.errorbar(xs, ys, yerr=errors, fmt="o-" if "control" not in name else "s--", ms=3.5, capsize=2,
-                        lw=1.1, label=name)
+            ax.errorbar(
+                xs, ys, yerr=errors, fmt="o-" if "control" not in name else "s--", ms=3.5, capsize=2, lw=1.1, label=name
+            )
         if panel.get("dense"):
             value, low, high = panel["dense"]
             ax.axhline(value, color="k", ls=":", lw=1, label="dense")
@@ -153,12 +159,14 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
     return save_figure(fig, path)
 
 
-def denoising_process(rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str,
-                      path: str | Path) -> Path:
+def denoising_process(
+    rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str, path: str | Path
+) -> Path:
     """Figure 3: x_t of several networks from one noise seed, at chosen timesteps (uint8 images)."""
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), len(timesteps), figsize=(1.3 * len(timesteps), 1.45 * len(rows)), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(timesteps), figsize=(1.3 * len(timesteps), 1.45 * len(rows)), dpi=110, squeeze=False
+    )
     for r, (label, images) in enumerate(rows):
         for c, image in enumerate(images):
             ax = axes[r][c]
@@ -195,9 +203,19 @@ def module_sparsity_bars(per_module: list[dict], title: str, path: str | Path) -
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(per_module)), 3.6), dpi=110)
     ax.bar([m["index"] for m in per_module], [100 * m["sparsity"] for m in per_module], color="#4c72b0")
     ax.set_xticks([m["index"] for m in per_module])
-    ax.set_xticklabels([m["name"].replace("_blocks.", "").replace("resnets.", "r").replace("attentions.", "a")
-                        .replace("downsamplers.", "ds").replace("upsamplers.", "us") for m in per_module],
-                       rotation=90, fontsize=6)
+    ax.set_xticklabels(
+        [
+            m["name"]
+            .replace("_blocks.", "")
+            .replace("resnets.", "r")
+            .replace("attentions.", "a")
+            .replace("downsamplers.", "ds")
+            .replace("upsamplers.", "us")
+            for m in per_module
+        ],
+        rotation=90,
+        fontsize=6,
+    )
     ax.set_ylabel("sparsity (%)")
     ax.set_ylim(0, 100)
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)  # a long run label must not run off the figure
@@ -223,16 +241,23 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]], title: str, path: st
     return save_figure(fig, path)
 
 
-_KIND_STYLE = {"dense": ("o", "tab:blue"), "ticket": ("s", "tab:orange"), "channel": ("D", "tab:green"),
-               "schedule": ("^", "tab:purple"), "schedule control": ("v", "tab:gray")}
+_KIND_STYLE = {
+    "dense": ("o", "tab:blue"),
+    "ticket": ("s", "tab:orange"),
+    "channel": ("D", "tab:green"),
+    "schedule": ("^", "tab:purple"),
+    "schedule control": ("v", "tab:gray"),
+}
 
 
 def frontier_figure(points, measure: str, caption: str, path: str | Path) -> Path:
     """Quality against seconds per sample (left) and FLOPs per sample (right), the Pareto front drawn."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    panels = (("seconds_per_sample", "pareto_seconds", "measured seconds per sample (this machine)"),
-              ("effective_flops_per_sample", "pareto_flops", "FLOPs per sample (effective)"))
+    panels = (
+        ("seconds_per_sample", "pareto_seconds", "measured seconds per sample (this machine)"),
+        ("effective_flops_per_sample", "pareto_flops", "FLOPs per sample (effective)"),
+    )
     for ax, (cost, flag, xlabel) in zip(axes, panels):
         for kind, (marker, colour) in _KIND_STYLE.items():
             chosen = [p for p in points if p.kind == kind]
@@ -244,8 +269,14 @@ def frontier_figure(points, measure: str, caption: str, path: str | Path) -> Pat
             ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, label=kind, capsize=2, markersize=5, alpha=0.85)
         front = sorted((p for p in points if getattr(p, flag)), key=lambda p: getattr(p, cost))
         if front:
-            ax.step([getattr(p, cost) for p in front], [p.value for p in front], where="post", color="black",
-                    linewidth=1, label="Pareto front")
+            ax.step(
+                [getattr(p, cost) for p in front],
+                [p.value for p in front],
+                where="post",
+                color="black",
+                linewidth=1,
+                label="Pareto front",
+            )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, alpha=0.3)

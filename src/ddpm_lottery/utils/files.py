@@ -31,11 +31,14 @@ TEMPORARY_SUFFIX = ".tmp"
 
 def disk_error(path: Path, exc: OSError) -> UserError:
     if exc.errno == errno.ENOSPC:
-        return UserError(f"the disk is full while writing {path}; free space and re-run the same command "
-                         "(finished files were not touched)")
+        return UserError(
+            f"the disk is full while writing {path}; free space and re-run the same command "
+            "(finished files were not touched)"
+        )
     if exc.errno == errno.ENOTDIR or (exc.errno == errno.EEXIST and not Path(path).is_dir()):
-        return UserError(f"cannot write {path}: a part of that path is a regular file, not a folder; "
-                         "choose another --out")
+        return UserError(
+            f"cannot write {path}: a part of that path is a regular file, not a folder; choose another --out"
+        )
     return UserError(f"cannot write {path} ({exc.strerror or exc}); check the folder's permissions and free space")
 
 
@@ -138,8 +141,9 @@ def read_json(path: str | Path, what: str = "file", fix: str = "re-run the comma
         raise UserError(f"cannot read {what} {path} ({exc.strerror or exc}); {fix}") from None
 
 
-def load_tensors(path: str | Path, what: str = "weights file",
-                 fix: str = "re-run the command that writes it") -> dict[str, torch.Tensor]:
+def load_tensors(
+    path: str | Path, what: str = "weights file", fix: str = "re-run the command that writes it"
+) -> dict[str, torch.Tensor]:
     """Load a safetensors file (never pickle) with a one-line error when it is missing or unreadable."""
     path = Path(path)
     if not path.is_file():
@@ -147,8 +151,9 @@ def load_tensors(path: str | Path, what: str = "weights file",
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{what} {path} is corrupt or not a safetensors file ({str(exc).splitlines()[0]}); "
-                        f"{fix}") from None
+        raise UserError(
+            f"{what} {path} is corrupt or not a safetensors file ({str(exc).splitlines()[0]}); {fix}"
+        ) from None
 
 
 def hash_file(digest, path: str | Path):
@@ -250,15 +255,17 @@ class FolderLock:
 
     def acquire(self) -> None:
         make_dirs(self.path.parent)
-        handle = open(self.path, "a+", encoding="utf-8")
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open while the lock is held
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise FolderBusy(f"{self.path.parent} is in use by process {holder}; wait for it to finish or stop it "
-                            "(a killed process releases the lock by itself)") from None
+            raise FolderBusy(
+                f"{self.path.parent} is in use by process {holder}; wait for it to finish or stop it "
+                "(a killed process releases the lock by itself)"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

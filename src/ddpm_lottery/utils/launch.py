@@ -68,17 +68,19 @@ def setup_processes(device_name: str, mixed_precision: str = "no") -> Processes:
     # several commands (the Python API, a study), each with its own settings.
     AcceleratorState._reset_state(reset_partial_state=world_size == 1)
     try:
-        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision,
-                                  device_placement=False)
+        accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision, device_placement=False)
     except (ValueError, RuntimeError) as exc:
-        raise UserError(f"Accelerate could not set up --mixed-precision {mixed_precision} on {device} "
-                        f"({str(exc).splitlines()[0]}); use --mixed-precision no") from None
+        raise UserError(
+            f"Accelerate could not set up --mixed-precision {mixed_precision} on {device} "
+            f"({str(exc).splitlines()[0]}); use --mixed-precision no"
+        ) from None
     if accelerator.num_processes > 1:
         device = accelerator.device
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    return Processes(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device,
-                     accelerator=accelerator)
+    return Processes(
+        rank=accelerator.process_index, world_size=accelerator.num_processes, device=device, accelerator=accelerator
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,9 +91,10 @@ def _accelerate_launch_arguments(command: list[str]):
     """The parsed options of an ``accelerate launch`` command line, or None if it is not one."""
     for index, word in enumerate(command[:-1]):
         name = os.path.basename(word)
-        if name in ("accelerate", "accelerate-launch") or word.endswith(("accelerate/commands/launch.py",
-                                                                          "accelerate.commands.launch")):
-            rest = command[index + 1:]
+        if name in ("accelerate", "accelerate-launch") or word.endswith(
+            ("accelerate/commands/launch.py", "accelerate.commands.launch")
+        ):
+            rest = command[index + 1 :]
             if name == "accelerate":
                 if not rest or rest[0] != "launch":
                     return None
@@ -144,8 +147,9 @@ def requested_processes(parent_command: list[str] | None = None) -> int | None:
     try:
         return int(load_config_from_file(config_file).num_processes)
     except Exception as exc:
-        raise UserError(f"cannot read the Accelerate config {config_file} ({exc}); fix it or pass "
-                        "--num_processes") from None
+        raise UserError(
+            f"cannot read the Accelerate config {config_file} ({exc}); fix it or pass --num_processes"
+        ) from None
 
 
 def free_port() -> int:
@@ -160,11 +164,27 @@ def ensure_requested_processes(device_name: str, argv: list[str], log=print) -> 
     if asked is None or asked <= 1:
         return
     if resolve_device(device_name).type == "cuda":
-        raise UserError(f"accelerate launch asked for {asked} processes but started 1; on GPUs pass --multi_gpu "
-                        f"(accelerate launch --multi_gpu --num_processes {asked} ...)")
-    log(f"accelerate launch asked for {asked} CPU processes and started 1 (it needs mpirun for more); "
-        f"starting {asked} with PyTorch's elastic launcher")
+        raise UserError(
+            f"accelerate launch asked for {asked} processes but started 1; on GPUs pass --multi_gpu "
+            f"(accelerate launch --multi_gpu --num_processes {asked} ...)"
+        )
+    log(
+        f"accelerate launch asked for {asked} CPU processes and started 1 (it needs mpirun for more); "
+        f"starting {asked} with PyTorch's elastic launcher"
+    )
     sys.stdout.flush()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(asked),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "ddpm_lottery.cli.main", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(asked),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "ddpm_lottery.cli.main",
+        *argv,
+    ]
     os.execv(sys.executable, command)

@@ -23,7 +23,9 @@ from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import load_tensors, read_json, save_tensors, write_json
 
 
-def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMasks, even: bool = True) -> torch.nn.Module:
+def compact(
+    model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMasks, even: bool = True
+) -> torch.nn.Module:
     """A physically smaller copy of ``model`` without the removed channels (Torch-Pruning's dependency graph).
 
     ``model`` holds the masked weights (standard or kept-channel norms alike); it is not changed.
@@ -42,12 +44,17 @@ def compact(model: torch.nn.Module, groups: list[ChannelGroup], masks: ChannelMa
         layer = small.get_submodule(g.root)
         prune_fn = tp.prune_conv_out_channels if isinstance(layer, torch.nn.Conv2d) else tp.prune_linear_out_channels
         group = graph.get_pruning_group(layer, prune_fn, idxs=removed)
-        touched = {names[item.dep.target.module] for item in group if item.dep.target.module in names
-                   and any(True for _ in item.dep.target.module.parameters(recurse=False))}
+        touched = {
+            names[item.dep.target.module]
+            for item in group
+            if item.dep.target.module in names and any(True for _ in item.dep.target.module.parameters(recurse=False))
+        }
         stray = sorted(touched - {r.module for r in g.reach})
         if stray:
-            raise UserError(f"{g.name}: removing its channels would also cut {stray[0]}, which the group does not "
-                            "reach; this network's wiring is not supported by --structure channel")
+            raise UserError(
+                f"{g.name}: removing its channels would also cut {stray[0]}, which the group does not "
+                "reach; this network's wiring is not supported by --structure channel"
+            )
         group.prune()
         if g.kind == "attention":
             _refold_attention_scale(small.get_submodule(g.name), g, int(masks[g.name].sum()))
@@ -70,7 +77,9 @@ def _sync_samplers(model: torch.nn.Module) -> None:
     from diffusers.models.upsampling import Upsample2D
 
     for module in model.modules():
-        if isinstance(module, (Downsample2D, Upsample2D)) and isinstance(getattr(module, "conv", None), torch.nn.Conv2d):
+        if isinstance(module, (Downsample2D, Upsample2D)) and isinstance(
+            getattr(module, "conv", None), torch.nn.Conv2d
+        ):
             module.channels, module.out_channels = module.conv.in_channels, module.conv.out_channels
 
 
@@ -97,8 +106,11 @@ def save_compact(spec_path: Path, weights_path: Path, small: torch.nn.Module, wh
     layers = {}
     for name, module in small.named_modules():
         if isinstance(module, UnevenGroupNorm):
-            layers[name] = {"type": "UnevenGroupNorm", "num_groups": module.num_groups,
-                            "group_of": module.group_of.tolist()}
+            layers[name] = {
+                "type": "UnevenGroupNorm",
+                "num_groups": module.num_groups,
+                "group_of": module.group_of.tolist(),
+            }
         elif isinstance(module, torch.nn.GroupNorm):
             layers[name] = {"type": "GroupNorm", "num_groups": module.num_groups, "num_channels": module.num_channels}
         elif isinstance(module, torch.nn.Conv2d):
@@ -107,16 +119,16 @@ def save_compact(spec_path: Path, weights_path: Path, small: torch.nn.Module, wh
             layers[name] = {"type": "Linear", "in": module.in_features, "out": module.out_features}
     network = {k: (list(v) if isinstance(v, tuple) else v) for k, v in small.config.items() if not k.startswith("_")}
     save_tensors(weights_path, small.state_dict(), {"weights": which})
-    write_json(spec_path, {"format": "ddpm-lottery compact network v1", "network": network,
-                                         "layers": layers, "weights": which})
+    write_json(
+        spec_path, {"format": "ddpm-lottery compact network v1", "network": network, "layers": layers, "weights": which}
+    )
 
 
 def load_compact(spec_path: Path, weights_path: Path) -> torch.nn.Module:
     """Rebuild a compacted network from its description and its safetensors (needs no mask)."""
     from diffusers import UNet2DModel  # deferred: diffusers is slow to import
 
-    spec = read_json(spec_path, "compact network description",
-                     "re-run `ddpm-lottery compact` on the level to write it")
+    spec = read_json(spec_path, "compact network description", "re-run `ddpm-lottery compact` on the level to write it")
     model = UNet2DModel.from_config(spec["network"])
     for name, layer in spec["layers"].items():
         parent_name, _, attr = name.rpartition(".")
@@ -124,11 +136,26 @@ def load_compact(spec_path: Path, weights_path: Path) -> torch.nn.Module:
         old = getattr(parent, attr)
         if layer["type"] == "UnevenGroupNorm":
             setattr(parent, attr, UnevenGroupNorm(layer["num_groups"], layer["group_of"], old.eps, old.affine))
-        elif layer["type"] == "GroupNorm" and (old.num_groups, old.num_channels) != (layer["num_groups"], layer["num_channels"]):
+        elif layer["type"] == "GroupNorm" and (old.num_groups, old.num_channels) != (
+            layer["num_groups"],
+            layer["num_channels"],
+        ):
             setattr(parent, attr, torch.nn.GroupNorm(layer["num_groups"], layer["num_channels"], old.eps, old.affine))
         elif layer["type"] == "Conv2d" and (old.in_channels, old.out_channels) != (layer["in"], layer["out"]):
-            setattr(parent, attr, torch.nn.Conv2d(layer["in"], layer["out"], old.kernel_size, old.stride, old.padding,
-                                                  old.dilation, old.groups, old.bias is not None))
+            setattr(
+                parent,
+                attr,
+                torch.nn.Conv2d(
+                    layer["in"],
+                    layer["out"],
+                    old.kernel_size,
+                    old.stride,
+                    old.padding,
+                    old.dilation,
+                    old.groups,
+                    old.bias is not None,
+                ),
+            )
         elif layer["type"] == "Linear" and (old.in_features, old.out_features) != (layer["in"], layer["out"]):
             setattr(parent, attr, torch.nn.Linear(layer["in"], layer["out"], old.bias is not None))
     _sync_samplers(model)
@@ -136,9 +163,11 @@ def load_compact(spec_path: Path, weights_path: Path) -> torch.nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{weights_path} does not match {spec_path} "
-                        f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
-                        "re-run `ddpm-lottery compact` on the level") from None
+        raise UserError(
+            f"{weights_path} does not match {spec_path} "
+            f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}); "
+            "re-run `ddpm-lottery compact` on the level"
+        ) from None
     return model.eval()
 
 

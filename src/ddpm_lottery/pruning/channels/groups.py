@@ -69,11 +69,18 @@ class ChannelGroup:
         return next(r.module for r in self.reach if r.role == "norm")
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "root": self.root, "channels": self.channels, "sets": self.sets,
-                "index": self.index, "reach": [[r.module, r.role, [list(p) for p in r.pairs]] for r in self.reach]}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "root": self.root,
+            "channels": self.channels,
+            "sets": self.sets,
+            "index": self.index,
+            "reach": [[r.module, r.role, [list(p) for p in r.pairs]] for r in self.reach],
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "ChannelGroup":
+    def from_json(cls, data: dict) -> ChannelGroup:
         reach = tuple(Reach(m, role, tuple((int(c), int(i)) for c, i in pairs)) for m, role, pairs in data["reach"])
         return cls(data["name"], data["kind"], data["root"], reach, data["channels"], data["sets"], data["index"])
 
@@ -81,8 +88,9 @@ class ChannelGroup:
 SCOPES = ("all", "inner")
 
 
-def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
-                   scope: str = "all") -> list[ChannelGroup]:
+def channel_groups(
+    model: torch.nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), scope: str = "all"
+) -> list[ChannelGroup]:
     """The channel groups of a ``UNet2DModel``, in forward-execution order.
 
     ``scope`` "inner": ResNet inner widths, attention dimensions, time-embedding units; "all" adds the
@@ -98,8 +106,10 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
 
     for name, module in model.named_modules():
         if isinstance(module, ResnetBlock2D) and module.time_embedding_norm != "default":
-            raise UserError(f"{name}: --structure channel supports ResNet blocks with the default time embedding "
-                            "norm; use --structure weight for this network")
+            raise UserError(
+                f"{name}: --structure channel supports ResNet blocks with the default time embedding "
+                "norm; use --structure weight for this network"
+            )
         if isinstance(module, Attention) and (module.is_cross_attention or module.to_q.out_features % module.heads):
             raise UserError(f"{name}: --structure channel supports self-attention with equal heads only")
     plain = _with_plain_norms(copy.deepcopy(model)).eval()
@@ -107,7 +117,9 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
     names = {module: name for name, module in plain.named_modules()}
     order = {layer: i for i, layer in enumerate(execution_order(plain))}
     found = []
-    for group in graph.get_all_groups(ignored_layers=[plain.conv_out], root_module_types=(torch.nn.Conv2d, torch.nn.Linear)):
+    for group in graph.get_all_groups(
+        ignored_layers=[plain.conv_out], root_module_types=(torch.nn.Conv2d, torch.nn.Linear)
+    ):
         reach: dict[tuple[str, str], set[tuple[int, int]]] = {}
         channels = len(group[0].idxs)
         for item in group:
@@ -130,8 +142,10 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
         found.append(ChannelGroup(name, kind, outs[0], entries, channels, sets))
     for group in found:
         if group.channels % group.sets:
-            raise UserError(f"{group.norm or group.name}: {group.channels} channels do not split into {group.sets} "
-                            "equal groups; change --norm-num-groups or --block-out-channels")
+            raise UserError(
+                f"{group.norm or group.name}: {group.channels} channels do not split into {group.sets} "
+                "equal groups; change --norm-num-groups or --block-out-channels"
+            )
 
     def kept(group: ChannelGroup) -> bool:
         root = f"{group.root}.weight"
@@ -141,8 +155,9 @@ def channel_groups(model: torch.nn.Module, include: tuple[str, ...] = (), exclud
 
     found = sorted((g for g in found if kept(g)), key=lambda g: order[g.root])
     if not found:
-        raise UserError("no channel group is left to prune (the include/exclude patterns match their first "
-                        "layers); loosen them")
+        raise UserError(
+            "no channel group is left to prune (the include/exclude patterns match their first layers); loosen them"
+        )
     return [replace(g, index=i) for i, g in enumerate(found)]
 
 
@@ -151,8 +166,10 @@ def _dependency_graph(model: torch.nn.Module):
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs(model))
     except Exception as exc:  # the tracer's failures are many and internal: name the network, not the stack
-        raise UserError(f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); channel tickets "
-                        "need a UNet2DModel that runs on one (sample, timestep) pair") from None
+        raise UserError(
+            f"Torch-Pruning could not trace this network ({type(exc).__name__}: {exc}); channel tickets "
+            "need a UNet2DModel that runs on one (sample, timestep) pair"
+        ) from None
 
 
 def _classify(model: torch.nn.Module, reach: tuple[Reach, ...], outs: list[str]) -> tuple[str, str, int]:
@@ -181,14 +198,28 @@ def example_inputs(model: torch.nn.Module, batch: int = 2) -> dict[str, torch.Te
 
 
 def save_groups(path: Path, groups: list[ChannelGroup]) -> None:
-    write_json(path, {"format": "ddpm-lottery channel groups v1: each group's channels and, per layer it reaches, "
-                                "the layer's index of each channel (out = weight rows and bias, in = weight columns, "
-                                "norm = GroupNorm channels)", "groups": [g.to_json() for g in groups]})
+    write_json(
+        path,
+        {
+            "format": "ddpm-lottery channel groups v1: each group's channels and, per layer it reaches, "
+            "the layer's index of each channel (out = weight rows and bias, in = weight columns, "
+            "norm = GroupNorm channels)",
+            "groups": [g.to_json() for g in groups],
+        },
+    )
 
 
 def load_groups(path: Path) -> list[ChannelGroup]:
     return [ChannelGroup.from_json(g) for g in read_json(path, "channel groups")["groups"]]
 
 
-__all__ = ["SCOPES", "STRUCTURES", "ChannelGroup", "Reach", "channel_groups", "example_inputs", "load_groups",
-           "save_groups"]
+__all__ = [
+    "SCOPES",
+    "STRUCTURES",
+    "ChannelGroup",
+    "Reach",
+    "channel_groups",
+    "example_inputs",
+    "load_groups",
+    "save_groups",
+]

@@ -29,21 +29,25 @@ def check_channel_masks(groups: list[ChannelGroup], masks: ChannelMasks, where: 
     for g in groups:
         mask = masks.get(g.name)
         if mask is None or mask.shape != (g.channels,):
-            raise UserError(f"{where}: channel mask of {g.name} is missing or not {g.channels} long; it belongs to "
-                            "another network")
+            raise UserError(
+                f"{where}: channel mask of {g.name} is missing or not {g.channels} long; it belongs to another network"
+            )
         if not even:
             if not bool(mask.any()):
                 raise UserError(f"{where}: {g.name} keeps no channel; every channel group keeps at least one")
             continue
         counts = mask.view(g.sets, g.per_set).sum(1)
         if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
-            raise UserError(f"{where}: {g.norm or g.name} keeps {counts.tolist()} channels per group; a channel ticket "
-                            f"keeps the same number (at least one) in each of its {g.sets} groups")
+            raise UserError(
+                f"{where}: {g.norm or g.name} keeps {counts.tolist()} channels per group; a channel ticket "
+                f"keeps the same number (at least one) in each of its {g.sets} groups"
+            )
 
 
 def save_channel_masks(path: Path, masks: ChannelMasks) -> None:
-    save_tensors(path, {n: m.to(torch.uint8) for n, m in masks.items()},
-                 {"format": "ddpm-lottery channel masks v1 (1 = kept)"})
+    save_tensors(
+        path, {n: m.to(torch.uint8) for n, m in masks.items()}, {"format": "ddpm-lottery channel masks v1 (1 = kept)"}
+    )
 
 
 def load_channel_masks(path: Path, groups: list[ChannelGroup] | None = None) -> ChannelMasks:
@@ -54,8 +58,9 @@ def load_channel_masks(path: Path, groups: list[ChannelGroup] | None = None) -> 
     return masks
 
 
-def parameter_masks(groups: list[ChannelGroup], masks: ChannelMasks,
-                    shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def parameter_masks(
+    groups: list[ChannelGroup], masks: ChannelMasks, shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
     """Bool masks of every parameter the channel masks reach (weights, biases, norm scales)."""
     out: dict[str, torch.Tensor] = {}
 
@@ -80,8 +85,7 @@ def parameter_masks(groups: list[ChannelGroup], masks: ChannelMasks,
     return out
 
 
-def norm_keeps(groups: list[ChannelGroup], masks: ChannelMasks,
-               sizes: dict[str, int]) -> dict[str, torch.Tensor]:
+def norm_keeps(groups: list[ChannelGroup], masks: ChannelMasks, sizes: dict[str, int]) -> dict[str, torch.Tensor]:
     """Each GroupNorm the groups reach: which of its channels survive."""
     keeps: dict[str, torch.Tensor] = {}
     for g in groups:
@@ -117,5 +121,15 @@ def install_kept_norms(model: torch.nn.Module, groups: list[ChannelGroup], masks
     return model
 
 
-__all__ = ["ChannelMasks", "channel_sparsity", "check_channel_masks", "full_channel_masks", "install_kept_norms",
-           "load_channel_masks", "norm_keeps", "parameter_masks", "save_channel_masks", "weight_masks"]
+__all__ = [
+    "ChannelMasks",
+    "channel_sparsity",
+    "check_channel_masks",
+    "full_channel_masks",
+    "install_kept_norms",
+    "load_channel_masks",
+    "norm_keeps",
+    "parameter_masks",
+    "save_channel_masks",
+    "weight_masks",
+]

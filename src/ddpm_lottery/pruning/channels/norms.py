@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 
-def group_norm_over(x: torch.Tensor, group_of: torch.Tensor, groups: int, weight: torch.Tensor,
-                    bias: torch.Tensor, eps: float) -> torch.Tensor:
+def group_norm_over(
+    x: torch.Tensor, group_of: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     """GroupNorm where channel c belongs to group ``group_of[c]`` (groups may be uneven or empty)."""
     n, c = x.shape[:2]
     flat = x.reshape(n, c, -1)
@@ -42,8 +43,14 @@ class KeptChannelGroupNorm(torch.nn.GroupNorm):
     """
 
     def __init__(self, norm: torch.nn.GroupNorm, kept: torch.Tensor):
-        super().__init__(norm.num_groups, norm.num_channels, norm.eps, norm.affine,
-                         device=norm.weight.device, dtype=norm.weight.dtype)
+        super().__init__(
+            norm.num_groups,
+            norm.num_channels,
+            norm.eps,
+            norm.affine,
+            device=norm.weight.device,
+            dtype=norm.weight.dtype,
+        )
         self.weight, self.bias = norm.weight, norm.bias  # the same parameters, so optimisers and EMA see them
         index = torch.nonzero(kept).view(-1)
         group_of = index // (norm.num_channels // norm.num_groups)
@@ -55,7 +62,11 @@ class KeptChannelGroupNorm(torch.nn.GroupNorm):
         index = self.kept_index
         if index.numel() == self.num_channels:
             return super().forward(x)
-        kept, weight, bias = x.index_select(1, index), self.weight.index_select(0, index), self.bias.index_select(0, index)
+        kept, weight, bias = (
+            x.index_select(1, index),
+            self.weight.index_select(0, index),
+            self.bias.index_select(0, index),
+        )
         if self.even:
             y = F.group_norm(kept, self.num_groups, weight, bias, self.eps)
         else:
@@ -67,8 +78,9 @@ class UnevenGroupNorm(torch.nn.GroupNorm):
     """A compacted GroupNorm whose groups kept different numbers of channels (``group_of`` says which)."""
 
     def __init__(self, num_groups: int, group_of: list[int], eps: float = 1e-5, affine: bool = True):
-        super().__init__(num_groups, len(group_of), eps, affine) if len(group_of) % num_groups == 0 else \
-            torch.nn.Module.__init__(self)
+        super().__init__(num_groups, len(group_of), eps, affine) if len(
+            group_of
+        ) % num_groups == 0 else torch.nn.Module.__init__(self)
         if len(group_of) % num_groups:  # GroupNorm's own check would refuse: set its fields by hand
             self.num_groups, self.num_channels, self.eps, self.affine = num_groups, len(group_of), eps, affine
             self.weight = torch.nn.Parameter(torch.ones(len(group_of)))

@@ -53,8 +53,9 @@ def _slot_scores(group: ChannelGroup, mask: torch.Tensor, score: torch.Tensor) -
     return ranked.mean(0), order
 
 
-def _planned(groups: list[ChannelGroup], slots: dict[str, torch.Tensor], strategy: str,
-             settings: PruneSettings) -> dict[str, int]:
+def _planned(
+    groups: list[ChannelGroup], slots: dict[str, torch.Tensor], strategy: str, settings: PruneSettings
+) -> dict[str, int]:
     """Slots each group loses under ``settings`` (before any target)."""
     cap = settings.max_round_ratio
     removable = {g.name: max(0, len(slots[g.name]) - _floor_slots(g, settings)) for g in groups}
@@ -74,7 +75,7 @@ def _planned(groups: list[ChannelGroup], slots: dict[str, torch.Tensor], strateg
     counts = {}
     for j, g in enumerate(ordered):
         ratio = settings.prune_ratio + (j * settings.ratio_increment if strategy == "varying" else 0.0)
-        counts[g.name] = min(removable[g.name], int(round(min(ratio, cap) * len(slots[g.name]))))
+        counts[g.name] = min(removable[g.name], round(min(ratio, cap) * len(slots[g.name])))
     return counts
 
 
@@ -89,8 +90,14 @@ def simulate_channel_sparsity(strategy: str, groups: list[ChannelGroup], setting
     return 1 - sum(len(slots[g.name]) * g.sets for g in groups) / sum(g.channels for g in groups)
 
 
-def prune_channels(strategy: str, groups: list[ChannelGroup], masks: ChannelMasks, weights: dict[str, torch.Tensor],
-                   settings: PruneSettings, target: float | None = None) -> tuple[ChannelMasks, list[dict]]:
+def prune_channels(
+    strategy: str,
+    groups: list[ChannelGroup],
+    masks: ChannelMasks,
+    weights: dict[str, torch.Tensor],
+    settings: PruneSettings,
+    target: float | None = None,
+) -> tuple[ChannelMasks, list[dict]]:
     """One round: each group loses its weakest slots; with ``target``, p and q are scaled to reach it.
 
     The target is a channel sparsity over all groups; slots move whole norm groups' worth of channels,
@@ -106,8 +113,12 @@ def prune_channels(strategy: str, groups: list[ChannelGroup], masks: ChannelMask
         needed = math.ceil(target * total - 1e-9) - (total - sum(int(masks[g.name].sum()) for g in groups))
 
         def removed(scale: float, cap: float) -> tuple[int, dict[str, int]]:
-            trial = replace(settings, prune_ratio=settings.prune_ratio * scale,
-                            ratio_increment=settings.ratio_increment * scale, max_round_ratio=cap)
+            trial = replace(
+                settings,
+                prune_ratio=settings.prune_ratio * scale,
+                ratio_increment=settings.ratio_increment * scale,
+                max_round_ratio=cap,
+            )
             c = _planned(groups, slots, strategy, trial)
             return sum(c[g.name] * g.sets for g in groups), c
 
@@ -116,8 +127,10 @@ def prune_channels(strategy: str, groups: list[ChannelGroup], masks: ChannelMask
         if removed(ceiling, cap)[0] < needed:
             cap = 1.0
         if removed(ceiling, cap)[0] < needed:
-            raise UserError(f"channel sparsity {target} cannot be reached: every group keeps at least one channel "
-                            f"per norm group (at most {max_channel_sparsity(groups, settings):.4f}); lower the target")
+            raise UserError(
+                f"channel sparsity {target} cannot be reached: every group keeps at least one channel "
+                f"per norm group (at most {max_channel_sparsity(groups, settings):.4f}); lower the target"
+            )
         low, high = 0.0, ceiling
         for _ in range(60):
             mid = (low + high) / 2
@@ -135,8 +148,15 @@ def prune_channels(strategy: str, groups: list[ChannelGroup], masks: ChannelMask
             mask.scatter_(1, order[:, :k], False)
         new[g.name] = mask.view(-1)
         survivors = len(slots[g.name]) * g.sets
-        applied.append({"unit": g.name, "survivors_before": survivors, "removed": k * g.sets,
-                        "ratio_applied": k * g.sets / survivors if survivors else 0.0, "channels_kept": int(new[g.name].sum())})
+        applied.append(
+            {
+                "unit": g.name,
+                "survivors_before": survivors,
+                "removed": k * g.sets,
+                "ratio_applied": k * g.sets / survivors if survivors else 0.0,
+                "channels_kept": int(new[g.name].sum()),
+            }
+        )
     return new, applied
 
 
@@ -153,6 +173,10 @@ def random_channel_masks(groups: list[ChannelGroup], reference: ChannelMasks, se
     return out
 
 
-
-__all__ = ["channel_scores", "max_channel_sparsity", "prune_channels", "random_channel_masks",
-           "simulate_channel_sparsity"]
+__all__ = [
+    "channel_scores",
+    "max_channel_sparsity",
+    "prune_channels",
+    "random_channel_masks",
+    "simulate_channel_sparsity",
+]

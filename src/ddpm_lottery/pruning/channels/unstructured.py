@@ -19,8 +19,9 @@ def _dead_columns(mask: torch.Tensor, dim: int) -> torch.Tensor:
     return ~mask.any(dim=other) if other else ~mask
 
 
-def emptied_channels(groups: list[ChannelGroup], weight_masks: dict[str, torch.Tensor],
-                     norms: dict[str, tuple[int, int]]) -> ChannelMasks:
+def emptied_channels(
+    groups: list[ChannelGroup], weight_masks: dict[str, torch.Tensor], norms: dict[str, tuple[int, int]]
+) -> ChannelMasks:
     """Channels an unstructured ticket has made dead, removable without changing a single output.
 
     A channel is dead when no surviving weight reads it (every input column it reaches is pruned;
@@ -32,8 +33,9 @@ def emptied_channels(groups: list[ChannelGroup], weight_masks: dict[str, torch.T
     candidate: dict[str, torch.Tensor] = {}
     for g in groups:
         dead = torch.ones(g.channels, dtype=torch.bool)
-        reads = [r for r in g.reach if r.role == "in"] + [r for r in g.reach if g.kind == "attention"
-                                                          and r.role == "out" and r.module.endswith("to_k")]
+        reads = [r for r in g.reach if r.role == "in"] + [
+            r for r in g.reach if g.kind == "attention" and r.role == "out" and r.module.endswith("to_k")
+        ]
         if not reads:
             dead[:] = False
         for r in reads:
@@ -93,7 +95,6 @@ def refill_channels(groups: list[ChannelGroup], weight_masks: dict[str, torch.Te
         mask.scatter_(1, order[:, :keep], True)
         out[g.name] = mask.view(-1)
     return out
-
 
 
 __all__ = ["emptied_channels", "refill_channels"]

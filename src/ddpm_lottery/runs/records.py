@@ -1,0 +1,122 @@
+"""The typed homes of the records a run folder stores, and the check every read of them passes.
+
+A record is JSON on disk and a plain ``dict`` in memory (the findings, the report and the API read
+it by key), so each record type is a :class:`~typing.TypedDict`: it names the keys every reader
+relies on and their types, and :func:`read_record` refuses a file that lacks one, holds the wrong
+type, or holds a non-finite number anywhere (Python's ``json`` reads ``NaN`` without complaint, and a
+NaN that reached the findings would print as a verdict). The refusal is one line naming the file and
+the key, so a hand-edited or half-written record never turns into a silent wrong result.
+
+Keys beyond the declared ones are kept as they are: older and newer versions of a record still read.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import read_json
+
+#: The two weight sets a level stores (the exponential moving average, and the optimiser's own).
+Weights = Literal["ema", "raw"]
+
+
+class TrainingSummary(TypedDict):
+    final_loss: float
+    steps: int
+    wall_time_s: float
+
+
+class LevelMetrics(TypedDict):
+    """``level_NN/metrics.json``: written last, so its presence marks the level finished."""
+
+    level: int
+    sparsity: float
+    prunable_parameters: int
+    surviving_prunable: int
+    training: TrainingSummary
+    wall_time_s: float
+
+
+class EvaluationRecord(TypedDict):
+    """``level_NN/eval/KEY.json``: one measure of one level under one protocol, with its interval."""
+
+    measure: str
+    value: float
+    interval: list[float]
+
+
+class LevelCosts(TypedDict):
+    """``level_NN/costs.json``: FLOPs, parameters and storage of the level's network."""
+
+    level: int
+    weights: Weights
+    dense_flops: int
+    effective_flops: float
+    reduction: float
+
+
+def read_record(path: str | Path, kind: type, what: str, fix: str) -> dict[str, Any]:
+    """Read a stored record and check it against its typed home ``kind``; a failure is one line."""
+    record = read_json(path, what, fix)
+    problem = record_problem(record, kind)
+    if problem:
+        raise UserError(f"{what} {path} is not a valid record ({problem}); {fix}")
+    return record
+
+
+def record_problem(record: Any, kind: type, where: str = "") -> str | None:
+    """What is wrong with ``record`` as a ``kind`` (a TypedDict), or None if nothing is."""
+    if not isinstance(record, dict):
+        return f"{where or 'the record'} is {type(record).__name__}, not an object"
+    hints = typing.get_type_hints(kind)
+    for key in sorted(kind.__required_keys__):
+        name = f"{where}.{key}" if where else key
+        if key not in record:
+            return f"{name} is missing"
+        problem = _value_problem(record[key], hints[key], name)
+        if problem:
+            return problem
+    return _non_finite(record, where)
+
+
+def _value_problem(value: Any, hint: Any, name: str) -> str | None:
+    origin = typing.get_origin(hint)
+    if typing.is_typeddict(hint):
+        return record_problem(value, hint, name)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        return None if value in choices else f"{name} is {value!r}, not one of {', '.join(map(repr, choices))}"
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{name} is {type(value).__name__}, not a list"
+        (item,) = typing.get_args(hint)
+        for i, element in enumerate(value):
+            problem = _value_problem(element, item, f"{name}[{i}]")
+            if problem:
+                return problem
+        return None
+    expected = {int: (int,), float: (int, float), str: (str,), dict: (dict,), bool: (bool,)}[hint]
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, expected):
+        return f"{name} is {type(value).__name__}, not {hint.__name__}"
+    return None
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The first NaN or infinity anywhere in a record (nested objects and lists included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where or 'the record'} is {value} (not a finite number)"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for name, element in items:
+        problem = _non_finite(element, name)
+        if problem:
+            return problem
+    return None
