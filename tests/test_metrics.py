@@ -227,7 +227,8 @@ def test_the_real_feature_network_gives_2048_pool3_features():
 
 
 def test_frechet_reference_matches_the_direct_distance_on_both_sides():
-    from ddpm_lottery.measures.inception import FrechetReference, frechet_bootstrap, percentile_interval
+    from ddpm_lottery.measures.inception import FrechetReference, frechet_bootstrap
+    from ddpm_lottery.measures.stats import percentile_interval
 
     generator = torch.Generator().manual_seed(3)
     real = torch.randn(300, 40, generator=generator, dtype=torch.float64)

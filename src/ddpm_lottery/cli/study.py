@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm_lottery.study.catalogue import shipped_studies
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -15,7 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "file",
-        help="study file (TOML or YAML with a [study] table), or the name of a shipped study: quickstart, cpu-digits",
+        help="study file (TOML or YAML with a [study] table), or the name of a shipped study: "
+        + ", ".join(shipped_studies()),
     )
     parser.add_argument("--out", metavar="DIR", help="study folder [default: runs/<study name>]")
     only = parser.add_mutually_exclusive_group()  # each of these runs nothing, and each does something else

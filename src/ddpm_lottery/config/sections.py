@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ddpm_lottery.config.fields import setting
 from ddpm_lottery.utils.errors import UserError
@@ -27,6 +27,12 @@ from ddpm_lottery.utils.errors import UserError
 #: and a larger one would repeat a smaller one (0 and 2**63 - 1 trained bit-identical weights).
 SEED_MODULUS = 2**63 - 1
 SEED_BOUNDS = {"minimum": 0, "maximum": SEED_MODULUS - 1}
+
+#: The two weight sets a level stores: the exponential moving average, and the optimiser's own.
+WeightSet = Literal["ema", "raw"]
+WEIGHT_SETS: tuple[str, ...] = get_args(WeightSet)
+#: The measures of a level's quality (each implemented in ``measures/``; a test holds the two together).
+MeasureName = Literal["inception", "domain", "loss"]
 
 
 class Section:
@@ -273,7 +279,7 @@ class PruneConfig(Section):
         below=1,
     )
     one_shot: bool = setting(False, "prune straight to the target in one round")
-    magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=("raw", "ema"))
+    magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=WEIGHT_SETS)
     include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
     exclude: tuple[str, ...] = setting((), "never prune weights whose name matches one of these shell patterns")
     reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
@@ -362,7 +368,7 @@ class SamplingConfig(Section):
         "with many steps from drifting; DPM-Solver++ never clips)",
     )
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)", **SEED_BOUNDS)
-    weights: str = setting("ema", "which weights generate the images", choices=("ema", "raw"))
+    weights: str = setting("ema", "which weights generate the images", choices=WEIGHT_SETS)
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
     schedule: str | None = setting(
         None,
@@ -385,7 +391,7 @@ class SampleSettings(Section):
 
 # The measures evaluation.MEASURES implements, named here so a config file can be checked before
 # anything is imported or computed.
-MEASURE_NAMES = ("inception", "domain", "loss")
+MEASURE_NAMES: tuple[str, ...] = get_args(MeasureName)
 
 
 def interval_floor(confidence: float) -> int:
@@ -458,7 +464,7 @@ class CkaConfig(Section):
     batch: int = setting(64, "noisy training images for activation CKA", minimum=3)
     # EMA by default: the weights every sample and measure of a ticket uses, and the ones a committed
     # study keeps of its pruned levels (their raw weights are left out of git).
-    weights: str = setting("ema", "which trained weights are compared", choices=("ema", "raw"))
+    weights: str = setting("ema", "which trained weights are compared", choices=WEIGHT_SETS)
     threshold: float = setting(1.0, "RBF bandwidth as a fraction of the median pairwise distance (Kornblith)", above=0)
     seed: int = setting(0, "seed of the images and noise of activation CKA", **SEED_BOUNDS)
 

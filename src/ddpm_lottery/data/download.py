@@ -18,7 +18,7 @@ from pathlib import Path
 from ddpm_lottery.data.images import _canonical_name
 from ddpm_lottery.utils.errors import UserError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # `log` is the print-like callable elsewhere
 
 #: Default base URL of each downloadable dataset (a ``mirror`` replaces it).
 DEFAULT_MIRRORS: dict[str, str] = {
@@ -100,7 +100,7 @@ def download_dataset(name: str, root, mirror: str | None = None) -> pathlib.Path
         if target.is_file():
             if _md5(target) == expected:
                 continue
-            log.warning("%s exists but its checksum is wrong; downloading it again", target)
+            logger.warning("%s exists but its checksum is wrong; downloading it again", target)
         _fetch(base + filename, target, expected)
     return folder
 
@@ -114,7 +114,7 @@ def _md5(path: Path) -> str:
 
 
 def _fetch(url: str, target: Path, expected_md5: str) -> None:
-    log.info("downloading %s -> %s", url, target)
+    logger.info("downloading %s -> %s", url, target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.runs.records import StudyRecord, read_record
 from ddpm_lottery.runs.run import Run
-from ddpm_lottery.utils.files import read_json
 
 
 @dataclass
@@ -54,7 +54,7 @@ def collect(path: str | Path) -> Collection:
     path = Path(path)
     folder = StudyFolder(path)
     if folder.is_study():
-        stored = read_json(folder.record, "study record")
+        stored = read_record(folder.record, StudyRecord, "study record", "re-run the study's command to rewrite it")
         declaration = stored["declaration"]
         searches, strategies, controls, dense, dense_of = {}, {}, {}, {}, {}
         first = next(iter(declaration["searches"]))

@@ -19,13 +19,10 @@ from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import write_json, write_text
+from ddpm_lottery.utils.units import duration
 
 MEASURE_ORDER = ("domain", "loss", "inception")
 LABELS = {"inception": "Inception FID", "domain": "domain FD", "loss": "held-out loss"}
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def _cell(entry: dict | None, with_seeds: bool = False) -> str:
@@ -163,9 +160,9 @@ def blocks(result: dict) -> list[tuple]:
     compute = result.get("compute")
     if compute and compute["levels"]:
         named = {**LABELS, "other": "other evaluations (other samplers or N, e.g. a frontier's)"}
-        parts = ", ".join(f"{named.get(k, k)} {_hours(v)}" for k, v in compute["seconds"].items() if v)
+        parts = ", ".join(f"{named.get(k, k)} {duration(v)}" for k, v in compute["seconds"].items() if v)
         wall = (
-            f" All of it ran in {_hours(compute['wall_s'])} of wall time (the union of the stretches any part "
+            f" All of it ran in {duration(compute['wall_s'])} of wall time (the union of the stretches any part "
             f"was running, in however many processes)."
             if compute.get("wall_s")
             else ""
@@ -173,7 +170,7 @@ def blocks(result: dict) -> list[tuple]:
         out.append(
             (
                 "p",
-                f"Compute spent on these results: {_hours(compute['total_s'])} in all ({parts}), "
+                f"Compute spent on these results: {duration(compute['total_s'])} in all ({parts}), "
                 f"summed from the records of {compute['levels']} trained levels in {compute['runs']} "
                 f"run{'s' * (compute['runs'] != 1)} "
                 f"(measured on {', '.join(compute['devices']) or '–'}); CKA comes on top.{wall}",

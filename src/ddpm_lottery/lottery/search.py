@@ -21,10 +21,11 @@ from ddpm_lottery.lottery.tickets import store_channels
 from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks
 from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings
+from ddpm_lottery.runs.records import PruningSchedule, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import StepHooks, Trainer
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import copy_file, load_tensors, read_json, save_tensors, staged_folder, write_json
+from ddpm_lottery.utils.files import copy_file, load_tensors, save_tensors, staged_folder, write_json
 
 
 def settings_of(config: LotteryConfig) -> PruneSettings:
@@ -261,7 +262,9 @@ class Lottery(LevelTrainer):
             try:
                 return (
                     load_masks(level.mask_path, self.mmap.shapes),
-                    read_json(level.schedule_path, "pruning schedule")["schedule"],
+                    read_record(level.schedule_path, PruningSchedule, "pruning schedule", "it is recomputed")[
+                        "schedule"
+                    ],
                 )
             except (UserError, KeyError, TypeError):
                 self.log(f"level {index}: its stored masks are damaged; recomputing them (they are deterministic)")

@@ -58,9 +58,10 @@ from ddpm_lottery.pruning.strategies import (
     simulate_sparsity,
 )
 from ddpm_lottery.runs.level import Level
+from ddpm_lottery.runs.records import PruningSchedule, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import make_dirs, read_json
+from ddpm_lottery.utils.files import make_dirs
 
 
 class WeightTickets:
@@ -230,7 +231,11 @@ class ChannelTickets(WeightTickets):
     def level_note(self, level: Level) -> tuple[str, dict]:
         sparsity = channel_sparsity(self.groups, level_channel_masks(level))
         stored = (
-            read_json(level.schedule_path, "pruning schedule").get("target") if level.schedule_path.exists() else None
+            read_record(
+                level.schedule_path, PruningSchedule, "pruning schedule", f"delete {level.dir} and re-run the search"
+            ).get("target")
+            if level.schedule_path.exists()
+            else None
         )
         # the level's target (it lands on the first achievable sparsity at or above it), else what it reached
         return f"channel sparsity {sparsity:.4f}, ", {"channel_target": stored if stored is not None else sparsity}

@@ -61,12 +61,12 @@ from ddpm_lottery.measures.inception import (
     reference_images,
 )
 from ddpm_lottery.measures.protocol import (
-    centred_interval,
     measure_key,
     protocol_label,
     sampling_key,
     sampling_protocol,
 )
+from ddpm_lottery.measures.stats import centred_interval
 from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.networks import input_size
@@ -528,7 +528,6 @@ __all__ = [
     "FEATURE_DIM",
     "MEASURES",
     "Evaluator",
-    "centred_interval",
     "describe",
     "load_samples",
     "measure_key",

@@ -286,13 +286,6 @@ def frechet_bootstrap(reference: FrechetReference, fake: torch.Tensor, rounds: i
     return [reference.distance(fake[index], projected[index]) for index in bootstrap_indices(len(fake), rounds, seed)]
 
 
-def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
-    ordered = torch.tensor(sorted(values), dtype=torch.float64)
-    low = torch.quantile(ordered, (1 - level) / 2).item()
-    high = torch.quantile(ordered, 1 - (1 - level) / 2).item()
-    return low, high
-
-
 def biased_note(num_samples: int) -> str | None:
     if num_samples < FEATURE_DIM:
         return (

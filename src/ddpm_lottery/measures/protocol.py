@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import numpy as np
-
 from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.lottery.stages import normal_schedule_text
-from ddpm_lottery.measures.inception import percentile_interval
 from ddpm_lottery.models.diffusion import sampling_steps, unclipped
 
 
@@ -76,10 +73,3 @@ def protocol_label(record: dict) -> str:
         f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
         f"{bootstrap}"
     )
-
-
-def centred_interval(value: float, replicates: list[float], confidence: float) -> tuple[float, float]:
-    """The resamples' percentile interval shifted so the resamples' mean sits on ``value``."""
-    low, high = percentile_interval(replicates, confidence)
-    shift = value - float(np.mean(replicates))
-    return low + shift, high + shift

@@ -20,6 +20,23 @@ import numpy as np
 NOT_SEPARABLE = "not separable"
 
 
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """The bootstrap resamples' percentile interval (linear interpolation between order statistics)."""
+    import torch  # deferred: this module stays cheap; the evaluations that call this have torch loaded
+
+    ordered = torch.tensor(sorted(values), dtype=torch.float64)
+    low = torch.quantile(ordered, (1 - level) / 2).item()
+    high = torch.quantile(ordered, 1 - (1 - level) / 2).item()
+    return low, high
+
+
+def centred_interval(value: float, replicates: list[float], confidence: float) -> tuple[float, float]:
+    """The resamples' percentile interval shifted so the resamples' mean sits on ``value``."""
+    low, high = percentile_interval(replicates, confidence)
+    shift = value - float(np.mean(replicates))
+    return low + shift, high + shift
+
+
 def t_interval(values: list[float], confidence: float) -> tuple[float, float, float]:
     """Mean and Student-t interval of the mean (at least two values)."""
     from scipy.stats import t  # deferred: scipy is heavy and this module stays cheap
@@ -112,7 +129,6 @@ def paired_difference(pairs: list[tuple[dict, dict]], confidence: float) -> Diff
 def _seed_bootstrap(a: dict, b: dict, confidence: float) -> tuple[float, float] | None:
     """The interval of one seed's a − b from the paired bootstrap over images (the two measurements
     resample the same image indices), or None when the records carry no matching resamples."""
-    from ddpm_lottery.measures.evaluate import centred_interval  # deferred: the evaluation module loads torch
 
     if len(a.get("replicates") or []) != len(b.get("replicates") or []) or not a.get("replicates"):
         return None

@@ -22,6 +22,7 @@ from ddpm_lottery.measures.cka import figure_one_over_pairs, read_csv
 from ddpm_lottery.measures.evaluate import load_samples, protocol_label, sampling_key
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.outputs import CkaFolder
+from ddpm_lottery.runs.records import FrontierRecord, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.figures import (
@@ -32,7 +33,9 @@ from ddpm_lottery.utils.figures import (
     module_sparsity_bars,
     quality_vs_sparsity,
 )
-from ddpm_lottery.utils.files import atomic_path, make_dirs, read_json, write_text
+from ddpm_lottery.utils.files import atomic_path, make_dirs, write_text
+
+_FRONTIER_FIX = "delete the frontier folder and run `ddpm-lottery frontier` again"
 
 
 def embed_png(path: str | Path, alt: str = "") -> str:
@@ -419,7 +422,7 @@ def build_report(
     for run in runs:  # the efficiency frontier, where `ddpm-lottery frontier` wrote one
         front = run.frontier_folder()
         if front.record.exists() and front.figure.exists():
-            stored = read_json(front.record, "frontier")
+            stored = read_record(front.record, FrontierRecord, "frontier", _FRONTIER_FIX, finite=False)
             table = front.table.read_text(encoding="utf-8") if front.table.exists() else ""
             sections.append(
                 (

@@ -46,9 +46,12 @@ Every write is atomic (see :mod:`ddpm_lottery.utils.files`); a folder is used by
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 LAYOUT_VERSION = 2
-KINDS = ("train", "lottery", "control-reinit", "control-random", "control-refill", "range")
+#: What a run folder holds: a training run, a ticket search, one of the controls, or a range fine-tune.
+RunKind = Literal["train", "lottery", "control-reinit", "control-random", "control-refill", "range"]
+KINDS: tuple[str, ...] = get_args(RunKind)
 LEVEL_PATTERN = re.compile(r"^level_(\d{2,})$")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})$")
 

@@ -17,11 +17,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from ddpm_lottery.config.sections import WeightSet
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import read_json
-
-#: The two weight sets a level stores (the exponential moving average, and the optimiser's own).
-Weights = Literal["ema", "raw"]
 
 
 class TrainingSummary(TypedDict):
@@ -53,22 +51,54 @@ class LevelCosts(TypedDict):
     """``level_NN/costs.json``: FLOPs, parameters and storage of the level's network."""
 
     level: int
-    weights: Weights
+    weights: WeightSet
     dense_flops: int
     effective_flops: float
     reduction: float
 
 
-def read_record(path: str | Path, kind: type, what: str, fix: str) -> dict[str, Any]:
-    """Read a stored record and check it against its typed home ``kind``; a failure is one line."""
+class PruningSchedule(TypedDict):
+    """``level_NN/schedule.json``: how the round that made the level pruned, module by module."""
+
+    level: int
+    strategy: str
+    schedule: list[dict]
+
+
+class StudyDeclaration(TypedDict):
+    name: str
+    searches: dict
+    controls: dict
+    data_seeds: list[int]
+    runs: dict
+
+
+class StudyRecord(TypedDict):
+    """``OUT/study.json``: the study a folder holds, as declared when it started."""
+
+    declaration: StudyDeclaration
+
+
+class FrontierRecord(TypedDict):
+    """``frontier/frontier.json``: every point's quality, seconds and FLOPs (a point not measured is NaN)."""
+
+    measure: str
+    how: str
+    points: list[dict]
+    settings: dict
+
+
+def read_record(path: str | Path, kind: type, what: str, fix: str, finite: bool = True) -> dict[str, Any]:
+    """Read a stored record and check it against its typed home ``kind``; a failure is one line.
+    ``finite=False`` for the one record whose NaN means "not measured" (a frontier's points)."""
     record = read_json(path, what, fix)
-    problem = record_problem(record, kind)
+    problem = record_problem(record, kind, finite=finite)
     if problem:
         raise UserError(f"{what} {path} is not a valid record ({problem}); {fix}")
     return record
 
 
-def record_problem(record: Any, kind: type, where: str = "") -> str | None:
+def record_problem(record: Any, kind: type, where: str = "", finite: bool = True) -> str | None:
     """What is wrong with ``record`` as a ``kind`` (a TypedDict), or None if nothing is."""
     if not isinstance(record, dict):
         return f"{where or 'the record'} is {type(record).__name__}, not an object"
@@ -80,7 +110,7 @@ def record_problem(record: Any, kind: type, where: str = "") -> str | None:
         problem = _value_problem(record[key], hints[key], name)
         if problem:
             return problem
-    return _non_finite(record, where)
+    return _non_finite(record, where) if finite else None
 
 
 def _value_problem(value: Any, hint: Any, name: str) -> str | None:

@@ -19,6 +19,7 @@ from ddpm_lottery.models.networks import PRESETS, build_model, input_size
 from ddpm_lottery.study.plan import Plan
 from ddpm_lottery.study.spec import Study
 from ddpm_lottery.utils.launch import resolve_device
+from ddpm_lottery.utils.units import duration
 
 
 @dataclass
@@ -144,14 +145,6 @@ def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int)
     return step_s, call_s
 
 
-def _hours(seconds: float) -> str:
-    if seconds >= 48 * 3600:
-        return f"{seconds / 3600:,.0f} h ({seconds / 86400:,.1f} days)"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min"
-
-
 def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None) -> str:
     config = study.evaluation
     searches = sum(1 for r in plan.runs if r.control is None)
@@ -200,9 +193,9 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
             return "\n".join(lines)
         lines.append(
             "estimated wall time: "
-            + _hours(parts["total"])
+            + duration(parts["total"])
             + " ("
-            + ", ".join(f"{name} {_hours(value)}" for name, value in parts.items() if name != "total" and value > 0)
+            + ", ".join(f"{name} {duration(value)}" for name, value in parts.items() if name != "total" and value > 0)
             + ") "
             f"in one process on {costs.threads} thread{'s' * (costs.threads != 1)}; processes started side by side "
             "on other cores share it"

@@ -26,13 +26,13 @@ from ddpm_lottery.measures.evaluate import Evaluator
 from ddpm_lottery.measures.frontier import frontier
 from ddpm_lottery.models.diffusion import sampling_steps
 from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.runs.records import FrontierRecord, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.study import estimate, report  # their functions looked up when called (tests replace them)
 from ddpm_lottery.study.folder import open_study_folder
 from ddpm_lottery.study.plan import Plan, _level_steps, _record_matches, cka_folder, cka_levels, make_plan
 from ddpm_lottery.study.spec import PlannedRun, Study, load_study
 from ddpm_lottery.utils.errors import FolderBusy
-from ddpm_lottery.utils.files import read_json
 
 
 class _Progress:
@@ -290,7 +290,11 @@ def _draw_frontier(study: Study, plan: Plan, out: Path, bar: _Progress, deferred
     run = Run.open(path)
     folder = run.frontier_folder()
     settings = to_dict(study.frontier)
-    if folder.record.exists() and read_json(folder.record, "frontier").get("settings") == settings:
+    fix = f"delete {folder.dir} and run the study again to redo its frontier"
+    if (
+        folder.record.exists()
+        and read_record(folder.record, FrontierRecord, "frontier", fix, finite=False)["settings"] == settings
+    ):
         return
     bar.task(f"frontier of {planned.name}")
     try:

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.runs.records import StudyRecord, read_record
 from ddpm_lottery.study.spec import SESSION_SETTINGS, Study
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import make_dirs, read_json, write_json
+from ddpm_lottery.utils.files import make_dirs, write_json
 
 
 def open_study_folder(study: Study, out: Path) -> None:
@@ -21,7 +22,7 @@ def open_study_folder(study: Study, out: Path) -> None:
     record = folder.record
     declaration = study.declaration()
     if record.exists():
-        stored = read_json(record, "study record", f"delete {record} if the folder holds no study")
+        stored = read_record(record, StudyRecord, "study record", f"delete {record} if the folder holds no study")
         before = dict(stored.get("declaration", {}))
         before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
         if before != declaration:

@@ -43,6 +43,7 @@ from ddpm_lottery.lottery.controls import CONTROLS
 from ddpm_lottery.measures.inception import check_sample_counts
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
+from ddpm_lottery.study.catalogue import SHIPPED, shipped_studies
 from ddpm_lottery.utils.errors import UserError
 
 # Sections a study file may hold beside [study], and the config each one feeds.
@@ -181,13 +182,6 @@ def planned_levels(config: LotteryConfig) -> list[int]:
 # Reading a study file
 
 
-SHIPPED = Path(__file__).resolve().parent / "shipped"
-
-
-def shipped_studies() -> list[str]:
-    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
-
-
 def resolve_study(name_or_path: str | Path) -> Path:
     """A study file's path, or the shipped study of that name (``quickstart``, ``cpu-digits``)."""
     path = Path(name_or_path)
@@ -197,7 +191,7 @@ def resolve_study(name_or_path: str | Path) -> Path:
     if shipped.is_file() and path.suffix == "":
         return shipped
     raise UserError(
-        f"study file {path} does not exist; give a path, or the name of a shipped study: {', '.join(shipped_studies())}"
+        f"study file {path} does not exist; give a path, or the name of a shipped study: {', '.join(shipped_studies(SHIPPED))}"
     )
 
 
