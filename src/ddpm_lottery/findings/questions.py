@@ -6,7 +6,9 @@
 (b) ``varying`` against the searches that impose no profile (``unified``, ``global``) at matched sparsity;
 (c) each ticket against its random re-init and random-mask controls at each sparsity;
 (d) CKA of two tickets above its baseline, upstream half against downstream half, and ``varying``
-    against ``varying --order reverse``.
+    against ``varying --order reverse``;
+(e) and (f), where a study varies the network's width or the pruning rate: how the boundary of (a) moves
+    (:mod:`ddpm_lottery.findings.scale`).
 
 Every comparison is a :class:`~ddpm_lottery.measures.stats.Difference` with an interval and a verdict
 (:mod:`ddpm_lottery.measures.stats` says how the intervals are made); the runs come from
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lottery.findings.collect import Collection, chosen_protocols, record_of
+from ddpm_lottery.findings.scale import scale_findings, surviving_curves
 from ddpm_lottery.measures.cka import CKA_KINDS, half_means, read_csv
 from ddpm_lottery.measures.stats import NOT_SEPARABLE, Difference, paired_difference, pairwise_interval, seed_mean
 from ddpm_lottery.pruning.strategies import STRATEGIES
@@ -80,11 +83,12 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
     worse" is only the absence of a worse verdict, which wide intervals also give, so the sparsest level
     that some measure finds better (and none worse) is given beside it.
     """
-    best, better, measured = None, None, False
+    best, better, measured, worse = None, None, False, None
     for index, sparsity, differences in sorted(levels, key=lambda level: level[1]):
         verdicts = [d.verdict() for d in differences.values() if d is not None]
         measured = measured or bool(verdicts)
         if "worse" in verdicts:
+            worse = (index, sparsity)
             break
         if verdicts:
             best = (index, sparsity, differences)
@@ -100,6 +104,8 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
             "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None},
         },
         "sparsest_better": None if better is None else {"level": better[0], "sparsity": better[1]},
+        # the level that ended the search for (a): the boundary lies between it and sparsest_not_worse
+        "first_worse": None if worse is None else {"level": worse[0], "sparsity": worse[1]},
     }
 
 
@@ -164,6 +170,7 @@ def findings(collection: Collection) -> dict:
                     if record:
                         labels[measure] = record["label"]
     seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
+    scale = scale_findings(collection, summary_a)
     return {
         "root": str(collection.root),
         "confidence": collection.confidence,
@@ -176,6 +183,8 @@ def findings(collection: Collection) -> dict:
         "sparsest_not_worse": summary_a,
         "cka": cka,
         "curves": quality_curves(collection, protocols),
+        "scale": scale,
+        "surviving_curves": surviving_curves(collection, protocols, scale["widths"]),
     }
 
 

@@ -3,6 +3,9 @@
 
 :func:`blocks` turns a result of :func:`ddpm_lottery.findings.questions.findings` into paragraphs, lists and
 tables once; :func:`markdown` and :func:`html` render those blocks.
+
+One concept past 400 lines: the findings' words, every question's sentences in one place, so that the
+markdown, the terminal and the report say the same thing.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from ddpm_lottery.findings.collect import collect
 from ddpm_lottery.findings.questions import findings
+from ddpm_lottery.findings.scale import UNDECIDED
 from ddpm_lottery.measures.stats import NOT_SEPARABLE
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.run import Run
@@ -148,6 +152,7 @@ def blocks(result: dict) -> list[tuple]:
                 rows,
             )
         )
+    out += scale_blocks(result.get("scale") or {})
     out += quality_blocks(result)
     undecided = [
         f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
@@ -216,6 +221,76 @@ def blocks(result: dict) -> list[tuple]:
                 "(d) CKA needs pairs of tickets of one model (two data seeds of a search that imposes no "
                 "profile, `cka_search`); this study has none."
                 + (f" `ddpm-lottery study {larger}` compares them." if larger else ""),
+            )
+        )
+    return out
+
+
+def _bracket(entry: dict) -> str:
+    """A boundary in words: between its sparsest level not worse and its first level worse."""
+    low, high = entry["not_worse"], entry["first_worse"]
+    below = (
+        f"level {low['level']} ({100 * low['sparsity']:.2f} %, {low['surviving']:,} surviving) not worse"
+        if low
+        else "no level not worse"
+    )
+    above = (
+        f"level {high['level']} ({100 * high['sparsity']:.2f} %, {high['surviving']:,} surviving) worse"
+        if high
+        else "no level worse yet (the boundary lies beyond its sparsest level)"
+    )
+    return f"{entry['search']} ({entry['weights']:,} prunable weights): {below}; {above}"
+
+
+def scale_blocks(scale: dict) -> list[tuple]:
+    """(e) width and (f) rate: each search's boundary bracket, and how the brackets of two searches sit."""
+    if not (scale.get("widths") or scale.get("rates") or scale.get("profiles")):
+        return []
+    out = [
+        (
+            "p",
+            "**The boundary of each search**: it lies between its sparsest level not worse than its own dense "
+            "model by every measure and its first level worse by some measure (the intervals of (a)). Two "
+            "searches are separated when their brackets do not overlap; brackets that overlap are **"
+            f"{UNDECIDED}**: finer levels around the boundary, or more data seeds, decide them.",
+        ),
+        ("list", [_bracket(b) for b in scale["boundaries"]]),
+    ]
+    if scale.get("widths"):
+        items = [
+            f"{w['smaller']} → {w['larger']} ({w['weights'][0]:,} → {w['weights'][1]:,} weights): the boundary's "
+            f"sparsity is **{w['sparsity']}**; its surviving weight count is **{w['surviving']}**"
+            for w in scale["widths"]
+        ]
+        out += [("p", "**(e) Width**: the wider network's boundary against the narrower one's:"), ("list", items)]
+    if scale.get("rates"):
+        items = [
+            f"{r['slower']} (p = {r['rates'][1]:g}) against {r['faster']} (p = {r['rates'][0]:g}): the boundary's "
+            f"sparsity is **{r['sparsity']}** at the gentler rate"
+            for r in scale["rates"]
+        ]
+        out += [("p", "**(f) Pruning rate**: the paper's gentler rate against 50 % a round:"), ("list", items)]
+    if scale.get("profiles"):
+        items = [
+            f"{p['varying']} against {p['plain']} at p = {p['rate']:g}: the boundary's sparsity is "
+            f"**{p['sparsity']}** for varying"
+            for p in scale["profiles"]
+        ]
+        out += [("p", "**(f) varying against unified at each rate** (question (b) by boundaries):"), ("list", items)]
+    projected = scale.get("projection")
+    if projected:
+        low, high = projected["sparsity_range"]
+        out.append(
+            (
+                "p",
+                f"**A projection, not a measurement.** Fitting the boundary's surviving weights S against the "
+                f"prunable weights W as S ∝ W^k through {' and '.join(projected['basis'])} gives k = "
+                f"{projected['exponent']:.2f} (the brackets' ends allow {projected['exponent_range'][0]:.2f} to "
+                f"{projected['exponent_range'][1]:.2f}). At {projected['target']}'s {projected['weights']:,} "
+                f"prunable weights that puts the sparsest winning ticket near {100 * projected['sparsity']:.1f} % "
+                f"({100 * low:.1f} to {100 * high:.1f} % across that range), beside the paper's claim of "
+                f"{projected['claim']}. Two widths fix a line, not a law: "
+                "`ddpm-lottery study ddpm-cifar10-widths --dry-run` sizes the GPU study that tests it.",
             )
         )
     return out

@@ -32,6 +32,7 @@ from ddpm_lottery.utils.figures import (
     loss_curves,
     module_sparsity_bars,
     quality_vs_sparsity,
+    quality_vs_weights,
 )
 from ddpm_lottery.utils.files import atomic_path, make_dirs, write_text
 
@@ -247,6 +248,20 @@ def study_figure_two(findings: dict, out: Path) -> Path | None:
     return quality_vs_sparsity(panels, caption, out)
 
 
+def study_figure_widths(findings: dict, out: Path) -> Path | None:
+    """(e)'s figure: every measure against the surviving weights, one curve per network width."""
+    curves = findings.get("surviving_curves") or {}
+    panels = {LABELS[m]: curves[m] for m in MEASURE_ORDER if m in curves}
+    if not panels:
+        return None
+    caption = (
+        "Figure 5. Quality against surviving prunable weights, one curve per network width (mean over the data "
+        f"seeds with {findings['confidence']:.0%} intervals; each curve's rightmost point is its dense model). "
+        "Where a wider network's tickets meet the narrower one's curve, the boundary's weight count is the same"
+    )
+    return quality_vs_weights(panels, caption, out)
+
+
 def figure_three(levels: list[tuple[Level, str]], out: Path) -> Path | None:
     """The denoising process from one noise seed, as each level stored it when it finished."""
     rows, timesteps, how = [], None, None
@@ -361,6 +376,9 @@ def build_report(
             sections.append(
                 ("Figure 2: quality against sparsity, mean over seeds with intervals", embed_png(seeds_fig2))
             )
+        widths_fig = study_figure_widths(findings, figures / "figure5_quality_vs_surviving_weights.png")
+        if widths_fig:
+            sections.append(("Figure 5: quality against surviving weights, one curve per width", embed_png(widths_fig)))
     missing_costs = [r for r in rows if r["costs"] is None]
     sections.append(
         (

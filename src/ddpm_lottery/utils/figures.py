@@ -159,6 +159,45 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
     return save_figure(fig, path)
 
 
+def quality_vs_weights(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
+    """Figure 5 of a width study: quality against the surviving prunable weights (log scale), one curve per
+    network, so that tickets of different widths sit where their weight counts put them.
+
+    ``panels[measure label] = {"curves": {label: [(surviving weights, value, low, high), ...]}}``; each
+    curve's rightmost point is its dense model (every weight surviving).
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), dpi=110, squeeze=False)
+    for ax, (label, panel) in zip(axes[0], panels.items()):
+        for name, points in panel["curves"].items():
+            points = sorted(points)
+            errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                yerr=errors,
+                fmt="o-",
+                ms=3.5,
+                capsize=2,
+                lw=1.1,
+                label=name,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("surviving prunable weights (log scale)")
+        logarithmic = wants_log_scale(panel)
+        if logarithmic:
+            ax.set_yscale("log", nonpositive="clip")
+        limits = value_limits(panel, logarithmic)
+        if limits:
+            ax.set_ylim(*limits)
+        ax.set_ylabel(f"{label} ↓" + (" (log scale)" if logarithmic else ""))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6.5)
+    fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def denoising_process(
     rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str, path: str | Path
 ) -> Path:

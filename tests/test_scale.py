@@ -1,0 +1,84 @@
+"""findings/scale.py: (e) width and (f) rate as boundary brackets, and the labelled projection."""
+
+import math
+
+import pytest
+
+from ddpm_lottery.findings import scale
+from ddpm_lottery.findings.render import scale_blocks
+from ddpm_lottery.findings.scale import UNDECIDED, _order, projection, scale_findings
+
+
+def bound(search, weights, not_worse, first_worse, network=None, strategy="unified", rate=0.5):
+    """A boundary as scale.boundary makes it: (level, sparsity) of each side, surviving from the weights."""
+
+    def side(entry):
+        if entry is None:
+            return None
+        level, sparsity = entry
+        return {"level": level, "sparsity": sparsity, "surviving": round(weights * (1 - sparsity))}
+
+    low, high = side(not_worse), side(first_worse)
+    return {
+        "search": search,
+        "strategy": strategy,
+        "order": "forward",
+        "prune_ratio": rate,
+        "ratio_increment": 0.01 if strategy == "varying" else None,
+        "network": network or f"net-{weights}",
+        "weights": weights,
+        "not_worse": low,
+        "first_worse": high,
+        "sparsity_bracket": [low["sparsity"] if low else 0.0, high["sparsity"] if high else None],
+        "surviving_bracket": [high["surviving"] if high else 0, low["surviving"] if low else weights],
+    }
+
+
+def test_brackets_are_ordered_only_when_they_do_not_overlap():
+    assert _order([0.875, 0.9375], [0.9375, 0.96875]) == "higher"
+    assert _order([0.9375, 0.96875], [0.875, 0.9375]) == "lower"
+    assert _order([0.875, 0.96875], [0.9375, 0.984]) == UNDECIDED
+    # no level worse yet: open above, so only a bracket wholly below it is "lower"
+    assert _order([0.9, None], [0.5, 0.75]) == "lower" and _order([0.9, None], [0.95, 0.97]) == UNDECIDED
+
+
+def test_the_projection_fits_a_power_law_through_the_brackets_middles():
+    small = bound("unified", 1000, (2, 0.8), (3, 0.9))  # surviving in [100, 200]
+    large = bound("unified-2x", 4000, (3, 0.9), (4, 0.95))  # surviving in [200, 400]
+    widths = [{"smaller": "unified", "larger": "unified-2x"}]
+    result = projection([small, large], widths, 64000, target="big")
+    assert result["exponent"] == pytest.approx(0.5)  # middles sqrt(2e4) and sqrt(8e4): a factor 2 over 4x weights
+    assert result["sparsity"] == pytest.approx(1 - math.sqrt(8e4) * 4 / 64000)
+    assert result["exponent_range"] == pytest.approx([0.0, 1.0])
+    assert result["sparsity_range"] == pytest.approx([1 - 400 * 16 / 64000, 1 - 200 / 64000])
+    # a width whose boundary is open (nothing worse yet) gives no projection
+    assert projection([small, bound("unified-2x", 4000, (4, 0.95), None)], widths, 64000) is None
+
+
+def test_widths_rates_and_profiles_are_paired_by_network_strategy_and_rate(monkeypatch):
+    bounds = {
+        "unified": bound("unified", 1000, (3, 0.875), (4, 0.9375), network="tiny"),
+        "unified-2x": bound("unified-2x", 4000, (4, 0.9375), (5, 0.96875)),
+        "unified-p20": bound("unified-p20", 1000, (10, 0.8926), (11, 0.9141), network="tiny", rate=0.2),
+        "varying-p20": bound(
+            "varying-p20", 1000, (9, 0.8658), (10, 0.8926), network="tiny", strategy="varying", rate=0.2
+        ),
+    }
+    monkeypatch.setattr(scale, "boundary", lambda collection, search, answer: bounds[search])
+    monkeypatch.setattr(scale, "prunable_weights_of", lambda preset: 64000)
+    result = scale_findings(None, [{"search": name} for name in bounds])
+    (width,) = result["widths"]
+    assert (width["smaller"], width["larger"], width["sparsity"]) == ("unified", "unified-2x", "higher")
+    # the fewest survivors that still win lie in (62, 125] at 1x and in (125, 250] at 2x: disjoint, so more
+    assert width["surviving"] == "higher"
+    (rate,) = result["rates"]
+    assert (rate["faster"], rate["slower"], rate["sparsity"]) == ("unified", "unified-p20", UNDECIDED)
+    (profile,) = result["profiles"]
+    assert (profile["varying"], profile["plain"], profile["sparsity"]) == ("varying-p20", "unified-p20", "lower")
+    text = " ".join(str(block[1]) for block in scale_blocks(result))
+    assert "**(e) Width**" in text and "**(f) Pruning rate**" in text and "A projection, not a measurement" in text
+    assert "unified (1,000 prunable weights): level 3 (87.50 %, 125 surviving) not worse" in text
+
+
+def test_a_study_that_varies_neither_width_nor_rate_says_nothing_of_them():
+    assert scale_blocks({"boundaries": [], "widths": [], "rates": [], "profiles": [], "projection": None}) == []
