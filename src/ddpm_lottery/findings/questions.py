@@ -221,10 +221,21 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
         dense_seeds = sum(r is not None for r in records)
         if dense is not None:
             seeds_used.add(dense_seeds)
+        # a search of another network (a width study) has its own dense model: its own row and line
+        own_dense = {}
+        for search in collection.searches:
+            runs = collection.dense_for(search)
+            if collection.same_network(search, next(iter(collection.searches))):
+                continue
+            own = [record_of(r, 0, key) for r in runs.values()]
+            stats = seed_mean(own, collection.confidence)
+            if stats is not None:
+                own_dense[f"{search} dense"] = (*stats, sum(r is not None for r in own))
         out[measure] = {
             "curves": curves,
             "dense": dense,
             "dense_seeds": dense_seeds,
+            "other_dense": own_dense,
             "seeds_per_point": sorted(seeds_used),
         }
     return out

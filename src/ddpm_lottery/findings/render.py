@@ -324,6 +324,8 @@ def quality_blocks(result: dict) -> list[tuple]:
         rows = []
         if panel.get("dense"):
             rows.append(["dense", cell((*panel["dense"], panel.get("dense_seeds", 1)))] + ["" for _ in sparsities])
+        for name, point in sorted(panel.get("other_dense", {}).items()):  # another width's own dense model
+            rows.append([name, cell(point)] + ["" for _ in sparsities])
         for name, points in sorted(panel["curves"].items()):
             at = {p[0]: p[1:] for p in points}
             rows.append([name, ""] + [cell(at[s]) if s in at else "–" for s in sparsities])

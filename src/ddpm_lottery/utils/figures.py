@@ -99,6 +99,7 @@ def _panel_values(panel: dict) -> list[float]:
     """The values a panel of Figure 2 plots (means, and the dense model's), not their intervals: a t interval
     over two or three seeds can reach far below zero and far above every mean."""
     values = [p[1] for points in panel["curves"].values() for p in points]
+    values += [point[0] for point in panel.get("other_dense", {}).values()]
     return values + ([panel["dense"][0]] if panel.get("dense") else [])
 
 
@@ -144,6 +145,8 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
             value, low, high = panel["dense"]
             ax.axhline(value, color="k", ls=":", lw=1, label="dense")
             ax.axhspan(low, high, color="k", alpha=0.08)
+        for name, (value, *_) in panel.get("other_dense", {}).items():  # a wider network's own dense model
+            ax.axhline(value, color="0.45", ls="-.", lw=1, label=name)
         ax.set_xlabel("sparsity of the prunable weights (%)")
         logarithmic = wants_log_scale(panel)
         if logarithmic:
