@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from ddpm_lottery.cli.main import main
-from ddpm_lottery.runs.records import EvaluationRecord, LevelCosts, LevelMetrics, record_problem
+from ddpm_lottery.runs.records import (
+    CkaSummary,
+    EvaluationRecord,
+    FrontierRecord,
+    LevelCosts,
+    LevelMetrics,
+    PruningSchedule,
+    StudyRecord,
+    record_problem,
+)
 from ddpm_lottery.utils.files import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +57,19 @@ def test_a_record_problem_names_the_key_and_what_is_wrong():
 
 def test_every_committed_record_still_reads():
     """The results folders were written before the records had types: all of them pass the check."""
-    kinds = {"metrics.json": LevelMetrics, "costs.json": LevelCosts}
+    kinds = {"metrics.json": LevelMetrics, "costs.json": LevelCosts, "schedule.json": PruningSchedule}
     checked = 0
     for path in sorted(ROOT.glob("results/*/runs/*/**/*.json")):
         kind = kinds.get(path.name) or (EvaluationRecord if path.parent.name == "eval" else None)
         if kind is not None and path.parent.name.startswith(("level_", "eval")):
             assert record_problem(read_json(path), kind) is None, path
             checked += 1
+    for path in sorted(ROOT.glob("results/*/study.json")):
+        assert record_problem(read_json(path), StudyRecord) is None, path
+    for path in sorted(ROOT.glob("results/*/cka/*/level_*/cka.json")):
+        assert record_problem(read_json(path), CkaSummary, finite=False) is None, path
+    for path in sorted(ROOT.glob("results/**/frontier.json")):
+        assert record_problem(read_json(path), FrontierRecord, finite=False) is None, path
     if not checked:
         pytest.skip("no results/ folder in this checkout")
 
@@ -119,3 +134,16 @@ def test_nan_costs_are_refused_by_report_in_one_line(measured_copy, tmp_path, ca
     assert (
         len(err) == 1 and str(path) in err[0] and "dense_flops is missing" in err[0] and "ddpm-lottery flops" in err[0]
     )
+
+
+def test_a_damaged_export_description_is_refused_in_one_line(tiny_ticket_run, tmp_path):
+    from ddpm_lottery.api import export
+    from ddpm_lottery.lottery.export import PIPELINE_NOTE, load_pipeline
+    from ddpm_lottery.utils.errors import UserError
+
+    out = export(tiny_ticket_run, tmp_path / "pipe", level=1, log=lambda *_: None)
+    _rewrite(out / PIPELINE_NOTE, lambda note: note.pop("level"))
+    with pytest.raises(UserError, match=r"is not a valid record \(level is missing\); export the level again"):
+        load_pipeline(out)
+    with pytest.raises(UserError, match="level is missing"):  # nor is it taken for an export of some level
+        export(tiny_ticket_run, out, level=2, log=lambda *_: None)

@@ -24,9 +24,10 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from ddpm_lottery.lottery.networks import level_masks, level_network
 from ddpm_lottery.models.diffusion import noise_scheduler
 from ddpm_lottery.pruning.channels.compact import load_compact
+from ddpm_lottery.runs.records import ExportNote, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import copy_file, make_dirs, read_json, staged_folder, write_json, write_text
+from ddpm_lottery.utils.files import copy_file, make_dirs, staged_folder, write_json, write_text
 
 CARD_NAME = "README.md"
 COMPACT_DIR = "unet_compact"
@@ -41,19 +42,12 @@ def _check_destination(out: Path, run: Run, chosen, weights: str, force: bool) -
     note = out / PIPELINE_NOTE
     if not note.exists():
         raise UserError(f"{out} exists and is not a ddpm-lottery export; give an empty or new --out folder")
-    earlier = read_json(note, "export description", f"delete {out} or give another --out folder")
-    same = (
-        isinstance(earlier, dict)
-        and earlier.get("run") == str(run.root)
-        and earlier.get("level") == chosen.index
-        and earlier.get("weights") == weights
-    )
-    if not same and not force:
-        what = (
-            f"level {earlier.get('level')} of {earlier.get('run')} ({earlier.get('weights')} weights)"
-            if isinstance(earlier, dict)
-            else "another export"
-        )
+    if force:
+        return
+    earlier = read_record(note, ExportNote, "export description", f"delete {out} or give another --out folder")
+    same = earlier["run"] == str(run.root) and earlier["level"] == chosen.index and earlier["weights"] == weights
+    if not same:
+        what = f"level {earlier['level']} of {earlier['run']} ({earlier['weights']} weights)"
         raise UserError(
             f"{out} already holds an export of {what}; give another --out folder, or pass --force to replace it"
         )
@@ -195,11 +189,14 @@ def load_pipeline(folder: str | Path):
             f"{folder} is not a pipeline folder (no model_index.json or {PIPELINE_NOTE}); "
             "write one with `ddpm-lottery export RUN --out DIR`"
         )
-    info = read_json(note, "export description")
-    if not info.get("compacted"):
+    fix = f"export the level again into {folder} with `ddpm-lottery export RUN --out {folder} --force`"
+    info = read_record(note, ExportNote, "export description", fix)
+    if not info["compacted"]:
         return DDPMPipeline.from_pretrained(folder)
-
-    spec, weights = info["compact_files"]
+    files = info.get("compact_files")
+    if not (isinstance(files, list) and len(files) == 2 and all(isinstance(f, str) for f in files)):
+        raise UserError(f"export description {note} does not name its compact network's two files; {fix}")
+    spec, weights = files
     unet = load_compact(folder / COMPACT_DIR / spec, folder / COMPACT_DIR / weights)
     return DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(folder / "scheduler"))
 

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddpm_lottery.runs.layout import level_name
-from ddpm_lottery.utils.files import (
-    read_json,
-)
+from ddpm_lottery.runs.records import CkaSummary, read_record
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,12 @@ class CkaFolder:
 
     def read_summary(self) -> dict:
         """cka.json; missing or corrupt, the folder is recomputed whole (a study skips a pair whose folder exists)."""
-        return read_json(
+        return read_record(
             self.summary,
+            CkaSummary,
             "CKA result",
             f"delete {self.dir} and re-run the command that writes it (`ddpm-lottery study` or `ddpm-lottery cka`)",
+            finite=False,
         )
 
     @property

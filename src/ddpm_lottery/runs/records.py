@@ -88,6 +88,30 @@ class FrontierRecord(TypedDict):
     settings: dict
 
 
+class CkaSummary(TypedDict):
+    """``cka/PAIR/level_NN/cka.json``: two tickets' CKA, per half of the layers (a layer's CKA can be NaN:
+    one unit, or no variation, leaves nothing to align; so this record is checked for keys and types)."""
+
+    run_a: str
+    run_b: str
+    level: int
+    sparsity: list[float]
+    caption: str
+    halves: dict
+    mean_weight_cka_rbf_first_half: float
+    mean_weight_cka_rbf_second_half: float
+
+
+class ExportNote(TypedDict):
+    """``ddpm_lottery_pipeline.json`` in an exported pipeline folder: what it was exported from."""
+
+    run: str
+    level: int
+    weights: WeightSet
+    compacted: bool
+    parameters: int
+
+
 def read_record(path: str | Path, kind: type, what: str, fix: str, finite: bool = True) -> dict[str, Any]:
     """Read a stored record and check it against its typed home ``kind``; a failure is one line.
     ``finite=False`` for the one record whose NaN means "not measured" (a frontier's points)."""
