@@ -24,8 +24,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+from diffusers import UNet2DModel
+
+from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.findings.collect import Collection, record_of
 from ddpm_lottery.measures.stats import seed_mean
+from ddpm_lottery.models.networks import unet_kwargs
+from ddpm_lottery.pruning.modules import prunable_names
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.run import Run
 
@@ -175,13 +181,6 @@ PAPER_CLAIM = "90–99 %"
 
 def prunable_weights_of(preset: str, channels: int = 3) -> int:
     """A preset's prunable weights, counted on the meta device (no memory, no weights drawn)."""
-    import torch  # deferred: only a projection needs a network, and the findings stay cheap without one
-    from diffusers import UNet2DModel
-
-    from ddpm_lottery.config import ModelConfig
-    from ddpm_lottery.models.networks import unet_kwargs
-    from ddpm_lottery.pruning.modules import prunable_names
-
     with torch.device("meta"):
         model = UNet2DModel(**unet_kwargs(ModelConfig(preset=preset), channels))
     parameters = dict(model.named_parameters())
