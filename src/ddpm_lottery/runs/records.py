@@ -96,8 +96,7 @@ class CkaSummary(TypedDict):
     run_b: str
     level: int
     sparsity: list[float]
-    caption: str
-    halves: dict
+    caption: str  # a study's pairs add "halves" (the baselines' per-half means) beside these
     mean_weight_cka_rbf_first_half: float
     mean_weight_cka_rbf_second_half: float
 
@@ -114,7 +113,7 @@ class ExportNote(TypedDict):
 
 def read_record(path: str | Path, kind: type, what: str, fix: str, finite: bool = True) -> dict[str, Any]:
     """Read a stored record and check it against its typed home ``kind``; a failure is one line.
-    ``finite=False`` for the one record whose NaN means "not measured" (a frontier's points)."""
+    ``finite=False`` for the records whose NaN means "not measured" or "undefined" (frontier, CKA)."""
     record = read_json(path, what, fix)
     problem = record_problem(record, kind, finite=finite)
     if problem:
