@@ -124,30 +124,27 @@ def value_limits(panel: dict, logarithmic: bool) -> tuple[float, float] | None:
     return low - margin, high + margin
 
 
-def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
-    """Figure 2 of a study: one panel per measure, each search or control a curve, with intervals.
-
-    ``panels[measure label] = {"curves": {label: [(sparsity, value, low, high), ...]},
-    "dense": (value, low, high) or None}``; the dense model is a line with its interval as a band.
-    """
+def _quality_panels(panels: dict[str, dict], caption: str, path: str | Path, x_label: str, x_of, x_log: bool) -> Path:
+    """One panel per measure, each curve a search (controls dashed) with its intervals, the dense models as
+    lines; ``x_of`` maps a point's first field to the x axis."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), dpi=110, squeeze=False)
     for ax, (label, panel) in zip(axes[0], panels.items()):
         for name, points in panel["curves"].items():
             points = sorted(points)
-            xs = [100 * p[0] for p in points]
-            ys = [p[1] for p in points]
             errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-            ax.errorbar(
-                xs, ys, yerr=errors, fmt="o-" if "control" not in name else "s--", ms=3.5, capsize=2, lw=1.1, label=name
-            )
+            fmt = "o-" if "control" not in name else "s--"
+            ax.errorbar([x_of(p[0]) for p in points], [p[1] for p in points], yerr=errors, fmt=fmt, ms=3.5,
+                        capsize=2, lw=1.1, label=name)  # fmt: skip
         if panel.get("dense"):
             value, low, high = panel["dense"]
             ax.axhline(value, color="k", ls=":", lw=1, label="dense")
             ax.axhspan(low, high, color="k", alpha=0.08)
         for name, (value, *_) in panel.get("other_dense", {}).items():  # a wider network's own dense model
             ax.axhline(value, color="0.45", ls="-.", lw=1, label=name)
-        ax.set_xlabel("sparsity of the prunable weights (%)")
+        if x_log:
+            ax.set_xscale("log")
+        ax.set_xlabel(x_label)
         logarithmic = wants_log_scale(panel)
         if logarithmic:
             ax.set_yscale("log", nonpositive="clip")
@@ -160,6 +157,15 @@ def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path)
     fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def quality_vs_sparsity(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
+    """Figure 2 of a study: one panel per measure, each search or control a curve, with intervals.
+
+    ``panels[measure label] = {"curves": {label: [(sparsity, value, low, high), ...]},
+    "dense": (value, low, high) or None}``; the dense model is a line with its interval as a band.
+    """
+    return _quality_panels(panels, caption, path, "sparsity of the prunable weights (%)", lambda s: 100 * s, False)
 
 
 def quality_vs_weights(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
@@ -169,36 +175,7 @@ def quality_vs_weights(panels: dict[str, dict], caption: str, path: str | Path) 
     ``panels[measure label] = {"curves": {label: [(surviving weights, value, low, high), ...]}}``; each
     curve's rightmost point is its dense model (every weight surviving).
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), dpi=110, squeeze=False)
-    for ax, (label, panel) in zip(axes[0], panels.items()):
-        for name, points in panel["curves"].items():
-            points = sorted(points)
-            errors = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]
-            ax.errorbar(
-                [p[0] for p in points],
-                [p[1] for p in points],
-                yerr=errors,
-                fmt="o-",
-                ms=3.5,
-                capsize=2,
-                lw=1.1,
-                label=name,
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("surviving prunable weights (log scale)")
-        logarithmic = wants_log_scale(panel)
-        if logarithmic:
-            ax.set_yscale("log", nonpositive="clip")
-        limits = value_limits(panel, logarithmic)
-        if limits:
-            ax.set_ylim(*limits)
-        ax.set_ylabel(f"{label} ↓" + (" (log scale)" if logarithmic else ""))
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6.5)
-    fig.suptitle("\n".join(textwrap.wrap(caption, 60 * len(panels))), fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _quality_panels(panels, caption, path, "surviving prunable weights (log scale)", lambda w: w, True)
 
 
 def denoising_process(
