@@ -82,3 +82,64 @@ def test_widths_rates_and_profiles_are_paired_by_network_strategy_and_rate(monke
 
 def test_a_study_that_varies_neither_width_nor_rate_says_nothing_of_them():
     assert scale_blocks({"boundaries": [], "widths": [], "rates": [], "profiles": [], "projection": None}) == []
+
+
+class _Level:
+    def __init__(self, sparsity):
+        self._sparsity = sparsity
+
+    def metrics(self):
+        return {"sparsity": self._sparsity}
+
+
+class _Run:
+    """What the level pairing reads of a run: its finished levels and their sparsities."""
+
+    def __init__(self, sparsities):
+        self.sparsities = sparsities
+
+    def finished_levels(self):
+        return list(range(len(self.sparsities)))
+
+    def level(self, index):
+        return _Level(self.sparsities[index])
+
+
+class _Collection:
+    def __init__(self, searches, strategies):
+        self.searches, self.strategies = searches, strategies
+
+    def same_network(self, first, second):
+        return True
+
+
+def test_varying_under_the_papers_schedule_shares_no_level_with_unified_and_says_so():
+    from ddpm_lottery.findings.questions import profile_comparisons
+    from ddpm_lottery.findings.render import blocks
+
+    # p + j*q prunes more a round than p alone: the two searches' sparsities interleave (cpu-widths' p20 levels)
+    collection = _Collection(
+        {
+            "unified-p20": {0: _Run([0.0, 0.2, 0.36, 0.488, 0.5905])},
+            "varying-p20": {0: _Run([0.0, 0.3158, 0.5293, 0.6744])},
+        },
+        {"unified-p20": ("unified", "forward"), "varying-p20": ("varying", "forward")},
+    )
+    rows, unpaired = profile_comparisons(collection, {})
+    assert rows == [] and unpaired == [{"question": "b", "first": "varying-p20", "second": "unified-p20"}]
+    result = {
+        "protocols": {},
+        "confidence": 0.95,
+        "rows": [],
+        "unpaired": unpaired,
+        "sparsest_not_worse": [],
+        "cka": [],
+        "notes": {"declares": {"b": True}},
+        "scale": {
+            "boundaries": [],
+            "profiles": [{"varying": "varying-p20", "plain": "unified-p20", "rate": 0.2, "sparsity": "lower"}],
+        },
+    }
+    text = " ".join(str(block[1]) for block in blocks(result))
+    assert "(b) varying against unified/global: no level pair" in text and "varying-p20 and unified-p20" in text
+    assert "(f) varying against unified at each rate above" in text and "not measured yet" not in text

@@ -109,6 +109,48 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
     }
 
 
+def profile_comparisons(collection: Collection, protocols: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    """(b) ``varying`` against the searches on its network that impose no profile, and (d) ``varying``
+    forward against ``--order reverse``, level by level where both reach the same sparsity.
+
+    Returns the rows and the pairs that were measured but share no sparsity (``unpaired``): under the
+    paper's own p + j*q, ``varying`` prunes more a round than p alone, so its levels fall between the
+    other search's and no level pair compares them; the boundaries of (f) do.
+    """
+    rows: list[dict] = []
+    unpaired: list[dict] = []
+    strategies = collection.strategies
+    varying = [s for s, (strategy, _) in strategies.items() if STRATEGIES[strategy].imposes_profile]
+    plain = [s for s, (strategy, _) in strategies.items() if not STRATEGIES[strategy].imposes_profile]
+    for first in varying:
+        others = plain + [
+            s for s in varying if s != first and strategies[first][1] == "forward" and strategies[s][1] == "reverse"
+        ]
+        for second in (s for s in others if collection.same_network(first, s)):
+            question = "d" if second in varying else "b"
+            a, b = collection.searches[first], collection.searches[second]
+            paired = False
+            for index in _pruned_levels(a):
+                common = {
+                    s: r
+                    for s, r in a.items()
+                    if s in b
+                    and index in r.finished_levels()
+                    and index in b[s].finished_levels()
+                    and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3
+                }
+                if not common:
+                    continue
+                paired = True
+                differences = compare_levels(collection, protocols, common, index, b, index)
+                rows.append(
+                    _row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index), differences)
+                )
+            if not paired and _pruned_levels(a) and _pruned_levels(b):
+                unpaired.append({"question": question, "first": first, "second": second})
+    return rows, unpaired
+
+
 def findings(collection: Collection) -> dict:
     protocols = chosen_protocols(collection)
     rows: list[dict] = []
@@ -123,33 +165,8 @@ def findings(collection: Collection) -> dict:
             rows.append(_row("a", f"{search} − dense", sparsity, differences))
             levels.append((index, sparsity, differences))
         summary_a.append({"search": search, **sparsest_against_dense(levels)})
-    # (b) varying against the searches that impose no profile; (d) varying forward against reverse
-    varying = [s for s, (strategy, _) in collection.strategies.items() if STRATEGIES[strategy].imposes_profile]
-    plain = [s for s, (strategy, _) in collection.strategies.items() if not STRATEGIES[strategy].imposes_profile]
-    for first in varying:
-        others = plain + [
-            s
-            for s in varying
-            if s != first and collection.strategies[first][1] == "forward" and collection.strategies[s][1] == "reverse"
-        ]
-        for second in (s for s in others if collection.same_network(first, s)):
-            question = "d" if second in varying else "b"
-            for index in _pruned_levels(collection.searches[first]):
-                a, b = collection.searches[first], collection.searches[second]
-                common = {
-                    s: r
-                    for s, r in a.items()
-                    if s in b
-                    and index in r.finished_levels()
-                    and index in b[s].finished_levels()
-                    and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3
-                }
-                if not common:
-                    continue
-                differences = compare_levels(collection, protocols, common, index, b, index)
-                rows.append(
-                    _row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index), differences)
-                )
+    profile_rows, unpaired = profile_comparisons(collection, protocols)
+    rows += profile_rows
     # (c) tickets against their controls
     for (search, control), by_seed in collection.controls.items():
         for index in _pruned_levels(by_seed):
@@ -180,6 +197,7 @@ def findings(collection: Collection) -> dict:
         "protocol_labels": labels,
         "seeds": seeds,
         "rows": rows,
+        "unpaired": unpaired,
         "sparsest_not_worse": summary_a,
         "cka": cka,
         "curves": quality_curves(collection, protocols),

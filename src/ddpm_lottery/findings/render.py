@@ -201,6 +201,10 @@ def blocks(result: dict) -> list[tuple]:
     declares = notes.get("declares", {})
     for question in ("b", "c"):
         if question not in asked:
+            unpaired = [u for u in result.get("unpaired", []) if u["question"] == question]
+            if unpaired:
+                out.append(("p", _unpaired_text(unpaired, result.get("scale") or {})))
+                continue
             if declares.get(question):
                 out.append(("p", f"{QUESTIONS[question]}: declared, not measured yet (re-run the study to finish it)."))
                 continue
@@ -242,6 +246,21 @@ def _bracket(entry: dict) -> str:
     return f"{entry['search']} ({entry['weights']:,} prunable weights): {below}; {above}"
 
 
+def _unpaired_text(unpaired: list[dict], scale: dict) -> str:
+    """(b) when its searches are measured but no level of one has the sparsity of a level of the other."""
+    pairs = "; ".join(f"{u['first']} and {u['second']}" for u in unpaired)
+    by_boundary = [p for p in scale.get("profiles", []) if any(p["varying"] == u["first"] for u in unpaired)]
+    return (
+        f"{QUESTIONS['b']}: no level pair, because no level of one search has the sparsity of a level of the "
+        f"other ({pairs}): p + j·q prunes more a round than p alone, so their levels interleave. "
+        + (
+            "Their boundaries compare them: see (f) varying against unified at each rate above."
+            if by_boundary
+            else "Their boundaries compare them once both are measured past a level worse than dense."
+        )
+    )
+
+
 def scale_blocks(scale: dict) -> list[tuple]:
     """(e) width and (f) rate: each search's boundary bracket, and how the brackets of two searches sit."""
     if not (scale.get("widths") or scale.get("rates") or scale.get("profiles")):
@@ -256,27 +275,35 @@ def scale_blocks(scale: dict) -> list[tuple]:
         ),
         ("list", [_bracket(b) for b in scale["boundaries"]]),
     ]
-    if scale.get("widths"):
-        items = [
-            f"{w['smaller']} → {w['larger']} ({w['weights'][0]:,} → {w['weights'][1]:,} weights): the boundary's "
-            f"sparsity is **{w['sparsity']}**; its surviving weight count is **{w['surviving']}**"
-            for w in scale["widths"]
-        ]
-        out += [("p", "**(e) Width**: the wider network's boundary against the narrower one's:"), ("list", items)]
-    if scale.get("rates"):
-        items = [
-            f"{r['slower']} (p = {r['rates'][1]:g}) against {r['faster']} (p = {r['rates'][0]:g}): the boundary's "
-            f"sparsity is **{r['sparsity']}** at the gentler rate"
-            for r in scale["rates"]
-        ]
-        out += [("p", "**(f) Pruning rate**: the paper's gentler rate against 50 % a round:"), ("list", items)]
-    if scale.get("profiles"):
-        items = [
-            f"{p['varying']} against {p['plain']} at p = {p['rate']:g}: the boundary's sparsity is "
-            f"**{p['sparsity']}** for varying"
-            for p in scale["profiles"]
-        ]
-        out += [("p", "**(f) varying against unified at each rate** (question (b) by boundaries):"), ("list", items)]
+    comparisons = (
+        (
+            "widths",
+            "**(e) Width**: the wider network's boundary against the narrower one's:",
+            lambda w: (
+                f"{w['smaller']} → {w['larger']} ({w['weights'][0]:,} → {w['weights'][1]:,} weights): the "
+                f"boundary's sparsity is **{w['sparsity']}**; its surviving weight count is **{w['surviving']}**"
+            ),
+        ),
+        (
+            "rates",
+            "**(f) Pruning rate**: the paper's gentler rate against 50 % a round:",
+            lambda r: (
+                f"{r['slower']} (p = {r['rates'][1]:g}) against {r['faster']} (p = {r['rates'][0]:g}): the "
+                f"boundary's sparsity is **{r['sparsity']}** at the gentler rate"
+            ),
+        ),
+        (
+            "profiles",
+            "**(f) varying against unified at each rate** (question (b) by boundaries):",
+            lambda p: (
+                f"{p['varying']} against {p['plain']} at p = {p['rate']:g}: the boundary's sparsity is "
+                f"**{p['sparsity']}** for varying"
+            ),
+        ),
+    )
+    for key, heading, item in comparisons:
+        if scale.get(key):
+            out += [("p", heading), ("list", [item(entry) for entry in scale[key]])]
     projected = scale.get("projection")
     if projected:
         low, high = projected["sparsity_range"]
