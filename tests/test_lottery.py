@@ -510,3 +510,24 @@ def test_prune_then_fine_tune_starts_each_level_from_the_previous_trained_level(
         assert all(torch.equal(start[k], expected[k]) for k in expected)
     rewound = load_file(run.rewind_path)
     assert not all(torch.equal(starts[0][k], rewound[k]) for k in rewound)  # not theta_tau
+
+
+def test_a_search_has_the_levels_its_plan_says(tiny_ticket_run):
+    from ddpm_lottery.config import LotteryConfig, from_dict
+    from ddpm_lottery.lottery.search import planned_rounds
+    from ddpm_lottery.utils.files import read_json
+
+    config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
+    assert config.prune.strategy == "varying" and not config.prune.sparsity_schedule
+    assert planned_rounds(config) == len(Run.open(tiny_ticket_run).finished_levels()) - 1
+
+
+def test_varying_plans_fewer_rounds_to_a_target_than_p_alone():
+    from ddpm_lottery.lottery.search import planned_rounds
+
+    papers = {"prune_ratio": 0.2, "ratio_increment": 0.01, "target_sparsity": 0.93, "max_rounds": 12}
+    assert planned_rounds(tiny_lottery_config("unified", **papers)) == 12  # 1 - 0.8^12 = 93.1 %
+    # p + j*q: the j-th of tiny's 22 modules loses up to 41 % a round, so 93 % comes after eight rounds
+    assert planned_rounds(tiny_lottery_config("varying", **papers)) == 8
+    assert planned_rounds(tiny_lottery_config("varying", **papers, sparsity_schedule=(0.5, 0.9))) == 2
+    assert planned_rounds(tiny_lottery_config("varying", **papers, one_shot=True)) == 1

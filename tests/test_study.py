@@ -241,7 +241,8 @@ def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
     runs = {r.name: r for r in study.runs(Path("out"))}
     assert runs["unified-seed0"].levels == [0, 1, 2, 3, 4, 5]  # five rounds of 50 %: to 96.9 %
     assert runs["unified-2x-seed0"].config.model.block_out_channels == (32, 64, 64)
-    assert runs["unified-p20-seed0"].levels == list(range(13))  # 1 - 0.8^12 = 93.1 %
+    assert runs["unified-p20-seed0"].levels == list(range(13))  # 1 - 0.8^12 = 93.1 %, trimmed to 93 %
+    assert runs["varying-p20-seed0"].levels == list(range(9))  # p + j*q: 93.0 % after eight rounds
     assert runs["unified-2x-seed1-reinit"].levels == [4, 5]
     assert runs["unified-seed0"].config.runtime.kernels == "sparse"
 
@@ -261,7 +262,11 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     recipe = "ddpm-cifar10"  # a paper-scale recipe, shipped: found by name
     study = load_study(recipe)
     plan = make_plan(study, Path("/nonexistent/study"))
-    assert plan.train_steps > 25 * 700_000  # 25 rounds of the paper's 800k-step training, per seed
+    runs = {r.name: r for r in plan.runs}
+    # to 99 %: p = 20 % alone needs 21 rounds (0.8^21 = 0.9 %); varying's p + j*q removes more a round
+    assert runs["unified-seed0"].levels == list(range(22))
+    assert len(runs["varying-seed0"].levels) - 1 == 11 and len(runs["varying-reverse-seed0"].levels) - 1 == 12
+    assert plan.train_steps > 40 * 700_000  # the paper's 800k-step training, level after level, per seed
 
 
 @pytest.mark.parametrize(

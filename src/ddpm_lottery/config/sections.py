@@ -510,6 +510,12 @@ class StudySettings(Section):
         "a larger shipped study that can decide what this one leaves not separable (named in the findings)",
         hashed=False,
     )
+    boundaries_decided_by: str = setting(
+        "",
+        "a shipped study with finer levels or more data seeds that can decide the (e) and (f) boundaries "
+        "this one leaves overlapping (named in the findings)",
+        hashed=False,
+    )
     frontier_search: str | None = setting(
         None,
         "draw the efficiency frontier (the [frontier] table: dense samplers, "

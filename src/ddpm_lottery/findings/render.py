@@ -152,7 +152,7 @@ def blocks(result: dict) -> list[tuple]:
                 rows,
             )
         )
-    out += scale_blocks(result.get("scale") or {})
+    out += scale_blocks(result.get("scale") or {}, result.get("notes", {}).get("boundaries_decided_by", ""))
     out += quality_blocks(result)
     undecided = [
         f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
@@ -261,8 +261,9 @@ def _unpaired_text(unpaired: list[dict], scale: dict) -> str:
     )
 
 
-def scale_blocks(scale: dict) -> list[tuple]:
-    """(e) width and (f) rate: each search's boundary bracket, and how the brackets of two searches sit."""
+def scale_blocks(scale: dict, decided_by: str = "") -> list[tuple]:
+    """(e) width and (f) rate: each search's boundary bracket, and how the brackets of two searches sit;
+    ``decided_by`` names the study that decides what overlaps here."""
     if not (scale.get("widths") or scale.get("rates") or scale.get("profiles")):
         return []
     out = [
@@ -271,7 +272,8 @@ def scale_blocks(scale: dict) -> list[tuple]:
             "**The boundary of each search**: it lies between its sparsest level not worse than its own dense "
             "model by every measure and its first level worse by some measure (the intervals of (a)). Two "
             "searches are separated when their brackets do not overlap; brackets that overlap are **"
-            f"{UNDECIDED}**: finer levels around the boundary, or more data seeds, decide them.",
+            f"{UNDECIDED}**: finer levels around the boundary, or more data seeds, decide them"
+            + (f" (`ddpm-lottery study {decided_by}` has both)." if decided_by else "."),
         ),
         ("list", [_bracket(b) for b in scale["boundaries"]]),
     ]

@@ -12,15 +12,17 @@ its last level.  The folder layout is the run model's (:mod:`runs`).
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 from ddpm_lottery.config import LotteryConfig, check_config, non_default
 from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.lottery.levels import LevelTrainer, apply_masks
 from ddpm_lottery.lottery.tickets import store_channels
-from ddpm_lottery.models.networks import build_model
+from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks
-from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings
+from ddpm_lottery.pruning.modules import module_map
+from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings, simulate_sparsity
 from ddpm_lottery.runs.records import PruningSchedule, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import StepHooks, Trainer
@@ -81,6 +83,37 @@ def level_targets(config: LotteryConfig) -> tuple[list[float | None], float]:
         return list(pc.sparsity_schedule), pc.sparsity_schedule[-1]
     rounds = 1 if pc.one_shot else pc.max_rounds
     return [pc.target_sparsity] * rounds, pc.target_sparsity
+
+
+def planned_rounds(config: LotteryConfig) -> int:
+    """How many pruned levels the search will have, known before anything trains.
+
+    A schedule has one level per entry and ``--one-shot`` one. A target without a schedule stops at the first
+    round that reaches it (``run_search``), which depends on the strategy: ``varying``'s p + j*q removes more
+    than p a round, so counting p alone would plan rounds that never come (and a study would wait for them).
+    For weight tickets the rounds are simulated from the network's module sizes; channel tickets, whose
+    rounds follow the channels' sizes, are counted at about p of the survivors a round.
+    """
+    pc = config.prune
+    if pc.sparsity_schedule:
+        return len(pc.sparsity_schedule)
+    if pc.one_shot:
+        return 1
+    if pc.structure == "channel" or pc.strategy not in STRATEGIES:
+        needed = math.ceil(math.log(1 - pc.target_sparsity) / math.log(1 - pc.prune_ratio) - 1e-9)
+        return min(pc.max_rounds, max(1, needed))
+    channels, side = input_shape(config)
+    mmap = module_map(build_model(config.model, channels, image_size=side), pc.granularity, pc.include, pc.exclude)
+    half_weight = 0.5 / sum(m.size for m in mmap.modules)  # the slack of LevelTickets.reached
+    settings = settings_of(config)
+    return next(
+        (
+            rounds
+            for rounds in range(1, pc.max_rounds + 1)
+            if simulate_sparsity(pc.strategy, mmap, settings, rounds) >= pc.target_sparsity - half_weight
+        ),
+        pc.max_rounds,
+    )
 
 
 class _SaveRewind(StepHooks):

@@ -110,6 +110,16 @@ def input_size(config) -> int:
     return config.data.image_size or config.model.sample_size or PRESETS[config.model.preset]["sample_size"]
 
 
+def input_shape(config) -> tuple[int, int]:
+    """(channels, side) a run's network sees, without reading the data (a dry run may precede the download)."""
+    channels = (
+        config.data.channels
+        or PRESETS[config.model.preset].get("in_channels")
+        or (3 if config.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1)
+    )
+    return channels, input_size(config)
+
+
 def unet_kwargs(
     model_config: ModelConfig, data_channels: int | None = None, image_size: int | None = None
 ) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from ddpm_lottery.config import EvalConfig, LotteryConfig
 from ddpm_lottery.measures.inception import FrechetReference, InceptionFeatures
 from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
-from ddpm_lottery.models.networks import PRESETS, build_model, input_size
+from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.study.plan import Plan
 from ddpm_lottery.study.spec import Study
 from ddpm_lottery.utils.launch import resolve_device
@@ -61,16 +61,6 @@ class DeviceCosts:
         return parts
 
 
-def _data_shape(config: LotteryConfig) -> tuple[int, int]:
-    """(channels, side) the network sees, without reading the data (a dry run may precede the download)."""
-    channels = (
-        config.data.channels
-        or PRESETS[config.model.preset].get("in_channels")
-        or (3 if config.data.dataset in ("cifar10", "cifar100", "imagefolder") else 1)
-    )
-    return channels, input_size(config)
-
-
 def _timed(fn, repeats: int) -> float:
     fn()  # warm-up
     started = time.perf_counter()
@@ -88,7 +78,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
     first = study.search_config(owners[0], study.settings.data_seeds[0])
     device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto" else first.runtime.device)
-    channels, side = _data_shape(first)
+    channels, side = input_shape(first)
     step_s, call_s = _network_costs(study, first, device, probe_batch)
     networks = {
         owner: _network_costs(study, study.search_config(owner, study.settings.data_seeds[0]), device, probe_batch)
@@ -115,7 +105,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
 
 def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int) -> tuple[float, float]:
     """One network's training step (s) and denoiser call (s per image) on ``device``."""
-    channels, side = _data_shape(first)
+    channels, side = input_shape(first)
     model = build_model(first.model, channels, image_size=side).to(device)
     scheduler = noise_scheduler(first.diffusion)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

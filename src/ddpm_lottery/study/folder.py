@@ -1,7 +1,7 @@
 """The study folder: OUT is made for one study, and holds no other.
 
 ``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
-is refused in that folder, while the notes beside the numbers (description, decided_by) follow the file.
+is refused in that folder, while the notes beside the numbers (description, decided_by, boundaries_decided_by) follow the file.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _notes(study: Study) -> dict:
     return {
         "description": study.settings.description,
         "decided_by": study.settings.decided_by,
+        "boundaries_decided_by": study.settings.boundaries_decided_by,
         "cka_search": study.settings.cka_search,
     }
 

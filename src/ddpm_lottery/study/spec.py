@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ddpm_lottery.config import (
     to_dict,
 )
 from ddpm_lottery.lottery.controls import CONTROLS
+from ddpm_lottery.lottery.search import planned_rounds
 from ddpm_lottery.measures.inception import check_sample_counts
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
@@ -165,17 +165,8 @@ MAX_DATA_SEEDS = 1000
 
 
 def planned_levels(config: LotteryConfig) -> list[int]:
-    """The levels a search will have: 0 and one per round (rounds estimated for a target without schedule)."""
-    prune = config.prune
-    if prune.sparsity_schedule:
-        rounds = len(prune.sparsity_schedule)
-    elif prune.one_shot:
-        rounds = 1
-    else:
-        # every strategy removes about p of the survivors per round
-        needed = math.ceil(math.log(1 - prune.target_sparsity) / math.log(1 - prune.prune_ratio) - 1e-9)
-        rounds = min(prune.max_rounds, max(1, needed))
-    return list(range(rounds + 1))
+    """The levels a search will have: 0 and one per round (see :func:`planned_rounds`)."""
+    return list(range(planned_rounds(config) + 1))
 
 
 # ----------------------------------------------------------------------------------------------
