@@ -241,7 +241,7 @@ def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
     runs = {r.name: r for r in study.runs(Path("out"))}
     assert runs["unified-seed0"].levels == [0, 1, 2, 3, 4, 5]  # five rounds of 50 %: to 96.9 %
     assert runs["unified-2x-seed0"].config.model.block_out_channels == (32, 64, 64)
-    assert runs["unified-p20-seed0"].levels == list(range(13))  # 1 - 0.8^12 = 93.1 %, trimmed to 93 %
+    assert runs["unified-p20-seed0"].levels == list(range(17))  # 1 - 0.8^16 = 97.2 %, trimmed to 97 %
     assert runs["varying-p20-seed0"].levels == list(range(9))  # p + j*q: 93.0 % after eight rounds
     assert runs["unified-2x-seed1-reinit"].levels == [4, 5]
     assert runs["unified-seed0"].config.runtime.kernels == "sparse"
@@ -316,7 +316,7 @@ def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_folder_holding_another_study_is_refused(tmp_path):
+def test_a_folder_holding_another_study_is_refused_and_one_that_grows_is_not(tmp_path):
     from ddpm_lottery.study.folder import open_study_folder
 
     out = tmp_path / "out"
@@ -324,6 +324,16 @@ def test_a_folder_holding_another_study_is_refused(tmp_path):
     other = write(tmp_path, TINY.replace("steps = 6", "steps = 8"), "other.toml")
     with pytest.raises(UserError, match="holds study 'tiny', which differs .* in runs"):
         open_study_folder(load_study(other), out)
+    # how far the searches go may change: the study grows in its folder, and the record says so
+    grown = write(tmp_path, TINY.replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]"), "grown.toml")
+    open_study_folder(load_study(grown), out)
+    record = json.loads((out / "study.json").read_text())
+    assert record["declaration"]["runs"]["prune.sparsity_schedule"] == [0.5, 0.75]
+    further = write(
+        tmp_path, TINY.replace("ratio_increment = 0.1", "ratio_increment = 0.1\ntarget_sparsity = 0.9"), "t.toml"
+    )
+    open_study_folder(load_study(further), out)
+    assert json.loads((out / "study.json").read_text())["declaration"]["searches"]["varying"]["target_sparsity"] == 0.9
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="holds other files"):

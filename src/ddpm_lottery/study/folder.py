@@ -1,7 +1,8 @@
 """The study folder: OUT is made for one study, and holds no other.
 
 ``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
-is refused in that folder, while the notes beside the numbers (description, decided_by, boundaries_decided_by) follow the file.
+is refused in that folder, except in how far its searches go (it may grow), while the notes beside the
+numbers (description, decided_by, boundaries_decided_by) follow the file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.records import StudyRecord, read_record
-from ddpm_lottery.study.spec import SESSION_SETTINGS, Study
+from ddpm_lottery.study.spec import EXTENT_SETTINGS, SESSION_SETTINGS, Study
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import make_dirs, write_json
 
@@ -25,15 +26,18 @@ def open_study_folder(study: Study, out: Path) -> None:
         stored = read_record(record, StudyRecord, "study record", f"delete {record} if the folder holds no study")
         before = dict(stored.get("declaration", {}))
         before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
-        if before != declaration:
+        if _without_extent(before) != _without_extent(declaration):
             now = declaration
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UserError(
                 f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
                 f"{', '.join(changed)}; give another --out folder"
             )
-        if stored.get("notes") != _notes(study):
-            write_json(record, {**stored, "notes": _notes(study)})
+        # how far its searches go may change: finished levels stay, and each search checks that its
+        # levels are still the ones its settings describe (a schedule may only be extended)
+        updated = {**stored, "declaration": declaration, "notes": _notes(study)}
+        if updated != stored:
+            write_json(record, updated)
         return
     if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
         raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
@@ -41,6 +45,19 @@ def open_study_folder(study: Study, out: Path) -> None:
     write_json(
         record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path), "created": time.time()}
     )
+
+
+def _without_extent(declaration: dict) -> dict:
+    """The declaration less how far each search goes (settings that change no finished level)."""
+
+    def trim(values: dict) -> dict:
+        return {k: v for k, v in values.items() if k.removeprefix("prune.") not in EXTENT_SETTINGS}
+
+    return {
+        **declaration,
+        "runs": trim(declaration.get("runs", {})),
+        "searches": {name: trim(values) for name, values in declaration.get("searches", {}).items()},
+    }
 
 
 def _notes(study: Study) -> dict:

@@ -51,6 +51,9 @@ RUN_SECTIONS = ("data", "model", "diffusion", "train", "prune", "runtime")
 EVAL_SECTIONS = ("eval", "sampling", "runtime")
 # Where data is read and where work runs: never part of a study's identity.
 SESSION_SETTINGS = ("data.data_dir", "data.download", "data.mirror", "runtime.device", "runtime.log_to")
+# How far a search goes: a study folder accepts a study that changes only these (its searches extend, and
+# each checks that its finished levels are still the ones its settings describe)
+EXTENT_SETTINGS = ("target_sparsity", "max_rounds", "sparsity_schedule")
 STUDY_FILE_TABLES = ("study", *RUN_SECTIONS, "eval", "sampling", "cka", "frontier", *STUDY_TABLES)
 
 
@@ -352,4 +355,13 @@ def _flatten(table: dict, prefix: str = "") -> dict:
     return flat
 
 
-__all__ = ["SHIPPED", "PlannedRun", "Study", "load_study", "planned_levels", "resolve_study", "shipped_studies"]
+__all__ = [
+    "EXTENT_SETTINGS",
+    "SHIPPED",
+    "PlannedRun",
+    "Study",
+    "load_study",
+    "planned_levels",
+    "resolve_study",
+    "shipped_studies",
+]
