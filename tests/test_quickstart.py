@@ -86,3 +86,16 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
     stamps = {p: p.stat().st_mtime_ns for p in weights + records + [front]}
     assert main(["quickstart", "--out", str(out), "--no-progress"]) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in weights + records + [front]}  # the frontier too
+
+
+def test_every_shipped_study_plans_and_names_only_shipped_studies():
+    from ddpm_lottery.study.catalogue import shipped_studies
+
+    names = shipped_studies()
+    assert {"cpu-widths", "cpu-widths-fine", "ddpm-cifar10-widths"} <= set(names)
+    for name in names:
+        study = load_study(name)
+        assert study.runs(Path("/nonexistent")), name
+        for named in (study.settings.decided_by, study.settings.boundaries_decided_by):
+            assert named in ("", *names), f"{name} names {named!r}, which is not shipped"
+    assert load_study("cpu-widths").settings.boundaries_decided_by == "cpu-widths-fine"
