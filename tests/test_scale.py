@@ -143,3 +143,27 @@ def test_varying_under_the_papers_schedule_shares_no_level_with_unified_and_says
     text = " ".join(str(block[1]) for block in blocks(result))
     assert "(b) varying against unified/global: no level pair" in text and "varying-p20 and unified-p20" in text
     assert "(f) varying against unified at each rate above" in text and "not measured yet" not in text
+
+
+def test_a_search_bracket_holds_every_seeds_bracket():
+    from ddpm_lottery.findings.render import _bracket
+    from ddpm_lottery.findings.scale import seed_hull
+
+    def level(index, sparsity):
+        return {"level": index, "sparsity": sparsity, "surviving": round(1000 * (1 - sparsity))}
+
+    # seed 0 wins to 87.5 % and loses at 93.75 %; seed 1 wins to 93.75 % and loses at 96.9 %
+    seeds = [(level(3, 0.875), level(4, 0.9375)), (level(4, 0.9375), level(5, 0.96875))]
+    low, high = seed_hull(seeds)
+    assert (low["level"], high["level"]) == (3, 5)
+    assert seed_hull([*seeds, (level(5, 0.96875), None)])[1] is None  # a seed not worse yet leaves it open
+    assert seed_hull([(None, level(1, 0.5)), seeds[0]]) == (None, level(4, 0.9375))
+    entry = bound("unified", 1000, (3, 0.875), (5, 0.96875))
+    entry["seeds"] = {
+        "0": {"not_worse": seeds[0][0], "first_worse": seeds[0][1]},
+        "1": {"not_worse": seeds[1][0], "first_worse": seeds[1][1]},
+    }
+    text = _bracket(entry)
+    assert "level 3 (87.50 %, 125 surviving) not worse on every seed" in text
+    assert "level 5 (96.88 %, 31 surviving) worse on every seed" in text
+    assert "seed 0: 87.50 % not worse, 93.75 % worse; seed 1: 93.75 % not worse, 96.88 % worse" in text

@@ -109,6 +109,21 @@ def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference |
     }
 
 
+def per_seed(collection: Collection, protocols: dict[str, str], search: str) -> dict[str, dict]:
+    """(a) for each data seed of ``search`` alone, by that seed's paired bootstrap over images: the
+    boundaries of (e) and (f) are per seed, so that searches with different numbers of seeds (a t
+    interval over two seeds is some twelve standard errors wide) compare like with like."""
+    dense = collection.dense_for(search)
+    out = {}
+    for seed, run in collection.searches[search].items():
+        levels = [
+            (index, _sparsity(run, index), compare_levels(collection, protocols, {seed: run}, index, dense, 0))
+            for index in _pruned_levels({seed: run})
+        ]
+        out[str(seed)] = sparsest_against_dense(levels)
+    return out
+
+
 def profile_comparisons(collection: Collection, protocols: dict[str, str]) -> tuple[list[dict], list[dict]]:
     """(b) ``varying`` against the searches on its network that impose no profile, and (d) ``varying``
     forward against ``--order reverse``, level by level where both reach the same sparsity.
@@ -164,7 +179,9 @@ def findings(collection: Collection) -> dict:
             differences = compare_levels(collection, protocols, seeds, index, collection.dense_for(search), 0)
             rows.append(_row("a", f"{search} − dense", sparsity, differences))
             levels.append((index, sparsity, differences))
-        summary_a.append({"search": search, **sparsest_against_dense(levels)})
+        summary_a.append(
+            {"search": search, **sparsest_against_dense(levels), "per_seed": per_seed(collection, protocols, search)}
+        )
     profile_rows, unpaired = profile_comparisons(collection, protocols)
     rows += profile_rows
     # (c) tickets against their controls

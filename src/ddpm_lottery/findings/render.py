@@ -230,20 +230,37 @@ def blocks(result: dict) -> list[tuple]:
     return out
 
 
+def _side(level: dict | None, verdict: str, none: str) -> str:
+    if level is None:
+        return none
+    return f"level {level['level']} ({100 * level['sparsity']:.2f} %, {level['surviving']:,} surviving) {verdict}"
+
+
 def _bracket(entry: dict) -> str:
-    """A boundary in words: between its sparsest level not worse and its first level worse."""
-    low, high = entry["not_worse"], entry["first_worse"]
-    below = (
-        f"level {low['level']} ({100 * low['sparsity']:.2f} %, {low['surviving']:,} surviving) not worse"
-        if low
-        else "no level not worse"
+    """A boundary in words: between its sparsest level not worse and its first level worse, on every seed."""
+    seeds = entry.get("seeds") or {}
+    every = " on every seed" if len(seeds) > 1 else ""
+    below = _side(entry["not_worse"], "not worse" + every, "no level not worse" + every)
+    above = _side(
+        entry["first_worse"],
+        "worse" + every,
+        f"no level worse yet{' on some seed' if every else ''} (the boundary lies beyond its sparsest level)",
     )
-    above = (
-        f"level {high['level']} ({100 * high['sparsity']:.2f} %, {high['surviving']:,} surviving) worse"
-        if high
-        else "no level worse yet (the boundary lies beyond its sparsest level)"
-    )
-    return f"{entry['search']} ({entry['weights']:,} prunable weights): {below}; {above}"
+    text = f"{entry['search']} ({entry['weights']:,} prunable weights): {below}; {above}"
+    if len(seeds) > 1:
+
+        def sparsity(level):
+            return f"{100 * level['sparsity']:.2f} %" if level else "–"
+
+        text += (
+            " ("
+            + "; ".join(
+                f"seed {seed}: {sparsity(b['not_worse'])} not worse, {sparsity(b['first_worse'])} worse"
+                for seed, b in seeds.items()
+            )
+            + ")"
+        )
+    return text
 
 
 def _unpaired_text(unpaired: list[dict], scale: dict) -> str:
@@ -269,9 +286,12 @@ def scale_blocks(scale: dict, decided_by: str = "") -> list[tuple]:
     out = [
         (
             "p",
-            "**The boundary of each search**: it lies between its sparsest level not worse than its own dense "
-            "model by every measure and its first level worse by some measure (the intervals of (a)). Two "
-            "searches are separated when their brackets do not overlap; brackets that overlap are **"
+            "**The boundary of each search**: on each data seed, it lies between the sparsest level not worse "
+            "than the search's own dense model by every measure and the first level worse by some measure, "
+            "by that seed's paired bootstrap over images (so searches with different numbers of seeds compare "
+            "like with like; (a) above answers with the interval over the seeds instead), and a search's "
+            "bracket holds every seed's. Two searches are separated when their brackets do not overlap; "
+            "brackets that overlap are **"
             f"{UNDECIDED}**: finer levels around the boundary, or more data seeds, decide them"
             + (f" (`ddpm-lottery study {decided_by}` has both)." if decided_by else "."),
         ),

@@ -1,10 +1,15 @@
 """(e) and (f): where the boundary sits as the network widens, and as the pruning rate changes.
 
-A search's *boundary* is bracketed by two of its levels, both from question (a): the sparsest level no
-measure finds worse than the search's own dense model, and the next level, the first that some measure
-finds worse (each level is pruned from the one before, so the boundary lies between them).  The intervals
-behind it are (a)'s: a level is "worse" when some measure's interval of (level − dense) excludes zero.
-So a boundary is a bracket, of sparsity and of surviving prunable weights:
+A search's *boundary* is bracketed by two of its levels, found as question (a) finds them but for each
+data seed alone: the sparsest level no measure finds worse than the search's own dense model, and the
+next level, the first that some measure finds worse (each level is pruned from the one before, so the
+boundary lies between them).  A level is "worse" for a seed when some measure's paired bootstrap
+interval of (level − dense) over images excludes zero.  The search's bracket holds every seed's: from
+the least sparse of their sparsest-not-worse levels to the sparsest of their first-worse levels.  Per
+seed, because (a)'s t interval over two seeds is some twelve standard errors wide while one seed's is a
+bootstrap: brackets of searches with different numbers of seeds would not compare like with like, and
+the spread from seed to seed enters as the width of the hull instead.  So a boundary is a bracket, of
+sparsity and of surviving prunable weights:
 
 - sparsity in (sparsest not worse, first worse], or above the sparsest level when none was worse;
 - the fewest surviving prunable weights that still win: in (those of the first worse level, those of the
@@ -50,22 +55,27 @@ def _prune(by_seed: dict[int, Run]):
 
 
 def boundary(collection: Collection, search: str, answer: dict) -> dict | None:
-    """One search's boundary bracket, from its (a) answer; None before anything is measured."""
-    if not answer.get("measured"):
-        return None
+    """One search's boundary bracket, from the (a) answers of its seeds alone; None before any is measured."""
     by_seed = collection.searches[search]
     dense = _metrics(collection.dense_for(search), 0) or _metrics(by_seed, 0)
     if dense is None:
         return None
-    best, worse = answer["sparsest_not_worse"], answer.get("first_worse")
+    seeds = {}
+    for seed, entry in (answer.get("per_seed") or {}).items():
+        if not entry.get("measured"):
+            continue
+        run = by_seed[int(seed)]
 
-    def side(entry):
-        if entry is None:
-            return None
-        metrics = _metrics(by_seed, entry["level"])
-        return {"level": entry["level"], "sparsity": entry["sparsity"], "surviving": metrics["surviving_prunable"]}
+        def side(level):
+            if level is None:
+                return None
+            surviving = run.level(level["level"]).metrics()["surviving_prunable"]
+            return {"level": level["level"], "sparsity": level["sparsity"], "surviving": surviving}
 
-    low, high = side(best), side(worse)
+        seeds[seed] = (side(entry["sparsest_not_worse"]), side(entry.get("first_worse")))
+    if not seeds:
+        return None
+    low, high = seed_hull(list(seeds.values()))
     prune = _prune(by_seed)
     strategy, order = collection.strategies[search]
     return {
@@ -76,15 +86,28 @@ def boundary(collection: Collection, search: str, answer: dict) -> dict | None:
         "ratio_increment": prune.ratio_increment if STRATEGIES[strategy].imposes_profile else None,
         "network": str(next(iter(collection.dense_for(search).values())).root),
         "weights": dense["prunable_parameters"],
+        "seeds": {seed: {"not_worse": a, "first_worse": b} for seed, (a, b) in sorted(seeds.items())},
         "not_worse": low,
         "first_worse": high,
-        # the boundary lies above `low` and at or below `high` (None: open on that side)
+        # every seed's boundary lies above `low` and at or below `high` (None: open on that side)
         "sparsity_bracket": [low["sparsity"] if low else 0.0, high["sparsity"] if high else None],
         "surviving_bracket": [
             high["surviving"] if high else 0,
             low["surviving"] if low else dense["prunable_parameters"],
         ],
     }
+
+
+def seed_hull(brackets: list[tuple[dict | None, dict | None]]) -> tuple[dict | None, dict | None]:
+    """The bracket that holds every seed's: (not worse, first worse) levels as dicts with a sparsity, None
+    for "none" (no level not worse; no level worse yet). Its low end is the least sparse of the seeds'
+    sparsest-not-worse levels, its high end the sparsest of their first-worse levels, open when a seed has
+    none worse yet."""
+    lows = [low for low, _ in brackets]
+    highs = [high for _, high in brackets]
+    low = None if any(x is None for x in lows) else min(lows, key=lambda x: x["sparsity"])
+    high = None if any(x is None for x in highs) else max(highs, key=lambda x: x["sparsity"])
+    return low, high
 
 
 def _order(first: list, second: list) -> str:
