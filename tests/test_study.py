@@ -502,7 +502,7 @@ def test_a_row_whose_measures_have_different_seed_counts_says_so_per_cell():
 
 
 def test_a_sparsest_level_nothing_separates_from_dense_is_called_undecided():
-    from ddpm_lottery.findings.questions import sparsest_against_dense
+    from ddpm_lottery.findings.levels import sparsest_against_dense
     from ddpm_lottery.findings.render import markdown
     from ddpm_lottery.measures.stats import Difference
 

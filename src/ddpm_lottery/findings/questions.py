@@ -24,23 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lottery.findings.collect import Collection, chosen_protocols, record_of
+from ddpm_lottery.findings.levels import compare_levels, level_sparsity, per_seed, pruned_levels, sparsest_against_dense
 from ddpm_lottery.findings.scale import scale_findings, surviving_curves
 from ddpm_lottery.measures.cka import CKA_KINDS, half_means, read_csv
-from ddpm_lottery.measures.stats import NOT_SEPARABLE, Difference, paired_difference, pairwise_interval, seed_mean
+from ddpm_lottery.measures.stats import NOT_SEPARABLE, Difference, pairwise_interval, seed_mean
 from ddpm_lottery.pruning.strategies import STRATEGIES
-from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
-
-
-def _sparsity(run: Run, index: int) -> float:
-    return run.level(index).metrics()["sparsity"]
-
-
-def _pruned_levels(by_seed: dict[int, Run]) -> list[int]:
-    levels = set()
-    for run in by_seed.values():
-        levels |= {i for i in run.finished_levels() if i > 0}
-    return sorted(levels)
 
 
 def _row(question, comparison, sparsity, differences: dict[str, Difference | None], extra=None) -> dict:
@@ -51,77 +40,6 @@ def _row(question, comparison, sparsity, differences: dict[str, Difference | Non
         "measures": {m: d.as_dict() for m, d in differences.items() if d is not None},
         **(extra or {}),
     }
-
-
-def compare_levels(
-    collection: Collection,
-    protocols: dict[str, str],
-    first: dict[int, Run],
-    first_level,
-    second: dict[int, Run],
-    second_level,
-) -> dict[str, Difference | None]:
-    out = {}
-    for measure, key in protocols.items():
-        pairs = []
-        for seed, run in first.items():
-            if seed not in second:
-                continue
-            a = record_of(run, first_level, key)
-            b = record_of(second[seed], second_level, key)
-            pairs.append((a, b))
-        out[measure] = paired_difference(pairs, collection.confidence)
-    return out
-
-
-def sparsest_against_dense(levels: list[tuple[int, float, dict[str, Difference | None]]]) -> dict:
-    """(a) for one search, from its levels' (index, sparsity, differences against the dense model).
-
-    The answer is the sparsest level that no measure finds worse, below the first level some measure
-    does: each level is pruned from the one before, so a sparser level escaping a worse verdict after
-    that escapes it by the width of its intervals (a strategy that collapses on some seeds only).  "Not
-    worse" is only the absence of a worse verdict, which wide intervals also give, so the sparsest level
-    that some measure finds better (and none worse) is given beside it.
-    """
-    best, better, measured, worse = None, None, False, None
-    for index, sparsity, differences in sorted(levels, key=lambda level: level[1]):
-        verdicts = [d.verdict() for d in differences.values() if d is not None]
-        measured = measured or bool(verdicts)
-        if "worse" in verdicts:
-            worse = (index, sparsity)
-            break
-        if verdicts:
-            best = (index, sparsity, differences)
-            if "better" in verdicts:
-                better = (index, sparsity)
-    return {
-        "measured": measured,
-        "sparsest_not_worse": None
-        if best is None
-        else {
-            "level": best[0],
-            "sparsity": best[1],
-            "measures": {m: d.as_dict() for m, d in best[2].items() if d is not None},
-        },
-        "sparsest_better": None if better is None else {"level": better[0], "sparsity": better[1]},
-        # the level that ended the search for (a): the boundary lies between it and sparsest_not_worse
-        "first_worse": None if worse is None else {"level": worse[0], "sparsity": worse[1]},
-    }
-
-
-def per_seed(collection: Collection, protocols: dict[str, str], search: str) -> dict[str, dict]:
-    """(a) for each data seed of ``search`` alone, by that seed's paired bootstrap over images: the
-    boundaries of (e) and (f) are per seed, so that searches with different numbers of seeds (a t
-    interval over two seeds is some twelve standard errors wide) compare like with like."""
-    dense = collection.dense_for(search)
-    out = {}
-    for seed, run in collection.searches[search].items():
-        levels = [
-            (index, _sparsity(run, index), compare_levels(collection, protocols, {seed: run}, index, dense, 0))
-            for index in _pruned_levels({seed: run})
-        ]
-        out[str(seed)] = sparsest_against_dense(levels)
-    return out
 
 
 def profile_comparisons(collection: Collection, protocols: dict[str, str]) -> tuple[list[dict], list[dict]]:
@@ -145,23 +63,25 @@ def profile_comparisons(collection: Collection, protocols: dict[str, str]) -> tu
             question = "d" if second in varying else "b"
             a, b = collection.searches[first], collection.searches[second]
             paired = False
-            for index in _pruned_levels(a):
+            for index in pruned_levels(a):
                 common = {
                     s: r
                     for s, r in a.items()
                     if s in b
                     and index in r.finished_levels()
                     and index in b[s].finished_levels()
-                    and abs(_sparsity(r, index) - _sparsity(b[s], index)) < 1e-3
+                    and abs(level_sparsity(r, index) - level_sparsity(b[s], index)) < 1e-3
                 }
                 if not common:
                     continue
                 paired = True
                 differences = compare_levels(collection, protocols, common, index, b, index)
                 rows.append(
-                    _row(question, f"{first} − {second}", _sparsity(next(iter(common.values())), index), differences)
+                    _row(
+                        question, f"{first} − {second}", level_sparsity(next(iter(common.values())), index), differences
+                    )
                 )
-            if not paired and _pruned_levels(a) and _pruned_levels(b):
+            if not paired and pruned_levels(a) and pruned_levels(b):
                 unpaired.append({"question": question, "first": first, "second": second})
     return rows, unpaired
 
@@ -173,9 +93,9 @@ def findings(collection: Collection) -> dict:
     # (a) against the dense model
     for search, by_seed in collection.searches.items():
         levels = []
-        for index in _pruned_levels(by_seed):
+        for index in pruned_levels(by_seed):
             seeds = {s: r for s, r in by_seed.items() if index in r.finished_levels()}
-            sparsity = _sparsity(next(iter(seeds.values())), index)
+            sparsity = level_sparsity(next(iter(seeds.values())), index)
             differences = compare_levels(collection, protocols, seeds, index, collection.dense_for(search), 0)
             rows.append(_row("a", f"{search} − dense", sparsity, differences))
             levels.append((index, sparsity, differences))
@@ -186,13 +106,18 @@ def findings(collection: Collection) -> dict:
     rows += profile_rows
     # (c) tickets against their controls
     for (search, control), by_seed in collection.controls.items():
-        for index in _pruned_levels(by_seed):
+        for index in pruned_levels(by_seed):
             tickets = {s: r for s, r in collection.searches.get(search, {}).items() if index in r.finished_levels()}
             if not tickets:
                 continue
             differences = compare_levels(collection, protocols, tickets, index, by_seed, index)
             rows.append(
-                _row("c", f"{search} − {control} control", _sparsity(next(iter(by_seed.values())), index), differences)
+                _row(
+                    "c",
+                    f"{search} − {control} control",
+                    level_sparsity(next(iter(by_seed.values())), index),
+                    differences,
+                )
             )
     cka = cka_findings(collection)
     labels = {}
@@ -236,14 +161,14 @@ def quality_curves(collection: Collection, protocols: dict[str, str]) -> dict[st
         seeds_used = set()  # how many seeds each point averages: 1 means a bootstrap interval, more a t interval
         for name, by_seed in groups:
             points = []
-            for index in _pruned_levels(by_seed):
+            for index in pruned_levels(by_seed):
                 records = [record_of(r, index, key) for r in by_seed.values()]
                 stats = seed_mean(records, collection.confidence)
                 if stats is not None:
                     count = sum(r is not None for r in records)
                     points.append(
                         (
-                            _sparsity(next(r for r in by_seed.values() if index in r.finished_levels()), index),
+                            level_sparsity(next(r for r in by_seed.values() if index in r.finished_levels()), index),
                             *stats,
                             count,
                         )
