@@ -334,6 +334,8 @@ def test_a_folder_holding_another_study_is_refused_and_one_that_grows_is_not(tmp
     )
     open_study_folder(load_study(further), out)
     assert json.loads((out / "study.json").read_text())["declaration"]["searches"]["varying"]["target_sparsity"] == 0.9
+    # as may any other setting outside the run hash; one inside it (steps, above) is refused
+    open_study_folder(load_study(write(tmp_path, TINY.replace("checkpoint_every = 3", "checkpoint_every = 2"))), out)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="holds other files"):

@@ -41,6 +41,7 @@ from ddpm_lottery.config.flags import add_arguments, command_line, config_from_a
 from ddpm_lottery.config.identity import config_hash, hashed_keys, non_default
 from ddpm_lottery.config.loading import (
     apply_overrides,
+    changes_results,
     check_config,
     from_dict,
     load_config_file,
@@ -100,6 +101,7 @@ __all__ = [
     "TuneSettings",
     "add_arguments",
     "apply_overrides",
+    "changes_results",
     "check_config",
     "check_unambiguous",
     "command_line",

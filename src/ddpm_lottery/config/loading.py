@@ -94,6 +94,13 @@ def apply_overrides(config, overrides: dict[str, Any], source: str = "overrides"
     return config
 
 
+def changes_results(config, key: str) -> bool:
+    """Does the setting ``key`` (flat or dotted, as :func:`apply_overrides` takes it) change results, that is,
+    is it part of the run hash?  Settings that do not (device, checkpoint interval, how far a search goes)
+    may differ between two sessions of one run or study."""
+    return _resolve(config, key, "a study declaration")[1].metadata.get("hashed", True)
+
+
 def check_config(config):
     """Check every value against its declaration, then run each section's ``check()``; return config.
 

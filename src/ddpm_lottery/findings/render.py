@@ -240,7 +240,7 @@ def _bracket(entry: dict) -> str:
     """A boundary in words: between its sparsest level not worse and its first level worse, on every seed."""
     seeds = entry.get("seeds") or {}
     every = " on every seed" if len(seeds) > 1 else ""
-    below = _side(entry["not_worse"], "not worse" + every, "no level not worse" + every)
+    below = _side(entry["not_worse"], "not worse" + every, "no level not worse" + (" on some seed" if every else ""))
     above = _side(
         entry["first_worse"],
         "worse" + every,

@@ -1,8 +1,8 @@
 """The study folder: OUT is made for one study, and holds no other.
 
 ``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
-is refused in that folder, except in how far its searches go (it may grow), while the notes beside the
-numbers (description, decided_by, boundaries_decided_by) follow the file.
+is refused in that folder, except in settings that change no result (how far its searches go: it may
+grow), while the notes beside the numbers (description, decided_by, boundaries_decided_by) follow the file.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ddpm_lottery.config import LotteryConfig, changes_results
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.records import StudyRecord, read_record
-from ddpm_lottery.study.spec import EXTENT_SETTINGS, SESSION_SETTINGS, Study
+from ddpm_lottery.study.spec import SESSION_SETTINGS, Study
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import make_dirs, write_json
 
@@ -26,15 +27,15 @@ def open_study_folder(study: Study, out: Path) -> None:
         stored = read_record(record, StudyRecord, "study record", f"delete {record} if the folder holds no study")
         before = dict(stored.get("declaration", {}))
         before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
-        if _without_extent(before) != _without_extent(declaration):
+        if _results_part(before) != _results_part(declaration):
             now = declaration
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UserError(
                 f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
                 f"{', '.join(changed)}; give another --out folder"
             )
-        # how far its searches go may change: finished levels stay, and each search checks that its
-        # levels are still the ones its settings describe (a schedule may only be extended)
+        # settings that change no result may change (how far the searches go, above all): finished levels
+        # stay, and each search checks that its levels are still the ones its settings describe
         updated = {**stored, "declaration": declaration, "notes": _notes(study)}
         if updated != stored:
             write_json(record, updated)
@@ -47,11 +48,13 @@ def open_study_folder(study: Study, out: Path) -> None:
     )
 
 
-def _without_extent(declaration: dict) -> dict:
-    """The declaration less how far each search goes (settings that change no finished level)."""
+def _results_part(declaration: dict) -> dict:
+    """The declaration less the run settings that change no result (not in the run hash: how far a search
+    goes, checkpoint intervals...): a study may change those in its folder, as a run may."""
+    config = LotteryConfig()
 
     def trim(values: dict) -> dict:
-        return {k: v for k, v in values.items() if k.removeprefix("prune.") not in EXTENT_SETTINGS}
+        return {k: v for k, v in values.items() if changes_results(config, k)}
 
     return {
         **declaration,

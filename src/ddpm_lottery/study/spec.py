@@ -51,9 +51,6 @@ RUN_SECTIONS = ("data", "model", "diffusion", "train", "prune", "runtime")
 EVAL_SECTIONS = ("eval", "sampling", "runtime")
 # Where data is read and where work runs: never part of a study's identity.
 SESSION_SETTINGS = ("data.data_dir", "data.download", "data.mirror", "runtime.device", "runtime.log_to")
-# How far a search goes: a study folder accepts a study that changes only these (its searches extend, and
-# each checks that its finished levels are still the ones its settings describe)
-EXTENT_SETTINGS = ("target_sparsity", "max_rounds", "sparsity_schedule")
 STUDY_FILE_TABLES = ("study", *RUN_SECTIONS, "eval", "sampling", "cka", "frontier", *STUDY_TABLES)
 
 
@@ -127,6 +124,7 @@ class Study:
         planned = []
         dense_owner = self.dense_sources()
         control_levels = list(self.settings.control_levels)
+        rounds_of: dict[str, list[int]] = {}
         for seed in self.settings.data_seeds:
             for search in self.searches:
                 config = self.search_config(search, seed)
@@ -135,7 +133,9 @@ class Study:
                 if dense_owner[search] != search:
                     source = f"{dense_owner[search]}-seed{seed}"
                     config.prune.dense_from = str(StudyFolder(out).run_path(source))
-                levels = planned_levels(config)
+                if search not in rounds_of:  # the data seed changes no round: the network is built once a search
+                    rounds_of[search] = planned_levels(config)
+                levels = rounds_of[search]
                 planned.append(PlannedRun(name, search, seed, config, None, source, levels))
                 for control, sources in self.controls.items():
                     if search not in sources:
@@ -356,7 +356,6 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 
 
 __all__ = [
-    "EXTENT_SETTINGS",
     "SHIPPED",
     "PlannedRun",
     "Study",
