@@ -279,3 +279,24 @@ def test_the_results_pages_include_the_studies_own_files():
 def test_the_docs_name_no_folder_outside_the_repository():
     for path, text in PAGES.items():
         assert "../shared" not in text and "GUIDE" not in text, path
+
+
+def test_the_results_pages_boundaries_are_the_findings_own():
+    """A results page that tabulates boundaries as "sparsity % (surviving weights)" takes each pair from the
+    findings.md it includes, where the boundary lines write them "(sparsity %, surviving surviving)": a page
+    updated by hand cannot drift from its study."""
+    checked = 0
+    for path in sorted((ROOT / "docs" / "results").glob("*.md")):
+        text = path.read_text()
+        included = [
+            name for name in re.findall(r'^--8<-- "([^":]+)', text, re.MULTILINE) if name.endswith("findings.md")
+        ]
+        pairs = re.findall(r"\b(\d+\.\d+) % \((\d[\d,]*)\)", text)
+        if not pairs or not included:
+            continue
+        findings = "".join((ROOT / name).read_text() for name in included if (ROOT / name).is_file())
+        if not findings:
+            continue
+        assert [p for p in pairs if f"({p[0]} %, {p[1]} surviving)" not in findings] == [], path.name
+        checked += len(pairs)
+    assert checked >= 8 or not (ROOT / "results" / "cpu-widths" / "findings.md").is_file()
