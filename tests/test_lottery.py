@@ -149,6 +149,29 @@ def test_killed_search_resumes_mid_level_to_the_same_result(tmp_path, monkeypatc
     assert_same_levels(reference, tmp_path / "killed")
 
 
+def test_a_search_hands_each_level_it_stores_to_its_caller_once(tmp_path, monkeypatch):
+    """``after_level`` sees every level this call trains, each once it is stored and before the next starts
+    (a study measures it there); a resumed search reports only what it trained, a finished one nothing."""
+    from ddpm_lottery.lottery.commands import search_ticket
+
+    config = small_config("unified", steps=6)
+    seen = []
+
+    def stored(level):
+        seen.append(level.index)
+        assert level.finished and not level.run.level(level.index + 1).finished
+
+    search_ticket(config, tmp_path / "fresh", progress=False, log=lambda *_: None, after_level=stored)
+    assert seen == [0, 1, 2] == Run.open(tmp_path / "fresh").finished_levels()
+    kill_search_at(config, tmp_path / "killed", monkeypatch, level=1)
+    seen.clear()
+    search_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None, after_level=stored)
+    assert seen == [1, 2]
+    seen.clear()
+    search_ticket(config, tmp_path / "killed", progress=False, log=lambda *_: None, after_level=stored)
+    assert seen == []
+
+
 def assert_same_levels(a, b):
     run_a, run_b = Run.open(a), Run.open(b)
     assert run_a.finished_levels() == run_b.finished_levels()

@@ -712,6 +712,34 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
     assert {p.name.split("-")[0] for p in control.dir.glob("eval/*.json")} == {"loss", "domain"}
 
 
+def test_a_search_is_measured_level_by_level_as_it_trains(tmp_path, monkeypatch):
+    """The cheap measures of a level run as soon as it is stored, before the search trains the next one, so a
+    study cut short mid-search has measured every level it finished; measured once, not again afterwards."""
+    from ddpm_lottery.measures.evaluate import Evaluator
+
+    text = (
+        TINY.replace('data_seeds = [0, 1]\ncka_search = "unified"', "data_seeds = [0]")
+        .replace('[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
+        .replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]")
+        .replace('reinit = ["unified"]', "reinit = []")
+        .replace('measures = ["loss", "domain"]', 'measures = ["loss"]')
+    )
+    original, measured = Evaluator.measure, {}
+
+    def measure(self, level, measure):
+        records_before = len(list(level.dir.glob("eval/*.json")))
+        record = original(self, level, measure)
+        if records_before == 0:  # the level's first measurement
+            measured[level.index] = level.run.level(level.index + 1).finished
+        return record
+
+    monkeypatch.setattr(Evaluator, "measure", measure)
+    run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
+    assert measured == {0: False, 1: False, 2: False}  # each measured while the next level had not finished
+    level = next((tmp_path / "out" / "runs").iterdir())
+    assert [len(list(level.glob(f"level_0{i}/eval/loss-*.json"))) for i in range(3)] == [1, 1, 1]
+
+
 def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_way():
     from ddpm_lottery.findings.render import _every_seed_agrees
     from ddpm_lottery.measures.stats import NOT_SEPARABLE, paired_difference

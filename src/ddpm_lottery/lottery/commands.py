@@ -4,6 +4,7 @@ fine-tuning.  Each returns its run folder; :mod:`ddpm_lottery.api` wraps them in
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 from ddpm_lottery.config import LotteryConfig, RunConfig, apply_overrides, config_hash, non_default
@@ -13,6 +14,7 @@ from ddpm_lottery.lottery.levels import LevelTrainer
 from ddpm_lottery.lottery.range_tuning import RangeTuning
 from ddpm_lottery.lottery.search import Lottery, validate
 from ddpm_lottery.pruning.masks import full_masks
+from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 
@@ -61,9 +63,17 @@ def train_dense(
     return run_dir
 
 
-def search_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> Path:
+def search_ticket(
+    config: LotteryConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    log=print,
+    after_level: Callable[[Level], None] | None = None,
+) -> Path:
     """Run a ticket search, or a control branch when --reinit / --strategy random is given; returns
-    its run folder."""
+    its run folder. ``after_level`` is called with each level this call trains, once it is stored, while the
+    search still holds its run's lock (a study measures it there, so its findings grow level by level)."""
     validate(config)
     kind = control_kind(config)
     if kind:
@@ -75,9 +85,9 @@ def search_ticket(config: LotteryConfig, out: str | Path | None = None, *, progr
                 f"run's ({source.config.train.seed_init})"
             )
         out = Path(out) if out else source.branch_path(kind, config_hash(branch))
-        return ControlBranch(branch, source, out, progress=progress, log=log).run_search()
+        return ControlBranch(branch, source, out, progress=progress, log=log, after_level=after_level).run_search()
     out = Path(out) if out else Path("runs") / f"lottery-{config_hash(config)}"
-    return Lottery(config, out, progress=progress, log=log).run_search()
+    return Lottery(config, out, progress=progress, log=log, after_level=after_level).run_search()
 
 
 def run_range_tuning(

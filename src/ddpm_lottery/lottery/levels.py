@@ -7,6 +7,7 @@ the level finished.  The folder layout is the run model's (:mod:`ddpm_lottery.ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,17 @@ class LevelTrainer:
 
     kind = "train"
 
-    def __init__(self, config: RunConfig, out: str | Path, *, progress: bool = True, log=print):
+    def __init__(
+        self,
+        config: RunConfig,
+        out: str | Path,
+        *,
+        progress: bool = True,
+        log=print,
+        after_level: Callable[[Level], None] | None = None,
+    ):
         self.config, self.out, self.progress, self.log = adopt_source(config), Path(out), progress, log
+        self.after_level = after_level
         self.processes: Processes = setup_processes(config.runtime.device, config.train.mixed_precision)
         self.images = load_run_images(config)
         self.fingerprint = data_fingerprint(self.images, config.data.split)
@@ -233,6 +243,10 @@ class LevelTrainer:
             level.checkpoints.remove_all()
             track_level(trainer.tracking, metrics, level, trainer.step)
             self.log(f"level {index}: done, sparsity {metrics['sparsity']:.4f}, final loss {summary['final_loss']:.4f}")
+            # one process only: with several, the others would wait at the next collective while it runs (and a
+            # collective times out); their run is measured when it has finished instead
+            if self.after_level is not None and self.processes.world_size == 1:
+                self.after_level(level)
         self.processes.barrier()
         return metrics
 

@@ -135,9 +135,9 @@ class Lottery(LevelTrainer):
 
     kind = "lottery"
 
-    def __init__(self, config: LotteryConfig, out: str | Path, *, progress: bool = True, log=print):
+    def __init__(self, config: LotteryConfig, out: str | Path, **kwargs):
         validate(config)
-        super().__init__(config, out, progress=progress, log=log)
+        super().__init__(config, out, **kwargs)
         self.tau = rewind_step(config)
         self.settings = settings_of(config)
 

@@ -25,6 +25,7 @@ from ddpm_lottery.measures.cka import compare_with_baselines
 from ddpm_lottery.measures.evaluate import Evaluator
 from ddpm_lottery.measures.frontier import frontier
 from ddpm_lottery.models.diffusion import sampling_steps
+from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.records import FrontierRecord, read_record
 from ddpm_lottery.runs.run import Run
@@ -122,10 +123,12 @@ def execute_study(
     try:
         for seed in study.settings.data_seeds:
             for planned in (r for r in plan.runs if r.seed == seed):
-                if _train(planned, out, by_name, bar, deferred):
+                cheap = [m for m in study.measures_for(seed) if m != "inception"]
+                if _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap)):
                     bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
-                # the cheap measures run by run, so findings grow while the study trains
-                measuring.run(planned, [m for m in study.measures_for(seed) if m != "inception"])
+                # the cheap measures: each level as it is stored (as_trained), and here what was trained before (a
+                # copied level 0, an earlier session's levels) or by a multi-process launch, which skips the hook
+                measuring.run(planned, cheap)
                 if study.frontier is not None and _is_frontier_run(study, planned):
                     _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
         _compare_all(study, plan, out, bar, deferred)
@@ -152,8 +155,9 @@ def execute_study(
     return out, {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
 
 
-def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str]) -> bool:
-    """Train (or finish) one run; False when it was finished already or must wait."""
+def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str], after_level) -> bool:
+    """Train (or finish) one run, calling ``after_level`` with each level it stores; False when it was finished
+    already or must wait."""
     path = StudyFolder(out).run_path(planned.name)
     if Run.is_run(path) and set(planned.levels) <= set(Run.open(path).finished_levels()):
         return False
@@ -163,7 +167,7 @@ def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferr
         return False
     bar.task(f"training {planned.name}")
     try:
-        search_ticket(planned.config, path, progress=False, log=bar.log)
+        search_ticket(planned.config, path, progress=False, log=bar.log, after_level=after_level)
     except FolderBusy as exc:
         deferred.append(f"{planned.name}: {exc}")
         return False
@@ -192,47 +196,61 @@ class _Measuring:
 
     def run(self, planned: PlannedRun, measures: list[str]) -> None:
         """``measures`` of every finished level of one run (under its lock: one process measures a run)."""
-        config = self.study.evaluation
         path = StudyFolder(self.out).run_path(planned.name)
         if not Run.is_run(path):
             return
         run = Run.open(path)
         finished = [i for i in planned.levels if i in run.finished_levels()]
-        levels = [i for i in planned.measured_levels if i in finished]
         if not finished:
             return
         try:
             with run.lock():
-                for index in finished:
-                    level = run.level(index)
-                    if level.has_weights(config.sampling.weights):
-                        # FLOPs, parameters, storage: seconds, read by the report; a level measured elsewhere (a
-                        # shared dense model's copy) gets them too, should its copy have been killed before them
-                        stored_costs(level)
-                        continue
-                    if index not in levels:
-                        continue
-                    # a level whose weights are gone: what it has measured stands; the rest waits, and the study
-                    # goes on with every other level
-                    if any(not any(_record_matches(r, m, config) for r in level.evaluations()) for m in measures):
-                        waiting = (
-                            f"measures of {planned.name} level {index}: its {config.sampling.weights} "
-                            f"weights are gone; {level.retrain_advice()}"
-                        )
-                        if waiting not in self.deferred:  # the cheap pass and the costly one both find it
-                            self.deferred.append(waiting)
-                        levels.remove(index)
-                for measure in [m for m in self.ORDER if m in measures]:
-                    for index in levels:
-                        self.bar.task(f"{measure}: {planned.name} level {index}")
-                        stored = any(_record_matches(r, measure, config) for r in run.level(index).evaluations())
-                        self.evaluator.measure(run.level(index), measure)
-                        if not stored:
-                            self.bar.advance(
-                                self.per_level[measure] + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0)
-                            )
+                self._measure(run, planned, finished, measures)
         except FolderBusy as exc:
             self.deferred.append(f"{', '.join(measures)} of {planned.name}: {exc}")
+
+    def as_trained(self, planned: PlannedRun, measures: list[str]):
+        """What the search calls with each level it has stored, while it holds the run's lock: ``measures`` of
+        that level now, so a long search's findings grow level by level rather than when its last level is
+        done (or, cut short, in a later session)."""
+
+        def measure_level(level: Level) -> None:
+            self._measure(Run.open(StudyFolder(self.out).run_path(planned.name)), planned, [level.index], measures)
+
+        return measure_level
+
+    def _measure(self, run: Run, planned: PlannedRun, finished: list[int], measures: list[str]) -> None:
+        """``measures`` of the finished levels ``finished`` of ``run``, whose lock the caller holds."""
+        config = self.study.evaluation
+        levels = [i for i in planned.measured_levels if i in finished]
+        for index in finished:
+            level = run.level(index)
+            if level.has_weights(config.sampling.weights):
+                # FLOPs, parameters, storage: seconds, read by the report; a level measured elsewhere (a
+                # shared dense model's copy) gets them too, should its copy have been killed before them
+                stored_costs(level)
+                continue
+            if index not in levels:
+                continue
+            # a level whose weights are gone: what it has measured stands; the rest waits, and the study
+            # goes on with every other level
+            if any(not any(_record_matches(r, m, config) for r in level.evaluations()) for m in measures):
+                waiting = (
+                    f"measures of {planned.name} level {index}: its {config.sampling.weights} "
+                    f"weights are gone; {level.retrain_advice()}"
+                )
+                if waiting not in self.deferred:  # the cheap pass and the costly one both find it
+                    self.deferred.append(waiting)
+                levels.remove(index)
+        for measure in [m for m in self.ORDER if m in measures]:
+            for index in levels:
+                self.bar.task(f"{measure}: {planned.name} level {index}")
+                stored = any(_record_matches(r, measure, config) for r in run.level(index).evaluations())
+                self.evaluator.measure(run.level(index), measure)
+                if not stored:
+                    self.bar.advance(
+                        self.per_level[measure] + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0)
+                    )
 
 
 def _compare_all(study: Study, plan: Plan, out: Path, bar: _Progress, deferred: list[str]) -> None:
