@@ -740,6 +740,40 @@ def test_a_search_is_measured_level_by_level_as_it_trains(tmp_path, monkeypatch)
     assert [len(list(level.glob(f"level_0{i}/eval/loss-*.json"))) for i in range(3)] == [1, 1, 1]
 
 
+def test_a_resumed_search_measures_the_levels_an_earlier_session_stored_before_it_trains_on(tmp_path, monkeypatch):
+    """An earlier session that stored levels 0 and 1 but was killed before measuring them: the study measures
+    them before it trains level 2, so a long search resumed with its dense model unmeasured is not mute
+    until its last level."""
+    import shutil
+
+    from ddpm_lottery.measures.evaluate import Evaluator
+
+    text = (
+        TINY.replace('data_seeds = [0, 1]\ncka_search = "unified"', "data_seeds = [0]")
+        .replace('[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
+        .replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]")
+        .replace('reinit = ["unified"]', "reinit = []")
+        .replace('measures = ["loss", "domain"]', 'measures = ["loss"]')
+    )
+    study = write(tmp_path, text)
+    run_study(study, tmp_path / "out", progress=False, log=quiet)
+    run = next((tmp_path / "out" / "runs").iterdir())
+    # the earlier session: levels 0 and 1 stored, none measured, level 2 not trained
+    shutil.rmtree(run / "level_02")
+    for record in run.glob("level_0*/eval"):
+        shutil.rmtree(record)
+    original, measured = Evaluator.measure, {}
+
+    def measure(self, level, measure):
+        measured.setdefault(level.index, level.run.level(2).finished)
+        return original(self, level, measure)
+
+    monkeypatch.setattr(Evaluator, "measure", measure)
+    run_study(study, tmp_path / "out", progress=False, log=quiet)
+    assert measured == {0: False, 1: False, 2: True}  # 0 and 1 before level 2 was trained; 2 once stored
+    assert [len(list(run.glob(f"level_0{i}/eval/loss-*.json"))) for i in range(3)] == [1, 1, 1]
+
+
 def test_a_comparison_no_interval_decides_says_when_every_seed_alone_points_one_way():
     from ddpm_lottery.findings.render import _every_seed_agrees
     from ddpm_lottery.measures.stats import NOT_SEPARABLE, paired_difference

@@ -124,10 +124,14 @@ def execute_study(
         for seed in study.settings.data_seeds:
             for planned in (r for r in plan.runs if r.seed == seed):
                 cheap = [m for m in study.measures_for(seed) if m != "inception"]
+                # what an earlier session stored is measured before the search trains on (a search resumed with its
+                # dense model unmeasured would otherwise answer nothing until its last level); a run another
+                # process is training waits for the pass below
+                measuring.run(planned, cheap, defer_if_busy=False)
                 if _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap)):
                     bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
-                # the cheap measures: each level as it is stored (as_trained), and here what was trained before (a
-                # copied level 0, an earlier session's levels) or by a multi-process launch, which skips the hook
+                # the cheap measures: each level as it is stored (as_trained), and here what was stored while another
+                # process held the run (a copied dense model) or by a multi-process launch, which skips the hook
                 measuring.run(planned, cheap)
                 if study.frontier is not None and _is_frontier_run(study, planned):
                     _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
@@ -194,8 +198,9 @@ class _Measuring:
             "inception": config.num_samples * (costs.inception_per_image_s or 0),
         }
 
-    def run(self, planned: PlannedRun, measures: list[str]) -> None:
-        """``measures`` of every finished level of one run (under its lock: one process measures a run)."""
+    def run(self, planned: PlannedRun, measures: list[str], *, defer_if_busy: bool = True) -> None:
+        """``measures`` of every finished level of one run (under its lock: one process measures a run); a run
+        another process holds is noted as deferred, or left to a later pass without ``defer_if_busy``."""
         path = StudyFolder(self.out).run_path(planned.name)
         if not Run.is_run(path):
             return
@@ -207,7 +212,8 @@ class _Measuring:
             with run.lock():
                 self._measure(run, planned, finished, measures)
         except FolderBusy as exc:
-            self.deferred.append(f"{', '.join(measures)} of {planned.name}: {exc}")
+            if defer_if_busy:
+                self.deferred.append(f"{', '.join(measures)} of {planned.name}: {exc}")
 
     def as_trained(self, planned: PlannedRun, measures: list[str]):
         """What the search calls with each level it has stored, while it holds the run's lock: ``measures`` of
