@@ -204,6 +204,19 @@ def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("load, busy", [(0.0, False), (5.0, True)])
+def test_a_dry_run_timed_on_a_busy_machine_says_its_estimate_is_too_high(tmp_path, capsys, monkeypatch, load, busy):
+    """Two PyTorch processes on the same cores slow each other several times over: an estimate timed beside
+    a running study says so rather than passing inflated seconds off as the machine's."""
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    study = write(tmp_path, TINY)
+    assert main(["study", str(study), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert ("the machine was busy while timing (load average 5.00 on 2 cores" in text) is busy
+    assert "estimated wall time" in text
+
+
 def test_a_wider_search_trains_its_own_dense_model_and_controls_mirror_the_declared_levels(tmp_path):
     text = (
         TINY.replace('cka_search = "unified"', "control_levels = [2]")
@@ -593,7 +606,7 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     monkeypatch.setattr(
         study_module._Measuring,
         "run",
-        lambda self, planned, measures: calls.append(
+        lambda self, planned, measures, **how: calls.append(
             ("inception" if "inception" in measures else "cheap", planned.seed)
         ),
     )

@@ -6,6 +6,7 @@ call, the feature network and one resampled distance), each network that the pla
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,17 @@ class DeviceCosts:
     frechet_s: dict  # measure -> seconds of one Fréchet distance at the study's N
     # the search that trains each further network -> (training step s, denoiser s per image and call)
     networks: dict = field(default_factory=dict)
+    # the 1-minute load average and core count before timing: other work on the cores inflates every second
+    # measured here, and so the estimate (a CPU shared by two PyTorch processes runs each 5 to 40 times slower)
+    load: float | None = None
+    cores: int | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether other work held the cores these threads needed while the costs were timed."""
+        if self.load is None or self.cores is None or not self.device.startswith("cpu"):
+            return False
+        return self.load > self.cores - self.threads + 0.5
 
     def per_network(self, plan: Plan) -> list[tuple[dict, float, float]]:
         """(work left, step s, call s) for each network the plan trains; the first network's costs where
@@ -75,6 +87,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     The training step is timed at ``min(batch, probe_batch)`` and scaled linearly to the batch, so a
     dry run of a paper-scale study on a CPU takes seconds, not the minutes of one real step.
     """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before this timing adds its own
     owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
     first = study.search_config(owners[0], study.settings.data_seeds[0])
     device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto" else first.runtime.device)
@@ -99,7 +112,16 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
             fake = torch.randn(n, dim, generator=generator, dtype=torch.float64)
             frechet[measure] = _timed(lambda: reference.distance(fake), 1)
     return DeviceCosts(
-        str(device), torch.get_num_threads(), step_s, first.train.batch_size, call_s, inception_s, frechet, networks
+        str(device),
+        torch.get_num_threads(),
+        step_s,
+        first.train.batch_size,
+        call_s,
+        inception_s,
+        frechet,
+        networks,
+        load=load,
+        cores=os.cpu_count(),
     )
 
 
@@ -178,6 +200,12 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
                 for owner, (step, call) in costs.networks.items()
             )
         )
+        if costs.busy:
+            lines.append(
+                f"the machine was busy while timing (load average {costs.load:.2f} on {costs.cores} cores, "
+                f"{costs.threads} threads asked): these seconds and the estimate are too high; run --dry-run again "
+                "when the machine is idle"
+            )
         if plan.complete:
             lines.append("estimated wall time: none, every planned level, evaluation and CKA pair is stored")
             return "\n".join(lines)
