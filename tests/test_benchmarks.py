@@ -29,3 +29,32 @@ def test_every_benchmark_is_covered():
         "train_step.py",
         "validate_measures.py",
     }
+
+
+def test_level_speeds_reads_a_runs_records_against_its_dense_kernel_levels(tmp_path, capsys, monkeypatch):
+    """The throughput ratio is the level's median img/s over the mean of the run's dense-kernel pruned
+    levels' medians (level 0 is left out), and the FLOP limit comes from the level's costs."""
+    import json
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    import level_speeds
+
+    run = tmp_path / "runs" / "unified-seed0"
+    for level, sparsity, kernels, speeds, reduction in (
+        (0, 0.0, None, [50, 50, 50], 0.0),
+        (1, 0.5, "dense", [90, 100, 400], 0.5),  # one window a neighbour slowed down or sped up: the median
+        (2, 0.9, "sparse", [150, 10, 150], 0.9),
+    ):
+        folder = run / f"level_{level:02d}"
+        folder.mkdir(parents=True)
+        training = {"kernels": kernels} if kernels else {}
+        metrics = {"level": level, "sparsity": sparsity, "training": training, "wall_time_s": 100.0}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"images_per_s": s}) + "\n" for s in speeds))
+        (folder / "costs.json").write_text(json.dumps({"reduction": reduction}))
+    assert level_speeds.main([str(tmp_path)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert "0" not in rows
+    assert rows["1"][4:] == ["100.0", "1.00", "2.0"]
+    assert rows["2"][2] == "sparse" and rows["2"][4:] == ["150.0", "1.50", "10.0"]
+    assert level_speeds.main([str(tmp_path / "nothing")]) == 2
