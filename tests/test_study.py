@@ -725,18 +725,23 @@ def test_a_level_whose_weights_are_gone_waits_and_the_study_goes_on(tmp_path, mo
     assert {p.name.split("-")[0] for p in control.dir.glob("eval/*.json")} == {"loss", "domain"}
 
 
-def test_a_search_is_measured_level_by_level_as_it_trains(tmp_path, monkeypatch):
-    """The cheap measures of a level run as soon as it is stored, before the search trains the next one, so a
-    study cut short mid-search has measured every level it finished; measured once, not again afterwards."""
-    from ddpm_lottery.measures.evaluate import Evaluator
-
-    text = (
+def one_search_of_three_levels() -> str:
+    """TINY cut to one search of one seed, levels 0 to 2, measured by the held-out loss alone."""
+    return (
         TINY.replace('data_seeds = [0, 1]\ncka_search = "unified"', "data_seeds = [0]")
         .replace('[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
         .replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]")
         .replace('reinit = ["unified"]', "reinit = []")
         .replace('measures = ["loss", "domain"]', 'measures = ["loss"]')
     )
+
+
+def test_a_search_is_measured_level_by_level_as_it_trains(tmp_path, monkeypatch):
+    """The cheap measures of a level run as soon as it is stored, before the search trains the next one, so a
+    study cut short mid-search has measured every level it finished; measured once, not again afterwards."""
+    from ddpm_lottery.measures.evaluate import Evaluator
+
+    text = one_search_of_three_levels()
     original, measured = Evaluator.measure, {}
 
     def measure(self, level, measure):
@@ -761,13 +766,7 @@ def test_a_resumed_search_measures_the_levels_an_earlier_session_stored_before_i
 
     from ddpm_lottery.measures.evaluate import Evaluator
 
-    text = (
-        TINY.replace('data_seeds = [0, 1]\ncka_search = "unified"', "data_seeds = [0]")
-        .replace('[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', "")
-        .replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75]")
-        .replace('reinit = ["unified"]', "reinit = []")
-        .replace('measures = ["loss", "domain"]', 'measures = ["loss"]')
-    )
+    text = one_search_of_three_levels()
     study = write(tmp_path, text)
     run_study(study, tmp_path / "out", progress=False, log=quiet)
     run = next((tmp_path / "out" / "runs").iterdir())
