@@ -210,6 +210,7 @@ def test_a_dry_run_timed_on_a_busy_machine_says_its_estimate_is_too_high(tmp_pat
     a running study says so rather than passing inflated seconds off as the machine's."""
     monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
     monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     study = write(tmp_path, TINY)
     assert main(["study", str(study), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
     text = capsys.readouterr().out

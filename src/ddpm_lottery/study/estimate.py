@@ -121,7 +121,8 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
         frechet,
         networks,
         load=load,
-        cores=os.cpu_count(),
+        # the cores this process may run on (a container's or a batch job's share), not the host's
+        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     )
 
 
