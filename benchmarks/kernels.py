@@ -350,6 +350,14 @@ def bench_setup() -> list[str]:
     return rows
 
 
+def cpu_description() -> str:
+    """The CPU as the two sides see it: LLVM's name for it (numba compiles for it) and the instruction set
+    PyTorch's kernels dispatch to, since the ratios differ between CPUs (oneDNN is far faster with AVX-512)."""
+    import llvmlite.binding as llvm
+
+    return f"CPU {llvm.get_host_cpu_name()}, PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="layers,networks,compiled,training,setup")
@@ -375,7 +383,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     print(
         f"# sparse kernels against dense: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores; best of {args.repeats} interleaved calls\n",
+        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls\n",
         flush=True,
     )
     started = time.perf_counter()
