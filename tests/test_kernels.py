@@ -515,3 +515,116 @@ def test_auto_checks_the_whole_network_once_and_falls_back_to_dense_when_it_is_n
     with torch.no_grad():
         model(torch.randn(3, 1, 28, 28), torch.tensor([1, 2, 3]))  # a new input shape is checked anew
     assert len(verdicts) == 2 and len(report.sparse_layers) > 0
+
+
+# -- the kernels never compute with stale values (issue "Trust every number", items 1, 2, 9, 10) ----------
+
+
+def _pruned_tiny(sparsity: float = 0.75):
+    model = build_model(ModelConfig(preset="tiny"), 1).eval()
+    _prune_network(model, sparsity)
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    return model, x, torch.tensor([7, 700])
+
+
+def test_a_write_through_data_reaches_the_sparse_kernels():
+    # .data writes (diffusers' EMAModel.copy_to) move no version counter: the kernels must read the values anyway
+    from diffusers.training_utils import EMAModel
+
+    model, x, t = _pruned_tiny()
+    use_kernels(model, "sparse")
+    with torch.no_grad():
+        model(x, t)  # builds the structures and would have cached the values
+        shadow = EMAModel(model.parameters())
+        for p in shadow.shadow_params:
+            p.mul_(2.0)  # a different set of weights with the same zeros
+        shadow.copy_to(model.parameters())
+        layer = next(layer for _, layer in sparse_layers(model))
+        layer.weight.data.copy_(3.0 * layer.weight.data)  # and one layer written directly
+        plain = copy.deepcopy(model)
+        use_kernels(plain, "dense")
+        assert _relative(model(x, t).sample, plain(x, t).sample) < 1e-5
+    assert kernels_used(model) == {"sparse": len(sparse_layers(model))}
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "data"])
+def test_loading_weights_with_another_pattern_of_zeros_rebuilds_the_structure(how):
+    model, x, t = _pruned_tiny(0.875)
+    denser, _, _ = _pruned_tiny(0.5)  # another level: more survivors, at other positions
+    use_kernels(model, "sparse")
+    with torch.no_grad():
+        model(x, t)
+        if how == "load_state_dict":
+            model.load_state_dict(denser.state_dict())
+        else:
+            for mine, theirs in zip(model.parameters(), denser.parameters()):
+                mine.data.copy_(theirs.data)
+        expected = denser(x, t).sample
+        assert _relative(model(x, t).sample, expected) < 1e-5
+    assert kernels_used(model) == {"sparse": len(sparse_layers(model))}
+
+
+def test_a_training_layer_refuses_weights_outside_its_mask_in_one_line():
+    from ddpm_lottery.utils.errors import UserError
+
+    layer = torch.nn.Linear(20, 7)
+    keep = _pruned(layer, 0.8)
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse", masks={"0.weight": keep})
+    x = torch.randn(4, 20)
+    model(x)
+    with torch.no_grad():
+        model[0].weight.data.fill_(1.0)  # every pruned position now holds a value the mask says is gone
+    with pytest.raises(UserError, match=r"^layer 0: \d+ weights outside the ticket's mask are nonzero"):
+        model(x)
+
+
+def test_compiled_calls_see_a_new_pattern_of_zeros(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1))
+    _prune_network(model, 0.8)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.copy_(torch.randn_like(p))  # dense: no zeros at all
+    runtime = RuntimeConfig()
+    runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = "sparse", str(tmp_path), True
+    install_kernels(model, runtime, log=lambda *_: None)
+    x = torch.randn(3, 4, 6, 6)
+    with torch.no_grad():
+        model(x), model(x)  # eager, then compiled
+        model.load_state_dict(other.state_dict())
+        assert _relative(model(x), other(x)) < 1e-5
+        assert _relative(model(x), other(x)) < 1e-5  # and compiled again
+
+
+def test_switching_an_installed_network_to_dense_switches_every_layer_and_says_so():
+    model, x, t = _pruned_tiny()
+    first = use_kernels(model, "sparse")
+    second = use_kernels(model, "dense")
+    assert first.sparse_layers and second.summary() == "kernels: dense (PyTorch's)"
+    with torch.no_grad():
+        model(x, t)
+    assert kernels_used(model) == {"dense": len(first.sparse_layers)}
+    third = use_kernels(model, "sparse")  # and back: reported as installed, and run
+    assert third.sparse_layers == first.sparse_layers
+    with torch.no_grad():
+        model(x, t)
+    assert kernels_used(model) == {"sparse": len(first.sparse_layers)}
+    third.run_plain(True)  # the layers it switched can still be swapped for the plain ones
+    assert not sparse_layers(model)
+
+
+def test_a_nan_input_at_a_pruned_position_stays_out_of_the_output_as_documented():
+    # documented in docs/how-to/sparse-kernels.md: the sparse kernel skips pruned positions entirely, so a
+    # NaN there does not reach the output (a dense layer's 0 * NaN would); every finite input is exact
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight[:, 0] = 0.0  # input feature 0 feeds no surviving weight
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse")
+    x = torch.randn(2, 4)
+    x[0, 0] = float("nan")
+    out = model(x)
+    assert bool(torch.isfinite(out).all())
+    assert bool(torch.isnan(torch.nn.functional.linear(x, layer.weight, layer.bias)).any())

@@ -77,6 +77,11 @@ class _CompiledCalls:
 
     def __call__(self, *args, **kwargs):
         shapes = _shapes_of(args)
+        # the graph runs no Python: check here that each layer's structure still holds its nonzero weights
+        # (a load or a ``.data`` write since the last call); a rebuilt one is traced again from an eager call
+        if any([layer.check_weights() for *_, layer in self.report.swaps if layer.choice != "dense"]):
+            self.seen.clear()
+            self.timed.clear()
         if torch.is_grad_enabled() or shapes not in self.seen:
             self.seen.add(shapes)
             return self.eager(*args, **kwargs)

@@ -36,6 +36,7 @@ from ddpm_lottery.kernels.planes import (
     supported,
     to_planes,
 )
+from ddpm_lottery.utils.errors import UserError
 
 KernelChoice = Literal["auto", "sparse", "dense"]
 KERNEL_CHOICES: tuple[str, ...] = ("auto", "sparse", "dense")
@@ -48,17 +49,26 @@ class _SparseMixin:
     keep: torch.Tensor | None
     tuner: object | None
     layer_name: str
+    plain_layer: torch.nn.Module  # the layer it replaced (same parameters), to switch back to
 
     def _setup(self, choice: str, keep: torch.Tensor | None, tuner, name: str) -> None:
         self.choice, self.keep, self.tuner, self.layer_name = choice, keep, tuner, name
         self._structures: dict[tuple, Structure] = {}
         self._decisions: dict[tuple, str] = {}
         self.last_kernel = "dense"
-        self._cached_values: tuple | None = None
+        self._pattern: torch.Tensor | None = None  # the surviving positions every structure is built from
+        self._surviving: torch.Tensor | None = None  # the same, as flat positions
         self._zeros: torch.Tensor | None = None
 
     def _mask(self) -> torch.Tensor:
         return self.keep if self.keep is not None else self.weight.detach() != 0
+
+    def _fixed_mask(self) -> torch.Tensor:
+        """The mask the structures are built from, taken once (until :meth:`refresh`): the structures of
+        every input size and the check of :meth:`check_weights` must describe the same positions."""
+        if self._pattern is None:
+            self._pattern = self._mask().clone()
+        return self._pattern
 
     def _sparse_runnable(self, x: torch.Tensor) -> bool:
         return (
@@ -73,7 +83,7 @@ class _SparseMixin:
         # a convolution's (plane, offset) pairs depend on its input's width; a Linear's on nothing
         key = tuple(x.shape[-2:]) if geometry.kind == "conv" else ()
         if key not in self._structures:
-            self._structures[key] = _build_structure(self._mask(), geometry)
+            self._structures[key] = _build_structure(self._fixed_mask(), geometry)
         return geometry, self._structures[key]
 
     def _kernel_for(self, x: torch.Tensor) -> str:
@@ -104,16 +114,13 @@ class _SparseMixin:
         return from_output(out, geometry, x)
 
     def _values(self, s: Structure, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The surviving weights (CSR order) and the bias; without autograd, kept while the weight is unchanged."""
+        """The surviving weights (CSR order) and the bias, gathered from ``weight`` at every call.
+
+        Never a copy kept between calls: a write through ``.data`` (diffusers' ``EMAModel.copy_to``, say)
+        moves no version counter, so a cached copy could not know it is stale.  The gather costs a few
+        thousand floats, against the layer's millions of multiply-adds."""
         bias = self.bias if self.bias is not None else self._zero_bias(x)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.weight.requires_grad):
-            # in a compiled graph the gather is one fused copy of a few thousand floats; the cache below
-            # (keyed by the weight's version counter) is eager Python that would break the graph
-            return self.weight.reshape(-1)[s.flat_index], bias
-        key = (id(s), self.weight._version)  # _version counts in-place changes: optimizer steps, loads
-        if self._cached_values is None or self._cached_values[0] != key:
-            self._cached_values = (key, self.weight.detach().reshape(-1)[s.flat_index])
-        return self._cached_values[1], bias
+        return self.weight.reshape(-1)[s.flat_index], bias
 
     def _zero_bias(self, x: torch.Tensor) -> torch.Tensor:
         if self._zeros is None or self._zeros.device != x.device:
@@ -125,8 +132,37 @@ class _SparseMixin:
         return self._sparse(x) if kernel == "sparse" else self._dense(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.choice != "dense" and not torch.compiler.is_compiling():
+            self.check_weights()  # compiled calls are checked before their graph runs (kernels.install)
         self.last_kernel = self._kernel_for(x)
         return self.forward_with(x, self.last_kernel)
+
+    @torch.compiler.disable
+    def check_weights(self) -> bool:
+        """Make sure the kernel's structure still holds every nonzero weight; True if it was rebuilt.
+
+        The values are read at every call (:meth:`_values`), but the *positions* are fixed when the
+        structure is built.  A write that gives a pruned position a value (``load_state_dict`` of a denser
+        level, ``p.data.copy_``) would be skipped silently; so every call counts the nonzero weights
+        outside the structure (one pass over the weight, a small fraction of the layer's work).  A layer
+        whose survivors are its nonzero weights rebuilds its structure from the new ones; a layer whose
+        survivors are a ticket's mask (training) refuses, because its mask is what the run declares."""
+        weight = self.weight.detach()
+        outside = int(torch.count_nonzero(weight)) - int(torch.count_nonzero(weight.reshape(-1)[self._surviving_index()]))
+        if outside == 0:
+            return False
+        if self.keep is None:
+            self.refresh()
+            return True
+        raise UserError(
+            f"layer {self.layer_name}: {outside} weights outside the ticket's mask are nonzero (written after the "
+            "sparse kernels were installed); load weights that fit the mask, or install the kernels again"
+        )
+
+    def _surviving_index(self) -> torch.Tensor:
+        if self._surviving is None:
+            self._surviving = self._fixed_mask().reshape(-1).nonzero().squeeze(1)
+        return self._surviving
 
     def signature_keys(self) -> list[str]:
         """What the tuner decided this layer by (for the network-level check's key)."""
@@ -141,7 +177,8 @@ class _SparseMixin:
             self.keep = keep
         self._structures.clear()
         self._decisions.clear()
-        self._cached_values = None
+        self._pattern = None
+        self._surviving = None
 
 
 @torch.compiler.disable
@@ -243,7 +280,10 @@ def use_kernels(
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"kernels must be one of {KERNEL_CHOICES}, not {choice!r}")
     report = KernelReport(choice)
+    installed = sparse_layers(model)
     if choice == "dense":
+        for _, layer in installed:  # a network converted before runs PyTorch's kernels from now on
+            layer.choice = "dense"
         return report
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device.type != "cpu":
@@ -255,10 +295,16 @@ def use_kernels(
     names = {id(module): name for name, module in model.named_modules()}
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if not isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)) or isinstance(child, _SparseMixin):
+            if not isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
                 continue
             name = names[id(child)]
             keep = masks.get(f"{name}.weight") if masks is not None else None
+            if isinstance(child, _SparseMixin):  # converted before, maybe to another choice: switch it
+                child.choice, child.tuner = choice, tuner
+                child.refresh(None if keep is None else keep.to(torch.bool))
+                report.sparse_layers.append(name)
+                report.swaps.append((parent, child_name, child.plain_layer, child))
+                continue
             if masks is not None and keep is None:
                 continue  # not a prunable tensor of this ticket
             if keep is None and bool((child.weight != 0).all()):
@@ -269,6 +315,7 @@ def use_kernels(
                 continue
             swapped = _swap(child, SparseConv2d if isinstance(child, torch.nn.Conv2d) else SparseLinear)
             swapped._setup(choice, None if keep is None else keep.to(torch.bool), tuner, name)
+            object.__setattr__(swapped, "plain_layer", child)  # not a submodule: its parameters are the same
             setattr(parent, child_name, swapped)
             report.sparse_layers.append(name)
             report.swaps.append((parent, child_name, child, swapped))
