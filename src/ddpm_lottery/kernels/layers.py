@@ -148,7 +148,9 @@ class _SparseMixin:
         whose survivors are its nonzero weights rebuilds its structure from the new ones; a layer whose
         survivors are a ticket's mask (training) refuses, because its mask is what the run declares."""
         weight = self.weight.detach()
-        outside = int(torch.count_nonzero(weight)) - int(torch.count_nonzero(weight.reshape(-1)[self._surviving_index()]))
+        outside = int(torch.count_nonzero(weight)) - int(
+            torch.count_nonzero(weight.reshape(-1)[self._surviving_index()])
+        )
         if outside == 0:
             return False
         if self.keep is None:
