@@ -376,4 +376,38 @@ def law_blocks(laws: list[dict], labels: dict[str, str], order: tuple[str, ...])
     return out
 
 
-__all__ = ["MAX_PSI_INTERVAL", "curves_of", "law_blocks", "law_findings", "law_of", "verdict_delta"]
+def figure_panels(entry: dict, labels: dict[str, str], order: tuple[str, ...]) -> dict[str, dict]:
+    """What the law's figure draws, per measure: each network's points (density, seed mean) and the fitted
+    curve through them, and both on m* = w^ψ·d at the fitted ψ over each network's fitted e_np (``determined``
+    says whether ψ is)."""
+    panels = {}
+    for measure in (m for m in order if m in entry["measures"]):
+        law = entry["measures"][measure]
+        if law.get("chosen") is None:
+            continue
+        fitted = Fit(law["chosen"], law["fit"]["shared"], {int(n): v for n, v in law["fit"]["dense"].items()}, 0.0)
+        curves, lines = {}, {}
+        for network in law["networks"]:
+            name = f"{', '.join(network['searches'])} (w = {network['width']:.2f})"
+            points = network["points"]
+            curves[name] = points
+            grid = np.geomspace(min(p[0] for p in points) / 2, 1.0, 80)
+            values = np.exp(
+                fitted.log_error(np.full(grid.size, network["width"]), grid, [network["network"]] * grid.size)
+            )
+            lines[name] = (
+                network["width"],
+                fitted.dense[network["network"]],
+                list(zip(grid.tolist(), values.tolist())),
+            )
+        panels[labels[measure]] = {
+            "curves": curves,
+            "fitted": lines,
+            "psi": fitted.psi,
+            "determined": law["determined"],
+            "psi_interval": law.get("psi_interval"),
+        }
+    return panels
+
+
+__all__ = ["MAX_PSI_INTERVAL", "curves_of", "figure_panels", "law_blocks", "law_findings", "law_of", "verdict_delta"]
