@@ -51,6 +51,7 @@ def law_of(
     delta: float,
     confidence: float = 0.95,
     rounds: int = ROUNDS,
+    target: str = PAPER_NETWORK,
 ) -> dict:
     """The law for one measure: both forms' held-out errors, the chosen one's ψ and k with intervals, its
     deviation against the seed-to-seed noise, and the boundary at every measured width and at the target
@@ -69,7 +70,12 @@ def law_of(
         "forms": {
             f: {"held_out": v["held_out"], "shared": v["fit"].shared if v["fit"] else None} for f, v in forms.items()
         },
-        "target": {"weights": target_weights, "width": math.sqrt(target_weights / reference)},
+        "target": {
+            "name": target,
+            "claim": PAPER_CLAIM,
+            "weights": target_weights,
+            "width": math.sqrt(target_weights / reference),
+        },
     }
     if not scored:
         return {**out, "chosen": None, "determined": False, "because": ["no form could be fitted"], "psi": None}
@@ -259,8 +265,6 @@ def law_findings(
             for entry in law.get("networks", []):
                 entry["searches"] = names[entry["network"]]
                 entry["measured"] = measured_bracket(collection, measure, key, names[entry["network"]])
-            law["target"]["name"] = PAPER_NETWORK
-            law["target"]["claim"] = PAPER_CLAIM
             measures[measure] = law
         if measures:
             out.append({"networks": sorted(networks.values(), key=len), "measures": measures})
@@ -284,6 +288,10 @@ def _bracket_text(bracket: list | None) -> str:
         return "–"
     low, high = bracket
     return f"({_percent(low)}, {_percent(high)}]" if high is not None else f"above {_percent(low)}"
+
+
+def _network_name(network: dict) -> str:
+    return ", ".join(network.get("searches") or [f"network {network['network']}"])
 
 
 def _law_item(label: str, law: dict) -> str:
@@ -353,13 +361,13 @@ def law_blocks(laws: list[dict], labels: dict[str, str], order: tuple[str, ...])
             header += [f"{labels[m]}: measured", f"{labels[m]}: fitted"]
         rows = []
         for i, network in enumerate(first["networks"]):
-            row = [", ".join(network["searches"]), f"{network['weights']:,}", f"{network['width']:.2f}"]
+            row = [_network_name(network), f"{network['weights']:,}", f"{network['width']:.2f}"]
             for m in measures:
                 other = entry["measures"][m]["networks"][i] if i < len(entry["measures"][m]["networks"]) else None
                 fitted = (
                     f"{_percent(other['fitted'])} {_range(other['fitted_interval'], percent=True)}" if other else "–"
                 )
-                row += [_bracket_text(other["measured"]) if other else "–", fitted]
+                row += [_bracket_text(other.get("measured")) if other else "–", fitted]
             rows.append(row)
         out.append(("table", header, rows))
         out.append(
@@ -388,7 +396,7 @@ def figure_panels(entry: dict, labels: dict[str, str], order: tuple[str, ...]) -
         fitted = Fit(law["chosen"], law["fit"]["shared"], {int(n): v for n, v in law["fit"]["dense"].items()}, 0.0)
         curves, lines = {}, {}
         for network in law["networks"]:
-            name = f"{', '.join(network['searches'])} (w = {network['width']:.2f})"
+            name = f"{_network_name(network)} (w = {network['width']:.2f})"
             points = network["points"]
             curves[name] = points
             grid = np.geomspace(min(p[0] for p in points) / 2, 1.0, 80)
