@@ -6,8 +6,8 @@ import math
 import pytest
 from test_law import synthetic
 
-from ddpm_lottery.findings.law import JOINT
-from ddpm_lottery.findings.scaling_law import law_blocks, law_of
+from ddpm_lottery.findings.law import JOINT, law_of
+from ddpm_lottery.findings.scaling_law import law_blocks
 
 LABELS = {"loss": "held-out loss"}
 TARGET = 64 * 1000  # w = 8 against the narrowest network's 1000 weights
@@ -72,3 +72,30 @@ def test_curves_still_on_their_plateau_leave_psi_not_determined():
     law = law_of(curves, weights_of(widths), TARGET, delta=0.05, rounds=20)
     assert not law["determined"] and law["psi"] is None
     assert any("rise past their dense plateau" in reason for reason in law["because"])
+
+
+def test_the_committed_width_study_states_no_psi_from_two_widths():
+    """The law read from cpu-widths' own records: two widths, so not determined, with the loss's fitted
+    boundaries inside the brackets that measure alone places."""
+    from pathlib import Path
+
+    from ddpm_lottery.findings.collect import chosen_protocols, collect
+    from ddpm_lottery.findings.levels import per_seed
+    from ddpm_lottery.findings.scale import scale_findings
+    from ddpm_lottery.findings.scaling_law import law_findings
+
+    root = Path(__file__).resolve().parents[1] / "results" / "cpu-widths"
+    if not (root / "study.json").exists():
+        pytest.skip("results/cpu-widths is not in this checkout")
+    collection = collect(root)
+    protocols = chosen_protocols(collection)
+    summary = [{"search": s, "per_seed": per_seed(collection, protocols, s)} for s in collection.searches]
+    bounds = scale_findings(collection, summary)["boundaries"]
+    (entry,) = law_findings(collection, {"loss": protocols["loss"]}, bounds, rounds=10)
+    assert entry["networks"] == [["unified"], ["unified-2x"]]  # the p = 0.5 family; p20 has one network
+    law = entry["measures"]["loss"]
+    assert not law["determined"] and law["psi"] is None and law["target"]["sparsity"] is None
+    assert 0 < law["delta"] < 0.05  # the paired intervals of the held-out loss are narrow
+    for network in law["networks"]:
+        low, high = network["measured"]
+        assert low < network["fitted"] <= high

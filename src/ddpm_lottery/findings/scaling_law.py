@@ -17,9 +17,9 @@ compares a level with the *measured* dense model, where the fitted e_np is the l
 little better than dense pull it below): the threshold is (1 + δ) times the measured dense error, and the
 target takes the widest network's ratio of the two.
 
-ψ is stated only when it is determined: three or more networks whose curves rise past their plateau,
-and a bootstrap interval of ψ narrower than :data:`MAX_PSI_INTERVAL`; otherwise the interval alone.
-This module is the law's one home, its sentences included (:mod:`.render` places them after (e)).
+:func:`ddpm_lottery.findings.law.law_of` fits, chooses and bootstraps; this module reads its curves from
+the records and says what it found, in sentences (:mod:`.render` places them after (e)) and in the figure's
+data.
 """
 
 from __future__ import annotations
@@ -29,145 +29,15 @@ import math
 import numpy as np
 
 from ddpm_lottery.findings.collect import Collection, record_of
-from ddpm_lottery.findings.law import JOINT, PLATEAU, Curves, Fit, bootstrap, deviation, fit, held_out_error
-from ddpm_lottery.findings.law import percentile_interval as interval_of
+from ddpm_lottery.findings.law import Curves, Fit, law_of
 from ddpm_lottery.findings.levels import per_seed
 from ddpm_lottery.findings.scale import PAPER_CLAIM, PAPER_NETWORK, boundary, family, prunable_weights_of
 from ddpm_lottery.measures.stats import paired_difference
 
-#: The widest interval of ψ that still states a value (k = 1 − ψ/2 then spans 0.5).
-MAX_PSI_INTERVAL = 1.0
 #: Bootstrap rounds of a finding's fit.
 ROUNDS = 200
 #: δ when no record carries bootstrap resamples to read the verdict's resolution from.
 FALLBACK_DELTA = 0.05
-MIN_WIDTHS = 3
-
-
-def law_of(
-    curves: Curves,
-    weights: dict[int, int],
-    target_weights: int,
-    delta: float,
-    confidence: float = 0.95,
-    rounds: int = ROUNDS,
-    target: str = PAPER_NETWORK,
-) -> dict:
-    """The law for one measure: both forms' held-out errors, the chosen one's ψ and k with intervals, its
-    deviation against the seed-to-seed noise, and the boundary at every measured width and at the target
-    (``weights``: network -> its prunable weights; the narrowest has w = 1)."""
-    reference = min(weights.values())
-    forms = {}
-    for form in (PLATEAU, JOINT):
-        fitted = fit(curves, form)
-        forms[form] = {
-            "held_out": held_out_error(curves, form) if fitted else None,
-            "fit": fitted,
-        }
-    scored = [f for f in (PLATEAU, JOINT) if forms[f]["held_out"] is not None]
-    out = {
-        "delta": delta,
-        "forms": {
-            f: {"held_out": v["held_out"], "shared": v["fit"].shared if v["fit"] else None} for f, v in forms.items()
-        },
-        "target": {
-            "name": target,
-            "claim": PAPER_CLAIM,
-            "weights": target_weights,
-            "width": math.sqrt(target_weights / reference),
-        },
-    }
-    if not scored:
-        return {**out, "chosen": None, "determined": False, "because": ["no form could be fitted"], "psi": None}
-    chosen = min(scored, key=lambda f: forms[f]["held_out"])  # PLATEAU first: the simpler form wins a tie
-    fitted: Fit = forms[chosen]["fit"]
-    rounds_fits = bootstrap(curves, fitted, rounds)
-    good = [b for b in rounds_fits if b is not None]
-    widest = max(weights, key=weights.get)
-
-    observed = {n: _dense_mean(curves.take(curves.network == n)) for n in curves.networks}
-
-    def boundary_sparsity(f: Fit, width: float, network: int) -> float | None:
-        # the verdict compares a level with the measured dense model, not with the fitted plateau: the
-        # threshold (1 + δ) times the measured dense error, as a rise over the fit's own e_np
-        threshold = (observed[network] or f.dense[network]) * (1 + delta)
-        density = f.boundary_density(width, f.dense[network], threshold / f.dense[network] - 1)
-        return None if density is None else 1 - min(density, 1.0)
-
-    networks = []
-    for n in sorted(curves.networks, key=weights.get):
-        width = math.sqrt(weights[n] / reference)
-        mine = curves.take(curves.network == n)
-        networks.append(
-            {
-                "network": n,
-                "weights": weights[n],
-                "width": width,
-                "dense_error": fitted.dense[n],
-                "fitted": boundary_sparsity(fitted, width, n),
-                "fitted_interval": interval_of([boundary_sparsity(b, width, n) for b in good], confidence),
-                "points": _seed_means(mine),
-            }
-        )
-    psi_interval = interval_of([b.psi for b in good], confidence)
-    because = []
-    risen = [n for n in curves.networks if _rises(curves.take(curves.network == n), delta)]
-    if len(curves.networks) < MIN_WIDTHS:
-        because.append(f"{len(curves.networks)} widths (ψ needs at least {MIN_WIDTHS})")
-    elif len(risen) < MIN_WIDTHS:
-        because.append(
-            f"only {len(risen)} of {len(curves.networks)} widths rise past their dense plateau by more than δ "
-            "(the power law needs levels past it)"
-        )
-    if len(good) < rounds / 2:
-        because.append(f"{rounds - len(good)} of {rounds} bootstrap fits failed")
-    if psi_interval is None or psi_interval[1] - psi_interval[0] > MAX_PSI_INTERVAL:
-        because.append(f"the interval of ψ is wider than {MAX_PSI_INTERVAL:g}")
-    determined = not because
-    noise = deviation(curves, fitted)
-    target_width = out["target"]["width"]
-    out["target"].update(
-        sparsity=boundary_sparsity(fitted, target_width, widest) if determined else None,
-        interval=interval_of([boundary_sparsity(b, target_width, widest) for b in good], confidence),
-        dense_error_of=widest,
-    )
-    return {
-        **out,
-        "chosen": chosen,
-        "determined": determined,
-        "because": because,
-        "psi": fitted.psi if determined else None,
-        "psi_interval": psi_interval,
-        "k": 1 - fitted.psi / 2 if determined else None,
-        "k_interval": None if psi_interval is None else [1 - psi_interval[1] / 2, 1 - psi_interval[0] / 2],
-        "fit": {"shared": fitted.shared, "dense": {str(n): v for n, v in fitted.dense.items()}},
-        "deviation": noise[0],
-        "seed_noise": noise[1],
-        "bootstrap": {"rounds": rounds, "failed": rounds - len(good)},
-        "networks": networks,
-    }
-
-
-def _seed_means(curves: Curves) -> list[list[float]]:
-    """(density, mean over seeds) of each level, densest first: the figure's points."""
-    points = []
-    for level in sorted({int(v) for v in curves.level}):
-        here = curves.level == level
-        points.append([float(curves.density[here][0]), float(curves.error[here].mean())])
-    return sorted(points, reverse=True)
-
-
-def _dense_mean(curves: Curves) -> float | None:
-    dense = curves.error[curves.density >= 1]
-    return float(dense.mean()) if len(dense) else None
-
-
-def _rises(curves: Curves, delta: float) -> bool:
-    """Whether some level's seed mean lies more than δ above the network's dense mean."""
-    dense = _dense_mean(curves)
-    if dense is None:
-        return False
-    return any(mean > (1 + delta) * dense for density, mean in _seed_means(curves) if density < 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +130,9 @@ def law_findings(
             searches = [s for group in names.values() for s in group]
             measured_delta = verdict_delta(collection, key, searches)
             delta = measured_delta if measured_delta is not None else FALLBACK_DELTA
-            law = law_of(curves, weights, target_weights, delta, collection.confidence, rounds)
+            law = law_of(
+                curves, weights, target_weights, delta, collection.confidence, rounds, PAPER_NETWORK, PAPER_CLAIM
+            )
             law["delta_from"] = "verdict" if measured_delta is not None else "fallback"
             for entry in law.get("networks", []):
                 entry["searches"] = names[entry["network"]]
@@ -418,4 +290,4 @@ def figure_panels(entry: dict, labels: dict[str, str], order: tuple[str, ...]) -
     return panels
 
 
-__all__ = ["MAX_PSI_INTERVAL", "curves_of", "figure_panels", "law_blocks", "law_findings", "law_of", "verdict_delta"]
+__all__ = ["curves_of", "figure_panels", "law_blocks", "law_findings", "verdict_delta"]
