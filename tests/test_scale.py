@@ -167,3 +167,17 @@ def test_a_search_bracket_holds_every_seeds_bracket():
     assert "level 3 (87.50 %, 125 surviving) not worse on every seed" in text
     assert "level 5 (96.88 %, 31 surviving) worse on every seed" in text
     assert "seed 0: 87.50 % not worse, 93.75 % worse; seed 1: 93.75 % not worse, 96.88 % worse" in text
+
+
+def test_a_network_with_finer_levels_is_compared_by_its_finest_search(monkeypatch):
+    # unified-fine continues unified's 50 % rounds at 20 % from 87.5 %: the same rate family, one network
+    bounds = {
+        "unified": bound("unified", 1000, (3, 0.875), (4, 0.9375), network="tiny"),
+        "unified-fine": bound("unified-fine", 1000, (5, 0.92), (6, 0.936), network="tiny"),
+        "unified-2x": bound("unified-2x", 4000, (4, 0.9375), (5, 0.96875)),
+    }
+    assert scale.finest_per_network(list(bounds.values())) == {"unified-fine", "unified-2x"}
+    monkeypatch.setattr(scale, "boundary", lambda collection, search, answer: bounds[search])
+    monkeypatch.setattr(scale, "prunable_weights_of", lambda preset: 64000)
+    result = scale_findings(None, [{"search": name} for name in bounds])
+    assert [(w["smaller"], w["larger"]) for w in result["widths"]] == [("unified-fine", "unified-2x")]

@@ -251,8 +251,15 @@ def test_the_shipped_width_study_plans_its_widths_rates_and_controls():
         "unified-2x": "unified-2x",
         "unified-p20": "unified",
         "varying-p20": "unified",
+        "unified-fine": "unified",
+        "unified-2x-fine": "unified-2x",
+        "unified-half": "unified-half",
+        "unified-4x": "unified-4x",
     }
     runs = {r.name: r for r in study.runs(Path("out"))}
+    # the widths added for the law: each re-init control at its own two sparsest levels
+    assert runs["unified-4x-seed1-reinit"].levels == [8, 9] and runs["unified-half-seed0-reinit"].levels == [10, 11]
+    assert runs["unified-fine-seed0"].config.prune.prune_ratio == 0.5  # one curve with unified in the law
     assert runs["unified-seed0"].levels == [0, 1, 2, 3, 4, 5]  # five rounds of 50 %: to 96.9 %
     assert runs["unified-2x-seed0"].config.model.block_out_channels == (32, 64, 64)
     assert runs["unified-p20-seed0"].levels == list(range(17))  # 1 - 0.8^16 = 97.2 %, trimmed to 97 %
@@ -839,3 +846,36 @@ def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its
     assert collection.dense_for("unified-2x") is two_x and collection.dense_for("varying") is one_x
     assert collection.dense_for("a search collected from an older study") is one_x
     assert collection.same_network("varying", "unified") and not collection.same_network("unified-2x", "unified")
+
+
+def test_a_study_grows_by_searches_and_controls_added_after_its_own(tmp_path):
+    from ddpm_lottery.study.folder import open_study_folder
+
+    out = tmp_path / "out"
+    open_study_folder(load_study(write(tmp_path, TINY)), out)
+    added = '[searches.unified-2x]\nstrategy = "unified"\nblock_out_channels = [16, 16, 16]\n[controls]'
+    grown = TINY.replace("[controls]", added).replace('reinit = ["unified"]', 'reinit = ["unified", "unified-2x"]')
+    open_study_folder(load_study(write(tmp_path, grown, "grown.toml")), out)
+    record = json.loads((out / "study.json").read_text())["declaration"]
+    assert "unified-2x" in record["searches"] and record["controls"]["reinit"] == ["unified", "unified-2x"]
+    # a search of its own changed, dropped or moved (the first trains the shared dense model) is refused
+    changed = TINY.replace("ratio_increment = 0.1", "ratio_increment = 0.2")
+    reordered = TINY.replace(
+        '[searches.unified]\nstrategy = "unified"\n[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1',
+        '[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n[searches.unified]\nstrategy = "unified"',
+    )
+    dropped = grown.replace('reinit = ["unified", "unified-2x"]', 'reinit = ["unified-2x"]')
+    for text in (changed, reordered, dropped):
+        assert text != TINY
+        with pytest.raises(UserError, match="differs"):
+            open_study_folder(load_study(write(tmp_path, text, "other.toml")), out)
+
+
+def test_control_levels_count_from_each_searchs_sparsest_and_never_name_the_dense_model(tmp_path):
+    text = TINY.replace('cka_search = "unified"', "control_levels = [-1]").replace(
+        "sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75, 0.875]"
+    )
+    runs = {r.name: r for r in load_study(write(tmp_path, text)).runs(tmp_path / "out")}
+    assert runs["unified-seed0-reinit"].levels == [3] and runs["unified-seed0-reinit"].config.prune.levels == (3,)
+    with pytest.raises(UserError, match="lists 0, the dense model"):
+        load_study(write(tmp_path, TINY.replace('cka_search = "unified"', "control_levels = [0]"), "zero.toml"))

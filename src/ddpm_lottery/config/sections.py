@@ -497,8 +497,9 @@ class StudySettings(Section):
     cka_levels: tuple[int, ...] = setting((), "the levels compared with CKA [default: every pruned level]", minimum=1)
     control_levels: tuple[int, ...] = setting(
         (),
-        "the levels of each search that its controls mirror, e.g. the two sparsest [default: every pruned level]",
-        minimum=1,
+        "the levels of each search that its controls mirror, e.g. the two sparsest; a negative one counts "
+        "from each search's sparsest level (-1 is it), so searches of different lengths mirror their own "
+        "[default: every pruned level]",
     )
     inception_seeds: tuple[int, ...] = setting(
         (),
@@ -523,6 +524,13 @@ class StudySettings(Section):
         "its report shows it",
         hashed=False,
     )
+
+    def check(self) -> None:
+        if 0 in self.control_levels:
+            raise UserError(
+                "study.control_levels lists 0, the dense model, which controls do not mirror; give pruned "
+                "levels (1 and up) or count from the sparsest (-1 and down)"
+            )
 
 
 @dataclass

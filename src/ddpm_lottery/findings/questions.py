@@ -8,7 +8,8 @@
 (d) CKA of two tickets above its baseline, upstream half against downstream half, and ``varying``
     against ``varying --order reverse``;
 (e) and (f), where a study varies the network's width or the pruning rate: how the boundary of (a) moves
-    (:mod:`ddpm_lottery.findings.scale`).
+    (:mod:`ddpm_lottery.findings.scale`), and (e) by a law fitted to every level of every width
+    (:mod:`ddpm_lottery.findings.scaling_law`).
 
 Every comparison is a :class:`~ddpm_lottery.measures.stats.Difference` with an interval and a verdict
 (:mod:`ddpm_lottery.measures.stats` says how the intervals are made); the runs come from
@@ -26,6 +27,7 @@ import numpy as np
 from ddpm_lottery.findings.collect import Collection, chosen_protocols, record_of
 from ddpm_lottery.findings.levels import compare_levels, level_sparsity, per_seed, pruned_levels, sparsest_against_dense
 from ddpm_lottery.findings.scale import scale_findings, surviving_curves
+from ddpm_lottery.findings.scaling_law import law_findings
 from ddpm_lottery.measures.cka import CKA_KINDS, half_means, read_csv
 from ddpm_lottery.measures.stats import NOT_SEPARABLE, Difference, pairwise_interval, seed_mean
 from ddpm_lottery.pruning.strategies import STRATEGIES
@@ -130,6 +132,7 @@ def findings(collection: Collection) -> dict:
                         labels[measure] = record["label"]
     seeds = sorted({s for by_seed in collection.searches.values() for s in by_seed})
     scale = scale_findings(collection, summary_a)
+    scale["law"] = law_findings(collection, protocols, scale["boundaries"]) if scale["widths"] else []
     return {
         "root": str(collection.root),
         "confidence": collection.confidence,

@@ -18,6 +18,7 @@ from pathlib import Path
 from ddpm_lottery.findings.collect import collect
 from ddpm_lottery.findings.questions import findings
 from ddpm_lottery.findings.scale import UNDECIDED
+from ddpm_lottery.findings.scaling_law import law_blocks
 from ddpm_lottery.measures.stats import NOT_SEPARABLE
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.run import Run
@@ -326,13 +327,15 @@ def scale_blocks(scale: dict, decided_by: str = "") -> list[tuple]:
     for key, heading, item in comparisons:
         if scale.get(key):
             out += [("p", heading), ("list", [item(entry) for entry in scale[key]])]
+    out += law_blocks(scale.get("law") or [], LABELS, MEASURE_ORDER)
     projected = scale.get("projection")
     if projected:
         low, high = projected["sparsity_range"]
         out.append(
             (
                 "p",
-                f"**A projection, not a measurement.** Fitting the boundary's surviving weights S against the "
+                f"**A projection, not a measurement** (the two-point cross-check of the law above). Fitting "
+                f"the boundary's surviving weights S against the "
                 f"prunable weights W as S ∝ W^k through {' and '.join(projected['basis'])} gives k = "
                 f"{projected['exponent']:.2f} (the brackets' ends allow {projected['exponent_range'][0]:.2f} to "
                 f"{projected['exponent_range'][1]:.2f}). At {projected['target']}'s {projected['weights']:,} "

@@ -122,18 +122,38 @@ def _order(first: list, second: list) -> str:
     return UNDECIDED
 
 
-def _family(entry: dict) -> tuple:
+def family(entry: dict) -> tuple:
+    """What searches of different networks must share for (e) to compare them: strategy, order, rate."""
     return (entry["strategy"], entry["order"], entry["prune_ratio"], entry["ratio_increment"])
+
+
+def finest_per_network(bounds: list[dict]) -> set[str]:
+    """Per family and network, the search whose bracket is narrowest (a closed one before an open one): a
+    search of finer levels beside a coarser one of the same rate places that network's boundary."""
+    best: dict[tuple, dict] = {}
+
+    def span(b):
+        low, high = b["sparsity_bracket"]
+        return (high is None, (high if high is not None else 1.0) - low)
+
+    for b in bounds:
+        key = (family(b), b["network"])
+        if key not in best or span(b) < span(best[key]):
+            best[key] = b
+    return {b["search"] for b in best.values()}
 
 
 def scale_findings(collection: Collection, summary: list[dict]) -> dict:
     """(e) and (f) from the (a) answers of every search; empty lists where the study varies neither."""
     bounds = [b for b in (boundary(collection, e["search"], e) for e in summary) if b is not None]
+    finest = finest_per_network(bounds)
     widths, rates, profiles = [], [], []
     for i, first in enumerate(bounds):
         for second in bounds[i + 1 :]:
             same_network = first["network"] == second["network"]
-            if not same_network and _family(first) == _family(second):
+            if not same_network and family(first) == family(second):
+                if first["search"] not in finest or second["search"] not in finest:
+                    continue  # a network with finer levels beside coarser ones is compared by its finest
                 small, large = sorted((first, second), key=lambda b: b["weights"])
                 widths.append(
                     {

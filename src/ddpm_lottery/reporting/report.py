@@ -18,6 +18,7 @@ from pathlib import Path
 from ddpm_lottery.findings.render import LABELS, MEASURE_ORDER
 from ddpm_lottery.findings.render import html as findings_html
 from ddpm_lottery.findings.render import markdown as findings_markdown
+from ddpm_lottery.findings.scaling_law import figure_panels
 from ddpm_lottery.measures.cka import figure_one_over_pairs, read_csv
 from ddpm_lottery.measures.evaluate import load_samples, protocol_label, sampling_key
 from ddpm_lottery.runs.level import Level
@@ -29,6 +30,7 @@ from ddpm_lottery.utils.figures import (
     denoising_process,
     fid_vs_sparsity,
     labelled_grids,
+    law_figure,
     loss_curves,
     module_sparsity_bars,
     quality_vs_sparsity,
@@ -379,6 +381,14 @@ def build_report(
         widths_fig = study_figure_widths(findings, figures / "figure5_quality_vs_surviving_weights.png")
         if widths_fig:
             sections.append(("Figure 5: quality against surviving weights, one curve per width", embed_png(widths_fig)))
+        for index, entry in enumerate((findings.get("scale") or {}).get("law") or []):
+            law_fig = law_figure(
+                figure_panels(entry, LABELS, MEASURE_ORDER),
+                "Figure 6. Error against density, one curve per width, with the law's fitted curves (top); every "
+                "width on m* = w^ψ·d, where the law makes them one curve (bottom). Points: means over the data seeds",
+                figures / f"figure6_scaling_law{'' if index == 0 else f'_{index + 1}'}.png",
+            )
+            sections.append(("Figure 6: the scaling law, per width and collapsed on m*", embed_png(law_fig)))
     missing_costs = [r for r in rows if r["costs"] is None]
     sections.append(
         (

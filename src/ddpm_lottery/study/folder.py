@@ -1,8 +1,9 @@
 """The study folder: OUT is made for one study, and holds no other.
 
 ``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
-is refused in that folder, except in settings that change no result (how far its searches go: it may
-grow), while the notes beside the numbers (description, decided_by, boundaries_decided_by) follow the file.
+is refused in that folder, except in settings that change no result (how far its searches go) and in
+searches and controls added beside the ones it has: it may grow. The notes beside the numbers
+(description, decided_by, boundaries_decided_by) follow the file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def open_study_folder(study: Study, out: Path) -> None:
         stored = read_record(record, StudyRecord, "study record", f"delete {record} if the folder holds no study")
         before = dict(stored.get("declaration", {}))
         before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
-        if _results_part(before) != _results_part(declaration):
+        if not _grows(_results_part(before), _results_part(declaration)):
             now = declaration
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UserError(
@@ -61,6 +62,23 @@ def _results_part(declaration: dict) -> dict:
         "runs": trim(declaration.get("runs", {})),
         "searches": {name: trim(values) for name, values in declaration.get("searches", {}).items()},
     }
+
+
+def _grows(before: dict, now: dict) -> bool:
+    """Whether ``now`` is ``before`` or ``before`` with more: searches added after its own (each of its own
+    unchanged) and controls of more searches. Runs already made keep their settings, so their hashes."""
+    same = {k: v for k, v in before.items() if k not in ("searches", "controls")}
+    if same != {k: v for k, v in now.items() if k not in ("searches", "controls")}:
+        return False
+    searches_before, searches_now = before.get("searches", {}), now.get("searches", {})
+    if list(searches_now)[: len(searches_before)] != list(searches_before):
+        return False  # the first search trains the shared dense model: the order of the old ones stays
+    if any(searches_now[name] != values for name, values in searches_before.items()):
+        return False
+    controls_now = now.get("controls", {})
+    return all(
+        set(sources) <= set(controls_now.get(control, [])) for control, sources in before.get("controls", {}).items()
+    )
 
 
 def _notes(study: Study) -> dict:

@@ -147,7 +147,9 @@ class Study:
                         branch.prune.reinit = True
                     else:
                         branch.prune.strategy = "random"
-                    mirrored = [i for i in levels if i > 0 and (not control_levels or i in control_levels)]
+                    # a negative level counts from this search's sparsest: -1 is its last level
+                    wanted = {i if i > 0 else levels[-1] + 1 + i for i in control_levels}
+                    mirrored = [i for i in levels if i > 0 and (not control_levels or i in wanted)]
                     branch.prune.levels = tuple(mirrored) if control_levels else ()
                     planned.append(PlannedRun(f"{name}-{control}", search, seed, branch, control, name, mirrored))
         return planned

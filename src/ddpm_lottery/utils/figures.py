@@ -178,6 +178,47 @@ def quality_vs_weights(panels: dict[str, dict], caption: str, path: str | Path) 
     return _quality_panels(panels, caption, path, "surviving prunable weights (log scale)", lambda w: w, True)
 
 
+def law_figure(panels: dict[str, dict], caption: str, path: str | Path) -> Path:
+    """The law of a width study: per measure (a column), error against density with one curve per width and
+    its fitted curve (top), and every width's error over its dense plateau e_np on m* = w^ψ·d at the fitted
+    ψ, where the law puts them on one curve (bottom); log axes.
+
+    ``panels[measure label] = {"curves": {name: [(density, value), ...]}, "fitted": {name: (w, e_np,
+    [(density, value), ...])}, "psi": ψ, "determined": bool, "psi_interval": [low, high] or None}``.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.8 * len(panels), 7.2), dpi=110, squeeze=False)
+    for column, (label, panel) in enumerate(panels.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        psi = panel["psi"]
+        for index, (name, points) in enumerate(panel["curves"].items()):
+            color = f"C{index}"
+            width, dense, line = panel["fitted"][name]
+            top.plot([p[0] for p in points], [p[1] for p in points], "o", ms=4, color=color, label=name)
+            top.plot([p[0] for p in line], [p[1] for p in line], "-", lw=1, color=color)
+            collapsed = [(width**psi * p[0], p[1] / dense) for p in points]
+            bottom.plot(*zip(*collapsed), "o", ms=4, color=color, label=name)
+            bottom.plot(*zip(*[(width**psi * p[0], p[1] / dense) for p in line]), "-", lw=1, color=color)
+        top.set_xlabel("density d (fraction of prunable weights kept, log)")
+        top.set_ylabel(f"{label} ↓ (log)")
+        interval = panel.get("psi_interval")
+        spread = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+        bottom.set_xlabel(
+            f"m* = w^ψ·d, ψ = {psi:.2f}{spread}"
+            if panel["determined"]
+            else f"m* = w^ψ·d, the best fit's ψ\n(not determined: interval{spread or ' none'})"
+        )
+        bottom.set_ylabel(f"{label} / e_np (log)")
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_yscale("log", nonpositive="clip")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=6.5)
+    fig.suptitle("\n".join(textwrap.wrap(caption, 62 * len(panels))), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def denoising_process(
     rows: list[tuple[str, list[torch.Tensor]]], timesteps: list[int], caption: str, path: str | Path
 ) -> Path:
