@@ -20,7 +20,6 @@ front when no other point is at most as slow (or as costly) and at most as bad, 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.figures import frontier_figure
 from ddpm_lottery.utils.files import make_dirs, write_json, write_text
-from ddpm_lottery.utils.launch import resolve_device
+from ddpm_lottery.utils.launch import machine_load, resolve_device
 
 
 @dataclass
@@ -248,7 +247,8 @@ def frontier(
     batch = config.frontier.timing_batch
     # other work on the machine slows every network alike (the calls are interleaved), so the ratios hold;
     # the absolute seconds do not, and the record says how busy the machine was
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = machine_load()
+    load = machine.load
 
     dense_call_flops = {str(r.root): flops[network_key(r.level(0))] for r in opened}
     for point, level in planned:
@@ -287,7 +287,7 @@ def frontier(
         f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
         f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
         f"{torch.get_num_threads()} threads, --kernels {config.runtime.kernels}"
-        + ("" if load is None else f", machine load {load:.1f} on {os.cpu_count()} cores")
+        + ("" if load is None else f", machine load {load:.1f} on {machine.cores} cores")
     )
     result = {
         "measure": measure,
