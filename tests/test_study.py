@@ -315,6 +315,12 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
             ),
             "frontier.switch_steps",
         ),
+        # a name becomes a folder: never one outside the output folder
+        (('name = "tiny"', 'name = "../../escape"'), "study.name '../../escape' must be letters, digits"),
+        (('name = "tiny"', 'name = ""'), "study.name '' must be letters, digits"),
+        # the search's own cross-setting checks, before the plan is printed
+        (("sparsity_schedule = [0.5]", "sparsity_schedule = [0.75, 0.5]"), "--sparsity-schedule must rise"),
+        (("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5]\none_shot = true"), "cannot be combined"),
         # seeds are reduced modulo 2**63 - 1: 2**63 - 1 would replicate seed 0 and count it twice
         (("data_seeds = [0, 1]", "data_seeds = [0, 9223372036854775807]"), "9223372036854775806"),
         # a range written out is refused up front, not planned for minutes
@@ -328,6 +334,20 @@ def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     assert main(["study", str(study), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [('name = "tiny"', 'name = "../../escape"'), ("sparsity_schedule = [0.5]", "sparsity_schedule = [0.75, 0.5]")],
+)
+def test_a_study_the_dry_run_refuses_writes_nothing_when_run(tmp_path, monkeypatch, capsys, edit):
+    study = write(tmp_path, TINY.replace(*edit))
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # the default --out: runs/NAME below it
+    assert main(["study", str(study)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["here", "study.toml", "work"]
 
 
 def test_a_folder_holding_another_study_is_refused_and_one_that_grows_is_not(tmp_path):

@@ -104,6 +104,12 @@ def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
         return []
     if len(levels) != 2:
         raise UserError(f"--sweep-levels takes two levels, DENSE,SPARSE; got {','.join(map(str, levels))}")
+    unfinished = [level for level in levels if level not in run.finished_levels()]
+    if unfinished:  # named here, by its own flag, before the schedules built from it name theirs
+        raise UserError(
+            f"--sweep-levels names level {unfinished[0]}, which {run.root} has not finished (finished: "
+            f"{', '.join(map(str, run.finished_levels())) or 'none'})"
+        )
     total = run.config.diffusion.num_train_timesteps
     dense, sparse = levels
     out = []
