@@ -16,6 +16,7 @@ import torch
 from ddpm_lottery.config import RuntimeConfig, check_config
 from ddpm_lottery.kernels.layers import KernelReport, kernels_used, sparse_layers, use_kernels
 from ddpm_lottery.kernels.tuning import KernelTuner
+from ddpm_lottery.utils.errors import require_type
 
 
 def install_kernels(
@@ -167,6 +168,7 @@ def sparse_kernels(
     The layers' surviving weights are their nonzero ones; the state dict is unchanged.  ``compiled=True``
     also runs the module's inference calls through ``torch.compile`` (``--compile-sampling``).
     """
+    require_type(module, torch.nn.Module, "sparse_kernels' module")
     runtime = RuntimeConfig()
     runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache_dir, compiled
     check_config(runtime)

@@ -36,7 +36,7 @@ from ddpm_lottery.pruning.costs import layer_flops, time_denoisers
 from ddpm_lottery.runs.layout import level_name
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
-from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.errors import UserError, require_type
 from ddpm_lottery.utils.figures import frontier_figure
 from ddpm_lottery.utils.files import make_dirs, write_json, write_text
 from ddpm_lottery.utils.launch import machine_load, resolve_device
@@ -132,7 +132,7 @@ def frontier(
     extractor=None,
 ) -> dict:
     """Measure every point (reusing stored evaluations), time every network, write the table and figure."""
-    config = check_config(config or FrontierConfig())
+    config = check_config(require_type(config or FrontierConfig(), FrontierConfig, "frontier's config"))
     measure = config.eval.measures[0]
     if measure == "loss":
         raise UserError(
