@@ -104,12 +104,9 @@ def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
         return []
     if len(levels) != 2:
         raise UserError(f"--sweep-levels takes two levels, DENSE,SPARSE; got {','.join(map(str, levels))}")
-    unfinished = [level for level in levels if level not in run.finished_levels()]
-    if unfinished:  # named here, by its own flag, before the schedules built from it name theirs
-        raise UserError(
-            f"--sweep-levels names level {unfinished[0]}, which {run.root} has not finished (finished: "
-            f"{', '.join(map(str, run.finished_levels())) or 'none'})"
-        )
+    finished = run.finished_levels()
+    for level in (level for level in levels if level not in finished):  # its own flag, not the schedules'
+        raise UserError(f"--sweep-levels names level {level}, which {run.root} has not finished (finished: {finished})")
     total = run.config.diffusion.num_train_timesteps
     dense, sparse = levels
     out = []
