@@ -621,6 +621,9 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
         def estimate(self, plan, evaluation):
             return {"total": 1.0}
 
+        def network_costs(self, owner):
+            return (0.0, 0.0)
+
     monkeypatch.setattr(estimate_module, "measure_costs", lambda study: Costs())
     monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
     monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
@@ -859,3 +862,77 @@ def test_levels_of_different_networks_are_never_paired_and_each_search_meets_its
     assert collection.dense_for("unified-2x") is two_x and collection.dense_for("varying") is one_x
     assert collection.dense_for("a search collected from an older study") is one_x
     assert collection.same_network("varying", "unified") and not collection.same_network("unified-2x", "unified")
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_time_left_is_the_estimate_at_this_sessions_pace(tmp_path):
+    from ddpm_lottery.study.execute import _Progress
+
+    clock = _Clock()
+    bar = _Progress(100.0, False, quiet, clock=clock)
+    assert bar.left_s() == 100.0  # nothing done: the plan's estimate itself
+    clock.now = 60.0  # a machine three times slower than the estimate
+    bar.advance(20.0)
+    assert bar.left_s() == pytest.approx(240.0)  # 80 estimated seconds left, at 3 s per estimated second
+    bar.advance(500.0)
+    assert bar.left_s() == 0.0
+    bar.close()
+
+
+@pytest.mark.parametrize("training_pace, measuring_pace", [(3.0, 1.5), (0.5, 0.9), (1.0, 1.0)])
+def test_the_quickstarts_time_left_stays_within_twice_the_truth_once_a_level_is_stored(
+    tmp_path, monkeypatch, training_pace, measuring_pace
+):
+    """The quickstart's own plan, run with a fake clock: each level trains and is measured as it is stored (the
+    search's after_level hook), at paces other than the estimate's, as on a busy or a fast machine."""
+    from ddpm_lottery.study import execute
+    from ddpm_lottery.study.plan import _level_steps
+
+    study, out, clock = load_study("quickstart"), tmp_path / "qs", _Clock()
+    runs = study.runs(out)
+    step_s, measure_s = 0.05, 4.0  # estimated seconds of a training step and of a level's cheap measures
+    work = [
+        (_level_steps(planned, index) * step_s, measure_s if index in planned.measured_levels else 0.0)
+        for planned in runs
+        for index in planned.levels
+    ]
+    truth = sum(train * training_pace + measure * measuring_pace for train, measure in work)
+    bar = execute._Progress(sum(train + measure for train, measure in work), False, quiet, clock=clock)
+    seen = []
+
+    def search(config, path, *, after_level, **_):
+        planned = next(r for r in runs if r.config is config)
+        for index in planned.levels:
+            clock.now += _level_steps(planned, index) * step_s * training_pace
+
+            class Stored:
+                pass
+
+            level = Stored()
+            level.index = index
+            after_level(level)
+            seen.append((clock.now, bar.left_s()))
+
+    def measures_of(planned):
+        def measure(level):  # the cheap measures of each stored level, as the study takes them
+            estimated = measure_s if level.index in planned.measured_levels else 0.0
+            clock.now += estimated * measuring_pace
+            bar.advance(estimated)
+
+        return measure
+
+    monkeypatch.setattr(execute, "search_ticket", search)
+    monkeypatch.setattr(execute, "_finished", lambda path, levels: True)  # a control's source: trained above
+    by_name = {r.name: r for r in runs}
+    for planned in runs:
+        assert execute._train(planned, out, by_name, bar, [], measures_of(planned), step_s) is True
+    assert clock.now == pytest.approx(truth) and len(seen) == len(work)
+    for now, left in seen[1:-1]:  # once the first level is stored, until the last
+        assert (truth - now) / 2 <= left <= 2 * (truth - now), (now, left, truth)

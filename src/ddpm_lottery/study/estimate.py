@@ -51,10 +51,11 @@ class DeviceCosts:
         work = plan.network_work or {
             "": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images, "loss_calls": plan.loss_calls}
         }
-        return [
-            (left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
-            for owner, left in work.items()
-        ]
+        return [(left, *self.network_costs(owner)) for owner, left in work.items()]
+
+    def network_costs(self, owner: str) -> tuple[float, float]:
+        """(training step s, denoiser s per image and call) of the network that search ``owner`` trains."""
+        return self.networks.get(owner, (self.train_step_s, self.call_per_image_s))
 
     def estimate(self, plan: Plan, config: EvalConfig) -> dict[str, float]:
         networks = self.per_network(plan)
