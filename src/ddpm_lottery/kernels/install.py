@@ -65,6 +65,19 @@ def _shapes_of(args) -> tuple:
     return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
 
 
+def _own_code(fn, name: str):
+    """A function that calls ``fn`` through a code object of its own.  Dynamo keeps compiled graphs per code
+    object and stops compiling one past ``recompile_limit`` (8) graphs, warning each time; every UNet2DModel
+    shares ``forward``'s code, so a process compiling a few networks of other structures (a benchmark, the
+    frontier's levels) would print a screenful of warnings and run its later networks eagerly."""
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__code__ = call.__code__.replace(co_name=name)
+    return call
+
+
 class _CompiledCalls:
     """The network's forward: eager at each input shape's first call (and whenever autograd records),
     ``torch.compile``d after it.  ``dynamic=False``: a sampler meets one or two batch sizes, and a graph
@@ -72,7 +85,7 @@ class _CompiledCalls:
 
     def __init__(self, eager, report: KernelReport):
         self.eager, self.report = eager, report
-        self.graph = torch.compile(eager, dynamic=False)
+        self.graph = torch.compile(_own_code(eager, f"compiled_forward_{id(self)}"), dynamic=False)
         self.seen: set[tuple] = set()
         self.timed: set[tuple] = set()
 
