@@ -1,7 +1,10 @@
 """Print the package's import graph: modules, edges, cycles and function-local imports.
 
-Every import is counted, including those inside functions, because a cycle hidden behind a
-function-local import is still a cycle of concepts. Usage: ``python scripts/import-graph.py``
+Every import is counted, including those inside functions and under ``if TYPE_CHECKING:``, because a
+cycle hidden behind a function-local or an annotation-only import is still a cycle of concepts; the
+cycles are between modules, within a package or across packages (import-linter's ``acyclic_siblings``
+contract in pyproject.toml forbids them too, and counts the same imports).  Exits 1 when it finds one.
+Usage: ``python scripts/import-graph.py``
 (``--edges`` lists every edge, ``--local`` every function-local import).
 """
 
@@ -44,18 +47,11 @@ def graph(root: Path):
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
         function_nodes = set()
-        # imports under `if TYPE_CHECKING:` never run: annotations only, not dependencies
-        typing_only = {
-            id(child)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-            for child in ast.walk(node)
-        }
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 function_nodes.update(id(child) for child in ast.walk(node) if child is not node)
         for node in ast.walk(tree):
-            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in typing_only:
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
             targets = resolve(name, is_package, node)
             hits = {t for t in targets if t in files and t != name}
@@ -107,7 +103,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1] / "src"))
     parser.add_argument("--edges", action="store_true", help="list every edge")
@@ -130,7 +126,8 @@ def main() -> None:
     if args.local:
         for name, line, text in local:
             print(f"{name}:{line}: {text}")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

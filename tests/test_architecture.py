@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +33,35 @@ def test_no_module_imports_itself_back_through_others():
     graph = _graph_module()
     _, edges, _ = graph.graph(ROOT / "src")
     assert graph.cycles(edges) == []
+
+
+def test_an_annotation_only_import_back_is_a_cycle_and_the_contract_forbids_module_cycles(tmp_path):
+    package = tmp_path / "ddpm_lottery"
+    (package / "runs").mkdir(parents=True)
+    for init in (package / "__init__.py", package / "runs" / "__init__.py"):
+        init.write_text("")
+    (package / "runs" / "run.py").write_text("from ddpm_lottery.runs.level import Level\n")
+    (package / "runs" / "level.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from ddpm_lottery.runs.run import Run\n"
+    )
+    graph = _graph_module()
+    _, edges, _ = graph.graph(tmp_path)
+    assert graph.cycles(edges) == [["ddpm_lottery.runs.level", "ddpm_lottery.runs.run"]]
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert {"type": "acyclic_siblings", "ancestors": ["ddpm_lottery"]}.items() <= next(
+        c for c in contracts if c["type"] == "acyclic_siblings"
+    ).items()
+
+
+def test_the_import_graph_script_fails_on_a_cycle(tmp_path):
+    package = tmp_path / "ddpm_lottery"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from ddpm_lottery import b\n")
+    (package / "b.py").write_text("from ddpm_lottery import a\n")
+    script = [sys.executable, str(ROOT / "scripts" / "import-graph.py")]
+    assert subprocess.run([*script, "--root", str(tmp_path)], capture_output=True, check=False).returncode == 1
+    assert subprocess.run(script, capture_output=True, check=False).returncode == 0  # the package itself
 
 
 def test_the_graph_sees_function_local_imports(tmp_path):

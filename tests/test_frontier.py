@@ -171,3 +171,10 @@ def test_the_report_shows_a_stored_frontier(tiny_ticket_run, fake_extractor, tmp
     assert "Efficiency frontier" in page and "FLOP ratio" in page
     twin = (tmp_path / "report.md").read_text()  # the Markdown report carries the frontier table and links its figure
     assert "## Efficiency frontier: run" in twin and "](run/frontier/frontier.png)" in twin and "FLOP ratio" in twin
+
+
+def test_a_sweep_level_the_run_has_not_finished_is_named_by_its_own_flag(tiny_ticket_run, tmp_path, capsys):
+    config = _config(sweep_levels=(0, 5), switch_steps=(500,))
+    with pytest.raises(UserError, match="--sweep-levels names level 5") as caught:
+        frontier([tiny_ticket_run], config, tmp_path, progress=False, log=lambda *_: None)
+    assert "--schedule" not in str(caught.value)

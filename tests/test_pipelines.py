@@ -181,3 +181,18 @@ def test_api_result_objects_hold_levels_and_load_networks_and_pipelines(tiny_tic
     ).images
     assert images.shape == (1, 28, 28, 1)
     assert tiny_ticket_run.name == Path(tiny_ticket_run).name  # Path attributes pass through
+
+
+@pytest.mark.parametrize("out", [".", "..", "./"])
+def test_export_into_the_current_folder_or_one_above_it_is_one_line(
+    tiny_ticket_run, tmp_path, monkeypatch, capsys, out
+):
+    from ddpm_lottery.cli.main import main
+
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["export", str(tiny_ticket_run), "--out", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "current folder" in err[0] and "--out ./ticket" in err[0]
+    assert here.is_dir() and not any(here.iterdir())

@@ -5,6 +5,7 @@ random weights) is loaded from a local folder, pruned one round, exported, reloa
 ``DDPMPipeline.from_pretrained`` and sampled, with the pruned weights still exactly zero."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -280,3 +281,53 @@ def test_a_malicious_pickle_is_refused_in_one_line_and_never_runs(cifar_pipeline
     assert result.returncode == 2 and not marker.exists()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is a pickle that holds more than plain tensors" in lines[0], result.stderr
+
+
+def _small_unet_folder(folder: Path, **config) -> Path:
+    from diffusers import UNet2DModel
+
+    UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=config.pop("out_channels", 1),
+        block_out_channels=(8, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+        **config,
+    ).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"num_class_embeds": 10}, "is a class-conditional UNet2DModel \\(num_class_embeds=10\\)"),
+        ({"class_embed_type": "timestep"}, "is a class-conditional UNet2DModel \\(class_embed_type='timestep'\\)"),
+        ({"out_channels": 2}, "turns \\(1, 28, 28\\) images into \\(2, 28, 28\\)"),
+    ],
+)
+def test_a_network_the_tool_cannot_run_is_refused_in_one_line(tmp_path, capsys, config, message):
+    folder = _small_unet_folder(tmp_path / "unet", **config)
+    command = ["train", "--device", "cpu", "--channels", "1", "--image-size", "28", "--steps", "1"]
+    for flag in ("--pretrained", "--unet-config"):
+        assert main([*command, flag, str(folder), "--out", str(tmp_path / f"run{flag}")]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in lines[0], lines
+        assert re.search(message, lines[0]) and flag in lines[0], lines[0]
+
+
+def test_any_call_that_fails_is_refused_in_one_line_naming_the_source(tmp_path):
+    from diffusers import UNet2DModel
+
+    from ddpm_lottery.models.networks import _check_call
+    from ddpm_lottery.models.sources import NetworkSource
+
+    folder = _small_unet_folder(tmp_path / "unet", num_class_embeds=10)  # past the explicit check: the call
+    kwargs = json.loads((folder / "config.json").read_text())
+    with torch.device("meta"):
+        shape = UNet2DModel.from_config(kwargs)
+    source = NetworkSource(str(folder), kwargs, folder, None, ())
+    with pytest.raises(UserError, match="cannot run as an unconditional denoiser net\\(x, t\\) \\(class_labels"):
+        _check_call(shape, kwargs, source)

@@ -65,8 +65,8 @@ def test_quickstart_ends_in_findings_and_a_report_and_reuses_finished_work(tmp_p
         "ddpm-lottery study cpu-digits",
     ):
         assert text in page, text
-    # a shipped study is named by its place in the package, not by this machine's install path
-    assert "shipped with ddpm-lottery as studies/quickstart.toml" in page and str(shipped) not in page
+    # a shipped study is named by the command that runs it, not by this machine's install path
+    assert "shipped with ddpm-lottery: `ddpm-lottery study quickstart` runs it" in page and str(shipped) not in page
     table = (out / "findings.md").read_text()
     assert "unified − reinit control" in table and "unified − dense" in table and "(b) varying" in table
     weights = sorted(out.rglob("weights.safetensors"))
@@ -99,3 +99,15 @@ def test_every_shipped_study_plans_and_names_only_shipped_studies():
         for named in (study.settings.decided_by, study.settings.boundaries_decided_by):
             assert named in ("", *names), f"{name} names {named!r}, which is not shipped"
     assert load_study("cpu-widths").settings.boundaries_decided_by == "cpu-widths-fine"
+
+
+def test_a_shipped_study_is_named_by_what_runs_it_and_any_other_by_its_file(tmp_path):
+    from ddpm_lottery.study.report import study_origin
+    from ddpm_lottery.study.spec import resolve_study
+
+    origin = study_origin(load_study("quickstart"))
+    assert "ddpm-lottery study quickstart" in origin and resolve_study("quickstart").is_file()
+    assert "studies/" not in origin and ".toml" not in origin  # no path that exists nowhere
+    mine = tmp_path / "mine.toml"
+    mine.write_text((SHIPPED / "quickstart.toml").read_text())
+    assert study_origin(load_study(mine)) == str(mine)

@@ -322,6 +322,12 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
             ),
             "frontier.switch_steps",
         ),
+        # a name becomes a folder: never one outside the output folder
+        (('name = "tiny"', 'name = "../../escape"'), "study.name '../../escape' must be letters, digits"),
+        (('name = "tiny"', 'name = ""'), "study.name '' must be letters, digits"),
+        # the search's own cross-setting checks, before the plan is printed
+        (("sparsity_schedule = [0.5]", "sparsity_schedule = [0.75, 0.5]"), "--sparsity-schedule must rise"),
+        (("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5]\none_shot = true"), "cannot be combined"),
         # seeds are reduced modulo 2**63 - 1: 2**63 - 1 would replicate seed 0 and count it twice
         (("data_seeds = [0, 1]", "data_seeds = [0, 9223372036854775807]"), "9223372036854775806"),
         # a range written out is refused up front, not planned for minutes
@@ -335,6 +341,20 @@ def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
     assert main(["study", str(study), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [('name = "tiny"', 'name = "../../escape"'), ("sparsity_schedule = [0.5]", "sparsity_schedule = [0.75, 0.5]")],
+)
+def test_a_study_the_dry_run_refuses_writes_nothing_when_run(tmp_path, monkeypatch, capsys, edit):
+    study = write(tmp_path, TINY.replace(*edit))
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # the default --out: runs/NAME below it
+    assert main(["study", str(study)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["here", "study.toml", "work"]
 
 
 def test_a_folder_holding_another_study_is_refused_and_one_that_grows_is_not(tmp_path):
@@ -608,6 +628,9 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
         def estimate(self, plan, evaluation):
             return {"total": 1.0}
 
+        def network_costs(self, owner):
+            return (0.0, 0.0)
+
     monkeypatch.setattr(estimate_module, "measure_costs", lambda study: Costs())
     monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
     monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
@@ -879,3 +902,77 @@ def test_control_levels_count_from_each_searchs_sparsest_and_never_name_the_dens
     assert runs["unified-seed0-reinit"].levels == [3] and runs["unified-seed0-reinit"].config.prune.levels == (3,)
     with pytest.raises(UserError, match="lists 0, the dense model"):
         load_study(write(tmp_path, TINY.replace('cka_search = "unified"', "control_levels = [0]"), "zero.toml"))
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_time_left_is_the_estimate_at_this_sessions_pace(tmp_path):
+    from ddpm_lottery.study.execute import _Progress
+
+    clock = _Clock()
+    bar = _Progress(100.0, False, quiet, clock=clock)
+    assert bar.left_s() == 100.0  # nothing done: the plan's estimate itself
+    clock.now = 60.0  # a machine three times slower than the estimate
+    bar.advance(20.0)
+    assert bar.left_s() == pytest.approx(240.0)  # 80 estimated seconds left, at 3 s per estimated second
+    bar.advance(500.0)
+    assert bar.left_s() == 0.0
+    bar.close()
+
+
+@pytest.mark.parametrize("training_pace, measuring_pace", [(3.0, 1.5), (0.5, 0.9), (1.0, 1.0)])
+def test_the_quickstarts_time_left_stays_within_twice_the_truth_once_a_level_is_stored(
+    tmp_path, monkeypatch, training_pace, measuring_pace
+):
+    """The quickstart's own plan, run with a fake clock: each level trains and is measured as it is stored (the
+    search's after_level hook), at paces other than the estimate's, as on a busy or a fast machine."""
+    from ddpm_lottery.study import execute
+    from ddpm_lottery.study.plan import _level_steps
+
+    study, out, clock = load_study("quickstart"), tmp_path / "qs", _Clock()
+    runs = study.runs(out)
+    step_s, measure_s = 0.05, 4.0  # estimated seconds of a training step and of a level's cheap measures
+    work = [
+        (_level_steps(planned, index) * step_s, measure_s if index in planned.measured_levels else 0.0)
+        for planned in runs
+        for index in planned.levels
+    ]
+    truth = sum(train * training_pace + measure * measuring_pace for train, measure in work)
+    bar = execute._Progress(sum(train + measure for train, measure in work), False, quiet, clock=clock)
+    seen = []
+
+    def search(config, path, *, after_level, **_):
+        planned = next(r for r in runs if r.config is config)
+        for index in planned.levels:
+            clock.now += _level_steps(planned, index) * step_s * training_pace
+
+            class Stored:
+                pass
+
+            level = Stored()
+            level.index = index
+            after_level(level)
+            seen.append((clock.now, bar.left_s()))
+
+    def measures_of(planned):
+        def measure(level):  # the cheap measures of each stored level, as the study takes them
+            estimated = measure_s if level.index in planned.measured_levels else 0.0
+            clock.now += estimated * measuring_pace
+            bar.advance(estimated)
+
+        return measure
+
+    monkeypatch.setattr(execute, "search_ticket", search)
+    monkeypatch.setattr(execute, "_finished", lambda path, levels: True)  # a control's source: trained above
+    by_name = {r.name: r for r in runs}
+    for planned in runs:
+        assert execute._train(planned, out, by_name, bar, [], measures_of(planned), step_s) is True
+    assert clock.now == pytest.approx(truth) and len(seen) == len(work)
+    for now, left in seen[1:-1]:  # once the first level is stored, until the last
+        assert (truth - now) / 2 <= left <= 2 * (truth - now), (now, left, truth)

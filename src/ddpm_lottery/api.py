@@ -47,7 +47,7 @@ from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.runs.outputs import SampleFolder, StudyFolder
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.study.execute import execute_study
-from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.errors import UserError, require_type
 from ddpm_lottery.utils.figures import save_grid
 from ddpm_lottery.utils.files import make_dirs, write_json
 from ddpm_lottery.utils.launch import resolve_device
@@ -202,6 +202,14 @@ class StudyResult(dict):
         return StudyFolder(self.path).report
 
 
+_NO_CONFIG = type(None)
+
+
+def _level_number(level, function: str) -> int | None:
+    """A level as the API takes it: a level number, or None for the last finished level."""
+    return require_type(level, (int, _NO_CONFIG), f"{function}'s level")
+
+
 def default_run_dir(config: RunConfig, kind: str = "train") -> Path:
     return Path("runs") / f"{kind}-{config_hash(config)}"
 
@@ -210,6 +218,7 @@ def train(
     config: RunConfig, out: str | Path | None = None, *, resume: bool = False, progress: bool = True, log=print
 ) -> RunResult:
     """Train a DDPM into a run folder (a run with level 0 only); a finished run is left as it is."""
+    require_type(config, RunConfig, "train's config")
     return RunResult(train_dense(config, out, resume=resume, progress=progress, log=log))
 
 
@@ -232,7 +241,7 @@ def load_network(
     ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
     ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict.
     ``compiled=True``: its inference calls go through ``torch.compile`` (see ``--compile-sampling``)."""
-    chosen = Run.open(run_dir).pick_level(level)
+    chosen = Run.open(run_dir).pick_level(_level_number(level, "load_network"))
     if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():
         return level_compact_network(chosen)
     network = level_network(chosen, weights)
@@ -253,7 +262,7 @@ def sample(
 ) -> Path:
     """Write a PNG grid (and optionally an .npz) of samples from a run, with how they were made."""
     # Checked against the declarations, as the flags are: a config built in code skips them otherwise.
-    config = check_config(config or SampleConfig())
+    config = check_config(require_type(config or SampleConfig(), SampleConfig, "sample's config"))
     sampling, num_samples = config.sampling, config.sample.num_samples
     steps = sampling_steps(sampling)
     device = resolve_device(config.runtime.device)
@@ -344,11 +353,12 @@ def export(
 ) -> Path:
     """Write a run level as a diffusers pipeline folder (see :mod:`ddpm_lottery.lottery.export`);
     ``force`` replaces an export of another level already at ``out``."""
-    return export_level(run_dir, out, level, weights, log=log, force=force)
+    return export_level(run_dir, out, _level_number(level, "export"), weights, log=log, force=force)
 
 
 def find_ticket(config: LotteryConfig, out: str | Path | None = None, *, progress: bool = True, log=print) -> RunResult:
     """Run a ticket search, or a control branch when --reinit / --strategy random is given."""
+    require_type(config, LotteryConfig, "find_ticket's config")
     return RunResult(search_ticket(config, out, progress=progress, log=log))
 
 
@@ -356,6 +366,7 @@ def tune_range(
     run_dir: str | Path, config: TuneConfig, out: str | Path | None = None, *, progress: bool = True, log=print
 ) -> RunResult:
     """``ddpm-lottery tune-range``: fine-tune a level on a timestep range, into a run of its own."""
+    require_type(config, TuneConfig, "tune_range's config")
     return RunResult(run_range_tuning(run_dir, config, out, progress=progress, log=log))
 
 
@@ -372,6 +383,9 @@ def evaluate(
     """Measure the given levels (default: the last finished one) with every configured measure.
 
     A measure already stored with the same protocol is read back, not recomputed, unless ``force``."""
+    require_type(config, (EvalConfig, _NO_CONFIG), "evaluate's config")
+    for level in require_type(levels, (list, tuple, _NO_CONFIG), "evaluate's levels") or []:
+        _level_number(level, "evaluate")
     records = evaluate_levels(run, config, levels, progress=progress, log=log, extractor=extractor, force=force)
     return EvaluationResult(Run.open(run).root, records)
 

@@ -16,6 +16,7 @@ import torch
 from ddpm_lottery.config import RuntimeConfig, check_config
 from ddpm_lottery.kernels.layers import KernelReport, kernels_used, sparse_layers, use_kernels
 from ddpm_lottery.kernels.tuning import KernelTuner
+from ddpm_lottery.utils.errors import require_type
 
 
 def install_kernels(
@@ -64,6 +65,19 @@ def _shapes_of(args) -> tuple:
     return tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor))
 
 
+def _own_code(fn, name: str):
+    """A function that calls ``fn`` through a code object of its own.  Dynamo keeps compiled graphs per code
+    object and stops compiling one past ``recompile_limit`` (8) graphs, warning each time; every UNet2DModel
+    shares ``forward``'s code, so a process compiling a few networks of other structures (a benchmark, the
+    frontier's levels) would print a screenful of warnings and run its later networks eagerly."""
+
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    call.__code__ = call.__code__.replace(co_name=name)
+    return call
+
+
 class _CompiledCalls:
     """The network's forward: eager at each input shape's first call (and whenever autograd records),
     ``torch.compile``d after it.  ``dynamic=False``: a sampler meets one or two batch sizes, and a graph
@@ -71,7 +85,7 @@ class _CompiledCalls:
 
     def __init__(self, eager, report: KernelReport):
         self.eager, self.report = eager, report
-        self.graph = torch.compile(eager, dynamic=False)
+        self.graph = torch.compile(_own_code(eager, f"compiled_forward_{id(self)}"), dynamic=False)
         self.seen: set[tuple] = set()
         self.timed: set[tuple] = set()
 
@@ -172,6 +186,7 @@ def sparse_kernels(
     The layers' surviving weights are their nonzero ones; the state dict is unchanged.  ``compiled=True``
     also runs the module's inference calls through ``torch.compile`` (``--compile-sampling``).
     """
+    require_type(module, torch.nn.Module, "sparse_kernels' module")
     runtime = RuntimeConfig()
     runtime.kernels, runtime.kernel_cache, runtime.compile_sampling = kernels, cache_dir, compiled
     check_config(runtime)

@@ -3,8 +3,14 @@
 A decision is keyed by what decides the speed (the layer's kind and shape, its input's size, the
 batch, the density to 1/1000 and the thread count) and stored in one JSON file per machine (its
 CPU, core count and the torch and numba versions), so the timing is paid once and every later
-command reads it.  ``ddpm-lottery kernels`` prints the file.  The timings are interleaved (dense,
-sparse, dense, ...) and the median of each counts, so other work on the machine slows both alike.
+command reads it (it is plain JSON: each key says what was timed, each entry the two times).  The
+timings are interleaved (dense, sparse, dense, ...) and the median of each counts, so other work on
+the machine slows both alike.
+
+The whole network's verdict is cached only when it can be trusted: its repeats must agree (every
+round on the same side of the margin as the medians) and the machine must not have been busy
+(``--dry-run``'s load check).  Otherwise the verdict serves this command alone, said in one line, and
+is timed again next time: a timing taken while another job held the cores once stored a 21x speed-up.
 
 Only inference asks the tuner: training's choice is explicit (``--kernels sparse`` or dense), since
 the two kernels round differently in the last bits and a run must not depend on a timing.
@@ -26,6 +32,7 @@ import torch
 from ddpm_lottery.kernels.layers import sparse_layers
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import write_json
+from ddpm_lottery.utils.launch import machine_load
 
 DEFAULT_CACHE = Path("~/.cache/ddpm-lottery/kernels")
 NETWORK_MARGIN = 0.95  # a network keeps its layers' sparse choices only if they make it 5 % faster or more
@@ -58,15 +65,32 @@ def layer_key(layer, x: torch.Tensor) -> str:
     return f"{shape} density {layer.density():.3f} threads {threads}"
 
 
+def _check_cache_folder(folder: Path, given: bool) -> None:
+    """The cache must be a folder, or a path to one that can be made: a regular file on it is the user's to
+    move, named with the flag that chose it."""
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is None:
+        return
+    if given:
+        raise UserError(f"--kernel-cache {folder}: {blocking} is a regular file, not a folder; give a folder")
+    raise UserError(
+        f"the kernel timings' folder {folder}: {blocking} is a regular file, not a folder; move it, or give "
+        "--kernel-cache DIR"
+    )
+
+
 class KernelTuner:
     """Chooses each layer's kernel by timing both once, and remembers the choice on disk."""
 
-    def __init__(self, cache_dir: str | Path | None = None, *, repeats: int = 5, log=None):
+    def __init__(self, cache_dir: str | Path | None = None, *, repeats: int = 5, log=None, clock=time.perf_counter):
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE).expanduser()
+        _check_cache_folder(self.cache_dir, given=cache_dir is not None)
         self.machine = machine_key()
         self.path = self.cache_dir / f"kernels-{hashlib.sha256(self.machine.encode()).hexdigest()[:12]}.json"
         self.repeats = repeats
         self.log = log
+        self.clock = clock  # what times a call (tests give a fake one)
+        self.uncached: dict[str, dict] = {}  # verdicts this process trusts for itself only, never stored
         self.tuning_seconds = 0.0  # spent timing layers in this process (not counted in any figure it times)
         self.tuned = 0
         self.entries = self._read()
@@ -86,7 +110,15 @@ class KernelTuner:
             or not isinstance(data.get("layers"), dict)
         ):
             return {}
-        return data["layers"]
+        # a malformed entry is a missing entry: timed again, never a reason to fail the command; so is a network
+        # verdict stored before its repeats were checked for agreement
+        return {
+            key: entry
+            for key, entry in data["layers"].items()
+            if isinstance(entry, dict)
+            and entry.get("kernel") in ("dense", "sparse", "auto")
+            and (not key.startswith("network ") or entry.get("agreed") is True)
+        }
 
     def _save(self) -> None:
         try:
@@ -95,16 +127,22 @@ class KernelTuner:
             if self.log:
                 self.log(f"the kernel timings were not stored ({exc}); they are timed again next time")
 
+    def _interleaved(self, run, modes: tuple[str, str]) -> dict[str, list[float]]:
+        """Seconds of ``run(mode)`` for each mode, ``repeats`` rounds of one call each, after an untimed round
+        (the first sparse call compiles or loads the JIT; a compiled network's first call compiles)."""
+        for mode in modes:
+            run(mode)
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(self.repeats):
+            for mode in modes:
+                started = self.clock()
+                run(mode)
+                times[mode].append(self.clock() - started)
+        return times
+
     @torch.no_grad()
     def _time(self, layer, x: torch.Tensor) -> dict:
-        for kernel in ("dense", "sparse"):  # the first sparse call compiles or loads the JIT: not timed
-            layer.forward_with(x, kernel)
-        times: dict[str, list[float]] = {"dense": [], "sparse": []}
-        for _ in range(self.repeats):
-            for kernel in ("dense", "sparse"):
-                started = time.perf_counter()
-                layer.forward_with(x, kernel)
-                times[kernel].append(time.perf_counter() - started)
+        times = self._interleaved(lambda kernel: layer.forward_with(x, kernel), ("dense", "sparse"))
         dense, sparse = statistics.median(times["dense"]), statistics.median(times["sparse"])
         return {
             "kernel": "sparse" if sparse < dense else "dense",
@@ -147,31 +185,57 @@ class KernelTuner:
             f"network {type(model).__name__}{' compiled' if compiled else ''} input {shapes} threads "
             f"{torch.get_num_threads()} layers {hashlib.sha256(choices.encode()).hexdigest()[:12]}"
         )
-        entry = self.entries.get(key)
+        entry = self.entries.get(key) or self.uncached.get(key)
         if entry is None or entry.get("kernel") not in ("dense", "auto"):
             started = time.perf_counter()
-            times: dict[str, list[float]] = {"dense": [], "auto": []}
+            machine = machine_load()  # before this timing adds its own
             call = call or model.forward  # past the hooks: this is the check itself
-            for round_index in range(self.repeats + 1):
-                for mode in ("dense", "auto"):
-                    report.run_plain(mode == "dense")
-                    begun = time.perf_counter()
-                    call(*args, **kwargs)
-                    if round_index:  # the first round warms both up
-                        times[mode].append(time.perf_counter() - begun)
-            # the best of each: the least disturbed call.  The layers' choices must win by a margin, since the
-            # timing's noise (a few per cent on an idle machine) must not turn into a slower network
-            dense, auto = min(times["dense"]), min(times["auto"])
-            entry = self.entries[key] = {
-                "kernel": "auto" if auto < NETWORK_MARGIN * dense else "dense",
-                "dense_ms": dense * 1e3,
-                "sparse_ms": auto * 1e3,
-                "speedup": dense / auto,
-                "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
-            }
+
+            def run(mode: str) -> None:
+                report.run_plain(mode == "dense")
+                call(*args, **kwargs)
+
+            times = self._interleaved(run, ("dense", "auto"))
+            entry = network_verdict(times["dense"], times["auto"])
             self.tuning_seconds += time.perf_counter() - started
-            self._save()
+            busy = machine.busy(torch.get_num_threads())
+            if entry["agreed"] and not busy:
+                self.entries[key] = entry
+                self._save()
+            else:
+                self.uncached[key] = entry
+                if self.log:
+                    why = (
+                        f"the machine was busy while timing ({machine.describe(torch.get_num_threads())})"
+                        if busy
+                        else f"its {self.repeats} timings disagree (speed-up {entry['spread'][0]:.2f}x to "
+                        f"{entry['spread'][1]:.2f}x)"
+                    )
+                    self.log(
+                        f"--kernels auto: the network's kernel choice ({entry['kernel']}, {entry['speedup']:.2f}x) "
+                        f"holds for this command only: {why}; it is timed again next time"
+                    )
         return entry["kernel"]
 
     def table(self) -> list[dict]:
         return [{"layer": key, **entry} for key, entry in sorted(self.entries.items())]
+
+
+def network_verdict(dense: list[float], auto: list[float]) -> dict:
+    """The whole network's verdict from its interleaved rounds: the medians decide ("auto": the layers'
+    choices, when they beat the plain network by the margin, since a few per cent of noise on an idle
+    machine must not turn into a slower network), and the repeats agree when every round's own speed-up
+    falls on the same side of the margin as the medians'."""
+    dense_s, auto_s = statistics.median(dense), statistics.median(auto)
+    kernel = "auto" if auto_s < NETWORK_MARGIN * dense_s else "dense"
+    rounds = [d / a for d, a in zip(dense, auto, strict=True)]
+    agreed = all((ratio > 1 / NETWORK_MARGIN) == (kernel == "auto") for ratio in rounds)
+    return {
+        "kernel": kernel,
+        "dense_ms": dense_s * 1e3,
+        "sparse_ms": auto_s * 1e3,
+        "speedup": dense_s / auto_s,
+        "spread": [min(rounds), max(rounds)],
+        "agreed": agreed,
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }

@@ -35,6 +35,12 @@ PIPELINE_NOTE = "ddpm_lottery_pipeline.json"
 
 
 def _check_destination(out: Path, run: Run, chosen, weights: str, force: bool) -> None:
+    here = Path.cwd()
+    if out.resolve() in (here, *here.parents):
+        # an export replaces its folder whole, and the folder a shell stands in cannot be replaced under it
+        raise UserError(
+            f"--out {out} is the current folder or one above it; give a folder to create, e.g. --out ./ticket"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; give a new or empty folder for the pipeline")
     if not out.exists() or not any(out.iterdir()):

@@ -20,7 +20,6 @@ front when no other point is at most as slow (or as costly) and at most as bad, 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +36,10 @@ from ddpm_lottery.pruning.costs import layer_flops, time_denoisers
 from ddpm_lottery.runs.layout import level_name
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
-from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.errors import UserError, require_type
 from ddpm_lottery.utils.figures import frontier_figure
 from ddpm_lottery.utils.files import make_dirs, write_json, write_text
-from ddpm_lottery.utils.launch import resolve_device
+from ddpm_lottery.utils.launch import machine_load, resolve_device
 
 
 @dataclass
@@ -105,6 +104,9 @@ def _sweep(run: Run, config: FrontierConfig) -> list[tuple[str, str]]:
         return []
     if len(levels) != 2:
         raise UserError(f"--sweep-levels takes two levels, DENSE,SPARSE; got {','.join(map(str, levels))}")
+    finished = run.finished_levels()
+    for level in (level for level in levels if level not in finished):  # its own flag, not the schedules'
+        raise UserError(f"--sweep-levels names level {level}, which {run.root} has not finished (finished: {finished})")
     total = run.config.diffusion.num_train_timesteps
     dense, sparse = levels
     out = []
@@ -127,7 +129,7 @@ def frontier(
     extractor=None,
 ) -> dict:
     """Measure every point (reusing stored evaluations), time every network, write the table and figure."""
-    config = check_config(config or FrontierConfig())
+    config = check_config(require_type(config or FrontierConfig(), FrontierConfig, "frontier's config"))
     measure = config.eval.measures[0]
     if measure == "loss":
         raise UserError(
@@ -248,7 +250,8 @@ def frontier(
     batch = config.frontier.timing_batch
     # other work on the machine slows every network alike (the calls are interleaved), so the ratios hold;
     # the absolute seconds do not, and the record says how busy the machine was
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine = machine_load()
+    load = machine.load
 
     dense_call_flops = {str(r.root): flops[network_key(r.level(0))] for r in opened}
     for point, level in planned:
@@ -287,7 +290,7 @@ def frontier(
         f"{measure} ({points[0].protocol.split(',')[0] if points else ''}); seconds: median of "
         f"{config.frontier.timing_repeats} interleaved calls at batch {batch} on {device}, "
         f"{torch.get_num_threads()} threads, --kernels {config.runtime.kernels}"
-        + ("" if load is None else f", machine load {load:.1f} on {os.cpu_count()} cores")
+        + ("" if load is None else f", machine load {load:.1f} on {machine.cores} cores")
     )
     result = {
         "measure": measure,

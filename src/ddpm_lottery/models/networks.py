@@ -221,6 +221,31 @@ def _check_size(kwargs: dict[str, Any], source: NetworkSource | None) -> None:
     count = count_parameters(shape)
     if count > MAX_PARAMETERS:
         raise UserError(f"the network would hold {count:,} weights, more than {MAX_PARAMETERS:,}; {fix}")
+    if source is not None:
+        _check_call(shape, kwargs, source)
+
+
+def _check_call(shape: UNet2DModel, kwargs: dict[str, Any], source: NetworkSource) -> None:
+    """One call of the brought network on the meta device (no memory, no arithmetic): it must run as
+    ``net(x, t)`` and predict the noise, an image of its input's shape.  Whatever else diffusers lets a
+    config describe is refused here in one line, not in a traceback at the first training step."""
+    size = kwargs.get("sample_size") or 32
+    height, width = (size, size) if isinstance(size, int) else size
+    flag = "--pretrained" if source.unet_dir is not None else "--unet-config"
+    with torch.device("meta"):
+        x = torch.zeros(1, kwargs.get("in_channels", 3), height, width)
+        try:
+            predicted = shape(x, torch.zeros(1, dtype=torch.long)).sample
+        except Exception as exc:  # any failure of the call is a network this tool cannot run
+            raise UserError(
+                f"{flag} {source.name} cannot run as an unconditional denoiser net(x, t) "
+                f"({(str(exc).splitlines() or [type(exc).__name__])[0][:200]}); give an unconditional UNet2DModel"
+            ) from None
+    if predicted.shape != x.shape:
+        raise UserError(
+            f"{flag} {source.name} turns {tuple(x.shape[1:])} images into {tuple(predicted.shape[1:])}; the noise "
+            "it predicts must have the image's shape (out_channels = in_channels)"
+        )
 
 
 def build_model(

@@ -76,6 +76,13 @@ def _unet_config(data: dict[str, Any], path: Path, flag: str) -> dict[str, Any]:
             "(unconditional DDPM U-Nets)"
         )
     config = {k: v for k, v in data.items() if not k.startswith("_")}
+    conditioning = {k: config[k] for k in ("num_class_embeds", "class_embed_type") if config.get(k) is not None}
+    if conditioning:
+        raise UserError(
+            f"{flag} {path} is a class-conditional UNet2DModel "
+            f"({', '.join(f'{k}={v!r}' for k, v in conditioning.items())}); this tool runs unconditional "
+            "networks only, called as net(x, t)"
+        )
     for name in ARCHITECTURE_SETTINGS:  # bounded exactly as the flags that override them
         if config.get(name) is not None:
             value = checked_value(ModelConfig, name, config[name], str(path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,15 +21,21 @@ from ddpm_lottery.utils.files import (
     read_jsonl,
 )
 
-if TYPE_CHECKING:  # a level knows its run; the run module builds levels
-    from ddpm_lottery.runs.run import Run
+
+class RunFolder(Protocol):
+    """What a level reads of its run (``runs.run.Run``, which builds levels): named here rather than imported,
+    so the run module depends on this one and never the reverse, not even for annotations."""
+
+    root: Path
+
+    def finished_levels(self) -> list[int]: ...
 
 
 @dataclass(frozen=True)
 class Level:
     """One level of a run: its folder and the files in it."""
 
-    run: Run
+    run: RunFolder
     index: int
 
     @property

@@ -6,7 +6,6 @@ call, the feature network and one resampled distance), each network that the pla
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
 from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.study.plan import Plan
 from ddpm_lottery.study.spec import Study
-from ddpm_lottery.utils.launch import resolve_device
+from ddpm_lottery.utils.launch import MachineLoad, machine_load, resolve_device
 from ddpm_lottery.utils.units import duration
 
 
@@ -44,9 +43,7 @@ class DeviceCosts:
     @property
     def busy(self) -> bool:
         """Whether other work held the cores these threads needed while the costs were timed."""
-        if self.load is None or self.cores is None or not self.device.startswith("cpu"):
-            return False
-        return self.load > self.cores - self.threads + 0.5
+        return self.device.startswith("cpu") and MachineLoad(self.load, self.cores).busy(self.threads)
 
     def per_network(self, plan: Plan) -> list[tuple[dict, float, float]]:
         """(work left, step s, call s) for each network the plan trains; the first network's costs where
@@ -54,10 +51,11 @@ class DeviceCosts:
         work = plan.network_work or {
             "": {"train_steps": plan.train_steps, "sampled_images": plan.sampled_images, "loss_calls": plan.loss_calls}
         }
-        return [
-            (left, *self.networks.get(owner, (self.train_step_s, self.call_per_image_s)))
-            for owner, left in work.items()
-        ]
+        return [(left, *self.network_costs(owner)) for owner, left in work.items()]
+
+    def network_costs(self, owner: str) -> tuple[float, float]:
+        """(training step s, denoiser s per image and call) of the network that search ``owner`` trains."""
+        return self.networks.get(owner, (self.train_step_s, self.call_per_image_s))
 
     def estimate(self, plan: Plan, config: EvalConfig) -> dict[str, float]:
         networks = self.per_network(plan)
@@ -87,7 +85,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
     The training step is timed at ``min(batch, probe_batch)`` and scaled linearly to the batch, so a
     dry run of a paper-scale study on a CPU takes seconds, not the minutes of one real step.
     """
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before this timing adds its own
+    machine = machine_load()  # before this timing adds its own
     owners = sorted(set(study.dense_sources().values()), key=list(study.searches).index)
     first = study.search_config(owners[0], study.settings.data_seeds[0])
     device = resolve_device(study.evaluation.runtime.device if first.runtime.device == "auto" else first.runtime.device)
@@ -120,9 +118,8 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
         inception_s,
         frechet,
         networks,
-        load=load,
-        # the cores this process may run on (a container's or a batch job's share), not the host's
-        cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        load=machine.load,
+        cores=machine.cores,
     )
 
 
@@ -203,8 +200,8 @@ def describe_plan(study: Study, plan: Plan, out: Path, costs: DeviceCosts | None
         )
         if costs.busy:
             lines.append(
-                f"the machine was busy while timing (load average {costs.load:.2f} on {costs.cores} cores, "
-                f"{costs.threads} threads asked): these seconds and the estimate are too high; run --dry-run again "
+                f"the machine was busy while timing ({MachineLoad(costs.load, costs.cores).describe(costs.threads)}): "
+                "these seconds and the estimate are too high; run --dry-run again "
                 "when the machine is idle"
             )
         if plan.complete:

@@ -34,29 +34,53 @@ from ddpm_lottery.study.folder import open_study_folder
 from ddpm_lottery.study.plan import Plan, _level_steps, _record_matches, cka_folder, cka_levels, make_plan
 from ddpm_lottery.study.spec import PlannedRun, Study, load_study
 from ddpm_lottery.utils.errors import FolderBusy
+from ddpm_lottery.utils.units import duration
 
 
 class _Progress:
-    """The study's one progress display: a bar over the estimated seconds of the work left."""
+    """The study's one progress display: a bar over the plan's estimated seconds of the work left.
 
-    def __init__(self, total_s: float, enabled: bool, log):
+    The time left comes from the plan's own estimate, never from tqdm's rate (which, fed a few cheap
+    measures while a level trained, once said 1:28:41 for a 5-minute job): the estimate of the work still to
+    do, scaled by this session's pace (the seconds taken per estimated second of the work done so far).
+    Work is counted as each level is stored, so the pace is known once the first level is finished."""
+
+    def __init__(self, total_s: float, enabled: bool, log, clock=time.perf_counter):
+        self.estimate_s, self.done_s = total_s, 0.0
+        self.clock, self.started = clock, clock()
         self.bar = tqdm(
             total=max(1, round(total_s)),
             disable=not enabled,
             unit="s",
             unit_scale=False,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed} elapsed, ~{remaining} left]",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed} elapsed{postfix}]",
         )
         self.enabled = enabled
         self._log = log
+        self._show_left()
+
+    def left_s(self) -> float:
+        """Seconds left: the estimate of the work left, at this session's pace once some work is done."""
+        left = max(0.0, self.estimate_s - self.done_s)
+        if self.done_s <= 0:
+            return left
+        return left * (self.clock() - self.started) / self.done_s
+
+    def _show_left(self) -> None:
+        how = "" if self.done_s > 0 else " by the plan's estimate"
+        self.bar.set_postfix_str(f"~{duration(self.left_s())} left{how}", refresh=False)
 
     def task(self, text: str) -> None:
+        self._show_left()
         self.bar.set_description_str(text[:60])
         if not self.enabled:  # a log without the bar still says what each line below belongs to
             self._log(f"[{time.strftime('%H:%M:%S')}] {text}")
 
     def advance(self, seconds: float) -> None:
-        self.bar.update(max(0, min(round(seconds), self.bar.total - self.bar.n)))
+        """``seconds`` of the estimate are done."""
+        self.done_s = min(self.estimate_s, self.done_s + max(0.0, seconds))
+        self._show_left()
+        self.bar.update(max(0, min(round(self.done_s) - self.bar.n, self.bar.total - self.bar.n)))
 
     def log(self, message: str) -> None:
         if self.enabled:
@@ -117,8 +141,8 @@ def execute_study(
     started = time.perf_counter()
     bar = _Progress(costs.estimate(plan, study.evaluation)["total"], progress, log)
     deferred: list[str] = []
-    per_step = costs.train_step_s
     by_name = {r.name: r for r in plan.runs}
+    owners = study.dense_sources()
     measuring = _Measuring(study, out, bar, costs, deferred)
     try:
         for seed in study.settings.data_seeds:
@@ -128,8 +152,8 @@ def execute_study(
                 # dense model unmeasured would otherwise answer nothing until its last level); a run another
                 # process is training waits for the pass below
                 measuring.run(planned, cheap, defer_if_busy=False)
-                if _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap)):
-                    bar.advance(sum(_level_steps(planned, i) for i in planned.levels) * per_step)
+                step_s = costs.network_costs(owners[planned.search])[0]
+                _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap), step_s)
                 # the cheap measures: each level as it is stored (as_trained), and here what was stored while another
                 # process held the run (a copied dense model) or by a multi-process launch, which skips the hook
                 measuring.run(planned, cheap)
@@ -159,22 +183,36 @@ def execute_study(
     return out, {"plan": plan, "costs": costs, "deferred": deferred, "findings": findings}
 
 
-def _train(planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str], after_level) -> bool:
-    """Train (or finish) one run, calling ``after_level`` with each level it stores; False when it was finished
-    already or must wait."""
+def _train(
+    planned: PlannedRun, out: Path, by_name: dict, bar: _Progress, deferred: list[str], after_level, step_s: float
+) -> bool:
+    """Train (or finish) one run, calling ``after_level`` with each level it stores and counting its estimated
+    training seconds done as it is stored; False when it was finished already or must wait."""
     path = StudyFolder(out).run_path(planned.name)
-    if Run.is_run(path) and set(planned.levels) <= set(Run.open(path).finished_levels()):
+    finished = set(Run.open(path).finished_levels()) if Run.is_run(path) else set()
+    if set(planned.levels) <= finished:
         return False
+    counted: set[int] = set()
+
+    def level_stored(level: Level) -> None:
+        if level.index not in counted and level.index in planned.levels:
+            counted.add(level.index)
+            bar.advance(_level_steps(planned, level.index) * step_s)
+        after_level(level)
+
     needed = [0] if planned.control is None else by_name[planned.source].levels if planned.source else []
     if planned.source and not _finished(StudyFolder(out).run_path(planned.source), needed):
         deferred.append(f"{planned.name}: waits for {planned.source}")
         return False
     bar.task(f"training {planned.name}")
     try:
-        search_ticket(planned.config, path, progress=False, log=bar.log, after_level=after_level)
+        search_ticket(planned.config, path, progress=False, log=bar.log, after_level=level_stored)
     except FolderBusy as exc:
         deferred.append(f"{planned.name}: {exc}")
         return False
+    # a multi-process launch stores levels without the hook: what it trained counts once it is done
+    now = set(Run.open(path).finished_levels()) if Run.is_run(path) else set()
+    bar.advance(sum(_level_steps(planned, i) * step_s for i in planned.levels if i in now - finished - counted))
     return True
 
 

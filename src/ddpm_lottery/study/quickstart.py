@@ -1,4 +1,4 @@
-"""The quickstart: the smallest shipped study (``studies/quickstart.toml``), ending in its findings and report.
+"""The quickstart: the smallest shipped study (``study/shipped/quickstart.toml``), ending in its findings and report.
 
 It is ``ddpm-lottery study quickstart --out runs/quickstart``: one code path for every study.  Its budget
 (one data seed, 400 steps per level, about 12 minutes on two CPU cores) is chosen from measurement so

@@ -12,6 +12,19 @@ from ddpm_lottery.study import spec  # spec.SHIPPED, looked up when the report i
 from ddpm_lottery.study.spec import Study
 
 
+def study_argument(study: Study) -> str:
+    """What ``ddpm-lottery study`` is given to run this study: a shipped study's name, else its file."""
+    return study.path.stem if study.path.parent == spec.SHIPPED else str(study.path)
+
+
+def study_origin(study: Study) -> str:
+    """Where the study comes from: a shipped study by the command that runs it (its file's place inside the
+    package is no path a reader can open), any other by its file."""
+    if study.path.parent == spec.SHIPPED:
+        return f"shipped with ddpm-lottery: `ddpm-lottery study {study_argument(study)}` runs it"
+    return str(study.path)
+
+
 def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Path | None:
     """OUT/report.html: the findings table first, then every run of the study as the report shows runs."""
     folder = StudyFolder(out)
@@ -23,15 +36,11 @@ def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Pa
     if not runs:
         return None
     cka = folder.cka_folders()
-    shipped = study.path.parent == spec.SHIPPED
-    # a shipped study is named by where it lives in the package, not by this machine's install path
-    where = f"shipped with ddpm-lottery as studies/{study.path.name}" if shipped else str(study.path)
     intro = (
-        f"<p>Study <b>{html.escape(study.settings.name)}</b> ({html.escape(where)}). "
+        f"<p>Study <b>{html.escape(study.settings.name)}</b> ({html.escape(study_origin(study))}). "
         f"{html.escape(study.settings.description)}</p>"
     )
-    shown = study.path.stem if shipped else study.path
-    command = f"ddpm-lottery study {shown} --out {out}"
+    command = f"ddpm-lottery study {study_argument(study)} --out {out}"
     return build_report(
         runs,
         folder.report,
@@ -44,4 +53,4 @@ def write_study_report(study: Study, out: Path, findings: dict, log=print) -> Pa
     )
 
 
-__all__ = ["write_study_report"]
+__all__ = ["study_argument", "study_origin", "write_study_report"]

@@ -39,7 +39,7 @@ from ddpm_lottery.config import (
     to_dict,
 )
 from ddpm_lottery.lottery.controls import CONTROLS
-from ddpm_lottery.lottery.search import planned_rounds
+from ddpm_lottery.lottery.search import planned_rounds, validate
 from ddpm_lottery.measures.inception import check_sample_counts
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
@@ -211,6 +211,7 @@ def load_study(path: str | Path) -> Study:
     settings = StudySettings()
     apply_overrides(settings, raw["study"], source=str(path))
     check_config(settings)
+    _check_folder_name(path, "study.name", settings.name)  # the default --out is runs/NAME
     seeds = list(settings.data_seeds)
     if len(seeds) > MAX_DATA_SEEDS:
         raise UserError(
@@ -234,8 +235,7 @@ def load_study(path: str | Path) -> Study:
         where = f"searches.{name}"
         if not isinstance(table, dict):
             raise UserError(f"{path}: [{where}] must be a table of settings")
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise UserError(f"{path}: search name {name!r} must be letters, digits, - or _ (it names folders)")
+        _check_folder_name(path, "search name", name)
         values = _flatten(table)
         strategy = values.get("strategy", values.get("prune.strategy", probe.prune.strategy))
         if strategy not in STRATEGIES:
@@ -251,7 +251,10 @@ def load_study(path: str | Path) -> Study:
                 )
         config = copy.deepcopy(probe)
         apply_overrides(config, values, source=f"{path} [{where}]")
-        check_config(config)
+        try:
+            validate(config)  # what the search itself checks first: a dry run must refuse what the run would
+        except UserError as exc:
+            raise UserError(f"{path} [{where}]: {exc}") from None
         searches[name] = values
 
     controls: dict[str, list[str]] = {}
@@ -318,6 +321,12 @@ def load_study(path: str | Path) -> Study:
         cka,
         _frontier_config(path, settings, searches, evaluation, raw.get("frontier")),
     )
+
+
+def _check_folder_name(path: Path, what: str, name: str) -> None:
+    """A name that becomes a folder: letters, digits, - or _, so it stays one folder inside the study's."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"{path}: {what} {name!r} must be letters, digits, - or _ (it names folders)")
 
 
 def _frontier_config(

@@ -36,6 +36,31 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
 
 
+@dataclass(frozen=True)
+class MachineLoad:
+    """How busy the cores this process may run on were: read before a timing, since other work on them
+    inflates every second measured (a CPU shared by two PyTorch processes runs each 5 to 40 times slower)."""
+
+    load: float | None  # the 1-minute load average; None where the system has none
+    cores: int | None  # the cores this process may run on (a container's or a batch job's share), not the host's
+
+    def busy(self, threads: int) -> bool:
+        """Whether other work held the cores that ``threads`` threads of this process needed."""
+        if self.load is None or self.cores is None:
+            return False
+        return self.load > self.cores - threads + 0.5
+
+    def describe(self, threads: int) -> str:
+        return f"load average {self.load:.2f} on {self.cores} cores, {threads} threads asked"
+
+
+def machine_load() -> MachineLoad:
+    """The load now, before the caller's own timing adds to it."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return MachineLoad(load, cores)
+
+
 @dataclass
 class Processes:
     """Where this process stands in a (possibly single-process) data-parallel job."""
