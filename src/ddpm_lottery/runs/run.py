@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,14 @@ from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import (
     FolderLock,
     make_dirs,
+    mark_tree,
     read_json,
     remove_temporaries,
     write_json,
 )
+from ddpm_lottery.utils.seals import is_marked
+
+DAMAGED = "the run folder is damaged; re-run its command into a new --out folder"
 
 
 class Run:
@@ -52,9 +58,7 @@ class Run:
             raise UserError(
                 f"{path} is not a run folder (no config.json); pass the --out folder of train or find-ticket"
             )
-        stored = read_json(
-            config_path, "run config", "the run folder is damaged; re-run its command into a new --out folder"
-        )
+        stored = read_json(config_path, "run config", DAMAGED)
         if isinstance(stored, dict) and stored.get("layout") == LAYOUT_VERSION and stored.get("kind") not in KINDS:
             raise UserError(
                 f"{path} is a {stored.get('kind')!r} run, which this version of ddpm-lottery does not know "
@@ -65,7 +69,24 @@ class Run:
                 f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
                 f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder"
             )
-        return cls(path, stored)
+        run = cls(path, stored)
+        run._check_identity()
+        if not is_marked(path):
+            _note_unverified(str(path.absolute()))
+        return run
+
+    def _check_identity(self) -> None:
+        """The stored config must still give the stored config hash and run hash: a setting edited by hand in
+        config.json is refused, in a run made before seals as in a sealed one."""
+        config = self.config
+        if (
+            config_hash(config) != self.stored.get("config_hash")
+            or run_hash(config, self.data_fingerprint) != self.hash
+        ):
+            raise UserError(
+                f"run config {self.config_path} does not give its stored config_hash and run hash (a setting or "
+                f"the data fingerprint was edited by hand); it is not used; {DAMAGED}"
+            )
 
     @classmethod
     def prepare(
@@ -92,6 +113,7 @@ class Run:
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise UserError(f"{path} exists and is not a ddpm-lottery run folder; choose an empty or new --out folder")
         make_dirs(path)
+        mark_tree(path, digest)  # before any file of the run: every one of them is sealed
         stored = {
             "layout": LAYOUT_VERSION,
             "kind": kind,
@@ -223,9 +245,7 @@ class Run:
             Checkpoints(level / "checkpoints").clean()
 
     def network_config(self) -> dict:
-        return read_json(
-            self.network_path, "network config", "the run folder is damaged; re-run its command into a new --out folder"
-        )
+        return read_json(self.network_path, "network config", DAMAGED)
 
     @property
     def schedules_dir(self) -> Path:
@@ -248,7 +268,7 @@ class Run:
         return self.root / "channel_groups.json"
 
     def module_map_json(self) -> dict:
-        return read_json(self.modules_path, "module map")
+        return read_json(self.modules_path, "module map", DAMAGED)
 
     def layer_order(self) -> list[str]:
         """Prunable tensors, one per layer, in forward-execution order."""
@@ -299,6 +319,14 @@ class Run:
         write_json(
             self.summary_path, {"hash": self.hash, "non_default": self.stored.get("non_default", {}), "levels": rows}
         )
+
+
+@functools.cache  # once per run and process: the note is for the person, the files are read either way
+def _note_unverified(root: str) -> None:
+    print(
+        f"ddpm-lottery: note: {root} was made before run files were sealed; its files are read unverified",
+        file=sys.stderr,
+    )
 
 
 __all__ = ["LAYOUT_VERSION", "Checkpoints", "CkaFolder", "Level", "Run", "SampleFolder", "level_name", "run_hash"]
