@@ -70,23 +70,27 @@ class Run:
                 f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder"
             )
         run = cls(path, stored)
-        run._check_identity()
         if not is_marked(path):
+            run._check_identity()
             _note_unverified(str(path.absolute()))
         return run
 
     def _check_identity(self) -> None:
-        """The stored config must still give the stored config hash and run hash: a setting edited by hand in
-        config.json is refused, in a run made before seals as in a sealed one."""
+        """A run made before seals: its stored config must still give its stored config hash and run hash, so a
+        setting edited by hand in config.json is refused there too.  (A sealed config.json is covered by its
+        seal, which also lets a run made under other defaults keep its stored values.)"""
         config = self.config
         if (
-            config_hash(config) != self.stored.get("config_hash")
-            or run_hash(config, self.data_fingerprint) != self.hash
+            config_hash(config) == self.stored.get("config_hash")
+            and run_hash(config, self.data_fingerprint) == self.hash
         ):
-            raise UserError(
-                f"run config {self.config_path} does not give its stored config_hash and run hash (a setting or "
-                f"the data fingerprint was edited by hand); it is not used; {DAMAGED}"
-            )
+            return
+        stored, now = self.stored.get("non_default", {}), non_default(config)
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k)) or ["the data fingerprint"]
+        raise UserError(
+            f"run config {self.config_path} does not give its stored run hash ({', '.join(changed[:3])} differs: "
+            f"edited by hand, or a default changed since the run was made); it is not used; {DAMAGED}"
+        )
 
     @classmethod
     def prepare(
