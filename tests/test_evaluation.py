@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.measures.evaluate import load_samples
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import read_json, write_json
+from ddpm_lottery.utils.seals import SCOPE_MARKER
 
 
 def small_eval(**fields):
@@ -225,7 +228,9 @@ def test_bad_evaluation_requests(tiny_ticket_run, fields, levels, match, tmp_pat
 
 
 def test_run_without_levels(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"layout": 2, "kind": "lottery", "hash": "x", "config": {}}))
+    from ddpm_lottery.config import LotteryConfig
+
+    Run.prepare(tmp_path, LotteryConfig(), "lottery", {})
     with pytest.raises(UserError, match="no finished level"):
         evaluate(tmp_path, small_eval(), progress=False, log=lambda *_: None)
     with pytest.raises(UserError, match="not a run folder"):
@@ -316,8 +321,9 @@ def test_cka_refuses_different_networks(tiny_ticket_run, tmp_path, capsys):
     source = Run.open(tiny_ticket_run)
     network = source.network_config()
     network["block_out_channels"] = [16, 16, 16]
-    (other / source.network_path.name).write_text(json.dumps(network))
-    (other / source.config_path.name).write_text(source.config_path.read_text())
+    shutil.copy(source.root / SCOPE_MARKER, other)  # the same run's seal scope: its config.json verifies there
+    write_json(other / source.network_path.name, network)
+    shutil.copy(source.config_path, other / source.config_path.name)
     assert main(["cka", str(tiny_ticket_run), str(other), "--level", "1"]) == 2
     assert "different networks" in capsys.readouterr().err
 
@@ -463,25 +469,23 @@ def test_sample_a_ticket_level(tiny_ticket_run, tmp_path, capsys):
 
 
 def test_cka_warns_when_the_tickets_are_not_two_tickets_of_one_model(tiny_ticket_run, second_ticket_run, tmp_path):
-    import shutil
-
     from ddpm_lottery.config import CkaConfig
     from ddpm_lottery.measures.cka import compare_runs
 
     other = tmp_path / "other-init"
     shutil.copytree(second_ticket_run, other)
-    stored = json.loads((other / "config.json").read_text())
+    stored = read_json(other / "config.json")  # a run made so: written, and sealed, by the writer
     stored["config"]["train"]["seed_init"] = 5
-    (other / "config.json").write_text(json.dumps(stored))
+    write_json(other / "config.json", stored)
     messages = []
     compare_runs(
         tiny_ticket_run, other, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "c", log=messages.append
     )
     assert any("different initial weights" in m for m in messages)
     metrics_path = Run.open(other).level(1).metrics_path
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path)
     metrics["sparsity"] = 0.9
-    metrics_path.write_text(json.dumps(metrics))
+    write_json(metrics_path, metrics)
     messages = []
     compare_runs(
         tiny_ticket_run, other, 1, CkaConfig(batch=4, timesteps=(100,)), out=tmp_path / "d", log=messages.append

@@ -20,7 +20,7 @@ from ddpm_lottery.runs.records import (
     StudyRecord,
     record_problem,
 )
-from ddpm_lottery.utils.files import read_json
+from ddpm_lottery.utils.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_EVALUATION = {"measure": "loss", "value": 0.25, "interval": [0.2, 0.3], "extra": {"kept": True}}
@@ -94,9 +94,10 @@ def measured_copy(measured_run, tmp_path):
 
 
 def _rewrite(path: Path, change) -> None:
-    record = json.loads(path.read_text())
+    """Rewrite a record as a faulty writer would: through the writer, so its seal matches what it holds."""
+    record = read_json(path)
     change(record)
-    path.write_text(json.dumps(record))  # json writes NaN as the bare word NaN, and reads it back
+    write_json(path, record)  # json writes NaN as the bare word NaN, and reads it back
 
 
 def _refused(capsys, args, path: Path) -> None:
@@ -128,12 +129,29 @@ def test_a_nan_evaluation_is_refused_by_findings(measured_copy, capsys):
 
 def test_nan_costs_are_refused_by_report_in_one_line(measured_copy, tmp_path, capsys):
     path = measured_copy / "level_01" / "costs.json"
-    path.write_text('{"value": NaN}')
+    write_json(path, {"value": math.nan})
     assert main(["report", str(measured_copy), "--out", str(tmp_path / "r.html")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert (
         len(err) == 1 and str(path) in err[0] and "dense_flops is missing" in err[0] and "ddpm-lottery flops" in err[0]
     )
+
+
+def test_an_evaluation_edited_by_hand_is_refused_by_its_seal(measured_copy, capsys):
+    """Issue 34: an evaluation's value edited to 0.01, its interval left as it was, flipped a verdict. The
+    edit is caught by the record's seal, not by comparing the value with its interval."""
+    paths = sorted((measured_copy / "level_02" / "eval").glob("loss-*.json"))
+    for path in paths:
+        record = json.loads(path.read_text())
+        assert "_seal" in record  # edited in place, its seal kept
+        record["value"] = 0.01
+        path.write_text(json.dumps(record, indent=2))
+    assert main(["findings", str(measured_copy)]) != 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "does not match its seal" in lines[0], captured.err
+    assert any(str(p) in lines[0] for p in paths) and "evaluate again" in lines[0]
+    assert "better" not in captured.out and "worse" not in captured.out
 
 
 def test_a_damaged_export_description_is_refused_in_one_line(tiny_ticket_run, tmp_path):

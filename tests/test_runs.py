@@ -15,7 +15,7 @@ from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.runs.checkpoints import Checkpoints
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import FolderLock, load_tensors, save_tensors, truncate_jsonl, write_json
+from ddpm_lottery.utils.files import FolderLock, load_tensors, read_json, save_tensors, truncate_jsonl, write_json
 
 FINGERPRINT = {"dataset": "embedded", "split": "train", "count": 10, "digest": "aaaa"}
 
@@ -124,10 +124,10 @@ def test_changed_data_or_changed_default_is_caught_and_named(tmp_path):
     run = Run.prepare(tmp_path / "run", config, "train", FINGERPRINT)
     with pytest.raises(UserError, match="training data .* changed"):
         Run.prepare(run.root, config, "train", {**FINGERPRINT, "digest": "bbbb", "count": 11})
-    # a default that changed between versions: same hash, different stored value
-    stored = json.loads((run.root / "config.json").read_text())
+    # a default that changed between versions: same hash, different stored value (written, and sealed, so)
+    stored = read_json(run.root / "config.json")
     stored["config"]["train"]["ema_decay"] = 0.5
-    (run.root / "config.json").write_text(json.dumps(stored))
+    write_json(run.root / "config.json", stored)
     with pytest.raises(UserError, match="train.ema_decay=0.5 there, 0.999 here"):
         Run.prepare(run.root, config, "train", FINGERPRINT)
 

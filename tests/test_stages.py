@@ -9,6 +9,7 @@ import torch
 from ddpm_lottery.lottery.networks import level_masks, level_network
 from ddpm_lottery.lottery.stages import StagedDenoiser, StagedLevel, calls_per_stage, parse_schedule
 from ddpm_lottery.utils.errors import UserError
+from ddpm_lottery.utils.files import read_json, write_json
 
 
 def test_a_schedule_covers_the_reverse_process_once():
@@ -114,9 +115,9 @@ def test_a_schedule_that_mixes_networks_is_refused_naming_the_difference(tiny_ti
     from ddpm_lottery.config import SampleConfig
 
     other = Path(shutil.copytree(tiny_ticket_run, tmp_path / "other"))
-    network = json.loads((other / "network.json").read_text())
-    network["layers_per_block"] += 1  # what a run made with --layers-per-block 2 stores
-    (other / "network.json").write_text(json.dumps(network))
+    network = read_json(other / "network.json")
+    network["layers_per_block"] += 1  # what a run made with --layers-per-block 2 stores (sealed by its writer)
+    write_json(other / "network.json", network)
     schedule = f"1000:500=level_00,500:0={other}/level_02"
     with pytest.raises(UserError, match=r"another network \(layers_per_block=2 there, 1 here\)"):
         api.sample(tiny_ticket_run, SampleConfig(schedule=schedule), tmp_path / "grid", progress=False, log=print)

@@ -16,12 +16,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: torch loads only when the command runs
-    from ddpm_lottery.lottery.costs import level_costs
+    from ddpm_lottery.lottery.costs import stored_costs
     from ddpm_lottery.runs.run import Run
 
     run = Run.open(args.run)
     for level in run.levels_arg(args.level, args.all_levels):
-        c = level_costs(level)
+        c = stored_costs(level)  # read where stored: a read-only run, or one committed sparse, works
         print(
             f"{args.run} level {level.index}: {c['dense_flops'] / 1e9:.4f} GFLOPs "
             f"({c['dense_macs'] / 1e9:.4f} GMACs) "

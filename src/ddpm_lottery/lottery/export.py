@@ -59,19 +59,6 @@ def _check_destination(out: Path, run: Run, chosen, weights: str, force: bool) -
         )
 
 
-def _check_masks(chosen, unet) -> None:
-    """The level's mask file must load and fit its network, tensor by tensor, before it is copied out."""
-    masks = level_masks(chosen)
-    shapes = {name: list(p.shape) for name, p in unet.named_parameters()}
-    wrong = [n for n, m in masks.items() if shapes.get(n) != list(m.shape)]
-    if wrong:
-        raise UserError(
-            f"mask file {chosen.mask_path} does not fit the level's network ({wrong[0]}"
-            + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else "")
-            + f"); delete {chosen.dir} and re-run the command to recompute the level"
-        )
-
-
 def export_level(
     run_dir: str | Path,
     out: str | Path,
@@ -107,12 +94,12 @@ def export_level(
         else:
             unet = level_network(chosen, weights)
             if chosen.mask_path.exists():
-                _check_masks(chosen, unet)
+                level_masks(chosen, unet)  # must load and fit the network before it is copied out
             DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
             parameters = sum(p.numel() for p in unet.parameters())
         if chosen.mask_path.exists():
-            level_masks(chosen)  # a corrupt or truncated mask file is refused, never copied
-            copy_file(chosen.mask_path, staging / chosen.mask_path.name)
+            level_masks(chosen)  # a corrupt, truncated or foreign mask file is refused, never copied
+            copy_file(chosen.mask_path, staging / chosen.mask_path.name, "mask file")
         write_json(
             staging / PIPELINE_NOTE,
             {

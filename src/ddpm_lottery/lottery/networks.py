@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from diffusers import UNet2DModel
 
 from ddpm_lottery.models.networks import seeded
@@ -48,9 +49,24 @@ def run_channel_groups(run: Run, model=None):
     )
 
 
-def level_masks(level: Level):
-    """The level's masks (True = the weight survives)."""
-    return load_masks(level.mask_path, fix=f"delete {level.dir} and re-run the command to recompute the level")
+def level_masks(level: Level, model=None):
+    """The level's masks (True = the weight survives), checked to fit its network tensor by tensor: a mask
+    of another architecture is refused here, in one line, for every command that reads masks.
+    ``model``: the level's network where the caller has it (else the run's is built on the meta device)."""
+    fix = f"delete {level.dir} and re-run the command to recompute the level"
+    masks = load_masks(level.mask_path, fix=fix)
+    if model is None:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            model = run_network(level.run)
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    wrong = [name for name, mask in masks.items() if shapes.get(name) != list(mask.shape)]
+    if wrong:
+        raise UserError(
+            f"mask file {level.mask_path} does not fit the level's network ({wrong[0]}"
+            + (f" and {len(wrong) - 1} more" if len(wrong) > 1 else "")
+            + f"); {fix}"
+        )
+    return masks
 
 
 def level_channel_masks(level: Level):
@@ -103,7 +119,7 @@ def compact_level(level) -> dict:
     if channels is not None:
         small, how = compact(masked, groups, channels), "channel ticket"
     else:
-        channels = emptied_channels(groups, level_masks(level), norm_shapes(masked))
+        channels = emptied_channels(groups, level_masks(level, masked), norm_shapes(masked))
         small, how = compact(masked, groups, channels, even=False), "channels the weight mask emptied"
     error = compaction_error(masked, small)
     save_compact(level.compact_spec_path, level.compact_path, small, "ema")

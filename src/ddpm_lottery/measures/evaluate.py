@@ -74,7 +74,7 @@ from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.tracking import Tracking
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import atomic_path, write_json
+from ddpm_lottery.utils.files import atomic_path, load_arrays, save_arrays, write_json
 from ddpm_lottery.utils.launch import resolve_device
 
 # Resampling indices are a function of (count, round) only, so every level is resampled alike.
@@ -152,13 +152,12 @@ def _stored_part(path: Path | None, count: int) -> torch.Tensor | None:
 
 def save_samples(path: Path, images: torch.Tensor) -> None:
     """uint8 (N, H, W, C) under ``arr_0``, the key common evaluator scripts read."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, arr_0=images.permute(0, 2, 3, 1).numpy())
+    save_arrays(path, arr_0=images.permute(0, 2, 3, 1).numpy())
 
 
 def load_samples(path: Path) -> torch.Tensor:
-    with np.load(path, allow_pickle=False) as data:
-        return torch.from_numpy(data["arr_0"]).permute(0, 3, 1, 2).contiguous()
+    images = load_arrays(path, "evaluation samples", f"delete {path} and evaluate again")["arr_0"]
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,8 +343,10 @@ class Evaluator:
                 images = load_samples(path)
                 if len(images) == self.sampling["num_samples"]:
                     return images
-            except (OSError, ValueError, KeyError):
-                pass  # damaged: drawn again (seeded, so the same images) and replaced
+            except KeyError:
+                pass  # not the samples file: drawn again (seeded, so the same images) and replaced
+            except UserError as exc:  # damaged or failing its seal: never used, drawn again and replaced
+                self.log(f"{exc.args[0].split(';')[0]}; drawing its images again")
         parts = path.with_name(f".{path.stem}.parts")
         images, self.drawn[str(level.dir)] = generate(
             level, self.config, self.device, self.progress, parts=parts, log=self.log
@@ -379,8 +380,7 @@ class Evaluator:
                 device=self.device,
             )
             extra.update(kernel_record(model, kernels))
-            with atomic_path(level.evaluation_array_path(key)) as tmp, open(tmp, "wb") as handle:
-                np.savez_compressed(handle, losses=per_image.numpy())
+            save_arrays(level.evaluation_array_path(key), losses=per_image.numpy())
             totals = per_image.mean(1)
             value = float(totals.mean())
             replicates = [

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import load_tensors, save_tensors
+from ddpm_lottery.utils.files import load_tensors_and_metadata, save_tensors
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 
@@ -58,9 +57,7 @@ def load_masks(
     fix: str = "re-run the command that writes it",
 ) -> Masks:
     path = Path(path)
-    packed = load_tensors(path, "mask file", fix)
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    packed, metadata = load_tensors_and_metadata(path, "mask file", fix)
     masks: Masks = {}
     for name, bits in packed.items():
         shape_text = metadata.get(f"shape:{name}")

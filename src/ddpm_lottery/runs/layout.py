@@ -41,6 +41,12 @@ of its own under its ticket run's ``branches/``::
     RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
 
 Every write is atomic (see :mod:`ddpm_lottery.utils.files`); a folder is used by one process at a time (``RUN/.lock``).
+
+``RUN/.seal-scope`` (the run hash, written when the run is created) makes the run a sealed tree: every JSON,
+safetensors and npz file in it carries a seal binding its content to this run and its path here, checked on
+every read (see :mod:`ddpm_lottery.utils.seals`), so an edited file, or one copied from another run or
+another level, is refused in one line and never used.  Runs made before seals have no ``.seal-scope``: they
+are read unverified (one note per run), their ``config.json`` still checked against its stored hashes.
 """
 
 from __future__ import annotations

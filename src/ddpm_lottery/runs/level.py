@@ -16,9 +16,10 @@ from ddpm_lottery.runs.records import EvaluationRecord, LevelCosts, LevelMetrics
 from ddpm_lottery.runs.sparse_export import load_sparse
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import (
-    atomic_path,
+    load_arrays,
     load_tensors,
     read_jsonl,
+    save_arrays,
 )
 
 
@@ -87,14 +88,15 @@ class Level:
 
     def save_denoising(self, snapshots: torch.Tensor, timesteps: list[int], how: str) -> None:
         """x_t of one image at a few steps of its denoising (uint8), for the report's Figure 3."""
-        with atomic_path(self.denoising_path) as tmp, open(tmp, "wb") as handle:
-            np.savez_compressed(handle, snapshots=snapshots.numpy(), timesteps=np.array(timesteps), how=np.array(how))
+        save_arrays(self.denoising_path, snapshots=snapshots.numpy(), timesteps=np.array(timesteps), how=np.array(how))
 
     def denoising(self) -> tuple[torch.Tensor, list[int], str] | None:
         if not self.denoising_path.exists():
             return None
-        with np.load(self.denoising_path, allow_pickle=False) as data:
-            return torch.from_numpy(data["snapshots"]), [int(t) for t in data["timesteps"]], str(data["how"])
+        data = load_arrays(
+            self.denoising_path, "denoising snapshots", f"delete {self.denoising_path} and re-run the command"
+        )
+        return torch.from_numpy(data["snapshots"]), [int(t) for t in data["timesteps"]], str(data["how"])
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -153,7 +155,7 @@ class Level:
         self.require_finished()
         path = self.weights_path(which)
         if not path.exists() and self._ema_from_sparse(which):
-            return load_sparse(self.sparse_path)
+            return load_sparse(self.sparse_path, self.retrain_advice())
         if not path.exists() and self.metrics_path.is_file():
             if self.sparse_path.is_file():  # its EMA weights are here: say so before suggesting a retrain
                 raise UserError(

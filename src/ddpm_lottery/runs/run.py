@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,14 @@ from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import (
     FolderLock,
     make_dirs,
+    mark_tree,
     read_json,
     remove_temporaries,
     write_json,
 )
+from ddpm_lottery.utils.seals import is_marked
+
+DAMAGED = "the run folder is damaged; re-run its command into a new --out folder"
 
 
 class Run:
@@ -52,9 +58,7 @@ class Run:
             raise UserError(
                 f"{path} is not a run folder (no config.json); pass the --out folder of train or find-ticket"
             )
-        stored = read_json(
-            config_path, "run config", "the run folder is damaged; re-run its command into a new --out folder"
-        )
+        stored = read_json(config_path, "run config", DAMAGED)
         if isinstance(stored, dict) and stored.get("layout") == LAYOUT_VERSION and stored.get("kind") not in KINDS:
             raise UserError(
                 f"{path} is a {stored.get('kind')!r} run, which this version of ddpm-lottery does not know "
@@ -65,7 +69,28 @@ class Run:
                 f"{path} was written by an older ddpm-lottery (run layout {stored.get('layout', 1) if isinstance(stored, dict) else '?'}, "
                 f"this version reads layout {LAYOUT_VERSION}); re-run its command into a new --out folder"
             )
-        return cls(path, stored)
+        run = cls(path, stored)
+        if not is_marked(path):
+            run._check_identity()
+            _note_unverified(str(path.absolute()))
+        return run
+
+    def _check_identity(self) -> None:
+        """A run made before seals: its stored config must still give its stored config hash and run hash, so a
+        setting edited by hand in config.json is refused there too.  (A sealed config.json is covered by its
+        seal, which also lets a run made under other defaults keep its stored values.)"""
+        config = self.config
+        if (
+            config_hash(config) == self.stored.get("config_hash")
+            and run_hash(config, self.data_fingerprint) == self.hash
+        ):
+            return
+        stored, now = self.stored.get("non_default", {}), non_default(config)
+        changed = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k)) or ["the data fingerprint"]
+        raise UserError(
+            f"run config {self.config_path} does not give its stored run hash ({', '.join(changed[:3])} differs: "
+            f"edited by hand, or a default changed since the run was made); it is not used; {DAMAGED}"
+        )
 
     @classmethod
     def prepare(
@@ -92,6 +117,7 @@ class Run:
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise UserError(f"{path} exists and is not a ddpm-lottery run folder; choose an empty or new --out folder")
         make_dirs(path)
+        mark_tree(path, digest)  # before any file of the run: every one of them is sealed
         stored = {
             "layout": LAYOUT_VERSION,
             "kind": kind,
@@ -223,9 +249,7 @@ class Run:
             Checkpoints(level / "checkpoints").clean()
 
     def network_config(self) -> dict:
-        return read_json(
-            self.network_path, "network config", "the run folder is damaged; re-run its command into a new --out folder"
-        )
+        return read_json(self.network_path, "network config", DAMAGED)
 
     @property
     def schedules_dir(self) -> Path:
@@ -248,7 +272,7 @@ class Run:
         return self.root / "channel_groups.json"
 
     def module_map_json(self) -> dict:
-        return read_json(self.modules_path, "module map")
+        return read_json(self.modules_path, "module map", DAMAGED)
 
     def layer_order(self) -> list[str]:
         """Prunable tensors, one per layer, in forward-execution order."""
@@ -299,6 +323,14 @@ class Run:
         write_json(
             self.summary_path, {"hash": self.hash, "non_default": self.stored.get("non_default", {}), "levels": rows}
         )
+
+
+@functools.cache  # once per run and process: the note is for the person, the files are read either way
+def _note_unverified(root: str) -> None:
+    print(
+        f"ddpm-lottery: note: {root} was made before run files were sealed; its files are read unverified",
+        file=sys.stderr,
+    )
 
 
 __all__ = ["LAYOUT_VERSION", "Checkpoints", "CkaFolder", "Level", "Run", "SampleFolder", "level_name", "run_hash"]

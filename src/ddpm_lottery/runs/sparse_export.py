@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import load_tensors, save_tensors
+from ddpm_lottery.utils.files import load_tensors_and_metadata, save_tensors
 
 Masks = dict[str, torch.Tensor]
 
@@ -39,11 +38,9 @@ def export_sparse(weights: dict[str, torch.Tensor], masks: Masks, path: str | Pa
     return Path(path).stat().st_size
 
 
-def load_sparse(path: str | Path) -> dict[str, torch.Tensor]:
+def load_sparse(path: str | Path, fix: str = "re-export it") -> dict[str, torch.Tensor]:
     """Rebuild the dense state dict from a sparse export."""
-    tensors = load_tensors(path, "sparse export")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    tensors, metadata = load_tensors_and_metadata(path, "sparse export", fix)
     state = {k[len("dense.") :]: v for k, v in tensors.items() if k.startswith("dense.")}
     for key, values in tensors.items():
         if not key.startswith("values."):

@@ -4,6 +4,11 @@ Every file is written to a temporary name in the same folder, flushed, fsynced a
 the target, so a killed process or a full disk never leaves a half-written file where a good one
 was.  Files get the permissions the user's umask gives (``mkstemp`` alone would make them 0600).
 Tensors are read from safetensors only, never from pickles.
+
+Inside a sealed tree (a run folder: see :mod:`ddpm_lottery.utils.seals`) the JSON, safetensors and npz
+writers here seal every file they write, and their readers check the seal of every file they read: no
+caller can forget either.  A file that fails its check is refused in one line naming it and the ``fix``
+its caller gives (the command that rebuilds it); its content is never returned.
 """
 
 from __future__ import annotations
@@ -20,11 +25,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ddpm_lottery.utils.errors import FolderBusy, UserError
+from ddpm_lottery.utils.seals import (
+    SCOPE_MARKER,
+    SEAL_KEY,
+    arrays_seal,
+    check,
+    json_seal,
+    sealed_place,
+    staging_name,
+    tensors_seal,
+)
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -98,8 +114,17 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON; in a sealed tree (``data`` is then an object) with its seal as a last key."""
+    text = json.dumps(data, indent=2, sort_keys=False)
+    place = sealed_place(path)
+    if place is not None:
+        if not isinstance(data, dict):
+            raise TypeError(f"{path} is in a sealed folder: only a JSON object can carry its seal")
+        # sealed as it will be read back (tuples as lists, keys as strings), less a stale seal
+        plain = {k: v for k, v in json.loads(text).items() if k != SEAL_KEY}
+        text = json.dumps({**plain, SEAL_KEY: json_seal(place, plain)}, indent=2, sort_keys=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -114,6 +139,10 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    place = sealed_place(path)
+    if place is not None:
+        plain = {k: v for k, v in (metadata or {}).items() if k != SEAL_KEY}
+        metadata = {**plain, SEAL_KEY: tensors_seal(place, contiguous, plain)}
     with atomic_path(path) as tmp:
         try:
             save_file(contiguous, str(tmp), metadata=metadata)
@@ -130,30 +159,78 @@ def _os_error(exc: SafetensorError) -> OSError:
 
 
 def read_json(path: str | Path, what: str = "file", fix: str = "re-run the command that writes it") -> Any:
+    """The JSON in ``path``, its seal checked and left out."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} {path} is missing; {fix}") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{what} {path} is corrupt (not valid JSON); {fix}") from None
     except OSError as exc:
         raise UserError(f"cannot read {what} {path} ({exc.strerror or exc}); {fix}") from None
+    found = data.pop(SEAL_KEY, None) if isinstance(data, dict) else None
+    check(path, None if found is None else str(found), lambda place: json_seal(place, data), what, fix)
+    return data
 
 
 def load_tensors(
     path: str | Path, what: str = "weights file", fix: str = "re-run the command that writes it"
 ) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never pickle) with a one-line error when it is missing or unreadable."""
+    """Load a safetensors file (never pickle), its seal checked, with a one-line error when it is missing,
+    unreadable or fails its check."""
+    return load_tensors_and_metadata(path, what, fix)[0]
+
+
+def load_tensors_and_metadata(
+    path: str | Path, what: str = "weights file", fix: str = "re-run the command that writes it"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`load_tensors` and the file's metadata (less its seal)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path} is missing; {fix}")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(
             f"{what} {path} is corrupt or not a safetensors file ({str(exc).splitlines()[0]}); {fix}"
         ) from None
+    found = metadata.pop(SEAL_KEY, None)
+    check(path, found, lambda place: tensors_seal(place, tensors, metadata), what, fix)
+    return tensors, metadata
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write numpy arrays to a compressed npz file; in a sealed tree with its seal as one more array."""
+    place = sealed_place(path)
+    if place is not None:
+        arrays = {**arrays, SEAL_KEY: np.array(arrays_seal(place, arrays))}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def load_arrays(
+    path: str | Path, what: str = "array file", fix: str = "re-run the command that writes it"
+) -> dict[str, np.ndarray]:
+    """The arrays of an npz file (never pickled objects), its seal checked and left out."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} is missing; {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{what} {path} is corrupt or not an npz file ({str(exc).splitlines()[0]}); {fix}") from None
+    found = arrays.pop(SEAL_KEY, None)
+    check(path, None if found is None else str(found), lambda place: arrays_seal(place, arrays), what, fix)
+    return arrays
+
+
+def mark_tree(folder: str | Path, scope: str) -> None:
+    """Make ``folder`` a sealed tree named ``scope``: the files written inside it from now on are sealed."""
+    write_text(Path(folder) / SCOPE_MARKER, scope + "\n")
 
 
 def hash_file(digest, path: str | Path):
@@ -211,10 +288,23 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def copy_file(src: str | Path, dst: str | Path) -> None:
-    """Copy a file atomically (a full disk leaves ``dst`` as it was, and says so in one line)."""
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
+def copy_file(
+    src: str | Path, dst: str | Path, what: str = "file", fix: str = "re-run the command that writes it"
+) -> None:
+    """Copy a file atomically (a full disk leaves ``dst`` as it was, and says so in one line).
+
+    A JSON, safetensors or npz file is read through its checked reader and written through its writer, so
+    its seal is checked at ``src`` and made anew for ``dst`` (a seal binds a file to its place)."""
+    suffix = Path(dst).suffix
+    if suffix == ".json":
+        write_json(dst, read_json(src, what, fix))
+    elif suffix == ".safetensors":
+        save_tensors(dst, *load_tensors_and_metadata(src, what, fix))
+    elif suffix == ".npz":
+        save_arrays(dst, **load_arrays(src, what, fix))
+    else:
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 @contextmanager
@@ -225,7 +315,7 @@ def staged_folder(out: str | Path):
     full disk: whatever they raise as an OSError or a safetensors error becomes the one-line disk error, and
     the partial folder is removed."""
     out = Path(out)
-    staging = out.with_name(f".{out.name}.partial")
+    staging = out.with_name(staging_name(out.name))
     shutil.rmtree(staging, ignore_errors=True)
     make_dirs(staging)
     try:
