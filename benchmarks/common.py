@@ -48,3 +48,11 @@ def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer
     return Trainer(
         config, Run(workdir, {}).level(0), images=ImageSet(data, None, "random", "benchmark", False), progress=False
     )
+
+
+def cpu_description() -> str:
+    """The CPU as the two sides see it: LLVM's name for it (numba compiles for it) and the instruction set
+    PyTorch's kernels dispatch to, since the ratios differ between CPUs (oneDNN is far faster with AVX-512)."""
+    import llvmlite.binding as llvm
+
+    return f"CPU {llvm.get_host_cpu_name()}, PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"
