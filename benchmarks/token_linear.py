@@ -1,7 +1,7 @@
 """Sparse ``Linear`` layers at transformer shapes against PyTorch's dense ones, forward and training.
 
     python benchmarks/token_linear.py [--rows 256,3136,4096] [--shapes 96x96,384x384,384x1536,1536x384]
-                                      [--densities 0.125,0.0625] [--repeats 7] [--threads N]
+                                      [--densities 0.125,0.0625] [--repeats 7] [--threads N] [--clock wall|thread]
 
 A transformer's ``Linear`` layers see B x T token rows (a DiT on 28x28 latents with patch 4 at batch 64:
 3,136).  Each ratio is dense time / sparse time of the same inputs and random mask, interleaved in this one
@@ -23,7 +23,7 @@ import os
 import sys
 
 import torch
-from common import cpu_description, interleaved_minimum
+from common import CLOCKS, cpu_description, interleaved_minimum
 
 from ddpm_lottery.kernels.layers import use_kernels
 
@@ -48,7 +48,7 @@ def _training_call(layer, x: torch.Tensor, upstream: torch.Tensor):
     return call
 
 
-def bench(rows_list, shapes, densities, repeats) -> list[str]:
+def bench(rows_list, shapes, densities, repeats, clock: str = "wall") -> list[str]:
     rows_out = [
         "| rows | in → out | density | dense fwd ms | sparse fwd ms | fwd × | fwd+bwd × | FLOP ratio (limit) | "
         "dense GFLOP/s | sparse GFLOP/s (useful) | useful / dense |",
@@ -61,10 +61,10 @@ def bench(rows_list, shapes, densities, repeats) -> list[str]:
                 dense, sparse, real = _pair(in_features, out_features, density)
                 x = torch.randn(rows, in_features)
                 with torch.no_grad():
-                    t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats)
+                    t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats, clock)
                 upstream = torch.randn(rows, out_features)
                 b_dense, b_sparse = interleaved_minimum(
-                    _training_call(dense, x, upstream), _training_call(sparse, x, upstream), repeats
+                    _training_call(dense, x, upstream), _training_call(sparse, x, upstream), repeats, clock
                 )
                 flops = 2.0 * rows * in_features * out_features
                 dense_rate, useful_rate = flops / t_dense / 1e9, flops * real / t_sparse / 1e9
@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--densities", default="0.125,0.0625", help="surviving fractions (0.125 = 87.5 %% sparse)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="thread: CPU seconds of the calling thread, for a shared machine at --threads 1",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
     args = parser.parse_args(argv)
     if args.threads:
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
     print(
         f"# sparse Linear at transformer shapes: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls\n"
+        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls, {args.clock} clock\n"
         f"# python benchmarks/token_linear.py {' '.join(argv if argv is not None else sys.argv[1:])}\n",
         flush=True,
     )
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes,
         [float(d) for d in args.densities.split(",")],
         args.repeats,
+        args.clock,
     )
     return 0
 
