@@ -16,13 +16,19 @@ from ddpm_lottery.training.trainer import Trainer
 BATCH = {"tiny": 64, "small": 64, "ddpm-mnist": 32, "ddpm-cifar10": 16}
 
 
-def seconds(fn) -> float:
-    start = time.perf_counter()
+# what the benchmarks time by: "wall" (an idle machine's figure) or "thread", the CPU seconds of the
+# calling thread, which a shared machine's other work barely moves; valid at 1 thread only, where every
+# kernel runs in the calling thread (a process clock would count the thread pools' idle spinning too)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def seconds(fn, clock=time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved_minimum(first, second, repeats: int) -> tuple[float, float]:
+def interleaved_minimum(first, second, repeats: int, clock: str = "wall") -> tuple[float, float]:
     """Best time of each of two callables, interleaved (alternating which goes first) after two
     warm-up calls each, so drifts of the machine's speed hit both alike."""
     for _ in range(2):
@@ -31,7 +37,7 @@ def interleaved_minimum(first, second, repeats: int) -> tuple[float, float]:
     for index in range(repeats):
         order = [(first, times[0]), (second, times[1])]
         for fn, bucket in order if index % 2 == 0 else order[::-1]:
-            bucket.append(seconds(fn))
+            bucket.append(seconds(fn, CLOCKS[clock]))
     return min(times[0]), min(times[1])
 
 
@@ -48,3 +54,11 @@ def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer
     return Trainer(
         config, Run(workdir, {}).level(0), images=ImageSet(data, None, "random", "benchmark", False), progress=False
     )
+
+
+def cpu_description() -> str:
+    """The CPU as the two sides see it: LLVM's name for it (numba compiles for it) and the instruction set
+    PyTorch's kernels dispatch to, since the ratios differ between CPUs (oneDNN is far faster with AVX-512)."""
+    import llvmlite.binding as llvm
+
+    return f"CPU {llvm.get_host_cpu_name()}, PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"

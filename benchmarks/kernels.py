@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import interleaved_minimum
+from common import cpu_description, interleaved_minimum
 
 from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
@@ -348,14 +348,6 @@ def bench_setup() -> list[str]:
         )
     print(*rows[2:], sep="\n", flush=True)
     return rows
-
-
-def cpu_description() -> str:
-    """The CPU as the two sides see it: LLVM's name for it (numba compiles for it) and the instruction set
-    PyTorch's kernels dispatch to, since the ratios differ between CPUs (oneDNN is far faster with AVX-512)."""
-    import llvmlite.binding as llvm
-
-    return f"CPU {llvm.get_host_cpu_name()}, PyTorch kernels {torch.backends.cpu.get_cpu_capability()}"
 
 
 def main() -> None:

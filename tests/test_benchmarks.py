@@ -58,3 +58,14 @@ def test_level_speeds_reads_a_runs_records_against_its_dense_kernel_levels(tmp_p
     assert rows["1"][4:] == ["100.0", "1.00", "2.0"]
     assert rows["2"][2] == "sparse" and rows["2"][4:] == ["150.0", "1.50", "10.0"]
     assert level_speeds.main([str(tmp_path / "nothing")]) == 2
+
+
+def test_token_linear_prints_one_row_per_layer_and_density(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    import token_linear
+
+    assert token_linear.main(["--rows", "37", "--shapes", "20x24,24x8", "--densities", "0.25", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "threads" in out.splitlines()[0] and "benchmarks/token_linear.py --rows 37" in out
+    table = [line for line in out.splitlines() if line.startswith("| 37 |")]
+    assert [line.split("|")[2].strip() for line in table] == ["20 → 24", "24 → 8"]

@@ -631,3 +631,59 @@ def test_a_nan_input_at_a_pruned_position_stays_out_of_the_output_as_documented(
     out = model(x)
     assert bool(torch.isfinite(out).all())
     assert bool(torch.isnan(torch.nn.functional.linear(x, layer.weight, layer.bias)).any())
+
+
+def _linear_pair(in_features: int, out_features: int, bias: bool, sparsity: float = 0.875):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(in_features, out_features, bias=bias)
+    keep = _pruned(layer, sparsity)
+    dense = copy.deepcopy(layer)
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse", masks={"0.weight": keep})
+    return model, dense, keep
+
+
+@pytest.mark.parametrize(
+    "input_shape, out_features, bias",
+    [
+        ((1, 20), 7, True),  # one row
+        ((37, 35), 17, True),  # odd rows, widths not a multiple of 16, one partial tile
+        ((300, 48), 40, False),  # three tiles, the last partial, no bias
+        ((5, 61, 35), 33, True),  # 3-D tokens (B, T, D): 305 rows
+        ((1100, 24), 16, True),  # nine tiles: more than the weight gradient's partial sums
+    ],
+    ids=["one-row", "odd", "tiles-no-bias", "tokens-3d", "many-tiles"],
+)
+def test_a_sparse_linear_equals_the_masked_dense_one_at_token_shapes(input_shape, out_features, bias):
+    model, dense, keep = _linear_pair(input_shape[-1], out_features, bias)
+    x = torch.randn(*input_shape)
+    x_sparse, x_dense = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_sparse, out_dense = model(x_sparse), dense(x_dense)
+    assert model[0].last_kernel == "sparse" and out_sparse.shape == out_dense.shape
+    assert _relative(out_sparse, out_dense) < 1e-5
+    upstream = torch.randn_like(out_dense)
+    (out_sparse * upstream).sum().backward()
+    (out_dense * upstream).sum().backward()
+    assert _relative(x_sparse.grad, x_dense.grad) < 1e-5
+    assert _relative(model[0].weight.grad, dense.weight.grad * keep) < 1e-5
+    assert bool((model[0].weight.grad[~keep] == 0).all())  # zeros stay zero
+    if bias:
+        assert _relative(model[0].bias.grad, dense.bias.grad) < 1e-5
+
+
+def test_the_linear_kernels_give_the_same_bits_at_any_thread_count():
+    """Each output and weight gradient is summed in an order fixed by the shape: what bit-exact resume needs."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            model, _, _ = _linear_pair(40, 48, True)
+            x = torch.randn(1100, 40, generator=torch.Generator().manual_seed(1)).requires_grad_()
+            out = model(x)
+            out.square().sum().backward()
+            results.append((out.detach(), x.grad, model[0].weight.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for first, second in zip(*results):
+        assert torch.equal(first, second)

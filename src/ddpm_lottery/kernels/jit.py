@@ -2,17 +2,17 @@
 
 Every kernel works on *planes*: an input image is laid out as a stack of flattened 2-D planes
 (the zero-padded input channels for a stride-1 convolution, their four even/odd phases for a
-stride-2 one, the features of a batch for a ``Linear``), and a surviving weight ``k`` is a triple
-``(plane[k], offset[k], value[k])``.  Then every layer kind is the same computation, a *direct*
-sparse convolution over contiguous memory:
+stride-2 one), and a surviving weight ``k`` is a triple ``(plane[k], offset[k], value[k])``.  Then
+every convolution is the same computation, a *direct* sparse convolution over contiguous memory:
 
-    gather (forward)        acc[o][0:L]          += value[k] * planes[plane[k]][offset[k] : offset[k] + L]
-    scatter (input grad)    acc[c][offset[k]:+L] += value[k] * grad_out[row[k]][0:L]
+    forward                 acc[o][0:L]          += value[k] * planes[plane[k]][offset[k] : offset[k] + L]
+    input grad (scatter)    acc[c][offset[k]:+L] += value[k] * grad_out[row[k]][0:L]
     dots (weight grad)      grad_value[k]         = sum_n  grad_out[n][row[k]][0:L] . planes[n][plane[k]][offset[k]:+L]
 
 where ``L`` covers the output plane with the input's row pitch (two junk columns a row for a 3x3
 convolution, dropped when the result is written out).  The work is one multiply-add per surviving
 weight and output position: it scales with the ticket's density, not the dense layer's size.
+``Linear`` layers have kernels of their own, over tiles of token rows (:mod:`ddpm_lottery.kernels.tiles`).
 
 Why it is written this way (each measured on 2 AVX-512 cores, 128->128 3x3 at 32x32, batch 64, 87.5 %):
 - the accumulator is a local buffer, never a view of the output: numba cannot prove a view does not
@@ -39,7 +39,7 @@ _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 @njit(inline="always", fastmath=True, nogil=True)
 def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, target):
-    """One output channel of one image from its planes (the gather of the module docstring)."""
+    """One output channel of one image from its planes (the forward of the module docstring)."""
     acc = np.full(length, bias[o], np.float32)
     k = indptr[o]
     end = indptr[o + 1]
@@ -93,39 +93,6 @@ def _scatter_run(acc, grads, row, offset, values, k, end, length):
             for i in range(length):
                 window[i] += w * gs[i]
             k += 1
-
-
-@njit(**_JIT)
-def gather(planes, indptr, plane, offset, values, bias, length, pitch, out_rows, out_cols, out):
-    """out[n, o] = bias[o] + sum_k values[k] * planes[n, plane[k], offset[k]:offset[k] + length].
-
-    planes: (N, P, S) float32; indptr: (O + 1,) CSR over output rows; out: (N, O, out_rows * out_cols),
-    written from the accumulator's first ``out_cols`` columns of each ``pitch``-wide row.
-    """
-    batch = planes.shape[0]
-    rows = indptr.shape[0] - 1
-    for job in prange(batch * rows):
-        n = job // rows
-        o = job - n * rows
-        _row(planes[n], indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
-
-
-@njit(**_JIT)
-def scatter(grads, indptr, row, offset, values, plane_size, out):
-    """out[n, c] = sum over the surviving weights k of plane c of values[k] * grads[n, row[k]] placed at offset[k].
-
-    grads: (N, O, L) with zeros in the junk columns; indptr: (C + 1,) CSC over planes, the entries of a
-    plane sorted by offset so that runs of equal offset share passes; out: (N, C, plane_size).
-    """
-    batch = grads.shape[0]
-    length = grads.shape[2]
-    columns = indptr.shape[0] - 1
-    for job in prange(batch * columns):
-        n = job // columns
-        c = job - n * columns
-        acc = np.zeros(plane_size, np.float32)
-        _scatter_run(acc, grads[n], row, offset, values, indptr[c], indptr[c + 1], length)
-        out[n, c, :] = acc
 
 
 @njit(**_JIT)
@@ -326,7 +293,6 @@ def warm_up(training: bool = False) -> None:
     indptr = np.array([0, 1], np.int64)
     values = np.ones(1, np.float32)
     out = np.empty((1, 1, 2), np.float32)
-    gather(planes, indptr, index, index, values, np.zeros(1, np.float32), 2, 2, 1, 2, out)
     image = np.ones((1, 1, 1, 2), np.float32)
     conv_forward(
         image,
@@ -348,7 +314,6 @@ def warm_up(training: bool = False) -> None:
         np.empty((1, 1, 2), np.float32),
     )
     if training:
-        scatter(out, indptr, index, index, values, 4, np.empty((1, 1, 4), np.float32))
         dots(planes, out, indptr, index, index, np.empty(1, np.float32))
         fill_all(image, 1, 0, 0, 2, 1, np.empty((1, 1, 2), np.float32))
         conv_input_grad(out, indptr, index, index, values, 1, 0, 0, 2, 2, np.empty((1, 1, 1, 2), np.float32))

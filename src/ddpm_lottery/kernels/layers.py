@@ -30,11 +30,9 @@ from ddpm_lottery.kernels.planes import (
     Geometry,
     Structure,
     conv_geometry,
-    from_output,
     linear_geometry,
     structure,
     supported,
-    to_planes,
 )
 from ddpm_lottery.utils.errors import UserError
 
@@ -104,14 +102,8 @@ class _SparseMixin:
         values, bias = self._values(s, x)
         if geometry.kind == "conv":
             return ops.conv2d(x.contiguous(), values, bias, s, geometry.conv_arguments())
-        out = ops.planes_gather(
-            to_planes(x, geometry),
-            values,
-            bias,
-            s,
-            [geometry.length, geometry.pitch, geometry.out_rows, geometry.out_cols],
-        )
-        return from_output(out, geometry, x)
+        rows = x.reshape(-1, x.shape[-1]).contiguous()  # (B, T, D) tokens: B * T rows
+        return ops.linear(rows, values, bias, s).reshape(*x.shape[:-1], self.weight.shape[0])
 
     def _values(self, s: Structure, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The surviving weights (CSR order) and the bias, gathered from ``weight`` at every call.
@@ -252,9 +244,10 @@ def jit_unavailable(training: bool = False) -> str | None:
     """Why the JIT kernels cannot load here (numba missing or broken), or None."""
     try:
         # deferred: numba loads only when the kernels are asked for; importing ops registers the operators
-        from ddpm_lottery.kernels import jit, ops  # noqa: F401
+        from ddpm_lottery.kernels import jit, ops, tiles  # noqa: F401
 
         jit.warm_up(training)  # compiles on a machine's first use, then loads from numba's disk cache
+        tiles.warm_up(training)
     except Exception as exc:  # a broken numba/llvmlite install raises more than ImportError
         return f"the sparse kernels' JIT (numba) could not load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return None

@@ -6,12 +6,13 @@ Two doors to the same code:
   ``torch.library`` operator costs about 130 us of dispatch a call (measured), more than a whole
   sparse layer at batch 1;
 - under ``torch.compile``, the same computations registered as ``ddpm_lottery::sparse_conv2d`` and
-  ``ddpm_lottery::sparse_gather`` operators (with fake shapes and the same backward), so the
+  ``ddpm_lottery::sparse_linear`` operators (with fake shapes and the same backward), so the
   compiler traces the network around them as opaque calls instead of breaking its graph.
 
-The input gradient is the transposed kernel (:func:`~ddpm_lottery.kernels.jit.conv_input_grad`,
-:func:`~ddpm_lottery.kernels.jit.scatter`); the weight gradient is computed at the surviving positions
-only (:func:`~ddpm_lottery.kernels.jit.dots`).
+The input gradient is the transposed kernel (:func:`~ddpm_lottery.kernels.jit.conv_input_grad`; for a
+``Linear``, :func:`~ddpm_lottery.kernels.tiles.forward` with the weight's CSC order); the weight gradient
+is computed at the surviving positions only (:func:`~ddpm_lottery.kernels.jit.dots`,
+:func:`~ddpm_lottery.kernels.tiles.weight_grad`).
 
 One concept past 400 lines: each operation's forward, backward and operator registration sit
 together, so the eager and the compiled door cannot drift apart.
@@ -23,7 +24,7 @@ import numba
 import numpy as np
 import torch
 
-from ddpm_lottery.kernels import jit
+from ddpm_lottery.kernels import jit, tiles
 
 
 def _numpy(tensor: torch.Tensor):
@@ -118,45 +119,32 @@ def conv_weight_grad(x, grad_out, index, geometry) -> torch.Tensor:
     return torch.from_numpy(grad_values)
 
 
-def gather(planes, values, bias, index, shape) -> torch.Tensor:
-    length, pitch, out_rows, out_cols = shape
-    out = np.empty((planes.shape[0], len(index["indptr"]) - 1, out_rows * out_cols), np.float32)
-    _threads()
-    jit.gather(
-        _numpy(planes),
-        index["indptr"],
-        index["plane"],
-        index["offset"],
-        _numpy(values),
-        _numpy(bias),
-        length,
-        pitch,
-        out_rows,
-        out_cols,
-        out,
-    )
+def linear_forward(x, values, bias, index) -> torch.Tensor:
+    """(rows, O) = x (rows, I) times the sparse weight, plus the bias."""
+    out = np.empty((x.shape[0], len(index["indptr"]) - 1), np.float32)
+    tiles.forward(_numpy(x), index["indptr"], index["plane"], _numpy(values), _numpy(bias), _threads(), out)
     return torch.from_numpy(out)
 
 
-def scatter(grads, values, index, plane_size) -> torch.Tensor:
-    out = np.empty((grads.shape[0], len(index["column_indptr"]) - 1, plane_size), np.float32)
-    _threads()
-    jit.scatter(
-        _numpy(grads),
+def linear_input_grad(grad_out, values, index, in_features: int) -> torch.Tensor:
+    """(rows, I): the forward kernel with the weight's transpose (its CSC order) over the output gradient."""
+    grad_x = np.empty((grad_out.shape[0], in_features), np.float32)
+    tiles.forward(
+        _numpy(grad_out),
         index["column_indptr"],
         index["column_row"],
-        index["column_offset"],
         _numpy(values)[index["column_order"]],
-        plane_size,
-        out,
+        np.zeros(in_features, np.float32),
+        _threads(),
+        grad_x,
     )
-    return torch.from_numpy(out)
+    return torch.from_numpy(grad_x)
 
 
-def dots(planes, grads, index) -> torch.Tensor:
+def linear_weight_grad(x, grad_out, index) -> torch.Tensor:
     out = np.empty(len(index["plane"]), np.float32)
     _threads()
-    jit.dots(_numpy(planes), _numpy(grads), index["indptr"], index["plane"], index["offset"], out)
+    tiles.weight_grad(_numpy(x), _numpy(grad_out), index["indptr"], index["plane"], out)
     return torch.from_numpy(out)
 
 
@@ -232,9 +220,9 @@ def _(x, grad_out, indptr, plane, offset, geometry):
     return x.new_empty(plane.shape[0])
 
 
-@torch.library.custom_op("ddpm_lottery::sparse_gather", mutates_args=())
-def sparse_gather(
-    planes: torch.Tensor,
+@torch.library.custom_op("ddpm_lottery::sparse_linear", mutates_args=())
+def sparse_linear(
+    x: torch.Tensor,
     values: torch.Tensor,
     bias: torch.Tensor,
     indptr: torch.Tensor,
@@ -244,58 +232,50 @@ def sparse_gather(
     column_order: torch.Tensor,
     column_row: torch.Tensor,
     column_offset: torch.Tensor,
-    shape: list[int],
 ) -> torch.Tensor:
-    """(N, O, out_rows * out_cols) = the sparse layer applied to (N, P, S) planes; ``shape`` = [length, pitch,
-    out_rows, out_cols].  The column_* arrays (CSC order) serve the backward pass only."""
-    return gather(
-        planes,
-        values,
-        bias,
-        index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset),
-        shape,
-    )
+    """(rows, O) = the sparse ``Linear`` applied to x (rows, I).  The column_* arrays (CSC order) serve the
+    backward pass only; ``offset`` is unused by a Linear (kept so that every operator takes one index)."""
+    index = index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
+    return linear_forward(x, values, bias, index)
 
 
-@sparse_gather.register_fake
-def _(planes, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, shape):
-    return planes.new_empty(planes.shape[0], indptr.shape[0] - 1, shape[2] * shape[3])
+@sparse_linear.register_fake
+def _(x, values, bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset):
+    return x.new_empty(x.shape[0], indptr.shape[0] - 1)
 
 
-@torch.library.custom_op("ddpm_lottery::sparse_scatter", mutates_args=())
-def sparse_scatter(
-    grads: torch.Tensor,
+@torch.library.custom_op("ddpm_lottery::sparse_linear_input_grad", mutates_args=())
+def sparse_linear_input_grad(
+    grad_out: torch.Tensor,
     values: torch.Tensor,
     column_indptr: torch.Tensor,
     column_order: torch.Tensor,
     column_row: torch.Tensor,
-    column_offset: torch.Tensor,
-    plane_size: int,
+    in_features: int,
 ) -> torch.Tensor:
     index = {
         "column_indptr": _numpy(column_indptr),
         "column_order": _numpy(column_order),
         "column_row": _numpy(column_row),
-        "column_offset": _numpy(column_offset),
     }
-    return scatter(grads, values, index, plane_size)
+    return linear_input_grad(grad_out, values, index, in_features)
 
 
-@sparse_scatter.register_fake
-def _(grads, values, column_indptr, column_order, column_row, column_offset, plane_size):
-    return grads.new_empty(grads.shape[0], column_indptr.shape[0] - 1, plane_size)
+@sparse_linear_input_grad.register_fake
+def _(grad_out, values, column_indptr, column_order, column_row, in_features):
+    return grad_out.new_empty(grad_out.shape[0], in_features)
 
 
-@torch.library.custom_op("ddpm_lottery::sparse_dots", mutates_args=())
-def sparse_dots(
-    planes: torch.Tensor, grads: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor, offset: torch.Tensor
+@torch.library.custom_op("ddpm_lottery::sparse_linear_weight_grad", mutates_args=())
+def sparse_linear_weight_grad(
+    x: torch.Tensor, grad_out: torch.Tensor, indptr: torch.Tensor, plane: torch.Tensor
 ) -> torch.Tensor:
-    return dots(planes, grads, {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)})
+    return linear_weight_grad(x, grad_out, {"indptr": _numpy(indptr), "plane": _numpy(plane)})
 
 
-@sparse_dots.register_fake
-def _(planes, grads, indptr, plane, offset):
-    return planes.new_empty(plane.shape[0])
+@sparse_linear_weight_grad.register_fake
+def _(x, grad_out, indptr, plane):
+    return x.new_empty(plane.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,43 +311,40 @@ def _conv_grads(ctx, grad_out, index: dict | None):
     return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
-def _gather_save(ctx, inputs) -> None:
-    planes, values, _bias, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, shape = inputs
-    ctx.save_for_backward(planes, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
-    ctx.shape = shape
+def _linear_save(ctx, inputs) -> None:
+    x, values, _bias, indptr, plane, _offset, column_indptr, column_order, column_row, _column_offset = inputs
+    ctx.save_for_backward(x, values, indptr, plane, column_indptr, column_order, column_row)
 
 
-def _gather_grads(ctx, grad_out, index: dict | None):
-    planes, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
-    _length, pitch, out_rows, out_cols = ctx.shape
+def _linear_grads(ctx, grad_out, index: dict | None):
+    """The three gradients of the 2-D (rows, features) operation; ``index`` as for :func:`_conv_grads`."""
+    x, values, indptr, plane, column_indptr, column_order, column_row = ctx.saved_tensors
     grads = grad_out.contiguous()
-    if pitch != out_cols:
-        grads = _output_gradient(
-            grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), pitch, out_rows, out_cols
-        )
-    grad_planes = grad_values = grad_bias = None
+    grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_planes = (
-            scatter(grads, values, index, planes.shape[2])
+        grad_x = (
+            linear_input_grad(grads, values, index, x.shape[1])
             if index is not None
-            else sparse_scatter(grads, values, column_indptr, column_order, column_row, column_offset, planes.shape[2])
+            else sparse_linear_input_grad(grads, values, column_indptr, column_order, column_row, x.shape[1])
         )
     if ctx.needs_input_grad[1]:
         grad_values = (
-            dots(planes, grads, index) if index is not None else sparse_dots(planes, grads, indptr, plane, offset)
+            linear_weight_grad(x, grads, index)
+            if index is not None
+            else sparse_linear_weight_grad(x, grads, indptr, plane)
         )
     if ctx.needs_input_grad[2]:
-        grad_bias = grad_out.sum((0, 2))
-    return grad_planes, grad_values, grad_bias, None, None, None, None, None, None, None, None
+        grad_bias = grad_out.sum(0)
+    return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None
 
 
 sparse_conv2d.register_autograd(
     lambda ctx, grad_out: _conv_grads(ctx, grad_out, None),
     setup_context=lambda ctx, inputs, output: _conv_save(ctx, inputs),
 )
-sparse_gather.register_autograd(
-    lambda ctx, grad_out: _gather_grads(ctx, grad_out, None),
-    setup_context=lambda ctx, inputs, output: _gather_save(ctx, inputs),
+sparse_linear.register_autograd(
+    lambda ctx, grad_out: _linear_grads(ctx, grad_out, None),
+    setup_context=lambda ctx, inputs, output: _linear_save(ctx, inputs),
 )
 
 
@@ -400,33 +377,17 @@ class _EagerConv(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None, None
 
 
-class _EagerGather(torch.autograd.Function):
+class _EagerLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, planes, values, bias, structure, shape):
-        s = structure
-        _gather_save(
-            ctx,
-            (
-                planes,
-                values,
-                bias,
-                s.indptr,
-                s.plane,
-                s.offset,
-                s.column_indptr,
-                s.column_order,
-                s.column_row,
-                s.column_offset,
-                shape,
-            ),
-        )
-        ctx.index = s.arrays
-        return gather(planes, values, bias, s.arrays, shape)
+    def forward(ctx, x, values, bias, structure):
+        _linear_save(ctx, (x, values, bias, *_operator_arguments(structure)))
+        ctx.index = structure.arrays
+        return linear_forward(x, values, bias, structure.arrays)
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_planes, grad_values, grad_bias = _gather_grads(ctx, grad_out, ctx.index)[:3]
-        return grad_planes, grad_values, grad_bias, None, None
+        grad_x, grad_values, grad_bias = _linear_grads(ctx, grad_out, ctx.index)[:3]
+        return grad_x, grad_values, grad_bias, None
 
 
 def _operator_arguments(structure) -> tuple:
@@ -443,10 +404,10 @@ def conv2d(x, values, bias, structure, geometry: list[int]) -> torch.Tensor:
     return _EagerConv.apply(x, values, bias, structure, geometry)
 
 
-def planes_gather(planes, values, bias, structure, shape: list[int]) -> torch.Tensor:
-    """The sparse gather over laid-out planes (the Linear layers), by the door that fits the caller."""
+def linear(x, values, bias, structure) -> torch.Tensor:
+    """The sparse ``Linear`` of x (rows, in_features), contiguous, by the door that fits the caller."""
     if torch.compiler.is_compiling():
-        return sparse_gather(planes, values, bias, *_operator_arguments(structure), shape)
-    if not torch.is_grad_enabled() or not (planes.requires_grad or values.requires_grad or bias.requires_grad):
-        return gather(planes, values, bias, structure.arrays, shape)
-    return _EagerGather.apply(planes, values, bias, structure, shape)
+        return sparse_linear(x, values, bias, *_operator_arguments(structure))
+    if not torch.is_grad_enabled() or not (x.requires_grad or values.requires_grad or bias.requires_grad):
+        return linear_forward(x, values, bias, structure.arrays)
+    return _EagerLinear.apply(x, values, bias, structure)

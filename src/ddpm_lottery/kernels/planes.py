@@ -10,11 +10,10 @@ layer of a ``UNet2DModel``:
 - **stride s** (the down-samplers): the padded input split into its ``s * s`` phases
   (``x[a::s, b::s]``), so the strided convolution becomes a stride-1 one over smaller planes:
   tap ``(kh, kw)`` reads phase ``(kh % s, kw % s)`` at offset ``(kh // s) * pitch + kw // s``.
-- **Linear**: the batch of feature vectors transposed, one plane per input feature, so that
-  ``y[:, o] = sum_k w_k x[:, c_k]`` is the same contiguous multiply-add.
+- **Linear**: no layout of its own (its kernels, :mod:`ddpm_lottery.kernels.tiles`, transpose tiles of
+  the token rows themselves); a weight ``(o, c)`` is plane ``c`` at offset 0.
 
-Everything here is plain torch, so it runs (and differentiates) on any device; only the kernels
-need the CPU.
+Everything here is plain torch; only the kernels need the CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -108,34 +106,6 @@ def supported(module: torch.nn.Module) -> str | None:
     if module.padding_mode != "zeros" or isinstance(module.padding, str):
         return f"padding {module.padding!r} in mode {module.padding_mode!r}"
     return None
-
-
-def to_planes(x: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """The input as (N, planes, plane_size) float32, contiguous."""
-    if geometry.kind == "linear":
-        return x.reshape(-1, x.shape[-1]).t().contiguous().unsqueeze(0)
-    batch, channels = x.shape[:2]
-    (ph, pw), (rows, cols) = geometry.padding, geometry.padded_hw
-    height, width = geometry.in_hw
-    if geometry.stride == 1:
-        if geometry.plane_size == height * width:
-            return x.contiguous().reshape(batch, channels, -1)
-        spare_rows = -(-(geometry.plane_size - rows * cols) // cols)
-        padded = F.pad(x, (pw, pw, ph, ph + spare_rows))
-        return padded.reshape(batch, channels, -1)[:, :, : geometry.plane_size]
-    s = geometry.stride
-    padded = F.pad(x, (pw, cols - width - pw, ph, rows - height - ph))
-    # (N, C, rows/s, s, cols/s, s) -> (N, C, s, s, rows/s, cols/s): phase (a, b) holds x[a::s, b::s]
-    phases = padded.reshape(batch, channels, rows // s, s, cols // s, s).permute(0, 1, 3, 5, 2, 4)
-    phases = phases.reshape(batch, channels * s * s, -1)
-    return F.pad(phases, (0, geometry.plane_size - phases.shape[-1]))
-
-
-def from_output(out: torch.Tensor, geometry: Geometry, like: torch.Tensor) -> torch.Tensor:
-    """The kernels' (N, O, rows * cols) back to the layer's output shape."""
-    if geometry.kind == "linear":
-        return out[0].t().reshape(*like.shape[:-1], out.shape[1])
-    return out.reshape(out.shape[0], out.shape[1], geometry.out_rows, geometry.out_cols)
 
 
 @dataclass

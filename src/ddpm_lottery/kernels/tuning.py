@@ -35,11 +35,14 @@ from ddpm_lottery.utils.files import write_json
 from ddpm_lottery.utils.launch import machine_load
 
 DEFAULT_CACHE = Path("~/.cache/ddpm-lottery/kernels")
+# raised whenever a kernel changes speed: the timings of the earlier kernels are then stale, and re-taken
+KERNELS_REVISION = 2  # 2: Linear over tiles of token rows
 NETWORK_MARGIN = 0.95  # a network keeps its layers' sparse choices only if they make it 5 % faster or more
 
 
 def machine_key() -> str:
-    """The CPU model, its core count and the library versions: what makes timings comparable."""
+    """The CPU model, its core count, the library versions and the kernels' revision: what makes timings
+    comparable."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -50,7 +53,10 @@ def machine_key() -> str:
         numba_version = version("numba")
     except Exception:  # numba missing: the tuner is never asked, but the key must still be computable
         numba_version = "none"
-    return f"{model} | {os.cpu_count()} cores | torch {torch.__version__} | numba {numba_version}"
+    return (
+        f"{model} | {os.cpu_count()} cores | torch {torch.__version__} | numba {numba_version} | "
+        f"kernels {KERNELS_REVISION}"
+    )
 
 
 def layer_key(layer, x: torch.Tensor) -> str:
