@@ -162,3 +162,19 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
     )
     assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
     assert study.settings.data_seeds == (0, 1) and study.settings.cka_search == "unified"
+
+
+def test_a_dits_attention_products_are_counted_as_work_no_ticket_prunes():
+    from ddpm_lottery.config import ModelConfig
+    from ddpm_lottery.models.networks import build_model
+    from ddpm_lottery.pruning.costs import ticket_flops
+    from ddpm_lottery.pruning.masks import full_masks
+    from ddpm_lottery.pruning.modules import module_map
+
+    model = build_model(ModelConfig(preset="dit-small", num_layers=2, num_attention_heads=2, attention_head_dim=8), 1)
+    mmap = module_map(model)
+    costs = ticket_flops(model, full_masks(model, mmap.tensor_names), mmap)
+    tokens = (model.config.sample_size // model.config.patch_size) ** 2
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    # per block QK^T and AV: tokens x tokens x width multiply-adds each, 2 FLOPs per multiply-add
+    assert costs["untouchable_flops"] == model.config.num_layers * 2 * 2 * tokens * tokens * width

@@ -149,7 +149,8 @@ def meta_network(model_config: ModelConfig, data_channels: int | None = None) ->
     """The network's shape on the meta device (no memory, no weights drawn): for counting its weights."""
     family = network_family(model_config)
     with torch.device("meta"):
-        return _construct(family, network_kwargs(model_config, data_channels), network_source(model_config), "")
+        kwargs = network_kwargs(model_config, data_channels)
+        return _construct(family, kwargs, network_source(model_config), "choose smaller model overrides")
 
 
 def build_model(

@@ -125,6 +125,10 @@ class DiTFamily(Family):
         classes = int(config.num_embeds_ada_norm)
         return 0 if classes == 1 else classes
 
+    def with_classes(self, kwargs, classes):
+        # every block's label table has classes + 1 rows: the last is the null class of guidance
+        return {**kwargs, "num_embeds_ada_norm": max(classes, 1)}
+
     def denoise(self, model, x, t, labels=None):
         if t.dim() == 0:
             t = t.expand(len(x))

@@ -57,6 +57,12 @@ class Family:
         """The classes the network is conditioned on; 0 for an unconditional network."""
         return 0
 
+    def with_classes(self, kwargs: dict[str, Any], classes: int) -> dict[str, Any]:
+        """The class's keyword arguments for a network conditioned on ``classes`` labels (0: unconditional)."""
+        if classes:
+            raise UserError(f"a {self.class_name} of this tool is unconditional")
+        return kwargs
+
     def denoise(
         self, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -140,6 +140,10 @@ class UNetFamily(Family):
     def num_classes(self, config) -> int:
         return int(getattr(config, "num_class_embeds", None) or 0)
 
+    def with_classes(self, kwargs, classes):
+        # diffusers' own class embedding: a table of num_class_embeds rows added to the time embedding
+        return {**kwargs, "num_class_embeds": classes or None}
+
     def denoise(self, model, x, t, labels=None):
         # an unconditional U-Net is called exactly as DDPMPipeline calls it
         if labels is None:
