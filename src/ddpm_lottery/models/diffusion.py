@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ddpm_lottery.config import DiffusionConfig
+from ddpm_lottery.models.families import denoise
 from ddpm_lottery.utils.errors import UserError
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
@@ -45,11 +46,16 @@ def noise_scheduler(config: DiffusionConfig) -> DDPMScheduler:
 
 
 def training_loss(
-    model: torch.nn.Module, scheduler: DDPMScheduler, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    clean: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Simple DDPM loss: MSE between the network's prediction and its target."""
+    """Simple DDPM loss: MSE between the network's prediction and its target (``labels``: class-conditional)."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    prediction = model(noisy, timesteps).sample
+    prediction = denoise(model, noisy, timesteps, labels)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         target = noise
@@ -132,7 +138,7 @@ def sample(
         scheduler = sampling_scheduler(config, sampler, num_steps, clip_sample)
         for t in scheduler.timesteps:
             t_batch = torch.full((count,), int(t), device=device, dtype=torch.long)
-            prediction = model(x, t_batch).sample
+            prediction = denoise(model, x, t_batch)
             kwargs = {"generator": generators}
             if sampler == "ddim":
                 kwargs["eta"] = eta
@@ -187,7 +193,7 @@ def denoising_loss_by_band(
         t = timesteps.repeat(n).to(device)
         noise = noise_all[start : start + n].reshape(-1, *clean.shape[1:]).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
-        prediction = model(noisy, t).sample
+        prediction = denoise(model, noisy, t)
         kind = scheduler.config.prediction_type
         target = noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
         per_input = (prediction.float() - target.float()).square().flatten(1).mean(1).double().cpu()
