@@ -321,6 +321,7 @@ def test_a_network_the_tool_cannot_run_is_refused_in_one_line(tmp_path, capsys, 
 def test_any_call_that_fails_is_refused_in_one_line_naming_the_source(tmp_path):
     from diffusers import UNet2DModel
 
+    from ddpm_lottery.models.families import UNET
     from ddpm_lottery.models.networks import _check_call
     from ddpm_lottery.models.sources import NetworkSource
 
@@ -328,6 +329,6 @@ def test_any_call_that_fails_is_refused_in_one_line_naming_the_source(tmp_path):
     kwargs = json.loads((folder / "config.json").read_text())
     with torch.device("meta"):
         shape = UNet2DModel.from_config(kwargs)
-    source = NetworkSource(str(folder), kwargs, folder, None, ())
-    with pytest.raises(UserError, match="cannot run as an unconditional denoiser net\\(x, t\\) \\(class_labels"):
-        _check_call(shape, kwargs, source)
+    source = NetworkSource(str(folder), UNET, kwargs, folder, None, ())
+    with pytest.raises(UserError, match="cannot run as an unconditional denoiser \\(class_labels"):
+        _check_call(UNET, shape, kwargs, source)
