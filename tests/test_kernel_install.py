@@ -25,7 +25,10 @@ def test_networks_of_different_structures_compile_once_each_without_recompile_wa
         return compile_eagerly(fn, backend="eager", **options)
 
     monkeypatch.setattr(install.torch, "compile", compile_for_test)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # reached by the third network otherwise
+    # reached by the third network otherwise; config.patch restores dynamo's own setting (a monkeypatch's undo
+    # left it hidden, and every later compile in the process failed)
+    limit = torch._dynamo.config.patch(recompile_limit=2)
+    limit.__enter__()
     torch._dynamo.reset()
     handler = _Warnings()
     logging.getLogger("torch._dynamo").addHandler(handler)
@@ -45,4 +48,5 @@ def test_networks_of_different_structures_compile_once_each_without_recompile_wa
         assert not [m for m in handler.messages if "recompile" in m]
     finally:
         logging.getLogger("torch._dynamo").removeHandler(handler)
+        limit.__exit__(None, None, None)
         torch._dynamo.reset()
