@@ -976,3 +976,19 @@ def test_the_quickstarts_time_left_stays_within_twice_the_truth_once_a_level_is_
     assert clock.now == pytest.approx(truth) and len(seen) == len(work)
     for now, left in seen[1:-1]:  # once the first level is stored, until the last
         assert (truth - now) / 2 <= left <= 2 * (truth - now), (now, left, truth)
+
+
+def test_a_new_study_folder_is_sealed_so_its_own_records_edited_by_hand_are_refused(tmp_path):
+    # the study's CKA records and findings sit outside every run: the folder is a sealed tree of its own
+    from ddpm_lottery.study.folder import open_study_folder
+    from ddpm_lottery.utils.files import read_json, write_json
+
+    out = tmp_path / "out"
+    open_study_folder(load_study(write(tmp_path, TINY)), out)
+    record = out / "cka" / "pair" / "cka.json"
+    write_json(record, {"mean_weight_cka_rbf_first_half": 0.9})
+    assert read_json(record)["mean_weight_cka_rbf_first_half"] == 0.9
+    record.write_text(record.read_text().replace("0.9", "0.1"))
+    with pytest.raises(UserError, match=r"cka\.json"):
+        read_json(record)
+    open_study_folder(load_study(write(tmp_path, TINY)), out)  # and the sealed declaration reopens

@@ -16,7 +16,7 @@ from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.records import StudyRecord, read_record
 from ddpm_lottery.study.spec import SESSION_SETTINGS, Study
 from ddpm_lottery.utils.errors import UserError
-from ddpm_lottery.utils.files import make_dirs, write_json
+from ddpm_lottery.utils.files import make_dirs, mark_tree, write_json
 
 
 def open_study_folder(study: Study, out: Path) -> None:
@@ -44,6 +44,9 @@ def open_study_folder(study: Study, out: Path) -> None:
     if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
         raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
     make_dirs(out)
+    # a sealed tree of its own (each run inside is one too): its declaration, its CKA records and its findings
+    # carry seals, so a record edited by hand or copied from another study folder is refused on reading
+    mark_tree(out, f"study {study.settings.name} {time.time():.6f}")
     write_json(
         record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path), "created": time.time()}
     )
