@@ -27,6 +27,7 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ddpm_lottery.lottery.networks import level_compact_network, level_network
+from ddpm_lottery.models.conditioning import denoise
 from ddpm_lottery.pruning.costs import layer_flops
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
@@ -183,9 +184,9 @@ class StagedDenoiser(torch.nn.Module):
                 return i
         raise UserError(f"timestep {t} is outside every --schedule range")
 
-    def _timed(self, index: int, sample, timestep):
+    def _timed(self, index: int, sample, timestep, labels):
         started = time.perf_counter()
-        out = self.networks[index](sample, timestep).sample
+        out = denoise(self.networks[index], sample, timestep, labels)
         if out.is_cuda:
             torch.cuda.synchronize(out.device)
         stats = self.stats[index]
@@ -194,18 +195,19 @@ class StagedDenoiser(torch.nn.Module):
         stats.seconds += time.perf_counter() - started
         return out
 
-    def forward(self, sample: torch.Tensor, timestep):
+    def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None):
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         if t.numel() == 1:
             t = t.expand(len(sample))
         which = torch.tensor([self._stage(int(v)) for v in t.tolist()], device=sample.device)
         first = int(which[0])
         if bool((which == first).all()):
-            return UNet2DOutput(sample=self._timed(first, sample, t))
+            return UNet2DOutput(sample=self._timed(first, sample, t, class_labels))
         out = torch.empty_like(sample)
         for index in which.unique().tolist():
             rows = torch.nonzero(which == index).view(-1)
-            out[rows] = self._timed(int(index), sample[rows], t[rows])
+            labels = class_labels[rows] if class_labels is not None else None
+            out[rows] = self._timed(int(index), sample[rows], t[rows], labels)
         return UNet2DOutput(sample=out)
 
     def accounting(self) -> list[dict]:

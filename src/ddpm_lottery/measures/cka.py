@@ -28,6 +28,7 @@ from ddpm_lottery.data.images import to_model_range
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.lottery.levels import apply_masks
 from ddpm_lottery.lottery.networks import level_masks, level_network, run_network
+from ddpm_lottery.models.conditioning import denoise
 from ddpm_lottery.models.diffusion import noise_scheduler
 from ddpm_lottery.pruning.strategies import random_masks
 from ddpm_lottery.runs.outputs import CkaFolder
@@ -138,7 +139,7 @@ def activation_cka(
                 handles.append(modules[layer_name].register_forward_hook(hook))
             try:
                 model.eval()
-                model(x_t, torch.full((len(x_t),), timestep, dtype=torch.long))
+                denoise(model, x_t, torch.full((len(x_t),), timestep, dtype=torch.long))
             finally:
                 for handle in handles:
                     handle.remove()

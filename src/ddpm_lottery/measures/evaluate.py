@@ -67,6 +67,7 @@ from ddpm_lottery.measures.protocol import (
     sampling_protocol,
 )
 from ddpm_lottery.measures.stats import centred_interval
+from ddpm_lottery.models.conditioning import guidance_for, run_classes
 from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.networks import input_size
@@ -96,6 +97,7 @@ def generate(
     Also returns how they were drawn: the seconds, and the kernels that ran (``--kernels``).
     """
     sampling = config.sampling
+    guidance = guidance_for(sampling, run_classes(level.run.config))
     model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     started = time.perf_counter()
@@ -127,6 +129,7 @@ def generate(
                 device=device,
                 first_index=first,
                 on_step=lambda done, _total: bar.update(before + done - bar.n),
+                guidance=guidance,
             )
             images = from_model_range(floats)
             if part is not None:
@@ -202,7 +205,6 @@ class Evaluator:
         self._extractor = extractor
         self._cache: dict[tuple, object] = {}
         self.drawn: dict[str, dict] = {}  # level folder -> how its images were just drawn (seconds, kernels)
-        self.sampling = sampling_protocol(config)
 
     # -- shared resources, loaded on first use ---------------------------------------------------
 
@@ -308,6 +310,10 @@ class Evaluator:
 
     # -- specs -----------------------------------------------------------------------------------
 
+    def sampling(self, run: Run) -> dict:
+        """The sampling protocol of ``run``'s images (a class-conditional run's names its guidance)."""
+        return sampling_protocol(self.config, run_classes(run.config))
+
     def spec(self, measure: str, run: Run) -> dict:
         """The whole protocol of ``measure`` on ``run``'s levels (loads the references it names)."""
         scoring = self.config.eval
@@ -316,7 +322,7 @@ class Evaluator:
             _, _, reference = self._inception_reference(run)
             return {
                 **common,
-                "sampling": self.sampling,
+                "sampling": self.sampling(run),
                 "reference": reference,
                 "feature_network": self.extractor.digest,
                 "kid_subset_size": scoring.kid_subset_size,
@@ -324,7 +330,7 @@ class Evaluator:
             }
         if measure == "domain":
             _, key, _, reference = self._domain(run)
-            return {**common, "sampling": self.sampling, "reference": reference, "feature_network": key}
+            return {**common, "sampling": self.sampling(run), "reference": reference, "feature_network": key}
         _, heldout = self._heldout(run)
         return {
             **common,
@@ -338,11 +344,11 @@ class Evaluator:
 
     def samples(self, level: Level) -> torch.Tensor:
         """The level's generated images for this protocol: from ``eval/`` when stored, else drawn and stored."""
-        path = level.samples_path(sampling_key(self.sampling))
+        path = level.samples_path(sampling_key(self.sampling(level.run)))
         if path.exists():
             try:
                 images = load_samples(path)
-                if len(images) == self.sampling["num_samples"]:
+                if len(images) == self.config.eval.num_samples:
                     return images
             except (OSError, ValueError, KeyError):
                 pass  # damaged: drawn again (seeded, so the same images) and replaced

@@ -7,12 +7,15 @@ import json
 
 from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.lottery.stages import normal_schedule_text
+from ddpm_lottery.models.conditioning import guidance_for
 from ddpm_lottery.models.diffusion import sampling_steps, unclipped
 
 
-def sampling_protocol(config: EvalConfig) -> dict:
-    """Everything that decides the generated images (and nothing that does not, such as the device)."""
+def sampling_protocol(config: EvalConfig, num_classes: int | None = None) -> dict:
+    """Everything that decides the generated images (and nothing that does not, such as the device), of a
+    network of ``num_classes`` classes (None: unconditional, whose protocol names no guidance)."""
     sampling = config.sampling
+    guidance = guidance_for(sampling, num_classes)
     spec = {
         "sampler": sampling.sampler,
         "steps": sampling_steps(sampling),
@@ -25,6 +28,8 @@ def sampling_protocol(config: EvalConfig) -> dict:
         spec["clip_sample"] = False
     if sampling.schedule:  # only then: the keys of protocols without a schedule stay what they were
         spec["schedule"] = normal_schedule_text(sampling.schedule)
+    if guidance is not None:  # likewise: unconditional models keep their keys
+        spec.update(guidance.protocol())
     return spec
 
 
@@ -68,6 +73,10 @@ def protocol_label(record: dict) -> str:
     eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
     eta += ", x0 unclipped" if sampled.get("clip_sample") is False else ""
     eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
+    if "guidance_scale" in sampled:
+        classes = sampled["classes"]
+        which = "balanced classes" if classes == "balanced" else f"classes {','.join(map(str, classes))}"
+        eta += f", guidance {sampled['guidance_scale']:g}, {which}"
     return (
         f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
         f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "

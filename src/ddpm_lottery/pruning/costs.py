@@ -22,6 +22,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm_lottery.models.conditioning import denoise
 from ddpm_lottery.pruning.masks import Masks
 from ddpm_lottery.pruning.modules import ModuleMap, PruneModule, module_map
 
@@ -39,7 +40,7 @@ def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     # kernels are not counted by FlopCounterMode.
 
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, t)
+        denoise(model, x, t)
     model.train(was_training)
     counts = counter.get_flop_counts()
     root = type(model).__name__
@@ -113,7 +114,7 @@ def time_denoisers(
                 size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
                 x = inputs[(config.in_channels, size)]
                 started = time.perf_counter()
-                net(x, t)
+                denoise(net, x, t)
                 if x.is_cuda:
                     torch.cuda.synchronize(x.device)
                 if round_index >= 2:  # caches, allocators and any compile are warm

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ddpm_lottery.models.conditioning import denoise
 from ddpm_lottery.utils.errors import UserError
 
 _BLOCK_PATTERN = re.compile(
@@ -64,7 +65,8 @@ def execution_order(model: torch.nn.Module) -> list[str]:
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            model(
+            denoise(
+                model,
                 torch.zeros(1, config.in_channels, size, size, device=device),
                 torch.zeros(1, dtype=torch.long, device=device),
             )
