@@ -45,7 +45,7 @@ from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.lottery.stages import StagedLevel
-from ddpm_lottery.measures.domain import box_blur, domain_features, domain_net, uniform_noise
+from ddpm_lottery.measures.domain import box_blur, class_agreement, domain_features, domain_net, uniform_noise
 from ddpm_lottery.measures.inception import (
     FEATURE_DIM,
     FrechetReference,
@@ -182,6 +182,13 @@ MEASURES: dict[str, Measure] = {
         Measure("inception", "FID", "Fréchet distance on Inception-v3 pool3 features (KID beside it)", True),
         Measure("domain", "domain FD", "Fréchet distance on the features of a classifier of the training images", True),
         Measure("loss", "held-out loss", "denoising MSE on held-out images with fixed noise, per timestep band", False),
+        # stored as the error rate, lower is better as every other measure; the accuracy is stored beside it
+        Measure(
+            "class-accuracy",
+            "class error",
+            "1 - the fraction of a class-conditional model's images the domain classifier names as the class asked",
+            True,
+        ),
     )
 }
 
@@ -286,10 +293,13 @@ class Evaluator:
         )
         return net, info["key"], frechet, spec
 
-    def _heldout(self, run: Run) -> tuple[torch.Tensor, dict]:
+    def _heldout(self, run: Run) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """The held-out images, their spec, and their labels where the run is class-conditional (its network then
+        predicts each image's noise given the image's own class)."""
         scoring = self.config.eval
         try:
-            images = self._images(run, scoring.heldout_split).images
+            held = self._images(run, scoring.heldout_split)
+            images = held.images
         except UserError as exc:
             raise UserError(
                 f"the loss measure needs held-out images ({exc}); set --heldout-split to a split "
@@ -301,12 +311,17 @@ class Evaluator:
                 f"the {scoring.heldout_split} split has {len(chosen)} images, too few for a "
                 f"{scoring.confidence:.0%} interval of the held-out loss; use another --heldout-split"
             )
-        return chosen, {
+        spec = {
             "dataset": run.config.data.dataset,
             "split": scoring.heldout_split,
             "count": len(chosen),
             "images": image_digest(chosen),
         }
+        if run_classes(run.config) is None:
+            return chosen, spec, None
+        # the same seeded choice as the images' (one permutation of the split's length)
+        labels = reference_images(held.labels, scoring.heldout_images, seed=1)
+        return chosen, {**spec, "labels": "conditional"}, labels
 
     # -- specs -----------------------------------------------------------------------------------
 
@@ -331,7 +346,15 @@ class Evaluator:
         if measure == "domain":
             _, key, _, reference = self._domain(run)
             return {**common, "sampling": self.sampling(run), "reference": reference, "feature_network": key}
-        _, heldout = self._heldout(run)
+        if measure == "class-accuracy":
+            if run_classes(run.config) is None:
+                raise UserError(
+                    f"class-accuracy measures class-conditional models, and {run.root} is unconditional; "
+                    "drop it from --measures"
+                )
+            _, key, _, _ = self._domain(run)
+            return {**common, "sampling": self.sampling(run), "classifier": key}
+        _, heldout, _ = self._heldout(run)
         return {
             **common,
             "heldout": heldout,
@@ -373,7 +396,7 @@ class Evaluator:
         scoring = self.config.eval
         extra: dict = {}
         if measure == "loss":
-            images, _ = self._heldout(level.run)
+            images, _, labels = self._heldout(level.run)
             model = level_network(level, self.config.sampling.weights).to(self.device)
             kernels = install_kernels(model, self.config.runtime, log=self.log, what=level.label())
             per_image = denoising_loss_by_band(
@@ -383,6 +406,7 @@ class Evaluator:
                 bands=scoring.loss_bands,
                 seed=self.config.sampling.sample_seed,
                 device=self.device,
+                labels=labels,
             )
             extra.update(kernel_record(model, kernels))
             with atomic_path(level.evaluation_array_path(key)) as tmp, open(tmp, "wb") as handle:
@@ -406,12 +430,15 @@ class Evaluator:
                 )
                 value = scores["fid"]
                 extra = {**scores, "biased_warning": biased_note(len(images))}
-            else:
+            elif measure == "domain":
                 net, _, frechet, _ = self._domain(level.run)
                 features = domain_features(net, images)
                 value = frechet.distance(features)
                 extra = {"fd": value}
-            replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
+            else:
+                value, replicates, extra = self._class_error(level, images)
+            if measure != "class-accuracy":
+                replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
         low, high = centred_interval(value, replicates, scoring.confidence)
         if measure != "loss":  # the seconds and kernels of the images, when this measure drew them
             extra.update(self.drawn.pop(str(level.dir), {}))
@@ -434,6 +461,28 @@ class Evaluator:
         write_json(path, record)
         self.log(describe(record, level.run.root))
         return record
+
+    def _class_error(self, level: Level, images: torch.Tensor) -> tuple[float, list[float], dict]:
+        """How often the domain classifier does not name the class each image was drawn for: the value, its
+        bootstrap resamples (the same image indices as every other measure's), and the accuracy beside them."""
+        scoring = self.config.eval
+        guidance = guidance_for(self.config.sampling, run_classes(level.run.config))
+        net, _, _, _ = self._domain(level.run)
+        correct = class_agreement(net, images, guidance.labels(0, len(images)))
+        replicates = [
+            1 - float(correct[index].mean())
+            for index in bootstrap_indices(len(correct), scoring.bootstrap_rounds, BOOTSTRAP_SEED)
+        ]
+        accuracy = float(correct.mean())
+        low, high = centred_interval(1 - accuracy, replicates, scoring.confidence)
+        per_class = {
+            str(c): float(correct[guidance.labels(0, len(images)) == c].mean()) for c in sorted(set(guidance.chosen()))
+        }
+        return (
+            1 - accuracy,
+            replicates,
+            {"accuracy": accuracy, "accuracy_interval": [1 - high, 1 - low], "per_class": per_class},
+        )
 
     def level(self, level: Level, measures: list[str] | None = None, *, force: bool = False) -> list[dict]:
         return [self.measure(level, m, force=force) for m in (measures or self.config.eval.measures)]
@@ -522,6 +571,9 @@ def describe(record: dict, run: Path | str = "") -> str:
     low, high = record["interval"]
     where = f"schedule {record['schedule']}" if record.get("schedule") else f"level {record['level']}"
     text = f"{run} {where}: {measure.label} {record['value']:.4g} [{low:.4g}, {high:.4g}]"
+    if record["measure"] == "class-accuracy":
+        acc_low, acc_high = record["accuracy_interval"]
+        text = f"{run} {where}: class accuracy {record['accuracy']:.4g} [{acc_low:.4g}, {acc_high:.4g}]"
     if record["measure"] == "inception":
         if record.get("biased_warning"):
             text += " (strongly biased: N < 2048, read KID)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
@@ -31,6 +32,16 @@ def sampling_protocol(config: EvalConfig, num_classes: int | None = None) -> dic
     if guidance is not None:  # likewise: unconditional models keep their keys
         spec.update(guidance.protocol())
     return spec
+
+
+def for_run(config: EvalConfig, num_classes: int | None) -> EvalConfig:
+    """A study's evaluation config as it applies to one of its runs: its guidance settings (study-wide, for
+    its class-conditional runs) left out of an unconditional run's, which ``evaluate`` would refuse them."""
+    if num_classes is not None or (config.sampling.guidance_scale is None and not config.sampling.classes):
+        return config
+    plain = copy.deepcopy(config)
+    plain.sampling.guidance_scale, plain.sampling.classes = None, ()
+    return plain
 
 
 def _digest(spec: dict, length: int = 10) -> str:
@@ -65,11 +76,12 @@ def protocol_label(record: dict) -> str:
     bootstrap = f"{spec['bootstrap_rounds']} bootstrap resamples"
     if record["measure"] == "loss":
         held = spec["heldout"]
+        given = ", given their classes" if held.get("labels") else ""
         return (
-            f"held-out loss on {held['count']} {held['dataset']} {held['split']} images, {spec['bands']} timestep "
+            f"held-out loss on {held['count']} {held['dataset']} {held['split']} images{given}, {spec['bands']} timestep "
             f"bands, noise seed {spec['seed']}, {spec['weights']} weights, {bootstrap}"
         )
-    sampled, ref = spec["sampling"], spec["reference"]
+    sampled, ref = spec["sampling"], spec.get("reference")
     eta = f", eta {sampled['eta']:g}" if sampled.get("eta") else ""
     eta += ", x0 unclipped" if sampled.get("clip_sample") is False else ""
     eta += f", schedule {sampled['schedule']}" if sampled.get("schedule") else ""
@@ -77,8 +89,10 @@ def protocol_label(record: dict) -> str:
         classes = sampled["classes"]
         which = "balanced classes" if classes == "balanced" else f"classes {','.join(map(str, classes))}"
         eta += f", guidance {sampled['guidance_scale']:g}, {which}"
+    # class accuracy compares each image with the class it was asked for, not with reference images
+    against = f"vs {ref['count']} {ref['dataset']} {ref['split']} images" if ref else "against the requested classes"
     return (
-        f"N={sampled['num_samples']} vs {ref['count']} {ref['dataset']} {ref['split']} images, "
+        f"N={sampled['num_samples']} {against}, "
         f"{sampled['sampler']} {sampled['steps']} steps{eta}, seed {sampled['seed']}, {sampled['weights']} weights, "
         f"{bootstrap}"
     )

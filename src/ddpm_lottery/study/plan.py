@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.measures.evaluate import sampling_key, sampling_protocol
+from ddpm_lottery.measures.protocol import for_run
 from ddpm_lottery.models.conditioning import run_classes
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.run import Run
@@ -61,7 +62,7 @@ def _record_matches(record: dict, measure: str, config: EvalConfig, num_classes:
     if measure == "loss":
         return (spec.get("bands"), spec.get("heldout", {}).get("split")) == (config.loss_bands, config.heldout_split)
     return (
-        spec.get("sampling") == sampling_protocol(config, num_classes)
+        spec.get("sampling") == sampling_protocol(for_run(config, num_classes), num_classes)
         and spec.get("reference", {}).get("split") == config.reference_split
     )
 
@@ -83,7 +84,7 @@ def make_plan(study: Study, out: Path) -> Plan:
         finished = set(run.finished_levels()) if run else set()
         # a started run's config holds its class count (taken from the data); only its stored levels are compared
         classes = run_classes(run.config) if run else None
-        samples_name = sampling_key(sampling_protocol(config, classes)) if run else ""
+        samples_name = sampling_key(sampling_protocol(for_run(config, classes), classes)) if run else ""
         for index in planned.levels:
             levels_total += 1
             if index in finished:
@@ -94,7 +95,7 @@ def make_plan(study: Study, out: Path) -> Plan:
                 continue
             stored = run.level(index).evaluations() if index in finished else []
             needs_samples = False
-            for measure in study.measures_for(planned.seed):
+            for measure in study.measures_for(planned.seed, planned.config.model.class_conditional):
                 evaluations_total += 1
                 if any(_record_matches(r, measure, config, classes) for r in stored):
                     evaluations_done += 1
