@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from ddpm_lottery.config import ModelConfig
-from ddpm_lottery.models.networks import PRESETS, build_model, count_parameters, unet_kwargs
+from ddpm_lottery.models.families import PRESETS
+from ddpm_lottery.models.networks import build_model, count_parameters, network_kwargs
 from ddpm_lottery.utils.errors import UserError
 
 
@@ -48,7 +49,7 @@ def test_seeding_leaves_the_callers_rng_alone():
 
 
 def test_field_overrides():
-    kwargs = unet_kwargs(ModelConfig(preset="tiny", block_out_channels=(8, 16, 16), layers_per_block=2), 3)
+    kwargs = network_kwargs(ModelConfig(preset="tiny", block_out_channels=(8, 16, 16), layers_per_block=2), 3)
     assert kwargs["block_out_channels"] == (8, 16, 16) and kwargs["layers_per_block"] == 2
     assert kwargs["in_channels"] == 3 == kwargs["out_channels"]
 
@@ -65,8 +66,8 @@ def test_field_overrides():
 )
 def test_bad_networks(config, channels, match):
     with pytest.raises(UserError, match=match):
-        unet_kwargs(config, channels)
+        network_kwargs(config, channels)
 
 
 def test_all_presets_listed():
-    assert set(PRESETS) == {"ddpm-cifar10", "ddpm-mnist", "small", "tiny"}
+    assert set(PRESETS) == {"ddpm-cifar10", "ddpm-mnist", "small", "tiny", "dit-small", "dit-medium", "dit-s2"}

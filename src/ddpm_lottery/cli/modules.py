@@ -14,13 +14,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--granularity", default="block", choices=("block", "layer"))
     parser.add_argument("--include", help="comma-separated shell patterns of weights to prune")
     parser.add_argument("--exclude", help="comma-separated shell patterns of weights to leave dense")
+    parser.add_argument("--layer-groups", help="DiT: comma-separated layer groups to prune [default: all]")
     parser.add_argument("--tensors", action="store_true", help="also list every tensor")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # deferred: torch loads only when the command runs
-    from ddpm_lottery.models.networks import PRESETS, build_model
+    from ddpm_lottery.models.families import PRESETS
+    from ddpm_lottery.models.networks import build_model
     from ddpm_lottery.pruning.modules import module_map
 
     if args.preset not in PRESETS:
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(ModelConfig(preset=args.preset), PRESETS[args.preset].get("in_channels") or 1)
     include = tuple(p for p in (args.include or "").split(",") if p)
     exclude = tuple(p for p in (args.exclude or "").split(",") if p)
-    mmap = module_map(model, args.granularity, include, exclude)
+    groups = tuple(p for p in (args.layer_groups or "").split(",") if p)
+    mmap = module_map(model, args.granularity, include, exclude, groups)
     print(
         f"{args.preset}: {len(mmap.modules)} modules ({args.granularity} granularity), "
         f"{sum(m.size for m in mmap.modules):,} prunable weights in {len(mmap.tensor_names)} tensors, "

@@ -14,7 +14,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: torch loads only when the command runs
-    from ddpm_lottery.models.networks import PRESET_PURPOSE, PRESETS, build_model, count_parameters
+    from ddpm_lottery.models.families import PRESET_PURPOSE, PRESETS
+    from ddpm_lottery.models.networks import build_model, count_parameters
     from ddpm_lottery.pruning.costs import layer_flops
 
     print(f"{'preset':<14} {'parameters':>12} {'GMACs/call':>11}  {'input':<10} purpose")

@@ -87,8 +87,9 @@ class ModelConfig(Section):
     preset: str = setting("tiny", "network preset (see `ddpm-lottery presets`)")
     pretrained: str | None = setting(
         None,
-        "start from your own diffusers model: a UNet2DModel folder (config.json "
-        "and weights) or a DDPMPipeline folder (model_index.json, unet/, scheduler/), "
+        "start from your own diffusers model: a UNet2DModel or DiTTransformer2DModel folder (config.json "
+        "and weights), a DDPMPipeline folder (model_index.json, unet/, scheduler/) or a DiT export "
+        "(transformer/, scheduler/), "
         "e.g. a local copy of google/ddpm-cifar10-32; its architecture and weights "
         "replace --preset, and a pipeline's noise schedule is taken over "
         "(theta_0 of a ticket search)",
@@ -96,8 +97,8 @@ class ModelConfig(Section):
     )
     unet_config: str | None = setting(
         None,
-        "build the UNet2DModel of this config.json (any diffusers UNet2DModel "
-        "config), freshly initialised from --seed-init; replaces --preset",
+        "build the network of this config.json (a diffusers UNet2DModel or pixel-space "
+        "DiTTransformer2DModel config), freshly initialised from --seed-init; replaces --preset",
         hashed=False,
     )
     source_digest: str | None = setting(
@@ -121,6 +122,13 @@ class ModelConfig(Section):
     up_block_types: tuple[str, ...] | None = setting(None, "override: diffusers up-block types, comma-separated")
     dropout: float | None = setting(None, "override: dropout in the ResNet blocks", minimum=0, below=1)
     norm_num_groups: int | None = setting(None, "override: GroupNorm groups", minimum=1, maximum=16384)
+    # DiT presets' overrides (D = heads x head width)
+    patch_size: int | None = setting(None, "override (DiT): side of the square patches", minimum=1, maximum=256)
+    num_layers: int | None = setting(None, "override (DiT): transformer blocks", minimum=1, maximum=256)
+    num_attention_heads: int | None = setting(
+        None, "override (DiT): attention heads per block", minimum=1, maximum=1024
+    )
+    attention_head_dim: int | None = setting(None, "override (DiT): width of each head", minimum=1, maximum=4096)
     class_conditional: bool = setting(
         False,
         "condition the network on the class labels of the data (one embedding row per class plus a "
@@ -300,6 +308,12 @@ class PruneConfig(Section):
     magnitudes: str = setting("raw", "which trained weights rank the magnitudes", choices=WEIGHT_SETS)
     include: tuple[str, ...] = setting((), "only prune weights whose name matches one of these shell patterns")
     exclude: tuple[str, ...] = setting((), "never prune weights whose name matches one of these shell patterns")
+    layer_groups: tuple[str, ...] = setting(
+        (),
+        "DiT: which layer groups are prunable, comma-separated, of embed (the patch embedding), timestep (each "
+        "block's timestep MLP), adaln (each block's adaLN-Zero modulation), attention, mlp and final (the output "
+        "layers) (default: all)",
+    )
     reinit: bool = setting(False, "control: the masks of --control-of with freshly drawn weights (--seed-init)")
     refill: bool = setting(
         False,

@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import math
 
-import torch
-from diffusers import UNet2DModel
-
 from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.findings.collect import Collection, record_of
 from ddpm_lottery.measures.stats import seed_mean
-from ddpm_lottery.models.networks import unet_kwargs
+from ddpm_lottery.models.networks import meta_network
 from ddpm_lottery.pruning.modules import prunable_names
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.run import Run
@@ -204,8 +201,7 @@ PAPER_CLAIM = "90–99 %"
 
 def prunable_weights_of(preset: str, channels: int = 3) -> int:
     """A preset's prunable weights, counted on the meta device (no memory, no weights drawn)."""
-    with torch.device("meta"):
-        model = UNet2DModel(**unet_kwargs(ModelConfig(preset=preset), channels))
+    model = meta_network(ModelConfig(preset=preset), channels)
     parameters = dict(model.named_parameters())
     return sum(parameters[name].numel() for name in prunable_names(model))
 

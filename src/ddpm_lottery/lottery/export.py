@@ -23,6 +23,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 
 from ddpm_lottery.lottery.networks import level_masks, level_network
 from ddpm_lottery.models.diffusion import noise_scheduler
+from ddpm_lottery.models.families import family_of, family_of_config
 from ddpm_lottery.pruning.channels.compact import load_compact
 from ddpm_lottery.runs.records import ExportNote, read_record
 from ddpm_lottery.runs.run import Run
@@ -90,6 +91,7 @@ def export_level(
             f"{chosen.label()} is a channel ticket: it exports compacted, with its EMA weights "
             "(drop --weights raw, or run `ddpm-lottery compact` if compact.safetensors is missing)"
         )
+    load, loop = "ddpm_lottery.load_pipeline(DIR)", None
     with staged_folder(out) as staging:
         if compacted:
             small = load_compact(chosen.compact_spec_path, chosen.compact_path)  # checks the pair before copying
@@ -99,11 +101,21 @@ def export_level(
             scheduler.save_pretrained(staging / "scheduler")
             parameters = sum(p.numel() for p in small.parameters())
         else:
-            unet = level_network(chosen, weights)
+            network = level_network(chosen, weights)
+            family = family_of(network)
             if chosen.mask_path.exists():
-                _check_masks(chosen, unet)
-            DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
-            parameters = sum(p.numel() for p in unet.parameters())
+                _check_masks(chosen, network)
+            if family.pipeline == "DDPMPipeline":
+                DDPMPipeline(unet=network, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
+            else:  # no diffusers pipeline fits (DiTPipeline needs a VAE): the network and its scheduler
+                network.save_pretrained(staging / family.folder, safe_serialization=True)
+                scheduler.save_pretrained(staging / "scheduler")
+            if family.pipeline:
+                load = f"{family.pipeline}.from_pretrained(DIR)"
+            else:
+                load = f"{family.class_name}.from_pretrained(DIR/{family.folder}) and DDPMScheduler.from_pretrained(DIR/scheduler)"
+                loop = sampling_loop(family, network)
+            parameters = sum(p.numel() for p in network.parameters())
         if chosen.mask_path.exists():
             level_masks(chosen)  # a corrupt or truncated mask file is refused, never copied
             copy_file(chosen.mask_path, staging / chosen.mask_path.name)
@@ -116,20 +128,37 @@ def export_level(
                 "compacted": compacted,
                 "parameters": parameters,
                 "compact_files": [chosen.compact_spec_path.name, chosen.compact_path.name] if compacted else None,
-                "load": "DDPMPipeline.from_pretrained(DIR)" if not compacted else "ddpm_lottery.load_pipeline(DIR)",
+                "load": load,
             },
         )
-        write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters))
+        write_text(staging / CARD_NAME, card(run, chosen, weights, compacted, parameters, loop))
     log(
         f"wrote {out}: level {chosen.index} of {run.root} ({weights} weights"
         + (", compacted" if compacted else "")
-        + "); load it with "
-        + ("ddpm_lottery.load_pipeline(DIR)" if compacted else "DDPMPipeline.from_pretrained(DIR)")
+        + f"); load it with {load}"
     )
     return out
 
 
-def card(run, level, weights: str, compacted: bool, parameters: int) -> str:
+def sampling_loop(family, network) -> list[str]:
+    """Plain-diffusers sampling of an export no pipeline fits (a pixel-space DiT): the scheduler loop."""
+    config = network.config
+    return [
+        "import torch",
+        f"from diffusers import DDPMScheduler, {family.class_name}",
+        f'net = {family.class_name}.from_pretrained("DIR/{family.folder}").eval()',
+        'scheduler = DDPMScheduler.from_pretrained("DIR/scheduler")',
+        "scheduler.set_timesteps(1000)",
+        f"x = torch.randn(4, {config.in_channels}, {config.sample_size}, {config.sample_size})",
+        "labels = torch.zeros(4, dtype=torch.long)  # class 0 of a 1-class (unconditional) DiT",
+        "with torch.no_grad():",
+        "    for t in scheduler.timesteps:",
+        "        x = scheduler.step(net(x, timestep=t.expand(4), class_labels=labels).sample, t, x).prev_sample",
+        "images = (x.clamp(-1, 1) + 1) / 2",
+    ]
+
+
+def card(run, level, weights: str, compacted: bool, parameters: int, loop: list[str] | None = None) -> str:
     """A short model card: what the ticket is, how good, how costly, how it was made."""
     metrics = level.metrics()
     lines = [
@@ -168,9 +197,12 @@ def card(run, level, weights: str, compacted: bool, parameters: int) -> str:
             "import ddpm_lottery",
             "pipeline = ddpm_lottery.load_pipeline(DIR)   # a DDPMPipeline with the compacted UNet",
         ]
+    elif loop is not None:
+        lines += [*loop, "```", ""]
     else:
         lines += ["from diffusers import DDPMPipeline", "pipeline = DDPMPipeline.from_pretrained(DIR)"]
-    lines += ["images = pipeline(batch_size=4, num_inference_steps=1000).images", "```", ""]
+    if loop is None:
+        lines += ["images = pipeline(batch_size=4, num_inference_steps=1000).images", "```", ""]
     commands = run.commands().strip()
     if commands:
         lines += ["## Commands that made it", "", "```", commands, "```", ""]
@@ -192,6 +224,10 @@ def load_pipeline(folder: str | Path):
     fix = f"export the level again into {folder} with `ddpm-lottery export RUN --out {folder} --force`"
     info = read_record(note, ExportNote, "export description", fix)
     if not info["compacted"]:
+        if not (folder / "model_index.json").exists():
+            raise UserError(
+                f"{folder} holds a network without a diffusers pipeline; load it as its note says: {info['load']}"
+            )
         return DDPMPipeline.from_pretrained(folder)
     files = info.get("compact_files")
     if not (isinstance(files, list) and len(files) == 2 and all(isinstance(f, str) for f in files)):
@@ -211,8 +247,10 @@ def write_pipeline_view(run) -> Path:
     costs no space and cannot disagree with the level.
     """
     level = run.level(0).require_finished()
-    unet_dir = make_dirs(run.root / "unet")
-    write_json(unet_dir / "config.json", {"_class_name": "UNet2DModel", **run.network_config()})
+    network = run.network_config()
+    family = family_of_config(network)
+    unet_dir = make_dirs(run.root / family.folder)
+    write_json(unet_dir / "config.json", {**network, "_class_name": family.class_name})
     weights = unet_dir / "diffusion_pytorch_model.safetensors"
     if weights.is_symlink() or weights.exists():
         weights.unlink()
@@ -221,6 +259,8 @@ def write_pipeline_view(run) -> Path:
     except OSError:  # a file system without links
         copy_file(level.weights_path("ema"), weights)
     noise_scheduler(run.config.diffusion).save_config(run.root / "scheduler")
+    if family.pipeline is None:  # a DiT view: transformer/ and scheduler/, which --pretrained RUN reads
+        return run.root
     write_json(
         run.root / "model_index.json",
         {

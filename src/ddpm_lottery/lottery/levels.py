@@ -20,6 +20,7 @@ from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.lottery.tickets import tickets_for
 from ddpm_lottery.models.conditioning import Guidance, adopt_classes
 from ddpm_lottery.models.diffusion import sample as run_sampler
+from ddpm_lottery.models.families import family_of
 from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.models.sources import adopt_source
 from ddpm_lottery.pruning.masks import count_kept, count_total, save_masks
@@ -158,12 +159,11 @@ class LevelTrainer:
             prune.granularity if prune else "block",
             prune.include if prune else (),
             prune.exclude if prune else (),
+            prune.layer_groups if prune else (),
         )
         self.total_params = sum(p.numel() for p in probe.parameters())
         self.tickets = tickets_for(probe, self.mmap, prune)  # single weights or whole channels
-        self.network_config = {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in probe.config.items() if not k.startswith("_")
-        }
+        self.network_config = family_of(probe).network_config(probe)
         self.run: Run | None = None
         self._lock = None
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 
-from diffusers import UNet2DModel
+import torch
 
+from ddpm_lottery.models.families import family_of, from_network_config
 from ddpm_lottery.models.networks import seeded
 from ddpm_lottery.pruning.channels.compact import (
     compact,
@@ -29,10 +30,21 @@ from ddpm_lottery.runs.run import Run
 from ddpm_lottery.utils.errors import UserError
 
 
-def run_network(run: Run, seed: int | None = None) -> UNet2DModel:
-    """The run's network, freshly initialised (with ``seed``: the initial weights of --seed-init ``seed``)."""
+def run_network(run: Run, seed: int | None = None) -> torch.nn.Module:
+    """The run's network, freshly initialised by its family (with ``seed``: the initial weights of --seed-init
+    ``seed``)."""
     with seeded(seed) if seed is not None else contextlib.nullcontext():
-        return UNet2DModel.from_config(run.network_config())
+        return from_network_config(run.network_config())
+
+
+def require_channel_tickets(model: torch.nn.Module) -> None:
+    """Channel groups are traced for the U-Net's resnets, attentions and time embedding only."""
+    family = family_of(model)
+    if not family.channel_tickets:
+        raise UserError(
+            f"channel tickets and compaction prune a U-Net's channels; a {family.class_name} has none "
+            "that this tool can remove yet (use --structure weight)"
+        )
 
 
 def run_channel_groups(run: Run, model=None):
@@ -58,8 +70,8 @@ def level_channel_masks(level: Level):
     return load_channel_masks(level.channels_path) if level.channels_path.exists() else None
 
 
-def level_network(level: Level, which: str = "ema") -> UNet2DModel:
-    """The level's network with its weights loaded (a diffusers UNet2DModel on the CPU, eval mode).
+def level_network(level: Level, which: str = "ema") -> torch.nn.Module:
+    """The level's network with its weights loaded (its family's diffusers class on the CPU, eval mode).
 
     A channel ticket's network normalises over its surviving channels only, exactly as it trained
     (and as its compacted network computes).  A stage schedule (:class:`~ddpm_lottery.lottery.stages.StagedLevel`)
@@ -98,6 +110,7 @@ def compact_level(level) -> dict:
     level.require_finished()
     run = level.run
     masked = level_network(level, "ema")
+    require_channel_tickets(masked)
     groups = run_channel_groups(run, run_network(run))
     channels = level_channel_masks(level)
     if channels is not None:

@@ -104,7 +104,9 @@ def planned_rounds(config: LotteryConfig) -> int:
         needed = math.ceil(math.log(1 - pc.target_sparsity) / math.log(1 - pc.prune_ratio) - 1e-9)
         return min(pc.max_rounds, max(1, needed))
     channels, side = input_shape(config)
-    mmap = module_map(build_model(config.model, channels, image_size=side), pc.granularity, pc.include, pc.exclude)
+    mmap = module_map(
+        build_model(config.model, channels, image_size=side), pc.granularity, pc.include, pc.exclude, pc.layer_groups
+    )
     half_weight = 0.5 / sum(m.size for m in mmap.modules)  # the slack of LevelTickets.reached
     settings = settings_of(config)
     return next(
@@ -256,8 +258,12 @@ class Lottery(LevelTrainer):
             pass  # theta_0 is rebuilt below from the same --seed-init (compared with the training settings above)
         elif not isinstance(other, LotteryConfig) or rewind_step(other) != rewind_step(mine):
             differences.append("prune.rewind_fraction (theta_tau)")
-        elif (other.prune.include, other.prune.exclude) != (mine.prune.include, mine.prune.exclude):
-            differences.append("prune.include/exclude")
+        elif (other.prune.include, other.prune.exclude, other.prune.layer_groups) != (
+            mine.prune.include,
+            mine.prune.exclude,
+            mine.prune.layer_groups,
+        ):
+            differences.append("prune.include/exclude/layer_groups")
         if data_identity(source.data_fingerprint) != data_identity(self.fingerprint):
             differences.append("the training data")
         if differences:

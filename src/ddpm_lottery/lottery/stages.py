@@ -10,7 +10,7 @@ number of training timesteps, the last ends at 0, and the ranges meet without ga
 LEVEL is ``level_NN`` (or ``NN``) of the run being sampled, or a path to a level folder of another
 run of the same network and diffusion.  A channel ticket runs as its compacted network.
 
-A :class:`StagedDenoiser` behaves like a ``UNet2DModel`` for every sampler (DDPM, DDIM,
+A :class:`StagedDenoiser` behaves like its networks (a ``UNet2DModel``, a ``DiTTransformer2DModel``) for every sampler (DDPM, DDIM,
 DPM-Solver++): each call goes to the network of its timestep's range (a batch of mixed timesteps,
 as the held-out loss uses, is split by range), and it counts calls and seconds per range.
 """
@@ -27,7 +27,7 @@ import torch
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from ddpm_lottery.lottery.networks import level_compact_network, level_network
-from ddpm_lottery.models.conditioning import denoise
+from ddpm_lottery.models.families import denoise, family_of
 from ddpm_lottery.pruning.costs import layer_flops
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.run import Run
@@ -176,6 +176,7 @@ class StagedDenoiser(torch.nn.Module):
         self.stages = stages
         self.networks = torch.nn.ModuleList(networks)
         self.config = networks[0].config
+        self.family = family_of(networks[0])  # how a caller calls this denoiser: as its networks are called
         self.stats = [StageStats() for _ in stages]
 
     def _stage(self, t: int) -> int:

@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from ddpm_lottery.lottery.networks import level_channel_masks, level_masks
+from ddpm_lottery.models.families import family_of
 from ddpm_lottery.pruning.channels.compact import (
     compact,
     compaction_error,
@@ -316,6 +317,12 @@ def scaled_settings(strategy: str, mmap: ModuleMap, masks, settings: PruneSettin
 def tickets_for(model: torch.nn.Module, mmap: ModuleMap, prune) -> WeightTickets:
     """The kind of ticket a run's ``--structure`` asks for (a training run, without prune settings: weights)."""
     if prune is not None and prune.structure == "channel":
+        family = family_of(model)
+        if not family.channel_tickets:
+            raise UserError(
+                f"--structure channel prunes a U-Net's channels; a {family.class_name}'s heads and MLP width "
+                "are not channel groups yet; use --structure weight"
+            )
         return ChannelTickets.of(model, mmap, prune)
     return WeightTickets(mmap)
 

@@ -28,8 +28,8 @@ from ddpm_lottery.data.images import to_model_range
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.lottery.levels import apply_masks
 from ddpm_lottery.lottery.networks import level_masks, level_network, run_network
-from ddpm_lottery.models.conditioning import denoise
 from ddpm_lottery.models.diffusion import noise_scheduler
+from ddpm_lottery.models.families import BLOCK_PREFIXES, denoise
 from ddpm_lottery.pruning.strategies import random_masks
 from ddpm_lottery.runs.outputs import CkaFolder
 from ddpm_lottery.runs.run import Run
@@ -431,14 +431,9 @@ def compare_runs(
     return {"rows": rows, "summary": summary, "out": folder.dir}
 
 
-# diffusers' UNet2DModel: the layers inside its down, mid and up blocks; the rest is its stem (the time
-# embedding, conv_in, conv_out), a few layers at the two ends
-BLOCK_PREFIXES = ("down_blocks.", "mid_block.", "up_blocks.")
-
-
 def half_means(rows: list[dict], key: str, blocks_only: bool = False) -> dict[str, float]:
     """The mean of ``key`` over the upstream and the downstream half of the layers, in forward order, leaving out
-    the layers where it is undefined. ``blocks_only``: over the U-Net's blocks without its stem, whose few layers
+    the layers where it is undefined. ``blocks_only``: over the network's blocks (a U-Net's, a DiT's) without its stem, whose few layers
     (a random pair of time-embedding layers scores far lower than a random pair of convolutions) can carry a half."""
     values = [
         r[key]

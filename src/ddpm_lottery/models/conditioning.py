@@ -23,31 +23,12 @@ from dataclasses import dataclass
 import torch
 
 from ddpm_lottery.data.images import ImageSet
+from ddpm_lottery.models.families import denoise
 from ddpm_lottery.utils.errors import UserError
 
 #: The guidance scale of a class-conditional model when --guidance-scale is not given: the conditional
 #: prediction alone (no doubled batch).
 DEFAULT_GUIDANCE_SCALE = 1.0
-
-
-def network_classes(model: torch.nn.Module) -> int | None:
-    """K of a class-conditional network (its label table holds K + 1 rows), None for an unconditional one."""
-    rows = getattr(getattr(model, "config", None), "num_class_embeds", None)
-    return int(rows) - 1 if rows else None
-
-
-def denoise(
-    model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The network's prediction at (x, t) given class ``labels``.  None: an unconditional network's call as
-    DDPMPipeline makes it, and a conditional network's unconditional prediction (the null class), so that
-    what only traces, counts or times a network (the module map, FLOPs, CKA) calls every network alike."""
-    if labels is None:
-        classes = network_classes(model)
-        if classes is None:
-            return model(x, t).sample
-        labels = torch.full((len(x),), classes, dtype=torch.long, device=x.device)
-    return model(x, t, class_labels=labels).sample
 
 
 def data_classes(images: ImageSet) -> int:
@@ -57,9 +38,13 @@ def data_classes(images: ImageSet) -> int:
             f"--class-conditional needs class labels, and {images.name} from {images.source} has none; "
             "put the images in one subfolder per class, or drop --class-conditional"
         )
-    if images.classes is not None:
-        return len(images.classes)
-    return int(images.labels.max()) + 1 if len(images.labels) else 1
+    count = len(images.classes) if images.classes is not None else int(images.labels.max()) + 1
+    if count < 2:
+        raise UserError(
+            f"--class-conditional needs at least two classes, and {images.name} from {images.source} has one; "
+            "drop --class-conditional"
+        )
+    return count
 
 
 def adopt_classes(config, images: ImageSet) -> None:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ddpm_lottery.config import DiffusionConfig
-from ddpm_lottery.models.conditioning import Guidance, denoise
+from ddpm_lottery.models.conditioning import Guidance
+from ddpm_lottery.models.families import denoise
 from ddpm_lottery.utils.errors import UserError
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
@@ -144,7 +145,7 @@ def sample(
         for t in scheduler.timesteps:
             t_batch = torch.full((count,), int(t), device=device, dtype=torch.long)
             if guidance is None:
-                prediction = model(x, t_batch).sample
+                prediction = denoise(model, x, t_batch)
             else:
                 prediction = guidance.predict(model, x, t_batch, labels)
             kwargs = {"generator": generators}

@@ -1,5 +1,9 @@
-"""Networks the user brings: ``--pretrained`` (a ``UNet2DModel`` or ``DDPMPipeline`` folder: its config,
-weights and noise schedule) or ``--unet-config`` (a config file, fresh weights).
+"""Networks the user brings: ``--pretrained`` (a ``UNet2DModel`` or ``DiTTransformer2DModel`` folder, or a
+``DDPMPipeline`` folder: its config, weights and noise schedule) or ``--unet-config`` (a config file, fresh weights).
+
+Pixel-space networks only: a latent model (a ``DiTPipeline`` or Stable Diffusion folder, a network whose
+input is a VAE's 4-channel latents, a ``UNet2DConditionModel``) is refused in one line that names what is
+missing; training and sampling it would need its VAE around every step.
 
 Their config is read as strictly as the flags that would override it, their digest enters the run's
 identity, and their weights load through diffusers with its alarming messages held back: a refusal
@@ -21,19 +25,20 @@ from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
 from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.config.fields import checked_value
+from ddpm_lottery.models.families import DIT, FAMILIES, family_named
+from ddpm_lottery.models.families.family import Family
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import hash_file
 
-#: The settings that override a preset's architecture (and that a brought network fixes itself).
-ARCHITECTURE_SETTINGS = (
-    "sample_size",
-    "block_out_channels",
-    "layers_per_block",
-    "down_block_types",
-    "up_block_types",
-    "dropout",
-    "norm_num_groups",
-)
+#: The settings that override a preset's architecture (and that a brought network fixes itself), every family's.
+ARCHITECTURE_SETTINGS = tuple(dict.fromkeys(name for family in FAMILIES for name in family.overrides))
+
+#: What a latent network lacks here, by diffusers class: this tool trains and samples in pixel space.
+LATENT_CLASSES = {
+    "UNet2DConditionModel": "text/cross-attention conditioning (encoder_hidden_states) and a VAE",
+    "DiTPipeline": "a VAE (DiTPipeline denoises VAE latents)",
+}
+PIXEL_CHANNELS = (1, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -47,11 +52,12 @@ SCHEDULER_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedul
 
 @dataclass(frozen=True)
 class NetworkSource:
-    """A UNet2DModel the user brings: its config, where its weights are, its pipeline's scheduler."""
+    """A network the user brings: its family and config, where its weights are, its pipeline's scheduler."""
 
     name: str  # the path as given, for messages
-    config: dict[str, Any]  # UNet2DModel keyword arguments
-    unet_dir: Path | None  # folder that UNet2DModel.from_pretrained loads; None: fresh weights
+    family: Family
+    config: dict[str, Any]  # keyword arguments of the family's class
+    unet_dir: Path | None  # folder that the class's from_pretrained loads; None: fresh weights
     scheduler: dict[str, Any] | None
     files: tuple[Path, ...]  # what the digest covers
 
@@ -68,19 +74,33 @@ def _read_json(path: Path, what: str, flag: str) -> dict[str, Any]:
     return data
 
 
-def _unet_config(data: dict[str, Any], path: Path, flag: str) -> dict[str, Any]:
+def _network_config(data: dict[str, Any], path: Path, flag: str) -> tuple[Family, dict[str, Any]]:
     kind = data.get("_class_name", "UNet2DModel")
-    if kind != "UNet2DModel":
+    if kind in LATENT_CLASSES:
         raise UserError(
-            f"{flag} {path} describes a {kind}; this tool prunes diffusers UNet2DModel networks "
-            "(unconditional DDPM U-Nets)"
+            f"{flag} {path} describes a {kind}, a latent model: it needs {LATENT_CLASSES[kind]}, which this "
+            "pixel-space tool lacks; give a UNet2DModel or DiTTransformer2DModel"
         )
+    if kind not in {f.class_name for f in FAMILIES}:
+        raise UserError(
+            f"{flag} {path} describes a {kind}; this tool prunes diffusers "
+            f"{' and '.join(f.class_name for f in FAMILIES)} networks in pixel space"
+        )
+    family = family_named(kind)
     config = {k: v for k, v in data.items() if not k.startswith("_")}
-    for name in ARCHITECTURE_SETTINGS:  # bounded exactly as the flags that override them
+    for name in family.overrides:  # bounded exactly as the flags that override them
         if config.get(name) is not None:
             value = checked_value(ModelConfig, name, config[name], str(path))
             config[name] = list(value) if isinstance(value, tuple) else value
-    return config
+    if family is not FAMILIES[0]:  # U-Net configs keep today's checks; others must be pixel-space
+        channels = config.get("in_channels", 4)
+        if channels not in PIXEL_CHANNELS:
+            raise UserError(
+                f"{flag} {path}: a {kind} of {channels} input channels denoises a VAE's latents; a latent model "
+                "needs its VAE, which this pixel-space tool lacks; give one of 1 or 3 channels"
+            )
+        family.check(config, f"{flag} {path}")
+    return family, config
 
 
 def network_source(model_config: ModelConfig) -> NetworkSource | None:
@@ -89,34 +109,41 @@ def network_source(model_config: ModelConfig) -> NetworkSource | None:
         path = Path(model_config.unet_config)
         if path.is_dir():
             path = path / CONFIG_NAME
-        data = _read_json(path, "give a UNet2DModel config.json", "--unet-config")
-        return NetworkSource(
-            str(model_config.unet_config), _unet_config(data, path, "--unet-config"), None, None, (path,)
-        )
+        data = _read_json(path, "give a UNet2DModel or DiTTransformer2DModel config.json", "--unet-config")
+        family, config = _network_config(data, path, "--unet-config")
+        return NetworkSource(str(model_config.unet_config), family, config, None, None, (path,))
     if not model_config.pretrained:
         return None
     root = Path(model_config.pretrained)
     if not root.is_dir():
         raise UserError(
-            f"--pretrained {root} is not a folder; give a diffusers UNet2DModel folder or a "
-            "DDPMPipeline folder (model_index.json, unet/, scheduler/)"
+            f"--pretrained {root} is not a folder; give a diffusers UNet2DModel or DiTTransformer2DModel folder, "
+            "a DDPMPipeline folder (model_index.json, unet/, scheduler/) or a DiT export (transformer/, scheduler/)"
         )
     scheduler, files = None, []
     if (root / "model_index.json").exists():
         index = _read_json(root / "model_index.json", "give a DDPMPipeline folder", "--pretrained")
+        if "vae" in index:
+            raise UserError(
+                f"--pretrained {root}: a {index.get('_class_name', 'pipeline')} with a VAE is a latent model; this "
+                "pixel-space tool lacks the VAE encode/decode around training and sampling; give a UNet2DModel, "
+                "DiTTransformer2DModel or DDPMPipeline folder"
+            )
         if "unet" not in index:
             raise UserError(f"--pretrained {root}: model_index.json names no unet; give a DDPMPipeline folder")
         files.append(root / "model_index.json")
         unet_dir = root / "unet"
-        if (root / "scheduler" / "scheduler_config.json").exists():
-            scheduler_path = root / "scheduler" / "scheduler_config.json"
-            scheduler = _read_json(scheduler_path, "give the pipeline's scheduler config", "--pretrained")
-            files.append(scheduler_path)
+    elif (root / DIT.folder / CONFIG_NAME).exists():  # a DiT export: transformer/ and scheduler/
+        unet_dir = root / DIT.folder
     else:
         unet_dir = root
+    if unet_dir != root and (root / "scheduler" / "scheduler_config.json").exists():
+        scheduler_path = root / "scheduler" / "scheduler_config.json"
+        scheduler = _read_json(scheduler_path, "give the pipeline's scheduler config", "--pretrained")
+        files.append(scheduler_path)
     config_path = unet_dir / CONFIG_NAME
-    config = _unet_config(
-        _read_json(config_path, "give a folder written by UNet2DModel.save_pretrained", "--pretrained"),
+    family, config = _network_config(
+        _read_json(config_path, "give a folder written by save_pretrained", "--pretrained"),
         config_path,
         "--pretrained",
     )
@@ -126,7 +153,7 @@ def network_source(model_config: ModelConfig) -> NetworkSource | None:
             f"--pretrained {unet_dir} holds no weights ({' or '.join(WEIGHT_FILES)}); give a folder "
             "written by save_pretrained, or use --unet-config for the architecture alone"
         )
-    return NetworkSource(str(root), config, unet_dir, scheduler, (config_path, weights[0], *files))
+    return NetworkSource(str(root), family, config, unet_dir, scheduler, (config_path, weights[0], *files))
 
 
 def source_digest(source: NetworkSource) -> str:

@@ -22,18 +22,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ddpm_lottery.models.conditioning import denoise
+from ddpm_lottery.models.families import denoise, family_of
 from ddpm_lottery.pruning.masks import Masks
 from ddpm_lottery.pruning.modules import ModuleMap, PruneModule, module_map
 
 
 def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     """(total FLOPs, {layer name: FLOPs}) of one forward pass on one image."""
-    config = model.config
-    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    device = next(model.parameters()).device
-    x = torch.zeros(1, config.in_channels, size, size, device=device)
-    t = torch.zeros(1, dtype=torch.long, device=device)
+    x, t = family_of(model).example_input(model)
     was_training = model.training
     model.eval()
     # The math SDPA path runs the attention products as bmm, which the counter sees; the fused CPU/GPU
@@ -46,7 +42,7 @@ def layer_flops(model: torch.nn.Module) -> tuple[int, dict[str, int]]:
     root = type(model).__name__
     per_layer = {}
     for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+        if family_of(model).is_prunable(module):
             per_layer[name] = int(sum(counts.get(f"{root}.{name}", {}).values()))
     return int(counter.get_total_flops()), per_layer
 

@@ -16,6 +16,7 @@ import torch
 from ddpm_lottery.config import EvalConfig, LotteryConfig
 from ddpm_lottery.measures.inception import FrechetReference, InceptionFeatures
 from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
+from ddpm_lottery.models.families import denoise
 from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.study.plan import Plan
 from ddpm_lottery.study.spec import Study
@@ -137,7 +138,7 @@ def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=device)
 
     def step():
-        loss = (model(x, t).sample - x).square().mean()
+        loss = (denoise(model, x, t) - x).square().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,7 +155,7 @@ def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int)
     xs = torch.randn(sample_batch, channels, side, side, device=device)
     ts = torch.full((sample_batch,), 500, device=device, dtype=torch.long)
     with torch.no_grad():
-        call_s = _timed(lambda: model(xs, ts), 2) / sample_batch
+        call_s = _timed(lambda: denoise(model, xs, ts), 2) / sample_batch
     return step_s, call_s
 
 
