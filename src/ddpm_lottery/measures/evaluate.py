@@ -1,13 +1,16 @@
 """``ddpm-lottery evaluate``: quality measures of run levels, each with its interval, stored with how it was made.
 
-Three measures (``--measures``), all "lower is better":
+Four measures (``--measures``), all "lower is better":
 
 * ``inception``: FID on the standard Inception-v3 pool3 features, with KID (mean ± std over subsets)
   beside it: the paper's measure, comparable with published numbers only at their N;
 * ``domain``: the Fréchet distance on the 64-d features of a small classifier trained on the run's own
   training images (:mod:`.domain`): ranks CPU-scale models with a few hundred samples in seconds;
 * ``loss``: the held-out denoising loss, per timestep band, on held-out images with fixed noise: needs no
-  sampling, and shows *where* in the reverse process a network loses.
+  sampling, and shows *where* in the reverse process a network loses (a class-conditional network is given
+  each image's class);
+* ``class-accuracy``: of a class-conditional model, how often the domain classifier names the class each image
+  was asked for, stored as the error rate (the accuracy and its interval beside it).
 
 The generated images are drawn once per *sampling protocol* (sampler, steps, eta, N, seed, weights) and
 stored beside the level as ``eval/<sampling key>.npz``; every image measure reads them.  A measure's
@@ -23,8 +26,8 @@ difference of their resamples is a paired bootstrap of their difference (:mod:`.
 this).  The interval is the resamples' percentile interval re-centred on the value: resampling with
 replacement duplicates images, which inflates a Fréchet distance, and the shift removes that bias.
 
-One concept (evaluating a level: its samples, the three measures and their stored records), so one module a
-little past 400 lines.
+One concept (evaluating a level: its samples, the measures and their stored records), so one module past 400
+lines.
 """
 
 from __future__ import annotations
