@@ -93,6 +93,11 @@ class Guidance:
     def chosen(self) -> tuple[int, ...]:
         return self.classes or tuple(range(self.num_classes))
 
+    @property
+    def passes(self) -> int:
+        """Network evaluations per image and step: two (conditional and unconditional) unless s is 1 or 0."""
+        return 1 if self.scale in (0, 1) else 2
+
     def labels(self, first: int, count: int) -> torch.Tensor:
         """The requested class of images ``first .. first + count - 1``."""
         chosen = torch.tensor(self.chosen(), dtype=torch.long)
