@@ -27,6 +27,9 @@ from ddpm_lottery.utils.errors import UserError
 
 DATASETS: tuple[str, ...] = ("embedded", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
+#: The classes of the datasets whose class count is fixed (an image folder has as many as class subfolders).
+DATASET_CLASSES: dict[str, int] = {"embedded": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",

@@ -17,12 +17,13 @@ the "no label" input that classifier-free guidance (Ho & Salimans 2022) contrast
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ddpm_lottery.data.images import ImageSet
+from ddpm_lottery.data.images import DATASET_CLASSES, ImageSet
 from ddpm_lottery.models.families import denoise
 from ddpm_lottery.utils.errors import UserError
 
@@ -63,6 +64,18 @@ def adopt_classes(config, images: ImageSet) -> None:
             f"the data has labels up to {found - 1}, outside the {model.num_classes} classes of this run's "
             "network; use the data the run was made with, or a new --out folder"
         )
+
+
+def planned_model(config):
+    """A run's model settings before its data is loaded (a dry run's cost estimate): a class-conditional run
+    gets its dataset's known class count, or 10 for an image folder, whose count only its data says; the
+    label table is a lookup, so the count barely moves a network's cost."""
+    model = config.model
+    if not model.class_conditional or model.num_classes is not None:
+        return model
+    planned = copy.copy(model)
+    planned.num_classes = DATASET_CLASSES.get(config.data.dataset, 10)
+    return planned
 
 
 def run_classes(config) -> int | None:
