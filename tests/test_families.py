@@ -175,7 +175,7 @@ def test_latent_models_are_refused_naming_what_is_missing(tmp_path):
                 "transformer": ["diffusers", "DiTTransformer2DModel"],
                 "vae": ["diffusers", "AutoencoderKL"],
             }
-        )  # fmt: skip
+        )
     )
     with pytest.raises(UserError, match="VAE"):
         network_source(ModelConfig(pretrained=str(pipeline)))

@@ -38,6 +38,8 @@ def test_bad_schedules_name_the_range(text, message):
 class _Constant(torch.nn.Module):
     """A stand-in denoiser answering with its own constant, so the dispatch is visible."""
 
+    from ddpm_lottery.models.families import UNET as family  # called as a U-Net is
+
     def __init__(self, value, config):
         super().__init__()
         self.value, self.config = value, config
