@@ -144,3 +144,21 @@ def test_cka_compares_two_dit_tickets_over_their_blocks(dit_run, tmp_path, capsy
     layers = [row.split(",")[1] for row in table[1:]]
     assert layers[0] == "pos_embed.proj" and layers[-1] == "proj_out_2"
     assert any(layer.startswith("transformer_blocks.1.") for layer in layers)
+
+
+def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
+    from pathlib import Path
+
+    from ddpm_lottery.study.plan import make_plan
+    from ddpm_lottery.study.spec import load_study
+
+    study = load_study("cpu-dit")
+    plan = make_plan(study, Path("/nonexistent"))
+    assert sorted(r.name for r in plan.runs) == sorted(
+        f"{search}-seed{seed}{control}"
+        for search in ("unified", "varying")
+        for seed in (0, 1)
+        for control in ("", "-reinit")
+    )
+    assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
+    assert study.settings.data_seeds == (0, 1) and study.settings.cka_search == "unified"

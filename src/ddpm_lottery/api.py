@@ -70,11 +70,13 @@ class LevelResult:
     path: Path
 
     def network(self, weights: str = "ema"):
-        """The level's ``UNet2DModel`` (compacted for channel tickets), on the CPU."""
+        """The level's network (a ``UNet2DModel``, compacted for channel tickets, or a ``DiTTransformer2DModel``),
+        on the CPU."""
         return load_network(self.run_path, self.index, weights)
 
     def pipeline(self, weights: str = "ema"):
-        """A ``DDPMPipeline`` of the level's network and the run's noise schedule, in memory."""
+        """A ``DDPMPipeline`` of the level's U-Net and the run's noise schedule, in memory (no diffusers pipeline
+        fits a pixel-space DiT: sample it with ``ddpm_lottery.sample`` or a scheduler loop)."""
         return DDPMPipeline(
             unet=self.network(weights), scheduler=noise_scheduler(load_run_config(self.run_path).diffusion)
         )
@@ -231,7 +233,8 @@ def load_network(
 
     A channel ticket comes back compacted (EMA weights): the smaller network that computes the same.
     ``kernels="auto"`` or ``"sparse"`` runs an unstructured ticket's surviving weights only (see
-    ``--kernels``); the network keeps diffusers' ``UNet2DModel`` call (``net(x, t).sample``) and state dict.
+    ``--kernels``); the network keeps its diffusers call (a U-Net's ``net(x, t).sample``, a DiT's
+    ``net(x, timestep=t, class_labels=y).sample``) and state dict.
     ``compiled=True``: its inference calls go through ``torch.compile`` (see ``--compile-sampling``)."""
     chosen = Run.open(run_dir).pick_level(level)
     if weights == "ema" and chosen.channels_path.exists() and chosen.compact_path.exists():

@@ -6,7 +6,8 @@ of its own under its ticket run's ``branches/``::
 
     RUN/config.json              kind, layout version, identity (run hash, data fingerprint),
                                  the non-default settings and the full config
-    RUN/network.json             the diffusers UNet2DModel config (rebuilds every level's network)
+    RUN/network.json             the diffusers network config (rebuilds every level's network; _class_name
+                                 names a DiTTransformer2DModel, none a UNet2DModel)
     RUN/modules.json             the module map: prunable tensors by block, forward-execution order
     RUN/rewind/weights.safetensors   theta_tau, the weights every pruned level rewinds to
     RUN/summary.json             one row per finished level (sparsity, loss, wall time)
@@ -37,6 +38,7 @@ of its own under its ticket run's ``branches/``::
     RUN/frontier/                frontier.md, frontier.png, frontier.json
     RUN/model_index.json, RUN/unet/, RUN/scheduler/   training runs: a DDPMPipeline view of level 0 (EMA
                                  weights, linked), so DDPMPipeline.from_pretrained(RUN) loads the run
+                                 (a DiT's run: RUN/transformer/ and RUN/scheduler/, no pipeline)
     RUN/branches/<control>-<hash>/   controls, laid out as runs
     RUN/cka/<other>-levelXX/     CKA between this run and another: cka.csv, cka.json, figure1.png
 
