@@ -313,6 +313,8 @@ def test_conditional_run_samples_with_guidance_and_chosen_classes(conditional, t
     stored = json.loads((conditional / "config.json").read_text())
     assert stored["config"]["model"]["num_classes"] == 10  # from the digits' labels
     assert "labels" in stored["data"]  # the labels are part of a conditional run's data
+    # no DDPMPipeline view (it passes no labels): the network and its scheduler only
+    assert not (conditional / "model_index.json").exists() and (conditional / "unet" / "config.json").exists()
     out = tmp_path / "guided"
     args = ["sample", conditional, "--num-samples", "4", "--steps", "2", "--no-progress", "--npz"]
     assert main([*map(str, args), "--guidance-scale", "3", "--classes", "2,5", "--out", str(out)]) == 0

@@ -140,7 +140,7 @@ def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket
     evaluator = evaluation.Evaluator(config, progress=False, log=quiet)
     with pytest.raises(KeyboardInterrupt):
         evaluator.samples(level)
-    path = level.samples_path(evaluation.sampling_key(evaluator.sampling))
+    path = level.samples_path(evaluation.sampling_key(evaluator.sampling(level.run)))
     parts = path.with_name(f".{path.stem}.parts")
     assert sorted(p.name for p in parts.iterdir()) == ["00000000-000004.npy", "00000004-000004.npy"]
     assert not path.exists()

@@ -22,6 +22,7 @@ import diffusers
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from ddpm_lottery.lottery.networks import level_masks, level_network
+from ddpm_lottery.models.conditioning import run_classes
 from ddpm_lottery.models.diffusion import noise_scheduler
 from ddpm_lottery.models.families import family_of, family_of_config
 from ddpm_lottery.pruning.channels.compact import load_compact
@@ -277,7 +278,9 @@ def write_pipeline_view(run) -> Path:
     except OSError:  # a file system without links
         copy_file(level.weights_path("ema"), weights)
     noise_scheduler(run.config.diffusion).save_config(run.root / "scheduler")
-    if family.pipeline is None:  # a DiT view: transformer/ and scheduler/, which --pretrained RUN reads
+    # a DiT view, or a class-conditional one (DDPMPipeline passes no labels): the network and scheduler/ only,
+    # which --pretrained RUN reads
+    if family.pipeline is None or run_classes(run.config) is not None:
         return run.root
     write_json(
         run.root / "model_index.json",
