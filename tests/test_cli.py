@@ -334,6 +334,7 @@ def test_conditional_run_samples_with_guidance_and_chosen_classes(conditional, t
         (["sample", "CRUN", "--classes", "3,12"], "--classes 12 is outside the model's 10 classes (0-9)"),
         (["evaluate", "CRUN", "--measures", "class-accuracy", "--classes", "10"], "outside the model's 10"),
         (["train", "--class-conditional", "--dataset", "imagefolder", "--data-dir", "FLAT"], "has none"),
+        (["find-ticket", "--class-conditional", "--structure", "channel"], "does not prune class-conditional"),
     ],
 )
 def test_bad_conditional_input_is_one_line(tmp_path, conditional, args, needle):
@@ -344,9 +345,10 @@ def test_bad_conditional_input_is_one_line(tmp_path, conditional, args, needle):
     for i in range(3):
         Image.new("L", (28, 28), color=i * 80).save(flat / f"{i}.png")
     args = [str(conditional) if a == "CRUN" else str(flat) if a == "FLAT" else a for a in args]
-    if args[0] == "train":
+    if args[0] in ("train", "find-ticket"):
         args += ["--out", str(tmp_path / "new"), "--no-progress", "--device", "cpu"]
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert needle in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "new").exists()
