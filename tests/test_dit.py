@@ -162,3 +162,46 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
     )
     assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
     assert study.settings.data_seeds == (0, 1) and study.settings.cka_search == "unified"
+
+
+def test_a_dits_attention_products_are_counted_as_work_no_ticket_prunes():
+    from ddpm_lottery.config import ModelConfig
+    from ddpm_lottery.models.networks import build_model
+    from ddpm_lottery.pruning.costs import ticket_flops
+    from ddpm_lottery.pruning.masks import full_masks
+    from ddpm_lottery.pruning.modules import module_map
+
+    model = build_model(ModelConfig(preset="dit-small", num_layers=2, num_attention_heads=2, attention_head_dim=8), 1)
+    mmap = module_map(model)
+    costs = ticket_flops(model, full_masks(model, mmap.tensor_names), mmap)
+    tokens = (model.config.sample_size // model.config.patch_size) ** 2
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    # per block QK^T and AV: tokens x tokens x width multiply-adds each, 2 FLOPs per multiply-add
+    assert costs["untouchable_flops"] == model.config.num_layers * 2 * 2 * tokens * tokens * width
+
+
+def test_the_training_gradient_of_a_pruned_dit_through_the_sparse_kernels_is_the_masked_dense_one():
+    from ddpm_lottery.config import ModelConfig
+    from ddpm_lottery.models.networks import build_model
+    from ddpm_lottery.pruning.modules import module_map
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="dit-small", num_layers=2, num_attention_heads=2, attention_head_dim=8), 1)
+    with torch.no_grad():  # away from adaLN-Zero's start, so that every layer has a gradient
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    parameters = dict(model.named_parameters())
+    masks = {n: torch.rand_like(parameters[n]) > 0.8 for n in module_map(model).tensor_names}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+    dense = copy.deepcopy(model)
+    assert len(use_kernels(model, "sparse", masks=masks, training=True).sparse_layers) == len(masks)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([1, 500, 999])
+    denoise(model, x, t).square().mean().backward()
+    denoise(dense, x, t).square().mean().backward()
+    for name, p in dense.named_parameters():
+        expected = p.grad * masks[name] if name in masks else p.grad
+        # float32 sums over B*T token rows in another order: round-off at 1e-5 of each tensor's scale
+        scale = max(float(expected.abs().max()), 1e-8)
+        assert float((parameters[name].grad - expected).abs().max()) <= 1e-4 * scale, name

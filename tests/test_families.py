@@ -194,3 +194,15 @@ def test_a_users_dit_config_is_bounded_as_strictly_as_the_flags(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="num_layers"):
         network_source(ModelConfig(pretrained=str(folder)))
+
+
+def test_each_family_says_how_its_networks_take_classes():
+    dit = DIT.build(DIT.with_classes(network_kwargs(ModelConfig(preset="dit-small", num_layers=1), 1), 10))
+    assert DIT.num_classes(dit.config) == 10
+    assert dit.transformer_blocks[0].norm1.emb.class_embedder.embedding_table.num_embeddings == 11  # + null class
+    unconditional = DIT.with_classes(network_kwargs(ModelConfig(preset="dit-small"), 1), 0)
+    assert unconditional["num_embeds_ada_norm"] == 1
+    unet = UNET.build(UNET.with_classes(network_kwargs(ModelConfig(preset="tiny"), 1), 10))
+    assert UNET.num_classes(unet.config) == 10
+    x, t, labels = torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), torch.tensor([3, 7])
+    assert denoise(unet, x, t, labels).shape == x.shape == denoise(dit, x, t, labels).shape

@@ -94,7 +94,7 @@ def network_kwargs(
         )
     kwargs["out_channels"] = kwargs["in_channels"]
     if model_config.class_conditional:
-        kwargs.update(family.conditional_kwargs(_class_count(model_config)))
+        kwargs = family.with_classes(kwargs, _class_count(model_config))
     family.check(kwargs, f"preset {model_config.preset}")
     return kwargs
 
@@ -159,7 +159,8 @@ def meta_network(model_config: ModelConfig, data_channels: int | None = None) ->
     """The network's shape on the meta device (no memory, no weights drawn): for counting its weights."""
     family = network_family(model_config)
     with torch.device("meta"):
-        return _construct(family, network_kwargs(model_config, data_channels), network_source(model_config), "")
+        kwargs = network_kwargs(model_config, data_channels)
+        return _construct(family, kwargs, network_source(model_config), "choose smaller model overrides")
 
 
 def build_model(

@@ -125,9 +125,9 @@ class DiTFamily(Family):
         classes = int(config.num_embeds_ada_norm)
         return 0 if classes == 1 else classes
 
-    def conditional_kwargs(self, num_classes: int) -> dict[str, Any]:
-        # diffusers' label table holds num_embeds_ada_norm + 1 rows: the last is the null class
-        return {"num_embeds_ada_norm": num_classes}
+    def with_classes(self, kwargs, classes):
+        # every block's label table has classes + 1 rows: the last is the null class of guidance
+        return {**kwargs, "num_embeds_ada_norm": max(classes, 1)}
 
     def denoise(self, model, x, t, labels=None):
         if t.dim() == 0:

@@ -58,9 +58,11 @@ class Family:
         null class of classifier-free guidance."""
         return 0
 
-    def conditional_kwargs(self, num_classes: int) -> dict[str, Any]:
-        """The class's keyword arguments that condition it on ``num_classes`` classes plus the null class."""
-        raise UserError(f"a {self.class_name} cannot be made class-conditional by this tool; drop --class-conditional")
+    def with_classes(self, kwargs: dict[str, Any], classes: int) -> dict[str, Any]:
+        """The class's keyword arguments for a network conditioned on ``classes`` labels (0: unconditional)."""
+        if classes:
+            raise UserError(f"a {self.class_name} of this tool is unconditional")
+        return kwargs
 
     def denoise(
         self, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None

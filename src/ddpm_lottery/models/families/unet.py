@@ -143,8 +143,10 @@ class UNetFamily(Family):
         rows = int(getattr(config, "num_class_embeds", None) or 0)
         return max(rows - 1, 0)
 
-    def conditional_kwargs(self, num_classes: int) -> dict[str, Any]:
-        return {"num_class_embeds": num_classes + 1}
+    def with_classes(self, kwargs, classes):
+        # diffusers' own class embedding, a table added to the time embedding: one row per class and the null
+        # class of guidance (diffusers adds none of its own, unlike the DiT's)
+        return {**kwargs, "num_class_embeds": classes + 1 if classes else None}
 
     def denoise(self, model, x, t, labels=None):
         classes = self.num_classes(model.config)
