@@ -132,10 +132,8 @@ class DiTFamily(Family):
     def denoise(self, model, x, t, labels=None):
         if t.dim() == 0:
             t = t.expand(len(x))
-        if labels is None:
-            # an unconditional DiT is a 1-class DiT: every image has label 0 (= its num_classes, 0); a conditional
-            # one without labels (tracing, counting, timing) gets the null class K: its unconditional prediction
-            labels = torch.full((len(x),), self.num_classes(model.config), dtype=torch.long, device=x.device)
+        if labels is None:  # an unconditional DiT is a 1-class DiT: every image has label 0
+            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
         return model(x, timestep=t, class_labels=labels).sample
 
     def block_of(self, layer_name: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from diffusers import UNet2DModel
 
 from ddpm_lottery.models.families.family import Family
@@ -149,12 +148,9 @@ class UNetFamily(Family):
         return {**kwargs, "num_class_embeds": classes + 1 if classes else None}
 
     def denoise(self, model, x, t, labels=None):
-        classes = self.num_classes(model.config)
+        # an unconditional U-Net is called exactly as DDPMPipeline calls it
         if labels is None:
-            if not classes:  # an unconditional U-Net is called exactly as DDPMPipeline calls it
-                return model(x, t).sample
-            # a conditional one without labels (tracing, counting, timing): its unconditional prediction
-            labels = torch.full((len(x),), classes, dtype=torch.long, device=x.device)
+            return model(x, t).sample
         return model(x, t, class_labels=labels).sample
 
     def block_of(self, layer_name: str) -> str:
