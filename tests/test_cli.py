@@ -254,6 +254,9 @@ def test_out_naming_a_regular_file(tmp_path):
         (["sample", "RUN", "--sampler", "euler"], "not one of"),
         (["sample", "RUN", "--sampling-steps", "0"], "positive"),
         (["train", "--config", "/nonexistent.toml"], "does not exist"),
+        (["sample", "RUN", "--guidance-scale", "2"], "--guidance-scale needs a class-conditional model"),
+        (["evaluate", "RUN", "--guidance-scale", "2", "--measures", "domain"], "--guidance-scale needs a class-"),
+        (["train", "--label-dropout", "0.2"], "--label-dropout drops class labels"),
     ],
 )
 @pytest.mark.slow
@@ -295,3 +298,57 @@ def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and "usage: ddpm-lottery" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "conditional"
+    fast = [a if a != "8,8,8" else "16,16,16" for a in FAST]
+    assert main(["train", "--out", str(run), "--class-conditional", *fast]) == 0
+    return run
+
+
+@pytest.mark.slow
+def test_conditional_run_samples_with_guidance_and_chosen_classes(conditional, tmp_path):
+    stored = json.loads((conditional / "config.json").read_text())
+    assert stored["config"]["model"]["num_classes"] == 10  # from the digits' labels
+    assert "labels" in stored["data"]  # the labels are part of a conditional run's data
+    # no DDPMPipeline view (it passes no labels): the network and its scheduler only
+    assert not (conditional / "model_index.json").exists() and (conditional / "unet" / "config.json").exists()
+    out = tmp_path / "guided"
+    args = ["sample", conditional, "--num-samples", "4", "--steps", "2", "--no-progress", "--npz"]
+    assert main([*map(str, args), "--guidance-scale", "3", "--classes", "2,5", "--out", str(out)]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["guidance_scale"] == 3 and info["classes"] == [2, 5]
+    plain = tmp_path / "plain"
+    assert main([*map(str, args), "--out", str(plain)]) == 0
+    assert json.loads((plain / "info.json").read_text())["classes"] == "balanced"
+    with np.load(out / "samples.npz") as a, np.load(plain / "samples.npz") as b:
+        assert not np.array_equal(a["arr_0"], b["arr_0"])  # same noise, other classes and guidance
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["sample", "CRUN", "--classes", "3,12"], "--classes 12 is outside the model's 10 classes (0-9)"),
+        (["evaluate", "CRUN", "--measures", "class-accuracy", "--classes", "10"], "outside the model's 10"),
+        (["train", "--class-conditional", "--dataset", "imagefolder", "--data-dir", "FLAT"], "has none"),
+        (["find-ticket", "--class-conditional", "--structure", "channel"], "does not prune class-conditional"),
+    ],
+)
+def test_bad_conditional_input_is_one_line(tmp_path, conditional, args, needle):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("L", (28, 28), color=i * 80).save(flat / f"{i}.png")
+    args = [str(conditional) if a == "CRUN" else str(flat) if a == "FLAT" else a for a in args]
+    if args[0] in ("train", "find-ticket"):
+        args += ["--out", str(tmp_path / "new"), "--no-progress", "--device", "cpu"]
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert needle in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "new").exists()

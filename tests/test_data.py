@@ -585,6 +585,28 @@ def test_data_fingerprint_follows_the_pixels(tmp_path):
     assert len({padded["digest"], gray["digest"], one["digest"]}) == 3
 
 
+def test_labels_enter_the_fingerprint_of_conditional_runs_only(tmp_path):
+    from ddpm_lottery.runs.identity import data_identity
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, size=(8, 8), dtype=np.uint8) for _ in range(4)]
+    for i, array in enumerate(arrays):  # the same images in the same order, in other classes
+        _save(tmp_path / "one" / ("a" if i < 2 else "b") / f"{i}.png", array)
+        _save(tmp_path / "two" / ("a" if i < 3 else "b") / f"{i}.png", array)
+    one, two = (load_dataset("imagefolder", tmp_path / name) for name in ("one", "two"))
+    plain = data_fingerprint(one, "train")
+    assert "labels" not in plain and data_identity(plain) == plain["digest"]  # unconditional runs: as before
+    labelled = data_fingerprint(one, "train", labels=True)
+    other = data_fingerprint(two, "train", labels=True)
+    assert labelled["digest"] == other["digest"] == plain["digest"]  # the pixels are the same
+    assert labelled["labels"] != other["labels"]
+    assert len({data_identity(plain), data_identity(labelled), data_identity(other)}) == 3
+    with pytest.raises(UserError, match="has none"):
+        flat = tmp_path / "flat"
+        _save(flat / "0.png", arrays[0])
+        data_fingerprint(load_dataset("imagefolder", flat), "train", labels=True)
+
+
 def test_image_digest_covers_the_shape():
     pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     assert image_digest(pixels) == image_digest(pixels.clone())

@@ -95,3 +95,23 @@ def test_unclipped_ddim_follows_its_noise_prediction_exactly():
     expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * 3.0
     assert torch.allclose(steps[False].double(), expected.expand(1, 1, 2, 2), atol=1e-5)
     assert not torch.allclose(steps[True].double(), expected.expand(1, 1, 2, 2), atol=1e-3)
+
+
+def test_guided_sampling_drawn_in_parts_equals_at_once_and_follows_the_classes():
+    from ddpm_lottery.models.conditioning import Guidance
+
+    config = ModelConfig(preset="tiny", block_out_channels=(16, 16, 16), class_conditional=True, num_classes=3)
+    model = build_model(config, 1, seed=0)
+    guidance = Guidance(3, scale=2.0)
+    kwargs = dict(sampler="ddim", num_steps=3, seed=4, guidance=guidance)
+    whole = sample(model, DiffusionConfig(), num_samples=5, batch_size=5, **kwargs)
+    parts = [
+        sample(model, DiffusionConfig(), num_samples=n, first_index=k, batch_size=2, **kwargs)
+        for k, n in ((0, 2), (2, 3))
+    ]
+    assert torch.allclose(whole, torch.cat(parts), atol=1e-5)
+    other = sample(
+        model, DiffusionConfig(), num_samples=5, batch_size=5, **{**kwargs, "guidance": Guidance(3, (1,), 2.0)}
+    )
+    assert torch.allclose(whole[1], other[1], atol=1e-5)  # image 1 is class 1 either way: the same image
+    assert not torch.allclose(whole[0], other[0], atol=1e-3)  # image 0: class 0, then class 1

@@ -34,9 +34,9 @@ ARGS = [
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
-def _run(command, out):
+def _run(command, out, extra=()):
     done = subprocess.run(
-        [*command, "-m", "ddpm_lottery.cli.main", *ARGS, "--out", str(out)],
+        [*command, "-m", "ddpm_lottery.cli.main", *ARGS, *extra, "--out", str(out)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -108,6 +108,18 @@ def test_accelerate_launch_cpu_runs_the_processes_it_asks_for(single_process_run
     )
     assert "2 process(es)" in multi.stdout, multi.stdout
     _assert_same_training(single_process_run, tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_a_conditional_run_with_label_dropout_trains_alike_in_two_processes_and_with_accumulation(tmp_path):
+    """The labels and their drops are drawn for the global batch from the step's generator, then sliced."""
+    extra = ["--class-conditional", "--label-dropout", "0.5", "--block-out-channels", "16,16,16"]
+    _run([sys.executable], tmp_path / "one", extra)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    _run([*torchrun, "--master-addr", "127.0.0.1", "--master-port", str(free_port())], tmp_path / "two", extra)
+    _assert_same_training(tmp_path / "one", tmp_path / "two")
+    _run([sys.executable], tmp_path / "acc", [*extra, "--grad-accumulation", "4"])
+    _assert_same_training(tmp_path / "one", tmp_path / "acc")
 
 
 @pytest.mark.slow

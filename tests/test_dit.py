@@ -155,12 +155,21 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
     study = load_study("cpu-dit")
     plan = make_plan(study, Path("/nonexistent"))
     assert sorted(r.name for r in plan.runs) == sorted(
-        f"{search}-seed{seed}{control}"
-        for search in ("unified", "varying")
-        for seed in (0, 1)
-        for control in ("", "-reinit")
+        [
+            *(
+                f"{search}-seed{seed}{control}"
+                for search in ("unified", "varying")
+                for seed in (0, 1)
+                for control in ("", "-reinit")
+            ),
+            "conditional-seed0",
+            "conditional-seed1",
+        ]
     )
     assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
+    # finding (h): the class-conditional search, with class accuracy among its measures
+    assert {r.name for r in plan.runs if r.config.model.class_conditional} == {"conditional-seed0", "conditional-seed1"}
+    assert study.measures_for(0, conditional=True)[-1] == "class-accuracy"
     assert study.settings.data_seeds == (0, 1) and study.settings.cka_search == "unified"
 
 

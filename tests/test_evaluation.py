@@ -143,7 +143,7 @@ def test_a_killed_sampling_resumes_at_its_batch_with_the_same_images(tiny_ticket
     evaluator = evaluation.Evaluator(config, progress=False, log=quiet)
     with pytest.raises(KeyboardInterrupt):
         evaluator.samples(level)
-    path = level.samples_path(evaluation.sampling_key(evaluator.sampling))
+    path = level.samples_path(evaluation.sampling_key(evaluator.sampling(level.run)))
     parts = path.with_name(f".{path.stem}.parts")
     assert sorted(p.name for p in parts.iterdir()) == ["00000000-000004.npy", "00000004-000004.npy"]
     assert not path.exists()
@@ -530,3 +530,53 @@ def test_unclipped_sampling_is_its_own_protocol_and_the_default_keys_stay():
     assert "x0 unclipped" in protocol_label(record)
     config.sampling.sampler = "dpm-solver++"  # never clips: the setting changes nothing there
     assert "clip_sample" not in sampling_protocol(config)
+
+
+@pytest.mark.slow
+def test_class_accuracy_is_the_classifiers_agreement_with_the_requested_class(tmp_path, monkeypatch):
+    from helpers import tiny_run_config
+
+    from ddpm_lottery.api import train
+    from ddpm_lottery.data.loaders import load_dataset
+    from ddpm_lottery.measures.evaluate import Evaluator, evaluate_levels
+
+    config = tiny_run_config(steps=2)
+    config.model.class_conditional = True
+    run = train(config, tmp_path / "run", progress=False, log=quiet)
+    # held-out digits standing in for the samples: image i is a digit of the class the sampler asks of it (i mod 10)
+    real = load_dataset("embedded", split="test")
+    by_class = [real.images[real.labels == c] for c in range(10)]
+    asked = torch.stack([by_class[i % 10][i // 10] for i in range(40)])
+    drawn = {"images": asked}
+    monkeypatch.setattr(Evaluator, "samples", lambda self, level: drawn["images"])
+    scoring = small_eval(measures=("class-accuracy",), cache_dir=str(tmp_path / "cache"))
+    (record,) = evaluate_levels(run, scoring, progress=False, log=quiet)
+    assert record["value"] == pytest.approx(1 - record["accuracy"]) and record["accuracy"] > 0.8
+    low, high = record["accuracy_interval"]
+    assert low <= record["accuracy"] <= high and high - low > 0
+    assert sorted(record["per_class"]) == [str(c) for c in range(10)]
+    assert "guidance 1, balanced classes" in record["label"]
+    drawn["images"] = torch.roll(asked, 1, 0)  # every image one class off what was asked
+    (wrong,) = evaluate_levels(run, scoring, progress=False, log=quiet, force=True)
+    assert wrong["accuracy"] < 0.3 and wrong["interval"][0] > record["interval"][1]
+
+
+def test_class_accuracy_and_guidance_refuse_an_unconditional_run(tiny_ticket_run, tmp_path):
+    with pytest.raises(UserError, match="class-accuracy measures class-conditional models"):
+        evaluate(tiny_ticket_run, small_eval(measures=("class-accuracy",), cache_dir=str(tmp_path)), log=quiet)
+    with pytest.raises(UserError, match="--guidance-scale needs a class-conditional model"):
+        evaluate(tiny_ticket_run, small_eval(measures=("domain",), guidance_scale=2.0), log=quiet)
+
+
+def test_guided_protocols_are_their_own_and_unconditional_keys_stay():
+    from ddpm_lottery.measures.evaluate import sampling_key, sampling_protocol
+
+    config = EvalConfig()
+    plain = sampling_protocol(config)
+    assert sampling_protocol(config, None) == plain and "guidance_scale" not in plain
+    balanced = sampling_protocol(config, 10)
+    config.sampling.guidance_scale, config.sampling.classes = 4.0, (3,)
+    guided = sampling_protocol(config, 10)
+    assert balanced["guidance_scale"] == 1 and balanced["classes"] == "balanced"
+    assert guided["guidance_scale"] == 4 and guided["classes"] == [3]
+    assert len({sampling_key(plain), sampling_key(balanced), sampling_key(guided)}) == 3

@@ -196,3 +196,32 @@ def test_export_into_the_current_folder_or_one_above_it_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "current folder" in err[0] and "--out ./ticket" in err[0]
     assert here.is_dir() and not any(here.iterdir())
+
+
+@pytest.mark.slow
+def test_a_conditional_ticket_exports_as_a_network_and_its_guided_loop_runs(tmp_path):
+    """DDPMPipeline passes no labels: a class-conditional U-Net exports as its network and scheduler, and the
+    card's guided sampling loop runs in plain diffusers."""
+    import re
+
+    from diffusers import UNet2DModel
+    from helpers import tiny_lottery_config
+
+    from ddpm_lottery.api import export, find_ticket
+    from ddpm_lottery.runs.run import Run
+
+    config = tiny_lottery_config("unified", steps=4, sparsity_schedule=(0.5,))
+    config.model.class_conditional = True
+    run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
+    out = export(run, tmp_path / "export", level=1, log=lambda *_: None)
+    assert not (out / "model_index.json").exists()
+    net = UNet2DModel.from_pretrained(out / "unet")
+    assert net.config.num_class_embeds == 11  # ten digits and the null class
+    level = Run.open(run).level(1)
+    for name, mask in level_masks(level).items():
+        assert bool((net.state_dict()[name][~mask] == 0).all()), name
+    card = (out / "README.md").read_text()
+    (loop,) = [c for c in re.findall(r"```python\n(.*?)```", card, re.S) if "guidance scale" in c]
+    namespace: dict = {}
+    exec(loop.replace("DIR", str(out)).replace("set_timesteps(1000)", "set_timesteps(3)"), namespace)
+    assert namespace["images"].shape == (4, 1, 28, 28) and bool(namespace["images"].isfinite().all())

@@ -279,6 +279,52 @@ def test_inception_on_chosen_seeds_only(tmp_path):
     assert plan.inception_images == measured * 40  # N = 40 per level of seed 0 only
 
 
+def test_class_accuracy_and_guidance_apply_to_the_conditional_searches_of_a_study(tmp_path, capsys):
+    text = (
+        TINY.replace('measures = ["loss", "domain"]', 'measures = ["domain", "class-accuracy"]')
+        .replace("[sampling]\n", "[sampling]\nguidance_scale = 2.0\n")
+        .replace('strategy = "varying"', 'strategy = "unified"\nclass_conditional = true')
+        .replace('cka_search = "unified"', "")
+    )
+    path = write(tmp_path, text)
+    study = load_study(path)
+    assert study.measures_for(0, conditional=False) == ["domain"]
+    plan = make_plan(study, tmp_path / "out")
+    conditional = {r.name for r in plan.runs if r.config.model.class_conditional}
+    assert conditional == {"varying-seed0", "varying-seed1"}
+    # class accuracy on the conditional search's levels only
+    measured = {r.name: len(r.measured_levels) for r in plan.runs}
+    expected = sum(n * (2 if name in conditional else 1) for name, n in measured.items())
+    assert plan.evaluations_total == expected
+    # the dry run builds the conditional network before its data gives the class count
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "varying's network" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_study_measures_class_accuracy_of_its_conditional_runs_and_samples_the_others_unguided(tmp_path, monkeypatch):
+    from ddpm_lottery.runs.run import Run
+
+    monkeypatch.setenv("DDPM_LOTTERY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("ddpm_lottery.measures.domain.train_domain_net.__defaults__", (20, 64, 0))
+    text = (
+        TINY.replace("data_seeds = [0, 1]", "data_seeds = [0]")
+        .replace('cka_search = "unified"', "")
+        .replace('measures = ["loss", "domain"]', 'measures = ["domain", "class-accuracy"]')
+        .replace("[sampling]\n", "[sampling]\nguidance_scale = 2.0\n")
+        .replace('strategy = "varying"\nratio_increment = 0.1', 'strategy = "unified"\nclass_conditional = true')
+        .replace('reinit = ["unified"]', "")
+    )
+    out = tmp_path / "out"
+    assert not run_study(write(tmp_path, text), out, progress=False, log=quiet)["deferred"]
+    for name, conditional in (("unified-seed0", False), ("varying-seed0", True)):
+        records = Run.open(out / "runs" / name).level(1).evaluations()
+        measures = sorted(r["measure"] for r in records)
+        assert measures == (["class-accuracy", "domain"] if conditional else ["domain"])
+        for record in records:
+            assert record["protocol"]["sampling"].get("guidance_scale") == (2.0 if conditional else None)
+
+
 def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
     recipe = "ddpm-cifar10"  # a paper-scale recipe, shipped: found by name
     study = load_study(recipe)

@@ -258,3 +258,68 @@ def test_compile_wraps_the_training_forward_only(tmp_path, monkeypatch):
     trainer = Trainer(tiny_config(steps=2, compile=True), at(tmp_path), images=synthetic_images(), progress=False)
     assert compiled == [trainer.model]
     trainer.run()
+
+
+def labelled_images(count=40, classes=4):
+    images = synthetic_images(count)
+    images.labels = torch.arange(count) % classes
+    return images
+
+
+def conditional_config(steps=6, **train):
+    config = tiny_config(steps, **train)
+    config.model.class_conditional = True
+    config.model.block_out_channels = (16, 16, 16)  # see test_conditioning: 8 groups of one channel erase labels
+    return config
+
+
+def test_conditional_batches_carry_the_labels_with_seeded_dropout(tmp_path):
+    images = labelled_images()
+    conditional = Trainer(
+        conditional_config(label_dropout=0.5, batch_size=40), at(tmp_path / "c"), images=images, progress=False
+    )
+    plain = Trainer(tiny_config(batch_size=40), at(tmp_path / "u"), images=images, progress=False)
+    assert conditional.config.model.num_classes == 4  # taken from the data
+    for step in (0, 7):
+        clean, noise, timesteps, labels = conditional.batch(step)
+        again = conditional.batch(step)[3]
+        assert torch.equal(labels, again)  # the step's own generator: the same drops every time
+        dropped = labels == 4
+        assert 0 < int(dropped.sum()) < len(labels)
+        indices = conditional.order.indices(step)
+        assert torch.equal(labels[~dropped], images.labels[indices][~dropped])
+        # the draws before the labels stay an unconditional run's
+        reference = plain.batch(step)
+        assert reference[3] is None
+        for a, b in zip((clean, noise, timesteps), reference[:3]):
+            assert torch.equal(a, b)
+    assert not torch.equal(conditional.batch(0)[3], conditional.batch(1)[3])
+
+
+def test_conditional_resume_with_label_dropout_reproduces_the_uninterrupted_run(tmp_path):
+    images = labelled_images()
+    config = conditional_config(steps=6, label_dropout=0.3)
+    full = Trainer(config, at(tmp_path / "full"), images=images, progress=False)
+    full.run()
+    killed = Trainer(config, at(tmp_path / "killed"), images=images, progress=False, hooks=CrashAt(5))
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    resumed = Trainer(config, at(tmp_path / "killed"), images=images, progress=False)
+    assert resumed.resume() and resumed.step == 3
+    resumed.run()
+    for a, b in zip(full.parameters, resumed.parameters):
+        assert torch.equal(a, b)
+    assert read_losses(at(tmp_path / "full").log_path) == read_losses(at(tmp_path / "killed").log_path)
+    # the dropout rate changes what is learnt: another rate, other weights
+    other = Trainer(
+        conditional_config(steps=6, label_dropout=0.0), at(tmp_path / "other"), images=images, progress=False
+    )
+    other.run()
+    assert any(not torch.equal(a, b) for a, b in zip(full.parameters, other.parameters))
+
+
+def test_label_dropout_on_an_unconditional_run_is_refused():
+    from ddpm_lottery.config import check_config
+
+    with pytest.raises(UserError, match="--label-dropout drops class labels, and this run has none"):
+        check_config(tiny_config(label_dropout=0.2))

@@ -42,6 +42,7 @@ from ddpm_lottery.lottery.export import load_pipeline as load
 from ddpm_lottery.lottery.networks import level_compact_network, level_network
 from ddpm_lottery.lottery.stages import StagedLevel
 from ddpm_lottery.measures.evaluate import evaluate_levels, save_samples
+from ddpm_lottery.models.conditioning import guidance_folder_suffix, guidance_for, run_classes
 from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps, unclipped
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.runs.outputs import SampleFolder, StudyFolder
@@ -278,6 +279,7 @@ def sample(
         level = StagedLevel(run, sampling.schedule)
     else:
         level = run.pick_level(config.sample.level)
+    guidance = guidance_for(sampling, run_classes(run.config))
     model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     folder = (
@@ -285,7 +287,7 @@ def sample(
         if out is not None
         else level.samples_folder(
             f"{sampling.sampler}-{steps}steps-seed{sampling.sample_seed}-{sampling.weights}"
-            f"{'-unclipped' if unclipped(sampling) else ''}"
+            f"{'-unclipped' if unclipped(sampling) else ''}{guidance_folder_suffix(guidance)}"
         )
     )
     make_dirs(folder.dir)
@@ -308,6 +310,7 @@ def sample(
         clip_sample=sampling.clip_sample,
         device=device,
         on_step=on_step,
+        guidance=guidance,
     )
     bar.close()
     wall = time.perf_counter() - started
@@ -326,6 +329,7 @@ def sample(
         "num_samples": num_samples,
         "seed": sampling.sample_seed,
         "weights": sampling.weights,
+        **(guidance.protocol() if guidance is not None else {}),
         "wall_time_s": wall,
         "images_per_s": num_samples / wall,
         "device": str(device),

@@ -29,6 +29,7 @@ from ddpm_lottery.config.sections import (
     TrainConfig,
     TuneSettings,
 )
+from ddpm_lottery.utils.errors import UserError
 
 
 @dataclass
@@ -40,6 +41,13 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> None:
+        # A dropout rate on an unconditional run would change its hash and nothing else.
+        if not self.model.class_conditional and self.train.label_dropout != TrainConfig().label_dropout:
+            raise UserError(
+                "--label-dropout drops class labels, and this run has none; add --class-conditional or drop it"
+            )
 
 
 @dataclass

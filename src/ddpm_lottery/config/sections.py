@@ -32,7 +32,7 @@ SEED_BOUNDS = {"minimum": 0, "maximum": SEED_MODULUS - 1}
 WeightSet = Literal["ema", "raw"]
 WEIGHT_SETS: tuple[str, ...] = get_args(WeightSet)
 #: The measures of a level's quality (each implemented in ``measures/``; a test holds the two together).
-MeasureName = Literal["inception", "domain", "loss"]
+MeasureName = Literal["inception", "domain", "loss", "class-accuracy"]
 
 
 class Section:
@@ -129,6 +129,16 @@ class ModelConfig(Section):
         None, "override (DiT): attention heads per block", minimum=1, maximum=1024
     )
     attention_head_dim: int | None = setting(None, "override (DiT): width of each head", minimum=1, maximum=4096)
+    class_conditional: bool = setting(
+        False,
+        "condition the network on the class labels of the data (one embedding row per class plus a "
+        "null row for classifier-free guidance); needs a labelled dataset",
+    )
+    # Derived, as source_digest is: the data's class count, filled in when the run starts, so that every
+    # network of the run (levels, controls, a dry-run's probe) is built with the same label table.
+    num_classes: int | None = setting(
+        None, "class-conditional runs: the number of classes, taken from the data", derived=True, minimum=1
+    )
 
 
 @dataclass
@@ -176,6 +186,14 @@ class TrainConfig(Section):
         "train on the timesteps LOW..HIGH-1 only, given as LOW,HIGH "
         "(range fine-tuning for stage schedules) [default: every timestep]",
         minimum=0,
+    )
+    label_dropout: float = setting(
+        0.1,
+        "class-conditional runs: the fraction of training labels replaced by the null class, drawn from the "
+        "run's own seeded generators, so the network also learns the unconditional prediction that "
+        "classifier-free guidance needs (the DiT paper's 0.1)",
+        minimum=0,
+        below=1,
     )
     mixed_precision: str = setting(
         "no",
@@ -384,6 +402,19 @@ class SamplingConfig(Section):
     sample_seed: int = setting(0, "seed of the sampling noise (image i always uses the same noise)", **SEED_BOUNDS)
     weights: str = setting("ema", "which weights generate the images", choices=WEIGHT_SETS)
     sample_batch_size: int = setting(256, "images per denoiser call", hashed=False, minimum=1)
+    guidance_scale: float | None = setting(
+        None,
+        "class-conditional models: classifier-free guidance scale s, eps = uncond + s * (cond - uncond) "
+        "(1: conditional only, 0: unconditional; above 1 trades variety for class fidelity) "
+        "[default: 1 on a class-conditional model]",
+        minimum=0,
+    )
+    classes: tuple[int, ...] = setting(
+        (),
+        "class-conditional models: the classes to draw, comma-separated; image i gets the (i mod k)-th "
+        "[default: every class in turn, so the samples are balanced over the classes]",
+        minimum=0,
+    )
     schedule: str | None = setting(
         None,
         "stage schedule: which level denoises which timesteps, HIGH:LOW=LEVEL "
@@ -435,8 +466,9 @@ class EvalSettings(Section):
     measures: tuple[str, ...] = setting(
         ("inception",),
         "what to measure, comma-separated: inception (FID/KID on Inception-v3 features), domain "
-        "(Fréchet distance on a digit/class network's features, ranks CPU-scale models) and loss (held-out "
-        "denoising loss per timestep band; needs no sampling)",
+        "(Fréchet distance on a digit/class network's features, ranks CPU-scale models), loss (held-out "
+        "denoising loss per timestep band; needs no sampling) and class-accuracy (class-conditional "
+        "models: how often the domain classifier names the class each image was asked for)",
         choices=MEASURE_NAMES,
     )
     bootstrap_rounds: int = setting(

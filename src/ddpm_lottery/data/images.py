@@ -27,6 +27,9 @@ from ddpm_lottery.utils.errors import UserError
 
 DATASETS: tuple[str, ...] = ("embedded", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 
+#: The classes of the datasets whose class count is fixed (an image folder has as many as class subfolders).
+DATASET_CLASSES: dict[str, int] = {"embedded": 10, "mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
@@ -119,16 +122,18 @@ def image_digest(images: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
-def data_fingerprint(images: ImageSet, split: str) -> dict:
+def data_fingerprint(images: ImageSet, split: str, *, labels: bool = False) -> dict:
     """What identifies a run's training data, as JSON-able values.
 
     ``digest`` covers the pixels exactly as the network sees them (after
     :func:`prepare_images`), so two folders with the same name but other images, or the same
     images padded or converted differently, never share it; ``source`` is for people only
-    (it names a path, which may move without the data changing).
+    (it names a path, which may move without the data changing).  With ``labels`` (a class-conditional
+    run, which trains on them) ``labels`` is the digest of the label of every image; without, the
+    fingerprint is what it always was, so the identity of unconditional runs does not change.
     """
     split_name = None if images.name == "imagefolder" else _canonical_split(split)  # a folder has no splits
-    return {
+    fingerprint = {
         "dataset": images.name,
         "split": split_name,
         "count": len(images),
@@ -136,6 +141,22 @@ def data_fingerprint(images: ImageSet, split: str) -> dict:
         "digest": image_digest(images.images),
         "source": images.source,
     }
+    if labels:
+        fingerprint["labels"] = label_digest(images)
+    return fingerprint
+
+
+def label_digest(images: ImageSet) -> str:
+    """First 16 hex digits of the SHA-256 of the images' labels (int64) and class names."""
+    if images.labels is None:
+        raise UserError(
+            f"class labels were asked for, and {images.name} from {images.source} has none; "
+            "put the images in one subfolder per class"
+        )
+    digest = hashlib.sha256()
+    digest.update(repr(images.classes).encode())
+    digest.update(memoryview(np.ascontiguousarray(images.labels.to(torch.int64).cpu().numpy())).cast("B"))
+    return digest.hexdigest()[:16]
 
 
 def to_model_range(batch_uint8: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,14 @@ from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import write_json, write_text
 from ddpm_lottery.utils.units import duration
 
-MEASURE_ORDER = ("domain", "loss", "inception")
-LABELS = {"inception": "Inception FID", "domain": "domain FD", "loss": "held-out loss"}
+MEASURE_ORDER = ("domain", "loss", "inception", "class-accuracy")
+# class accuracy is stored as its error rate, so that lower is better for every measure alike
+LABELS = {
+    "inception": "Inception FID",
+    "domain": "domain FD",
+    "loss": "held-out loss",
+    "class-accuracy": "class error (1 − class accuracy)",
+}
 
 
 def _cell(entry: dict | None, with_seeds: bool = False) -> str:

@@ -22,6 +22,7 @@ import diffusers
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from ddpm_lottery.lottery.networks import level_masks, level_network
+from ddpm_lottery.models.conditioning import run_classes
 from ddpm_lottery.models.diffusion import noise_scheduler
 from ddpm_lottery.models.families import family_of, family_of_config
 from ddpm_lottery.pruning.channels.compact import load_compact
@@ -98,13 +99,15 @@ def export_level(
             family = family_of(network)
             if chosen.mask_path.exists():
                 level_masks(chosen, network)  # must load and fit the network before it is copied out
-            if family.pipeline == "DDPMPipeline":
+            # DDPMPipeline passes no class labels: a class-conditional U-Net exports as a DiT does
+            pipeline = family.pipeline if not family.num_classes(network.config) else None
+            if pipeline == "DDPMPipeline":
                 DDPMPipeline(unet=network, scheduler=scheduler).save_pretrained(staging, safe_serialization=True)
             else:  # no diffusers pipeline fits (DiTPipeline needs a VAE): the network and its scheduler
                 network.save_pretrained(staging / family.folder, safe_serialization=True)
                 scheduler.save_pretrained(staging / "scheduler")
-            if family.pipeline:
-                load = f"{family.pipeline}.from_pretrained(DIR)"
+            if pipeline:
+                load = f"{pipeline}.from_pretrained(DIR)"
             else:
                 load = f"{family.class_name}.from_pretrained(DIR/{family.folder}) and DDPMScheduler.from_pretrained(DIR/scheduler)"
                 loop = sampling_loop(family, network)
@@ -134,19 +137,35 @@ def export_level(
 
 
 def sampling_loop(family, network) -> list[str]:
-    """Plain-diffusers sampling of an export no pipeline fits (a pixel-space DiT): the scheduler loop."""
+    """Plain-diffusers sampling of an export no pipeline fits (a pixel-space DiT, a class-conditional network):
+    the scheduler loop, with classifier-free guidance for a conditional network."""
     config = network.config
-    return [
+    head = [
         "import torch",
         f"from diffusers import DDPMScheduler, {family.class_name}",
         f'net = {family.class_name}.from_pretrained("DIR/{family.folder}").eval()',
         'scheduler = DDPMScheduler.from_pretrained("DIR/scheduler")',
         "scheduler.set_timesteps(1000)",
         f"x = torch.randn(4, {config.in_channels}, {config.sample_size}, {config.sample_size})",
-        "labels = torch.zeros(4, dtype=torch.long)  # class 0 of a 1-class (unconditional) DiT",
+    ]
+    classes = family.num_classes(config)
+    if not classes:
+        return [
+            *head,
+            "labels = torch.zeros(4, dtype=torch.long)  # class 0 of a 1-class (unconditional) DiT",
+            "with torch.no_grad():",
+            "    for t in scheduler.timesteps:",
+            "        x = scheduler.step(net(x, timestep=t.expand(4), class_labels=labels).sample, t, x).prev_sample",
+            "images = (x.clamp(-1, 1) + 1) / 2",
+        ]
+    return [
+        *head,
+        f"labels = torch.arange(4) % {classes}  # the classes asked for; {classes} is the null class",
+        f"both, s = torch.cat([labels, torch.full_like(labels, {classes})]), 1.5  # guidance scale s",
         "with torch.no_grad():",
         "    for t in scheduler.timesteps:",
-        "        x = scheduler.step(net(x, timestep=t.expand(4), class_labels=labels).sample, t, x).prev_sample",
+        "        cond, uncond = net(torch.cat([x, x]), timestep=t.expand(8), class_labels=both).sample.chunk(2)",
+        "        x = scheduler.step(uncond + s * (cond - uncond), t, x).prev_sample",
         "images = (x.clamp(-1, 1) + 1) / 2",
     ]
 
@@ -252,7 +271,9 @@ def write_pipeline_view(run) -> Path:
     except OSError:  # a file system without links
         copy_file(level.weights_path("ema"), weights)
     noise_scheduler(run.config.diffusion).save_config(run.root / "scheduler")
-    if family.pipeline is None:  # a DiT view: transformer/ and scheduler/, which --pretrained RUN reads
+    # a DiT view, or a class-conditional one (DDPMPipeline passes no labels): the network and scheduler/ only,
+    # which --pretrained RUN reads
+    if family.pipeline is None or run_classes(run.config) is not None:
         return run.root
     write_json(
         run.root / "model_index.json",

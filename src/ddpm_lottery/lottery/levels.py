@@ -18,6 +18,7 @@ from ddpm_lottery.config import RunConfig, to_dict
 from ddpm_lottery.data.images import data_fingerprint, from_model_range
 from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.lottery.tickets import tickets_for
+from ddpm_lottery.models.conditioning import Guidance, adopt_classes
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.families import family_of
 from ddpm_lottery.models.networks import build_model
@@ -109,6 +110,7 @@ def _grid(trainer: Trainer, config, level: Level, samples: int, steps: int, snap
             seed=0,
             device=trainer.device,
             on_intermediate=lambda t, x: captured.append((t, x[0].detach().cpu().clone())),
+            guidance=Guidance(config.model.num_classes) if config.model.class_conditional else None,
         )
     finally:
         with torch.no_grad():
@@ -142,7 +144,9 @@ class LevelTrainer:
         self.after_level = after_level
         self.processes: Processes = setup_processes(config.runtime.device, config.train.mixed_precision)
         self.images = load_run_images(config)
-        self.fingerprint = data_fingerprint(self.images, config.data.split)
+        adopt_classes(config, self.images)
+        # the labels are part of a class-conditional run's data, and of no other's
+        self.fingerprint = data_fingerprint(self.images, config.data.split, labels=config.model.class_conditional)
         probe = build_model(
             config.model,
             self.images.images.shape[1],

@@ -23,6 +23,7 @@ from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks
 from ddpm_lottery.pruning.modules import module_map
 from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings, simulate_sparsity
+from ddpm_lottery.runs.identity import data_identity
 from ddpm_lottery.runs.records import PruningSchedule, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.training.trainer import StepHooks, Trainer
@@ -263,7 +264,7 @@ class Lottery(LevelTrainer):
             mine.prune.layer_groups,
         ):
             differences.append("prune.include/exclude/layer_groups")
-        if source.data_fingerprint.get("digest") != self.fingerprint.get("digest"):
+        if data_identity(source.data_fingerprint) != data_identity(self.fingerprint):
             differences.append("the training data")
         if differences:
             raise UserError(

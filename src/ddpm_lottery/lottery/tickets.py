@@ -323,6 +323,12 @@ def tickets_for(model: torch.nn.Module, mmap: ModuleMap, prune) -> WeightTickets
                 f"--structure channel prunes a U-Net's channels; a {family.class_name}'s heads and MLP width "
                 "are not channel groups yet; use --structure weight"
             )
+        if family.num_classes(model.config):
+            # the label table adds into the time embedding: its rows would have to lose the channels that loses
+            raise UserError(
+                "--structure channel does not prune class-conditional networks yet (their label table feeds "
+                "the time embedding's channels); use --structure weight"
+            )
         return ChannelTickets.of(model, mmap, prune)
     return WeightTickets(mmap)
 

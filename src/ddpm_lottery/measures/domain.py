@@ -148,6 +148,13 @@ def domain_net(
 
 
 @torch.no_grad()
+def class_agreement(net: DomainNet, images: torch.Tensor, requested: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Per image, whether the classifier names the class it was generated for (float 0/1, for resampling)."""
+    predicted = torch.cat([net(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+    return (predicted == requested.to(predicted.device)).double()
+
+
+@torch.no_grad()
 def domain_features(net: DomainNet, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     return torch.cat([net.features(images[i : i + batch]) for i in range(0, len(images), batch)]).double()
 

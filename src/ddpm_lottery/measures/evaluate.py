@@ -1,13 +1,16 @@
 """``ddpm-lottery evaluate``: quality measures of run levels, each with its interval, stored with how it was made.
 
-Three measures (``--measures``), all "lower is better":
+Four measures (``--measures``), all "lower is better":
 
 * ``inception``: FID on the standard Inception-v3 pool3 features, with KID (mean ± std over subsets)
   beside it: the paper's measure, comparable with published numbers only at their N;
 * ``domain``: the Fréchet distance on the 64-d features of a small classifier trained on the run's own
   training images (:mod:`.domain`): ranks CPU-scale models with a few hundred samples in seconds;
 * ``loss``: the held-out denoising loss, per timestep band, on held-out images with fixed noise: needs no
-  sampling, and shows *where* in the reverse process a network loses.
+  sampling, and shows *where* in the reverse process a network loses (a class-conditional network is given
+  each image's class);
+* ``class-accuracy``: of a class-conditional model, how often the domain classifier names the class each image
+  was asked for, stored as the error rate (the accuracy and its interval beside it).
 
 The generated images are drawn once per *sampling protocol* (sampler, steps, eta, N, seed, weights) and
 stored beside the level as ``eval/<sampling key>.npz``; every image measure reads them.  A measure's
@@ -23,8 +26,8 @@ difference of their resamples is a paired bootstrap of their difference (:mod:`.
 this).  The interval is the resamples' percentile interval re-centred on the value: resampling with
 replacement duplicates images, which inflates a Fréchet distance, and the shift removes that bias.
 
-One concept (evaluating a level: its samples, the three measures and their stored records), so one module a
-little past 400 lines.
+One concept (evaluating a level: its samples, the measures and their stored records), so one module past 400
+lines.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.kernels.install import install_kernels, kernel_record
 from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.lottery.stages import StagedLevel
-from ddpm_lottery.measures.domain import box_blur, domain_features, domain_net, uniform_noise
+from ddpm_lottery.measures.domain import box_blur, class_agreement, domain_features, domain_net, uniform_noise
 from ddpm_lottery.measures.inception import (
     FEATURE_DIM,
     FrechetReference,
@@ -67,6 +70,7 @@ from ddpm_lottery.measures.protocol import (
     sampling_protocol,
 )
 from ddpm_lottery.measures.stats import centred_interval
+from ddpm_lottery.models.conditioning import guidance_for, run_classes
 from ddpm_lottery.models.diffusion import denoising_loss_by_band, sampling_steps
 from ddpm_lottery.models.diffusion import sample as run_sampler
 from ddpm_lottery.models.networks import input_size
@@ -96,6 +100,7 @@ def generate(
     Also returns how they were drawn: the seconds, and the kernels that ran (``--kernels``).
     """
     sampling = config.sampling
+    guidance = guidance_for(sampling, run_classes(level.run.config))
     model = level_network(level, sampling.weights).to(device)
     kernels = install_kernels(model, config.runtime, log=log, what=level.label())
     started = time.perf_counter()
@@ -127,6 +132,7 @@ def generate(
                 device=device,
                 first_index=first,
                 on_step=lambda done, _total: bar.update(before + done - bar.n),
+                guidance=guidance,
             )
             images = from_model_range(floats)
             if part is not None:
@@ -178,6 +184,13 @@ MEASURES: dict[str, Measure] = {
         Measure("inception", "FID", "Fréchet distance on Inception-v3 pool3 features (KID beside it)", True),
         Measure("domain", "domain FD", "Fréchet distance on the features of a classifier of the training images", True),
         Measure("loss", "held-out loss", "denoising MSE on held-out images with fixed noise, per timestep band", False),
+        # stored as the error rate, lower is better as every other measure; the accuracy is stored beside it
+        Measure(
+            "class-accuracy",
+            "class error",
+            "1 - the fraction of a class-conditional model's images the domain classifier names as the class asked",
+            True,
+        ),
     )
 }
 
@@ -201,7 +214,6 @@ class Evaluator:
         self._extractor = extractor
         self._cache: dict[tuple, object] = {}
         self.drawn: dict[str, dict] = {}  # level folder -> how its images were just drawn (seconds, kernels)
-        self.sampling = sampling_protocol(config)
 
     # -- shared resources, loaded on first use ---------------------------------------------------
 
@@ -283,10 +295,13 @@ class Evaluator:
         )
         return net, info["key"], frechet, spec
 
-    def _heldout(self, run: Run) -> tuple[torch.Tensor, dict]:
+    def _heldout(self, run: Run) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """The held-out images, their spec, and their labels where the run is class-conditional (its network then
+        predicts each image's noise given the image's own class)."""
         scoring = self.config.eval
         try:
-            images = self._images(run, scoring.heldout_split).images
+            held = self._images(run, scoring.heldout_split)
+            images = held.images
         except UserError as exc:
             raise UserError(
                 f"the loss measure needs held-out images ({exc}); set --heldout-split to a split "
@@ -298,14 +313,23 @@ class Evaluator:
                 f"the {scoring.heldout_split} split has {len(chosen)} images, too few for a "
                 f"{scoring.confidence:.0%} interval of the held-out loss; use another --heldout-split"
             )
-        return chosen, {
+        spec = {
             "dataset": run.config.data.dataset,
             "split": scoring.heldout_split,
             "count": len(chosen),
             "images": image_digest(chosen),
         }
+        if run_classes(run.config) is None:
+            return chosen, spec, None
+        # the same seeded choice as the images' (one permutation of the split's length)
+        labels = reference_images(held.labels, scoring.heldout_images, seed=1)
+        return chosen, {**spec, "labels": "conditional"}, labels
 
     # -- specs -----------------------------------------------------------------------------------
+
+    def sampling(self, run: Run) -> dict:
+        """The sampling protocol of ``run``'s images (a class-conditional run's names its guidance)."""
+        return sampling_protocol(self.config, run_classes(run.config))
 
     def spec(self, measure: str, run: Run) -> dict:
         """The whole protocol of ``measure`` on ``run``'s levels (loads the references it names)."""
@@ -315,7 +339,7 @@ class Evaluator:
             _, _, reference = self._inception_reference(run)
             return {
                 **common,
-                "sampling": self.sampling,
+                "sampling": self.sampling(run),
                 "reference": reference,
                 "feature_network": self.extractor.digest,
                 "kid_subset_size": scoring.kid_subset_size,
@@ -323,8 +347,16 @@ class Evaluator:
             }
         if measure == "domain":
             _, key, _, reference = self._domain(run)
-            return {**common, "sampling": self.sampling, "reference": reference, "feature_network": key}
-        _, heldout = self._heldout(run)
+            return {**common, "sampling": self.sampling(run), "reference": reference, "feature_network": key}
+        if measure == "class-accuracy":
+            if run_classes(run.config) is None:
+                raise UserError(
+                    f"class-accuracy measures class-conditional models, and {run.root} is unconditional; "
+                    "drop it from --measures"
+                )
+            _, key, _, _ = self._domain(run)
+            return {**common, "sampling": self.sampling(run), "classifier": key}
+        _, heldout, _ = self._heldout(run)
         return {
             **common,
             "heldout": heldout,
@@ -337,11 +369,11 @@ class Evaluator:
 
     def samples(self, level: Level) -> torch.Tensor:
         """The level's generated images for this protocol: from ``eval/`` when stored, else drawn and stored."""
-        path = level.samples_path(sampling_key(self.sampling))
+        path = level.samples_path(sampling_key(self.sampling(level.run)))
         if path.exists():
             try:
                 images = load_samples(path)
-                if len(images) == self.sampling["num_samples"]:
+                if len(images) == self.config.eval.num_samples:
                     return images
             except KeyError:
                 pass  # not the samples file: drawn again (seeded, so the same images) and replaced
@@ -368,7 +400,7 @@ class Evaluator:
         scoring = self.config.eval
         extra: dict = {}
         if measure == "loss":
-            images, _ = self._heldout(level.run)
+            images, _, labels = self._heldout(level.run)
             model = level_network(level, self.config.sampling.weights).to(self.device)
             kernels = install_kernels(model, self.config.runtime, log=self.log, what=level.label())
             per_image = denoising_loss_by_band(
@@ -378,6 +410,7 @@ class Evaluator:
                 bands=scoring.loss_bands,
                 seed=self.config.sampling.sample_seed,
                 device=self.device,
+                labels=labels,
             )
             extra.update(kernel_record(model, kernels))
             save_arrays(level.evaluation_array_path(key), losses=per_image.numpy())
@@ -400,12 +433,15 @@ class Evaluator:
                 )
                 value = scores["fid"]
                 extra = {**scores, "biased_warning": biased_note(len(images))}
-            else:
+            elif measure == "domain":
                 net, _, frechet, _ = self._domain(level.run)
                 features = domain_features(net, images)
                 value = frechet.distance(features)
                 extra = {"fd": value}
-            replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
+            else:
+                value, replicates, extra = self._class_error(level, images)
+            if measure != "class-accuracy":
+                replicates = frechet_bootstrap(frechet, features, scoring.bootstrap_rounds, BOOTSTRAP_SEED)
         low, high = centred_interval(value, replicates, scoring.confidence)
         if measure != "loss":  # the seconds and kernels of the images, when this measure drew them
             extra.update(self.drawn.pop(str(level.dir), {}))
@@ -428,6 +464,28 @@ class Evaluator:
         write_json(path, record)
         self.log(describe(record, level.run.root))
         return record
+
+    def _class_error(self, level: Level, images: torch.Tensor) -> tuple[float, list[float], dict]:
+        """How often the domain classifier does not name the class each image was drawn for: the value, its
+        bootstrap resamples (the same image indices as every other measure's), and the accuracy beside them."""
+        scoring = self.config.eval
+        guidance = guidance_for(self.config.sampling, run_classes(level.run.config))
+        net, _, _, _ = self._domain(level.run)
+        correct = class_agreement(net, images, guidance.labels(0, len(images)))
+        replicates = [
+            1 - float(correct[index].mean())
+            for index in bootstrap_indices(len(correct), scoring.bootstrap_rounds, BOOTSTRAP_SEED)
+        ]
+        accuracy = float(correct.mean())
+        low, high = centred_interval(1 - accuracy, replicates, scoring.confidence)
+        per_class = {
+            str(c): float(correct[guidance.labels(0, len(images)) == c].mean()) for c in sorted(set(guidance.chosen()))
+        }
+        return (
+            1 - accuracy,
+            replicates,
+            {"accuracy": accuracy, "accuracy_interval": [1 - high, 1 - low], "per_class": per_class},
+        )
 
     def level(self, level: Level, measures: list[str] | None = None, *, force: bool = False) -> list[dict]:
         return [self.measure(level, m, force=force) for m in (measures or self.config.eval.measures)]
@@ -516,6 +574,9 @@ def describe(record: dict, run: Path | str = "") -> str:
     low, high = record["interval"]
     where = f"schedule {record['schedule']}" if record.get("schedule") else f"level {record['level']}"
     text = f"{run} {where}: {measure.label} {record['value']:.4g} [{low:.4g}, {high:.4g}]"
+    if record["measure"] == "class-accuracy":
+        acc_low, acc_high = record["accuracy_interval"]
+        text = f"{run} {where}: class accuracy {record['accuracy']:.4g} [{acc_low:.4g}, {acc_high:.4g}]"
     if record["measure"] == "inception":
         if record.get("biased_warning"):
             text += " (strongly biased: N < 2048, read KID)"

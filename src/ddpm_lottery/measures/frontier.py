@@ -31,6 +31,7 @@ from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.lottery.stages import StagedLevel, calls_per_stage, stage_network
 from ddpm_lottery.measures.evaluate import MEASURES, Evaluator
 from ddpm_lottery.measures.stats import paired_difference
+from ddpm_lottery.models.conditioning import guidance_for, run_classes
 from ddpm_lottery.models.diffusion import SAMPLERS, sampling_scheduler
 from ddpm_lottery.pruning.costs import layer_flops, time_denoisers
 from ddpm_lottery.runs.layout import level_name
@@ -261,6 +262,9 @@ def frontier(
             members = list(zip(level.levels, calls_per_stage(level.stages, timesteps)))
         else:
             members = [(level, len(timesteps))]
+        guidance = guidance_for(config.sampling, run_classes(level.run.config))
+        if guidance is not None:  # guidance at s other than 0 and 1 runs every image through the network twice
+            members = [(m, calls * guidance.passes) for m, calls in members]
         point.seconds_per_sample = sum(calls * seconds[network_key(m)] / batch for m, calls in members)
         point.flops_per_sample = sum(calls * flops[network_key(m)] for m, calls in members)
         point.effective_flops_per_sample = sum(calls * effective[_level_key(m)] for m, calls in members)

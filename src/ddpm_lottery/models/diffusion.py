@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from ddpm_lottery.config import DiffusionConfig
+from ddpm_lottery.models.conditioning import Guidance
 from ddpm_lottery.models.families import denoise
 from ddpm_lottery.utils.errors import UserError
 
@@ -53,7 +54,8 @@ def training_loss(
     timesteps: torch.Tensor,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Simple DDPM loss: MSE between the network's prediction and its target (``labels``: class-conditional)."""
+    """Simple DDPM loss: MSE between the network's prediction and its target (``labels``: a conditional
+    network's class labels, the dropped ones already replaced by the null class)."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = denoise(model, noisy, timesteps, labels)
     kind = scheduler.config.prediction_type
@@ -111,11 +113,14 @@ def sample(
     first_index: int = 0,
     on_step: Callable[[int, int], None] | None = None,
     on_intermediate: Callable[[int, torch.Tensor], None] | None = None,
+    guidance: Guidance | None = None,
 ) -> torch.Tensor:
     """Generate ``num_samples`` images as float tensors in [-1, 1] (on the CPU).
 
     Image i's noise comes from its own generator, so ``first_index`` = k gives images k, k+1, ... of the
-    same seed: a long sampling can be drawn in parts (and resumed) with the same result.
+    same seed: a long sampling can be drawn in parts (and resumed) with the same result.  A class-conditional
+    network takes ``guidance`` (:func:`~ddpm_lottery.models.conditioning.guidance_for`): image i's class is a
+    function of i as well.
     ``on_step(done, total)`` is called after every denoiser call (for progress bars);
     ``on_intermediate(timestep, x_t)`` sees each intermediate batch (for the denoising figure).
     """
@@ -136,9 +141,13 @@ def sample(
         generators = per_image_generators(seed, first_index + first, count)
         x = torch.stack([torch.randn((channels, *size), generator=g) for g in generators]).to(device)
         scheduler = sampling_scheduler(config, sampler, num_steps, clip_sample)
+        labels = guidance.labels(first_index + first, count).to(device) if guidance is not None else None
         for t in scheduler.timesteps:
             t_batch = torch.full((count,), int(t), device=device, dtype=torch.long)
-            prediction = denoise(model, x, t_batch)
+            if guidance is None:
+                prediction = denoise(model, x, t_batch)
+            else:
+                prediction = guidance.predict(model, x, t_batch, labels)
             kwargs = {"generator": generators}
             if sampler == "ddim":
                 kwargs["eta"] = eta
@@ -165,8 +174,11 @@ def denoising_loss_by_band(
     seed: int = 0,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image MSE of the network's prediction, averaged within each of ``bands`` equal timestep bands.
+
+    A class-conditional network is given each image's own label (``labels``): its conditional prediction.
 
     Returns a (images, bands) tensor.  The timesteps (``draws`` per band, spread evenly inside it) and
     the noise are fixed by ``seed``: two networks scored with the same seed see exactly the same noisy
@@ -193,7 +205,10 @@ def denoising_loss_by_band(
         t = timesteps.repeat(n).to(device)
         noise = noise_all[start : start + n].reshape(-1, *clean.shape[1:]).to(device)
         noisy = scheduler.add_noise(x0, noise, t)
-        prediction = denoise(model, noisy, t)
+        chunk_labels = (
+            labels[start : start + n].repeat_interleave(len(timesteps), 0).to(device) if labels is not None else None
+        )
+        prediction = denoise(model, noisy, t, chunk_labels)
         kind = scheduler.config.prediction_type
         target = noise if kind == "epsilon" else scheduler.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
         per_input = (prediction.float() - target.float()).square().flatten(1).mean(1).double().cpu()

@@ -93,8 +93,18 @@ def network_kwargs(
             f"{data_channels}; pass --channels {preset_channels} to convert the data, or choose another preset"
         )
     kwargs["out_channels"] = kwargs["in_channels"]
+    if model_config.class_conditional:
+        kwargs = family.with_classes(kwargs, _class_count(model_config))
     family.check(kwargs, f"preset {model_config.preset}")
     return kwargs
+
+
+def _class_count(model_config: ModelConfig) -> int:
+    """A class-conditional network's number of classes (its family adds the null class of guidance)."""
+    if model_config.num_classes is None:
+        # filled in from the data when a run starts (models.conditioning.adopt_classes)
+        raise UserError("a class-conditional network needs its number of classes; load the run's data first")
+    return model_config.num_classes
 
 
 def _source_kwargs(source: NetworkSource, data_channels: int | None, image_size: int | None) -> dict[str, Any]:
@@ -190,6 +200,11 @@ def build_model(
     bit-identical weights), or a ``--pretrained`` model's own weights (``initial="random"``: drawn
     anyway, for the random re-init control)."""
     source = network_source(model_config)  # read once: its config and where its weights are
+    if source is not None and model_config.class_conditional:
+        raise UserError(
+            "--class-conditional adds a label table to a preset's network; a --pretrained or --unet-config "
+            "network brings its own architecture, so drop --class-conditional"
+        )
     family = source.family if source is not None else family_of_preset(model_config.preset)
     kwargs = (
         _source_kwargs(source, data_channels, image_size)

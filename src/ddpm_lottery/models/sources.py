@@ -92,8 +92,9 @@ def _network_config(data: dict[str, Any], path: Path, flag: str) -> tuple[Family
     if conditioning:
         raise UserError(
             f"{flag} {path} is a class-conditional UNet2DModel "
-            f"({', '.join(f'{k}={v!r}' for k, v in conditioning.items())}); this tool runs unconditional "
-            "networks only, called as net(x, t)"
+            f"({', '.join(f'{k}={v!r}' for k, v in conditioning.items())}); a brought U-Net must be unconditional "
+            "(whether its label table holds the null class that guidance needs is unknown): train a conditional "
+            "one here with --class-conditional"
         )
     for name in family.overrides:  # bounded exactly as the flags that override them
         if config.get(name) is not None:

@@ -22,7 +22,9 @@ def hashed_keys(config) -> list[str]:
 
 
 def data_identity(fingerprint: dict) -> str:
-    return str(fingerprint.get("digest", ""))
+    """The pixels' digest, and the labels' where the run trains on them (only class-conditional runs do)."""
+    digest = str(fingerprint.get("digest", ""))
+    return f"{digest}+labels-{fingerprint['labels']}" if fingerprint.get("labels") else digest
 
 
 def run_hash(config, fingerprint: dict | None) -> str:

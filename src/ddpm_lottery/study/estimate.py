@@ -14,6 +14,7 @@ import torch
 
 from ddpm_lottery.config import EvalConfig, LotteryConfig
 from ddpm_lottery.measures.inception import FrechetReference, InceptionFeatures
+from ddpm_lottery.models.conditioning import planned_model
 from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
 from ddpm_lottery.models.families import denoise
 from ddpm_lottery.models.networks import build_model, input_shape
@@ -127,7 +128,7 @@ def measure_costs(study: Study, *, probe_batch: int = 16) -> DeviceCosts:
 def _network_costs(study: Study, first: LotteryConfig, device, probe_batch: int) -> tuple[float, float]:
     """One network's training step (s) and denoiser call (s per image) on ``device``."""
     channels, side = input_shape(first)
-    model = build_model(first.model, channels, image_size=side).to(device)
+    model = build_model(planned_model(first), channels, image_size=side).to(device)
     scheduler = noise_scheduler(first.diffusion)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = min(first.train.batch_size, probe_batch)

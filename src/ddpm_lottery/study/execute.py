@@ -24,6 +24,8 @@ from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.measures.cka import compare_with_baselines
 from ddpm_lottery.measures.evaluate import Evaluator
 from ddpm_lottery.measures.frontier import frontier
+from ddpm_lottery.measures.protocol import for_run
+from ddpm_lottery.models.conditioning import run_classes
 from ddpm_lottery.models.diffusion import sampling_steps
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.runs.outputs import StudyFolder
@@ -224,15 +226,19 @@ def _finished(path: Path, levels: list[int]) -> bool:
 class _Measuring:
     """Measures a study's levels: costs, then the measures asked, cheapest first."""
 
-    ORDER = ("loss", "domain", "inception")
+    ORDER = ("loss", "domain", "class-accuracy", "inception")
 
     def __init__(self, study: Study, out: Path, bar: _Progress, costs: estimate.DeviceCosts, deferred: list[str]):
         config = study.evaluation
         self.study, self.out, self.bar, self.costs, self.deferred = study, out, bar, costs, deferred
         self.evaluator = Evaluator(config, progress=False, log=bar.log)
+        # the study's guidance settings serve its class-conditional runs; its unconditional ones sample without
+        self.unguided = Evaluator(for_run(config, None), progress=False, log=bar.log)
         self.per_level = {
             "loss": config.heldout_images * config.loss_bands * costs.call_per_image_s,
             "domain": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
+            # the same images (drawn once, for whichever of the two runs first), then one classifier pass
+            "class-accuracy": config.num_samples * sampling_steps(config.sampling) * costs.call_per_image_s,
             "inception": config.num_samples * (costs.inception_per_image_s or 0),
         }
 
@@ -265,7 +271,10 @@ class _Measuring:
 
     def _measure(self, run: Run, planned: PlannedRun, finished: list[int], measures: list[str]) -> None:
         """``measures`` of the finished levels ``finished`` of ``run``, whose lock the caller holds."""
-        config = self.study.evaluation
+        classes = run_classes(run.config)
+        config = for_run(self.study.evaluation, classes)
+        evaluator = self.evaluator if classes is not None else self.unguided
+        measures = [m for m in measures if classes is not None or m != "class-accuracy"]
         levels = [i for i in planned.measured_levels if i in finished]
         for index in finished:
             level = run.level(index)
@@ -278,7 +287,7 @@ class _Measuring:
                 continue
             # a level whose weights are gone: what it has measured stands; the rest waits, and the study
             # goes on with every other level
-            if any(not any(_record_matches(r, m, config) for r in level.evaluations()) for m in measures):
+            if any(not any(_record_matches(r, m, config, classes) for r in level.evaluations()) for m in measures):
                 waiting = (
                     f"measures of {planned.name} level {index}: its {config.sampling.weights} "
                     f"weights are gone; {level.retrain_advice()}"
@@ -289,8 +298,8 @@ class _Measuring:
         for measure in [m for m in self.ORDER if m in measures]:
             for index in levels:
                 self.bar.task(f"{measure}: {planned.name} level {index}")
-                stored = any(_record_matches(r, measure, config) for r in run.level(index).evaluations())
-                self.evaluator.measure(run.level(index), measure)
+                stored = any(_record_matches(r, measure, config, classes) for r in run.level(index).evaluations())
+                evaluator.measure(run.level(index), measure)
                 if not stored:
                     self.bar.advance(
                         self.per_level[measure] + config.bootstrap_rounds * self.costs.frechet_s.get(measure, 0)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ddpm_lottery.config import EvalConfig
 from ddpm_lottery.measures.evaluate import sampling_key, sampling_protocol
+from ddpm_lottery.measures.protocol import for_run
+from ddpm_lottery.models.conditioning import run_classes
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.study.spec import PlannedRun, Study
@@ -52,7 +54,7 @@ def _level_steps(run: PlannedRun, index: int) -> int:
     return steps - round(run.config.prune.rewind_fraction * steps)
 
 
-def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
+def _record_matches(record: dict, measure: str, config: EvalConfig, num_classes: int | None) -> bool:
     """Planning only: does a stored record look like this protocol's (the run itself checks exactly)."""
     spec = record.get("protocol", {})
     if record.get("measure") != measure or spec.get("bootstrap_rounds") != config.bootstrap_rounds:
@@ -60,7 +62,7 @@ def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
     if measure == "loss":
         return (spec.get("bands"), spec.get("heldout", {}).get("split")) == (config.loss_bands, config.heldout_split)
     return (
-        spec.get("sampling") == sampling_protocol(config)
+        spec.get("sampling") == sampling_protocol(for_run(config, num_classes), num_classes)
         and spec.get("reference", {}).get("split") == config.reference_split
     )
 
@@ -68,7 +70,6 @@ def _record_matches(record: dict, measure: str, config: EvalConfig) -> bool:
 def make_plan(study: Study, out: Path) -> Plan:
     runs = study.runs(out)
     config = study.evaluation
-    samples_name = sampling_key(sampling_protocol(config))
     measures = list(config.measures)
     train_steps = levels_total = levels_done = evaluations_total = evaluations_done = 0
     sampled = inception = loss_calls = 0
@@ -81,6 +82,9 @@ def make_plan(study: Study, out: Path) -> Plan:
         path = StudyFolder(out).run_path(planned.name)
         run = Run.open(path) if Run.is_run(path) else None
         finished = set(run.finished_levels()) if run else set()
+        # a started run's config holds its class count (taken from the data); only its stored levels are compared
+        classes = run_classes(run.config) if run else None
+        samples_name = sampling_key(sampling_protocol(for_run(config, classes), classes)) if run else ""
         for index in planned.levels:
             levels_total += 1
             if index in finished:
@@ -91,9 +95,9 @@ def make_plan(study: Study, out: Path) -> Plan:
                 continue
             stored = run.level(index).evaluations() if index in finished else []
             needs_samples = False
-            for measure in study.measures_for(planned.seed):
+            for measure in study.measures_for(planned.seed, planned.config.model.class_conditional):
                 evaluations_total += 1
-                if any(_record_matches(r, measure, config) for r in stored):
+                if any(_record_matches(r, measure, config, classes) for r in stored):
                     evaluations_done += 1
                     continue
                 resamples[measure] += config.bootstrap_rounds

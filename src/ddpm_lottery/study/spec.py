@@ -154,10 +154,15 @@ class Study:
                     planned.append(PlannedRun(f"{name}-{control}", search, seed, branch, control, name, mirrored))
         return planned
 
-    def measures_for(self, seed: int) -> list[str]:
-        """The measures taken on the levels of data seed ``seed``."""
+    def measures_for(self, seed: int, conditional: bool = True) -> list[str]:
+        """The measures taken on the levels of data seed ``seed`` (of a class-conditional run, or not: class
+        accuracy measures conditional runs only)."""
         limited = self.settings.inception_seeds
-        return [m for m in self.evaluation.measures if not (m == "inception" and limited and seed not in limited)]
+        return [
+            m
+            for m in self.evaluation.measures
+            if not (m == "inception" and limited and seed not in limited) and (conditional or m != "class-accuracy")
+        ]
 
     def cka_pairs(self) -> list[tuple[int, int]]:
         if not self.settings.cka_search:

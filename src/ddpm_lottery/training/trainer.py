@@ -39,6 +39,7 @@ from ddpm_lottery.config.sections import SEED_MODULUS
 from ddpm_lottery.data.images import ImageSet, to_model_range
 from ddpm_lottery.data.loaders import load_dataset
 from ddpm_lottery.kernels.install import install_kernels
+from ddpm_lottery.models.conditioning import adopt_classes, drop_labels
 from ddpm_lottery.models.diffusion import noise_scheduler, training_loss
 from ddpm_lottery.models.networks import build_model, input_size
 from ddpm_lottery.runs.checkpoints import Checkpoints
@@ -152,6 +153,7 @@ class Trainer:
             )
 
         self.images = images if images is not None else load_run_images(config)
+        adopt_classes(config, self.images)
         channels = self.images.images.shape[1]
         self.model = build_model(config.model, channels, seed=tc.seed_init, image_size=self.images.images.shape[-1]).to(
             self.device
@@ -164,6 +166,8 @@ class Trainer:
         self.scheduler = noise_scheduler(config.diffusion)
         self.order = DataOrder(len(self.images.images), tc.batch_size, tc.seed_data)
         self.data = self.images.images.to(self.device)
+        # a class-conditional run's labels; an unconditional run takes none, and draws exactly as before
+        self.labels = self.images.labels.to(self.device) if config.model.class_conditional else None
         self.flip = self.images.flip if config.data.flip is None else config.data.flip
         self.step = 0
         self.kernels = "dense"  # which kernels the forward and backward passes run (use_masks may change it)
@@ -312,8 +316,11 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This process's slice of the global batch of step ``step``: (clean, noise, timesteps)."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This process's slice of the global batch of step ``step``: (clean, noise, timesteps, labels).
+
+        The labels of a class-conditional run, with the dropped ones (--label-dropout) replaced by the null
+        class; None for an unconditional run."""
         tc = self.config.train
         generator = torch.Generator(device=self.device).manual_seed(step_seed(tc.seed_data, step, stream=2))
         indices = self.order.indices(step).to(self.device)
@@ -325,20 +332,27 @@ class Trainer:
         if self.flip:
             flips = torch.rand(global_batch, generator=generator, device=self.device) < 0.5
             clean = torch.where(flips[:, None, None, None], clean.flip(-1), clean)
+        labels = None
+        if self.labels is not None:
+            # drawn last from the step's generator: the draws before it stay those of an unconditional run
+            null = self.config.model.num_classes
+            labels = drop_labels(self.labels[indices], tc.label_dropout, null, generator)
         local = global_batch // self.processes.world_size
         part = slice(self.processes.rank * local, (self.processes.rank + 1) * local)
-        return clean[part], noise[part], timesteps[part]
+        return clean[part], noise[part], timesteps[part], labels[part] if labels is not None else None
 
     def train_step(self, step: int) -> torch.Tensor:
         tc = self.config.train
-        clean, noise, timesteps = self.batch(step)
+        clean, noise, timesteps, labels = self.batch(step)
         # Dropout draws from the global generator: seed it per step so resume is exact.
         torch.manual_seed(step_seed(tc.seed_data, step, stream=3 + self.processes.rank))
         self.wrapped.train()
         self.optimizer.zero_grad(set_to_none=True)
         micro = tc.grad_accumulation
         total = torch.zeros((), device=self.device)
-        for index, part in enumerate(zip(clean.chunk(micro), noise.chunk(micro), timesteps.chunk(micro))):
+        label_parts = labels.chunk(micro) if labels is not None else [None] * micro
+        parts = zip(clean.chunk(micro), noise.chunk(micro), timesteps.chunk(micro), label_parts)
+        for index, part in enumerate(parts):
             # DDP all-reduces on the last micro-batch only: one all-reduce per step, as without accumulation
             syncing = index == micro - 1 or self.processes.world_size == 1
             with contextlib.nullcontext() if syncing else self.processes.accelerator.no_sync(self.wrapped):

@@ -78,8 +78,17 @@ def family_of(model: torch.nn.Module) -> Family:
 def denoise(
     model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The network's prediction at noisy images ``x``, timesteps ``t`` and class ``labels`` (None: unconditional)."""
-    return family_of(model).denoise(model, x, t, labels)
+    """The network's prediction at noisy images ``x``, timesteps ``t`` and class ``labels``.
+
+    None: an unconditional network's call, and a class-conditional network's unconditional prediction (the
+    null class K), so that what only traces, counts or times a network calls every network alike."""
+    family = family_of(model)
+    if labels is None:
+        config = getattr(unwrapped(model), "config", None)  # through compile/DDP wrappers
+        classes = family.num_classes(config) if config is not None else 0
+        if classes:
+            labels = torch.full((len(x),), classes, dtype=torch.long, device=x.device)
+    return family.denoise(model, x, t, labels)
 
 
 def from_network_config(network_config: dict[str, Any]) -> torch.nn.Module:

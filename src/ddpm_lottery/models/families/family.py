@@ -54,7 +54,8 @@ class Family:
     # -- calling ---------------------------------------------------------------------------------------
 
     def num_classes(self, config) -> int:
-        """The classes the network is conditioned on; 0 for an unconditional network."""
+        """The classes the network is conditioned on; 0 for an unconditional network.  Label K (= this) is the
+        null class of classifier-free guidance."""
         return 0
 
     def with_classes(self, kwargs: dict[str, Any], classes: int) -> dict[str, Any]:

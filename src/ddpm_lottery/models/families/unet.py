@@ -138,11 +138,14 @@ class UNetFamily(Family):
             )
 
     def num_classes(self, config) -> int:
-        return int(getattr(config, "num_class_embeds", None) or 0)
+        # a class-conditional U-Net of this tool has K + 1 label rows: the last is the null class of guidance
+        rows = int(getattr(config, "num_class_embeds", None) or 0)
+        return max(rows - 1, 0)
 
     def with_classes(self, kwargs, classes):
-        # diffusers' own class embedding: a table of num_class_embeds rows added to the time embedding
-        return {**kwargs, "num_class_embeds": classes or None}
+        # diffusers' own class embedding, a table added to the time embedding: one row per class and the null
+        # class of guidance (diffusers adds none of its own, unlike the DiT's)
+        return {**kwargs, "num_class_embeds": classes + 1 if classes else None}
 
     def denoise(self, model, x, t, labels=None):
         # an unconditional U-Net is called exactly as DDPMPipeline calls it
