@@ -1,20 +1,18 @@
-"""One efficiency frontier: quality against measured seconds (and FLOPs) per sample.
-
-Points, per run:
+"""One efficiency frontier: quality against measured seconds (and FLOPs) per sample.  Points, per run:
 
 * the dense model (level 0) with each of ``dense_samplers`` (DDPM 1000, DDIM 10/20/50/100,
   DPM-Solver++ 10/20 by default);
-* every pruned level with each of ``ticket_samplers``.  An unstructured ticket runs PyTorch's dense
-  kernels: its seconds are the dense model's, only its (effective) FLOPs fall.  A channel ticket
-  runs compacted: its seconds and FLOPs are both real;
-* stage schedules: those of ``sweep_levels`` (dense early / sparse late at each switch step, and
-  the reverse assignment as the control) and any schedule already evaluated in ``RUN/schedules``.
+* every pruned level with each of ``ticket_samplers``.  An unstructured ticket runs the kernels ``--kernels``
+  picks (with PyTorch's dense ones only its effective FLOPs fall, not its seconds).  A channel ticket runs
+  compacted: its seconds and FLOPs are both real;
+* stage schedules: those of ``sweep_levels`` (dense early / sparse late at each switch step, and the reverse
+  assignment as the control) and any schedule already evaluated in ``RUN/schedules``.
 
-Quality is one measure of the evaluation (its value and interval, lower is better), stored beside
-each level or schedule like any evaluation and reused.  Seconds per sample are
-``calls x (median seconds of one call at timing_batch images) / timing_batch``, every network timed
-interleaved on this machine.  FLOPs per sample count one call per step.  A point is on the Pareto
-front when no other point is at most as slow (or as costly) and at most as bad, and better in one.
+Quality is one measure of the evaluation (its value and interval, lower is better), stored beside each level or
+schedule like any evaluation and reused.  Seconds per sample are ``calls x (median seconds of one call at
+timing_batch images) / timing_batch``, every network timed interleaved on this machine.  FLOPs per sample count
+one call per step (two with guidance).  A point is on the Pareto front when no other point is at most as slow (or
+as costly) and at most as bad, and better in one.
 """
 
 from __future__ import annotations
