@@ -74,7 +74,7 @@ def test_curves_still_on_their_plateau_leave_psi_not_determined():
     assert any("rise past their dense plateau" in reason for reason in law["because"])
 
 
-def test_the_committed_width_study_states_no_psi_from_two_widths():
+def test_the_committed_width_study_states_psi_only_where_its_widths_determine_it():
     """The law read from cpu-widths' own records: two widths, so not determined, with the loss's fitted
     boundaries inside the brackets that measure alone places."""
     from pathlib import Path
@@ -92,10 +92,15 @@ def test_the_committed_width_study_states_no_psi_from_two_widths():
     summary = [{"search": s, "per_seed": per_seed(collection, protocols, s)} for s in collection.searches]
     bounds = scale_findings(collection, summary)["boundaries"]
     (entry,) = law_findings(collection, {"loss": protocols["loss"]}, bounds, rounds=10)
-    assert entry["networks"] == [["unified"], ["unified-2x"]]  # the p = 0.5 family; p20 has one network
+    # the p = 0.5 family (p20 has one network); the 1/2x width joins it while the grown study runs
+    assert [n for n in entry["networks"] if n != ["unified-half"]] == [["unified"], ["unified-2x"]]
     law = entry["measures"]["loss"]
-    assert not law["determined"] and law["psi"] is None and law["target"]["sparsity"] is None
+    if len(entry["networks"]) < 3:  # two widths: never a point
+        assert not law["determined"] and law["psi"] is None and law["target"]["sparsity"] is None
+    else:  # a point only where it is determined
+        assert (law["psi"] is None) == (not law["determined"])
     assert 0 < law["delta"] < 0.05  # the paired intervals of the held-out loss are narrow
     for network in law["networks"]:
         low, high = network["measured"]
-        assert low < network["fitted"] <= high
+        if high is not None:  # a width still running has found no worse level yet: its bracket is open
+            assert low < network["fitted"] <= high
