@@ -31,14 +31,23 @@ def seconds(fn, clock=time.perf_counter) -> float:
 def interleaved_minimum(first, second, repeats: int, clock: str = "wall") -> tuple[float, float]:
     """Best time of each of two callables, interleaved (alternating which goes first) after two
     warm-up calls each, so drifts of the machine's speed hit both alike."""
+    best_first, best_second = interleaved_minima([first, second], repeats, clock)
+    return best_first, best_second
+
+
+def interleaved_minima(calls, repeats: int, clock: str = "wall") -> list[float]:
+    """Best time of each callable, interleaved (each repeat in another rotation of the order) after two
+    warm-up calls each, so drifts of the machine's speed hit them all alike."""
     for _ in range(2):
-        first(), second()
-    times: tuple[list, list] = ([], [])
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
     for index in range(repeats):
-        order = [(first, times[0]), (second, times[1])]
-        for fn, bucket in order if index % 2 == 0 else order[::-1]:
-            bucket.append(seconds(fn, CLOCKS[clock]))
-    return min(times[0]), min(times[1])
+        shift = index % len(calls)
+        for position in range(len(calls)):
+            slot = (position + shift) % len(calls)
+            times[slot].append(seconds(calls[slot], CLOCKS[clock]))
+    return [min(bucket) for bucket in times]
 
 
 def random_data_trainer(preset: str, workdir: str, images: int = 256) -> Trainer:

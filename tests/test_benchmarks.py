@@ -69,3 +69,17 @@ def test_token_linear_prints_one_row_per_layer_and_density(capsys, monkeypatch):
     assert "threads" in out.splitlines()[0] and "benchmarks/token_linear.py --rows 37" in out
     table = [line for line in out.splitlines() if line.startswith("| 37 |")]
     assert [line.split("|")[2].strip() for line in table] == ["20 → 24", "24 → 8"]
+
+
+def test_peers_prints_one_row_per_layer_and_says_why_a_missing_peer_is_left_out(capsys, monkeypatch):
+    """Without SparseProp the table keeps ddpm-lottery's columns and one header line names the reason."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    import peers
+
+    monkeypatch.setattr(peers, "load_peer", lambda build: (None, "SparseProp left out: not installed"))
+    assert peers.main(["--layers", "linear", "--densities", "0.5", "--repeats", "1", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "# SparseProp left out: not installed" in out
+    rows = [line for line in out.splitlines() if line.startswith("| Linear")]
+    assert len(rows) == 4
+    assert all(row.split("|")[4].strip() == "–" and row.split("|")[5].strip().endswith("×") for row in rows)

@@ -412,6 +412,16 @@ def test_sparsity_schedule_puts_every_strategy_at_the_same_sparsities(tmp_path):
         assert all(abs(r - s) * total <= 1 for r, s in zip(reached, schedule)), (strategy, reached)
     per_module = [m["sparsity"] for m in metrics_of(tmp_path / "varying", 2)["per_module"]]
     assert per_module[-1] > per_module[0]  # varying keeps its profile: downstream pruned more
+    # a schedule whose targets fall between whole weights extends (each level sits within a weight of its target)
+    uneven = (0.4, (round(0.7 * total) + 0.4) / total, 0.8)
+    find_ticket(
+        small_config("global", sparsity_schedule=uneven[:2]), tmp_path / "uneven", progress=False, log=lambda *_: None
+    )
+    assert abs(metrics_of(tmp_path / "uneven", 2)["sparsity"] - uneven[1]) * total > 0.3
+    find_ticket(
+        small_config("global", sparsity_schedule=uneven), tmp_path / "uneven", progress=False, log=lambda *_: None
+    )
+    assert Run.open(tmp_path / "uneven").finished_levels() == [0, 1, 2, 3]
     with pytest.raises(UserError, match="may only be extended"):
         find_ticket(
             small_config("varying", sparsity_schedule=(0.5, 0.7)),
