@@ -1,7 +1,7 @@
 """ddpm-lottery's sparse kernels beside SparseProp, the peer for unstructured sparse training on CPUs.
 
     python benchmarks/peers.py [--densities 0.125,0.0625] [--batch 64] [--repeats 7] [--layers conv,linear]
-                               [--threads N] [--build-peer]
+                               [--threads N] [--clock wall|thread] [--build-peer]
 
 SparseProp (Nikdan et al., ICML 2023; PyPI ``sparseprop``) is a C++ extension that pip builds from its
 sdist with ``-march=native``; this script imports it when it is installed, builds it first with
@@ -33,7 +33,7 @@ import subprocess
 import sys
 
 import torch
-from common import cpu_description, interleaved_minima
+from common import CLOCKS, cpu_description, interleaved_minima
 
 from ddpm_lottery.kernels.layers import use_kernels
 
@@ -123,7 +123,7 @@ def training_call(layer, x, upstream):
     return call
 
 
-def ratios(dense, ours, peers, x, repeats: int) -> dict[str, tuple[float, float | None]]:
+def ratios(dense, ours, peers, x, repeats: int, clock: str) -> dict[str, tuple[float, float | None]]:
     """Dense time over ours and over the peer's best, forward and forward + backward."""
     with torch.no_grad():
         upstream = torch.randn_like(dense(x))
@@ -132,13 +132,13 @@ def ratios(dense, ours, peers, x, repeats: int) -> dict[str, tuple[float, float 
         ("forward", forward_call),
         ("training", lambda layer, inputs: training_call(layer, inputs, upstream)),
     ):
-        times = interleaved_minima([make_call(layer, x) for layer in [dense, ours, *peers]], repeats)
+        times = interleaved_minima([make_call(layer, x) for layer in [dense, ours, *peers]], repeats, clock)
         peer_ratio = times[0] / min(times[2:]) if peers else None
         result[name] = (times[0] / times[1], peer_ratio)
     return result
 
 
-def bench(layers, densities, batch: int, repeats: int, peer) -> list[str]:
+def bench(layers, densities, batch: int, repeats: int, peer, clock: str = "wall") -> list[str]:
     def cell(value):
         return "–" if value is None else f"{value:.2f}×"
 
@@ -155,7 +155,7 @@ def bench(layers, densities, batch: int, repeats: int, peer) -> list[str]:
             use_kernels(ours, "sparse", masks={"0.weight": keep}, training=True)
             peers = peer_layers(peer, dense, kind) if peer is not None else []
             x = torch.randn(batch, *shape)
-            found = ratios(dense, ours, peers, x, repeats)
+            found = ratios(dense, ours, peers, x, repeats, clock)
             real = float(keep.float().mean())
             (fwd_ours, fwd_peer), (bwd_ours, bwd_peer) = found["forward"], found["training"]
             rows.append(
@@ -173,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--layers", default="conv,linear", help="which kinds of layer: conv, linear or both")
     parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="thread: CPU seconds of the calling thread, for a shared machine at --threads 1 (OMP_NUM_THREADS=1)",
+    )
     parser.add_argument("--build-peer", action="store_true", help="build SparseProp from its sdist if it is missing")
     args = parser.parse_args(argv)
     if args.threads:
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     peer, reason = load_peer(args.build_peer)
     print(
         f"# ddpm-lottery's kernels beside SparseProp: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls, wall clock\n"
+        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls, {args.clock} clock\n"
         f"# python benchmarks/peers.py {' '.join(argv if argv is not None else sys.argv[1:])}",
         flush=True,
     )
@@ -194,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch,
         args.repeats,
         peer,
+        args.clock,
     )
     return 0
 
