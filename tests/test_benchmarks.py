@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = sorted(
     p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py") if p.name != "common.py"
@@ -83,3 +84,32 @@ def test_peers_prints_one_row_per_layer_and_says_why_a_missing_peer_is_left_out(
     rows = [line for line in out.splitlines() if line.startswith("| Linear")]
     assert len(rows) == 4
     assert all(row.split("|")[4].strip() == "–" and row.split("|")[5].strip().endswith("×") for row in rows)
+
+
+def test_layer_groups_prunes_exactly_one_group_to_its_sparsity(monkeypatch):
+    """The sensitivity probe behind --layer-groups' default masks one group, each of its layers at the
+    sparsity, and leaves every other weight as it was."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    import layer_groups
+
+    from ddpm_lottery.config import ModelConfig
+    from ddpm_lottery.models.families import family_of
+    from ddpm_lottery.models.networks import build_model
+
+    config = ModelConfig(preset="dit-small", num_layers=2, num_attention_heads=2, attention_head_dim=8)
+    model = build_model(config, 1, seed=0)
+    with torch.no_grad():  # adaLN-Zero starts its modulation at zero: give every weight a magnitude
+        for parameter in model.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(1))
+    pruned = layer_groups.magnitude_pruned(model, "adaln", 0.75)
+    family = family_of(model)
+    for (name, before), after in zip(model.named_modules(), pruned.modules()):
+        if not family.is_prunable(before):
+            continue
+        zeros = int((after.weight == 0).sum())
+        if family.layer_group(name) == "adaln":
+            assert zeros == round(0.75 * before.weight.numel())
+            kept = after.weight != 0
+            assert before.weight[kept].abs().min() >= before.weight[~kept].abs().max()
+        else:
+            assert torch.equal(after.weight, before.weight)
