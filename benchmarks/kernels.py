@@ -14,8 +14,11 @@ Every ratio is dense time / sparse time of the same inputs, timed interleaved in
   ``torch.profiler`` profile of the dense call.
 
 The `tiny` rows at 50 / 75 / 87.5 / 93.75 % use the reproduction study's own tickets
-(``results/cpu-digits/runs/unified-seed0``, levels 1-4) when that folder is there; every other row uses
-random masks with the same sparsity in every layer.  Nothing here is asserted by a test: run it on an idle
+(``results/cpu-digits/runs/unified-seed0``, levels 1-4), and the width study's 2x network
+(``tiny@32:64:64``) its own at 50 to 96.9 % (``results/cpu-widths/runs/unified-2x-seed0``, levels 1-5), when
+those folders are there; every other row uses random masks with the same sparsity in every layer.  The
+training section on those tickets is the issue's network table:
+``--sections training --presets tiny,tiny@32:64:64 --densities 0.125,0.0625,0.03125``.  Nothing here is asserted by a test: run it on an idle
 machine (no tests, no study beside it).
 """
 
@@ -37,7 +40,15 @@ from ddpm_lottery.kernels.layers import kernels_used, use_kernels
 from ddpm_lottery.lottery.networks import level_network
 from ddpm_lottery.models.networks import build_model
 
-STUDY_RUN = Path(__file__).resolve().parents[1] / "results" / "cpu-digits" / "runs" / "unified-seed0"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# the studies' own tickets, where a network spec has them: the search's run and its level at each density
+STUDY_TICKETS = {
+    "tiny": (RESULTS / "cpu-digits" / "runs" / "unified-seed0", {0.5: 1, 0.25: 2, 0.125: 3, 0.0625: 4}),
+    "tiny@32:64:64": (
+        RESULTS / "cpu-widths" / "runs" / "unified-2x-seed0",
+        {0.5: 1, 0.25: 2, 0.125: 3, 0.0625: 4, 0.03125: 5},
+    ),
+}
 LAYERS = [  # (what, module, input shape without the batch)
     ("conv 3x3 16 ch 28x28", lambda: torch.nn.Conv2d(16, 16, 3, padding=1), (16, 28, 28)),
     ("conv 3x3 32 ch 14x14", lambda: torch.nn.Conv2d(32, 32, 3, padding=1), (32, 14, 14)),
@@ -134,13 +145,14 @@ def prunable_share(model: torch.nn.Module, batch: int) -> float:
     return layers / total
 
 
-def study_ticket(level: int):
-    """A level of the reproduction study's unified seed-0 search (EMA weights), or None if absent."""
-    if not (STUDY_RUN / f"level_{level:02d}").is_dir():
-        return None
+def study_ticket(spec: str, density: float):
+    """The study's own ticket of network ``spec`` at ``density`` (EMA weights) and its level, or None if absent."""
+    run, levels = STUDY_TICKETS.get(spec, (None, {}))
+    if density not in levels or not (run / f"level_{levels[density]:02d}").is_dir():
+        return None, None
     from ddpm_lottery.runs.run import Run
 
-    return level_network(Run.open(STUDY_RUN).level(level), "ema")
+    return level_network(Run.open(run).level(levels[density]), "ema"), f"{run.parent.parent.name} {run.name}"
 
 
 def network(spec: str) -> torch.nn.Module:
@@ -154,18 +166,17 @@ def network(spec: str) -> torch.nn.Module:
 
 
 def networks_for(preset: str, densities):
-    """(label, dense model, sparse-able copy, masks) per density, the study's tickets for tiny."""
+    """(label, network, masks) per density: the studies' own tickets where STUDY_TICKETS has them."""
     base = network(preset)
-    study_levels = {0.5: 1, 0.25: 2, 0.125: 3, 0.0625: 4}
     for density in densities:
-        ticket = study_ticket(study_levels[density]) if preset == "tiny" and density in study_levels else None
+        ticket, source = study_ticket(preset, density)
         if ticket is not None:
             masks = {
                 f"{n}.weight": m.weight != 0
                 for n, m in ticket.named_modules()
                 if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
             }
-            label = f"study ticket, level {study_levels[density]}"
+            label = f"study ticket ({source}, level {STUDY_TICKETS[preset][1][density]})"
             yield label, ticket, masks
         else:
             model = copy.deepcopy(base)
