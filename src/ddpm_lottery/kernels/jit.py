@@ -6,11 +6,10 @@ stride-2 one), and a surviving weight ``k`` is a triple ``(plane[k], offset[k], 
 every convolution is the same computation, a *direct* sparse convolution over contiguous memory:
 
     forward                 acc[o][0:L]          += value[k] * planes[plane[k]][offset[k] : offset[k] + L]
-    input grad (scatter)    acc[c][offset[k]:+L] += value[k] * grad_out[row[k]][0:L]
-    dots (weight grad)      grad_value[k]         = sum_n  grad_out[n][row[k]][0:L] . planes[n][plane[k]][offset[k]:+L]
 
 where ``L`` covers the output plane with the input's row pitch (two junk columns a row for a 3x3
-convolution, dropped when the result is written out).  The work is one multiply-add per surviving
+convolution, dropped when the result is written out); the gradients are the same computation
+transposed (:mod:`ddpm_lottery.kernels.conv_grads`).  The work is one multiply-add per surviving
 weight and output position: it scales with the ticket's density, not the dense layer's size.
 ``Linear`` layers have kernels of their own, over tiles of token rows (:mod:`ddpm_lottery.kernels.tiles`).
 
@@ -66,78 +65,6 @@ def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows
     else:
         for r in range(out_rows):
             target[r * out_cols : (r + 1) * out_cols] = acc[r * pitch : r * pitch + out_cols]
-
-
-@njit(inline="always", fastmath=True, nogil=True)
-def _scatter_run(acc, grads, row, offset, values, k, end, length):
-    """acc[offset[j]:offset[j] + length] += values[j] * grads[row[j]] for the entries j in [k, end) of one
-    plane (sorted by offset: four entries of equal offset share a pass)."""
-    while k < end:
-        start = offset[k]
-        window = acc[start : start + length]
-        if k + 4 <= end and offset[k + 3] == start:
-            g0 = grads[row[k]]
-            g1 = grads[row[k + 1]]
-            g2 = grads[row[k + 2]]
-            g3 = grads[row[k + 3]]
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            for i in range(length):
-                window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
-            k += 4
-        else:
-            gs = grads[row[k]]
-            w = values[k]
-            for i in range(length):
-                window[i] += w * gs[i]
-            k += 1
-
-
-@njit(**_JIT)
-def dots(planes, grads, indptr, plane, offset, out):
-    """out[k] = sum_n grads[n, o(k)] . planes[n, plane[k], offset[k]:offset[k] + L], o(k) the CSR row of k.
-
-    The weight gradient at the surviving positions only; one thread owns a row, so the sum's order is fixed.
-    """
-    batch = planes.shape[0]
-    length = grads.shape[2]
-    rows = indptr.shape[0] - 1
-    for o in prange(rows):
-        for k in range(indptr[o], indptr[o + 1]):
-            out[k] = 0.0
-        for n in range(batch):
-            gs = grads[n, o]
-            k = indptr[o]
-            end = indptr[o + 1]
-            while k + 4 <= end:
-                x0 = planes[n, plane[k], offset[k] : offset[k] + length]
-                x1 = planes[n, plane[k + 1], offset[k + 1] : offset[k + 1] + length]
-                x2 = planes[n, plane[k + 2], offset[k + 2] : offset[k + 2] + length]
-                x3 = planes[n, plane[k + 3], offset[k + 3] : offset[k + 3] + length]
-                s0 = np.float32(0.0)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                s3 = np.float32(0.0)
-                for i in range(length):
-                    g = gs[i]
-                    s0 += g * x0[i]
-                    s1 += g * x1[i]
-                    s2 += g * x2[i]
-                    s3 += g * x3[i]
-                out[k] += s0
-                out[k + 1] += s1
-                out[k + 2] += s2
-                out[k + 3] += s3
-                k += 4
-            while k < end:
-                xs = planes[n, plane[k], offset[k] : offset[k] + length]
-                s = np.float32(0.0)
-                for i in range(length):
-                    s += gs[i] * xs[i]
-                out[k] += s
-                k += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,14 +123,6 @@ def fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
 
 
 @njit(**_JIT)
-def fill_all(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
-    """Every image's planes at once (N, P, S), in parallel over the images."""
-    for n in prange(x.shape[0]):
-        planes[n, :, :] = 0.0
-        _fill(x[n], planes[n], stride, pad_rows, pad_cols, pitch, phase_rows)
-
-
-@njit(**_JIT)
 def conv_forward(
     x,
     stride,
@@ -248,72 +167,15 @@ def conv_forward(
             _row(planes[n], indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
 
 
-@njit(**_JIT)
-def conv_input_grad(
-    grads,
-    column_indptr,
-    column_row,
-    column_offset,
-    column_values,
-    stride,
-    pad_rows,
-    pad_cols,
-    pitch,
-    plane_size,
-    grad_x,
-):
-    """grad_x (N, C, H, W) by the transposed sparse kernel; one job per (image, input channel)."""
-    batch, channels = grad_x.shape[0], grad_x.shape[1]
-    phases = stride * stride
-    length = grads.shape[2]
-    for job in prange(batch * channels):
-        n = job // channels
-        c = job - n * channels
-        acc = np.zeros((phases, plane_size), np.float32)
-        for phase in range(phases):
-            p = c * phases + phase
-            _scatter_run(
-                acc[phase],
-                grads[n],
-                column_row,
-                column_offset,
-                column_values,
-                column_indptr[p],
-                column_indptr[p + 1],
-                length,
-            )
-        _unfill(acc, grad_x[n, c : c + 1], stride, pad_rows, pad_cols, pitch)
-
-
-def warm_up(training: bool = False) -> None:
-    """Compile (or load from the on-disk cache) the forward kernels, and with ``training`` the gradients'
-    too, once, on a problem of one weight.  Loading is not free (seconds), so inference loads only its own."""
-    planes = np.ones((1, 1, 4), np.float32)
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) the forward kernel once, on a problem of one weight; the
+    gradients' kernel loads apart (:func:`ddpm_lottery.kernels.conv_grads.warm_up`), for training only:
+    loading is not free (seconds)."""
     index = np.zeros(1, np.int64)
-    indptr = np.array([0, 1], np.int64)
-    values = np.ones(1, np.float32)
-    out = np.empty((1, 1, 2), np.float32)
-    image = np.ones((1, 1, 1, 2), np.float32)
     conv_forward(
-        image,
-        1,
-        0,
-        0,
-        2,
-        1,
-        2,
-        1,
-        indptr,
-        index,
-        index,
-        values,
-        np.zeros(1, np.float32),
-        1,
-        2,
-        1,
+        np.ones((1, 1, 1, 2), np.float32),
+        1, 0, 0, 2, 1, 2, 1,
+        np.array([0, 1], np.int64), index, index, np.ones(1, np.float32), np.zeros(1, np.float32),
+        1, 2, 1,
         np.empty((1, 1, 2), np.float32),
-    )
-    if training:
-        dots(planes, out, indptr, index, index, np.empty(1, np.float32))
-        fill_all(image, 1, 0, 0, 2, 1, np.empty((1, 1, 2), np.float32))
-        conv_input_grad(out, indptr, index, index, values, 1, 0, 0, 2, 2, np.empty((1, 1, 1, 2), np.float32))
+    )  # fmt: skip
