@@ -35,30 +35,28 @@ _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 
 @njit(inline="always", fastmath=True, nogil=True)
-def _scatter_run(acc, grads, row, offset, values, k, end, length):
-    """acc[offset[j]:offset[j] + length] += values[j] * grads[row[j]] for the entries j in [k, end) of one
-    plane (sorted by offset: four entries of equal offset share a pass)."""
+def _gather(sources, source, shift, values, k, end, first, length, target):
+    """target[0:length] = sum_j values[j] * sources[source[j]][shift[j] + first : + length], j in [k, end):
+    one input plane's gradient from the output gradients its surviving weights read, four a pass."""
+    target[:] = 0.0
+    while k + 4 <= end:
+        g0 = sources[source[k], shift[k] + first : shift[k] + first + length]
+        g1 = sources[source[k + 1], shift[k + 1] + first : shift[k + 1] + first + length]
+        g2 = sources[source[k + 2], shift[k + 2] + first : shift[k + 2] + first + length]
+        g3 = sources[source[k + 3], shift[k + 3] + first : shift[k + 3] + first + length]
+        w0 = values[k]
+        w1 = values[k + 1]
+        w2 = values[k + 2]
+        w3 = values[k + 3]
+        for i in range(length):
+            target[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
+        k += 4
     while k < end:
-        start = offset[k]
-        window = acc[start : start + length]
-        if k + 4 <= end and offset[k + 3] == start:
-            g0 = grads[row[k]]
-            g1 = grads[row[k + 1]]
-            g2 = grads[row[k + 2]]
-            g3 = grads[row[k + 3]]
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            for i in range(length):
-                window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
-            k += 4
-        else:
-            gs = grads[row[k]]
-            w = values[k]
-            for i in range(length):
-                window[i] += w * gs[i]
-            k += 1
+        gs = sources[source[k], shift[k] + first : shift[k] + first + length]
+        w = values[k]
+        for i in range(length):
+            target[i] += w * gs[i]
+        k += 1
 
 
 @njit(inline="always", fastmath=True, nogil=True)
@@ -124,20 +122,30 @@ def conv_backward(
     batch = x.shape[0]
     rows, out_rows, out_cols = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     length = out_rows * pitch
+    # the input gradient gathers: input position j of a plane reads the output gradient at j - offset[k], so
+    # each output gradient is laid out `reach` floats in, and weight k reads it from reach - offset[k] on
+    reach = 0
+    for k in range(offset.shape[0]):
+        reach = max(reach, offset[k])
+    column_shift = reach - column_offset
+    # the input rows whose gradient is kept (a stride-1 layout's padding rows are not computed)
+    first = pad_rows * pitch if stride == 1 else 0
+    span = (x.shape[2] if stride == 1 else phase_rows) * pitch
     chunks = (batch + CHUNK - 1) // CHUNK
     partial_values = np.zeros((chunks, plane.shape[0]), np.float32)
     partial_bias = np.zeros((chunks, rows), np.float32)
     for chunk in prange(chunks):
-        grads = np.zeros((rows, length), np.float32)  # the junk columns stay zero: only real ones are written
-        planes = np.zeros((planes_per_image, plane_size), np.float32)  # the padding stays zero likewise
+        # zeros where nothing is copied in: around the output gradient, its junk columns, the planes' padding
+        grads = np.zeros((rows, reach + plane_size), np.float32)
+        planes = np.zeros((planes_per_image, plane_size), np.float32)
         acc = np.empty((planes_per_image, plane_size), np.float32)
         for n in range(chunk * CHUNK, min(batch, (chunk + 1) * CHUNK)):
             for o in range(rows):
                 for r in range(out_rows):
-                    grads[o, r * pitch : r * pitch + out_cols] = grad_out[n, o, r]
+                    grads[o, reach + r * pitch : reach + r * pitch + out_cols] = grad_out[n, o, r]
             if want_bias:
                 for o in range(rows):
-                    gs = grads[o]
+                    gs = grads[o, reach : reach + length]
                     s = np.float32(0.0)
                     for i in range(length):
                         s += gs[i]
@@ -145,13 +153,13 @@ def conv_backward(
             if want_weight:
                 _fill(x[n], planes, stride, pad_rows, pad_cols, pitch, phase_rows)
                 for o in range(rows):
-                    _dots(planes, grads[o], plane, offset, indptr[o], indptr[o + 1], length, partial_values[chunk])
+                    gs = grads[o, reach : reach + length]
+                    _dots(planes, gs, plane, offset, indptr[o], indptr[o + 1], length, partial_values[chunk])
             if want_input:
-                acc[:, :] = 0.0
                 for p in range(planes_per_image):
-                    _scatter_run(
-                        acc[p], grads, column_row, column_offset, column_values, column_indptr[p],
-                        column_indptr[p + 1], length,
+                    _gather(
+                        grads, column_row, column_shift, column_values, column_indptr[p], column_indptr[p + 1],
+                        first, span, acc[p, first : first + span],
                     )  # fmt: skip
                 _unfill(acc, grad_x[n], stride, pad_rows, pad_cols, pitch)
     _sum_chunks(partial_values, grad_values)
