@@ -86,12 +86,32 @@ def _fill(image, planes, stride, pad_rows, pad_cols, pitch, phase_rows):
                 start = padded_row * pitch + pad_cols
                 planes[c, start : start + width] = image[c, r]
             else:
-                row_phase = padded_row % stride
+                # the columns of one parity land in one phase plane, contiguously (an element at a time,
+                # with a division and a remainder each, was half a stride-2 layer's forward time)
+                first = c * phases + (padded_row % stride) * stride
                 base = (padded_row // stride) * pitch
-                for j in range(width):
-                    padded_col = j + pad_cols
-                    p = c * phases + row_phase * stride + padded_col % stride
-                    planes[p, base + padded_col // stride] = image[c, r, j]
+                if stride == 2:  # both parities in one loop: LLVM loads the row as vectors and shuffles them
+                    even = _phase_line(planes, first, base, 0, pad_cols, 2, width)
+                    odd = _phase_line(planes, first, base, 1, pad_cols, 2, width)
+                    src = image[c, r]
+                    for t in range(odd.shape[0]):
+                        even[t] = src[2 * t]
+                        odd[t] = src[2 * t + 1]
+                    if width % 2 == 1:
+                        even[width // 2] = src[width - 1]
+                else:
+                    for parity in range(min(stride, width)):
+                        _phase_line(planes, first, base, parity, pad_cols, stride, width)[:] = image[
+                            c, r, parity::stride
+                        ]
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _phase_line(planes, first_plane, base, parity, pad_cols, stride, width):
+    """Where the input columns parity, parity + stride, ... of one row lie in their phase plane."""
+    padded_col = parity + pad_cols
+    start = base + padded_col // stride
+    return planes[first_plane + padded_col % stride, start : start + (width - parity + stride - 1) // stride]
 
 
 @njit(inline="always", fastmath=True, nogil=True)
@@ -106,17 +126,25 @@ def _unfill(planes, image, stride, pad_rows, pad_cols, pitch):
                 start = padded_row * pitch + pad_cols
                 image[c, r, :] = planes[c, start : start + width]
             else:
-                row_phase = padded_row % stride
+                first = c * phases + (padded_row % stride) * stride
                 base = (padded_row // stride) * pitch
-                for j in range(width):
-                    padded_col = j + pad_cols
-                    p = c * phases + row_phase * stride + padded_col % stride
-                    image[c, r, j] = planes[p, base + padded_col // stride]
+                if stride == 2:
+                    even = _phase_line(planes, first, base, 0, pad_cols, 2, width)
+                    odd = _phase_line(planes, first, base, 1, pad_cols, 2, width)
+                    dst = image[c, r]
+                    for t in range(odd.shape[0]):
+                        dst[2 * t] = even[t]
+                        dst[2 * t + 1] = odd[t]
+                    if width % 2 == 1:
+                        dst[width - 1] = even[width // 2]
+                else:
+                    for parity in range(min(stride, width)):
+                        image[c, r, parity::stride] = _phase_line(planes, first, base, parity, pad_cols, stride, width)
 
 
 @njit(fastmath=True, cache=True, nogil=True)
 def fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
-    """:func:`fill_all` in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
+    """Every image's planes (N, P, S), in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
     numba would turn each row's copy into a parallel region of its own."""
     for n in range(x.shape[0]):
         _fill(x[n], planes[n], stride, pad_rows, pad_cols, pitch, phase_rows)
@@ -152,11 +180,16 @@ def conv_forward(
     rows = indptr.shape[0] - 1
     length = out_rows * pitch
     if batch >= 2 * threads:
-        for n in prange(batch):
+        # a few runs of images a thread, each with one scratch buffer: zeroed once (the fill writes only the
+        # padding's interior), and not allocated per image (a stride-2 layer's 0.6 MB, paged in afresh each
+        # time, cost as much as its multiply-adds)
+        runs = min(batch, 4 * threads)
+        for run in prange(runs):
             planes = np.zeros((planes_per_image, plane_size), np.float32)
-            _fill(x[n], planes, stride, pad_rows, pad_cols, pitch, phase_rows)
-            for o in range(rows):
-                _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
+            for n in range(run * batch // runs, (run + 1) * batch // runs):
+                _fill(x[n], planes, stride, pad_rows, pad_cols, pitch, phase_rows)
+                for o in range(rows):
+                    _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
     else:
         # laid out serially: a parallel region costs more than a few images' copy (one region, not two)
         planes = np.zeros((batch, planes_per_image, plane_size), np.float32)
