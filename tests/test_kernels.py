@@ -687,3 +687,71 @@ def test_the_linear_kernels_give_the_same_bits_at_any_thread_count():
         torch.set_num_threads(threads)
     for first, second in zip(*results):
         assert torch.equal(first, second)
+
+
+# the training path of the convolutions (kernels/conv_grads.py): odd sizes, strides, batches
+CONV_TRAINING_CASES = {
+    "3x3-odd": (dict(in_channels=5, out_channels=7, kernel_size=3, padding=1), (3, 11, 9)),
+    "3x3-batch1": (dict(in_channels=19, out_channels=13, kernel_size=3, padding=1), (1, 7, 13)),
+    "3x3-unpadded": (dict(in_channels=6, out_channels=9, kernel_size=3), (5, 9, 10)),
+    "stride2-odd": (dict(in_channels=5, out_channels=11, kernel_size=3, stride=2, padding=1), (3, 13, 11)),
+    "stride2-unpadded-odd": (dict(in_channels=3, out_channels=5, kernel_size=3, stride=2), (7, 9, 12)),
+    "1x1-no-bias": (dict(in_channels=17, out_channels=6, kernel_size=1, bias=False), (9, 5, 7)),
+}
+
+
+def _conv_training_pair(case: str, sparsity: float = 0.85):
+    arguments, (batch, height, width) = CONV_TRAINING_CASES[case]
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(**arguments)
+    keep = _pruned(layer, sparsity)
+    dense = copy.deepcopy(layer)
+    model = torch.nn.Sequential(layer)
+    use_kernels(model, "sparse", masks={"0.weight": keep}, training=True)
+    x = torch.randn(batch, arguments["in_channels"], height, width, generator=torch.Generator().manual_seed(1))
+    return model, dense, keep, x
+
+
+@pytest.mark.parametrize("case", sorted(CONV_TRAINING_CASES))
+def test_a_sparse_convolution_trains_like_the_masked_dense_one_at_odd_sizes(case):
+    """Forward, input, weight (at the survivors, zeros elsewhere) and bias gradients equal the dense layer's;
+    after an optimizer step the pruned weights are still exactly zero."""
+    model, dense, keep, x = _conv_training_pair(case)
+    x_sparse, x_dense = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_sparse, out_dense = model(x_sparse), dense(x_dense)
+    assert model[0].last_kernel == "sparse" and out_sparse.shape == out_dense.shape
+    assert _relative(out_sparse, out_dense) < 1e-5
+    upstream = torch.randn_like(out_dense)
+    (out_sparse * upstream).sum().backward()
+    (out_dense * upstream).sum().backward()
+    assert _relative(x_sparse.grad, x_dense.grad) < 1e-5
+    assert _relative(model[0].weight.grad, dense.weight.grad * keep) < 1e-5
+    assert bool((model[0].weight.grad[~keep] == 0).all())
+    if dense.bias is not None:
+        assert _relative(model[0].bias.grad, dense.bias.grad) < 1e-5
+    torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).step()
+    assert bool((model[0].weight.detach()[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("case", ["3x3-odd", "stride2-odd"])
+def test_the_convolution_kernels_give_the_same_bits_at_any_thread_count(case):
+    """The gradients' partial sums follow chunks of images fixed by the batch, never by the threads:
+    a killed level resumes bit for bit at another thread count."""
+    import numba
+
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+            model, _, _, x = _conv_training_pair(case)
+            x = torch.cat([x] * 7).requires_grad_()  # enough images for several chunks and both threads
+            out = model(x)
+            out.square().sum().backward()
+            grads = [x.grad, model[0].weight.grad] + ([model[0].bias.grad] if model[0].bias is not None else [])
+            results.append([out.detach(), *grads])
+    finally:
+        torch.set_num_threads(threads)
+    for first, second in zip(*results):
+        assert torch.equal(first, second)

@@ -6,11 +6,10 @@ stride-2 one), and a surviving weight ``k`` is a triple ``(plane[k], offset[k], 
 every convolution is the same computation, a *direct* sparse convolution over contiguous memory:
 
     forward                 acc[o][0:L]          += value[k] * planes[plane[k]][offset[k] : offset[k] + L]
-    input grad (scatter)    acc[c][offset[k]:+L] += value[k] * grad_out[row[k]][0:L]
-    dots (weight grad)      grad_value[k]         = sum_n  grad_out[n][row[k]][0:L] . planes[n][plane[k]][offset[k]:+L]
 
 where ``L`` covers the output plane with the input's row pitch (two junk columns a row for a 3x3
-convolution, dropped when the result is written out).  The work is one multiply-add per surviving
+convolution, dropped when the result is written out); the gradients are the same computation
+transposed (:mod:`ddpm_lottery.kernels.conv_grads`).  The work is one multiply-add per surviving
 weight and output position: it scales with the ticket's density, not the dense layer's size.
 ``Linear`` layers have kernels of their own, over tiles of token rows (:mod:`ddpm_lottery.kernels.tiles`).
 
@@ -68,78 +67,6 @@ def _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows
             target[r * out_cols : (r + 1) * out_cols] = acc[r * pitch : r * pitch + out_cols]
 
 
-@njit(inline="always", fastmath=True, nogil=True)
-def _scatter_run(acc, grads, row, offset, values, k, end, length):
-    """acc[offset[j]:offset[j] + length] += values[j] * grads[row[j]] for the entries j in [k, end) of one
-    plane (sorted by offset: four entries of equal offset share a pass)."""
-    while k < end:
-        start = offset[k]
-        window = acc[start : start + length]
-        if k + 4 <= end and offset[k + 3] == start:
-            g0 = grads[row[k]]
-            g1 = grads[row[k + 1]]
-            g2 = grads[row[k + 2]]
-            g3 = grads[row[k + 3]]
-            w0 = values[k]
-            w1 = values[k + 1]
-            w2 = values[k + 2]
-            w3 = values[k + 3]
-            for i in range(length):
-                window[i] += (w0 * g0[i] + w1 * g1[i]) + (w2 * g2[i] + w3 * g3[i])
-            k += 4
-        else:
-            gs = grads[row[k]]
-            w = values[k]
-            for i in range(length):
-                window[i] += w * gs[i]
-            k += 1
-
-
-@njit(**_JIT)
-def dots(planes, grads, indptr, plane, offset, out):
-    """out[k] = sum_n grads[n, o(k)] . planes[n, plane[k], offset[k]:offset[k] + L], o(k) the CSR row of k.
-
-    The weight gradient at the surviving positions only; one thread owns a row, so the sum's order is fixed.
-    """
-    batch = planes.shape[0]
-    length = grads.shape[2]
-    rows = indptr.shape[0] - 1
-    for o in prange(rows):
-        for k in range(indptr[o], indptr[o + 1]):
-            out[k] = 0.0
-        for n in range(batch):
-            gs = grads[n, o]
-            k = indptr[o]
-            end = indptr[o + 1]
-            while k + 4 <= end:
-                x0 = planes[n, plane[k], offset[k] : offset[k] + length]
-                x1 = planes[n, plane[k + 1], offset[k + 1] : offset[k + 1] + length]
-                x2 = planes[n, plane[k + 2], offset[k + 2] : offset[k + 2] + length]
-                x3 = planes[n, plane[k + 3], offset[k + 3] : offset[k + 3] + length]
-                s0 = np.float32(0.0)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                s3 = np.float32(0.0)
-                for i in range(length):
-                    g = gs[i]
-                    s0 += g * x0[i]
-                    s1 += g * x1[i]
-                    s2 += g * x2[i]
-                    s3 += g * x3[i]
-                out[k] += s0
-                out[k + 1] += s1
-                out[k + 2] += s2
-                out[k + 3] += s3
-                k += 4
-            while k < end:
-                xs = planes[n, plane[k], offset[k] : offset[k] + length]
-                s = np.float32(0.0)
-                for i in range(length):
-                    s += gs[i] * xs[i]
-                out[k] += s
-                k += 1
-
-
 # ----------------------------------------------------------------------------------------------
 # Convolutions: the padding (and the phase split of a strided convolution) fused into the kernels.
 # F.pad costs a zero fill and a copy of the whole input per layer (a quarter of a `tiny` denoiser
@@ -159,12 +86,32 @@ def _fill(image, planes, stride, pad_rows, pad_cols, pitch, phase_rows):
                 start = padded_row * pitch + pad_cols
                 planes[c, start : start + width] = image[c, r]
             else:
-                row_phase = padded_row % stride
+                # the columns of one parity land in one phase plane, contiguously (an element at a time,
+                # with a division and a remainder each, was half a stride-2 layer's forward time)
+                first = c * phases + (padded_row % stride) * stride
                 base = (padded_row // stride) * pitch
-                for j in range(width):
-                    padded_col = j + pad_cols
-                    p = c * phases + row_phase * stride + padded_col % stride
-                    planes[p, base + padded_col // stride] = image[c, r, j]
+                if stride == 2:  # both parities in one loop: LLVM loads the row as vectors and shuffles them
+                    even = _phase_line(planes, first, base, 0, pad_cols, 2, width)
+                    odd = _phase_line(planes, first, base, 1, pad_cols, 2, width)
+                    src = image[c, r]
+                    for t in range(odd.shape[0]):
+                        even[t] = src[2 * t]
+                        odd[t] = src[2 * t + 1]
+                    if width % 2 == 1:
+                        even[width // 2] = src[width - 1]
+                else:
+                    for parity in range(min(stride, width)):
+                        _phase_line(planes, first, base, parity, pad_cols, stride, width)[:] = image[
+                            c, r, parity::stride
+                        ]
+
+
+@njit(inline="always", fastmath=True, nogil=True)
+def _phase_line(planes, first_plane, base, parity, pad_cols, stride, width):
+    """Where the input columns parity, parity + stride, ... of one row lie in their phase plane."""
+    padded_col = parity + pad_cols
+    start = base + padded_col // stride
+    return planes[first_plane + padded_col % stride, start : start + (width - parity + stride - 1) // stride]
 
 
 @njit(inline="always", fastmath=True, nogil=True)
@@ -179,27 +126,27 @@ def _unfill(planes, image, stride, pad_rows, pad_cols, pitch):
                 start = padded_row * pitch + pad_cols
                 image[c, r, :] = planes[c, start : start + width]
             else:
-                row_phase = padded_row % stride
+                first = c * phases + (padded_row % stride) * stride
                 base = (padded_row // stride) * pitch
-                for j in range(width):
-                    padded_col = j + pad_cols
-                    p = c * phases + row_phase * stride + padded_col % stride
-                    image[c, r, j] = planes[p, base + padded_col // stride]
+                if stride == 2:
+                    even = _phase_line(planes, first, base, 0, pad_cols, 2, width)
+                    odd = _phase_line(planes, first, base, 1, pad_cols, 2, width)
+                    dst = image[c, r]
+                    for t in range(odd.shape[0]):
+                        dst[2 * t] = even[t]
+                        dst[2 * t + 1] = odd[t]
+                    if width % 2 == 1:
+                        dst[width - 1] = even[width // 2]
+                else:
+                    for parity in range(min(stride, width)):
+                        image[c, r, parity::stride] = _phase_line(planes, first, base, parity, pad_cols, stride, width)
 
 
 @njit(fastmath=True, cache=True, nogil=True)
 def fill_serial(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
-    """:func:`fill_all` in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
+    """Every image's planes (N, P, S), in one thread (``planes`` zeroed): compiled apart, since inside a parallel function
     numba would turn each row's copy into a parallel region of its own."""
     for n in range(x.shape[0]):
-        _fill(x[n], planes[n], stride, pad_rows, pad_cols, pitch, phase_rows)
-
-
-@njit(**_JIT)
-def fill_all(x, stride, pad_rows, pad_cols, pitch, phase_rows, planes):
-    """Every image's planes at once (N, P, S), in parallel over the images."""
-    for n in prange(x.shape[0]):
-        planes[n, :, :] = 0.0
         _fill(x[n], planes[n], stride, pad_rows, pad_cols, pitch, phase_rows)
 
 
@@ -233,11 +180,16 @@ def conv_forward(
     rows = indptr.shape[0] - 1
     length = out_rows * pitch
     if batch >= 2 * threads:
-        for n in prange(batch):
+        # a few runs of images a thread, each with one scratch buffer: zeroed once (the fill writes only the
+        # padding's interior), and not allocated per image (a stride-2 layer's 0.6 MB, paged in afresh each
+        # time, cost as much as its multiply-adds)
+        runs = min(batch, 4 * threads)
+        for run in prange(runs):
             planes = np.zeros((planes_per_image, plane_size), np.float32)
-            _fill(x[n], planes, stride, pad_rows, pad_cols, pitch, phase_rows)
-            for o in range(rows):
-                _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
+            for n in range(run * batch // runs, (run + 1) * batch // runs):
+                _fill(x[n], planes, stride, pad_rows, pad_cols, pitch, phase_rows)
+                for o in range(rows):
+                    _row(planes, indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
     else:
         # laid out serially: a parallel region costs more than a few images' copy (one region, not two)
         planes = np.zeros((batch, planes_per_image, plane_size), np.float32)
@@ -248,72 +200,15 @@ def conv_forward(
             _row(planes[n], indptr, plane, offset, values, bias, o, length, pitch, out_rows, out_cols, out[n, o])
 
 
-@njit(**_JIT)
-def conv_input_grad(
-    grads,
-    column_indptr,
-    column_row,
-    column_offset,
-    column_values,
-    stride,
-    pad_rows,
-    pad_cols,
-    pitch,
-    plane_size,
-    grad_x,
-):
-    """grad_x (N, C, H, W) by the transposed sparse kernel; one job per (image, input channel)."""
-    batch, channels = grad_x.shape[0], grad_x.shape[1]
-    phases = stride * stride
-    length = grads.shape[2]
-    for job in prange(batch * channels):
-        n = job // channels
-        c = job - n * channels
-        acc = np.zeros((phases, plane_size), np.float32)
-        for phase in range(phases):
-            p = c * phases + phase
-            _scatter_run(
-                acc[phase],
-                grads[n],
-                column_row,
-                column_offset,
-                column_values,
-                column_indptr[p],
-                column_indptr[p + 1],
-                length,
-            )
-        _unfill(acc, grad_x[n, c : c + 1], stride, pad_rows, pad_cols, pitch)
-
-
-def warm_up(training: bool = False) -> None:
-    """Compile (or load from the on-disk cache) the forward kernels, and with ``training`` the gradients'
-    too, once, on a problem of one weight.  Loading is not free (seconds), so inference loads only its own."""
-    planes = np.ones((1, 1, 4), np.float32)
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) the forward kernel once, on a problem of one weight; the
+    gradients' kernel loads apart (:func:`ddpm_lottery.kernels.conv_grads.warm_up`), for training only:
+    loading is not free (seconds)."""
     index = np.zeros(1, np.int64)
-    indptr = np.array([0, 1], np.int64)
-    values = np.ones(1, np.float32)
-    out = np.empty((1, 1, 2), np.float32)
-    image = np.ones((1, 1, 1, 2), np.float32)
     conv_forward(
-        image,
-        1,
-        0,
-        0,
-        2,
-        1,
-        2,
-        1,
-        indptr,
-        index,
-        index,
-        values,
-        np.zeros(1, np.float32),
-        1,
-        2,
-        1,
+        np.ones((1, 1, 1, 2), np.float32),
+        1, 0, 0, 2, 1, 2, 1,
+        np.array([0, 1], np.int64), index, index, np.ones(1, np.float32), np.zeros(1, np.float32),
+        1, 2, 1,
         np.empty((1, 1, 2), np.float32),
-    )
-    if training:
-        dots(planes, out, indptr, index, index, np.empty(1, np.float32))
-        fill_all(image, 1, 0, 0, 2, 1, np.empty((1, 1, 2), np.float32))
-        conv_input_grad(out, indptr, index, index, values, 1, 0, 0, 2, 2, np.empty((1, 1, 1, 2), np.float32))
+    )  # fmt: skip

@@ -244,9 +244,11 @@ def jit_unavailable(training: bool = False) -> str | None:
     """Why the JIT kernels cannot load here (numba missing or broken), or None."""
     try:
         # deferred: numba loads only when the kernels are asked for; importing ops registers the operators
-        from ddpm_lottery.kernels import jit, ops, tiles  # noqa: F401
+        from ddpm_lottery.kernels import conv_grads, jit, ops, tiles  # noqa: F401
 
-        jit.warm_up(training)  # compiles on a machine's first use, then loads from numba's disk cache
+        jit.warm_up()  # compiles on a machine's first use, then loads from numba's disk cache
+        if training:
+            conv_grads.warm_up()
         tiles.warm_up(training)
     except Exception as exc:  # a broken numba/llvmlite install raises more than ImportError
         return f"the sparse kernels' JIT (numba) could not load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

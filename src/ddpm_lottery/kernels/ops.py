@@ -9,10 +9,11 @@ Two doors to the same code:
   ``ddpm_lottery::sparse_linear`` operators (with fake shapes and the same backward), so the
   compiler traces the network around them as opaque calls instead of breaking its graph.
 
-The input gradient is the transposed kernel (:func:`~ddpm_lottery.kernels.jit.conv_input_grad`; for a
-``Linear``, :func:`~ddpm_lottery.kernels.tiles.forward` with the weight's CSC order); the weight gradient
-is computed at the surviving positions only (:func:`~ddpm_lottery.kernels.jit.dots`,
-:func:`~ddpm_lottery.kernels.tiles.weight_grad`).
+A convolution's three gradients come from one kernel, one pass over each image
+(:func:`~ddpm_lottery.kernels.conv_grads.conv_backward`: the input gradient by the transposed kernel, the
+weight gradient at the surviving positions only); a ``Linear``'s input gradient is
+:func:`~ddpm_lottery.kernels.tiles.forward` with the weight's CSC order, its weight gradient
+:func:`~ddpm_lottery.kernels.tiles.weight_grad`.
 
 One concept past 400 lines: each operation's forward, backward and operator registration sit
 together, so the eager and the compiled door cannot drift apart.
@@ -24,7 +25,7 @@ import numba
 import numpy as np
 import torch
 
-from ddpm_lottery.kernels import jit, tiles
+from ddpm_lottery.kernels import conv_grads, jit, tiles
 
 
 def _numpy(tensor: torch.Tensor):
@@ -77,46 +78,43 @@ def conv_forward(x, values, bias, index, geometry) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _output_gradient(grad_out: torch.Tensor, pitch: int, out_rows: int, out_cols: int) -> torch.Tensor:
-    """(N, O, rows, cols) -> (N, O, rows * pitch): the accumulator's layout, zeros in the junk columns."""
-    grads = grad_out.contiguous()
-    if pitch != out_cols:
-        grads = torch.nn.functional.pad(
-            grads.reshape(grads.shape[0], grads.shape[1], out_rows, out_cols), (0, pitch - out_cols)
-        )
-    return grads.reshape(grads.shape[0], grads.shape[1], out_rows * pitch)
-
-
-def conv_input_grad(grad_out, values, index, geometry, input_shape) -> torch.Tensor:
-    stride, pad_rows, pad_cols, pitch, _, plane_size, _, out_rows, out_cols = geometry
-    grads = _output_gradient(grad_out, pitch, out_rows, out_cols)
-    grad_x = torch.empty(list(input_shape), dtype=torch.float32)
+def conv_backward(x, grad_out, values, index, geometry, wanted) -> tuple:
+    """(grad_x, grad_values, grad_bias), each None unless ``wanted`` (three booleans) asks for it."""
+    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, _, _ = geometry
+    want_input, want_weight, want_bias = wanted
+    grad_x = torch.empty(x.shape if want_input else (0, 1, 1, 1), dtype=torch.float32)
+    grad_values = np.empty(len(index["plane"]), np.float32)
+    grad_bias = np.empty(grad_out.shape[1], np.float32)
     _threads()
-    jit.conv_input_grad(
-        _numpy(grads),
-        index["column_indptr"],
-        index["column_row"],
-        index["column_offset"],
-        _numpy(values)[index["column_order"]],
+    conv_grads.conv_backward(
+        _numpy(x),
+        _numpy(grad_out),
         stride,
         pad_rows,
         pad_cols,
         pitch,
+        phase_rows,
         plane_size,
+        planes_per_image,
+        index["indptr"],
+        index["plane"],
+        index["offset"],
+        index["column_indptr"],
+        index["column_row"],
+        index["column_offset"],
+        _numpy(values)[index["column_order"]],
+        want_input,
+        want_weight,
+        want_bias,
         grad_x.numpy(),
+        grad_values,
+        grad_bias,
     )
-    return grad_x
-
-
-def conv_weight_grad(x, grad_out, index, geometry) -> torch.Tensor:
-    stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
-    grads = _output_gradient(grad_out, pitch, out_rows, out_cols)
-    planes = np.empty((x.shape[0], planes_per_image, plane_size), np.float32)
-    _threads()
-    jit.fill_all(_numpy(x), stride, pad_rows, pad_cols, pitch, phase_rows, planes)
-    grad_values = np.empty(len(index["plane"]), np.float32)
-    jit.dots(planes, _numpy(grads), index["indptr"], index["plane"], index["offset"], grad_values)
-    return torch.from_numpy(grad_values)
+    return (
+        grad_x if want_input else None,
+        torch.from_numpy(grad_values) if want_weight else None,
+        torch.from_numpy(grad_bias) if want_bias else None,
+    )
 
 
 def linear_forward(x, values, bias, index) -> torch.Tensor:
@@ -177,47 +175,33 @@ def _(x, values, bias, indptr, plane, offset, column_indptr, column_order, colum
     return x.new_empty(x.shape[0], indptr.shape[0] - 1, geometry[7], geometry[8])
 
 
-@torch.library.custom_op("ddpm_lottery::sparse_conv2d_input_grad", mutates_args=())
-def sparse_conv2d_input_grad(
+@torch.library.custom_op("ddpm_lottery::sparse_conv2d_backward", mutates_args=())
+def sparse_conv2d_backward(
+    x: torch.Tensor,
     grad_out: torch.Tensor,
     values: torch.Tensor,
+    indptr: torch.Tensor,
+    plane: torch.Tensor,
+    offset: torch.Tensor,
     column_indptr: torch.Tensor,
     column_order: torch.Tensor,
     column_row: torch.Tensor,
     column_offset: torch.Tensor,
     geometry: list[int],
-    input_shape: list[int],
-) -> torch.Tensor:
-    index = {
-        "column_indptr": _numpy(column_indptr),
-        "column_order": _numpy(column_order),
-        "column_row": _numpy(column_row),
-        "column_offset": _numpy(column_offset),
-    }
-    return conv_input_grad(grad_out, values, index, geometry, input_shape)
+    wanted: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_values, grad_bias); an operator's outputs are tensors, so one not wanted is empty."""
+    index = index_arrays(indptr, plane, offset, column_indptr, column_order, column_row, column_offset)
+    grads = conv_backward(x, grad_out, values, index, geometry, wanted)
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
-@sparse_conv2d_input_grad.register_fake
-def _(grad_out, values, column_indptr, column_order, column_row, column_offset, geometry, input_shape):
-    return grad_out.new_empty(input_shape)
-
-
-@torch.library.custom_op("ddpm_lottery::sparse_conv2d_weight_grad", mutates_args=())
-def sparse_conv2d_weight_grad(
-    x: torch.Tensor,
-    grad_out: torch.Tensor,
-    indptr: torch.Tensor,
-    plane: torch.Tensor,
-    offset: torch.Tensor,
-    geometry: list[int],
-) -> torch.Tensor:
-    index = {"indptr": _numpy(indptr), "plane": _numpy(plane), "offset": _numpy(offset)}
-    return conv_weight_grad(x, grad_out, index, geometry)
-
-
-@sparse_conv2d_weight_grad.register_fake
-def _(x, grad_out, indptr, plane, offset, geometry):
-    return x.new_empty(plane.shape[0])
+@sparse_conv2d_backward.register_fake
+def _(
+    x, grad_out, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset, geometry, wanted
+):
+    shapes = (x.shape, plane.shape, (grad_out.shape[1],))
+    return tuple(x.new_empty(shape if want else (0,)) for shape, want in zip(shapes, wanted))
 
 
 @torch.library.custom_op("ddpm_lottery::sparse_linear", mutates_args=())
@@ -290,24 +274,13 @@ def _conv_save(ctx, inputs) -> None:
 
 def _conv_grads(ctx, grad_out, index: dict | None):
     """The three gradients; ``index`` (numpy arrays) for the eager door, None for the operators."""
-    x, values, indptr, plane, offset, column_indptr, column_order, column_row, column_offset = ctx.saved_tensors
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = (
-            conv_input_grad(grad_out, values, index, ctx.geometry, list(x.shape))
-            if index is not None
-            else sparse_conv2d_input_grad(
-                grad_out, values, column_indptr, column_order, column_row, column_offset, ctx.geometry, list(x.shape)
-            )
-        )
-    if ctx.needs_input_grad[1]:
-        grad_values = (
-            conv_weight_grad(x, grad_out, index, ctx.geometry)
-            if index is not None
-            else sparse_conv2d_weight_grad(x, grad_out, indptr, plane, offset, ctx.geometry)
-        )
-    if ctx.needs_input_grad[2]:
-        grad_bias = grad_out.sum((0, 2, 3))
+    x, values, *structure = ctx.saved_tensors
+    wanted = [bool(w) for w in ctx.needs_input_grad[:3]]
+    if index is not None:
+        grads = conv_backward(x, grad_out, values, index, ctx.geometry, wanted)
+    else:
+        grads = sparse_conv2d_backward(x, grad_out, values, *structure, ctx.geometry, wanted)
+    grad_x, grad_values, grad_bias = (g if want else None for g, want in zip(grads, wanted))
     return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None, None
 
 
