@@ -52,6 +52,43 @@ def run_cli(*args, cwd=None):
     )
 
 
+# Bad-input cases run together in one subprocess: each of their own would pay the imports of torch and
+# diffusers again (about 4 s each). The runner calls the console entry point's main() for each case and
+# records its exit code and everything it wrote to stderr, with the traceback of anything that escaped.
+BATCH_RUNNER = """
+import contextlib, io, json, sys, traceback
+from ddpm_lottery.cli.main import main
+results = []
+for argv in json.load(open(sys.argv[1])):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        except BaseException:
+            traceback.print_exc()
+            code = None
+    results.append({"returncode": code, "stderr": err.getvalue()})
+json.dump(results, sys.stdout)
+"""
+
+
+def run_cli_cases(cases: list[list[str]], folder) -> list[dict]:
+    """Each case's exit code and stderr, from one subprocess (see BATCH_RUNNER)."""
+    listing = folder / "cases.json"
+    listing.write_text(json.dumps([[str(a) for a in case] for case in cases]))
+    done = subprocess.run(
+        [sys.executable, "-c", BATCH_RUNNER, str(listing)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "run"
@@ -242,32 +279,43 @@ def test_out_naming_a_regular_file(tmp_path):
     assert target.read_text() == "mine"
 
 
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["train", "--preset", "nope"], "unknown preset"),
-        (["train", "--steps", "0"], "--steps"),
-        (["train", "--steps", "-3"], "--steps"),
-        (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
-        (["train", "--preset", "ddpm-cifar10"], "3-channel"),
-        (["train", "--image-size", "20"], "20"),
-        (["sample", "RUN", "--sampler", "euler"], "not one of"),
-        (["sample", "RUN", "--sampling-steps", "0"], "positive"),
-        (["train", "--config", "/nonexistent.toml"], "does not exist"),
-        (["sample", "RUN", "--guidance-scale", "2"], "--guidance-scale needs a class-conditional model"),
-        (["evaluate", "RUN", "--guidance-scale", "2", "--measures", "domain"], "--guidance-scale needs a class-"),
-        (["train", "--label-dropout", "0.2"], "--label-dropout drops class labels"),
-    ],
-)
+BAD_INPUT = [
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--steps", "0"], "--steps"),
+    (["train", "--steps", "-3"], "--steps"),
+    (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["train", "--preset", "ddpm-cifar10"], "3-channel"),
+    (["train", "--image-size", "20"], "20"),
+    (["sample", "RUN", "--sampler", "euler"], "not one of"),
+    (["sample", "RUN", "--sampling-steps", "0"], "positive"),
+    (["train", "--config", "/nonexistent.toml"], "does not exist"),
+    (["sample", "RUN", "--guidance-scale", "2"], "--guidance-scale needs a class-conditional model"),
+    (["evaluate", "RUN", "--guidance-scale", "2", "--measures", "domain"], "--guidance-scale needs a class-"),
+    (["train", "--label-dropout", "0.2"], "--label-dropout drops class labels"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad-input")
+    cases = []
+    for index, (args, _) in enumerate(BAD_INPUT):
+        args = [str(trained) if a == "RUN" else a for a in args]
+        if args[0] == "train":
+            args += ["--out", str(folder / f"new-{index}"), "--no-progress"]
+        cases.append(args)
+    return folder, run_cli_cases(cases, folder)
+
+
+@pytest.mark.parametrize("index", range(len(BAD_INPUT)), ids=[needle for _, needle in BAD_INPUT])
 @pytest.mark.slow
-def test_bad_input_is_one_line_without_traceback(tmp_path, trained, args, needle):
-    args = [str(trained) if a == "RUN" else a for a in args]
-    if args[0] == "train":
-        args += ["--out", str(tmp_path / "new"), "--no-progress"]
-    result = run_cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert needle in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+def test_bad_input_is_one_line_without_traceback(bad_input_results, index):
+    folder, results = bad_input_results
+    result, needle = results[index], BAD_INPUT[index][1]
+    assert result["returncode"] == 2, result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    assert needle in result["stderr"] and result["stderr"].strip().count("\n") == 0, result["stderr"]
+    assert not (folder / f"new-{index}").exists()
 
 
 @pytest.mark.slow
@@ -327,28 +375,38 @@ def test_conditional_run_samples_with_guidance_and_chosen_classes(conditional, t
         assert not np.array_equal(a["arr_0"], b["arr_0"])  # same noise, other classes and guidance
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["sample", "CRUN", "--classes", "3,12"], "--classes 12 is outside the model's 10 classes (0-9)"),
-        (["evaluate", "CRUN", "--measures", "class-accuracy", "--classes", "10"], "outside the model's 10"),
-        (["train", "--class-conditional", "--dataset", "imagefolder", "--data-dir", "FLAT"], "has none"),
-        (["find-ticket", "--class-conditional", "--structure", "channel"], "does not prune class-conditional"),
-    ],
-)
-def test_bad_conditional_input_is_one_line(tmp_path, conditional, args, needle):
-    flat = tmp_path / "flat"
-    flat.mkdir()
+BAD_CONDITIONAL_INPUT = [
+    (["sample", "CRUN", "--classes", "3,12"], "--classes 12 is outside the model's 10 classes (0-9)"),
+    (["evaluate", "CRUN", "--measures", "class-accuracy", "--classes", "10"], "outside the model's 10"),
+    (["train", "--class-conditional", "--dataset", "imagefolder", "--data-dir", "FLAT"], "has none"),
+    (["find-ticket", "--class-conditional", "--structure", "channel"], "does not prune class-conditional"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_conditional_results(conditional, tmp_path_factory):
     from PIL import Image
 
+    folder = tmp_path_factory.mktemp("bad-conditional")
+    flat = folder / "flat"
+    flat.mkdir()
     for i in range(3):
         Image.new("L", (28, 28), color=i * 80).save(flat / f"{i}.png")
-    args = [str(conditional) if a == "CRUN" else str(flat) if a == "FLAT" else a for a in args]
-    if args[0] in ("train", "find-ticket"):
-        args += ["--out", str(tmp_path / "new"), "--no-progress", "--device", "cpu"]
-    result = run_cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert needle in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
-    assert not (tmp_path / "new").exists()
+    cases = []
+    for index, (args, _) in enumerate(BAD_CONDITIONAL_INPUT):
+        args = [str(conditional) if a == "CRUN" else str(flat) if a == "FLAT" else a for a in args]
+        if args[0] in ("train", "find-ticket"):
+            args += ["--out", str(folder / f"new-{index}"), "--no-progress", "--device", "cpu"]
+        cases.append(args)
+    return folder, run_cli_cases(cases, folder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(BAD_CONDITIONAL_INPUT)), ids=[n for _, n in BAD_CONDITIONAL_INPUT])
+def test_bad_conditional_input_is_one_line(bad_conditional_results, index):
+    folder, results = bad_conditional_results
+    result, needle = results[index], BAD_CONDITIONAL_INPUT[index][1]
+    assert result["returncode"] == 2, result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    assert needle in result["stderr"] and result["stderr"].strip().count("\n") == 0, result["stderr"]
+    assert not (folder / f"new-{index}").exists()
