@@ -53,6 +53,24 @@ def test_three_widths_determine_psi_and_the_projection_within_their_intervals():
     assert target["interval"][0] <= true_boundary(8.0, rise, e_np=0.1 / 4**0.3) <= target["interval"][1]
     text = text_of(law)
     assert "ψ = 1.0" in text and "A projection, not a measurement" in text and "not determined" not in text
+    # ψ near 1: k = 1 − ψ/2 near 0.5, strictly between a constant count and growth like W
+    assert "grow **sublinearly**" in text
+
+
+@pytest.mark.parametrize(
+    "k_interval,says",
+    [
+        ((0.3, 0.7), "grow **sublinearly**"),
+        ((-0.2, -0.01), "about **constant**"),
+        ((1.0, 1.4), "**like the network's size**"),
+        ((-0.1, 0.6), "**not separable** from a constant count"),
+        ((0.4, 1.2), "**not separable** from growth like the network's size"),
+    ],
+)
+def test_the_surviving_count_across_sizes_is_read_from_ks_interval(k_interval, says):
+    from ddpm_lottery.findings.scaling_law import surviving_growth
+
+    assert says in surviving_growth(k_interval)
 
 
 def test_two_widths_leave_psi_not_determined_with_its_interval_and_no_point():

@@ -184,7 +184,7 @@ def _law_item(label: str, law: dict) -> str:
     if law["determined"]:
         text += (
             f"ψ = {law['psi']:.2f} {_range(law['psi_interval'])}, so k = 1 − ψ/2 = {law['k']:.2f} "
-            f"{_range(law['k_interval'])}. "
+            f"{_range(law['k_interval'])}: {surviving_growth(law['k_interval'])}. "
         )
     else:
         text += (
@@ -206,6 +206,20 @@ def _law_item(label: str, law: dict) -> str:
     return (
         text + f" **A projection, not a measurement**: at {target['name']}'s {target['weights']:,} prunable weights "
         f"(w = {target['width']:.1f}) the boundary lies {where}, beside the paper's claim of {target['claim']}."
+    )
+
+
+def surviving_growth(k_interval) -> str:
+    """What k's interval says of the boundary's surviving weights S ∝ W^k across widths (question (e))."""
+    low, high = k_interval
+    if low > 0 and high < 1:
+        return "the surviving weights at the boundary grow **sublinearly** with the network's size"
+    if high <= 0:
+        return "the surviving weights at the boundary stay about **constant** across sizes"
+    if low >= 1:
+        return "the surviving weights at the boundary grow **like the network's size** (or faster)"
+    return "whether the surviving weights at the boundary grow sublinearly is **not separable** from " + (
+        "a constant count" if low <= 0 else "growth like the network's size"
     )
 
 
