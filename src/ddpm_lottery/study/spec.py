@@ -2,7 +2,8 @@
 
 A study file is a config file (TOML or YAML) with three more tables::
 
-    [study]                      name, data_seeds (replicates), control_seed_init, cka_search, cka_levels
+    [study]                      name, data_seeds (replicates), control_seed_init, cka_search, cka_levels,
+                                 compare_with (another study's search, for finding (g))
     [model] [train] [prune] ...  the settings every run shares (any find-ticket setting)
     [eval] [sampling] [cka]      how every level is measured, and how tickets are compared
     [searches.NAME]              one ticket search: the settings where it differs (strategy, order, ...)
@@ -72,6 +73,26 @@ class PlannedRun:
         return [i for i in self.levels if not (i == 0 and self.source and self.control is None)]
 
 
+@dataclass(frozen=True)
+class Reference:
+    """``compare_with`` in ``[study]``: another study's search whose boundary this study's search ``against``
+    is compared with (finding (g)), from that study's stored runs, never retrained::
+
+        compare_with = { study = "../cpu-widths", search = "unified-2x", against = "unified" }
+
+    ``study`` is the other study's folder, relative to this study's folder (its ``--out``). A table, not a
+    setting of :class:`~ddpm_lottery.config.StudySettings`: the settings hold single values, and these three
+    mean something only together. It changes no run, so it is a note of the study folder, not its
+    declaration."""
+
+    study: str
+    search: str
+    against: str
+
+    def as_note(self) -> dict:
+        return {"study": self.study, "search": self.search, "against": self.against}
+
+
 @dataclass
 class Study:
     path: Path
@@ -82,6 +103,7 @@ class Study:
     evaluation: EvalConfig
     cka: CkaConfig
     frontier: FrontierConfig | None = None  # None: the study draws no frontier
+    reference: Reference | None = None  # None: the study compares with no other study
 
     # -- identity ----------------------------------------------------------------------------------
 
@@ -214,7 +236,9 @@ def load_study(path: str | Path) -> Study:
             "--config), or add [study] with a name and data_seeds"
         )
     settings = StudySettings()
-    apply_overrides(settings, raw["study"], source=str(path))
+    study_table = dict(raw["study"])
+    compare_with = study_table.pop("compare_with", None)  # a table of its own: checked once the searches are known
+    apply_overrides(settings, study_table, source=str(path))
     check_config(settings)
     _check_folder_name(path, "study.name", settings.name)  # the default --out is runs/NAME
     seeds = list(settings.data_seeds)
@@ -325,6 +349,7 @@ def load_study(path: str | Path) -> Study:
         evaluation,
         cka,
         _frontier_config(path, settings, searches, evaluation, raw.get("frontier")),
+        _reference(path, compare_with, searches),
     )
 
 
@@ -361,6 +386,33 @@ def _frontier_config(
     return check_config(config)
 
 
+REFERENCE_EXAMPLE = 'compare_with = { study = "../cpu-widths", search = "unified-2x", against = "unified" }'
+
+
+def _reference(path: Path, table, searches: dict) -> Reference | None:
+    """``study.compare_with``, checked as far as the file can be: the other study's folder is checked when the
+    study runs and when its findings are stated, where this study's folder is known."""
+    if table is None:
+        return None
+    fields = ("study", "search", "against")
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: study.compare_with must be a table, e.g. {REFERENCE_EXAMPLE}")
+    unknown = [key for key in table if key not in fields]
+    if unknown:
+        raise UserError(
+            f"{path}: study.compare_with has no field {unknown[0]!r}; it takes {', '.join(fields)}, e.g. {REFERENCE_EXAMPLE}"
+        )
+    for key in fields:
+        if not isinstance(table.get(key), str) or not table[key].strip():
+            raise UserError(f"{path}: study.compare_with.{key} must be given as text, e.g. {REFERENCE_EXAMPLE}")
+    if table["against"] not in searches:
+        raise UserError(
+            f"{path}: study.compare_with.against names {table['against']!r}, which the study does not declare; "
+            f"declared: {', '.join(searches)}"
+        )
+    return Reference(table["study"], table["search"], table["against"])
+
+
 def _flatten(table: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in table.items():
@@ -374,6 +426,7 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 __all__ = [
     "SHIPPED",
     "PlannedRun",
+    "Reference",
     "Study",
     "load_study",
     "planned_levels",
