@@ -45,6 +45,7 @@ from ddpm_lottery.measures.inception import check_sample_counts
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.study.catalogue import SHIPPED, shipped_studies
+from ddpm_lottery.study.reference import Reference, read_reference
 from ddpm_lottery.utils.errors import UserError
 
 # Sections a study file may hold beside [study], and the config each one feeds.
@@ -71,26 +72,6 @@ class PlannedRun:
     def measured_levels(self) -> list[int]:
         """Levels measured: a later search's level 0 is the first search's dense model, measured there."""
         return [i for i in self.levels if not (i == 0 and self.source and self.control is None)]
-
-
-@dataclass(frozen=True)
-class Reference:
-    """``compare_with`` in ``[study]``: another study's search whose boundary this study's search ``against``
-    is compared with (finding (g)), from that study's stored runs, never retrained::
-
-        compare_with = { study = "../cpu-widths", search = "unified-2x", against = "unified" }
-
-    ``study`` is the other study's folder, relative to this study's folder (its ``--out``). A table, not a
-    setting of :class:`~ddpm_lottery.config.StudySettings`: the settings hold single values, and these three
-    mean something only together. It changes no run, so it is a note of the study folder, not its
-    declaration."""
-
-    study: str
-    search: str
-    against: str
-
-    def as_note(self) -> dict:
-        return {"study": self.study, "search": self.search, "against": self.against}
 
 
 @dataclass
@@ -349,7 +330,7 @@ def load_study(path: str | Path) -> Study:
         evaluation,
         cka,
         _frontier_config(path, settings, searches, evaluation, raw.get("frontier")),
-        _reference(path, compare_with, searches),
+        read_reference(path, compare_with, searches),
     )
 
 
@@ -386,33 +367,6 @@ def _frontier_config(
     return check_config(config)
 
 
-REFERENCE_EXAMPLE = 'compare_with = { study = "../cpu-widths", search = "unified-2x", against = "unified" }'
-
-
-def _reference(path: Path, table, searches: dict) -> Reference | None:
-    """``study.compare_with``, checked as far as the file can be: the other study's folder is checked when the
-    study runs and when its findings are stated, where this study's folder is known."""
-    if table is None:
-        return None
-    fields = ("study", "search", "against")
-    if not isinstance(table, dict):
-        raise UserError(f"{path}: study.compare_with must be a table, e.g. {REFERENCE_EXAMPLE}")
-    unknown = [key for key in table if key not in fields]
-    if unknown:
-        raise UserError(
-            f"{path}: study.compare_with has no field {unknown[0]!r}; it takes {', '.join(fields)}, e.g. {REFERENCE_EXAMPLE}"
-        )
-    for key in fields:
-        if not isinstance(table.get(key), str) or not table[key].strip():
-            raise UserError(f"{path}: study.compare_with.{key} must be given as text, e.g. {REFERENCE_EXAMPLE}")
-    if table["against"] not in searches:
-        raise UserError(
-            f"{path}: study.compare_with.against names {table['against']!r}, which the study does not declare; "
-            f"declared: {', '.join(searches)}"
-        )
-    return Reference(table["study"], table["search"], table["against"])
-
-
 def _flatten(table: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in table.items():
@@ -426,7 +380,6 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 __all__ = [
     "SHIPPED",
     "PlannedRun",
-    "Reference",
     "Study",
     "load_study",
     "planned_levels",
