@@ -86,6 +86,12 @@ def test_g_refuses_a_missing_or_unknown_reference_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_g_waits_for_a_search_of_this_study_that_has_no_run_yet(tmp_path):
+    result = findings(collect(two_studies(tmp_path, against="varying")))
+    assert result["comparisons"]["reference"]["pending"]
+    assert "**(g) varying against unified-2x of ../cpu-widths**: not compared yet" in markdown(result)
+
+
 def conditioned_study(tmp_path):
     """`unified` holds to 93.75 % by the loss and to 75 % by the domain FD; `conditional` to 87.5 % by both,
     and by class accuracy only to 50 % (which (h) does not count: the unconditional search has none)."""

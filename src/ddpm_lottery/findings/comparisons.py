@@ -146,15 +146,12 @@ def reference_finding(collection: Collection, protocols: dict[str, str]) -> dict
     if not declared:
         return None
     against = declared["against"]
-    if against not in collection.searches:
-        raise UserError(
-            f"study.compare_with.against {against!r} of {collection.root}: the study has no runs of that search "
-            f"yet; its searches with runs: {', '.join(collection.searches) or 'none'}"
-        )
     reference = reference_collection(collection.root, declared)
+    if against not in collection.searches:  # a study just begun: nothing of it to compare yet
+        return {**declared, "root": str(reference.root), "pending": True}
     search = declared["search"]
-    compared = compare_boundaries((reference, chosen_protocols(reference), search), (collection, protocols, against))
     reference_protocols = chosen_protocols(reference)
+    compared = compare_boundaries((reference, reference_protocols, search), (collection, protocols, against))
     return {
         "study": declared["study"],
         "root": str(reference.root),
