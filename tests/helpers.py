@@ -53,3 +53,72 @@ def kill_search_at(config, out, monkeypatch, level: int, step: int | None = None
     with pytest.raises(KeyboardInterrupt):
         find_ticket(config, out, progress=False, log=lambda *_: None)
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
+
+
+def synthetic_study(root, searches: dict, *, seeds=(0, 1), notes=None):
+    """A study folder as `ddpm-lottery study` leaves it, with made-up measurements instead of trained levels:
+    sealed records the findings read, no weights.
+
+    ``searches``: name -> {"sparsities": [0.0, 0.5, ...] (level 0 the dense model), "weights": prunable
+    weights, "values": {measure: per seed, a value per level}, and optionally "preset", "conditional",
+    "steps"}.  Each record's bootstrap resamples are its value plus the same offsets at every level, so a
+    level's paired interval against the dense model is its difference alone: worse where the value is above
+    the dense one, not separable where it is equal."""
+    from pathlib import Path
+
+    from ddpm_lottery.runs.run import Run
+    from ddpm_lottery.utils.files import make_dirs, mark_tree, write_json
+
+    root = Path(root)
+    make_dirs(root / "runs")
+    mark_tree(root, f"study {root.name}")
+    declaration = {
+        "name": root.name,
+        "runs": {},
+        "searches": {name: {"strategy": "unified"} for name in searches},
+        "controls": {},
+        "data_seeds": list(seeds),
+        "control_seed_init": 1,
+    }
+    write_json(root / "study.json", {"declaration": declaration, "notes": notes or {}})
+    offsets = [0.01 * i for i in range(-5, 6)]
+    for name, spec in searches.items():
+        for seed in seeds:
+            config = LotteryConfig()
+            config.model.preset = spec.get("preset", "tiny")
+            config.model.class_conditional = spec.get("conditional", False)
+            config.model.num_classes = 10 if spec.get("conditional") else None
+            config.train.steps = spec.get("steps", 2500)
+            config.train.seed_data = seed
+            run = Run.prepare(root / "runs" / f"{name}-seed{seed}", config, "lottery", {}, log=lambda *_: None)
+            weights = spec["weights"]
+            for index, sparsity in enumerate(spec["sparsities"]):
+                level = run.level(index)
+                make_dirs(level.eval_dir)
+                for measure, per_seed in spec["values"].items():
+                    value = per_seed[seed][index]
+                    write_json(
+                        level.evaluation_path(f"{measure}-protocol"),
+                        {
+                            "key": f"{measure}-protocol",
+                            "measure": measure,
+                            "level": index,
+                            "value": value,
+                            "interval": [value - 0.05, value + 0.05],
+                            "replicates": [value + offset for offset in offsets],
+                            "label": f"{measure} protocol",
+                        },
+                    )
+                surviving = round(weights * (1 - sparsity))
+                write_json(
+                    level.metrics_path,
+                    {
+                        "level": index,
+                        "sparsity": sparsity,
+                        "prunable_parameters": weights,
+                        "surviving_prunable": surviving,
+                        "training": {"final_loss": 0.1, "steps": config.train.steps, "wall_time_s": 1.0},
+                        "wall_time_s": 1.0,
+                    },
+                )
+    return root

@@ -171,6 +171,8 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
     assert {r.name for r in plan.runs if r.config.model.class_conditional} == {"conditional-seed0", "conditional-seed1"}
     assert study.measures_for(0, conditional=True)[-1] == "class-accuracy"
     assert study.settings.data_seeds == (0, 1) and study.settings.cka_search == "unified"
+    # finding (g): the 2x U-Net of cpu-widths, from its stored runs
+    assert study.reference.as_note() == {"study": "../cpu-widths", "search": "unified-2x", "against": "unified"}
 
 
 def test_a_dits_attention_products_are_counted_as_work_no_ticket_prunes():

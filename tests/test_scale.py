@@ -6,7 +6,7 @@ import pytest
 
 from ddpm_lottery.findings import scale
 from ddpm_lottery.findings.render import scale_blocks
-from ddpm_lottery.findings.scale import UNDECIDED, _order, projection, scale_findings
+from ddpm_lottery.findings.scale import UNDECIDED, bracket_order, projection, scale_findings
 
 
 def bound(search, weights, not_worse, first_worse, network=None, strategy="unified", rate=0.5):
@@ -26,6 +26,8 @@ def bound(search, weights, not_worse, first_worse, network=None, strategy="unifi
         "prune_ratio": rate,
         "ratio_increment": 0.01 if strategy == "varying" else None,
         "network": network or f"net-{weights}",
+        "network_family": "unet",
+        "conditional": False,
         "weights": weights,
         "not_worse": low,
         "first_worse": high,
@@ -35,11 +37,11 @@ def bound(search, weights, not_worse, first_worse, network=None, strategy="unifi
 
 
 def test_brackets_are_ordered_only_when_they_do_not_overlap():
-    assert _order([0.875, 0.9375], [0.9375, 0.96875]) == "higher"
-    assert _order([0.9375, 0.96875], [0.875, 0.9375]) == "lower"
-    assert _order([0.875, 0.96875], [0.9375, 0.984]) == UNDECIDED
+    assert bracket_order([0.875, 0.9375], [0.9375, 0.96875]) == "higher"
+    assert bracket_order([0.9375, 0.96875], [0.875, 0.9375]) == "lower"
+    assert bracket_order([0.875, 0.96875], [0.9375, 0.984]) == UNDECIDED
     # no level worse yet: open above, so only a bracket wholly below it is "lower"
-    assert _order([0.9, None], [0.5, 0.75]) == "lower" and _order([0.9, None], [0.95, 0.97]) == UNDECIDED
+    assert bracket_order([0.9, None], [0.5, 0.75]) == "lower" and bracket_order([0.9, None], [0.95, 0.97]) == UNDECIDED
 
 
 def test_the_projection_fits_a_power_law_through_the_brackets_middles():
@@ -146,7 +148,7 @@ def test_varying_under_the_papers_schedule_shares_no_level_with_unified_and_says
 
 
 def test_a_search_bracket_holds_every_seeds_bracket():
-    from ddpm_lottery.findings.render import _bracket
+    from ddpm_lottery.findings.boundary_words import bracket_words
     from ddpm_lottery.findings.scale import seed_hull
 
     def level(index, sparsity):
@@ -163,7 +165,7 @@ def test_a_search_bracket_holds_every_seeds_bracket():
         "0": {"not_worse": seeds[0][0], "first_worse": seeds[0][1]},
         "1": {"not_worse": seeds[1][0], "first_worse": seeds[1][1]},
     }
-    text = _bracket(entry)
+    text = bracket_words(entry)
     assert "level 3 (87.50 %, 125 surviving) not worse on every seed" in text
     assert "level 5 (96.88 %, 31 surviving) worse on every seed" in text
     assert "seed 0: 87.50 % not worse, 93.75 % worse; seed 1: 93.75 % not worse, 96.88 % worse" in text

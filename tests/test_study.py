@@ -378,6 +378,20 @@ def test_the_paper_recipe_dry_run_shows_its_scale(capsys):
         (("data_seeds = [0, 1]", "data_seeds = [0, 9223372036854775807]"), "9223372036854775806"),
         # a range written out is refused up front, not planned for minutes
         (("data_seeds = [0, 1]", f"data_seeds = [{', '.join(map(str, range(100_000)))}]"), "lists 100,000 seeds"),
+        # finding (g)'s reference: a table of three names, the last one a search of this study
+        (('name = "tiny"', 'name = "tiny"\ncompare_with = "../other"'), "study.compare_with must be a table"),
+        (
+            ('name = "tiny"', 'name = "tiny"\ncompare_with = { study = "../other", search = "unified-2x" }'),
+            "study.compare_with.against must be given as text",
+        ),
+        (
+            ('name = "tiny"', 'name = "tiny"\ncompare_with = { study = "../o", search = "u", against = "u", n = 1 }'),
+            "study.compare_with has no field 'n'",
+        ),
+        (
+            ('name = "tiny"', 'name = "tiny"\ncompare_with = { study = "../o", search = "u", against = "global" }'),
+            "study.compare_with.against names 'global', which the study does not declare",
+        ),
     ],
 )
 def test_bad_study_files_name_the_field(tmp_path, edit, match, capsys):
@@ -401,6 +415,31 @@ def test_a_study_the_dry_run_refuses_writes_nothing_when_run(tmp_path, monkeypat
     assert main(["study", str(study)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["here", "study.toml", "work"]
+
+
+def test_a_study_comparing_with_a_missing_study_is_refused_before_it_trains(tmp_path, capsys):
+    reference = 'name = "tiny"\ncompare_with = { study = "../cpu-widths", search = "unified-2x", against = "unified" }'
+    study = write(tmp_path, TINY.replace('name = "tiny"', reference))
+    assert load_study(study).reference.as_note() == {
+        "study": "../cpu-widths",
+        "search": "unified-2x",
+        "against": "unified",
+    }
+    assert main(["study", str(study), "--out", str(tmp_path / "cpu-dit")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err and "remove compare_with" in err
+    assert not (tmp_path / "cpu-dit").exists()
+
+
+def test_the_reference_is_a_note_of_the_study_folder_only_where_declared(tmp_path):
+    from ddpm_lottery.study.folder import open_study_folder
+
+    open_study_folder(load_study(write(tmp_path, TINY)), tmp_path / "plain")
+    assert "compare_with" not in json.loads((tmp_path / "plain" / "study.json").read_text())["notes"]
+    declared = 'name = "tiny"\ncompare_with = { study = "../w", search = "unified-2x", against = "varying" }'
+    open_study_folder(load_study(write(tmp_path, TINY.replace('name = "tiny"', declared))), tmp_path / "plain")
+    notes = json.loads((tmp_path / "plain" / "study.json").read_text())["notes"]
+    assert notes["compare_with"] == {"study": "../w", "search": "unified-2x", "against": "varying"}
 
 
 def test_a_folder_holding_another_study_is_refused_and_one_that_grows_is_not(tmp_path):

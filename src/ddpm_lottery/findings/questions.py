@@ -9,7 +9,10 @@
     against ``varying --order reverse``;
 (e) and (f), where a study varies the network's width or the pruning rate: how the boundary of (a) moves
     (:mod:`ddpm_lottery.findings.scale`), and (e) by a law fitted to every level of every width
-    (:mod:`ddpm_lottery.findings.scaling_law`).
+    (:mod:`ddpm_lottery.findings.scaling_law`);
+(g) and (h), where a study declares another study's search to compare with, or has a class-conditional
+    search: the boundary against that other network's, and against the unconditional one's
+    (:mod:`ddpm_lottery.findings.comparisons`).
 
 Every comparison is a :class:`~ddpm_lottery.measures.stats.Difference` with an interval and a verdict
 (:mod:`ddpm_lottery.measures.stats` says how the intervals are made); the runs come from
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_lottery.findings.collect import Collection, chosen_protocols, record_of
+from ddpm_lottery.findings.comparisons import comparison_findings
 from ddpm_lottery.findings.levels import compare_levels, level_sparsity, per_seed, pruned_levels, sparsest_against_dense
 from ddpm_lottery.findings.scale import scale_findings, surviving_curves
 from ddpm_lottery.findings.scaling_law import law_findings
@@ -148,6 +152,7 @@ def findings(collection: Collection) -> dict:
         "curves": quality_curves(collection, protocols),
         "scale": scale,
         "surviving_curves": surviving_curves(collection, protocols, scale["widths"]),
+        "comparisons": comparison_findings(collection, protocols),
     }
 
 

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from ddpm_lottery.findings.boundary_words import bracket_words, comparison_blocks
 from ddpm_lottery.findings.collect import collect
 from ddpm_lottery.findings.questions import findings
 from ddpm_lottery.findings.scale import UNDECIDED
@@ -160,6 +161,7 @@ def blocks(result: dict) -> list[tuple]:
             )
         )
     out += scale_blocks(result.get("scale") or {}, result.get("notes", {}).get("boundaries_decided_by", ""))
+    out += comparison_blocks(result.get("comparisons") or {}, LABELS, MEASURE_ORDER, result["confidence"])
     out += quality_blocks(result)
     undecided = [
         f"{QUESTIONS[r['question']].split(') ')[0]}) {r['comparison']} at {100 * r['sparsity']:.1f} %"
@@ -237,39 +239,6 @@ def blocks(result: dict) -> list[tuple]:
     return out
 
 
-def _side(level: dict | None, verdict: str, none: str) -> str:
-    if level is None:
-        return none
-    return f"level {level['level']} ({100 * level['sparsity']:.2f} %, {level['surviving']:,} surviving) {verdict}"
-
-
-def _bracket(entry: dict) -> str:
-    """A boundary in words: between its sparsest level not worse and its first level worse, on every seed."""
-    seeds = entry.get("seeds") or {}
-    every = " on every seed" if len(seeds) > 1 else ""
-    below = _side(entry["not_worse"], "not worse" + every, "no level not worse" + (" on some seed" if every else ""))
-    above = _side(
-        entry["first_worse"],
-        "worse" + every,
-        f"no level worse yet{' on some seed' if every else ''} (the boundary lies beyond its sparsest level)",
-    )
-    text = f"{entry['search']} ({entry['weights']:,} prunable weights): {below}; {above}"
-    if len(seeds) > 1:
-
-        def sparsity(level):
-            return f"{100 * level['sparsity']:.2f} %" if level else "–"
-
-        text += (
-            " ("
-            + "; ".join(
-                f"seed {seed}: {sparsity(b['not_worse'])} not worse, {sparsity(b['first_worse'])} worse"
-                for seed, b in seeds.items()
-            )
-            + ")"
-        )
-    return text
-
-
 def _unpaired_text(unpaired: list[dict], scale: dict) -> str:
     """(b) when its searches are measured but no level of one has the sparsity of a level of the other."""
     pairs = "; ".join(f"{u['first']} and {u['second']}" for u in unpaired)
@@ -302,7 +271,7 @@ def scale_blocks(scale: dict, decided_by: str = "") -> list[tuple]:
             f"{UNDECIDED}**: finer levels around the boundary, or more data seeds, decide them"
             + (f" (`ddpm-lottery study {decided_by}` has both)." if decided_by else "."),
         ),
-        ("list", [_bracket(b) for b in scale["boundaries"]]),
+        ("list", [bracket_words(b) for b in scale["boundaries"]]),
     ]
     comparisons = (
         (

@@ -32,7 +32,7 @@ import math
 from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.findings.collect import Collection, record_of
 from ddpm_lottery.measures.stats import seed_mean
-from ddpm_lottery.models.networks import meta_network
+from ddpm_lottery.models.networks import meta_network, network_family
 from ddpm_lottery.pruning.modules import prunable_names
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.run import Run
@@ -75,10 +75,13 @@ def boundary(collection: Collection, search: str, answer: dict) -> dict | None:
     low, high = seed_hull(list(seeds.values()))
     prune = _prune(by_seed)
     strategy, order = collection.strategies[search]
+    model = next(iter(by_seed.values())).config.model
     return {
         "search": search,
         "strategy": strategy,
         "order": order,
+        "network_family": network_family(model).name,
+        "conditional": model.class_conditional,
         "prune_ratio": prune.prune_ratio,
         "ratio_increment": prune.ratio_increment if STRATEGIES[strategy].imposes_profile else None,
         "network": str(next(iter(collection.dense_for(search).values())).root),
@@ -107,7 +110,7 @@ def seed_hull(brackets: list[tuple[dict | None, dict | None]]) -> tuple[dict | N
     return low, high
 
 
-def _order(first: list, second: list) -> str:
+def bracket_order(first: list, second: list) -> str:
     """How bracket ``second`` sits against ``first``: "higher", "lower" or undecided (they overlap).
     A bracket is [low, high] with the boundary above low and at or below high; None is open."""
     a_low, a_high = first
@@ -120,8 +123,17 @@ def _order(first: list, second: list) -> str:
 
 
 def family(entry: dict) -> tuple:
-    """What searches of different networks must share for (e) to compare them: strategy, order, rate."""
-    return (entry["strategy"], entry["order"], entry["prune_ratio"], entry["ratio_increment"])
+    """What searches of different networks must share for (e) to compare them: strategy, order, rate, and the
+    kind of network (a DiT beside a U-Net, or a class-conditional network beside an unconditional one, is
+    not a change of width: (g) and (h) compare those)."""
+    return (
+        entry["strategy"],
+        entry["order"],
+        entry["prune_ratio"],
+        entry["ratio_increment"],
+        entry["network_family"],
+        entry["conditional"],
+    )
 
 
 def finest_per_network(bounds: list[dict]) -> set[str]:
@@ -157,8 +169,8 @@ def scale_findings(collection: Collection, summary: list[dict]) -> dict:
                         "smaller": small["search"],
                         "larger": large["search"],
                         "weights": [small["weights"], large["weights"]],
-                        "sparsity": _order(small["sparsity_bracket"], large["sparsity_bracket"]),
-                        "surviving": _order(small["surviving_bracket"], large["surviving_bracket"]),
+                        "sparsity": bracket_order(small["sparsity_bracket"], large["sparsity_bracket"]),
+                        "surviving": bracket_order(small["surviving_bracket"], large["surviving_bracket"]),
                     }
                 )
             elif same_network and first["strategy"] == second["strategy"] and first["order"] == second["order"]:
@@ -169,7 +181,7 @@ def scale_findings(collection: Collection, summary: list[dict]) -> dict:
                             "faster": fast["search"],
                             "slower": slow["search"],
                             "rates": [fast["prune_ratio"], slow["prune_ratio"]],
-                            "sparsity": _order(fast["sparsity_bracket"], slow["sparsity_bracket"]),
+                            "sparsity": bracket_order(fast["sparsity_bracket"], slow["sparsity_bracket"]),
                         }
                     )
             elif same_network and first["prune_ratio"] == second["prune_ratio"]:
@@ -181,7 +193,7 @@ def scale_findings(collection: Collection, summary: list[dict]) -> dict:
                             "varying": profiled[0]["search"],
                             "plain": plain[0]["search"],
                             "rate": first["prune_ratio"],
-                            "sparsity": _order(plain[0]["sparsity_bracket"], profiled[0]["sparsity_bracket"]),
+                            "sparsity": bracket_order(plain[0]["sparsity_bracket"], profiled[0]["sparsity_bracket"]),
                         }
                     )
     projected = projection(bounds, widths, prunable_weights_of(PAPER_NETWORK)) if widths else None

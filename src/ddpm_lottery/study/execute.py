@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ddpm_lottery.config import to_dict
 from ddpm_lottery.findings import render  # render.write_findings, looked up when called (tests replace it)
+from ddpm_lottery.findings.comparisons import reference_collection
 from ddpm_lottery.lottery.commands import search_ticket
 from ddpm_lottery.lottery.costs import stored_costs
 from ddpm_lottery.measures.cka import compare_with_baselines
@@ -126,6 +127,9 @@ def execute_study(
         costs = estimate.measure_costs(study)
         log(estimate.describe_plan(study, plan, out, costs))
         return out, {"plan": plan, "costs": costs, "deferred": []}
+    if study.reference is not None:
+        # (g) reads the other study's runs when the findings are written: refuse now, not after the training
+        reference_collection(out, study.reference.as_note())
     open_study_folder(study, out)
     if report_only:
         findings = render.write_findings(out, log=log)

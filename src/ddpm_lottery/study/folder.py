@@ -3,7 +3,7 @@
 ``OUT/study.json`` records the study's declaration (what makes its runs); a study whose declaration differs
 is refused in that folder, except in settings that change no result (how far its searches go) and in
 searches and controls added beside the ones it has: it may grow. The notes beside the numbers
-(description, decided_by, boundaries_decided_by) follow the file.
+(description, decided_by, boundaries_decided_by, compare_with) follow the file.
 """
 
 from __future__ import annotations
@@ -86,12 +86,15 @@ def _grows(before: dict, now: dict) -> bool:
 
 def _notes(study: Study) -> dict:
     """What the findings say beside the numbers (settings that do not change any result)."""
-    return {
+    notes = {
         "description": study.settings.description,
         "decided_by": study.settings.decided_by,
         "boundaries_decided_by": study.settings.boundaries_decided_by,
         "cka_search": study.settings.cka_search,
     }
+    if study.reference is not None:  # only where declared: the record of a study without one stays as it was
+        notes["compare_with"] = study.reference.as_note()
+    return notes
 
 
 __all__ = ["open_study_folder"]

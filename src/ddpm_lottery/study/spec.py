@@ -2,7 +2,8 @@
 
 A study file is a config file (TOML or YAML) with three more tables::
 
-    [study]                      name, data_seeds (replicates), control_seed_init, cka_search, cka_levels
+    [study]                      name, data_seeds (replicates), control_seed_init, cka_search, cka_levels,
+                                 compare_with (another study's search, for finding (g))
     [model] [train] [prune] ...  the settings every run shares (any find-ticket setting)
     [eval] [sampling] [cka]      how every level is measured, and how tickets are compared
     [searches.NAME]              one ticket search: the settings where it differs (strategy, order, ...)
@@ -44,6 +45,7 @@ from ddpm_lottery.measures.inception import check_sample_counts
 from ddpm_lottery.pruning.strategies import STRATEGIES
 from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.study.catalogue import SHIPPED, shipped_studies
+from ddpm_lottery.study.reference import Reference, read_reference
 from ddpm_lottery.utils.errors import UserError
 
 # Sections a study file may hold beside [study], and the config each one feeds.
@@ -82,6 +84,7 @@ class Study:
     evaluation: EvalConfig
     cka: CkaConfig
     frontier: FrontierConfig | None = None  # None: the study draws no frontier
+    reference: Reference | None = None  # None: the study compares with no other study
 
     # -- identity ----------------------------------------------------------------------------------
 
@@ -214,7 +217,9 @@ def load_study(path: str | Path) -> Study:
             "--config), or add [study] with a name and data_seeds"
         )
     settings = StudySettings()
-    apply_overrides(settings, raw["study"], source=str(path))
+    study_table = dict(raw["study"])
+    compare_with = study_table.pop("compare_with", None)  # a table of its own: checked once the searches are known
+    apply_overrides(settings, study_table, source=str(path))
     check_config(settings)
     _check_folder_name(path, "study.name", settings.name)  # the default --out is runs/NAME
     seeds = list(settings.data_seeds)
@@ -325,6 +330,7 @@ def load_study(path: str | Path) -> Study:
         evaluation,
         cka,
         _frontier_config(path, settings, searches, evaluation, raw.get("frontier")),
+        read_reference(path, compare_with, searches),
     )
 
 
