@@ -72,6 +72,8 @@ def _budget(entry: dict) -> str:
 def reference_blocks(found: dict, labels: dict, order: tuple) -> list[tuple]:
     """(g): this study's search against another study's, by each measure both have."""
     this, there = found["against"], f"{found['search']} of {found['study']}"
+    if found.get("missing"):
+        return [("p", f"**(g) {this} against {there}**: not compared: {found['missing']}.")]
     if found.get("pending"):
         return [("p", f"**(g) {this} against {there}**: not compared yet, {this} has no run yet.")]
     families, budgets = found["families"], found["budgets"]

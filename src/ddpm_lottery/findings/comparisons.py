@@ -146,7 +146,10 @@ def reference_finding(collection: Collection, protocols: dict[str, str]) -> dict
     if not declared:
         return None
     against = declared["against"]
-    reference = reference_collection(collection.root, declared)
+    try:
+        reference = reference_collection(collection.root, declared)
+    except UserError as missing:  # the other study is not beside this one (yet): (g) says so, the rest stands
+        return {**declared, "missing": str(missing)}
     if against not in collection.searches:  # a study just begun: nothing of it to compare yet
         return {**declared, "root": str(reference.root), "pending": True}
     search = declared["search"]

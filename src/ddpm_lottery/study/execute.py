@@ -36,7 +36,7 @@ from ddpm_lottery.study import estimate, report  # their functions looked up whe
 from ddpm_lottery.study.folder import open_study_folder
 from ddpm_lottery.study.plan import Plan, _level_steps, _record_matches, cka_folder, cka_levels, make_plan
 from ddpm_lottery.study.spec import PlannedRun, Study, load_study
-from ddpm_lottery.utils.errors import FolderBusy
+from ddpm_lottery.utils.errors import FolderBusy, UserError
 from ddpm_lottery.utils.units import duration
 
 
@@ -128,8 +128,12 @@ def execute_study(
         log(estimate.describe_plan(study, plan, out, costs))
         return out, {"plan": plan, "costs": costs, "deferred": []}
     if study.reference is not None:
-        # (g) reads the other study's runs when the findings are written: refuse now, not after the training
-        reference_collection(out, study.reference.as_note())
+        # (g) reads the other study's runs when the findings are written: say now, not after the training,
+        # that it is not there (the study's own findings do not need it, so the study goes on)
+        try:
+            reference_collection(out, study.reference.as_note())
+        except UserError as missing:
+            log(f"note: finding (g) will not be compared until the study it names is there: {missing}")
     open_study_folder(study, out)
     if report_only:
         findings = render.write_findings(out, log=log)
