@@ -2,6 +2,7 @@
 
     python benchmarks/ticket_step.py [--presets tiny,tiny@32:64:64] [--densities 0.5,0.25,0.125,0.0625,0.03125]
                                      [--repeats 5] [--threads 1] [--clock wall|thread] [--split]
+                                     [--run RUN --levels 7,8,9]
 
 Two trainers per ticket, built as a search builds a pruned level's (the run's own config, ``use_masks`` with
 the ticket's masks, the ticket's weights loaded), one with ``--kernels dense`` and one with ``--kernels sparse``
@@ -25,6 +26,7 @@ import contextlib
 import copy
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 from common import CLOCKS, cpu_description, interleaved_minimum
@@ -48,10 +50,11 @@ DENSE_LAYER_OPS = (  # what a dense step spends in its convolutions and Linear l
 KERNEL_FUNCTIONS = ("conv_forward", "conv_backward", "linear_forward", "linear_input_grad", "linear_weight_grad")
 
 
-def run_config(spec: str) -> LotteryConfig:
-    """The study run's config where it has one (its training settings), else the preset's defaults."""
-    run = STUDY_TICKETS.get(spec, (None,))[0]
-    if run is not None and (run / "config.json").is_file():
+def run_config(spec: str, run: str | Path | None = None) -> LotteryConfig:
+    """The run's config (its training settings): ``run``'s, or the study run of ``spec``, else the preset's
+    defaults; on the CPU, every pruned level with the kernels it is given."""
+    run = run or STUDY_TICKETS.get(spec, (None,))[0]
+    if run is not None and (Path(run) / "config.json").is_file():
         config = copy.deepcopy(Run.open(run).config)
     else:
         preset, _, widths = spec.partition("@")
@@ -165,16 +168,32 @@ def split(trainer: Trainer, step, repeats: int, clock: str) -> tuple[float, dict
     return whole, best
 
 
-def bench(presets, densities, repeats: int, clock: str, show_split: bool) -> list[str]:
+def run_tickets(path: str, levels):
+    """(label, network, masks) of a run's levels, as :func:`kernels.networks_for` gives the studies' tickets."""
+    from ddpm_lottery.lottery.networks import level_network
+
+    run = Run.open(path)
+    for index in levels:
+        ticket = level_network(run.level(index), "ema")
+        masks = {
+            f"{n}.weight": m.weight != 0
+            for n, m in ticket.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+        }
+        yield f"{Path(path).name}, level {index}", ticket, masks
+
+
+def bench(presets, densities, repeats: int, clock: str, show_split: bool, run=None, levels=()) -> list[str]:
     rows = [
         "| network | ticket | sparsity | dense-kernel step ms | sparse-kernel step ms | × | FLOP ratio | Amdahl bound |",
         "|---|---|---|---|---|---|---|---|",
     ]
     print(*rows, sep="\n", flush=True)
     splits = []
-    for spec in presets:
-        config = run_config(spec)
-        for label, ticket, masks in networks_for(spec, densities):
+    for spec in presets if run is None else [run]:
+        config = run_config(spec, run)
+        tickets = networks_for(spec, densities) if run is None else run_tickets(run, levels)
+        for label, ticket, masks in tickets:
             density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
             with tempfile.TemporaryDirectory() as dense_dir, tempfile.TemporaryDirectory() as sparse_dir:
                 sparse_trainer = ticket_trainer(config, ticket, masks, "sparse", sparse_dir)
@@ -205,6 +224,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall", help="thread: 1 thread only")
     parser.add_argument("--split", action="store_true", help="also profile each sparse step by part")
+    parser.add_argument("--run", default=None, help="time this run's --levels instead of the presets' tickets")
+    parser.add_argument("--levels", default="", help="with --run: its levels, e.g. 7,8,9")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,7 +235,15 @@ def main() -> None:
         f"steps, {args.clock} clock\n",
         flush=True,
     )
-    bench(args.presets.split(","), [float(d) for d in args.densities.split(",")], args.repeats, args.clock, args.split)
+    bench(
+        args.presets.split(","),
+        [float(d) for d in args.densities.split(",")],
+        args.repeats,
+        args.clock,
+        args.split,
+        args.run,
+        [int(level) for level in args.levels.split(",") if level],
+    )
 
 
 if __name__ == "__main__":
