@@ -117,7 +117,7 @@ def timed_parts(trainer: Trainer, clock):
     targets = [(ops, name, "sparse layer kernels") for name in KERNEL_FUNCTIONS]
     targets += [
         (_SparseMixin, "_values", "value gather (forward)"),
-        (_SparseMixin, "check_weights", "structure check (check_weights)"),
+        (_SparseMixin, "_check_structure", "structure check (check_weights)"),
         (trainer.optimizer, "step", "Adam"),
         (trainer.ema, "step", "EMA"),
         (trainer.hooks, "after_backward", "mask hook (gradients)"),

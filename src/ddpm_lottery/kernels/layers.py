@@ -128,12 +128,18 @@ class _SparseMixin:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.choice != "dense" and not torch.compiler.is_compiling():
-            self.check_weights()  # compiled calls are checked before their graph runs (kernels.install)
+            # compiled calls are checked before their graph runs (kernels.install); an eager call skips
+            # torch.compiler.disable's wrapper, which costs 4x the check itself (about 23 us a call)
+            self._check_structure()
         self.last_kernel = self._kernel_for(x)
         return self.forward_with(x, self.last_kernel)
 
     @torch.compiler.disable
     def check_weights(self) -> bool:
+        """:meth:`_check_structure`, outside any graph torch.compile traces."""
+        return self._check_structure()
+
+    def _check_structure(self) -> bool:
         """Make sure the kernel's structure still holds every nonzero weight; True if it was rebuilt.
 
         The values are read at every call (:meth:`_values`), but the *positions* are fixed when the
