@@ -2,6 +2,7 @@
 
     python benchmarks/kernels.py [--sections layers,networks,compiled,training,setup] [--presets tiny,small,ddpm-cifar10]
                                  [--densities 0.5,0.25,0.125,0.0625,0.03] [--batches 1,64] [--repeats 5]
+                                 [--threads N] [--clock wall|thread]
 
 Every ratio is dense time / sparse time of the same inputs, timed interleaved in this one process
 (alternating which goes first, after two warm-up calls each; the best of ``--repeats`` counts), at
@@ -19,7 +20,9 @@ The `tiny` rows at 50 / 75 / 87.5 / 93.75 % use the reproduction study's own tic
 those folders are there; every other row uses random masks with the same sparsity in every layer.  The
 training section on those tickets is the issue's network table:
 ``--sections training --presets tiny,tiny@32:64:64 --densities 0.125,0.0625,0.03125``.  Nothing here is asserted by a test: run it on an idle
-machine (no tests, no study beside it).
+machine (no tests, no study beside it), or at ``--threads 1 --clock thread`` (the calling thread's CPU time,
+which a shared machine's other work barely moves).  What a search pays a step, the whole ``Trainer.train_step``
+with its masks, is ``benchmarks/ticket_step.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_description, interleaved_minimum
+from common import cpu_description, interleaved_minima, interleaved_minimum
 
 from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
@@ -81,7 +84,7 @@ def layer_flops(module: torch.nn.Module, x: torch.Tensor, out: torch.Tensor) -> 
     return 2.0 * out.numel() * module.in_features
 
 
-def bench_layers(densities, batches, repeats) -> list[str]:
+def bench_layers(densities, batches, repeats, clock: str = "wall") -> list[str]:
     rows = [
         "| layer | batch | density | dense ms | sparse ms | × | FLOP ratio (limit) | dense GFLOP/s | "
         "sparse GFLOP/s (useful) |",
@@ -99,7 +102,7 @@ def bench_layers(densities, batches, repeats) -> list[str]:
                 use_kernels(sparse, "sparse", masks={"0.weight": keep})
                 with torch.no_grad():
                     out = dense(x)
-                    t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats)
+                    t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats, clock)
                 flops = layer_flops(dense, x, out)
                 real_density = float(keep.float().mean())
                 rows.append(
@@ -183,7 +186,7 @@ def networks_for(preset: str, densities):
             yield "random masks", model, random_masks(model, density)
 
 
-def bench_networks(presets, densities, batches, repeats) -> list[str]:
+def bench_networks(presets, densities, batches, repeats, clock: str = "wall") -> list[str]:
     rows = [
         "| network | masks | batch | sparsity | dense ms | sparse ms | × | auto ms | auto × | FLOP ratio | "
         "Amdahl bound | layers sparse under auto |",
@@ -208,8 +211,12 @@ def bench_networks(presets, densities, batches, repeats) -> list[str]:
                     x, t = network_input(dense, batch)
                     with torch.no_grad():
                         auto(x, t)  # the tuning call: every layer, then the network
-                        t_dense, t_sparse = interleaved_minimum(lambda: dense(x, t), lambda: sparse(x, t), repeats)
-                        _, t_auto = interleaved_minimum(lambda: dense(x, t), lambda: auto(x, t), max(2, repeats // 2))
+                        t_dense, t_sparse = interleaved_minimum(
+                            lambda: dense(x, t), lambda: sparse(x, t), repeats, clock
+                        )
+                        _, t_auto = interleaved_minimum(
+                            lambda: dense(x, t), lambda: auto(x, t), max(2, repeats // 2), clock
+                        )
                 used = kernels_used(auto)
                 amdahl = 1 / ((1 - share) + share * density)
                 rows.append(
@@ -222,22 +229,7 @@ def bench_networks(presets, densities, batches, repeats) -> list[str]:
     return rows
 
 
-def interleaved_minima(calls: dict, repeats: int) -> dict:
-    """Best time of each callable, interleaved (the order rotating each round) after two warm-up rounds."""
-    for _ in range(2):
-        for call in calls.values():
-            call()
-    times: dict = {name: [] for name in calls}
-    names = list(calls)
-    for index in range(repeats):
-        for name in names[index % len(names) :] + names[: index % len(names)]:
-            begun = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - begun)
-    return {name: min(values) for name, values in times.items()}
-
-
-def bench_compiled(presets, densities, batches, repeats) -> list[str]:
+def bench_compiled(presets, densities, batches, repeats, clock: str = "wall") -> list[str]:
     """The rest of the call: the same networks eager and through --compile-sampling (torch.compile), every
     ratio to the dense network run eagerly.  The compile, paid once per shape, is reported apart."""
     rows = [
@@ -271,7 +263,8 @@ def bench_compiled(presets, densities, batches, repeats) -> list[str]:
                             model(x, t)  # the compiled call: pays the compile
                         models[name] = model
                     with torch.no_grad():
-                        best = interleaved_minima({name: (lambda m=m: m(x, t)) for name, m in models.items()}, repeats)
+                        calls = [lambda m=m: m(x, t) for m in models.values()]
+                        best = dict(zip(models, interleaved_minima(calls, repeats, clock)))
                 base = best["dense"]
                 cells = " | ".join(
                     f"{best[name] * 1e3:.1f} ({base / best[name]:.2f}×)"
@@ -287,7 +280,7 @@ def bench_compiled(presets, densities, batches, repeats) -> list[str]:
     return rows
 
 
-def bench_training(presets, densities, batch, repeats) -> list[str]:
+def bench_training(presets, densities, batch, repeats, clock: str = "wall") -> list[str]:
     rows = [
         "| network | masks | batch | sparsity | dense step ms | sparse step ms | × | FLOP ratio |",
         "|---|---|---|---|---|---|---|---|",
@@ -311,7 +304,7 @@ def bench_training(presets, densities, batch, repeats) -> list[str]:
                     optimizer.step()
 
                 steps[name] = step
-            t_dense, t_sparse = interleaved_minimum(steps["dense"], steps["sparse"], repeats)
+            t_dense, t_sparse = interleaved_minimum(steps["dense"], steps["sparse"], repeats, clock)
             rows.append(
                 f"| {preset} | {label} | {batch} | {1 - density:.2%} | {t_dense * 1e3:.0f} | "
                 f"{t_sparse * 1e3:.0f} | {t_dense / t_sparse:.2f}× | {1 / density:.1f}× |"
@@ -377,6 +370,9 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
+    parser.add_argument(
+        "--clock", choices=("wall", "thread"), default="wall", help="thread: the calling thread's CPU time (1 thread)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -386,7 +382,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     print(
         f"# sparse kernels against dense: {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls\n",
+        f"{os.cpu_count()} cores, {cpu_description()}; best of {args.repeats} interleaved calls, {args.clock} clock\n",
         flush=True,
     )
     started = time.perf_counter()
@@ -395,16 +391,16 @@ def main() -> None:
         bench_setup()
     if "layers" in sections:
         print("\n## Per layer\n")
-        bench_layers([float(d) for d in args.layer_densities.split(",")], batches, args.repeats)
+        bench_layers([float(d) for d in args.layer_densities.split(",")], batches, args.repeats, args.clock)
     if "networks" in sections:
         print("\n## Per denoiser call\n")
-        bench_networks(presets, densities, batches, args.repeats)
+        bench_networks(presets, densities, batches, args.repeats, args.clock)
     if "compiled" in sections:
         print("\n## The rest of the call: eager against --compile-sampling (ratios to dense eager)\n")
-        bench_compiled(presets, densities, batches, args.repeats)
+        bench_compiled(presets, densities, batches, args.repeats, args.clock)
     if "training" in sections:
         print(f"\n## Per training step (forward, backward, Adam; batch {args.train_batch})\n")
-        bench_training(presets, densities, args.train_batch, max(3, args.repeats // 2))
+        bench_training(presets, densities, args.train_batch, max(3, args.repeats // 2), args.clock)
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 

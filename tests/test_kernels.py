@@ -582,6 +582,24 @@ def test_a_training_layer_refuses_weights_outside_its_mask_in_one_line():
         model(x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # numpy counts the first, torch the second
+def test_every_call_sees_a_data_write_outside_the_mask_whatever_the_dtype(dtype):
+    from ddpm_lottery.utils.errors import UserError
+
+    layer = torch.nn.Conv2d(6, 5, 3, padding=1)
+    keep = _pruned(layer, 0.9)
+    model = torch.nn.Sequential(layer).to(dtype)
+    use_kernels(model, "sparse", masks={"0.weight": keep})
+    x = torch.randn(2, 6, 5, 5, dtype=dtype)
+    for _ in range(3):  # calls that change nothing pass
+        model(x)
+    pruned = (~keep).reshape(-1).nonzero()[0, 0]
+    with torch.no_grad():
+        model[0].weight.data.view(-1)[pruned] = 1.0  # one pruned position, no version counter moved
+    with pytest.raises(UserError, match=r"^layer 0: 1 weights outside the ticket's mask are nonzero"):
+        model(x)
+
+
 def test_compiled_calls_see_a_new_pattern_of_zeros(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1))
