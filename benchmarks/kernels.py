@@ -41,6 +41,7 @@ from ddpm_lottery.config import ModelConfig, RuntimeConfig
 from ddpm_lottery.kernels.install import install_kernels
 from ddpm_lottery.kernels.layers import kernels_used, use_kernels
 from ddpm_lottery.lottery.networks import level_network
+from ddpm_lottery.models.families import denoise
 from ddpm_lottery.models.networks import build_model
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -129,9 +130,9 @@ def prunable_share(model: torch.nn.Module, batch: int) -> float:
 
     x, t = network_input(model, batch)
     with torch.no_grad():
-        model(x, t)
+        denoise(model, x, t)
         with profile() as prof:
-            model(x, t)
+            denoise(model, x, t)
     total = layers = 0.0
     for event in prof.key_averages():
         total += event.self_cpu_time_total
@@ -210,12 +211,12 @@ def bench_networks(presets, densities, batches, repeats, clock: str = "wall") ->
                     install_kernels(auto, runtime, log=lambda *_: None)
                     x, t = network_input(dense, batch)
                     with torch.no_grad():
-                        auto(x, t)  # the tuning call: every layer, then the network
+                        denoise(auto, x, t)  # the tuning call: every layer, then the network
                         t_dense, t_sparse = interleaved_minimum(
-                            lambda: dense(x, t), lambda: sparse(x, t), repeats, clock
+                            lambda: denoise(dense, x, t), lambda: denoise(sparse, x, t), repeats, clock
                         )
                         _, t_auto = interleaved_minimum(
-                            lambda: dense(x, t), lambda: auto(x, t), max(2, repeats // 2), clock
+                            lambda: denoise(dense, x, t), lambda: denoise(auto, x, t), max(2, repeats // 2), clock
                         )
                 used = kernels_used(auto)
                 amdahl = 1 / ((1 - share) + share * density)
@@ -259,11 +260,11 @@ def bench_compiled(presets, densities, batches, repeats, clock: str = "wall") ->
                             model, runtime, log=lambda *_: None, masks=None if kernels == "auto" else masks
                         )
                         with torch.no_grad():
-                            model(x, t)  # each shape's first call: eager (structures, auto's timing)
-                            model(x, t)  # the compiled call: pays the compile
+                            denoise(model, x, t)  # each shape's first call: eager (structures, auto's timing)
+                            denoise(model, x, t)  # the compiled call: pays the compile
                         models[name] = model
                     with torch.no_grad():
-                        calls = [lambda m=m: m(x, t) for m in models.values()]
+                        calls = [lambda m=m: denoise(m, x, t) for m in models.values()]
                         best = dict(zip(models, interleaved_minima(calls, repeats, clock)))
                 base = best["dense"]
                 cells = " | ".join(
@@ -300,7 +301,7 @@ def bench_training(presets, densities, batch, repeats, clock: str = "wall") -> l
 
                 def step(model=model, optimizer=optimizer):
                     optimizer.zero_grad(set_to_none=True)
-                    model(x, t).sample.square().mean().backward()
+                    denoise(model, x, t).square().mean().backward()
                     optimizer.step()
 
                 steps[name] = step
@@ -345,7 +346,7 @@ def bench_setup() -> list[str]:
             use_kernels(model, "auto", tuner=tuner)
             x, t = network_input(model, batch)
             with torch.no_grad():
-                model(x, t)
+                denoise(model, x, t)
         rows.append(
             f"| --kernels auto: timing every layer of {preset} at batch {batch} once ({tuner.tuned} "
             f"layer signatures) | {tuner.tuning_seconds:.1f} |"
