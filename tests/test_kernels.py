@@ -669,8 +669,10 @@ def _linear_pair(in_features: int, out_features: int, bias: bool, sparsity: floa
         ((300, 48), 40, False),  # three tiles, the last partial, no bias
         ((5, 61, 35), 33, True),  # 3-D tokens (B, T, D): 305 rows
         ((1100, 24), 16, True),  # nine tiles: more than the weight gradient's partial sums
+        ((3, 49, 96), 100, False),  # a DiT's narrow tokens: output blocks of 16 and a remainder of 4
+        ((64, 40), 99, True),  # one tile: the outputs shared between jobs, shares not whole blocks
     ],
-    ids=["one-row", "odd", "tiles-no-bias", "tokens-3d", "many-tiles"],
+    ids=["one-row", "odd", "tiles-no-bias", "tokens-3d", "many-tiles", "narrow-dit-blocks", "shared-outputs"],
 )
 def test_a_sparse_linear_equals_the_masked_dense_one_at_token_shapes(input_shape, out_features, bias):
     model, dense, keep = _linear_pair(input_shape[-1], out_features, bias)
@@ -694,17 +696,22 @@ def test_the_linear_kernels_give_the_same_bits_at_any_thread_count():
     threads = torch.get_num_threads()
     results = []
     try:
-        for count in (1, 3):
+        for count in (1, 2, 3):
             torch.set_num_threads(count)
-            model, _, _ = _linear_pair(40, 48, True)
-            x = torch.randn(1100, 40, generator=torch.Generator().manual_seed(1)).requires_grad_()
-            out = model(x)
-            out.square().sum().backward()
-            results.append((out.detach(), x.grad, model[0].weight.grad))
+            outcome = []
+            # many tiles, and one tile whose outputs are shared between jobs by the thread count
+            for rows, in_features, out_features in ((1100, 40, 48), (64, 96, 101)):
+                model, _, _ = _linear_pair(in_features, out_features, True)
+                generator = torch.Generator().manual_seed(1)
+                x = torch.randn(rows, in_features, generator=generator).requires_grad_()
+                out = model(x)
+                out.square().sum().backward()
+                outcome += [out.detach(), x.grad, model[0].weight.grad]
+            results.append(outcome)
     finally:
         torch.set_num_threads(threads)
-    for first, second in zip(*results):
-        assert torch.equal(first, second)
+    for first, *others in zip(*results):
+        assert all(torch.equal(first, other) for other in others)
 
 
 # the training path of the convolutions (kernels/conv_grads.py): odd sizes, strides, batches
