@@ -23,7 +23,10 @@ sparse, 3,136 x 384 -> 384; the machine was shared):
 - ``TILE`` is a compile-time constant, so the inner loops have a fixed trip count that LLVM unrolls
   into whole AVX-512 vectors, with no remainder loop;
 - the transposes read strided and write 16 floats contiguously: at 96 features they are still about
-  half of the time (what bounds narrow layers: the multiply-adds per input float are few).
+  half of the time (what bounds narrow layers: the multiply-adds per input float are few);
+- the outputs are computed 16 at a time into a (16, TILE) buffer and written back to rows at once, while
+  it is in L1: a whole (outputs, TILE) buffer read back by columns afterwards thrashed L1 and, at 96 -> 384,
+  cost twice the multiply-adds (issue 35: forward 1.5-1.9x faster at 96 -> 384, 1.3x at 96 -> 96).
 
 Every output element (and every weight gradient) is summed by one thread in a fixed order that
 depends on the shape only, never on the thread count: resume stays bit-exact for a kernel choice.
