@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     clean = to_model_range(reference_images(held.images, args.images, seed=1))
     labels = None
-    if getattr(model.config, "num_embeds_ada_norm", 1) > 1:
+    if family.num_classes(model.config):  # a class-conditional DiT predicts each image given its own label
         labels = reference_images(held.labels, args.images, seed=1)
 
     def losses(network_: torch.nn.Module) -> torch.Tensor:
