@@ -2,7 +2,7 @@
 
     python benchmarks/ticket_step.py [--presets tiny,tiny@32:64:64] [--densities 0.5,0.25,0.125,0.0625,0.03125]
                                      [--repeats 5] [--threads 1] [--clock wall|thread] [--split]
-                                     [--run RUN --levels 7,8,9]
+                                     [--run RUN --levels 7,8,9] [--compile]
 
 Two trainers per ticket, built as a search builds a pruned level's (the run's own config, ``use_masks`` with
 the ticket's masks, the ticket's weights loaded), one with ``--kernels dense`` and one with ``--kernels sparse``
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import CLOCKS, cpu_description, interleaved_minimum
+from common import CLOCKS, cpu_description, interleaved_minima
 from kernels import STUDY_TICKETS, networks_for
 
 from ddpm_lottery.config import LotteryConfig
@@ -67,13 +67,16 @@ def run_config(spec: str, run: str | Path | None = None) -> LotteryConfig:
     return config
 
 
-def ticket_trainer(config, ticket: torch.nn.Module, masks, kernels: str, workdir: str) -> Trainer:
+def ticket_trainer(
+    config, ticket: torch.nn.Module, masks, kernels: str, workdir: str, compiled: bool = False
+) -> Trainer:
     size, channels = ticket.config.sample_size, ticket.config.in_channels
     data = torch.randint(
         0, 256, (512, channels, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
     config = copy.deepcopy(config)
     config.runtime.kernels = kernels
+    config.train.compile = compiled  # --compile: the step's forward through torch.compile (not hashed)
     trainer = Trainer(
         config,
         Run(workdir, {}).level(1),
@@ -183,10 +186,13 @@ def run_tickets(path: str, levels):
         yield f"{Path(path).name}, level {index}", ticket, masks
 
 
-def bench(presets, densities, repeats: int, clock: str, show_split: bool, run=None, levels=()) -> list[str]:
+def bench(
+    presets, densities, repeats: int, clock: str, show_split: bool, run=None, levels=(), compiled: bool = False
+) -> list[str]:
     rows = [
-        "| network | ticket | sparsity | dense-kernel step ms | sparse-kernel step ms | × | FLOP ratio | Amdahl bound |",
-        "|---|---|---|---|---|---|---|---|",
+        "| network | ticket | sparsity | dense-kernel step ms | sparse-kernel step ms | × | FLOP ratio | Amdahl bound |"
+        + (" compiled: dense ms | sparse ms | × compiled dense | × eager dense |" if compiled else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if compiled else ""),
     ]
     print(*rows, sep="\n", flush=True)
     splits = []
@@ -195,11 +201,18 @@ def bench(presets, densities, repeats: int, clock: str, show_split: bool, run=No
         tickets = networks_for(spec, densities) if run is None else run_tickets(run, levels)
         for label, ticket, masks in tickets:
             density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-            with tempfile.TemporaryDirectory() as dense_dir, tempfile.TemporaryDirectory() as sparse_dir:
-                sparse_trainer = ticket_trainer(config, ticket, masks, "sparse", sparse_dir)
-                dense = stepper(ticket_trainer(config, ticket, masks, "dense", dense_dir))
+            with tempfile.TemporaryDirectory() as workdir:
+                sparse_trainer = ticket_trainer(config, ticket, masks, "sparse", f"{workdir}/sparse")
+                dense = stepper(ticket_trainer(config, ticket, masks, "dense", f"{workdir}/dense"))
                 sparse = stepper(sparse_trainer)
-                t_dense, t_sparse = interleaved_minimum(dense, sparse, repeats, clock)
+                calls = [dense, sparse]
+                if compiled:  # the same two, their forward through torch.compile; warmed up before timing
+                    calls += [
+                        stepper(ticket_trainer(config, ticket, masks, kernels, f"{workdir}/{kernels}-c", True))
+                        for kernels in ("dense", "sparse")
+                    ]
+                times = interleaved_minima(calls, repeats, clock)
+                t_dense, t_sparse = times[:2]
                 share = dense_layer_share(dense)
                 if show_split:
                     splits.append((spec, 1 - density, *split(sparse_trainer, sparse, repeats, clock)))
@@ -207,6 +220,12 @@ def bench(presets, densities, repeats: int, clock: str, show_split: bool, run=No
             rows.append(
                 f"| {spec} | {label} | {1 - density:.2%} | {t_dense * 1e3:.0f} | {t_sparse * 1e3:.0f} | "
                 f"{t_dense / t_sparse:.2f}× | {1 / density:.1f}× | {amdahl:.2f}× (layers {share:.0%} of the step) |"
+                + (
+                    f" {times[2] * 1e3:.0f} | {times[3] * 1e3:.0f} | {times[2] / times[3]:.2f}× | "
+                    f"{t_dense / times[3]:.2f}× |"
+                    if compiled
+                    else ""
+                )
             )
             print(rows[-1], flush=True)
     for spec, sparsity, whole, parts in splits:
@@ -226,6 +245,9 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="also profile each sparse step by part")
     parser.add_argument("--run", default=None, help="time this run's --levels instead of the presets' tickets")
     parser.add_argument("--levels", default="", help="with --run: its levels, e.g. 7,8,9")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time both steps with --compile (torch.compile of the forward)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -243,6 +265,7 @@ def main() -> None:
         args.split,
         args.run,
         [int(level) for level in args.levels.split(",") if level],
+        args.compile,
     )
 
 
