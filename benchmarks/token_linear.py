@@ -9,7 +9,9 @@ process (alternating which goes first, after two warm-up calls each; the best of
 
 * forward: the layer's call without autograd (sampling);
 * forward + backward: the call and the gradients of its input and weight (and bias), as a training step
-  needs them.
+  needs them;
+* sparse forward alone: the sparse call repeated by itself, with no dense call between (on two threads the
+  dense call's OpenMP pool and numba's share the cores, and the interleaved sparse call pays for it).
 
 GFLOP/s are the dense layer's multiply-adds x 2 over its time, and for the sparse layer the surviving
 weights' ("useful") over its time.  Nothing here is asserted by a test: run it on an idle machine.
@@ -23,7 +25,7 @@ import os
 import sys
 
 import torch
-from common import CLOCKS, cpu_description, interleaved_minimum
+from common import CLOCKS, cpu_description, interleaved_minima, interleaved_minimum
 
 from ddpm_lottery.kernels.layers import use_kernels
 
@@ -51,8 +53,8 @@ def _training_call(layer, x: torch.Tensor, upstream: torch.Tensor):
 def bench(rows_list, shapes, densities, repeats, clock: str = "wall") -> list[str]:
     rows_out = [
         "| rows | in → out | density | dense fwd ms | sparse fwd ms | fwd × | fwd+bwd × | FLOP ratio (limit) | "
-        "dense GFLOP/s | sparse GFLOP/s (useful) | useful / dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "dense GFLOP/s | sparse GFLOP/s (useful) | useful / dense | sparse fwd alone ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print(*rows_out, sep="\n", flush=True)
     for rows in rows_list:
@@ -62,6 +64,7 @@ def bench(rows_list, shapes, densities, repeats, clock: str = "wall") -> list[st
                 x = torch.randn(rows, in_features)
                 with torch.no_grad():
                     t_dense, t_sparse = interleaved_minimum(lambda: dense(x), lambda: sparse(x), repeats, clock)
+                    (t_alone,) = interleaved_minima([lambda: sparse(x)], repeats, clock)
                 upstream = torch.randn(rows, out_features)
                 b_dense, b_sparse = interleaved_minimum(
                     _training_call(dense, x, upstream), _training_call(sparse, x, upstream), repeats, clock
@@ -71,7 +74,8 @@ def bench(rows_list, shapes, densities, repeats, clock: str = "wall") -> list[st
                 rows_out.append(
                     f"| {rows} | {in_features} → {out_features} | {real:.2%} | {t_dense * 1e3:.2f} | "
                     f"{t_sparse * 1e3:.2f} | {t_dense / t_sparse:.2f}× | {b_dense / b_sparse:.2f}× | "
-                    f"{1 / real:.1f}× | {dense_rate:.0f} | {useful_rate:.1f} | {useful_rate / dense_rate:.0%} |"
+                    f"{1 / real:.1f}× | {dense_rate:.0f} | {useful_rate:.1f} | {useful_rate / dense_rate:.0%} | "
+                    f"{t_alone * 1e3:.2f} |"
                 )
                 print(rows_out[-1], flush=True)
     return rows_out
