@@ -780,3 +780,24 @@ def test_the_convolution_kernels_give_the_same_bits_at_any_thread_count(case):
         torch.set_num_threads(threads)
     for first, second in zip(*results):
         assert torch.equal(first, second)
+
+
+def test_starting_the_sparse_kernels_keeps_torch_at_the_threads_it_was_given():
+    """numba's pool, when it starts, set OpenMP's count to every core: a one-thread run went on with two."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1\n"  # torch's pool has started: it reads OpenMP's count from now on
+        "from ddpm_lottery.kernels.layers import jit_unavailable\n"
+        "assert jit_unavailable(training=True) is None\n"
+        "print(torch.get_num_threads())\n"
+    )
+    # two numba threads even on a one-core machine, so that the test can fail anywhere
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

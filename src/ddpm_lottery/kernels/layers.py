@@ -268,6 +268,7 @@ def jit_unavailable(training: bool = False) -> str | None:
         # deferred: numba loads only when the kernels are asked for; importing ops registers the operators
         from ddpm_lottery.kernels import conv_grads, jit, ops, tiles  # noqa: F401
 
+        ops.match_threads()  # starts numba's pool without changing torch's thread count
         jit.warm_up()  # compiles on a machine's first use, then loads from numba's disk cache
         if training:
             conv_grads.warm_up()

@@ -32,11 +32,20 @@ def _numpy(tensor: torch.Tensor):
     return tensor.detach().contiguous().numpy()
 
 
-def _threads() -> int:
-    """Give numba's pool the threads torch was given (--threads, OMP_NUM_THREADS); how many that is."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+def match_threads() -> int:
+    """Give numba's pool the threads torch was given (--threads, OMP_NUM_THREADS); how many that is.
+
+    Starting numba's pool (its first use in a process) sets OpenMP's thread count of the calling thread
+    to ``NUMBA_NUM_THREADS`` (the core count), and torch reads its own count from there once its pool
+    has started: a one-thread process silently went on with every core in its dense layers (measured:
+    torch.get_num_threads() 1 -> 2 on 2 cores).  So torch's count is read before and put back after.
+    """
+    wanted = torch.get_num_threads()
+    threads = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
     return threads
 
 
@@ -55,7 +64,7 @@ def index_arrays(*tensors: torch.Tensor) -> dict:
 def conv_forward(x, values, bias, index, geometry) -> torch.Tensor:
     stride, pad_rows, pad_cols, pitch, phase_rows, plane_size, planes_per_image, out_rows, out_cols = geometry
     out = np.empty((x.shape[0], len(index["indptr"]) - 1, out_rows, out_cols), np.float32)
-    threads = _threads()
+    threads = match_threads()
     jit.conv_forward(
         _numpy(x),
         stride,
@@ -85,7 +94,7 @@ def conv_backward(x, grad_out, values, index, geometry, wanted) -> tuple:
     grad_x = torch.empty(x.shape if want_input else (0, 1, 1, 1), dtype=torch.float32)
     grad_values = np.empty(len(index["plane"]), np.float32)
     grad_bias = np.empty(grad_out.shape[1], np.float32)
-    _threads()
+    match_threads()
     conv_grads.conv_backward(
         _numpy(x),
         _numpy(grad_out),
@@ -120,7 +129,7 @@ def conv_backward(x, grad_out, values, index, geometry, wanted) -> tuple:
 def linear_forward(x, values, bias, index) -> torch.Tensor:
     """(rows, O) = x (rows, I) times the sparse weight, plus the bias."""
     out = np.empty((x.shape[0], len(index["indptr"]) - 1), np.float32)
-    tiles.forward(_numpy(x), index["indptr"], index["plane"], _numpy(values), _numpy(bias), _threads(), out)
+    tiles.forward(_numpy(x), index["indptr"], index["plane"], _numpy(values), _numpy(bias), match_threads(), out)
     return torch.from_numpy(out)
 
 
@@ -133,7 +142,7 @@ def linear_input_grad(grad_out, values, index, in_features: int) -> torch.Tensor
         index["column_row"],
         _numpy(values)[index["column_order"]],
         np.zeros(in_features, np.float32),
-        _threads(),
+        match_threads(),
         grad_x,
     )
     return torch.from_numpy(grad_x)
@@ -141,7 +150,7 @@ def linear_input_grad(grad_out, values, index, in_features: int) -> torch.Tensor
 
 def linear_weight_grad(x, grad_out, index) -> torch.Tensor:
     out = np.empty(len(index["plane"]), np.float32)
-    _threads()
+    match_threads()
     tiles.weight_grad(_numpy(x), _numpy(grad_out), index["indptr"], index["plane"], out)
     return torch.from_numpy(out)
 
