@@ -266,7 +266,7 @@ def jit_unavailable(training: bool = False) -> str | None:
     """Why the JIT kernels cannot load here (numba missing or broken), or None."""
     try:
         # deferred: numba loads only when the kernels are asked for; importing ops registers the operators
-        from ddpm_lottery.kernels import conv_grads, jit, ops, tiles  # noqa: F401
+        from ddpm_lottery.kernels import conv_grads, jit, ops, tiles
 
         ops.match_threads()  # starts numba's pool without changing torch's thread count
         jit.warm_up()  # compiles on a machine's first use, then loads from numba's disk cache
