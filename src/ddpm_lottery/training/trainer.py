@@ -45,6 +45,7 @@ from ddpm_lottery.models.networks import build_model, input_size
 from ddpm_lottery.runs.checkpoints import Checkpoints
 from ddpm_lottery.runs.level import Level
 from ddpm_lottery.training.tracking import Tracking
+from ddpm_lottery.utils.clock import WorkClock
 from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import append_jsonl, make_dirs, read_jsonl, truncate_jsonl
 from ddpm_lottery.utils.launch import Processes, setup_processes
@@ -173,7 +174,7 @@ class Trainer:
         self.kernels = "dense"  # which kernels the forward and backward passes run (use_masks may change it)
         self.kernels_before: tuple[str, int] | None = None  # what a resumed checkpoint's sessions ran, to its step
         self.wall_before = 0.0  # training seconds of earlier sessions of this level (from its checkpoint)
-        self.session_started = time.perf_counter()
+        self.clock = WorkClock()  # this session's training seconds, less any time the process was stopped
         accelerator = self.processes.accelerator
         self.wrapped = self.model
         if self.processes.world_size > 1:
@@ -400,8 +401,6 @@ class Trainer:
         last_good = self.step
         loss_sum = torch.zeros((), device=self.device)
         window = 0
-        window_start = time.perf_counter()
-        self.session_started = time.perf_counter()
         first_step = self.step
         bar = tqdm(
             total=until,
@@ -413,48 +412,51 @@ class Trainer:
             leave=True,
         )
         try:
-            while self.step < until:
-                step = self.step
-                loss_sum += self.train_step(step)
-                window += 1
-                self.step = step + 1
-                log_now = self.step % tc.log_every == 0 or self.step == until
-                ckpt_now = self.step % tc.checkpoint_every == 0 or self.step == until
-                if log_now or ckpt_now:
-                    mean_loss = self._reduce_mean(loss_sum / window)
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
-                            f"training diverged: the loss became {mean_loss} between steps {self.step - window} "
-                            f"and {self.step}; the last good checkpoint (step {last_good}) is kept; lower --lr "
-                            "or keep --grad-clip on, in a new --out folder"
-                        )
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = window * tc.batch_size / max(elapsed, 1e-9)
-                    record = {
-                        "step": self.step,
-                        "loss": mean_loss,
-                        "lr": learning_rate(tc, step),
-                        "images_per_s": images_per_s,
-                        "time": time.time(),
-                    }
-                    if self.processes.is_main:
-                        append_jsonl(metrics_path, record)
-                        self.tracking.scalars(
-                            {"train/loss": mean_loss, "train/lr": record["lr"], "train/images_per_s": images_per_s},
-                            self.step,
-                        )
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
-                    loss_sum.zero_()
-                    window = 0
-                    window_start = time.perf_counter()
-                # before the checkpoint: what a hook saves at this step (theta_tau) must exist whenever
-                # a checkpoint at or after it does, or a kill in between would lose it for good
-                self.hooks.after_step(self, step)
-                if ckpt_now:
-                    self.save_checkpoint()
-                    self.processes.barrier()
-                    last_good = self.step
-                bar.update(1)
+            with self.clock:
+                window_start = self.clock.seconds()
+                while self.step < until:
+                    step = self.step
+                    loss_sum += self.train_step(step)
+                    self.clock.mark()
+                    window += 1
+                    self.step = step + 1
+                    log_now = self.step % tc.log_every == 0 or self.step == until
+                    ckpt_now = self.step % tc.checkpoint_every == 0 or self.step == until
+                    if log_now or ckpt_now:
+                        mean_loss = self._reduce_mean(loss_sum / window)
+                        if not math.isfinite(mean_loss):
+                            raise TrainingDiverged(
+                                f"training diverged: the loss became {mean_loss} between steps {self.step - window} "
+                                f"and {self.step}; the last good checkpoint (step {last_good}) is kept; lower --lr "
+                                "or keep --grad-clip on, in a new --out folder"
+                            )
+                        elapsed = self.clock.seconds() - window_start
+                        images_per_s = window * tc.batch_size / max(elapsed, 1e-9)
+                        record = {
+                            "step": self.step,
+                            "loss": mean_loss,
+                            "lr": learning_rate(tc, step),
+                            "images_per_s": images_per_s,
+                            "time": time.time(),
+                        }
+                        if self.processes.is_main:
+                            append_jsonl(metrics_path, record)
+                            self.tracking.scalars(
+                                {"train/loss": mean_loss, "train/lr": record["lr"], "train/images_per_s": images_per_s},
+                                self.step,
+                            )
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_s:.0f}")
+                        loss_sum.zero_()
+                        window = 0
+                        window_start = self.clock.seconds()
+                    # before the checkpoint: what a hook saves at this step (theta_tau) must exist whenever
+                    # a checkpoint at or after it does, or a kill in between would lose it for good
+                    self.hooks.after_step(self, step)
+                    if ckpt_now:
+                        self.save_checkpoint()
+                        self.processes.barrier()
+                        last_good = self.step
+                    bar.update(1)
         finally:
             bar.close()
         return {
@@ -475,8 +477,9 @@ class Trainer:
         return f"{before} to step {step}, then {self.kernels}"
 
     def wall_time(self) -> float:
-        """Seconds this level has trained, over every session that worked on it."""
-        return self.wall_before + time.perf_counter() - self.session_started
+        """Seconds this level has trained, over every session that worked on it, less the time a session's
+        process was stopped (``kill -STOP``; see :mod:`ddpm_lottery.utils.clock`)."""
+        return self.wall_before + self.clock.seconds()
 
     def log_summary(self) -> dict:
         """First and final logged loss of this level, read from its log (which outlives any process)."""
