@@ -793,7 +793,7 @@ def test_starting_the_sparse_kernels_keeps_torch_at_the_threads_it_was_given():
         "torch.set_num_threads(1)\n"
         "assert torch.get_num_threads() == 1\n"  # torch's pool has started: it reads OpenMP's count from now on
         "from ddpm_lottery.kernels.layers import jit_unavailable\n"
-        "assert jit_unavailable(training=True) is None\n"
+        "assert jit_unavailable() is None\n"
         "print(torch.get_num_threads())\n"
     )
     # two numba threads even on a one-core machine, so that the test can fail anywhere
