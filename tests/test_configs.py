@@ -98,7 +98,7 @@ def test_recipe_runs_a_few_steps(tmp_path, name):
         "--device",
         "cpu",
         "--checkpoint-every",
-        "1",
+        "2",
     ]
     config = load(LotteryConfig, CONFIGS / name, few)
     run = find_ticket(config, tmp_path / "run", progress=False, log=lambda *_: None)
