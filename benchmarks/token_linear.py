@@ -10,8 +10,8 @@ process (alternating which goes first, after two warm-up calls each; the best of
 * forward: the layer's call without autograd (sampling);
 * forward + backward: the call and the gradients of its input and weight (and bias), as a training step
   needs them;
-* sparse forward alone: the sparse call repeated by itself, with no dense call between (what a network of
-  sparse layers sees, with no switch of thread pools between calls).
+* sparse forward alone: the sparse call repeated by itself, with no dense call between (the interleaved
+  figure beside it can differ by a tenth or so on two threads).
 
 GFLOP/s are the dense layer's multiply-adds x 2 over its time, and for the sparse layer the surviving
 weights' ("useful") over its time.  Nothing here is asserted by a test: run it on an idle machine.
