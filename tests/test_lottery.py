@@ -555,6 +555,19 @@ def test_a_search_has_the_levels_its_plan_says(tiny_ticket_run):
     assert planned_rounds(config) == len(Run.open(tiny_ticket_run).finished_levels()) - 1
 
 
+def test_a_search_reaches_the_sparsities_its_plan_says(tiny_ticket_run):
+    """The dry run's estimate prices each level by its planned sparsity: the plan must be what a search does."""
+    from ddpm_lottery.config import LotteryConfig, from_dict
+    from ddpm_lottery.lottery.search import planned_sparsities
+    from ddpm_lottery.pruning.masks import load_masks, sparsity
+    from ddpm_lottery.utils.files import read_json
+
+    config = from_dict(LotteryConfig, read_json(tiny_ticket_run / "config.json")["config"])
+    run = Run.open(tiny_ticket_run)
+    reached = [sparsity(load_masks(run.level(i).mask_path)) for i in run.finished_levels()[1:]]
+    assert planned_sparsities(config) == pytest.approx(reached, abs=1e-3)
+
+
 def test_varying_plans_fewer_rounds_to_a_target_than_p_alone():
     from ddpm_lottery.lottery.search import planned_rounds
 
@@ -564,3 +577,15 @@ def test_varying_plans_fewer_rounds_to_a_target_than_p_alone():
     assert planned_rounds(tiny_lottery_config("varying", **papers)) == 8
     assert planned_rounds(tiny_lottery_config("varying", **papers, sparsity_schedule=(0.5, 0.9))) == 2
     assert planned_rounds(tiny_lottery_config("varying", **papers, one_shot=True)) == 1
+
+
+def test_planned_sparsities_follow_the_schedule_the_rounds_and_the_target():
+    from ddpm_lottery.lottery.search import planned_sparsities
+
+    papers = {"prune_ratio": 0.2, "ratio_increment": 0.01, "target_sparsity": 0.93, "max_rounds": 12}
+    unified = planned_sparsities(tiny_lottery_config("unified", **papers))
+    assert len(unified) == 12 and unified[0] == pytest.approx(0.2, abs=1e-3)
+    assert unified[-1] == pytest.approx(0.93)  # 1 - 0.8^12 = 93.1 %, trimmed to the target
+    assert unified == sorted(set(unified))  # rising strictly
+    assert planned_sparsities(tiny_lottery_config("varying", **papers, sparsity_schedule=(0.5, 0.9))) == [0.5, 0.9]
+    assert planned_sparsities(tiny_lottery_config("varying", **papers, one_shot=True)) == [0.93]

@@ -204,6 +204,58 @@ def test_dry_run_prints_the_plan_and_its_cost_and_makes_nothing(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_the_plan_counts_the_steps_the_sparse_kernels_will_train(tmp_path):
+    """--kernels sparse trains a level with the sparse kernels from --sparse-training-from (a rule of the mask):
+    the plan keeps those steps apart, per network and planned sparsity, controls included."""
+    text = TINY.replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.75, 0.875, 0.9375]")
+    dense = make_plan(load_study(write(tmp_path, text)), tmp_path / "out")
+    assert dense.sparse_work == {}  # --kernels dense (the default) trains every level dense
+    plan = make_plan(
+        load_study(write(tmp_path, text.replace('device = "cpu"', 'device = "cpu"\nkernels = "sparse"'))),
+        tmp_path / "out",
+    )
+    level = 6 - round(0.2 * 6)  # a pruned level trains from the rewind step
+    # unified and varying share one dense model (one network): per sparsity, two seeds of unified, varying
+    # and unified's reinit control (which trains its search's masks)
+    assert plan.sparse_work == {"unified": {0.875: 6 * level, 0.9375: 6 * level}}
+    assert plan.train_steps == dense.train_steps
+    later = make_plan(
+        load_study(
+            write(
+                tmp_path,
+                text.replace('device = "cpu"', 'device = "cpu"\nkernels = "sparse"\nsparse_training_from = 0.9'),
+            )
+        ),
+        tmp_path / "out",
+    )
+    assert later.sparse_work == {"unified": {0.9375: 6 * level}}
+
+
+def test_the_estimate_prices_sparse_steps_between_the_timed_sparsities():
+    from ddpm_lottery.study.estimate import DeviceCosts
+    from ddpm_lottery.study.plan import Plan
+
+    work = {"train_steps": 1000, "sampled_images": 0, "loss_calls": 0}
+    plan = Plan([], 1000, 0, 0, 0, 0, 0, 0, {}, 0, 0, 0, {"a": work}, {"a": {0.85: 100, 0.95: 200, 0.99: 50}})
+    costs = DeviceCosts("cpu", 1, 3.0, 64, 0.0, None, {}, sparse_steps={"a": [(0.8, 2.0), (0.9, 1.0)]})
+    assert costs.sparse_step("a", 0.85) == pytest.approx(1.5)  # linear between the timed sparsities
+    assert costs.sparse_step("a", 0.95) == costs.sparse_step("a", 0.99) == 1.0  # the nearest beyond them
+    assert costs.sparse_step("a", 0.5) == 2.0
+    assert costs.training_seconds(plan) == pytest.approx(650 * 3.0 + 100 * 1.5 + 250 * 1.0)
+    # no sparse timings (another device): every step at the dense step's cost
+    assert DeviceCosts("cuda", 1, 3.0, 64, 0.0, None, {}).training_seconds(plan) == pytest.approx(3000.0)
+
+
+def test_a_dry_run_times_the_sparse_levels_with_the_sparse_kernels(tmp_path, capsys):
+    pytest.importorskip("numba")
+    text = TINY.replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.9]").replace(
+        'device = "cpu"', 'device = "cpu"\nkernels = "sparse"'
+    )
+    assert main(["study", str(write(tmp_path, text)), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "30 of the training steps train with the sparse kernels: a step " in out and " at 0.9 sparse" in out
+
+
 @pytest.mark.parametrize("load, busy", [(0.0, False), (5.0, True)])
 def test_a_dry_run_timed_on_a_busy_machine_says_its_estimate_is_too_high(tmp_path, capsys, monkeypatch, load, busy):
     """Two PyTorch processes on the same cores slow each other several times over: an estimate timed beside
@@ -716,7 +768,7 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
         def network_costs(self, owner):
             return (0.0, 0.0)
 
-    monkeypatch.setattr(estimate_module, "measure_costs", lambda study: Costs())
+    monkeypatch.setattr(estimate_module, "measure_costs", lambda study, **_: Costs())
     monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
     monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
     monkeypatch.setattr(

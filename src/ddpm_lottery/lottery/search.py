@@ -103,20 +103,44 @@ def planned_rounds(config: LotteryConfig) -> int:
     if pc.structure == "channel" or pc.strategy not in STRATEGIES:
         needed = math.ceil(math.log(1 - pc.target_sparsity) / math.log(1 - pc.prune_ratio) - 1e-9)
         return min(pc.max_rounds, max(1, needed))
+    return len(_simulated_sparsities(config))
+
+
+def _simulated_sparsities(config: LotteryConfig) -> list[float]:
+    """A weight search's sparsity after each round, from the module sizes alone, up to the round that
+    reaches the target (or ``max_rounds``)."""
+    pc = config.prune
     channels, side = input_shape(config)
     mmap = module_map(
         build_model(config.model, channels, image_size=side), pc.granularity, pc.include, pc.exclude, pc.layer_groups
     )
     half_weight = 0.5 / sum(m.size for m in mmap.modules)  # the slack of LevelTickets.reached
     settings = settings_of(config)
-    return next(
-        (
-            rounds
-            for rounds in range(1, pc.max_rounds + 1)
-            if simulate_sparsity(pc.strategy, mmap, settings, rounds) >= pc.target_sparsity - half_weight
-        ),
-        pc.max_rounds,
-    )
+    reached = []
+    for rounds in range(1, pc.max_rounds + 1):
+        reached.append(simulate_sparsity(pc.strategy, mmap, settings, rounds))
+        if reached[-1] >= pc.target_sparsity - half_weight:
+            break
+    return reached
+
+
+def planned_sparsities(config: LotteryConfig) -> list[float] | None:
+    """The sparsity of each pruned level (levels 1, 2, ...) as planned before anything trains, or None for
+    channel tickets (their rounds follow the channels' sizes, and they train as smaller dense networks).
+
+    A schedule's entries, ``--one-shot``'s target, or the rounds simulated from the module sizes with the
+    last trimmed to the target, as :func:`planned_rounds` counts them."""
+    pc = config.prune
+    if pc.structure == "channel":
+        return None
+    if pc.sparsity_schedule:
+        return list(pc.sparsity_schedule)
+    if pc.one_shot:
+        return [pc.target_sparsity]
+    if pc.strategy not in STRATEGIES:
+        rounds = planned_rounds(config)
+        return [min(pc.target_sparsity, 1 - (1 - pc.prune_ratio) ** r) for r in range(1, rounds + 1)]
+    return [min(pc.target_sparsity, s) for s in _simulated_sparsities(config)]
 
 
 class _SaveRewind(StepHooks):

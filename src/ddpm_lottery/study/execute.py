@@ -124,7 +124,7 @@ def execute_study(
     out = Path(out) if out else Path("runs") / study.settings.name
     plan = make_plan(study, out)
     if dry_run:
-        costs = estimate.measure_costs(study)
+        costs = estimate.measure_costs(study, plan=plan)
         log(estimate.describe_plan(study, plan, out, costs))
         return out, {"plan": plan, "costs": costs, "deferred": []}
     if study.reference is not None:
@@ -146,7 +146,7 @@ def execute_study(
             f"`ddpm-lottery study {path} --out {out}` runs the rest)"
         )
         return out, {"plan": plan, "costs": None, "deferred": [], "findings": findings}
-    costs = estimate.measure_costs(study)
+    costs = estimate.measure_costs(study, plan=plan)
     log(estimate.describe_plan(study, plan, out, costs))
     started = time.perf_counter()
     bar = _Progress(costs.estimate(plan, study.evaluation)["total"], progress, log)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddpm_lottery.config import EvalConfig
+from ddpm_lottery.lottery.search import planned_sparsities
 from ddpm_lottery.measures.evaluate import sampling_key, sampling_protocol
 from ddpm_lottery.measures.protocol import for_run
 from ddpm_lottery.models.conditioning import run_classes
@@ -36,6 +37,9 @@ class Plan:
     # the work left per network (the search that trains it -> train_steps, sampled_images, loss_calls): a
     # width study's wider network costs more per step, so the estimate times each network apart
     network_work: dict = field(default_factory=dict)
+    # of those steps, the ones the sparse kernels will train (the network -> {planned sparsity: steps}):
+    # levels at least --sparse-training-from sparse of a run with --kernels sparse (a rule of the mask)
+    sparse_work: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -45,6 +49,19 @@ class Plan:
             and self.evaluations_done == self.evaluations_total
             and self.cka_done == self.cka_total
         )
+
+
+def _sparse_sparsity(study: Study, run: PlannedRun, index: int, planned: dict) -> float | None:
+    """The planned sparsity of level ``index`` if the run trains it with the sparse kernels, else None."""
+    runtime = run.config.runtime
+    if index == 0 or runtime.kernels != "sparse":
+        return None
+    if run.search not in planned:  # a control trains its search's masks: the search's levels, once per search
+        planned[run.search] = planned_sparsities(study.search_config(run.search, run.seed)) or []
+    sparsities = planned[run.search]
+    if index > len(sparsities) or sparsities[index - 1] < runtime.sparse_training_from:
+        return None
+    return round(sparsities[index - 1], 4)
 
 
 def _level_steps(run: PlannedRun, index: int) -> int:
@@ -77,6 +94,8 @@ def make_plan(study: Study, out: Path) -> Plan:
     heldout = config.heldout_images
     owners = study.dense_sources()
     work: dict[str, dict[str, int]] = {}
+    sparse_work: dict[str, dict[float, int]] = {}
+    planned_levels: dict[str, list[float]] = {}
     for planned in runs:
         before = (train_steps, sampled, loss_calls)
         path = StudyFolder(out).run_path(planned.name)
@@ -91,6 +110,10 @@ def make_plan(study: Study, out: Path) -> Plan:
                 levels_done += 1
             else:
                 train_steps += _level_steps(planned, index)
+                sparsity = _sparse_sparsity(study, planned, index, planned_levels)
+                if sparsity is not None:
+                    steps = sparse_work.setdefault(owners[planned.search], {})
+                    steps[sparsity] = steps.get(sparsity, 0) + _level_steps(planned, index)
             if index not in planned.measured_levels:
                 continue
             stored = run.level(index).evaluations() if index in finished else []
@@ -133,6 +156,7 @@ def make_plan(study: Study, out: Path) -> Plan:
         cka_total,
         cka_done,
         work,
+        sparse_work,
     )
 
 
