@@ -246,6 +246,7 @@ def test_the_estimate_prices_sparse_steps_between_the_timed_sparsities():
     assert DeviceCosts("cuda", 1, 3.0, 64, 0.0, None, {}).training_seconds(plan) == pytest.approx(3000.0)
 
 
+@pytest.mark.slow
 def test_a_dry_run_times_the_sparse_levels_with_the_sparse_kernels(tmp_path, capsys):
     pytest.importorskip("numba")
     text = TINY.replace("sparsity_schedule = [0.5]", "sparsity_schedule = [0.5, 0.9]").replace(
