@@ -714,6 +714,25 @@ def test_the_linear_kernels_give_the_same_bits_at_any_thread_count():
         assert all(torch.equal(first, other) for other in others)
 
 
+def test_the_linear_kernels_refuse_arrays_their_pointer_arithmetic_would_misread():
+    """The register loops address rows by pointer: a strided input must fail to compile, not read wrong floats."""
+    pytest.importorskip("numba")
+    import numpy as np
+    from numba.core.errors import TypingError
+
+    from ddpm_lottery.kernels import tiles
+
+    x = np.ones((20, 64), np.float32)
+    indptr, index = np.array([0, 2], np.int64), np.array([0, 1], np.int64)
+    values, bias, out = np.ones(2, np.float32), np.zeros(1, np.float32), np.empty((20, 1), np.float32)
+    with pytest.raises(TypingError):
+        tiles.forward(x[:, ::2], indptr, index, values, bias, 1, out)
+    with pytest.raises(TypingError):
+        tiles.forward(np.ascontiguousarray(x[:, :32]), indptr, index, np.ones(4, np.float32)[::2], bias, 1, out)
+    tiles.forward(np.ascontiguousarray(x[:, :32]), indptr, index, values, bias, 1, out)
+    assert np.array_equal(out, np.full((20, 1), 2, np.float32))
+
+
 # the training path of the convolutions (kernels/conv_grads.py): odd sizes, strides, batches
 CONV_TRAINING_CASES = {
     "3x3-odd": (dict(in_channels=5, out_channels=7, kernel_size=3, padding=1), (3, 11, 9)),
