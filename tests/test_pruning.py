@@ -9,7 +9,14 @@ from ddpm_lottery.config import ModelConfig
 from ddpm_lottery.models.networks import build_model
 from ddpm_lottery.pruning.masks import count_kept, count_total, full_masks, load_masks, save_masks, sparsity
 from ddpm_lottery.pruning.modules import module_map, prunable_names
-from ddpm_lottery.pruning.strategies import STRATEGIES, PruneSettings, prune_round, random_masks, simulate_sparsity
+from ddpm_lottery.pruning.strategies import (
+    STRATEGIES,
+    PruneSettings,
+    prune_round,
+    random_masks,
+    random_masks_at,
+    simulate_sparsity,
+)
 from ddpm_lottery.training.trainer import MaskedTraining
 from ddpm_lottery.utils.errors import UserError
 
@@ -152,6 +159,15 @@ def test_simulation_matches_real_rounds(model, magnitudes):
     for _ in range(4):
         masks, _ = prune_round("varying", mmap, masks, magnitudes, settings)
     assert simulate_sparsity("varying", mmap, settings, 4) == pytest.approx(sparsity(masks), abs=2e-3)
+
+
+def test_random_masks_at_a_density_keep_that_share_of_every_tensor():
+    shapes = {"a.weight": torch.Size([8, 4, 3, 3]), "b.weight": torch.Size([5, 7]), "c.weight": torch.Size([3])}
+    masks = random_masks_at(shapes, 0.125, seed=1)
+    assert {n: m.shape for n, m in masks.items()} == shapes
+    assert [int(masks[n].sum()) for n in shapes] == [36, 4, 1]  # round(density * size), at least one
+    assert all(torch.equal(masks[n], random_masks_at(shapes, 0.125, seed=1)[n]) for n in shapes)
+    assert not torch.equal(masks["a.weight"], random_masks_at(shapes, 0.125, seed=2)["a.weight"])
 
 
 def test_random_masks_copy_per_tensor_sparsity(model, magnitudes):

@@ -21,7 +21,9 @@ sparse, 3,136 x 384 -> 384; the machine was shared):
 - an output's whole tile of sums stays in registers across its surviving weights (:func:`_output_tile`,
   written as LLVM IR): one load and one multiply-add per 16 rows and weight.  Before (2026-12-07), eight
   weights shared one pass over an accumulator in memory (one load and one store of it per eight
-  multiply-adds), which ran the multiply-adds 1.45-1.8x slower;
+  multiply-adds).  `python benchmarks/token_linear.py --rows 3136 --densities 0.125 --threads 1` (idle,
+  alternating with the previous commit): forward 1.9-3.2x before, 2.1-3.4x with the register sums and
+  3.7-4.4x from 384 features with the register transposes below;
 - ``TILE`` is a compile-time constant, so the inner loops have a fixed trip count that LLVM unrolls
   into whole AVX-512 vectors, with no remainder loop;
 - the transposes move 16 x 16 blocks through registers (:func:`_transpose16`): at 96 features they are
@@ -58,8 +60,8 @@ def _contiguous_floats(*arrays) -> bool:
 @intrinsic
 def _transpose16(typingctx, src, src_row, src_col, dst, dst_row, dst_col):
     """dst[dst_row + c, dst_col + i] = src[src_row + i, src_col + c] for i, c < 16: one 16 x 16 block, in
-    registers (16 vector loads, four rounds of 16 two-vector shuffles, 16 vector stores).  numba's loops
-    read it element by element: this is 2x faster (one core, a 128 x 384 tile: 10.2 against 5.2 us)."""
+    registers (16 vector loads, four rounds of 16 two-vector shuffles, 16 vector stores), where numba's
+    loops moved it element by element (about twice as slow, timed on the transposes alone)."""
     if not _contiguous_floats(src, dst):
         return None  # the pointer arithmetic below assumes C-contiguous float32 rows: refuse anything else
     sig = types.void(src, types.int64, types.int64, dst, types.int64, types.int64)
@@ -149,12 +151,11 @@ def _output_tile(typingctx, xt, index, values, start, end, bias, acc):
 
     The tile's TILE / 16 vectors stay in registers across all of an output's weights: one load and one
     multiply-add per vector and weight.  numba's own loops keep an accumulator in memory (a load and a store
-    of it per pass over the weights), and at most 8 weights could share a pass, so those passes ran the
-    multiply-adds at 37-62 GF/s on one Zen 5 core; this loop runs them at 66-90 (1.45-1.8x; idle, one
-    thread, 87.5 and 93.75 % sparse, 96 to 384 inputs).  LLVM cannot keep an array in registers across a
+    of it per pass over the weights), and at most 8 weights could share a pass (timed on the multiply-adds
+    alone, one Zen 5 core: 1.45-2x slower than this loop).  LLVM cannot keep an array in registers across a
     loop, so the loop is written as LLVM IR here: a phi node per vector.  ``llvm.fmuladd`` fuses the multiply
     and the add where the CPU has FMA (and computes them apart where it has not, rather than calling
-    ``fmaf``); compiled for AVX2 (``NUMBA_CPU_NAME=haswell``) the loop still gains 1.3-1.45x."""
+    ``fmaf``); compiled for AVX2 (``NUMBA_CPU_NAME=haswell``) the loop still gained 1.3-1.45x there."""
     if not (_contiguous_floats(xt, values, acc) and index.layout == "C" and isinstance(index.dtype, types.Integer)):
         return None  # the pointer arithmetic below assumes C-contiguous arrays: refuse anything else
     sig = types.void(xt, index, values, types.int64, types.int64, types.float32, acc)

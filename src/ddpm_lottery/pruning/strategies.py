@@ -254,15 +254,27 @@ def prune_round(
 
 def random_masks(reference: Masks, seed: int) -> Masks:
     """Random masks with exactly the per-tensor densities of ``reference`` (the random-pruning control)."""
+    return _random_keep({name: (ref.shape, int(ref.sum())) for name, ref in reference.items()}, seed)
+
+
+def random_masks_at(shapes: dict[str, torch.Size], density: float, seed: int) -> Masks:
+    """Random masks keeping ``density`` of every tensor (at least one weight each): a ticket of that density
+    with no search behind it, as a cost estimate times."""
+    return _random_keep(
+        {name: (shape, max(1, round(density * math.prod(shape)))) for name, shape in shapes.items()}, seed
+    )
+
+
+def _random_keep(keeps: dict[str, tuple[torch.Size, int]], seed: int) -> Masks:
+    """For each tensor (name -> (shape, how many to keep)), that many positions drawn at random, in name order."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
-    for name in sorted(reference):
-        ref = reference[name]
-        keep = int(ref.sum())
-        order = torch.randperm(ref.numel(), generator=generator)
-        flat = torch.zeros(ref.numel(), dtype=torch.bool)
+    for name in sorted(keeps):
+        shape, keep = keeps[name]
+        order = torch.randperm(math.prod(shape), generator=generator)
+        flat = torch.zeros(math.prod(shape), dtype=torch.bool)
         flat[order[:keep]] = True
-        out[name] = flat.view(ref.shape)
+        out[name] = flat.view(shape)
     return out
 
 

@@ -25,6 +25,7 @@ from ddpm_lottery.models.diffusion import noise_scheduler, sampling_steps
 from ddpm_lottery.models.families import denoise
 from ddpm_lottery.models.networks import build_model, input_shape
 from ddpm_lottery.pruning.modules import prunable_names
+from ddpm_lottery.pruning.strategies import random_masks_at
 from ddpm_lottery.study.plan import Plan
 from ddpm_lottery.study.spec import Study
 from ddpm_lottery.utils.launch import MachineLoad, machine_load, resolve_device
@@ -227,17 +228,12 @@ def _sparse_step_costs(
     for sparsity in sparsities:
         model = build_model(planned_model(config), channels, image_size=side).to(device)
         parameters = dict(model.named_parameters())
-        generator = torch.Generator().manual_seed(0)
-        masks = {}
-        for name in prunable_names(model, pc.include, pc.exclude, pc.layer_groups):
-            weight = parameters[name]
-            keep = torch.zeros(weight.numel(), dtype=torch.bool)
-            keep[
-                torch.randperm(weight.numel(), generator=generator)[: max(1, round((1 - sparsity) * weight.numel()))]
-            ] = True
-            masks[name] = keep.view(weight.shape).to(weight.device)
-            with torch.no_grad():
-                weight.mul_(masks[name])
+        names = prunable_names(model, pc.include, pc.exclude, pc.layer_groups)
+        masks = random_masks_at({name: parameters[name].shape for name in names}, 1 - sparsity, seed=0)
+        with torch.no_grad():
+            for name, keep in masks.items():
+                masks[name] = keep.to(parameters[name].device)
+                parameters[name].mul_(masks[name])
         runtime = copy.copy(config.runtime)
         runtime.kernels = "sparse"
         report = install_kernels(model, runtime, log=lambda _line: None, training=True, masks=masks)
