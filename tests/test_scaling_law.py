@@ -93,8 +93,9 @@ def test_curves_still_on_their_plateau_leave_psi_not_determined():
 
 
 def test_the_committed_width_study_states_psi_only_where_its_widths_determine_it():
-    """The law read from cpu-widths' own records: two widths, so not determined, with the loss's fitted
-    boundaries inside the brackets that measure alone places."""
+    """The law read from cpu-widths' own records, whatever part of the grown study is committed: a point only
+    where its widths determine it, with the loss's fitted boundaries inside the brackets that measure alone
+    places."""
     from pathlib import Path
 
     from ddpm_lottery.findings.collect import chosen_protocols, collect
@@ -110,8 +111,13 @@ def test_the_committed_width_study_states_psi_only_where_its_widths_determine_it
     summary = [{"search": s, "per_seed": per_seed(collection, protocols, s)} for s in collection.searches]
     bounds = scale_findings(collection, summary)["boundaries"]
     (entry,) = law_findings(collection, {"loss": protocols["loss"]}, bounds, rounds=10)
-    # the p = 0.5 family (p20 has one network); the 1/2x width joins it while the grown study runs
-    assert [n for n in entry["networks"] if n != ["unified-half"]] == [["unified"], ["unified-2x"]]
+    # the p = 0.5 family, one group per width (p20 has one network); while the grown study runs, the 1/2x
+    # and 4x widths join it and each width's finer search joins its own width's group
+    finer = {"unified-half": set(), "unified": {"unified-fine"}, "unified-2x": {"unified-2x-fine"}, "unified-4x": set()}
+    for group in entry["networks"]:
+        (base,) = [search for search in group if search in finer]
+        assert set(group) - {base} <= finer[base]
+    assert {"unified", "unified-2x"} <= {search for group in entry["networks"] for search in group}
     law = entry["measures"]["loss"]
     if len(entry["networks"]) < 3:  # two widths: never a point
         assert not law["determined"] and law["psi"] is None and law["target"]["sparsity"] is None
