@@ -1,11 +1,26 @@
 """Shared fixtures: a tiny finished ticket run and a fast stand-in for the Inception network."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (one worker per core), each worker and the processes its tests start run at one
+    thread: two PyTorch processes at two threads each on two cores slow each other several times. Tests of
+    threading set their thread counts themselves."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier first, so that no worker is left starting a minute-long test while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 class FakeFeatures(torch.nn.Module):

@@ -146,7 +146,8 @@ def test_every_flag_the_docs_name_exists():
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 flags |= set(sub._option_string_actions)
-    launchers = {"--nproc_per_node", "--cpu", "--num_processes", "--multi_gpu", "--logdir", "--strict"}
+    # launchers', TensorBoard's, mkdocs' and pytest-xdist's
+    launchers = {"--nproc_per_node", "--cpu", "--num_processes", "--multi_gpu", "--logdir", "--strict", "--dist"}
     tools = "".join(p.read_text() for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.*"))
     unknown = {
         (path.name, flag)
