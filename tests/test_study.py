@@ -484,6 +484,25 @@ def test_a_study_comparing_with_a_missing_study_says_so_before_it_trains_and_goe
     assert "finding (g) will not be compared" in out and "does not exist" in out
 
 
+def test_a_dry_run_refuses_a_folder_the_run_would_refuse_and_writes_nothing(tmp_path, capsys):
+    """A study that drops a search its folder holds is not growth: the run refuses it, and so does its dry run,
+    in one line, before timing anything; the folder's record is left as it was."""
+    from ddpm_lottery.study.folder import open_study_folder
+
+    out = tmp_path / "out"
+    open_study_folder(load_study(write(tmp_path, TINY)), out)
+    before = (out / "study.json").read_bytes()
+    cut = write(
+        tmp_path, TINY.replace('[searches.varying]\nstrategy = "varying"\nratio_increment = 0.1\n', ""), "cut.toml"
+    )
+    assert "varying" not in cut.read_text()
+    capsys.readouterr()
+    assert main(["study", str(cut), "--out", str(out), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "holds study 'tiny', which differs" in err and "searches" in err and err.count("\n") == 1
+    assert (out / "study.json").read_bytes() == before
+
+
 def test_the_reference_is_a_note_of_the_study_folder_only_where_declared(tmp_path):
     from ddpm_lottery.study.folder import open_study_folder
 

@@ -33,7 +33,7 @@ from ddpm_lottery.runs.outputs import StudyFolder
 from ddpm_lottery.runs.records import FrontierRecord, read_record
 from ddpm_lottery.runs.run import Run
 from ddpm_lottery.study import estimate, report  # their functions looked up when called (tests replace them)
-from ddpm_lottery.study.folder import open_study_folder
+from ddpm_lottery.study.folder import check_study_folder, open_study_folder
 from ddpm_lottery.study.plan import Plan, _level_steps, _record_matches, cka_folder, cka_levels, make_plan
 from ddpm_lottery.study.spec import PlannedRun, Study, load_study
 from ddpm_lottery.utils.errors import FolderBusy, UserError
@@ -124,6 +124,7 @@ def execute_study(
     out = Path(out) if out else Path("runs") / study.settings.name
     plan = make_plan(study, out)
     if dry_run:
+        check_study_folder(study, out)  # before timing anything: a folder the run would refuse is refused here
         costs = estimate.measure_costs(study, plan=plan)
         log(estimate.describe_plan(study, plan, out, costs))
         return out, {"plan": plan, "costs": costs, "deferred": []}

@@ -19,36 +19,47 @@ from ddpm_lottery.utils.errors import UserError
 from ddpm_lottery.utils.files import make_dirs, mark_tree, write_json
 
 
-def open_study_folder(study: Study, out: Path) -> None:
-    """Create OUT for ``study``, or check that OUT holds this very study."""
+def check_study_folder(study: Study, out: Path) -> dict | None:
+    """Refuse OUT, writing nothing, unless it is new, empty, or holds ``study`` (or the study ``study`` grows
+    from); returns OUT's stored record, or None where OUT holds no study yet. A dry run asks this too, so
+    that it refuses what the run would."""
     folder = StudyFolder(out)
     record = folder.record
-    declaration = study.declaration()
     if record.exists():
         stored = read_record(record, StudyRecord, "study record", f"delete {record} if the folder holds no study")
         before = dict(stored.get("declaration", {}))
         before["runs"] = {k: v for k, v in before.get("runs", {}).items() if k not in SESSION_SETTINGS}
-        if not _grows(_results_part(before), _results_part(declaration)):
-            now = declaration
+        now = study.declaration()
+        if not _grows(_results_part(before), _results_part(now)):
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise UserError(
                 f"{out} holds study {before.get('name')!r}, which differs from {study.path} in "
                 f"{', '.join(changed)}; give another --out folder"
             )
+        return stored
+    if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
+        raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
+    return None
+
+
+def open_study_folder(study: Study, out: Path) -> None:
+    """Create OUT for ``study``, or check that OUT holds this very study."""
+    record = StudyFolder(out).record
+    stored = check_study_folder(study, out)
+    if stored is not None:
         # settings that change no result may change (how far the searches go, above all): finished levels
         # stay, and each search checks that its levels are still the ones its settings describe
-        updated = {**stored, "declaration": declaration, "notes": _notes(study)}
+        updated = {**stored, "declaration": study.declaration(), "notes": _notes(study)}
         if updated != stored:
             write_json(record, updated)
         return
-    if out.exists() and any(out.iterdir()) and not folder.runs_dir.is_dir():
-        raise UserError(f"{out} exists and holds other files; give an empty or new --out folder for the study")
     make_dirs(out)
     # a sealed tree of its own (each run inside is one too): its declaration, its CKA records and its findings
     # carry seals, so a record edited by hand or copied from another study folder is refused on reading
     mark_tree(out, f"study {study.settings.name} {time.time():.6f}")
     write_json(
-        record, {"declaration": declaration, "notes": _notes(study), "file": str(study.path), "created": time.time()}
+        record,
+        {"declaration": study.declaration(), "notes": _notes(study), "file": str(study.path), "created": time.time()},
     )
 
 
@@ -97,4 +108,4 @@ def _notes(study: Study) -> dict:
     return notes
 
 
-__all__ = ["open_study_folder"]
+__all__ = ["check_study_folder", "open_study_folder"]
