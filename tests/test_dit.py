@@ -167,6 +167,8 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
         ]
     )
     assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
+    # each re-init control at 75 and 87.5 %, around the boundary the first seed found
+    assert {r.config.prune.levels for r in plan.runs if r.name.endswith("-reinit")} == {(2, 3)}
     # finding (h): the class-conditional search, with class accuracy among its measures
     assert {r.name for r in plan.runs if r.config.model.class_conditional} == {"conditional-seed0", "conditional-seed1"}
     assert study.measures_for(0, conditional=True)[-1] == "class-accuracy"
