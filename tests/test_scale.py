@@ -9,8 +9,9 @@ from ddpm_lottery.findings.render import scale_blocks
 from ddpm_lottery.findings.scale import UNDECIDED, bracket_order, projection, scale_findings
 
 
-def bound(search, weights, not_worse, first_worse, network=None, strategy="unified", rate=0.5):
-    """A boundary as scale.boundary makes it: (level, sparsity) of each side, surviving from the weights."""
+def bound(search, weights, not_worse, first_worse, network=None, strategy="unified", rate=0.5, seeds=2):
+    """A boundary as scale.boundary makes it: (level, sparsity) of each side, surviving from the weights, the
+    same bracket on each of ``seeds`` data seeds."""
 
     def side(entry):
         if entry is None:
@@ -31,6 +32,7 @@ def bound(search, weights, not_worse, first_worse, network=None, strategy="unifi
         "weights": weights,
         "not_worse": low,
         "first_worse": high,
+        "seeds": {str(seed): {"not_worse": low, "first_worse": high} for seed in range(seeds)},
         "sparsity_bracket": [low["sparsity"] if low else 0.0, high["sparsity"] if high else None],
         "surviving_bracket": [high["surviving"] if high else 0, low["surviving"] if low else weights],
     }
@@ -179,6 +181,9 @@ def test_a_network_with_finer_levels_is_compared_by_its_finest_search(monkeypatc
         "unified-2x": bound("unified-2x", 4000, (4, 0.9375), (5, 0.96875)),
     }
     assert scale.finest_per_network(list(bounds.values())) == {"unified-fine", "unified-2x"}
+    # while the finer search has fewer seeds than the coarse one, its narrower bracket does not yet place it
+    fewer = {**bounds, "unified-fine": bound("unified-fine", 1000, (5, 0.92), (6, 0.936), network="tiny", seeds=1)}
+    assert scale.finest_per_network(list(fewer.values())) == {"unified", "unified-2x"}
     monkeypatch.setattr(scale, "boundary", lambda collection, search, answer: bounds[search])
     monkeypatch.setattr(scale, "prunable_weights_of", lambda preset: 64000)
     result = scale_findings(None, [{"search": name} for name in bounds])

@@ -136,18 +136,21 @@ def family(entry: dict) -> tuple:
     )
 
 
+def bracket_rank(entry: dict) -> tuple:
+    """How well a boundary entry places its network's boundary, best first: the bracket over more data seeds
+    (a finer search run on fewer seeds so far is narrower partly because it holds fewer), then a closed one
+    before an open one, then the narrowest."""
+    low, high = entry["sparsity_bracket"]
+    return (-len(entry["seeds"]), high is None, (high if high is not None else 1.0) - low)
+
+
 def finest_per_network(bounds: list[dict]) -> set[str]:
-    """Per family and network, the search whose bracket is narrowest (a closed one before an open one): a
-    search of finer levels beside a coarser one of the same rate places that network's boundary."""
+    """Per family and network, the search that places the network's boundary best (:func:`bracket_rank`): a
+    search of finer levels beside a coarser one of the same rate, once it has as many seeds."""
     best: dict[tuple, dict] = {}
-
-    def span(b):
-        low, high = b["sparsity_bracket"]
-        return (high is None, (high if high is not None else 1.0) - low)
-
     for b in bounds:
         key = (family(b), b["network"])
-        if key not in best or span(b) < span(best[key]):
+        if key not in best or bracket_rank(b) < bracket_rank(best[key]):
             best[key] = b
     return {b["search"] for b in best.values()}
 

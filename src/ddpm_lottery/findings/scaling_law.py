@@ -31,7 +31,14 @@ import numpy as np
 from ddpm_lottery.findings.collect import Collection, record_of
 from ddpm_lottery.findings.law import Curves, Fit, law_of
 from ddpm_lottery.findings.levels import per_seed
-from ddpm_lottery.findings.scale import PAPER_CLAIM, PAPER_NETWORK, boundary, family, prunable_weights_of
+from ddpm_lottery.findings.scale import (
+    PAPER_CLAIM,
+    PAPER_NETWORK,
+    boundary,
+    bracket_rank,
+    family,
+    prunable_weights_of,
+)
 from ddpm_lottery.measures.stats import paired_difference
 
 #: Bootstrap rounds of a finding's fit.
@@ -99,16 +106,15 @@ def verdict_delta(collection: Collection, key: str, searches: list[str]) -> floa
 
 
 def measured_bracket(collection: Collection, measure: str, key: str, searches: list[str]) -> list | None:
-    """The narrowest boundary bracket of a network's searches by this measure alone (None: none measured)."""
-    brackets = []
+    """The boundary bracket of a network's searches by this measure alone, from the search that places it best
+    (:func:`bracket_rank`); None: none measured."""
+    entries = []
     for search in searches:
         answer = {"per_seed": per_seed(collection, {measure: key}, search)}
         entry = boundary(collection, search, answer)
         if entry is not None:
-            brackets.append(entry["sparsity_bracket"])
-    closed = [b for b in brackets if b[1] is not None]
-    pool = closed or brackets
-    return min(pool, key=lambda b: (b[1] if b[1] is not None else 1.0) - b[0]) if pool else None
+            entries.append(entry)
+    return min(entries, key=bracket_rank)["sparsity_bracket"] if entries else None
 
 
 def law_findings(
