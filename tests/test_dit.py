@@ -167,6 +167,13 @@ def test_the_cpu_dit_study_plans_both_searches_their_controls_and_two_seeds():
         ]
     )
     assert {r.config.model.preset for r in plan.runs} == {"dit-small"}
+    # the principal answer replicated first: unified and its control on both seeds, then varying, then conditional
+    assert [r.name for r in plan.runs][:4] == [
+        "unified-seed0",
+        "unified-seed0-reinit",
+        "unified-seed1",
+        "unified-seed1-reinit",
+    ]
     # each re-init control at 75 and 87.5 %, around the boundary the first seed found
     assert {r.config.prune.levels for r in plan.runs if r.name.endswith("-reinit")} == {(2, 3)}
     # finding (h): the class-conditional search, with class accuracy among its measures

@@ -803,10 +803,68 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
     monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
     run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
     kinds = [kind for kind, _ in calls]
-    assert kinds.index("cka") > max(i for i, k in enumerate(kinds) if k in ("train", "cheap"))
-    assert kinds.index("cka") < kinds.index("inception")
+    last_cka = len(kinds) - 1 - kinds[::-1].index("cka")
+    assert last_cka > max(i for i, k in enumerate(kinds) if k in ("train", "cheap"))
+    assert last_cka < kinds.index("inception")
     assert [seed for kind, seed in calls if kind == "inception"] == [0, 0, 0, 1, 1, 1]  # seed by seed
     assert {seed for kind, seed in calls if kind == "cheap"} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "order, expected",
+    [
+        ("by-seed", ["u0", "cka", "u0-reinit", "v0", "u1", "cka", "u1-reinit", "v1", "cka"]),
+        ("by-search", ["u0", "cka", "u0-reinit", "u1", "cka", "u1-reinit", "v0", "v1", "cka"]),
+    ],
+)
+def test_runs_train_in_the_declared_order_and_ticket_pairs_are_compared_once_both_exist(
+    tmp_path, monkeypatch, order, expected
+):
+    """by-search replicates each search over the seeds before the next search; either way the CKA of the
+    cka_search's tickets is tried as each of its runs is trained (so a pair is compared once both exist),
+    and once more at the end."""
+    import ddpm_lottery.findings.render
+    import ddpm_lottery.study.estimate as estimate_module
+    import ddpm_lottery.study.execute as study_module
+    import ddpm_lottery.study.report as report_module
+
+    text = TINY.replace('cka_search = "unified"', f'cka_search = "unified"\nrun_order = "{order}"')
+    short = {"unified": "u", "varying": "v"}
+    calls = []
+
+    class Costs:
+        train_step_s = call_per_image_s = inception_per_image_s = 0.0
+
+        def estimate(self, plan, evaluation):
+            return {"total": 1.0}
+
+        def network_costs(self, owner):
+            return (0.0, 0.0)
+
+    def trained(planned, *_):
+        calls.append(short[planned.search] + str(planned.seed) + (f"-{planned.control}" if planned.control else ""))
+        return False
+
+    monkeypatch.setattr(estimate_module, "measure_costs", lambda study, **_: Costs())
+    monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
+    monkeypatch.setattr(study_module, "_train", trained)
+    monkeypatch.setattr(study_module._Measuring, "run", lambda *a, **k: None)
+    monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append("cka"))
+    monkeypatch.setattr(ddpm_lottery.findings.render, "write_findings", lambda out, log: {})
+    monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
+    run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
+    assert calls == expected
+
+
+def test_the_run_order_is_no_part_of_a_studys_identity(tmp_path):
+    from ddpm_lottery.study.folder import open_study_folder
+
+    out = tmp_path / "out"
+    open_study_folder(load_study(write(tmp_path, TINY)), out)
+    by_search = TINY.replace('cka_search = "unified"', 'cka_search = "unified"\nrun_order = "by-search"')
+    open_study_folder(load_study(write(tmp_path, by_search, "by-search.toml")), out)  # not refused
+    with pytest.raises(UserError, match="run_order"):
+        load_study(write(tmp_path, by_search.replace("by-search", "by-level"), "bad.toml"))
 
 
 def test_a_ticket_pair_names_its_tickets_by_run_folder_whatever_path_a_process_stored():

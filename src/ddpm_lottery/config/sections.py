@@ -563,6 +563,15 @@ class StudySettings(Section):
         "this one leaves overlapping (named in the findings)",
         hashed=False,
     )
+    run_order: str = setting(
+        "by-seed",
+        "the order runs are trained in: by-seed makes every search and control of one data seed before the next "
+        "seed's (a study cut short has asked every question once); by-search makes each search and its controls "
+        "on every data seed before the next search (a study cut short has replicated its first searches' answers "
+        "over the seeds, and their CKA pairs are compared as soon as both tickets exist)",
+        choices=("by-seed", "by-search"),
+        hashed=False,
+    )
     frontier_search: str | None = setting(
         None,
         "draw the efficiency frontier (the [frontier] table: dense samplers, "

@@ -156,20 +156,22 @@ def execute_study(
     owners = study.dense_sources()
     measuring = _Measuring(study, out, bar, costs, deferred)
     try:
-        for seed in study.settings.data_seeds:
-            for planned in (r for r in plan.runs if r.seed == seed):
-                cheap = [m for m in study.measures_for(seed) if m != "inception"]
-                # what an earlier session stored is measured before the search trains on (a search resumed with its
-                # dense model unmeasured would otherwise answer nothing until its last level); a run another
-                # process is training waits for the pass below
-                measuring.run(planned, cheap, defer_if_busy=False)
-                step_s = costs.network_costs(owners[planned.search])[0]
-                _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap), step_s)
-                # the cheap measures: each level as it is stored (as_trained), and here what was stored while another
-                # process held the run (a copied dense model) or by a multi-process launch, which skips the hook
-                measuring.run(planned, cheap)
-                if study.frontier is not None and _is_frontier_run(study, planned):
-                    _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
+        for planned in plan.runs:  # in the study's run_order
+            cheap = [m for m in study.measures_for(planned.seed) if m != "inception"]
+            # what an earlier session stored is measured before the search trains on (a search resumed with its
+            # dense model unmeasured would otherwise answer nothing until its last level); a run another
+            # process is training waits for the pass below
+            measuring.run(planned, cheap, defer_if_busy=False)
+            step_s = costs.network_costs(owners[planned.search])[0]
+            _train(planned, out, by_name, bar, deferred, measuring.as_trained(planned, cheap), step_s)
+            # the cheap measures: each level as it is stored (as_trained), and here what was stored while another
+            # process held the run (a copied dense model) or by a multi-process launch, which skips the hook
+            measuring.run(planned, cheap)
+            if study.frontier is not None and _is_frontier_run(study, planned):
+                _draw_frontier(study, plan, out, bar, deferred)  # as soon as its run is trained and measured
+            if planned.search == study.settings.cka_search and planned.control is None:
+                # its ticket pairs as soon as both tickets exist (what is not finished yet is tried again below)
+                _compare_all(study, plan, out, bar, [])
         _compare_all(study, plan, out, bar, deferred)
         # The costly measure last, seed by seed: a study cut short has answered every question on every seed
         # with the cheap measures, and with Inception on its first seeds.

@@ -123,7 +123,10 @@ class Study:
         return sources
 
     def runs(self, out: Path) -> list[PlannedRun]:
-        """Every run, in the order they are made: seed by seed, each search then its controls."""
+        """Every run, in the order they are made (``run_order``): each search is followed by its controls; by
+        seed, every search of one data seed before the next seed's, or by search, each search on every seed
+        before the next search.  Either way a search runs after the search whose dense model it shares (the
+        first one declared like it), since searches keep the order they are declared in."""
         planned = []
         dense_owner = self.dense_sources()
         control_levels = list(self.settings.control_levels)
@@ -155,6 +158,9 @@ class Study:
                     mirrored = [i for i in levels if i > 0 and (not control_levels or i in wanted)]
                     branch.prune.levels = tuple(mirrored) if control_levels else ()
                     planned.append(PlannedRun(f"{name}-{control}", search, seed, branch, control, name, mirrored))
+        if self.settings.run_order == "by-search":
+            searches = list(self.searches)
+            planned.sort(key=lambda run: searches.index(run.search))  # stable: seeds, then controls, stay in order
         return planned
 
     def measures_for(self, seed: int, conditional: bool = True) -> list[str]:
