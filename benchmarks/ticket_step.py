@@ -2,7 +2,7 @@
 
     python benchmarks/ticket_step.py [--presets tiny,tiny@32:64:64] [--densities 0.5,0.25,0.125,0.0625,0.03125]
                                      [--repeats 5] [--threads 1] [--clock wall|thread] [--split]
-                                     [--run RUN --levels 7,8,9] [--compile]
+                                     [--run RUN --levels 7,8,9] [--compile] [--ops N]
 
 Two trainers per ticket, built as a search builds a pruned level's (the run's own config, ``use_masks`` with
 the ticket's masks, the ticket's weights loaded), one with ``--kernels dense`` and one with ``--kernels sparse``
@@ -13,6 +13,8 @@ mask hook, clipping, Adam, the EMA) are timed interleaved, on random images of t
 * Amdahl bound: the step's speed-up if its convolutions and Linear layers (forward and backward) ran at their
   FLOP ratio and the rest of the step stayed as it is, from a ``torch.profiler`` profile of the dense step.
 
+``--ops N`` also lists the N operators the sparse step spends most in (``torch.profiler``'s self time, per step:
+the sparse layers show as ``_EagerLinear``/``_EagerConv`` and their backward), which names what the rest is.
 ``--split`` also profiles each sparse step and prints where its time goes (the Amdahl bound of the network
 goal): the sparse layers' kernels, the value gather and structure check, the rest of the network, the
 optimizer, clipping, EMA and mask hook.  At 1 thread, ``--clock thread`` is the figure a shared machine
@@ -105,6 +107,13 @@ def profile_steps(step, steps: int = 3) -> dict[str, float]:
     return {event.key: event.self_cpu_time_total for event in prof.key_averages()}
 
 
+def costliest_operators(step, count: int, steps: int = 3) -> list[tuple[str, float]]:
+    """The ``count`` operators with the most self time, in seconds per step (a profile of ``steps`` steps)."""
+    events = profile_steps(step, steps)
+    ranked = sorted(events.items(), key=lambda item: -item[1])[:count]
+    return [(name, microseconds / 1e6 / steps) for name, microseconds in ranked]
+
+
 def dense_layer_share(step) -> float:
     events = profile_steps(step)
     return sum(events.get(op, 0.0) for op in DENSE_LAYER_OPS) / sum(events.values())
@@ -187,7 +196,15 @@ def run_tickets(path: str, levels):
 
 
 def bench(
-    presets, densities, repeats: int, clock: str, show_split: bool, run=None, levels=(), compiled: bool = False
+    presets,
+    densities,
+    repeats: int,
+    clock: str,
+    show_split: bool,
+    run=None,
+    levels=(),
+    compiled: bool = False,
+    operators: int = 0,
 ) -> list[str]:
     rows = [
         "| network | ticket | sparsity | dense-kernel step ms | sparse-kernel step ms | × | FLOP ratio | Amdahl bound |"
@@ -195,7 +212,7 @@ def bench(
         "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if compiled else ""),
     ]
     print(*rows, sep="\n", flush=True)
-    splits = []
+    splits, profiles = [], []
     for spec in presets if run is None else [run]:
         config = run_config(spec, run)
         tickets = networks_for(spec, densities) if run is None else run_tickets(run, levels)
@@ -216,6 +233,8 @@ def bench(
                 share = dense_layer_share(dense)
                 if show_split:
                     splits.append((spec, 1 - density, *split(sparse_trainer, sparse, repeats, clock)))
+                if operators:
+                    profiles.append((spec, 1 - density, costliest_operators(sparse, operators)))
             amdahl = 1 / ((1 - share) + share * density)
             rows.append(
                 f"| {spec} | {label} | {1 - density:.2%} | {t_dense * 1e3:.0f} | {t_sparse * 1e3:.0f} | "
@@ -232,6 +251,10 @@ def bench(
         print(f"\nsparse-kernel step of {spec} at {sparsity:.2%}: {whole * 1e3:.1f} ms, each part's best of {repeats}:")
         for name, seconds in parts.items():
             print(f"  {name:<52} {seconds * 1e3:7.1f} ms {seconds / whole:6.1%}")
+    for spec, sparsity, ranked in profiles:
+        print(f"\nthe costliest operators of the sparse-kernel step of {spec} at {sparsity:.2%} (self time a step):")
+        for name, seconds in ranked:
+            print(f"  {name[:60]:<60} {seconds * 1e3:7.1f} ms")
     return rows
 
 
@@ -243,6 +266,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch (and numba) threads [default: torch's]")
     parser.add_argument("--clock", choices=("wall", "thread"), default="wall", help="thread: 1 thread only")
     parser.add_argument("--split", action="store_true", help="also profile each sparse step by part")
+    parser.add_argument("--ops", type=int, default=0, help="also list the sparse step's N costliest operators")
     parser.add_argument("--run", default=None, help="time this run's --levels instead of the presets' tickets")
     parser.add_argument("--levels", default="", help="with --run: its levels, e.g. 7,8,9")
     parser.add_argument(
@@ -266,6 +290,7 @@ def main() -> None:
         args.run,
         [int(level) for level in args.levels.split(",") if level],
         args.compile,
+        args.ops,
     )
 
 

@@ -113,3 +113,18 @@ def test_layer_groups_prunes_exactly_one_group_to_its_sparsity(monkeypatch):
             assert before.weight[kept].abs().min() >= before.weight[~kept].abs().max()
         else:
             assert torch.equal(after.weight, before.weight)
+
+
+def test_the_costliest_operators_are_ranked_by_their_self_time_a_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS[0].parent))
+    import ticket_step
+
+    big, small = torch.randn(256, 256), torch.randn(8, 8)
+
+    def step():
+        big @ big  # about 2,000 times the work of the small product
+        small @ small
+
+    ranked = ticket_step.costliest_operators(step, 2, steps=2)
+    assert len(ranked) == 2 and ranked[0][1] >= ranked[1][1] > 0
+    assert ranked[0][0] == "aten::mm"
