@@ -741,6 +741,9 @@ CONV_TRAINING_CASES = {
     "stride2-odd": (dict(in_channels=5, out_channels=11, kernel_size=3, stride=2, padding=1), (3, 13, 11)),
     "stride2-unpadded-odd": (dict(in_channels=3, out_channels=5, kernel_size=3, stride=2), (7, 9, 12)),
     "1x1-no-bias": (dict(in_channels=17, out_channels=6, kernel_size=1, bias=False), (9, 5, 7)),
+    # planes of several 128-position register tiles, the last one partial (its reads run into the slack)
+    "3x3-several-tiles": (dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), (3, 23, 17)),
+    "stride2-several-tiles": (dict(in_channels=4, out_channels=5, kernel_size=3, stride=2, padding=1), (2, 41, 27)),
 }
 
 
@@ -777,7 +780,7 @@ def test_a_sparse_convolution_trains_like_the_masked_dense_one_at_odd_sizes(case
     assert bool((model[0].weight.detach()[~keep] == 0).all())
 
 
-@pytest.mark.parametrize("case", ["3x3-odd", "stride2-odd"])
+@pytest.mark.parametrize("case", ["3x3-odd", "stride2-odd", "3x3-several-tiles"])
 def test_the_convolution_kernels_give_the_same_bits_at_any_thread_count(case):
     """The gradients' partial sums follow chunks of images fixed by the batch, never by the threads:
     a killed level resumes bit for bit at another thread count."""
