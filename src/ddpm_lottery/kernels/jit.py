@@ -13,7 +13,8 @@ transposed (:mod:`ddpm_lottery.kernels.conv_grads`).  The work is one multiply-a
 weight and output position: it scales with the ticket's density, not the dense layer's size.
 ``Linear`` layers have kernels of their own, over tiles of token rows (:mod:`ddpm_lottery.kernels.tiles`).
 
-Why it is written this way (each measured on 2 AVX-512 cores, 128->128 3x3 at 32x32, batch 64, 87.5 %):
+How the forward's inner loop got here (the first three measured on 2 AVX-512 cores, 128->128 3x3 at 32x32, batch
+64, 87.5 %):
 - the accumulator is a local buffer, never a view of the output: numba cannot prove a view does not
   alias the input, and the loop stops vectorising (4-5x slower);
 - the inner loops read slices (``xs = planes[n, c, a:b]``) rather than ``planes[n, c, a + i]``:
@@ -40,8 +41,8 @@ from numba import njit, prange
 
 from ddpm_lottery.kernels.tiles import TILE, _shifted_tile
 
-# fastmath: lets LLVM reassociate the four-term sums into vector FMAs; the order is still fixed at
-# compile time, so a run is repeatable on one machine.  cache: compile once per machine, on disk.
+# fastmath: lets LLVM vectorise the loops numba compiles (the layout copies); the sums' order is fixed at compile
+# time, so a run is repeatable on one machine.  cache: compile once per machine, on disk.
 _JIT = dict(parallel=True, fastmath=True, cache=True, nogil=True)
 
 
