@@ -766,18 +766,14 @@ def test_the_cka_interval_counts_tickets_not_pairs():
     assert pairwise_interval([("s0", "s1", 0.1)], 0.95) == (0.1, -math.inf, math.inf)
 
 
-def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(tmp_path, monkeypatch):
-    """A study cut short has answered every question on every seed with the cheap measures (and the CKA
-    pairs) before Inception, which costs about as much as training, starts on its first seed."""
+def _study_without_work(monkeypatch, train, measure, compare) -> None:
+    """Run a study's schedule with its work replaced: ``train(planned)``, ``measure(planned, measures)`` and
+    ``compare()`` stand for training a run, measuring it and the CKA pairs; costs, findings and report are
+    stubbed, so the test sees only the order the study does its work in."""
     import ddpm_lottery.findings.render
     import ddpm_lottery.study.estimate as estimate_module
     import ddpm_lottery.study.execute as study_module
     import ddpm_lottery.study.report as report_module
-
-    text = TINY.replace(
-        'measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'
-    )
-    calls = []
 
     class Costs:
         train_step_s = call_per_image_s = inception_per_image_s = 0.0
@@ -790,17 +786,30 @@ def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(t
 
     monkeypatch.setattr(estimate_module, "measure_costs", lambda study, **_: Costs())
     monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
-    monkeypatch.setattr(study_module, "_train", lambda planned, *a: calls.append(("train", planned.seed)) or False)
+    monkeypatch.setattr(study_module, "_train", lambda planned, *a: train(planned) or False)
     monkeypatch.setattr(
-        study_module._Measuring,
-        "run",
-        lambda self, planned, measures, **how: calls.append(
-            ("inception" if "inception" in measures else "cheap", planned.seed)
-        ),
+        study_module._Measuring, "run", lambda self, planned, measures, **how: measure(planned, measures)
     )
-    monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append(("cka", None)))
+    monkeypatch.setattr(study_module, "_compare_all", lambda *a: compare())
     monkeypatch.setattr(ddpm_lottery.findings.render, "write_findings", lambda out, log: {})
     monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
+
+
+def test_the_costly_measure_comes_after_every_seeds_cheap_measures_and_the_cka(tmp_path, monkeypatch):
+    """A study cut short has answered every question on every seed with the cheap measures (and the CKA
+    pairs) before Inception, which costs about as much as training, starts on its first seed."""
+    text = TINY.replace(
+        'measures = ["loss", "domain"]', 'measures = ["loss", "domain", "inception"]\nkid_subset_size = 20'
+    )
+    calls = []
+    _study_without_work(
+        monkeypatch,
+        train=lambda planned: calls.append(("train", planned.seed)),
+        measure=lambda planned, measures: calls.append(
+            ("inception" if "inception" in measures else "cheap", planned.seed)
+        ),
+        compare=lambda: calls.append(("cka", None)),
+    )
     run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
     kinds = [kind for kind, _ in calls]
     last_cka = len(kinds) - 1 - kinds[::-1].index("cka")
@@ -823,35 +832,17 @@ def test_runs_train_in_the_declared_order_and_ticket_pairs_are_compared_once_bot
     """by-search replicates each search over the seeds before the next search; either way the CKA of the
     cka_search's tickets is tried as each of its runs is trained (so a pair is compared once both exist),
     and once more at the end."""
-    import ddpm_lottery.findings.render
-    import ddpm_lottery.study.estimate as estimate_module
-    import ddpm_lottery.study.execute as study_module
-    import ddpm_lottery.study.report as report_module
-
     text = TINY.replace('cka_search = "unified"', f'cka_search = "unified"\nrun_order = "{order}"')
     short = {"unified": "u", "varying": "v"}
     calls = []
-
-    class Costs:
-        train_step_s = call_per_image_s = inception_per_image_s = 0.0
-
-        def estimate(self, plan, evaluation):
-            return {"total": 1.0}
-
-        def network_costs(self, owner):
-            return (0.0, 0.0)
-
-    def trained(planned, *_):
-        calls.append(short[planned.search] + str(planned.seed) + (f"-{planned.control}" if planned.control else ""))
-        return False
-
-    monkeypatch.setattr(estimate_module, "measure_costs", lambda study, **_: Costs())
-    monkeypatch.setattr(estimate_module, "describe_plan", lambda *a: "")
-    monkeypatch.setattr(study_module, "_train", trained)
-    monkeypatch.setattr(study_module._Measuring, "run", lambda *a, **k: None)
-    monkeypatch.setattr(study_module, "_compare_all", lambda *a: calls.append("cka"))
-    monkeypatch.setattr(ddpm_lottery.findings.render, "write_findings", lambda out, log: {})
-    monkeypatch.setattr(report_module, "write_study_report", lambda *a, **k: None)
+    _study_without_work(
+        monkeypatch,
+        train=lambda planned: calls.append(
+            short[planned.search] + str(planned.seed) + (f"-{planned.control}" if planned.control else "")
+        ),
+        measure=lambda planned, measures: None,
+        compare=lambda: calls.append("cka"),
+    )
     run_study(write(tmp_path, text), tmp_path / "out", progress=False, log=quiet)
     assert calls == expected
 
